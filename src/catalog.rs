@@ -1,0 +1,466 @@
+//! What is for sale: SKUs, their stock, limits and sale windows, validated once at start-up,
+//! and the placement of SKUs on shards.
+
+use rustc_hash::FxHashMap;
+
+use crate::types::{GroupId, ShardId, SkuId};
+
+/// When a SKU can be bought, on the engine clock: nanoseconds since the engine started (the
+/// arrival stamp the producer puts on every intent). `opens_at_ns` is inclusive,
+/// `closes_at_ns` exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SaleWindow {
+    /// First instant (ns on the engine clock) at which the SKU sells.
+    pub opens_at_ns: u64,
+    /// First instant (ns on the engine clock) at which it no longer sells.
+    pub closes_at_ns: u64,
+}
+
+impl SaleWindow {
+    /// Open from the engine's start until `u64::MAX` ns (some 584 years).
+    pub const ALWAYS: Self = Self {
+        opens_at_ns: 0,
+        closes_at_ns: u64::MAX,
+    };
+
+    /// Whether an intent stamped `arrival_ns` falls inside the window.
+    pub const fn contains(&self, arrival_ns: u64) -> bool {
+        arrival_ns >= self.opens_at_ns && arrival_ns < self.closes_at_ns
+    }
+}
+
+impl Default for SaleWindow {
+    fn default() -> Self {
+        Self::ALWAYS
+    }
+}
+
+/// One SKU as the catalog describes it. Build with [`SkuSpec::new`] and the setters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkuSpec {
+    /// The SKU's id, unique in the catalog.
+    pub id: SkuId,
+    /// Product label (e.g. "Aurora trainer"); for reports only.
+    pub product: String,
+    /// Variant label (e.g. "EU 42 / black"); for reports only.
+    pub variant: String,
+    /// Units for sale at the start.
+    pub stock: u32,
+    /// Most units one buyer may hold of this SKU; at least 1.
+    pub limit_per_buyer: u32,
+    /// When it sells.
+    pub window: SaleWindow,
+    /// The limit group whose limit it also counts against, if any.
+    pub group: Option<GroupId>,
+}
+
+impl SkuSpec {
+    /// A SKU with `stock` units, no per-buyer limit (`u32::MAX`), always on sale, no group.
+    pub fn new(id: SkuId, stock: u32) -> Self {
+        Self {
+            id,
+            product: String::new(),
+            variant: String::new(),
+            stock,
+            limit_per_buyer: u32::MAX,
+            window: SaleWindow::ALWAYS,
+            group: None,
+        }
+    }
+
+    /// Sets the per-buyer limit for this SKU.
+    pub fn limit(mut self, limit_per_buyer: u32) -> Self {
+        self.limit_per_buyer = limit_per_buyer;
+        self
+    }
+
+    /// Sets the sale window.
+    pub fn window(mut self, window: SaleWindow) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Puts the SKU in a limit group.
+    pub fn group(mut self, group: GroupId) -> Self {
+        self.group = Some(group);
+        self
+    }
+
+    /// Sets the product and variant labels.
+    pub fn labels(mut self, product: impl Into<String>, variant: impl Into<String>) -> Self {
+        self.product = product.into();
+        self.variant = variant.into();
+        self
+    }
+}
+
+/// A limit group: the most units one buyer may hold across all SKUs in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupSpec {
+    /// The group's id, unique in the catalog.
+    pub id: GroupId,
+    /// Most units one buyer may hold across the group's SKUs; at least 1.
+    pub limit_per_buyer: u32,
+}
+
+/// Why a catalog was refused. Every variant names the offending id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    /// A catalog needs at least one SKU.
+    #[error("the catalog has no SKU")]
+    Empty,
+    /// Two SKUs share an id.
+    #[error("SKU id {0:?} appears more than once")]
+    DuplicateSku(SkuId),
+    /// Two limit groups share an id.
+    #[error("limit group id {0:?} appears more than once")]
+    DuplicateGroup(GroupId),
+    /// A SKU's per-buyer limit is 0, so nobody could buy it.
+    #[error("SKU {0:?} has a per-buyer limit of 0")]
+    ZeroLimit(SkuId),
+    /// A group's per-buyer limit is 0, so nobody could buy from it.
+    #[error("limit group {0:?} has a per-buyer limit of 0")]
+    ZeroGroupLimit(GroupId),
+    /// A SKU's window closes at or before it opens.
+    #[error(
+        "SKU {sku:?}: sale window closes ({closes_at_ns} ns) at or before it opens ({opens_at_ns} ns)"
+    )]
+    WindowInverted {
+        /// The SKU.
+        sku: SkuId,
+        /// Its opening instant.
+        opens_at_ns: u64,
+        /// Its closing instant.
+        closes_at_ns: u64,
+    },
+    /// A SKU names a limit group the catalog does not define.
+    #[error("SKU {sku:?} names limit group {group:?}, which is not in the catalog")]
+    UnknownGroup {
+        /// The SKU.
+        sku: SkuId,
+        /// The missing group.
+        group: GroupId,
+    },
+}
+
+/// Builds a [`Catalog`]; [`build`](Self::build) validates it.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogBuilder {
+    skus: Vec<SkuSpec>,
+    groups: Vec<GroupSpec>,
+}
+
+impl CatalogBuilder {
+    /// Adds a SKU.
+    pub fn sku(mut self, sku: SkuSpec) -> Self {
+        self.skus.push(sku);
+        self
+    }
+
+    /// Adds many SKUs.
+    pub fn skus(mut self, skus: impl IntoIterator<Item = SkuSpec>) -> Self {
+        self.skus.extend(skus);
+        self
+    }
+
+    /// Adds a limit group.
+    pub fn group(mut self, id: GroupId, limit_per_buyer: u32) -> Self {
+        self.groups.push(GroupSpec {
+            id,
+            limit_per_buyer,
+        });
+        self
+    }
+
+    /// Validates and builds the catalog.
+    ///
+    /// # Errors
+    /// The first [`CatalogError`] found, checking groups first, then SKUs in order.
+    pub fn build(self) -> Result<Catalog, CatalogError> {
+        if self.skus.is_empty() {
+            return Err(CatalogError::Empty);
+        }
+        let mut group_index = FxHashMap::default();
+        for (index, group) in self.groups.iter().enumerate() {
+            if group.limit_per_buyer == 0 {
+                return Err(CatalogError::ZeroGroupLimit(group.id));
+            }
+            if group_index.insert(group.id, index as u32).is_some() {
+                return Err(CatalogError::DuplicateGroup(group.id));
+            }
+        }
+        let mut sku_index = FxHashMap::default();
+        sku_index.reserve(self.skus.len());
+        for (index, sku) in self.skus.iter().enumerate() {
+            if sku.limit_per_buyer == 0 {
+                return Err(CatalogError::ZeroLimit(sku.id));
+            }
+            if sku.window.closes_at_ns <= sku.window.opens_at_ns {
+                return Err(CatalogError::WindowInverted {
+                    sku: sku.id,
+                    opens_at_ns: sku.window.opens_at_ns,
+                    closes_at_ns: sku.window.closes_at_ns,
+                });
+            }
+            if let Some(group) = sku.group
+                && !group_index.contains_key(&group)
+            {
+                return Err(CatalogError::UnknownGroup { sku: sku.id, group });
+            }
+            if sku_index.insert(sku.id, index as u32).is_some() {
+                return Err(CatalogError::DuplicateSku(sku.id));
+            }
+        }
+        Ok(Catalog {
+            skus: self.skus,
+            groups: self.groups,
+            sku_index,
+            group_index,
+        })
+    }
+}
+
+/// A validated catalog. Immutable; the engine shares it between producers and shards.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    skus: Vec<SkuSpec>,
+    groups: Vec<GroupSpec>,
+    sku_index: FxHashMap<SkuId, u32>,
+    group_index: FxHashMap<GroupId, u32>,
+}
+
+impl Catalog {
+    /// Starts a catalog.
+    pub fn builder() -> CatalogBuilder {
+        CatalogBuilder::default()
+    }
+
+    /// The SKUs, in the order they were added (their *catalog index*).
+    pub fn skus(&self) -> &[SkuSpec] {
+        &self.skus
+    }
+
+    /// The limit groups, in the order they were added.
+    pub fn groups(&self) -> &[GroupSpec] {
+        &self.groups
+    }
+
+    /// The catalog index of a SKU id.
+    #[inline]
+    pub fn index_of(&self, sku: SkuId) -> Option<usize> {
+        self.sku_index.get(&sku).map(|&index| index as usize)
+    }
+
+    /// The SKU with this id.
+    pub fn sku(&self, sku: SkuId) -> Option<&SkuSpec> {
+        self.index_of(sku).map(|index| &self.skus[index])
+    }
+
+    /// The limit group with this id.
+    pub fn group(&self, group: GroupId) -> Option<&GroupSpec> {
+        self.group_index
+            .get(&group)
+            .map(|&index| &self.groups[index as usize])
+    }
+
+    pub(crate) fn group_index_of(&self, group: GroupId) -> Option<usize> {
+        self.group_index.get(&group).map(|&index| index as usize)
+    }
+
+    /// The total units for sale at the start.
+    pub fn total_stock(&self) -> u64 {
+        self.skus.iter().map(|sku| u64::from(sku.stock)).sum()
+    }
+}
+
+/// Why SKUs could not be spread over the requested number of shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    /// At least one shard is needed.
+    #[error("the shard count must be at least 1")]
+    ZeroShards,
+    /// Shard ids are 16-bit.
+    #[error("{0} shards requested; at most 65,536 are supported")]
+    TooManyShards(usize),
+    /// Each limit group, and each SKU outside any group, goes whole to one shard; there are
+    /// fewer such units than shards, so some shards would have nothing to decide.
+    #[error(
+        "{shards} shards requested but the catalog has only {units} placement units (limit groups plus ungrouped SKUs)"
+    )]
+    MoreShardsThanUnits {
+        /// Shards requested.
+        shards: usize,
+        /// Limit groups plus SKUs outside any group.
+        units: usize,
+    },
+}
+
+/// Which shard owns which SKU. A limit group and all its SKUs go to one shard, so that the
+/// group's per-buyer counts have a single writer; units (groups and ungrouped SKUs) are dealt
+/// round-robin in catalog order of their first SKU. Deterministic for a catalog and a shard
+/// count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Per catalog index: the owning shard.
+    shard_of: Vec<ShardId>,
+    /// Per catalog index: the index among its shard's SKUs.
+    local_of: Vec<u32>,
+    /// Per shard: the catalog indexes of its SKUs, in catalog order.
+    skus_of: Vec<Vec<u32>>,
+}
+
+impl Placement {
+    /// Spreads `catalog` over `shards` shards.
+    ///
+    /// # Errors
+    /// See [`PlacementError`].
+    pub fn new(catalog: &Catalog, shards: usize) -> Result<Self, PlacementError> {
+        if shards == 0 {
+            return Err(PlacementError::ZeroShards);
+        }
+        if shards > usize::from(u16::MAX) + 1 {
+            return Err(PlacementError::TooManyShards(shards));
+        }
+        let mut shard_of_group: Vec<Option<ShardId>> = vec![None; catalog.groups().len()];
+        let mut shard_of = Vec::with_capacity(catalog.skus().len());
+        let mut local_of = Vec::with_capacity(catalog.skus().len());
+        let mut skus_of: Vec<Vec<u32>> = vec![Vec::new(); shards];
+        let mut units = 0usize;
+        for (index, sku) in catalog.skus().iter().enumerate() {
+            let mut next_unit = || {
+                let shard = ShardId((units % shards) as u16);
+                units += 1;
+                shard
+            };
+            let shard = match sku.group.and_then(|group| catalog.group_index_of(group)) {
+                Some(group) => *shard_of_group[group].get_or_insert_with(next_unit),
+                None => next_unit(),
+            };
+            let list = &mut skus_of[usize::from(shard.0)];
+            local_of.push(list.len() as u32);
+            list.push(index as u32);
+            shard_of.push(shard);
+        }
+        if units < shards {
+            return Err(PlacementError::MoreShardsThanUnits { shards, units });
+        }
+        Ok(Self {
+            shard_of,
+            local_of,
+            skus_of,
+        })
+    }
+
+    /// The number of shards.
+    pub fn shards(&self) -> usize {
+        self.skus_of.len()
+    }
+
+    /// The shard owning the SKU at a catalog index, and the SKU's index on that shard.
+    #[inline]
+    pub fn route(&self, catalog_index: usize) -> (ShardId, u32) {
+        (self.shard_of[catalog_index], self.local_of[catalog_index])
+    }
+
+    /// The catalog indexes of a shard's SKUs (its local index is the position here).
+    pub fn skus_of(&self, shard: ShardId) -> &[u32] {
+        &self.skus_of[usize::from(shard.0)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sku(id: u32) -> SkuSpec {
+        SkuSpec::new(SkuId(id), 10).limit(2)
+    }
+
+    #[test]
+    fn every_catalog_error_is_named() {
+        assert_eq!(Catalog::builder().build().unwrap_err(), CatalogError::Empty);
+        assert_eq!(
+            Catalog::builder()
+                .sku(sku(1))
+                .sku(sku(1))
+                .build()
+                .unwrap_err(),
+            CatalogError::DuplicateSku(SkuId(1))
+        );
+        assert_eq!(
+            Catalog::builder().sku(sku(1).limit(0)).build().unwrap_err(),
+            CatalogError::ZeroLimit(SkuId(1))
+        );
+        assert_eq!(
+            Catalog::builder()
+                .group(GroupId(1), 2)
+                .group(GroupId(1), 3)
+                .sku(sku(1))
+                .build()
+                .unwrap_err(),
+            CatalogError::DuplicateGroup(GroupId(1))
+        );
+        assert_eq!(
+            Catalog::builder()
+                .group(GroupId(4), 0)
+                .sku(sku(1))
+                .build()
+                .unwrap_err(),
+            CatalogError::ZeroGroupLimit(GroupId(4))
+        );
+        let inverted = SaleWindow {
+            opens_at_ns: 10,
+            closes_at_ns: 10,
+        };
+        assert_eq!(
+            Catalog::builder()
+                .sku(sku(3).window(inverted))
+                .build()
+                .unwrap_err(),
+            CatalogError::WindowInverted {
+                sku: SkuId(3),
+                opens_at_ns: 10,
+                closes_at_ns: 10
+            }
+        );
+        assert_eq!(
+            Catalog::builder()
+                .sku(sku(5).group(GroupId(9)))
+                .build()
+                .unwrap_err(),
+            CatalogError::UnknownGroup {
+                sku: SkuId(5),
+                group: GroupId(9)
+            }
+        );
+    }
+
+    #[test]
+    fn groups_stay_on_one_shard_and_units_deal_round_robin() {
+        let catalog = Catalog::builder()
+            .group(GroupId(1), 2)
+            .sku(sku(10).group(GroupId(1)))
+            .sku(sku(11))
+            .sku(sku(12).group(GroupId(1)))
+            .sku(sku(13))
+            .build()
+            .unwrap();
+        let placement = Placement::new(&catalog, 3).unwrap();
+        assert_eq!(placement.route(0).0, placement.route(2).0);
+        let shards: Vec<u16> = (0..4).map(|i| placement.route(i).0.0).collect();
+        assert_eq!(shards, vec![0, 1, 0, 2]);
+        assert_eq!(placement.skus_of(ShardId(0)), &[0, 2]);
+        assert_eq!(placement.route(2), (ShardId(0), 1));
+        assert_eq!(
+            Placement::new(&catalog, 4).unwrap_err(),
+            PlacementError::MoreShardsThanUnits {
+                shards: 4,
+                units: 3
+            }
+        );
+        assert_eq!(
+            Placement::new(&catalog, 0).unwrap_err(),
+            PlacementError::ZeroShards
+        );
+    }
+}

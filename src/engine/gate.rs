@@ -1,0 +1,151 @@
+//! The sold-out gate: lets producers answer intents for a sold-out SKU without queueing
+//! them, without breaking idempotency.
+//!
+//! Each shard publishes, per SKU it owns, a sold-out flag, and keeps a small Bloom filter
+//! of the `(user, client_key)` of every order it confirmed. A producer rejects an intent at
+//! once only if its SKU is flagged *and* its key is certainly not in the filter; a possible
+//! match (a retry of a confirmed intent, or a false positive) goes through to the shard,
+//! which answers `Duplicate` with the order id (or decides it normally).
+//!
+//! Ordering: the shard sets a key's bits before the Release store of any flag that follows
+//! that confirmation; a producer loads the flag with Acquire before testing the bits. So a
+//! producer that sees a SKU flagged also sees every key confirmed before the flag was
+//! raised, in particular the first copy of any retry of an intent for that SKU.
+
+use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Filter bits per unit of stock: with two probes, about 1.4% false positives once every
+/// unit is sold (and each false positive only costs a trip to the shard).
+const FILTER_BITS_PER_UNIT: u64 = 16;
+const FILTER_BITS_MIN: u64 = 1 << 12;
+/// 8 MiB per shard at most; a larger sale sees more false positives, never a wrong answer.
+const FILTER_BITS_MAX: u64 = 1 << 26;
+
+/// A Bloom filter with one writer (the shard) and many readers (producers).
+#[derive(Debug)]
+struct KeyFilter {
+    /// `bits / 64` words.
+    words: Box<[AtomicU64]>,
+    /// `bits - 1`; `bits` is a power of two.
+    bit_mask: u64,
+}
+
+impl KeyFilter {
+    fn for_stock(stock: u64) -> Self {
+        let bits = stock
+            .saturating_mul(FILTER_BITS_PER_UNIT)
+            .clamp(FILTER_BITS_MIN, FILTER_BITS_MAX)
+            .next_power_of_two();
+        let words = (0..bits / 64).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            words,
+            bit_mask: bits - 1,
+        }
+    }
+
+    /// Two bit positions from a 64-bit mix of the key (a splitmix64 finaliser over both
+    /// halves, so that sequential user ids spread).
+    fn probes(&self, user: u64, client_key: u64) -> [u64; 2] {
+        let mut hash = user ^ client_key.rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15;
+        hash = (hash ^ (hash >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        hash = (hash ^ (hash >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        hash ^= hash >> 31;
+        [hash & self.bit_mask, (hash >> 32) & self.bit_mask]
+    }
+
+    /// Adds a key. Only the owning shard's worker calls this, so a load and a store do the
+    /// work of a `fetch_or` without a locked instruction.
+    fn insert(&self, user: u64, client_key: u64) {
+        for bit in self.probes(user, client_key) {
+            let word = &self.words[(bit / 64) as usize];
+            let value = word.load(Ordering::Relaxed);
+            word.store(value | 1 << (bit % 64), Ordering::Relaxed);
+        }
+    }
+
+    fn may_contain(&self, user: u64, client_key: u64) -> bool {
+        self.probes(user, client_key).iter().all(|&bit| {
+            self.words[(bit / 64) as usize].load(Ordering::Relaxed) & (1 << (bit % 64)) != 0
+        })
+    }
+}
+
+/// Per-SKU sold-out flags and per-shard confirmed-key filters.
+#[derive(Debug)]
+pub(crate) struct SoldOutGate {
+    /// Per catalog index. Raised once by the owning shard; read by every producer.
+    sold_out: Box<[AtomicBool]>,
+    /// Per shard.
+    filters: Box<[KeyFilter]>,
+}
+
+impl SoldOutGate {
+    /// `stock_of_shard[s]` sizes shard `s`'s filter; `skus` is the catalog's SKU count.
+    pub(crate) fn new(skus: usize, stock_of_shard: impl IntoIterator<Item = u64>) -> Self {
+        Self {
+            sold_out: (0..skus).map(|_| AtomicBool::new(false)).collect(),
+            filters: stock_of_shard
+                .into_iter()
+                .map(KeyFilter::for_stock)
+                .collect(),
+        }
+    }
+
+    /// Shard side: remember a confirmed key. Call before [`raise`](Self::raise) for any
+    /// SKU that sells out after this confirmation.
+    pub(crate) fn remember(&self, shard: usize, user: u64, client_key: u64) {
+        self.filters[shard].insert(user, client_key);
+    }
+
+    /// Shard side: publish a SKU (catalog index) as sold out.
+    pub(crate) fn raise(&self, catalog_index: usize) {
+        self.sold_out[catalog_index].store(true, Ordering::Release);
+    }
+
+    /// Producer side: whether an intent may be rejected as sold out without asking the
+    /// shard: the SKU is flagged and the key was certainly never confirmed.
+    #[inline]
+    pub(crate) fn turns_away(
+        &self,
+        catalog_index: usize,
+        shard: usize,
+        user: u64,
+        client_key: u64,
+    ) -> bool {
+        self.sold_out[catalog_index].load(Ordering::Acquire)
+            && !self.filters[shard].may_contain(user, client_key)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembered_keys_pass_and_the_rest_are_turned_away() {
+        let gate = SoldOutGate::new(2, [10]);
+        assert!(!gate.turns_away(0, 0, 1, 1), "not sold out yet");
+        for user in 0..10 {
+            gate.remember(0, user, user * 7);
+        }
+        gate.raise(0);
+        for user in 0..10 {
+            assert!(
+                !gate.turns_away(0, 0, user, user * 7),
+                "a retry must reach the shard"
+            );
+        }
+        let turned_away = (100..10_100)
+            .filter(|&u| gate.turns_away(0, 0, u, 0))
+            .count();
+        assert!(
+            turned_away > 9_900,
+            "false positives: {}",
+            10_000 - turned_away
+        );
+        assert!(
+            !gate.turns_away(1, 0, 5000, 0),
+            "the other SKU is not sold out"
+        );
+    }
+}

@@ -1,0 +1,464 @@
+//! The concurrent shell around the decision cores: shard worker threads, producer handles,
+//! the rings between them, the sold-out gate, shutdown and reports.
+//!
+//! Arrows point one way: this module depends on [`crate::core`], never the reverse.
+
+mod gate;
+mod producer;
+mod worker;
+
+use core::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crossbeam_utils::CachePadded;
+
+use crate::catalog::{Catalog, Placement, PlacementError};
+use crate::clock::EngineClock;
+use crate::core::ShardCore;
+use crate::report::{Report, ShardReport};
+use crate::ring;
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use crate::sync::thread::{JoinHandle, Thread};
+use crate::sync::{Arc, Mutex};
+use crate::types::{Order, ShardId, SkuId};
+
+pub use producer::{Producer, SubmitError, Submitted};
+
+use gate::SoldOutGate;
+pub(crate) use worker::{CONFIRMED_ORDERS, CONFIRMED_UNITS, COUNTER_SLOTS};
+use worker::{Counters, WorkerLane};
+
+/// Producer count slots: one per [`RejectReason`](crate::RejectReason) answered at submit,
+/// then the three kinds of refusal.
+pub(crate) const PRODUCER_SLOTS: usize = crate::RejectReason::ALL.len() + 3;
+pub(crate) const REFUSED_BUSY: usize = crate::RejectReason::ALL.len();
+pub(crate) const REFUSED_SHUT_DOWN: usize = crate::RejectReason::ALL.len() + 1;
+pub(crate) const REFUSED_SHARD_FAILED: usize = crate::RejectReason::ALL.len() + 2;
+
+/// One producer's counts of what it answered or refused itself. Single writer (its
+/// producer), so a Relaxed load and store count without a locked instruction; padded so
+/// that producers on different cores do not share a line.
+#[derive(Debug, Default)]
+pub(crate) struct ProducerCounters {
+    slots: CachePadded<[AtomicU64; PRODUCER_SLOTS]>,
+}
+
+impl ProducerCounters {
+    #[inline]
+    pub(crate) fn bump(&self, slot: usize) {
+        let counter = &self.slots[slot];
+        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    fn add_to(&self, totals: &mut [u64; PRODUCER_SLOTS]) {
+        for (total, counter) in totals.iter_mut().zip(self.slots.iter()) {
+            *total += counter.load(Ordering::Relaxed);
+        }
+    }
+}
+
+/// Receives every confirmed order on its shard's thread, right after the decision, e.g. to
+/// create the payment order. One instance per shard (see [`EngineBuilder::order_sink`]).
+///
+/// A sink that panics marks its shard failed: the order it was given is still confirmed to
+/// its producer, but the shard decides nothing more; every later intent for it is answered
+/// [`RejectReason::ShardFailed`](crate::RejectReason::ShardFailed) (or refused at submit
+/// with [`SubmitError::ShardFailed`]). The other shards go on.
+pub trait OrderSink: Send {
+    /// Called once per confirmed order, in the shard's order. Keep it short: the shard
+    /// decides nothing else meanwhile.
+    fn on_confirmed(&mut self, order: &Order);
+}
+
+impl<F: FnMut(&Order) + Send> OrderSink for F {
+    fn on_confirmed(&mut self, order: &Order) {
+        self(order);
+    }
+}
+
+/// How an idle shard worker waits for intents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WaitStrategy {
+    /// Busy-spin: lowest latency, burns a core per shard. Use with one shard per core and
+    /// nothing else on those cores.
+    Spin,
+    /// Spin briefly, then `yield` to the OS scheduler in a loop: low latency, shares a core
+    /// politely, but never sleeps.
+    Yield,
+    /// Spin, then yield, then park the thread until a producer publishes (the default). A
+    /// producer wakes a parked shard with one unpark; the cost on the submit path while the
+    /// shard is awake is one load of a flag.
+    #[default]
+    Park,
+}
+
+/// Why an engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The SKUs cannot be spread over the requested shards.
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
+    /// The ring capacity is 0 or too large.
+    #[error("ring capacity: {0}")]
+    RingCapacity(#[from] ring::CapacityError),
+    /// `max_quantity` is 0, so every intent would be malformed.
+    #[error("max_quantity must be at least 1")]
+    ZeroMaxQuantity,
+    /// `batch_max` is 0, so a shard could never take an intent.
+    #[error("batch_max must be at least 1")]
+    ZeroBatch,
+    /// The OS refused a shard thread.
+    #[error("could not spawn a shard thread: {0}")]
+    Spawn(#[from] std::io::Error),
+}
+
+type SinkFactory = Box<dyn FnMut(ShardId) -> Box<dyn OrderSink>>;
+
+/// Configures and starts an [`Engine`].
+pub struct EngineBuilder {
+    catalog: Catalog,
+    shards: usize,
+    ring_capacity: usize,
+    batch_max: usize,
+    max_quantity: u32,
+    wait: WaitStrategy,
+    gate: bool,
+    sink_factory: Option<SinkFactory>,
+}
+
+impl fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("skus", &self.catalog.skus().len())
+            .field("shards", &self.shards)
+            .field("ring_capacity", &self.ring_capacity)
+            .field("batch_max", &self.batch_max)
+            .field("max_quantity", &self.max_quantity)
+            .field("wait", &self.wait)
+            .field("gate", &self.gate)
+            .field("order_sink", &self.sink_factory.is_some())
+            .finish()
+    }
+}
+
+impl EngineBuilder {
+    /// Number of shard threads (default 1). Each limit group and each ungrouped SKU goes
+    /// whole to one shard (see [`Placement`]).
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// Slots per ring (default 1024, rounded up to a power of two). Each producer has one
+    /// ring to each shard and one back; it may have at most this many intents in flight
+    /// per shard before [`SubmitError::Busy`].
+    pub fn ring_capacity(mut self, ring_capacity: usize) -> Self {
+        self.ring_capacity = ring_capacity;
+        self
+    }
+
+    /// Most intents a shard takes from one ring before looking at the next (default 256):
+    /// a bound on how long one busy producer delays the others.
+    pub fn batch_max(mut self, batch_max: usize) -> Self {
+        self.batch_max = batch_max;
+        self
+    }
+
+    /// Largest quantity one intent may ask for (default 100); more is rejected at submit as
+    /// [`RejectReason::InvalidQuantity`](crate::RejectReason::InvalidQuantity).
+    pub fn max_quantity(mut self, max_quantity: u32) -> Self {
+        self.max_quantity = max_quantity;
+        self
+    }
+
+    /// How idle shards wait (default [`WaitStrategy::Park`]).
+    pub fn wait_strategy(mut self, wait: WaitStrategy) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Whether producers answer intents for sold-out SKUs themselves (default on). Off, every
+    /// well-formed intent travels to its shard: for measuring the transport.
+    pub fn sold_out_gate(mut self, enabled: bool) -> Self {
+        self.gate = enabled;
+        self
+    }
+
+    /// Makes one order sink per shard, called on that shard's thread at start-up.
+    pub fn order_sink<S, F>(mut self, mut factory: F) -> Self
+    where
+        S: OrderSink + 'static,
+        F: FnMut(ShardId) -> S + 'static,
+    {
+        self.sink_factory = Some(Box::new(move |shard| Box::new(factory(shard))));
+        self
+    }
+
+    /// Validates the configuration and starts the shard threads.
+    ///
+    /// # Errors
+    /// See [`EngineError`].
+    pub fn start(mut self) -> Result<Engine, EngineError> {
+        let placement = Placement::new(&self.catalog, self.shards)?;
+        // Validate the capacity once here, so that producer() cannot fail later.
+        drop(ring::channel::<u8>(self.ring_capacity)?);
+        if self.max_quantity == 0 {
+            return Err(EngineError::ZeroMaxQuantity);
+        }
+        if self.batch_max == 0 {
+            return Err(EngineError::ZeroBatch);
+        }
+        let cores: Vec<ShardCore> = (0..placement.shards())
+            .map(|shard| ShardCore::new(&self.catalog, &placement, ShardId(shard as u16)))
+            .collect();
+        let gate = SoldOutGate::new(
+            self.catalog.skus().len(),
+            cores
+                .iter()
+                .map(|core| core.levels().map(|sku| u64::from(sku.stock)).sum()),
+        );
+        let shards = cores
+            .iter()
+            .map(|core| ShardShared::new(core.levels().len()))
+            .collect();
+        let shared = Arc::new(EngineShared {
+            catalog: self.catalog,
+            placement,
+            ring_capacity: self.ring_capacity,
+            max_quantity: self.max_quantity,
+            gate_enabled: self.gate,
+            gate,
+            clock: EngineClock::start(),
+            shutdown: CachePadded::new(AtomicBool::new(false)),
+            shards,
+            producers: Mutex::new(Vec::new()),
+        });
+        let mut engine = Engine {
+            shared: shared.clone(),
+            workers: Vec::with_capacity(cores.len()),
+        };
+        for core in cores {
+            let shard = core.shard();
+            let sink = self.sink_factory.as_mut().map(|factory| factory(shard));
+            let context =
+                worker::Context::new(shared.clone(), core, sink, self.wait, self.batch_max);
+            // On error, `engine` drops here and stops the shards already started.
+            let handle = crate::sync::thread::spawn_named(
+                format!("flashsale-shard-{}", shard.0),
+                move || context.run(),
+            )?;
+            *shared.shard(shard).thread.lock() = Some(handle.thread().clone());
+            engine.workers.push(handle);
+        }
+        Ok(engine)
+    }
+}
+
+/// What the engine's threads share. Read-mostly; the hot fields are padded apart.
+pub(crate) struct EngineShared {
+    pub(crate) catalog: Catalog,
+    pub(crate) placement: Placement,
+    pub(crate) ring_capacity: usize,
+    pub(crate) max_quantity: u32,
+    pub(crate) gate_enabled: bool,
+    pub(crate) gate: SoldOutGate,
+    pub(crate) clock: EngineClock,
+    /// Raised once by [`Engine::shutdown`]; producers refuse submits from then on, workers
+    /// close their rings and drain them.
+    pub(crate) shutdown: CachePadded<AtomicBool>,
+    pub(crate) shards: Box<[ShardShared]>,
+    /// Every producer's counters, for reports (control plane).
+    pub(crate) producers: Mutex<Vec<Arc<ProducerCounters>>>,
+}
+
+impl EngineShared {
+    pub(crate) fn shard(&self, shard: ShardId) -> &ShardShared {
+        &self.shards[usize::from(shard.0)]
+    }
+}
+
+/// The control-plane side of one shard: registration of new producers, its status flags
+/// and its published counters.
+pub(crate) struct ShardShared {
+    /// Raised by the worker when its order sink panicked; producers refuse submits to it.
+    pub(crate) failed: CachePadded<AtomicBool>,
+    /// Raised by the worker just before it parks (see the park protocol in `worker`).
+    pub(crate) sleeping: CachePadded<AtomicBool>,
+    /// The worker thread, for unparking it.
+    pub(crate) thread: Mutex<Option<Thread>>,
+    /// Lanes of producers created since the worker last looked.
+    pub(crate) registry: Mutex<Registry>,
+    /// Bumped (SeqCst, for the park protocol) after each registration; the worker compares
+    /// it once per pass.
+    pub(crate) registry_generation: AtomicU64,
+    /// Live per-SKU available units (local index), stored by the worker after each change.
+    pub(crate) available: Box<[AtomicU32]>,
+    /// Live outcome counters, stored by the worker after each batch.
+    pub(crate) counters: Counters,
+}
+
+impl ShardShared {
+    fn new(skus: usize) -> Self {
+        Self {
+            failed: CachePadded::new(AtomicBool::new(false)),
+            sleeping: CachePadded::new(AtomicBool::new(false)),
+            thread: Mutex::new(None),
+            registry: Mutex::new(Registry::default()),
+            registry_generation: AtomicU64::new(0),
+            available: (0..skus).map(|_| AtomicU32::new(0)).collect(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Wakes the worker if it is parked or about to park.
+    #[inline]
+    pub(crate) fn wake_if_sleeping(&self) {
+        if self.sleeping.load(Ordering::SeqCst) {
+            self.unpark();
+        }
+    }
+
+    pub(crate) fn unpark(&self) {
+        if let Some(thread) = self.thread.lock().as_ref() {
+            thread.unpark();
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    pub(crate) new_lanes: Vec<WorkerLane>,
+    /// Set by the worker when it stops: lanes registered after it are born closed.
+    pub(crate) closed: bool,
+}
+
+/// Counts read from a running engine (see [`Engine::live`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LiveCounts {
+    /// Orders confirmed so far.
+    pub confirmed_orders: u64,
+    /// Units held by them.
+    pub confirmed_units: u64,
+    /// Intents the shards have decided (confirmed or rejected).
+    pub decided_by_shards: u64,
+}
+
+/// A running engine: shard threads deciding intents. Hand out [`Producer`]s with
+/// [`producer`](Self::producer); stop with [`shutdown`](Self::shutdown) (or drop it).
+pub struct Engine {
+    shared: Arc<EngineShared>,
+    workers: Vec<JoinHandle<ShardReport>>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("shards", &self.shared.shards.len())
+            .field("skus", &self.shared.catalog.skus().len())
+            .field("shut_down", &self.shared.shutdown.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Starts configuring an engine for `catalog`.
+    pub fn builder(catalog: Catalog) -> EngineBuilder {
+        EngineBuilder {
+            catalog,
+            shards: 1,
+            ring_capacity: 1024,
+            batch_max: 256,
+            max_quantity: 100,
+            wait: WaitStrategy::default(),
+            gate: true,
+            sink_factory: None,
+        }
+    }
+
+    /// A new producer handle, for one submitting thread. After shutdown, its submits are
+    /// refused with [`SubmitError::ShutDown`].
+    pub fn producer(&self) -> Producer {
+        Producer::new(self.shared.clone())
+    }
+
+    /// The catalog the engine sells.
+    pub fn catalog(&self) -> &Catalog {
+        &self.shared.catalog
+    }
+
+    /// The placement of SKUs on shards.
+    pub fn placement(&self) -> &Placement {
+        &self.shared.placement
+    }
+
+    /// Nanoseconds on the engine clock (the clock of arrival stamps and sale windows).
+    pub fn now_ns(&self) -> u64 {
+        self.shared.clock.now_ns()
+    }
+
+    /// Units of a SKU still available, as its shard last published (live, may lag the
+    /// shard by one batch).
+    pub fn available(&self, sku: SkuId) -> Option<u32> {
+        let index = self.shared.catalog.index_of(sku)?;
+        let (shard, local) = self.shared.placement.route(index);
+        Some(self.shared.shard(shard).available[local as usize].load(Ordering::Relaxed))
+    }
+
+    /// Live counts, as the shards last published them (after each batch).
+    pub fn live(&self) -> LiveCounts {
+        let mut live = LiveCounts::default();
+        for shard in self.shared.shards.iter() {
+            let counts = shard.counters.read();
+            live.confirmed_orders += counts[CONFIRMED_ORDERS];
+            live.confirmed_units += counts[CONFIRMED_UNITS];
+            live.decided_by_shards += counts[CONFIRMED_ORDERS]
+                + counts[..crate::RejectReason::ALL.len()].iter().sum::<u64>();
+        }
+        live
+    }
+
+    /// Stops accepting intents, lets every shard decide every intent accepted before, joins
+    /// the shard threads and returns the final report. Submits racing with it are either
+    /// accepted and decided, or refused with [`SubmitError::ShutDown`]; never lost.
+    pub fn shutdown(mut self) -> Report {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Report {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        for shard in self.shared.shards.iter() {
+            shard.unpark();
+        }
+        let shard_reports = self
+            .workers
+            .drain(..)
+            .enumerate()
+            .map(|(index, handle)| {
+                // A worker returns normally even when its sink panicked; a panic escaping it
+                // would be a bug in the engine, reported as a failed shard.
+                handle
+                    .join()
+                    .unwrap_or_else(|_| ShardReport::lost(ShardId(index as u16)))
+            })
+            .collect();
+        let mut producer_counts = [0; PRODUCER_SLOTS];
+        for counters in self.shared.producers.lock().iter() {
+            counters.add_to(&mut producer_counts);
+        }
+        Report::new(
+            &self.shared.catalog,
+            &self.shared.placement,
+            shard_reports,
+            &producer_counts,
+        )
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if !self.workers.is_empty() {
+            // Dropping must not panic; a report that cannot be built is simply discarded.
+            let _ = catch_unwind(AssertUnwindSafe(|| self.stop()));
+        }
+    }
+}

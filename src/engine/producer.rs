@@ -1,0 +1,327 @@
+//! The producer handle: one per submitting thread.
+
+use core::fmt;
+use std::collections::VecDeque;
+
+use super::worker::{Request, WorkerLane};
+use super::{
+    EngineShared, ProducerCounters, REFUSED_BUSY, REFUSED_SHARD_FAILED, REFUSED_SHUT_DOWN,
+};
+use crate::ring::{self, PushError};
+use crate::sync::Arc;
+use crate::sync::atomic::Ordering;
+use crate::types::{Completion, Intent, Outcome, RejectReason, ShardId};
+
+/// What became of a submit that was not refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// The intent is on its way to its shard; its [`Completion`] will come out of
+    /// [`Producer::poll`] (or [`Producer::drain`]).
+    Queued,
+    /// The producer decided at once, without queueing: a malformed intent, an unknown SKU,
+    /// or a SKU its shard has published as sold out. No completion will follow.
+    Answered(Outcome),
+}
+
+/// A submit that was refused: the intent was not accepted and comes back to the caller.
+/// Nothing about it was counted as decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// This producer already has `ring_capacity` intents in flight to the SKU's shard. Take
+    /// outcomes with [`Producer::poll`], then try again.
+    #[error("busy: too many intents in flight to this shard; poll outcomes and retry")]
+    Busy(Intent),
+    /// The engine is shutting down or shut down.
+    #[error("the engine is shut down")]
+    ShutDown(Intent),
+    /// The SKU's shard stopped deciding after its order sink panicked.
+    #[error("the SKU's shard has failed")]
+    ShardFailed(Intent),
+}
+
+impl SubmitError {
+    /// The intent that was refused.
+    pub fn into_intent(self) -> Intent {
+        match self {
+            Self::Busy(intent) | Self::ShutDown(intent) | Self::ShardFailed(intent) => intent,
+        }
+    }
+}
+
+/// The producer's end of the two rings it shares with one shard.
+struct Lane {
+    requests: ring::Writer<Request>,
+    completions: ring::Reader<Completion>,
+    /// Intents submitted to this shard whose completion has not been taken from
+    /// `completions` yet; `0..=ring_capacity`. Bounding it by the ring capacity is what
+    /// guarantees that neither ring of the pair can overflow.
+    in_flight: usize,
+}
+
+/// A handle for submitting intents from one thread.
+///
+/// `Send` but not `Clone`: each thread that submits takes its own from
+/// [`Engine::producer`](super::Engine::producer). It owns one ring to every shard and one
+/// back, so submitting never contends with other producers. Each producer's intents reach a
+/// shard in the order it submitted them.
+pub struct Producer {
+    shared: Arc<EngineShared>,
+    lanes: Box<[Lane]>,
+    /// Completions taken off a ring by [`buy`](Self::buy) while it waited for its own,
+    /// handed out by the next [`poll`](Self::poll). At most the number in flight.
+    stash: VecDeque<Completion>,
+    counters: Arc<ProducerCounters>,
+}
+
+impl fmt::Debug for Producer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer")
+            .field("shards", &self.lanes.len())
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+impl Producer {
+    pub(super) fn new(shared: Arc<EngineShared>) -> Self {
+        let lanes = shared
+            .shards
+            .iter()
+            .map(|shard| {
+                let (requests, worker_requests) = ring::channel(shared.ring_capacity)
+                    .expect("the capacity was validated when the engine started");
+                let (worker_completions, completions) = ring::channel(shared.ring_capacity)
+                    .expect("the capacity was validated when the engine started");
+                let mut worker_lane = WorkerLane {
+                    requests: worker_requests,
+                    completions: worker_completions,
+                };
+                let mut registry = shard.registry.lock();
+                if registry.closed {
+                    // The shard has stopped: the lane is born closed, so every submit on it
+                    // is refused, and the worker never needs to see it.
+                    worker_lane.requests.close();
+                } else {
+                    registry.new_lanes.push(worker_lane);
+                    shard.registry_generation.fetch_add(1, Ordering::SeqCst);
+                }
+                drop(registry);
+                Lane {
+                    requests,
+                    completions,
+                    in_flight: 0,
+                }
+            })
+            .collect();
+        let counters = Arc::new(ProducerCounters::default());
+        shared.producers.lock().push(counters.clone());
+        Self {
+            shared,
+            lanes,
+            stash: VecDeque::new(),
+            counters,
+        }
+    }
+
+    /// Submits an intent without blocking.
+    ///
+    /// In order: refused if the engine is shut down or the SKU's shard failed; answered at
+    /// once if the quantity is not in `1..=max_quantity`, the SKU is unknown, or the sold-out
+    /// gate turns it away; refused [`Busy`](SubmitError::Busy) if this producer has
+    /// `ring_capacity` intents in flight to the shard; otherwise stamped with its arrival
+    /// time and queued.
+    ///
+    /// # Errors
+    /// [`SubmitError`], with the intent handed back.
+    #[inline]
+    pub fn submit(&mut self, intent: Intent) -> Result<Submitted, SubmitError> {
+        let result = self.submit_uncounted(intent);
+        match &result {
+            Ok(Submitted::Queued) => {}
+            Ok(Submitted::Answered(outcome)) => {
+                if let Some(reason) = outcome.reason() {
+                    self.counters.bump(reason.index());
+                }
+            }
+            Err(SubmitError::Busy(_)) => self.counters.bump(REFUSED_BUSY),
+            Err(SubmitError::ShutDown(_)) => self.counters.bump(REFUSED_SHUT_DOWN),
+            Err(SubmitError::ShardFailed(_)) => self.counters.bump(REFUSED_SHARD_FAILED),
+        }
+        result
+    }
+
+    #[inline]
+    fn submit_uncounted(&mut self, intent: Intent) -> Result<Submitted, SubmitError> {
+        let shared = &*self.shared;
+        if shared.shutdown.load(Ordering::Acquire) {
+            return Err(SubmitError::ShutDown(intent));
+        }
+        if intent.quantity == 0 || intent.quantity > shared.max_quantity {
+            return Ok(Submitted::Answered(Outcome::rejected_by_producer(
+                RejectReason::InvalidQuantity,
+            )));
+        }
+        let Some(catalog_index) = shared.catalog.index_of(intent.sku) else {
+            return Ok(Submitted::Answered(Outcome::rejected_by_producer(
+                RejectReason::UnknownSku,
+            )));
+        };
+        let (shard, local) = shared.placement.route(catalog_index);
+        let shard_index = usize::from(shard.0);
+        let shard_shared = &shared.shards[shard_index];
+        if shard_shared.failed.load(Ordering::Acquire) {
+            return Err(SubmitError::ShardFailed(intent));
+        }
+        if shared.gate_enabled
+            && shared
+                .gate
+                .turns_away(catalog_index, shard_index, intent.user.0, intent.client_key)
+        {
+            return Ok(Submitted::Answered(Outcome::rejected_by_producer(
+                RejectReason::SoldOut,
+            )));
+        }
+        let lane = &mut self.lanes[shard_index];
+        if lane.in_flight == shared.ring_capacity {
+            return Err(SubmitError::Busy(intent));
+        }
+        let request = Request {
+            intent,
+            arrival_ns: shared.clock.now_ns(),
+            local,
+        };
+        match lane.requests.push(request) {
+            Ok(()) => {
+                lane.in_flight += 1;
+                shard_shared.wake_if_sleeping();
+                Ok(Submitted::Queued)
+            }
+            Err(PushError::Closed(_)) => Err(SubmitError::ShutDown(intent)),
+            // Unreachable while `in_flight <= capacity`; refused rather than trusted.
+            Err(PushError::Full(_)) => Err(SubmitError::Busy(intent)),
+        }
+    }
+
+    /// Hands every completion that has arrived to `f`, without blocking or allocating.
+    /// Returns how many it handed out.
+    pub fn poll(&mut self, mut f: impl FnMut(Completion)) -> usize {
+        let mut count = self.stash.len();
+        for completion in self.stash.drain(..) {
+            f(completion);
+        }
+        for lane in self.lanes.iter_mut() {
+            let taken = lane.completions.read_batch(usize::MAX, &mut f);
+            lane.in_flight -= taken;
+            count += taken;
+        }
+        count
+    }
+
+    /// Like [`poll`](Self::poll), but waits until every intent in flight has its
+    /// completion. Returns how many it handed out.
+    pub fn drain(&mut self, mut f: impl FnMut(Completion)) -> usize {
+        let mut count = 0;
+        let mut idle = 0u32;
+        loop {
+            let taken = self.poll(&mut f);
+            count += taken;
+            if self.in_flight() == 0 {
+                return count;
+            }
+            if taken == 0 {
+                idle = pause(idle);
+            } else {
+                idle = 0;
+            }
+        }
+    }
+
+    /// Submits an intent and waits for its outcome; for simple callers with one intent at a
+    /// time. Completions of earlier submits that arrive meanwhile are kept for the next
+    /// [`poll`](Self::poll); if the shard's lane is full, this waits for room instead of
+    /// answering `Busy`.
+    ///
+    /// # Errors
+    /// [`SubmitError::ShutDown`] or [`SubmitError::ShardFailed`] when refused.
+    pub fn buy(&mut self, intent: Intent) -> Result<Outcome, SubmitError> {
+        let mut idle = 0u32;
+        loop {
+            match self.submit(intent) {
+                Ok(Submitted::Answered(outcome)) => return Ok(outcome),
+                Ok(Submitted::Queued) => break,
+                Err(SubmitError::Busy(_)) => {
+                    let shard = self.shard_of(&intent);
+                    if self.stash_one(shard) {
+                        idle = 0;
+                    } else {
+                        idle = pause(idle);
+                    }
+                }
+                Err(refused) => return Err(refused),
+            }
+        }
+        // The shard answers each producer's intents in order, so ours is the last one in
+        // flight on its lane: everything before it goes to the stash.
+        let shard = self.shard_of(&intent);
+        idle = 0;
+        loop {
+            let lane = &mut self.lanes[shard];
+            if lane.in_flight == 1 {
+                if let Some(completion) = lane.completions.pop() {
+                    lane.in_flight = 0;
+                    debug_assert_eq!(completion.intent, intent);
+                    return Ok(completion.outcome);
+                }
+                idle = pause(idle);
+            } else if self.stash_one(shard) {
+                idle = 0;
+            } else {
+                idle = pause(idle);
+            }
+        }
+    }
+
+    /// Moves one completion from a shard's lane to the stash, if one has arrived.
+    fn stash_one(&mut self, shard: usize) -> bool {
+        let lane = &mut self.lanes[shard];
+        match lane.completions.pop() {
+            Some(completion) => {
+                lane.in_flight -= 1;
+                self.stash.push_back(completion);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn shard_of(&self, intent: &Intent) -> usize {
+        let index = self
+            .shared
+            .catalog
+            .index_of(intent.sku)
+            .expect("only queued intents, whose SKU is known, get here");
+        let (ShardId(shard), _) = self.shared.placement.route(index);
+        usize::from(shard)
+    }
+
+    /// Intents submitted and queued whose completion has not been handed out yet.
+    pub fn in_flight(&self) -> usize {
+        self.lanes.iter().map(|lane| lane.in_flight).sum::<usize>() + self.stash.len()
+    }
+
+    /// Nanoseconds on the engine clock.
+    pub fn now_ns(&self) -> u64 {
+        self.shared.clock.now_ns()
+    }
+}
+
+/// One step of a producer's wait for completions: spin a little, then yield. Producers do
+/// not park: the shard would have to wake them, which would cost every completion a check.
+fn pause(step: u32) -> u32 {
+    if cfg!(loom) || step >= 64 {
+        crate::sync::thread::yield_now();
+    } else {
+        core::hint::spin_loop();
+    }
+    step.saturating_add(1)
+}

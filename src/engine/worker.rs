@@ -1,0 +1,343 @@
+//! The shard worker: one thread per shard, the single writer of its core.
+//!
+//! Its loop: pick up newly registered producer lanes, take a batch from each lane's request
+//! ring, decide each intent with the core, write the completions and publish them once per
+//! batch, record latencies; when idle, wait by the configured strategy. On shutdown it
+//! closes every request ring (linearizable against publishes, see [`crate::ring`]), drains
+//! them and returns its report.
+//!
+//! Park protocol (no lost wake-up): the worker stores `sleeping = true` (SeqCst), then reads
+//! every lane's tail (SeqCst) and the shutdown flag; it parks only if all are unchanged. A
+//! producer publishes with a SeqCst compare-exchange, then loads `sleeping` (SeqCst) and
+//! unparks if it is set. Of the two store-then-load sequences, one must see the other's
+//! store, so either the worker sees the intent or the producer sees the flag.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use hdrhistogram::Histogram;
+
+use super::{EngineShared, OrderSink, WaitStrategy};
+use crate::core::ShardCore;
+use crate::report::ShardReport;
+use crate::ring;
+use crate::sync::Arc;
+use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::types::{Completion, Intent, Outcome, RejectReason, ShardId};
+
+/// An intent on its way to a shard: stamped, and with its SKU resolved to the shard's
+/// local index so the shard skips the id lookup.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Request {
+    pub(crate) intent: Intent,
+    pub(crate) arrival_ns: u64,
+    pub(crate) local: u32,
+}
+
+/// The worker's end of the two rings it shares with one producer.
+pub(crate) struct WorkerLane {
+    pub(crate) requests: ring::Reader<Request>,
+    pub(crate) completions: ring::Writer<Completion>,
+}
+
+/// Count slots: one per [`RejectReason`], then confirmed orders, then confirmed units.
+pub(crate) const COUNTER_SLOTS: usize = RejectReason::ALL.len() + 2;
+pub(crate) const CONFIRMED_ORDERS: usize = RejectReason::ALL.len();
+pub(crate) const CONFIRMED_UNITS: usize = RejectReason::ALL.len() + 1;
+
+/// Live counters a worker publishes after each batch (single writer, Relaxed stores).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    slots: [AtomicU64; COUNTER_SLOTS],
+}
+
+impl Counters {
+    fn publish(&self, local: &[u64; COUNTER_SLOTS]) {
+        for (slot, &value) in self.slots.iter().zip(local) {
+            slot.store(value, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn read(&self) -> [u64; COUNTER_SLOTS] {
+        core::array::from_fn(|index| self.slots[index].load(Ordering::Relaxed))
+    }
+}
+
+/// Everything a worker thread owns.
+pub(crate) struct Context {
+    shared: Arc<EngineShared>,
+    shard: ShardId,
+    core: ShardCore,
+    sink: Option<Box<dyn OrderSink>>,
+    wait: WaitStrategy,
+    batch_max: usize,
+    lanes: Vec<WorkerLane>,
+    registry_generation_seen: u64,
+    /// Per local SKU index: its catalog index (for the gate).
+    catalog_index_of: Vec<usize>,
+    failed: bool,
+    counts: [u64; COUNTER_SLOTS],
+    /// Submit-to-outcome latency, ns: from the producer's arrival stamp to the moment the
+    /// batch holding the outcome was published to its producer.
+    latency_ns: Histogram<u64>,
+    /// Arrival stamps of the batch being decided; capacity `batch_max`, allocated once.
+    batch_arrivals_ns: Vec<u64>,
+}
+
+/// Spins before the first yield, and yields before the first park, when idle.
+const IDLE_SPINS: u32 = 64;
+const IDLE_YIELDS: u32 = 64;
+
+impl Context {
+    pub(crate) fn new(
+        shared: Arc<EngineShared>,
+        core: ShardCore,
+        sink: Option<Box<dyn OrderSink>>,
+        wait: WaitStrategy,
+        batch_max: usize,
+    ) -> Self {
+        let shard = core.shard();
+        let catalog_index_of: Vec<usize> = shared
+            .placement
+            .skus_of(shard)
+            .iter()
+            .map(|&index| index as usize)
+            .collect();
+        let levels = &shared.shard(shard).available;
+        for (local, sku) in core.levels().enumerate() {
+            levels[local].store(sku.available, Ordering::Relaxed);
+            if sku.available == 0 {
+                shared.gate.raise(catalog_index_of[local]);
+            }
+        }
+        Self {
+            shard,
+            core,
+            sink,
+            wait,
+            batch_max,
+            lanes: Vec::new(),
+            registry_generation_seen: 0,
+            catalog_index_of,
+            failed: false,
+            counts: [0; COUNTER_SLOTS],
+            latency_ns: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
+                .expect("constant bounds are valid"),
+            batch_arrivals_ns: Vec::with_capacity(batch_max),
+            shared,
+        }
+    }
+
+    /// The thread's body. Never unwinds: a panic in the loop (a bug, since sink panics are
+    /// caught where the sink is called) marks the shard failed and the loop resumes in
+    /// failed mode, so every intent still gets an outcome.
+    pub(crate) fn run(mut self) -> ShardReport {
+        loop {
+            match catch_unwind(AssertUnwindSafe(|| self.serve_until_stopped())) {
+                Ok(()) => break,
+                Err(_) => self.mark_failed(),
+            }
+        }
+        self.counts_publish();
+        ShardReport {
+            shard: self.shard,
+            failed: self.failed,
+            counts: self.counts,
+            levels: self.core.levels().collect(),
+            commands_applied: self.core.commands_applied(),
+            latency_ns: self.latency_ns,
+        }
+    }
+
+    fn serve_until_stopped(&mut self) {
+        let mut closed = false;
+        let mut idle_steps = 0u32;
+        loop {
+            let stopping = self.shared.shutdown.load(Ordering::Acquire);
+            if stopping && !closed {
+                self.close_lanes();
+                closed = true;
+            } else if !closed {
+                self.adopt_new_lanes();
+            }
+            let mut work = 0;
+            for index in 0..self.lanes.len() {
+                work += self.serve_lane(index);
+            }
+            if work > 0 {
+                self.counts_publish();
+                idle_steps = 0;
+                continue;
+            }
+            if closed {
+                // Every ring was closed before this pass, which found them all empty.
+                return;
+            }
+            self.lanes
+                .retain_mut(|lane| !(lane.requests.is_abandoned() && lane.requests.is_empty()));
+            idle_steps = self.idle(idle_steps);
+        }
+    }
+
+    fn adopt_new_lanes(&mut self) {
+        let shard = self.shared.shard(self.shard);
+        let generation = shard.registry_generation.load(Ordering::Acquire);
+        if generation != self.registry_generation_seen {
+            let mut registry = shard.registry.lock();
+            self.lanes.append(&mut registry.new_lanes);
+            self.registry_generation_seen = generation;
+        }
+    }
+
+    /// Stops new lanes from registering, adopts the last ones and closes every request
+    /// ring: from here on no intent can be accepted, and every one accepted is in a ring.
+    fn close_lanes(&mut self) {
+        let shard = self.shared.shard(self.shard);
+        let mut registry = shard.registry.lock();
+        registry.closed = true;
+        self.lanes.append(&mut registry.new_lanes);
+        drop(registry);
+        for lane in &mut self.lanes {
+            lane.requests.close();
+        }
+    }
+
+    /// Decides one batch from one lane and publishes its completions. Returns its size.
+    fn serve_lane(&mut self, index: usize) -> usize {
+        let Self {
+            lanes,
+            core,
+            sink,
+            shared,
+            catalog_index_of,
+            failed,
+            counts,
+            batch_arrivals_ns,
+            shard,
+            batch_max,
+            latency_ns,
+            ..
+        } = self;
+        let lane = &mut lanes[index];
+        let gate = &shared.gate;
+        let shard_shared = shared.shard(*shard);
+        batch_arrivals_ns.clear();
+        let taken = lane.requests.read_batch(*batch_max, |request| {
+            let outcome = if *failed {
+                Outcome::Rejected {
+                    reason: RejectReason::ShardFailed,
+                    sequence: None,
+                }
+            } else {
+                core.buy_local(request.local, &request.intent, request.arrival_ns)
+            };
+            match &outcome {
+                Outcome::Confirmed(order) => {
+                    counts[CONFIRMED_ORDERS] += 1;
+                    counts[CONFIRMED_UNITS] += u64::from(order.quantity);
+                    gate.remember(
+                        usize::from(shard.0),
+                        order.user.0,
+                        request.intent.client_key,
+                    );
+                    let available = core.available_local(request.local);
+                    shard_shared.available[request.local as usize]
+                        .store(available, Ordering::Relaxed);
+                    if available == 0 {
+                        gate.raise(catalog_index_of[request.local as usize]);
+                    }
+                    if let Some(order_sink) = sink.as_mut()
+                        && catch_unwind(AssertUnwindSafe(|| order_sink.on_confirmed(order)))
+                            .is_err()
+                    {
+                        // The sink may be in any state after a panic; dropping it could
+                        // panic again, so it is leaked rather than dropped.
+                        if let Some(order_sink) = sink.take() {
+                            std::mem::forget(order_sink);
+                        }
+                        *failed = true;
+                        shard_shared.failed.store(true, Ordering::Release);
+                    }
+                }
+                Outcome::Rejected { reason, .. } => counts[reason.index()] += 1,
+            }
+            batch_arrivals_ns.push(request.arrival_ns);
+            let written = lane.completions.write(Completion {
+                intent: request.intent,
+                outcome,
+            });
+            // The producer keeps at most `capacity` intents in flight per lane, counting
+            // those whose completion it has not taken yet, so there is always a free slot.
+            assert!(
+                written.is_ok(),
+                "completion ring overflow: in-flight bound broken"
+            );
+        });
+        if taken > 0 {
+            // Completion rings are never closed, so publishing cannot fail.
+            let _ = lane.completions.publish();
+            let now_ns = shared.clock.now_ns();
+            for &arrival_ns in batch_arrivals_ns.iter() {
+                latency_ns.saturating_record(now_ns.saturating_sub(arrival_ns).max(1));
+            }
+        }
+        taken
+    }
+
+    fn mark_failed(&mut self) {
+        self.failed = true;
+        self.sink = None;
+        self.shared
+            .shard(self.shard)
+            .failed
+            .store(true, Ordering::Release);
+    }
+
+    fn counts_publish(&self) {
+        self.shared.shard(self.shard).counters.publish(&self.counts);
+    }
+
+    /// One idle step by the wait strategy; returns the next step number.
+    fn idle(&mut self, step: u32) -> u32 {
+        let spin = |step: u32| {
+            if cfg!(loom) {
+                crate::sync::thread::yield_now();
+            } else {
+                core::hint::spin_loop();
+            }
+            step.saturating_add(1)
+        };
+        match self.wait {
+            WaitStrategy::Spin => spin(step),
+            WaitStrategy::Yield if step < IDLE_SPINS => spin(step),
+            WaitStrategy::Yield => {
+                crate::sync::thread::yield_now();
+                step.saturating_add(1)
+            }
+            WaitStrategy::Park if step < IDLE_SPINS => spin(step),
+            WaitStrategy::Park if step < IDLE_SPINS + IDLE_YIELDS => {
+                crate::sync::thread::yield_now();
+                step + 1
+            }
+            WaitStrategy::Park => {
+                self.park();
+                0
+            }
+        }
+    }
+
+    /// Parks unless there is work; see the park protocol in the module docs.
+    fn park(&mut self) {
+        let shard = self.shared.shard(self.shard);
+        shard.sleeping.store(true, Ordering::SeqCst);
+        let work_waiting = self
+            .lanes
+            .iter_mut()
+            .any(|lane| lane.requests.has_published_seqcst())
+            || self.shared.shutdown.load(Ordering::SeqCst)
+            || shard.registry_generation.load(Ordering::SeqCst) != self.registry_generation_seen;
+        if !work_waiting {
+            crate::sync::thread::park();
+        }
+        shard.sleeping.store(false, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,77 @@
+//! # flashsale
+//!
+//! An in-process, high-throughput flash-sale order matcher. Commerce servers hand it every
+//! buy intent; it answers each, within microseconds, with a confirmed order (units held for
+//! the buyer) or a named rejection, selling exactly the stock there is.
+//!
+//! ## Architecture
+//!
+//! ```text
+//! request threads ──submit──▶ Producer ──SPSC ring──▶ shard worker (1 thread, owns its SKUs)
+//!        ▲                     │ validate, stamp,          │ ShardCore::apply: window,
+//!        │                     │ sold-out gate             │ idempotency, limits, stock
+//!        └──── poll ◀──────── completion ring ◀────────────┤
+//!                                                          ├─▶ OrderSink (confirmed orders)
+//!                                                          └─▶ counters, HDR histogram
+//! ```
+//!
+//! - [`core`]: the **decision core**, [`ShardCore`], a plain deterministic state machine
+//!   (`(state, command) -> outcome`) with no threads, atomics or clock. Model tests, fuzzers
+//!   and replay drive it directly.
+//! - [`ring`]: the bounded lock-free SPSC ring, closable by its reader, that carries intents
+//!   to shards and completions back.
+//! - [`Engine`] / [`Producer`]: the **concurrent shell**. One worker thread per shard is the
+//!   single writer of that shard's core; each [`Producer`] (one per submitting thread) owns
+//!   a ring to every shard and one back. The producer rejects malformed intents and, via
+//!   the sold-out gate, intents for SKUs already sold out, before they touch a ring.
+//! - `sync`: the one facade through which concurrent code reaches atomics, cells, locks and
+//!   threads, so that `--cfg loom` model-checks the production code.
+//! - [`report`]: counts, per-SKU levels, latency percentiles.
+//!
+//! Dependencies point one way: the shell depends on the core, never the reverse.
+//!
+//! ## Example
+//!
+//! ```
+//! use flashsale::{Catalog, Engine, Intent, Outcome, SkuId, SkuSpec, UserId};
+//!
+//! let catalog = Catalog::builder()
+//!     .sku(SkuSpec::new(SkuId(1), 2).limit(1).labels("trainer", "42 black"))
+//!     .build()?;
+//! let engine = Engine::builder(catalog).start()?;
+//! let mut producer = engine.producer();
+//! let mut confirmed = 0;
+//! for user in 0..5 {
+//!     let intent = Intent { user: UserId(user), client_key: 1, sku: SkuId(1), quantity: 1 };
+//!     if let Outcome::Confirmed(_) = producer.buy(intent)? {
+//!         confirmed += 1;
+//!     }
+//! }
+//! assert_eq!(confirmed, 2); // exactly the stock, never more
+//! let report = engine.shutdown();
+//! assert_eq!(report.confirmed_units, 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod catalog;
+pub mod clock;
+pub mod core;
+mod engine;
+pub mod report;
+pub mod ring;
+mod sync;
+mod types;
+
+pub use catalog::{
+    Catalog, CatalogBuilder, CatalogError, Placement, PlacementError, SaleWindow, SkuSpec,
+};
+pub use core::{Command, ShardCore, SkuLevels};
+pub use engine::{
+    Engine, EngineBuilder, EngineError, LiveCounts, OrderSink, Producer, SubmitError, Submitted,
+    WaitStrategy,
+};
+pub use report::{LatencySummary, Report};
+pub use types::{
+    Completion, GroupId, Intent, Order, OrderId, Outcome, RejectReason, ShardId, SkuId, UserId,
+};

@@ -1,0 +1,304 @@
+//! What an engine did: outcome counts by reason, per-SKU levels, and submit-to-outcome
+//! latency percentiles from HDR histograms merged across shards.
+
+use core::fmt;
+
+use hdrhistogram::Histogram;
+
+use crate::catalog::{Catalog, Placement};
+use crate::core::SkuLevels;
+use crate::types::{RejectReason, ShardId, SkuId};
+
+/// Latency percentiles, in nanoseconds, read off an HDR histogram (3 significant digits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LatencySummary {
+    /// Samples recorded.
+    pub samples: u64,
+    /// Median.
+    pub p50_ns: u64,
+    /// 90th percentile.
+    pub p90_ns: u64,
+    /// 99th percentile.
+    pub p99_ns: u64,
+    /// 99.9th percentile.
+    pub p999_ns: u64,
+    /// 99.99th percentile.
+    pub p9999_ns: u64,
+    /// Largest sample.
+    pub max_ns: u64,
+    /// Mean, rounded down.
+    pub mean_ns: u64,
+}
+
+impl LatencySummary {
+    /// Reads the percentiles off a histogram of nanoseconds.
+    pub fn from_histogram(histogram: &Histogram<u64>) -> Self {
+        if histogram.is_empty() {
+            return Self::default();
+        }
+        Self {
+            samples: histogram.len(),
+            p50_ns: histogram.value_at_quantile(0.50),
+            p90_ns: histogram.value_at_quantile(0.90),
+            p99_ns: histogram.value_at_quantile(0.99),
+            p999_ns: histogram.value_at_quantile(0.999),
+            p9999_ns: histogram.value_at_quantile(0.9999),
+            max_ns: histogram.max(),
+            mean_ns: histogram.mean() as u64,
+        }
+    }
+}
+
+impl fmt::Display for LatencySummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "p50 {} | p90 {} | p99 {} | p99.9 {} | p99.99 {} | max {} ({} samples)",
+            Nanos(self.p50_ns),
+            Nanos(self.p90_ns),
+            Nanos(self.p99_ns),
+            Nanos(self.p999_ns),
+            Nanos(self.p9999_ns),
+            Nanos(self.max_ns),
+            self.samples
+        )
+    }
+}
+
+/// A duration in ns, printed with a readable unit.
+#[derive(Debug, Clone, Copy)]
+pub struct Nanos(pub u64);
+
+impl fmt::Display for Nanos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ns = self.0;
+        if ns < 10_000 {
+            write!(f, "{ns} ns")
+        } else if ns < 10_000_000 {
+            write!(f, "{:.1} µs", ns as f64 / 1e3)
+        } else {
+            write!(f, "{:.1} ms", ns as f64 / 1e6)
+        }
+    }
+}
+
+/// One SKU's final levels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkuReport {
+    /// The SKU.
+    pub id: SkuId,
+    /// Its product label.
+    pub product: String,
+    /// Its variant label.
+    pub variant: String,
+    /// The shard that owned it.
+    pub shard: ShardId,
+    /// Units for sale at the start.
+    pub stock: u32,
+    /// Units held by confirmed orders.
+    pub held: u32,
+    /// Units left.
+    pub available: u32,
+}
+
+/// Submits that were refused (the intent went back to its caller; not outcomes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Refusals {
+    /// [`SubmitError::Busy`](crate::SubmitError::Busy).
+    pub busy: u64,
+    /// [`SubmitError::ShutDown`](crate::SubmitError::ShutDown).
+    pub shut_down: u64,
+    /// [`SubmitError::ShardFailed`](crate::SubmitError::ShardFailed).
+    pub shard_failed: u64,
+}
+
+/// A shard worker's final account, returned by its thread.
+#[derive(Debug)]
+pub(crate) struct ShardReport {
+    pub(crate) shard: ShardId,
+    pub(crate) failed: bool,
+    pub(crate) counts: [u64; crate::engine::COUNTER_SLOTS],
+    pub(crate) levels: Vec<SkuLevels>,
+    pub(crate) commands_applied: u64,
+    pub(crate) latency_ns: Histogram<u64>,
+}
+
+impl ShardReport {
+    /// The account of a shard whose thread died (an engine bug): nothing is known.
+    pub(crate) fn lost(shard: ShardId) -> Self {
+        Self {
+            shard,
+            failed: true,
+            counts: [0; crate::engine::COUNTER_SLOTS],
+            levels: Vec::new(),
+            commands_applied: 0,
+            latency_ns: Histogram::new(3).expect("3 significant figures is valid"),
+        }
+    }
+}
+
+/// The final account of an engine, from [`Engine::shutdown`](crate::Engine::shutdown).
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Shards the engine ran.
+    pub shards: usize,
+    /// Orders confirmed.
+    pub confirmed_orders: u64,
+    /// Units those orders hold.
+    pub confirmed_units: u64,
+    /// Rejections per reason, indexed by [`RejectReason::index`], whoever decided them.
+    pub rejections: [u64; RejectReason::ALL.len()],
+    /// How many of those rejections producers answered at submit (malformed, unknown SKU,
+    /// sold-out gate), without queueing.
+    pub answered_at_submit: u64,
+    /// Refused submits.
+    pub refusals: Refusals,
+    /// Commands the shards applied (their sequence numbers used).
+    pub commands_applied: u64,
+    /// Per SKU, in catalog order.
+    pub skus: Vec<SkuReport>,
+    /// Shards that failed (their order sink panicked).
+    pub failed_shards: Vec<ShardId>,
+    /// Submit-to-outcome latency of the intents that reached a shard, merged over shards.
+    pub latency: LatencySummary,
+    /// The merged histogram behind [`latency`](Self::latency), in ns.
+    pub latency_histogram: Histogram<u64>,
+}
+
+impl Report {
+    pub(crate) fn new(
+        catalog: &Catalog,
+        placement: &Placement,
+        shard_reports: Vec<ShardReport>,
+        producer_counts: &[u64; crate::engine::PRODUCER_SLOTS],
+    ) -> Self {
+        use crate::engine::{
+            CONFIRMED_ORDERS, CONFIRMED_UNITS, REFUSED_BUSY, REFUSED_SHARD_FAILED,
+            REFUSED_SHUT_DOWN,
+        };
+        let mut latency_histogram =
+            Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("constant bounds");
+        let mut rejections = [0u64; RejectReason::ALL.len()];
+        let mut confirmed_orders = 0;
+        let mut confirmed_units = 0;
+        let mut commands_applied = 0;
+        let mut failed_shards = Vec::new();
+        let mut levels_of_shard = Vec::with_capacity(shard_reports.len());
+        for report in &shard_reports {
+            for (total, count) in rejections.iter_mut().zip(&report.counts) {
+                *total += count;
+            }
+            confirmed_orders += report.counts[CONFIRMED_ORDERS];
+            confirmed_units += report.counts[CONFIRMED_UNITS];
+            commands_applied += report.commands_applied;
+            if report.failed {
+                failed_shards.push(report.shard);
+            }
+            // Histograms with identical bounds always merge; a lost shard's is empty.
+            let _ = latency_histogram.add(&report.latency_ns);
+            levels_of_shard.push(&report.levels);
+        }
+        let mut answered_at_submit = 0;
+        for (total, count) in rejections.iter_mut().zip(producer_counts) {
+            *total += count;
+            answered_at_submit += count;
+        }
+        let skus = catalog
+            .skus()
+            .iter()
+            .enumerate()
+            .map(|(index, spec)| {
+                let (shard, local) = placement.route(index);
+                let levels = levels_of_shard
+                    .get(usize::from(shard.0))
+                    .and_then(|levels| levels.get(local as usize));
+                SkuReport {
+                    id: spec.id,
+                    product: spec.product.clone(),
+                    variant: spec.variant.clone(),
+                    shard,
+                    stock: spec.stock,
+                    held: levels.map_or(0, |levels| levels.held),
+                    available: levels.map_or(0, |levels| levels.available),
+                }
+            })
+            .collect();
+        Self {
+            shards: shard_reports.len(),
+            confirmed_orders,
+            confirmed_units,
+            rejections,
+            answered_at_submit,
+            refusals: Refusals {
+                busy: producer_counts[REFUSED_BUSY],
+                shut_down: producer_counts[REFUSED_SHUT_DOWN],
+                shard_failed: producer_counts[REFUSED_SHARD_FAILED],
+            },
+            commands_applied,
+            skus,
+            failed_shards,
+            latency: LatencySummary::from_histogram(&latency_histogram),
+            latency_histogram,
+        }
+    }
+
+    /// Rejections for one reason (any `Duplicate` id counts as `Duplicate`).
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        self.rejections[reason.index()]
+    }
+
+    /// All outcomes: confirmed orders plus rejections.
+    pub fn outcomes(&self) -> u64 {
+        self.confirmed_orders + self.rejections.iter().sum::<u64>()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "outcomes {:>12}   confirmed orders {} ({} units)   shards {}",
+            self.outcomes(),
+            self.confirmed_orders,
+            self.confirmed_units,
+            self.shards
+        )?;
+        writeln!(
+            f,
+            "rejections (answered at submit: {}):",
+            self.answered_at_submit
+        )?;
+        for reason in RejectReason::ALL {
+            let count = self.rejected(reason);
+            if count > 0 {
+                writeln!(f, "  {:<20}{count:>12}", reason.name())?;
+            }
+        }
+        writeln!(
+            f,
+            "refused submits: busy {}, shut down {}, shard failed {}",
+            self.refusals.busy, self.refusals.shut_down, self.refusals.shard_failed
+        )?;
+        if !self.failed_shards.is_empty() {
+            writeln!(f, "FAILED shards: {:?}", self.failed_shards)?;
+        }
+        writeln!(f, "submit-to-outcome latency: {}", self.latency)?;
+        writeln!(
+            f,
+            "{:>8}  {:<24}{:>10}{:>10}{:>10}",
+            "sku", "product / variant", "stock", "held", "left"
+        )?;
+        for sku in &self.skus {
+            let label: String = format!("{} {}", sku.product, sku.variant)
+                .chars()
+                .take(23)
+                .collect();
+            writeln!(
+                f,
+                "{:>8}  {:<24}{:>10}{:>10}{:>10}",
+                sku.id.0, label, sku.stock, sku.held, sku.available
+            )?;
+        }
+        Ok(())
+    }
+}

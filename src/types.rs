@@ -1,0 +1,213 @@
+//! The plain data that crosses the engine: ids, intents, orders, outcomes and reasons.
+
+use core::fmt;
+
+/// A buyer, as the commerce server identifies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UserId(pub u64);
+
+/// A stock-keeping unit: one variant of one product (e.g. "trainer, size 42, black").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SkuId(pub u32);
+
+/// A limit group: SKUs whose units count together against one per-buyer limit (e.g. "at
+/// most 2 pairs of these trainers, whatever the size").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupId(pub u32);
+
+/// The index of a shard: a worker thread and the SKUs it alone decides for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ShardId(pub u16);
+
+/// A confirmed order: the shard that decided it in the top 16 bits, that shard's count of
+/// confirmed orders before it in the low 48. Unique across an engine, and deterministic: the
+/// same catalog and command order give the same ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OrderId(pub u64);
+
+impl OrderId {
+    const NUMBER_BITS: u32 = 48;
+
+    /// The id of the `number`th order (from 0) confirmed by `shard`.
+    pub const fn new(shard: ShardId, number: u64) -> Self {
+        Self(((shard.0 as u64) << Self::NUMBER_BITS) | (number & ((1 << Self::NUMBER_BITS) - 1)))
+    }
+
+    /// The shard that confirmed the order.
+    pub const fn shard(self) -> ShardId {
+        ShardId((self.0 >> Self::NUMBER_BITS) as u16)
+    }
+
+    /// How many orders that shard had confirmed before this one.
+    pub const fn number(self) -> u64 {
+        self.0 & ((1 << Self::NUMBER_BITS) - 1)
+    }
+}
+
+impl fmt::Display for OrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.shard().0, self.number())
+    }
+}
+
+/// A buyer pressing "buy": `quantity` units of `sku` for `user`.
+///
+/// `client_key` makes the press idempotent: a retry with the same `(user, client_key)` gets
+/// the first order back (as [`RejectReason::Duplicate`]) instead of a second one. A client
+/// that does not retry can use any unique value per press.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Intent {
+    /// The buyer.
+    pub user: UserId,
+    /// The buyer's idempotency key for this press (unique per purchase attempt).
+    pub client_key: u64,
+    /// What they want to buy.
+    pub sku: SkuId,
+    /// How many units; `1..=max_quantity` (see the engine builder), else rejected as
+    /// [`RejectReason::InvalidQuantity`].
+    pub quantity: u32,
+}
+
+/// A confirmed order: the units are held for the buyer, who pays for them next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Order {
+    /// The order's id, unique in the engine.
+    pub id: OrderId,
+    /// The buyer.
+    pub user: UserId,
+    /// The SKU bought.
+    pub sku: SkuId,
+    /// Units held for the buyer.
+    pub quantity: u32,
+    /// The deciding shard's sequence number of the command that created it.
+    pub sequence: u64,
+}
+
+/// Why an intent was not confirmed. Each variant names one rule; the shard checks them in
+/// the order listed for shard decisions (window, idempotency, limit, stock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// The quantity was 0 or above the engine's `max_quantity`. Decided by the producer.
+    InvalidQuantity,
+    /// No SKU with that id is in the catalog. Decided by the producer (or a shard core fed
+    /// directly with a SKU it does not own).
+    UnknownSku,
+    /// The intent arrived before the SKU's sale window opened.
+    NotOpenYet,
+    /// The intent arrived at or after the SKU's sale window closed.
+    Closed,
+    /// The same `(user, client_key)` already has this order; no second order was made.
+    Duplicate(OrderId),
+    /// Confirming would take the buyer over their limit for this SKU or its limit group.
+    UserLimit,
+    /// No unit of the SKU is left. Also answered by the producer, without queueing, once the
+    /// shard has published the SKU as sold out (its `sequence` is then `None`).
+    SoldOut,
+    /// Some units are left, but fewer than the intent asked for.
+    InsufficientStock,
+    /// The shard stopped deciding after its order sink panicked; the intent was not
+    /// decided.
+    ShardFailed,
+}
+
+impl RejectReason {
+    /// Every reason, in declaration order (the `Duplicate` entry carries a placeholder id).
+    pub const ALL: [RejectReason; 9] = [
+        Self::InvalidQuantity,
+        Self::UnknownSku,
+        Self::NotOpenYet,
+        Self::Closed,
+        Self::Duplicate(OrderId(0)),
+        Self::UserLimit,
+        Self::SoldOut,
+        Self::InsufficientStock,
+        Self::ShardFailed,
+    ];
+
+    /// A dense index, `0..ALL.len()`, for counting by reason.
+    pub const fn index(self) -> usize {
+        match self {
+            Self::InvalidQuantity => 0,
+            Self::UnknownSku => 1,
+            Self::NotOpenYet => 2,
+            Self::Closed => 3,
+            Self::Duplicate(_) => 4,
+            Self::UserLimit => 5,
+            Self::SoldOut => 6,
+            Self::InsufficientStock => 7,
+            Self::ShardFailed => 8,
+        }
+    }
+
+    /// A stable snake_case name, for reports and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::InvalidQuantity => "invalid_quantity",
+            Self::UnknownSku => "unknown_sku",
+            Self::NotOpenYet => "not_open_yet",
+            Self::Closed => "closed",
+            Self::Duplicate(_) => "duplicate",
+            Self::UserLimit => "user_limit",
+            Self::SoldOut => "sold_out",
+            Self::InsufficientStock => "insufficient_stock",
+            Self::ShardFailed => "shard_failed",
+        }
+    }
+}
+
+/// What became of one intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The units are held for the buyer.
+    Confirmed(Order),
+    /// Nothing was reserved.
+    Rejected {
+        /// Why.
+        reason: RejectReason,
+        /// The deciding shard's sequence number, or `None` when the producer answered at
+        /// once (malformed intent, unknown SKU, or the sold-out gate) or the shard had failed.
+        sequence: Option<u64>,
+    },
+}
+
+impl Outcome {
+    /// The order, if confirmed.
+    pub fn order(&self) -> Option<&Order> {
+        match self {
+            Self::Confirmed(order) => Some(order),
+            Self::Rejected { .. } => None,
+        }
+    }
+
+    /// The rejection reason, if rejected.
+    pub fn reason(&self) -> Option<RejectReason> {
+        match self {
+            Self::Confirmed(_) => None,
+            Self::Rejected { reason, .. } => Some(*reason),
+        }
+    }
+
+    /// The deciding shard's sequence number, if a shard decided it.
+    pub fn sequence(&self) -> Option<u64> {
+        match self {
+            Self::Confirmed(order) => Some(order.sequence),
+            Self::Rejected { sequence, .. } => *sequence,
+        }
+    }
+
+    pub(crate) const fn rejected_by_producer(reason: RejectReason) -> Self {
+        Self::Rejected {
+            reason,
+            sequence: None,
+        }
+    }
+}
+
+/// An intent together with what became of it, as the producer that submitted it receives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Completion {
+    /// The intent as submitted.
+    pub intent: Intent,
+    /// What became of it.
+    pub outcome: Outcome,
+}
