@@ -75,3 +75,11 @@ pub use report::{LatencySummary, Report};
 pub use types::{
     Completion, GroupId, Intent, Order, OrderId, Outcome, RejectReason, ShardId, SkuId, UserId,
 };
+
+/// Internals the loom models in `tests/loom.rs` drive directly. Only built under
+/// `--cfg loom`; not part of the API.
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod loom_internals {
+    pub use crate::engine::gate::SoldOutGate;
+}

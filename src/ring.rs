@@ -231,13 +231,11 @@ impl<T> Writer<T> {
         if self.tail == self.published {
             return Ok(());
         }
-        // SeqCst: the engine's park protocol pairs this with the worker's SeqCst store of
-        // its `sleeping` flag (a store-load fence on both sides; free on x86, where any
-        // locked instruction is a full fence).
+        // Release: the slots written before are visible to a reader that acquires the tail.
         match self.shared.tail.compare_exchange(
             self.published,
             self.tail,
-            Ordering::SeqCst,
+            Ordering::Release,
             Ordering::Relaxed,
         ) {
             Ok(_) => {
@@ -375,7 +373,7 @@ impl<T> Reader<T> {
     /// Closes the ring: every later publish fails. Items published before the close stay
     /// readable; the returned count says how many wait now (none can be added after it).
     pub fn close(&mut self) -> usize {
-        let tail = self.shared.tail.fetch_or(CLOSED_BIT, Ordering::SeqCst);
+        let tail = self.shared.tail.fetch_or(CLOSED_BIT, Ordering::AcqRel);
         self.cached_tail = tail & !CLOSED_BIT;
         (self.cached_tail - self.head) as usize
     }
@@ -391,11 +389,10 @@ impl<T> Reader<T> {
         self.shared.writer_dropped.load(Ordering::Acquire)
     }
 
-    /// A fence the engine's park protocol needs: a SeqCst read of the writer's tail, so that
-    /// a sleeping flag stored before it and a publish after it cannot both miss each other.
-    pub(crate) fn has_published_seqcst(&mut self) -> bool {
-        self.cached_tail = self.shared.tail.load(Ordering::SeqCst) & !CLOSED_BIT;
-        self.cached_tail != self.head
+    /// Whether anything published waits to be read, refreshing the cached tail (for the
+    /// engine's park protocol, which orders this load with a SeqCst fence before it).
+    pub(crate) fn has_published(&mut self) -> bool {
+        self.head != self.refresh_tail()
     }
 }
 

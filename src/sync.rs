@@ -10,7 +10,7 @@
 pub(crate) use loom::sync::Arc;
 #[cfg(loom)]
 pub(crate) mod atomic {
-    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
 }
 #[cfg(loom)]
 pub(crate) mod thread {
@@ -32,7 +32,7 @@ pub(crate) use loom::cell::UnsafeCell;
 pub(crate) use std::sync::Arc;
 #[cfg(not(loom))]
 pub(crate) mod atomic {
-    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
 }
 #[cfg(not(loom))]
 pub(crate) mod thread {

@@ -70,9 +70,10 @@ impl KeyFilter {
     }
 }
 
-/// Per-SKU sold-out flags and per-shard confirmed-key filters.
+/// Per-SKU sold-out flags and per-shard confirmed-key filters. (Crate-internal; public
+/// only to the loom models, through `loom_internals`.)
 #[derive(Debug)]
-pub(crate) struct SoldOutGate {
+pub struct SoldOutGate {
     /// Per catalog index. Raised once by the owning shard; read by every producer.
     sold_out: Box<[AtomicBool]>,
     /// Per shard.
@@ -81,7 +82,7 @@ pub(crate) struct SoldOutGate {
 
 impl SoldOutGate {
     /// `stock_of_shard[s]` sizes shard `s`'s filter; `skus` is the catalog's SKU count.
-    pub(crate) fn new(skus: usize, stock_of_shard: impl IntoIterator<Item = u64>) -> Self {
+    pub fn new(skus: usize, stock_of_shard: impl IntoIterator<Item = u64>) -> Self {
         Self {
             sold_out: (0..skus).map(|_| AtomicBool::new(false)).collect(),
             filters: stock_of_shard
@@ -93,19 +94,19 @@ impl SoldOutGate {
 
     /// Shard side: remember a confirmed key. Call before [`raise`](Self::raise) for any
     /// SKU that sells out after this confirmation.
-    pub(crate) fn remember(&self, shard: usize, user: u64, client_key: u64) {
+    pub fn remember(&self, shard: usize, user: u64, client_key: u64) {
         self.filters[shard].insert(user, client_key);
     }
 
     /// Shard side: publish a SKU (catalog index) as sold out.
-    pub(crate) fn raise(&self, catalog_index: usize) {
+    pub fn raise(&self, catalog_index: usize) {
         self.sold_out[catalog_index].store(true, Ordering::Release);
     }
 
     /// Producer side: whether an intent may be rejected as sold out without asking the
     /// shard: the SKU is flagged and the key was certainly never confirmed.
     #[inline]
-    pub(crate) fn turns_away(
+    pub fn turns_away(
         &self,
         catalog_index: usize,
         shard: usize,

@@ -3,7 +3,7 @@
 //!
 //! Arrows point one way: this module depends on [`crate::core`], never the reverse.
 
-mod gate;
+pub(crate) mod gate;
 mod producer;
 mod worker;
 
@@ -17,7 +17,7 @@ use crate::clock::EngineClock;
 use crate::core::ShardCore;
 use crate::report::{Report, ShardReport};
 use crate::ring;
-use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
 use crate::sync::thread::{JoinHandle, Thread};
 use crate::sync::{Arc, Mutex};
 use crate::types::{Order, ShardId, SkuId};
@@ -227,6 +227,7 @@ impl EngineBuilder {
             ring_capacity: self.ring_capacity,
             max_quantity: self.max_quantity,
             gate_enabled: self.gate,
+            parking: self.wait == WaitStrategy::Park,
             gate,
             clock: EngineClock::start(),
             shutdown: CachePadded::new(AtomicBool::new(false)),
@@ -261,6 +262,8 @@ pub(crate) struct EngineShared {
     pub(crate) ring_capacity: usize,
     pub(crate) max_quantity: u32,
     pub(crate) gate_enabled: bool,
+    /// Whether workers may park, so producers must run their side of the park protocol.
+    pub(crate) parking: bool,
     pub(crate) gate: SoldOutGate,
     pub(crate) clock: EngineClock,
     /// Raised once by [`Engine::shutdown`]; producers refuse submits from then on, workers
@@ -288,8 +291,8 @@ pub(crate) struct ShardShared {
     pub(crate) thread: Mutex<Option<Thread>>,
     /// Lanes of producers created since the worker last looked.
     pub(crate) registry: Mutex<Registry>,
-    /// Bumped (SeqCst, for the park protocol) after each registration; the worker compares
-    /// it once per pass.
+    /// Bumped (Release) after each registration; the worker compares it once per pass, and
+    /// before parking.
     pub(crate) registry_generation: AtomicU64,
     /// Live per-SKU available units (local index), stored by the worker after each change.
     pub(crate) available: Box<[AtomicU32]>,
@@ -310,10 +313,12 @@ impl ShardShared {
         }
     }
 
-    /// Wakes the worker if it is parked or about to park.
+    /// Producer side of the park protocol (see `worker`): after publishing, wakes the
+    /// worker if it is parked or about to park.
     #[inline]
     pub(crate) fn wake_if_sleeping(&self) {
-        if self.sleeping.load(Ordering::SeqCst) {
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) {
             self.unpark();
         }
     }
@@ -425,7 +430,7 @@ impl Engine {
     }
 
     fn stop(&mut self) -> Report {
-        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.shutdown.store(true, Ordering::Release);
         for shard in self.shared.shards.iter() {
             shard.unpark();
         }

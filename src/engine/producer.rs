@@ -103,7 +103,7 @@ impl Producer {
                     worker_lane.requests.close();
                 } else {
                     registry.new_lanes.push(worker_lane);
-                    shard.registry_generation.fetch_add(1, Ordering::SeqCst);
+                    shard.registry_generation.fetch_add(1, Ordering::Release);
                 }
                 drop(registry);
                 Lane {
@@ -193,7 +193,9 @@ impl Producer {
         match lane.requests.push(request) {
             Ok(()) => {
                 lane.in_flight += 1;
-                shard_shared.wake_if_sleeping();
+                if shared.parking {
+                    shard_shared.wake_if_sleeping();
+                }
                 Ok(Submitted::Queued)
             }
             Err(PushError::Closed(_)) => Err(SubmitError::ShutDown(intent)),

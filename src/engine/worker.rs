@@ -6,11 +6,13 @@
 //! closes every request ring (linearizable against publishes, see [`crate::ring`]), drains
 //! them and returns its report.
 //!
-//! Park protocol (no lost wake-up): the worker stores `sleeping = true` (SeqCst), then reads
-//! every lane's tail (SeqCst) and the shutdown flag; it parks only if all are unchanged. A
-//! producer publishes with a SeqCst compare-exchange, then loads `sleeping` (SeqCst) and
-//! unparks if it is set. Of the two store-then-load sequences, one must see the other's
-//! store, so either the worker sees the intent or the producer sees the flag.
+//! Park protocol (no lost wake-up), used only with [`WaitStrategy::Park`]: the worker stores
+//! `sleeping = true`, issues a SeqCst fence, then reads every lane's tail, the registry
+//! generation and the shutdown flag; it parks only if all are unchanged. A producer
+//! publishes its intent, issues a SeqCst fence, then loads `sleeping` and unparks the worker
+//! if it is set. The two fences are ordered one way or the other, so either the worker sees
+//! the intent or the producer sees the flag (a store-buffering litmus test; loom checks it
+//! with fences, as it does not model SeqCst loads and stores beyond AcqRel).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -21,7 +23,7 @@ use crate::core::ShardCore;
 use crate::report::ShardReport;
 use crate::ring;
 use crate::sync::Arc;
-use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicU64, Ordering, fence};
 use crate::types::{Completion, Intent, Outcome, RejectReason, ShardId};
 
 /// An intent on its way to a shard: stamped, and with its SKU resolved to the shard's
@@ -83,9 +85,10 @@ pub(crate) struct Context {
     batch_arrivals_ns: Vec<u64>,
 }
 
-/// Spins before the first yield, and yields before the first park, when idle.
-const IDLE_SPINS: u32 = 64;
-const IDLE_YIELDS: u32 = 64;
+/// Spins before the first yield, and yields before the first park, when idle. Under loom
+/// each is a scheduling point to explore, so the worker parks almost at once there.
+const IDLE_SPINS: u32 = if cfg!(loom) { 1 } else { 64 };
+const IDLE_YIELDS: u32 = if cfg!(loom) { 1 } else { 64 };
 
 impl Context {
     pub(crate) fn new(
@@ -328,13 +331,14 @@ impl Context {
     /// Parks unless there is work; see the park protocol in the module docs.
     fn park(&mut self) {
         let shard = self.shared.shard(self.shard);
-        shard.sleeping.store(true, Ordering::SeqCst);
+        shard.sleeping.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
         let work_waiting = self
             .lanes
             .iter_mut()
-            .any(|lane| lane.requests.has_published_seqcst())
-            || self.shared.shutdown.load(Ordering::SeqCst)
-            || shard.registry_generation.load(Ordering::SeqCst) != self.registry_generation_seen;
+            .any(|lane| lane.requests.has_published())
+            || self.shared.shutdown.load(Ordering::Acquire)
+            || shard.registry_generation.load(Ordering::Acquire) != self.registry_generation_seen;
         if !work_waiting {
             crate::sync::thread::park();
         }

@@ -1,0 +1,615 @@
+//! End-to-end tests of the engine through its public API: one per rejection reason and
+//! engine error, shutdown, idempotency across the sold-out gate, sink failure, and a
+//! many-thread stress test that checks DESIGN.md's invariants 1-5 on every outcome.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use flashsale::{
+    Catalog, Completion, Engine, EngineError, GroupId, Intent, OrderId, Outcome, PlacementError,
+    RejectReason, SaleWindow, ShardId, SkuId, SkuSpec, SubmitError, Submitted, UserId,
+    WaitStrategy,
+};
+
+fn intent(user: u64, key: u64, sku: u32, quantity: u32) -> Intent {
+    Intent {
+        user: UserId(user),
+        client_key: key,
+        sku: SkuId(sku),
+        quantity,
+    }
+}
+
+fn one_sku(stock: u32, limit: u32) -> Catalog {
+    Catalog::builder()
+        .sku(SkuSpec::new(SkuId(1), stock).limit(limit))
+        .build()
+        .unwrap()
+}
+
+fn reason(outcome: Outcome) -> RejectReason {
+    outcome
+        .reason()
+        .unwrap_or_else(|| panic!("expected a rejection, got {outcome:?}"))
+}
+
+#[test]
+fn producer_answers_malformed_and_unknown_at_once() {
+    let engine = Engine::builder(one_sku(10, 5))
+        .max_quantity(3)
+        .start()
+        .unwrap();
+    let mut producer = engine.producer();
+    for bad in [intent(1, 1, 1, 0), intent(1, 2, 1, 4)] {
+        assert_eq!(
+            producer.submit(bad).unwrap(),
+            Submitted::Answered(Outcome::Rejected {
+                reason: RejectReason::InvalidQuantity,
+                sequence: None
+            })
+        );
+    }
+    assert_eq!(
+        reason(producer.buy(intent(1, 3, 77, 1)).unwrap()),
+        RejectReason::UnknownSku
+    );
+    assert_eq!(producer.in_flight(), 0);
+    let report = engine.shutdown();
+    assert_eq!(report.rejected(RejectReason::InvalidQuantity), 2);
+    assert_eq!(report.rejected(RejectReason::UnknownSku), 1);
+    assert_eq!(report.answered_at_submit, 3);
+    assert_eq!(report.commands_applied, 0, "nothing reached a shard");
+}
+
+#[test]
+fn sale_window_rejections() {
+    let far_future = u64::MAX - 1;
+    let catalog = Catalog::builder()
+        .sku(SkuSpec::new(SkuId(1), 10).window(SaleWindow {
+            opens_at_ns: far_future,
+            closes_at_ns: u64::MAX,
+        }))
+        .sku(SkuSpec::new(SkuId(2), 10).window(SaleWindow {
+            opens_at_ns: 0,
+            closes_at_ns: 1,
+        }))
+        .build()
+        .unwrap();
+    let engine = Engine::builder(catalog).start().unwrap();
+    let mut producer = engine.producer();
+    assert_eq!(
+        reason(producer.buy(intent(1, 1, 1, 1)).unwrap()),
+        RejectReason::NotOpenYet
+    );
+    // The engine clock is past 1 ns by the time anything is submitted.
+    assert_eq!(
+        reason(producer.buy(intent(1, 2, 2, 1)).unwrap()),
+        RejectReason::Closed
+    );
+}
+
+#[test]
+fn stock_limit_and_duplicate_rejections() {
+    let catalog = Catalog::builder()
+        .group(GroupId(9), 3)
+        .sku(SkuSpec::new(SkuId(1), 4).limit(2).group(GroupId(9)))
+        .sku(SkuSpec::new(SkuId(2), 4).limit(2).group(GroupId(9)))
+        .build()
+        .unwrap();
+    let engine = Engine::builder(catalog).start().unwrap();
+    let mut producer = engine.producer();
+    let first = *producer.buy(intent(1, 10, 1, 2)).unwrap().order().unwrap();
+    assert_eq!(first.quantity, 2);
+    assert_eq!(
+        reason(producer.buy(intent(1, 10, 1, 2)).unwrap()),
+        RejectReason::Duplicate(first.id)
+    );
+    assert_eq!(
+        reason(producer.buy(intent(1, 11, 1, 1)).unwrap()),
+        RejectReason::UserLimit,
+        "per-SKU limit"
+    );
+    assert!(producer.buy(intent(1, 12, 2, 1)).unwrap().order().is_some());
+    assert_eq!(
+        reason(producer.buy(intent(1, 13, 2, 1)).unwrap()),
+        RejectReason::UserLimit,
+        "group limit of 3 across both SKUs"
+    );
+    assert!(producer.buy(intent(2, 1, 1, 1)).unwrap().order().is_some());
+    assert_eq!(
+        reason(producer.buy(intent(3, 1, 1, 2)).unwrap()),
+        RejectReason::InsufficientStock
+    );
+    assert!(producer.buy(intent(3, 2, 1, 1)).unwrap().order().is_some());
+    // SKU 1 is sold out now; whether the gate or the shard answers, the reason is SoldOut.
+    assert_eq!(
+        reason(producer.buy(intent(4, 1, 1, 1)).unwrap()),
+        RejectReason::SoldOut
+    );
+    assert_eq!(engine.available(SkuId(1)), Some(0));
+    let report = engine.shutdown();
+    assert_eq!(report.confirmed_orders, 4);
+    assert_eq!(report.confirmed_units, 5);
+    let sku1 = &report.skus[0];
+    assert_eq!((sku1.stock, sku1.held, sku1.available), (4, 4, 0));
+}
+
+#[test]
+fn sold_out_gate_answers_at_submit_but_lets_retries_through() {
+    let engine = Engine::builder(one_sku(3, 1)).start().unwrap();
+    let mut producer = engine.producer();
+    let mut orders = Vec::new();
+    for user in 0..3 {
+        orders.push(producer.buy(intent(user, 100 + user, 1, 1)).unwrap());
+    }
+    // The shard raised the sold-out flag when it confirmed the last unit, before it
+    // published that outcome, so this submit must be answered by the gate.
+    match producer.submit(intent(50, 1, 1, 1)).unwrap() {
+        Submitted::Answered(outcome) => {
+            assert_eq!(outcome.reason(), Some(RejectReason::SoldOut));
+            assert_eq!(outcome.sequence(), None, "decided by the producer");
+        }
+        Submitted::Queued => panic!("a sold-out SKU must be answered at submit"),
+    }
+    // Retries of confirmed intents reach the shard and learn their order.
+    for (user, outcome) in orders.iter().enumerate() {
+        let user = user as u64;
+        let retry = producer.buy(intent(user, 100 + user, 1, 1)).unwrap();
+        assert_eq!(
+            retry.reason(),
+            Some(RejectReason::Duplicate(outcome.order().unwrap().id))
+        );
+        assert!(retry.sequence().is_some(), "decided by the shard");
+    }
+}
+
+#[test]
+fn gate_off_sends_everything_to_the_shard() {
+    let engine = Engine::builder(one_sku(1, 1))
+        .sold_out_gate(false)
+        .start()
+        .unwrap();
+    let mut producer = engine.producer();
+    producer.buy(intent(1, 1, 1, 1)).unwrap();
+    let outcome = producer.buy(intent(2, 1, 1, 1)).unwrap();
+    assert_eq!(outcome.reason(), Some(RejectReason::SoldOut));
+    assert!(outcome.sequence().is_some());
+}
+
+#[test]
+fn engine_errors_are_named() {
+    let err = |builder: flashsale::EngineBuilder| builder.start().unwrap_err();
+    assert!(matches!(
+        err(Engine::builder(one_sku(1, 1)).shards(0)),
+        EngineError::Placement(PlacementError::ZeroShards)
+    ));
+    assert!(matches!(
+        err(Engine::builder(one_sku(1, 1)).shards(2)),
+        EngineError::Placement(PlacementError::MoreShardsThanUnits {
+            shards: 2,
+            units: 1
+        })
+    ));
+    assert!(matches!(
+        err(Engine::builder(one_sku(1, 1)).ring_capacity(0)),
+        EngineError::RingCapacity(flashsale::ring::CapacityError::Zero)
+    ));
+    assert!(matches!(
+        err(Engine::builder(one_sku(1, 1)).max_quantity(0)),
+        EngineError::ZeroMaxQuantity
+    ));
+    assert!(matches!(
+        err(Engine::builder(one_sku(1, 1)).batch_max(0)),
+        EngineError::ZeroBatch
+    ));
+}
+
+#[test]
+fn busy_hands_the_intent_back_and_nothing_is_lost() {
+    let engine = Engine::builder(one_sku(1_000, u32::MAX))
+        .ring_capacity(4)
+        .start()
+        .unwrap();
+    let mut producer = engine.producer();
+    let mut queued = 0;
+    let mut busy = 0;
+    for key in 0..100 {
+        match producer.submit(intent(key, key, 1, 1)) {
+            Ok(Submitted::Queued) => queued += 1,
+            Err(SubmitError::Busy(back)) => {
+                assert_eq!(back, intent(key, key, 1, 1));
+                busy += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(queued, 4, "at most ring_capacity in flight until polled");
+    assert_eq!(busy, 96);
+    let mut completions = 0;
+    producer.drain(|_| completions += 1);
+    assert_eq!(completions, 4);
+    assert!(producer.submit(intent(500, 500, 1, 1)).is_ok());
+    let report = engine.shutdown();
+    assert_eq!(report.refusals.busy, 96);
+}
+
+#[test]
+fn shutdown_drains_accepted_intents_and_refuses_later_ones() {
+    for wait in [WaitStrategy::Spin, WaitStrategy::Yield, WaitStrategy::Park] {
+        let engine = Engine::builder(one_sku(100, u32::MAX))
+            .ring_capacity(1024)
+            .wait_strategy(wait)
+            .sold_out_gate(false)
+            .start()
+            .unwrap();
+        let mut producer = engine.producer();
+        for key in 0..1000 {
+            assert_eq!(
+                producer.submit(intent(key, key, 1, 1)).unwrap(),
+                Submitted::Queued
+            );
+        }
+        let report = engine.shutdown();
+        let mut completions = Vec::new();
+        producer.poll(|completion| completions.push(completion));
+        assert_eq!(
+            completions.len(),
+            1000,
+            "{wait:?}: every accepted intent answered"
+        );
+        assert_eq!(producer.in_flight(), 0);
+        assert_eq!(report.confirmed_orders, 100);
+        assert_eq!(report.rejected(RejectReason::SoldOut), 900);
+        assert_eq!(
+            producer.submit(intent(1, 5000, 1, 1)),
+            Err(SubmitError::ShutDown(intent(1, 5000, 1, 1)))
+        );
+        assert_eq!(
+            producer.buy(intent(1, 5001, 1, 1)),
+            Err(SubmitError::ShutDown(intent(1, 5001, 1, 1)))
+        );
+    }
+}
+
+#[test]
+fn shutdown_racing_many_submitters_loses_nothing() {
+    let engine = Engine::builder(one_sku(1_000_000, u32::MAX))
+        .sold_out_gate(false)
+        .ring_capacity(64)
+        .start()
+        .unwrap();
+    let producers: Vec<_> = (0..3).map(|_| engine.producer()).collect();
+    let threads: Vec<_> = producers
+        .into_iter()
+        .enumerate()
+        .map(|(thread, mut producer)| {
+            std::thread::spawn(move || {
+                let mut accepted = 0u64;
+                let mut answered = 0u64;
+                let mut key = 0u64;
+                loop {
+                    let next = intent(thread as u64, key, 1, 1);
+                    match producer.submit(next) {
+                        Ok(Submitted::Queued) => accepted += 1,
+                        Ok(Submitted::Answered(_)) => unreachable!("gate is off"),
+                        Err(SubmitError::Busy(_)) => {}
+                        Err(SubmitError::ShutDown(back)) => {
+                            assert_eq!(back, next);
+                            break;
+                        }
+                        Err(SubmitError::ShardFailed(_)) => unreachable!(),
+                    }
+                    key += 1;
+                    answered += producer.poll(|_| {}) as u64;
+                }
+                answered += producer.drain(|_| {}) as u64;
+                assert_eq!(
+                    accepted, answered,
+                    "exactly one outcome per accepted intent"
+                );
+                accepted
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let report = engine.shutdown();
+    let accepted: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(report.commands_applied, accepted);
+    assert_eq!(report.confirmed_orders, accepted);
+}
+
+#[test]
+fn dropping_the_engine_stops_its_threads_and_refuses_submits() {
+    let engine = Engine::builder(one_sku(10, 1)).start().unwrap();
+    let mut producer = engine.producer();
+    producer.buy(intent(1, 1, 1, 1)).unwrap();
+    drop(engine); // joins the shard threads; must not hang
+    assert!(matches!(
+        producer.submit(intent(2, 1, 1, 1)),
+        Err(SubmitError::ShutDown(_))
+    ));
+}
+
+#[test]
+fn panicking_sink_fails_its_shard_only() {
+    // Two ungrouped SKUs on two shards; shard 0's sink panics on its second order.
+    let catalog = Catalog::builder()
+        .sku(SkuSpec::new(SkuId(1), 100))
+        .sku(SkuSpec::new(SkuId(2), 100))
+        .build()
+        .unwrap();
+    let sunk = Arc::new(AtomicUsize::new(0));
+    let sunk_by_sink = sunk.clone();
+    let engine = Engine::builder(catalog)
+        .shards(2)
+        .sold_out_gate(false)
+        .order_sink(move |shard: ShardId| {
+            let sunk = sunk_by_sink.clone();
+            let mut seen = 0;
+            move |_order: &flashsale::Order| {
+                seen += 1;
+                if shard == ShardId(0) && seen == 2 {
+                    panic!("payment service down");
+                }
+                sunk.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .start()
+        .unwrap();
+    let mut producer = engine.producer();
+    // Queue many intents on shard 0 at once: the ones behind the panicking order must be
+    // answered ShardFailed, not left hanging.
+    for key in 0..20 {
+        producer.submit(intent(key, key, 1, 1)).unwrap();
+    }
+    let mut outcomes = Vec::new();
+    producer.drain(|completion| outcomes.push(completion.outcome));
+    assert_eq!(outcomes.len(), 20);
+    assert!(outcomes[0].order().is_some());
+    assert!(
+        outcomes[1].order().is_some(),
+        "the order the sink failed on is still confirmed"
+    );
+    assert!(
+        outcomes[2..]
+            .iter()
+            .all(|outcome| outcome.reason() == Some(RejectReason::ShardFailed)),
+        "{outcomes:?}"
+    );
+    assert!(matches!(
+        producer.submit(intent(99, 99, 1, 1)),
+        Err(SubmitError::ShardFailed(_))
+    ));
+    assert!(matches!(
+        producer.buy(intent(99, 99, 1, 1)),
+        Err(SubmitError::ShardFailed(_))
+    ));
+    // The other shard goes on.
+    assert!(producer.buy(intent(1, 1, 2, 1)).unwrap().order().is_some());
+    let report = engine.shutdown();
+    assert_eq!(report.failed_shards, vec![ShardId(0)]);
+    assert_eq!(report.rejected(RejectReason::ShardFailed), 18);
+    assert_eq!(report.refusals.shard_failed, 2);
+    assert_eq!(
+        sunk.load(Ordering::Relaxed),
+        2,
+        "one on shard 0, one on shard 1"
+    );
+}
+
+#[test]
+fn same_commands_give_identical_outcomes() {
+    let run = || {
+        let catalog = Catalog::builder()
+            .group(GroupId(1), 2)
+            .sku(SkuSpec::new(SkuId(1), 30).limit(2).group(GroupId(1)))
+            .sku(SkuSpec::new(SkuId(2), 30).limit(1).group(GroupId(1)))
+            .sku(SkuSpec::new(SkuId(3), 5))
+            .build()
+            .unwrap();
+        let engine = Engine::builder(catalog)
+            .shards(2)
+            .sold_out_gate(false)
+            .start()
+            .unwrap();
+        let mut producer = engine.producer();
+        let mut outcomes = Vec::new();
+        let mut state = 7u64;
+        for _ in 0..2_000 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let user = (state >> 33) % 50;
+            let key = (state >> 20) % 4;
+            let sku = 1 + ((state >> 40) % 3) as u32;
+            let quantity = 1 + ((state >> 50) % 2) as u32;
+            outcomes.push(producer.buy(intent(user, key, sku, quantity)).unwrap());
+        }
+        outcomes
+    };
+    assert_eq!(run(), run());
+}
+
+/// Invariants 1-5 of DESIGN.md, checked on every outcome of a many-thread run.
+#[test]
+fn stress_many_producers_tiny_stock_invariants_hold() {
+    const PRODUCERS: u64 = 4;
+    let intents_per_producer: u64 = if cfg!(miri) { 500 } else { 250_000 };
+    const USERS: u64 = 3_000;
+    let catalog = Catalog::builder()
+        .group(GroupId(1), 3)
+        .sku(SkuSpec::new(SkuId(1), 40).limit(2).group(GroupId(1)))
+        .sku(SkuSpec::new(SkuId(2), 25).limit(2).group(GroupId(1)))
+        .sku(SkuSpec::new(SkuId(3), 60).limit(1))
+        .build()
+        .unwrap();
+    for gate in [true, false] {
+        let engine = Engine::builder(catalog.clone())
+            .shards(2)
+            .ring_capacity(256)
+            .max_quantity(3)
+            .sold_out_gate(gate)
+            .start()
+            .unwrap();
+        let threads: Vec<_> = (0..PRODUCERS)
+            .map(|thread| {
+                let mut producer = engine.producer();
+                std::thread::spawn(move || {
+                    let mut state = thread.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                    let mut next = || {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        state
+                    };
+                    let mut completions: Vec<Completion> = Vec::new();
+                    let mut submitted = Vec::new();
+                    for index in 0..intents_per_producer {
+                        let random = next();
+                        let user = random % USERS;
+                        // One key in eight is a retry of this user's key 0.
+                        let key = if random >> 60 == 0 {
+                            0
+                        } else {
+                            (thread << 40) | index
+                        };
+                        let sku = 1 + ((random >> 20) % 3) as u32;
+                        let quantity = ((random >> 30) % 4) as u32; // 0 is malformed
+                        let intent = intent(user, key, sku, quantity);
+                        loop {
+                            match producer.submit(intent) {
+                                Ok(Submitted::Queued) => break,
+                                Ok(Submitted::Answered(outcome)) => {
+                                    completions.push(Completion { intent, outcome });
+                                    break;
+                                }
+                                Err(SubmitError::Busy(_)) => {
+                                    producer.poll(|c| completions.push(c));
+                                }
+                                Err(other) => panic!("unexpected refusal {other:?}"),
+                            }
+                        }
+                        submitted.push(intent);
+                        if index % 64 == 0 {
+                            producer.poll(|c| completions.push(c));
+                        }
+                    }
+                    producer.drain(|c| completions.push(c));
+                    (submitted, completions)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for thread in threads {
+            let (submitted, completions) = thread.join().unwrap();
+            // Invariant 3: exactly one outcome per intent (each producer's completions are
+            // the same multiset as its submissions).
+            assert_eq!(submitted.len(), completions.len());
+            let mut expected: HashMap<Intent, i64> = HashMap::new();
+            for intent in &submitted {
+                *expected.entry(*intent).or_default() += 1;
+            }
+            for completion in &completions {
+                *expected.entry(completion.intent).or_default() -= 1;
+            }
+            assert!(expected.values().all(|&count| count == 0));
+            all.extend(completions);
+        }
+        let report = engine.shutdown();
+        assert_eq!(report.outcomes(), PRODUCERS * intents_per_producer);
+        check_invariants(&catalog, &all, &report);
+    }
+}
+
+fn check_invariants(catalog: &Catalog, all: &[Completion], report: &flashsale::Report) {
+    // Invariant 1 (no oversell) and conservation, from the orders and from the report.
+    let mut held: HashMap<SkuId, u64> = HashMap::new();
+    let mut by_user_sku: HashMap<(UserId, SkuId), u32> = HashMap::new();
+    let mut by_user_group: HashMap<(UserId, GroupId), u32> = HashMap::new();
+    let mut order_of_key: HashMap<(UserId, u64), OrderId> = HashMap::new();
+    let mut order_ids = HashSet::new();
+    for completion in all {
+        if let Outcome::Confirmed(order) = completion.outcome {
+            assert_eq!(order.quantity, completion.intent.quantity);
+            *held.entry(order.sku).or_default() += u64::from(order.quantity);
+            *by_user_sku.entry((order.user, order.sku)).or_default() += order.quantity;
+            if let Some(group) = catalog.sku(order.sku).unwrap().group {
+                *by_user_group.entry((order.user, group)).or_default() += order.quantity;
+            }
+            assert!(order_ids.insert(order.id), "order ids are unique");
+            // Invariant 5: at most one order per (user, key).
+            let previous =
+                order_of_key.insert((order.user, completion.intent.client_key), order.id);
+            assert!(previous.is_none(), "two orders for one key");
+        }
+    }
+    for (spec, sku_report) in catalog.skus().iter().zip(&report.skus) {
+        let sold = held.get(&spec.id).copied().unwrap_or(0);
+        assert!(sold <= u64::from(spec.stock), "oversold {:?}", spec.id);
+        assert_eq!(u64::from(sku_report.held), sold);
+        assert_eq!(sku_report.held + sku_report.available, spec.stock);
+    }
+    // Invariant 4: limits, per SKU and per group.
+    for (&(_, sku), &units) in &by_user_sku {
+        assert!(units <= catalog.sku(sku).unwrap().limit_per_buyer);
+    }
+    for (&(_, group), &units) in &by_user_group {
+        assert!(units <= catalog.group(group).unwrap().limit_per_buyer);
+    }
+    // Invariant 5: a Duplicate names the order its key already has.
+    for completion in all {
+        if let Some(RejectReason::Duplicate(id)) = completion.outcome.reason() {
+            let key = (completion.intent.user, completion.intent.client_key);
+            assert_eq!(order_of_key.get(&key), Some(&id));
+        }
+    }
+    // Invariant 2 (no undersell): replay each shard's decisions in sequence order and check
+    // that every stock rejection saw too few units at that moment.
+    let mut shard_decisions: HashMap<ShardId, Vec<(u64, Completion)>> = HashMap::new();
+    for completion in all {
+        if let Some(sequence) = completion.outcome.sequence() {
+            let index = catalog.index_of(completion.intent.sku).unwrap();
+            let (shard, _) = report_placement(catalog, report).route(index);
+            shard_decisions
+                .entry(shard)
+                .or_default()
+                .push((sequence, *completion));
+        }
+    }
+    let mut available: HashMap<SkuId, u32> =
+        catalog.skus().iter().map(|s| (s.id, s.stock)).collect();
+    for decisions in shard_decisions.values_mut() {
+        decisions.sort_by_key(|(sequence, _)| *sequence);
+        for (expected, (sequence, _)) in decisions.iter().enumerate() {
+            assert_eq!(*sequence, expected as u64, "sequence numbers are dense");
+        }
+        for (_, completion) in decisions.iter() {
+            let left = available.get_mut(&completion.intent.sku).unwrap();
+            match completion.outcome {
+                Outcome::Confirmed(order) => *left -= order.quantity,
+                Outcome::Rejected {
+                    reason: RejectReason::SoldOut,
+                    ..
+                } => assert_eq!(*left, 0),
+                Outcome::Rejected {
+                    reason: RejectReason::InsufficientStock,
+                    ..
+                } => assert!(*left > 0 && *left < completion.intent.quantity),
+                Outcome::Rejected { .. } => {}
+            }
+        }
+    }
+    // Gate answers (no sequence) are only given for SKUs that really sold out.
+    for completion in all {
+        if completion.outcome.reason() == Some(RejectReason::SoldOut)
+            && completion.outcome.sequence().is_none()
+        {
+            assert_eq!(available[&completion.intent.sku], 0);
+        }
+    }
+}
+
+fn report_placement(catalog: &Catalog, report: &flashsale::Report) -> flashsale::Placement {
+    flashsale::Placement::new(catalog, report.shards).unwrap()
+}
