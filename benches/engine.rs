@@ -1,2 +1,256 @@
-//! placeholder
-fn main() {}
+//! The engine against its baselines, in the same run.
+//!
+//! - `core`: the decision core alone on one thread: 1 hot SKU + 999 cold SKUs, 10M distinct
+//!   users, per-buyer limit on. Baseline: the same rules on std `HashMap` (SipHash) behind
+//!   a `Mutex`.
+//! - `e2e_1p1s`: one producer thread submitting to one shard thread and taking every
+//!   outcome back. Workloads: `burst` (10,000 units, 10M intents from distinct users) with
+//!   the sold-out gate on and off, and `all_confirmed` (stock never runs out). Baselines:
+//!   the same `ShardCore` fed through `crossbeam-channel` (bounded, both directions), and
+//!   the `Mutex<HashMap>` allocator called straight from the producer thread. The engine
+//!   makes room for all 10M orders at start-up (`order_capacity`), outside the timing.
+//!
+//! Run: `cargo bench --bench engine` (about 5 minutes). Figures swing with where the host
+//! puts the two vCPUs; compare rows of the same run, not runs.
+// criterion_group! generates an undocumented `pub fn`.
+#![allow(missing_docs)]
+
+mod common;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use crossbeam_channel::{TryRecvError, TrySendError, bounded};
+use flashsale::{
+    Completion, Engine, Intent, Outcome, ShardCore, SubmitError, Submitted, WaitStrategy,
+};
+
+use common::{
+    MutexAllocator, hot_and_cold_catalog, hot_and_cold_intents, single_sku_catalog,
+    single_sku_intent,
+};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const CORE_INTENTS: u64 = 10_000_000;
+const E2E_INTENTS: u64 = 10_000_000;
+const BURST_STOCK: u32 = 10_000;
+/// Above the intent count: every intent is confirmed.
+const ALL_CONFIRMED_STOCK: u32 = 20_000_000;
+
+fn core(c: &mut Criterion) {
+    let catalog = hot_and_cold_catalog();
+    let intents = hot_and_cold_intents(CORE_INTENTS);
+    let pristine = ShardCore::whole(&catalog);
+    let locals: Vec<u32> = intents
+        .iter()
+        .map(|intent| pristine.local_index(intent.sku).expect("known SKU"))
+        .collect();
+    let mut group = c.benchmark_group("core");
+    group.throughput(Throughput::Elements(CORE_INTENTS));
+    group.sample_size(10);
+    group.bench_function("shard_core_by_local_index", |b| {
+        b.iter_batched(
+            || pristine.clone(),
+            |mut core| {
+                for (intent, &local) in intents.iter().zip(&locals) {
+                    black_box(core.buy_at(local, intent, 0));
+                }
+                core
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("shard_core_by_sku_id", |b| {
+        b.iter_batched(
+            || pristine.clone(),
+            |mut core| {
+                for intent in &intents {
+                    black_box(core.buy(intent, 0));
+                }
+                core
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("baseline_mutex_std_hashmap", |b| {
+        b.iter_batched(
+            || MutexAllocator::new(&catalog),
+            |allocator| {
+                for intent in &intents {
+                    black_box(allocator.buy(intent));
+                }
+                allocator
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+/// One producer submits `count` intents, polling outcomes as it goes; returns the time
+/// from the first submit to the last outcome.
+fn run_engine(engine: &Engine, count: u64) -> Duration {
+    let mut producer = engine.producer();
+    let mut outcomes = 0u64;
+    let mut count_outcome = |_: Completion| outcomes += 1;
+    let start = Instant::now();
+    for index in 0..count {
+        let mut intent = single_sku_intent(index);
+        loop {
+            match producer.submit(intent) {
+                Ok(Submitted::Queued) => break,
+                Ok(Submitted::Answered(outcome)) => {
+                    black_box(outcome);
+                    break;
+                }
+                Err(SubmitError::Busy(back)) => {
+                    intent = back;
+                    producer.poll(&mut count_outcome);
+                }
+                Err(other) => panic!("benchmark engine refused: {other}"),
+            }
+        }
+        if index % 256 == 0 {
+            producer.poll(&mut count_outcome);
+        }
+    }
+    producer.drain(&mut count_outcome);
+    start.elapsed()
+}
+
+fn engine_case(stock: u32, gate: bool, wait: WaitStrategy) -> impl FnMut(u64) -> Duration {
+    move |iterations| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iterations {
+            let engine = Engine::builder(single_sku_catalog(stock))
+                .sold_out_gate(gate)
+                .wait_strategy(wait)
+                .ring_capacity(4096)
+                // Room for every order up front, as the docs advise for big sales (the
+                // default caps the room at 4M orders, and growing mid-run costs a rehash).
+                .order_capacity(E2E_INTENTS as usize)
+                .start()
+                .expect("valid engine");
+            total += run_engine(&engine, E2E_INTENTS);
+            let report = engine.shutdown();
+            assert_eq!(report.outcomes(), E2E_INTENTS);
+        }
+        total
+    }
+}
+
+/// The same core behind bounded crossbeam channels, one shard thread.
+fn crossbeam_case(stock: u32) -> impl FnMut(u64) -> Duration {
+    move |iterations| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iterations {
+            let catalog = single_sku_catalog(stock);
+            let (request_tx, request_rx) = bounded::<Intent>(4096);
+            let (outcome_tx, outcome_rx) = bounded::<Completion>(4096);
+            let shard = std::thread::spawn(move || {
+                let mut core = ShardCore::whole(&catalog);
+                for intent in request_rx {
+                    let outcome = core.buy(&intent, 0);
+                    if outcome_tx.send(Completion { intent, outcome }).is_err() {
+                        break;
+                    }
+                }
+            });
+            let start = Instant::now();
+            let mut outcomes = 0u64;
+            for index in 0..E2E_INTENTS {
+                let mut intent = single_sku_intent(index);
+                loop {
+                    match request_tx.try_send(intent) {
+                        Ok(()) => break,
+                        Err(TrySendError::Full(back)) => {
+                            intent = back;
+                            while let Ok(completion) = outcome_rx.try_recv() {
+                                black_box(completion);
+                                outcomes += 1;
+                            }
+                        }
+                        Err(TrySendError::Disconnected(_)) => panic!("shard thread died"),
+                    }
+                }
+                if index % 256 == 0 {
+                    loop {
+                        match outcome_rx.try_recv() {
+                            Ok(completion) => {
+                                black_box(completion);
+                                outcomes += 1;
+                            }
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => panic!("shard thread died"),
+                        }
+                    }
+                }
+            }
+            while outcomes < E2E_INTENTS {
+                black_box(outcome_rx.recv().expect("shard thread alive"));
+                outcomes += 1;
+            }
+            total += start.elapsed();
+            drop(request_tx);
+            shard.join().expect("shard thread");
+        }
+        total
+    }
+}
+
+fn mutex_case(stock: u32) -> impl FnMut(u64) -> Duration {
+    move |iterations| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iterations {
+            let allocator = MutexAllocator::new(&single_sku_catalog(stock));
+            let start = Instant::now();
+            for index in 0..E2E_INTENTS {
+                let outcome: Outcome = allocator.buy(&single_sku_intent(index));
+                black_box(outcome);
+            }
+            total += start.elapsed();
+        }
+        total
+    }
+}
+
+fn end_to_end(c: &mut Criterion) {
+    let mut group = c.benchmark_group("e2e_1p1s");
+    group.throughput(Throughput::Elements(E2E_INTENTS));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    group.bench_function("burst/engine_gate_on_spin", |b| {
+        b.iter_custom(engine_case(BURST_STOCK, true, WaitStrategy::Spin))
+    });
+    group.bench_function("burst/engine_gate_off_spin", |b| {
+        b.iter_custom(engine_case(BURST_STOCK, false, WaitStrategy::Spin))
+    });
+    group.bench_function("burst/engine_gate_off_park", |b| {
+        b.iter_custom(engine_case(BURST_STOCK, false, WaitStrategy::Park))
+    });
+    group.bench_function("burst/baseline_crossbeam_channel", |b| {
+        b.iter_custom(crossbeam_case(BURST_STOCK))
+    });
+    group.bench_function("burst/baseline_mutex_std_hashmap", |b| {
+        b.iter_custom(mutex_case(BURST_STOCK))
+    });
+    group.bench_function("all_confirmed/engine_spin", |b| {
+        b.iter_custom(engine_case(ALL_CONFIRMED_STOCK, true, WaitStrategy::Spin))
+    });
+    group.bench_function("all_confirmed/engine_park", |b| {
+        b.iter_custom(engine_case(ALL_CONFIRMED_STOCK, true, WaitStrategy::Park))
+    });
+    group.bench_function("all_confirmed/baseline_crossbeam_channel", |b| {
+        b.iter_custom(crossbeam_case(ALL_CONFIRMED_STOCK))
+    });
+    group.bench_function("all_confirmed/baseline_mutex_std_hashmap", |b| {
+        b.iter_custom(mutex_case(ALL_CONFIRMED_STOCK))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, core, end_to_end);
+criterion_main!(benches);

@@ -14,20 +14,23 @@
 
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-/// Filter bits per unit of stock: with two probes, about 1.4% false positives once every
-/// unit is sold (and each false positive only costs a trip to the shard).
+/// Filter bits per unit of stock: with two probes in one 64-bit block, about 2% false
+/// positives once every unit is sold (and each false positive only costs a trip to the
+/// shard).
 const FILTER_BITS_PER_UNIT: u64 = 16;
 const FILTER_BITS_MIN: u64 = 1 << 12;
 /// 8 MiB per shard at most; a larger sale sees more false positives, never a wrong answer.
 const FILTER_BITS_MAX: u64 = 1 << 26;
 
-/// A Bloom filter with one writer (the shard) and many readers (producers).
+/// A blocked Bloom filter with one writer (the shard) and many readers (producers): both
+/// probes of a key fall in one 64-bit word, so remembering a key costs the shard one cache
+/// miss at most, and the worker can prefetch that word with the rest of a batch.
 #[derive(Debug)]
 struct KeyFilter {
-    /// `bits / 64` words.
+    /// `bits / 64` words; `bits` is a power of two.
     words: Box<[AtomicU64]>,
-    /// `bits - 1`; `bits` is a power of two.
-    bit_mask: u64,
+    /// `words.len() - 1`.
+    word_mask: u64,
 }
 
 impl KeyFilter {
@@ -39,34 +42,40 @@ impl KeyFilter {
         let words = (0..bits / 64).map(|_| AtomicU64::new(0)).collect();
         Self {
             words,
-            bit_mask: bits - 1,
+            word_mask: bits / 64 - 1,
         }
     }
 
-    /// Two bit positions from a 64-bit mix of the key (a splitmix64 finaliser over both
-    /// halves, so that sequential user ids spread).
-    fn probes(&self, user: u64, client_key: u64) -> [u64; 2] {
+    /// The word of a key and the two bits in it, from a 64-bit mix of the key (a
+    /// splitmix64 finaliser over both halves, so that sequential user ids spread).
+    #[inline]
+    fn probe(&self, user: u64, client_key: u64) -> (&AtomicU64, u64) {
         let mut hash = user ^ client_key.rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15;
         hash = (hash ^ (hash >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         hash = (hash ^ (hash >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         hash ^= hash >> 31;
-        [hash & self.bit_mask, (hash >> 32) & self.bit_mask]
+        let word = (hash & self.word_mask) as usize;
+        let bits = 1 << ((hash >> 52) & 63) | 1 << ((hash >> 58) & 63);
+        debug_assert!(word < self.words.len());
+        (&self.words[word], bits)
     }
 
     /// Adds a key. Only the owning shard's worker calls this, so a load and a store do the
     /// work of a `fetch_or` without a locked instruction.
     fn insert(&self, user: u64, client_key: u64) {
-        for bit in self.probes(user, client_key) {
-            let word = &self.words[(bit / 64) as usize];
-            let value = word.load(Ordering::Relaxed);
-            word.store(value | 1 << (bit % 64), Ordering::Relaxed);
-        }
+        let (word, bits) = self.probe(user, client_key);
+        let value = word.load(Ordering::Relaxed);
+        word.store(value | bits, Ordering::Relaxed);
     }
 
     fn may_contain(&self, user: u64, client_key: u64) -> bool {
-        self.probes(user, client_key).iter().all(|&bit| {
-            self.words[(bit / 64) as usize].load(Ordering::Relaxed) & (1 << (bit % 64)) != 0
-        })
+        let (word, bits) = self.probe(user, client_key);
+        word.load(Ordering::Relaxed) & bits == bits
+    }
+
+    fn prefetch(&self, user: u64, client_key: u64) {
+        let (word, _) = self.probe(user, client_key);
+        crate::prefetch::prefetch_read(word);
     }
 }
 
@@ -96,6 +105,11 @@ impl SoldOutGate {
     /// SKU that sells out after this confirmation.
     pub fn remember(&self, shard: usize, user: u64, client_key: u64) {
         self.filters[shard].insert(user, client_key);
+    }
+
+    /// Shard side: start loading the filter word [`remember`](Self::remember) will write.
+    pub fn prefetch(&self, shard: usize, user: u64, client_key: u64) {
+        self.filters[shard].prefetch(user, client_key);
     }
 
     /// Shard side: publish a SKU (catalog index) as sold out.

@@ -123,6 +123,7 @@ pub struct EngineBuilder {
     max_quantity: u32,
     wait: WaitStrategy,
     gate: bool,
+    order_capacity: Option<usize>,
     sink_factory: Option<SinkFactory>,
 }
 
@@ -136,6 +137,7 @@ impl fmt::Debug for EngineBuilder {
             .field("max_quantity", &self.max_quantity)
             .field("wait", &self.wait)
             .field("gate", &self.gate)
+            .field("order_capacity", &self.order_capacity)
             .field("order_sink", &self.sink_factory.is_some())
             .finish()
     }
@@ -184,6 +186,15 @@ impl EngineBuilder {
         self
     }
 
+    /// Orders each shard makes room for at start-up (default: its stock, capped at
+    /// [`ORDER_CAPACITY_DEFAULT_MAX`](crate::core::ORDER_CAPACITY_DEFAULT_MAX)); see
+    /// [`ShardCore::with_order_capacity`]. Raise it for sales of more than 4M units per
+    /// shard, so that the order book never grows mid-sale.
+    pub fn order_capacity(mut self, orders_per_shard: usize) -> Self {
+        self.order_capacity = Some(orders_per_shard);
+        self
+    }
+
     /// Makes one order sink per shard, called on that shard's thread at start-up.
     pub fn order_sink<S, F>(mut self, mut factory: F) -> Self
     where
@@ -209,7 +220,14 @@ impl EngineBuilder {
             return Err(EngineError::ZeroBatch);
         }
         let cores: Vec<ShardCore> = (0..placement.shards())
-            .map(|shard| ShardCore::new(&self.catalog, &placement, ShardId(shard as u16)))
+            .map(|shard| {
+                ShardCore::with_order_capacity(
+                    &self.catalog,
+                    &placement,
+                    ShardId(shard as u16),
+                    self.order_capacity,
+                )
+            })
             .collect();
         let gate = SoldOutGate::new(
             self.catalog.skus().len(),
@@ -376,6 +394,7 @@ impl Engine {
             max_quantity: 100,
             wait: WaitStrategy::default(),
             gate: true,
+            order_capacity: None,
             sink_factory: None,
         }
     }

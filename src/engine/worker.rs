@@ -24,7 +24,7 @@ use crate::report::ShardReport;
 use crate::ring;
 use crate::sync::Arc;
 use crate::sync::atomic::{AtomicU64, Ordering, fence};
-use crate::types::{Completion, Intent, Outcome, RejectReason, ShardId};
+use crate::types::{Completion, Intent, Order, Outcome, RejectReason, ShardId};
 
 /// An intent on its way to a shard: stamped, and with its SKU resolved to the shard's
 /// local index so the shard skips the id lookup.
@@ -81,8 +81,9 @@ pub(crate) struct Context {
     /// Submit-to-outcome latency, ns: from the producer's arrival stamp to the moment the
     /// batch holding the outcome was published to its producer.
     latency_ns: Histogram<u64>,
-    /// Arrival stamps of the batch being decided; capacity `batch_max`, allocated once.
-    batch_arrivals_ns: Vec<u64>,
+    /// The batch being decided, copied out of its ring so that its order-book slots can
+    /// all be prefetched before the first decision; capacity `batch_max`, allocated once.
+    batch: Vec<Request>,
 }
 
 /// Spins before the first yield, and yields before the first park, when idle. Under loom
@@ -125,7 +126,7 @@ impl Context {
             counts: [0; COUNTER_SLOTS],
             latency_ns: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
                 .expect("constant bounds are valid"),
-            batch_arrivals_ns: Vec::with_capacity(batch_max),
+            batch: Vec::with_capacity(batch_max),
             shared,
         }
     }
@@ -209,62 +210,32 @@ impl Context {
         let Self {
             lanes,
             core,
-            sink,
-            shared,
-            catalog_index_of,
-            failed,
-            counts,
-            batch_arrivals_ns,
-            shard,
+            batch,
             batch_max,
-            latency_ns,
+            shared,
+            shard,
             ..
         } = self;
-        let lane = &mut lanes[index];
-        let gate = &shared.gate;
-        let shard_shared = shared.shard(*shard);
-        batch_arrivals_ns.clear();
-        let taken = lane.requests.read_batch(*batch_max, |request| {
-            let outcome = if *failed {
-                Outcome::Rejected {
-                    reason: RejectReason::ShardFailed,
-                    sequence: None,
-                }
-            } else {
-                core.buy_local(request.local, &request.intent, request.arrival_ns)
-            };
-            match &outcome {
-                Outcome::Confirmed(order) => {
-                    counts[CONFIRMED_ORDERS] += 1;
-                    counts[CONFIRMED_UNITS] += u64::from(order.quantity);
-                    gate.remember(
-                        usize::from(shard.0),
-                        order.user.0,
-                        request.intent.client_key,
-                    );
-                    let available = core.available_local(request.local);
-                    shard_shared.available[request.local as usize]
-                        .store(available, Ordering::Relaxed);
-                    if available == 0 {
-                        gate.raise(catalog_index_of[request.local as usize]);
-                    }
-                    if let Some(order_sink) = sink.as_mut()
-                        && catch_unwind(AssertUnwindSafe(|| order_sink.on_confirmed(order)))
-                            .is_err()
-                    {
-                        // The sink may be in any state after a panic; dropping it could
-                        // panic again, so it is leaked rather than dropped.
-                        if let Some(order_sink) = sink.take() {
-                            std::mem::forget(order_sink);
-                        }
-                        *failed = true;
-                        shard_shared.failed.store(true, Ordering::Release);
-                    }
-                }
-                Outcome::Rejected { reason, .. } => counts[reason.index()] += 1,
+        batch.clear();
+        let taken = lanes[index].requests.read_batch(*batch_max, |request| {
+            // Start every cache miss of the batch before the first decision.
+            core.prefetch_at(request.local, &request.intent);
+            if core.available_local(request.local) > 0 {
+                shared.gate.prefetch(
+                    usize::from(shard.0),
+                    request.intent.user.0,
+                    request.intent.client_key,
+                );
             }
-            batch_arrivals_ns.push(request.arrival_ns);
-            let written = lane.completions.write(Completion {
+            batch.push(request);
+        });
+        if taken == 0 {
+            return 0;
+        }
+        for position in 0..taken {
+            let request = self.batch[position];
+            let outcome = self.decide(&request);
+            let written = self.lanes[index].completions.write(Completion {
                 intent: request.intent,
                 outcome,
             });
@@ -274,21 +245,69 @@ impl Context {
                 written.is_ok(),
                 "completion ring overflow: in-flight bound broken"
             );
-        });
-        if taken > 0 {
-            // Completion rings are never closed, so publishing cannot fail.
-            let _ = lane.completions.publish();
-            let now_ns = shared.clock.now_ns();
-            for &arrival_ns in batch_arrivals_ns.iter() {
-                latency_ns.saturating_record(now_ns.saturating_sub(arrival_ns).max(1));
-            }
+        }
+        // Completion rings are never closed, so publishing cannot fail.
+        let _ = self.lanes[index].completions.publish();
+        let now_ns = self.shared.clock.now_ns();
+        for request in self.batch.iter() {
+            self.latency_ns
+                .saturating_record(now_ns.saturating_sub(request.arrival_ns).max(1));
         }
         taken
     }
 
+    /// Decides one request (or answers it `ShardFailed`), counts it, feeds the gate and the
+    /// order sink.
+    #[inline]
+    fn decide(&mut self, request: &Request) -> Outcome {
+        if self.failed {
+            self.counts[RejectReason::ShardFailed.index()] += 1;
+            return Outcome::Rejected {
+                reason: RejectReason::ShardFailed,
+                sequence: None,
+            };
+        }
+        let outcome = self
+            .core
+            .buy_at(request.local, &request.intent, request.arrival_ns);
+        match &outcome {
+            Outcome::Confirmed(order) => {
+                self.counts[CONFIRMED_ORDERS] += 1;
+                self.counts[CONFIRMED_UNITS] += u64::from(order.quantity);
+                self.on_confirmed(request, order);
+            }
+            Outcome::Rejected { reason, .. } => self.counts[reason.index()] += 1,
+        }
+        outcome
+    }
+
+    fn on_confirmed(&mut self, request: &Request, order: &Order) {
+        let shard = self.shared.shard(self.shard);
+        let gate = &self.shared.gate;
+        gate.remember(
+            usize::from(self.shard.0),
+            order.user.0,
+            request.intent.client_key,
+        );
+        let available = self.core.available_local(request.local);
+        shard.available[request.local as usize].store(available, Ordering::Relaxed);
+        if available == 0 {
+            gate.raise(self.catalog_index_of[request.local as usize]);
+        }
+        if let Some(sink) = self.sink.as_mut()
+            && catch_unwind(AssertUnwindSafe(|| sink.on_confirmed(order))).is_err()
+        {
+            // The sink may be in any state after a panic; dropping it could panic again,
+            // so it is leaked rather than dropped.
+            if let Some(sink) = self.sink.take() {
+                std::mem::forget(sink);
+            }
+            self.mark_failed();
+        }
+    }
+
     fn mark_failed(&mut self) {
         self.failed = true;
-        self.sink = None;
         self.shared
             .shard(self.shard)
             .failed

@@ -6,7 +6,12 @@
 //! model tests, the fuzzers and (later) the journal drive it directly and replay it exactly.
 //! The engine's worker threads wrap it; nothing here knows about them.
 
+mod book;
+mod table;
+
 use rustc_hash::FxHashMap;
+
+use book::{Holding, OrderBook, Standing};
 
 use crate::catalog::{Catalog, Placement};
 use crate::types::{Intent, Order, OrderId, Outcome, RejectReason, ShardId, SkuId};
@@ -37,8 +42,64 @@ pub struct SkuLevels {
     pub held: u32,
 }
 
-/// The bit that marks a limit key as a group's rather than a SKU's.
-const GROUP_KEY_BIT: u32 = 1 << 31;
+/// The most orders a shard makes room for at start-up by default (4M orders, 256 MiB);
+/// see [`ShardCore::with_order_capacity`].
+pub const ORDER_CAPACITY_DEFAULT_MAX: usize = 1 << 22;
+
+/// Buyer-filter bits per unit of stock (see [`BuyerFilter`]).
+const BUYER_FILTER_BITS_PER_UNIT: u64 = 16;
+const BUYER_FILTER_BITS_MIN: u64 = 1 << 16;
+/// 512 KiB at most, so that it stays in L2: the filter only pays while it is cheaper to
+/// read than the order book. A larger sale sees more false positives, never a wrong decision.
+const BUYER_FILTER_BITS_MAX: u64 = 1 << 22;
+
+/// A one-probe Bloom filter of the buyers who hold an order on this shard.
+///
+/// During a rush almost every intent comes from a buyer with no order yet. Their
+/// look-up in the order book would touch a slot of a table that outgrows the cache; one
+/// bit, in a bitset sized to stay in L2, answers "certainly no order" first. Bits are set on
+/// every confirmation and never cleared, so a clear bit is exact; a set bit (own order or
+/// false positive, about 6% once a 16-bits-per-unit filter's stock is sold) falls through
+/// to the book. Decisions are identical with or without it.
+#[derive(Debug, Clone)]
+struct BuyerFilter {
+    words: Box<[u64]>,
+    /// `bits - 1`; `bits` is a power of two.
+    bit_mask: u64,
+}
+
+impl BuyerFilter {
+    fn for_stock(stock: u64) -> Self {
+        let bits = stock
+            .saturating_mul(BUYER_FILTER_BITS_PER_UNIT)
+            .clamp(BUYER_FILTER_BITS_MIN, BUYER_FILTER_BITS_MAX)
+            .next_power_of_two();
+        Self {
+            words: vec![0; (bits / 64) as usize].into_boxed_slice(),
+            bit_mask: bits - 1,
+        }
+    }
+
+    /// A splitmix64 finaliser, so that sequential user ids spread over the bitset.
+    #[inline]
+    fn bit(&self, user: u64) -> u64 {
+        let mut hash = user ^ 0x9E37_79B9_7F4A_7C15;
+        hash = (hash ^ (hash >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        hash = (hash ^ (hash >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (hash ^ (hash >> 31)) & self.bit_mask
+    }
+
+    #[inline]
+    fn may_hold(&self, user: u64) -> bool {
+        let bit = self.bit(user);
+        self.words[(bit / 64) as usize] & (1 << (bit % 64)) != 0
+    }
+
+    fn insert(&mut self, user: u64) {
+        let bit = self.bit(user);
+        self.words[(bit / 64) as usize] |= 1 << (bit % 64);
+    }
+}
 
 #[derive(Debug, Clone)]
 struct SkuState {
@@ -67,11 +128,10 @@ pub struct ShardCore {
     local_index: FxHashMap<SkuId, u32>,
     /// Per-buyer limit of each limit group on this shard (local group index).
     group_limits: Vec<u32>,
-    /// `(user, client_key)` of every confirmed order, to its id.
-    orders_by_key: FxHashMap<(u64, u64), OrderId>,
-    /// `(user, limit key)` to units held: the key is the SKU's local index, or the group's
-    /// local index with `GROUP_KEY_BIT` set.
-    units_by_buyer: FxHashMap<(u64, u32), u32>,
+    /// Buyers holding an order here (a filter in front of the book).
+    buyers: BuyerFilter,
+    /// Every confirmed order: its key, SKU and units, by buyer.
+    book: OrderBook,
     /// Sequence number the next command will get.
     sequence_next: u64,
     /// Orders confirmed so far (the next order's number).
@@ -85,6 +145,23 @@ impl ShardCore {
     /// If `shard` is not below `placement.shards()` or the placement was made for another
     /// catalog (both programming errors: the engine derives them together).
     pub fn new(catalog: &Catalog, placement: &Placement, shard: ShardId) -> Self {
+        Self::with_order_capacity(catalog, placement, shard, None)
+    }
+
+    /// Like [`new`](Self::new), making room for `orders` confirmed orders up front instead
+    /// of the default: the shard's stock, capped at [`ORDER_CAPACITY_DEFAULT_MAX`]. Every
+    /// order takes at least one unit, so the stock bounds the orders; past the room made,
+    /// the order book doubles on the hot path (one slow decision). Costs 64 bytes per order
+    /// of room, allocated and faulted in here.
+    ///
+    /// # Panics
+    /// As [`new`](Self::new).
+    pub fn with_order_capacity(
+        catalog: &Catalog,
+        placement: &Placement,
+        shard: ShardId,
+        orders: Option<usize>,
+    ) -> Self {
         let mut group_local: FxHashMap<u32, u32> = FxHashMap::default();
         let mut group_limits = Vec::new();
         let mut skus = Vec::new();
@@ -115,21 +192,15 @@ impl ShardCore {
                 group,
             });
         }
-        // Every confirmed order takes at least one unit, so the stock bounds the orders:
-        // reserve up front (capped, so a huge catalog does not pay for it at start-up) so
-        // that the hot path rarely rehashes.
-        let orders_max = stock_total.min(1 << 20) as usize;
-        let mut orders_by_key = FxHashMap::default();
-        orders_by_key.reserve(orders_max);
-        let mut units_by_buyer = FxHashMap::default();
-        units_by_buyer.reserve(orders_max);
+        let orders_max =
+            orders.unwrap_or(stock_total.min(ORDER_CAPACITY_DEFAULT_MAX as u64) as usize);
         Self {
             shard,
             skus,
             local_index,
             group_limits,
-            orders_by_key,
-            units_by_buyer,
+            buyers: BuyerFilter::for_stock(stock_total),
+            book: OrderBook::with_room_for(orders_max),
             sequence_next: 0,
             orders_confirmed: 0,
         }
@@ -139,6 +210,24 @@ impl ShardCore {
     pub fn whole(catalog: &Catalog) -> Self {
         let placement = Placement::new(catalog, 1).expect("one shard always fits");
         Self::new(catalog, &placement, ShardId(0))
+    }
+
+    /// Starts loading the memory that deciding `intent` (for the SKU at local index
+    /// `local`, as in [`buy_at`](Self::buy_at)) will read. Callers holding a batch of
+    /// intents prefetch them all, then decide them, so that the cache misses of a large
+    /// order book overlap instead of queueing. A hint only: outcomes are the same without it.
+    #[inline]
+    pub fn prefetch_at(&self, local: u32, intent: &Intent) {
+        // The book is read when the buyer may hold an order, or when the intent may be
+        // confirmed (its free slot is written); a sold-out SKU and an unknown buyer need
+        // neither.
+        let may_confirm = self
+            .skus
+            .get(local as usize)
+            .is_some_and(|sku| sku.available > 0);
+        if may_confirm || self.buyers.may_hold(intent.user.0) {
+            self.book.prefetch(intent.user.0);
+        }
     }
 
     /// Applies one command and returns its outcome.
@@ -151,25 +240,33 @@ impl ShardCore {
     /// Applies a buy intent naming its SKU by id. A SKU this shard does not own is rejected
     /// as [`RejectReason::UnknownSku`] (and still takes a sequence number).
     pub fn buy(&mut self, intent: &Intent, arrival_ns: u64) -> Outcome {
-        match self.local_index.get(&intent.sku) {
-            Some(&local) => self.buy_local(local, intent, arrival_ns),
-            None => {
-                let sequence = self.next_sequence();
-                Outcome::Rejected {
-                    reason: RejectReason::UnknownSku,
-                    sequence: Some(sequence),
-                }
-            }
-        }
+        let local = self.local_index(intent.sku).unwrap_or(u32::MAX);
+        self.buy_at(local, intent, arrival_ns)
+    }
+
+    /// The local index of a SKU on this shard (its position in [`levels`](Self::levels)),
+    /// for callers that resolve SKU ids once and then use [`buy_at`](Self::buy_at).
+    pub fn local_index(&self, sku: SkuId) -> Option<u32> {
+        self.local_index.get(&sku).copied()
     }
 
     /// Applies a buy intent whose SKU the caller already resolved to this shard's local
-    /// index (the engine's producers do, so that the shard skips the id lookup).
+    /// index (the engine's producers do, so that the shard skips the id lookup). An index
+    /// that is out of range or names another SKU than `intent.sku` is rejected as
+    /// [`RejectReason::UnknownSku`], like an unknown id.
     #[inline]
-    pub(crate) fn buy_local(&mut self, local: u32, intent: &Intent, arrival_ns: u64) -> Outcome {
-        debug_assert_eq!(self.skus[local as usize].id, intent.sku);
+    pub fn buy_at(&mut self, local: u32, intent: &Intent, arrival_ns: u64) -> Outcome {
         let sequence = self.next_sequence();
-        match self.decide(local, intent, arrival_ns, sequence) {
+        let owned = self
+            .skus
+            .get(local as usize)
+            .is_some_and(|sku| sku.id == intent.sku);
+        let decision = if owned {
+            self.decide(local, intent, arrival_ns, sequence)
+        } else {
+            Err(RejectReason::UnknownSku)
+        };
+        match decision {
             Ok(order) => Outcome::Confirmed(order),
             Err(reason) => Outcome::Rejected {
                 reason,
@@ -200,21 +297,30 @@ impl ShardCore {
         if arrival_ns >= sku.closes_at_ns {
             return Err(RejectReason::Closed);
         }
-        let key = (intent.user.0, intent.client_key);
-        if let Some(&order) = self.orders_by_key.get(&key) {
-            return Err(RejectReason::Duplicate(order));
-        }
         let quantity = intent.quantity;
-        let sku_key = (intent.user.0, local);
-        let held_of_sku = self.units_by_buyer.get(&sku_key).copied().unwrap_or(0);
+        let group = sku.group;
+        // A buyer with no order here has no key to repeat and holds no units.
+        let (held_of_sku, held_of_group, slot) = if self.buyers.may_hold(intent.user.0) {
+            let skus = &self.skus;
+            let in_group = |other: u32| group.is_some() && skus[other as usize].group == group;
+            match self
+                .book
+                .standing(intent.user.0, intent.client_key, local, in_group)
+            {
+                Standing::Duplicate(order) => return Err(RejectReason::Duplicate(order)),
+                Standing::Holds {
+                    of_sku,
+                    of_group,
+                    slot,
+                } => (of_sku, of_group, Some(slot)),
+            }
+        } else {
+            (0, 0, None)
+        };
         if u64::from(held_of_sku) + u64::from(quantity) > u64::from(sku.limit_per_buyer) {
             return Err(RejectReason::UserLimit);
         }
-        let group_key = sku
-            .group
-            .map(|group| (intent.user.0, group | GROUP_KEY_BIT));
-        if let (Some(group_key), Some(group)) = (group_key, sku.group) {
-            let held_of_group = self.units_by_buyer.get(&group_key).copied().unwrap_or(0);
+        if let Some(group) = group {
             let limit = self.group_limits[group as usize];
             if u64::from(held_of_group) + u64::from(quantity) > u64::from(limit) {
                 return Err(RejectReason::UserLimit);
@@ -232,14 +338,27 @@ impl ShardCore {
         sku.available -= quantity;
         sku.held += quantity;
         debug_assert_eq!(sku.available + sku.held, sku.stock);
-        *self.units_by_buyer.entry(sku_key).or_insert(0) += quantity;
-        if let Some(group_key) = group_key {
-            *self.units_by_buyer.entry(group_key).or_insert(0) += quantity;
-        }
         let id = OrderId::new(self.shard, self.orders_confirmed);
         self.orders_confirmed += 1;
-        let previous = self.orders_by_key.insert(key, id);
-        debug_assert!(previous.is_none());
+        let holding = Holding {
+            user: intent.user.0,
+            client_key: intent.client_key,
+            order: id,
+            sku_local: local,
+            units: quantity,
+        };
+        let slot = slot.unwrap_or_else(|| {
+            // The filter said "no order", so the scan was skipped; find the free slot now.
+            match self
+                .book
+                .standing(intent.user.0, intent.client_key, local, |_| false)
+            {
+                Standing::Holds { slot, .. } => slot,
+                Standing::Duplicate(_) => unreachable!("the buyer filter has no false negatives"),
+            }
+        });
+        self.book.insert_at(slot, holding);
+        self.buyers.insert(intent.user.0);
         Ok(Order {
             id,
             user: intent.user,
@@ -288,16 +407,14 @@ impl ShardCore {
 
     /// The order confirmed for `(user, client_key)`, if any.
     pub fn order_for_key(&self, user: u64, client_key: u64) -> Option<OrderId> {
-        self.orders_by_key.get(&(user, client_key)).copied()
+        self.book.order_for(user, client_key)
     }
 
     /// Units a buyer holds of a SKU on this shard.
     pub fn held_by(&self, user: u64, sku: SkuId) -> u32 {
         self.local_index
             .get(&sku)
-            .and_then(|&local| self.units_by_buyer.get(&(user, local)))
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |&local| self.book.units_of(user, local))
     }
 }
 
