@@ -77,6 +77,11 @@ pub use types::{
     Completion, GroupId, Intent, Order, OrderId, Outcome, RejectReason, ShardId, SkuId, UserId,
 };
 
+/// The README's code blocks, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// Internals the loom models in `tests/loom.rs` drive directly. Only built under
 /// `--cfg loom`; not part of the API.
 #[cfg(loom)]
