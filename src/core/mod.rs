@@ -514,6 +514,37 @@ mod tests {
     }
 
     #[test]
+    fn buy_at_refuses_an_index_that_names_another_sku() {
+        let mut core = core();
+        let outcome = core.buy_at(1, &intent(1, 1, 1, 1), 0); // local 1 is SKU 2
+        assert_eq!(outcome.reason(), Some(RejectReason::UnknownSku));
+        let outcome = core.buy_at(99, &intent(1, 1, 1, 1), 0);
+        assert_eq!(outcome.reason(), Some(RejectReason::UnknownSku));
+        assert_eq!(core.levels_of(SkuId(1)).unwrap().held, 0);
+    }
+
+    #[test]
+    fn same_commands_give_identical_outcomes_and_state() {
+        let commands: Vec<Command> = (0..5_000u64)
+            .map(|i| Command::Buy {
+                intent: intent(
+                    i * 7919 % 300,
+                    i % 5,
+                    1 + (i % 3) as u32,
+                    1 + (i % 2) as u32,
+                ),
+                arrival_ns: i * 100 % 250,
+            })
+            .collect();
+        let run = || {
+            let mut core = core();
+            let outcomes: Vec<Outcome> = commands.iter().map(|c| core.apply(c)).collect();
+            (outcomes, core.levels().collect::<Vec<_>>())
+        };
+        assert_eq!(run(), run());
+    }
+
+    #[test]
     fn unknown_sku_takes_a_sequence_number() {
         let mut core = core();
         let outcome = core.buy(&intent(1, 1, 99, 1), 0);
