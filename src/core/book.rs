@@ -1,216 +1,251 @@
-//! The order book of one shard: every confirmed order's `(user, client_key)`, SKU and
-//! units, in one open-addressing table keyed by user.
+//! The order book of one shard: what every buyer holds, and every confirmed order's
+//! idempotency key, in two open-addressing tables.
 //!
-//! One table instead of two hash maps (idempotency keys, and units per buyer and SKU)
-//! because at scale both are cache- and TLB-missing tables: a confirmation paid two misses
-//! in each. Here a buyer's orders sit in one linear-probing run that starts at the buyer's
-//! hash, so one scan (usually one cache line) answers "is this key a retry?" and "how many
-//! units does this buyer hold of this SKU and of its group?", and the confirmation writes
-//! into the empty slot the scan stopped at.
+//! - **Keys**: one slot per confirmed order, `[user, client_key, order id + 1, 0]`, homed at
+//!   a hash of `(user, client_key)`: a retry finds its order whatever SKU it names.
+//! - **Holdings**: one slot per `(buyer, SKU)` with units held, `[user, limit key,
+//!   sku_local << 32 | units, 1]`, homed at a hash of `(user, limit key)`, where the limit
+//!   key is the SKU's limit group (or the SKU itself outside any group). A buyer's holdings
+//!   in one group share a home, so one short scan sums the group's units and finds the
+//!   SKU's; a buyer with orders in many groups has them spread over the table, so no scan
+//!   grows with a buyer's total orders.
 //!
-//! Entries are never removed (an order's key must stay known for idempotency), so there are
-//! no tombstones. The table doubles when it passes half full, which keeps runs short
-//! (about 2.5 slots on average for a miss at the maximum load). A free slot is all zero
-//! bits; see [`super::table`] for how the memory is obtained (pre-faulted, and on huge
-//! pages when large).
-//!
-//! At scale every look-up is a cache and TLB miss (here, in a VM, 200-400 ns), so the shard
-//! worker calls [`OrderBook::prefetch`] for a whole batch before deciding it: the misses
-//! overlap instead of queueing one behind the other.
+//! Both use linear probing, never remove entries (an order's key stays known for
+//! idempotency; holdings only change in place), so there are no tombstones, and double
+//! when half full (about 2.5 slots per unsuccessful scan at the maximum load). A free slot
+//! is all zero bits. At scale every look-up is a cache and TLB miss (200-400 ns here, in a
+//! VM), so the shard worker calls [`OrderBook::prefetch`] for a whole batch before deciding
+//! it, and the tables live on huge pages (see [`super::table`]).
 
+use super::table::{Slot, SlotTable};
 use crate::types::OrderId;
 
-/// One confirmed order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Holding {
-    pub(super) user: u64,
-    pub(super) client_key: u64,
-    pub(super) order: OrderId,
-    /// The SKU's local index on the shard.
-    pub(super) sku_local: u32,
-    pub(super) units: u32,
-}
-
-// A slot: `[user, client_key, order id + 1, sku_local << 32 | units]`; 32 bytes, two per
-// cache line. Word 2 is 0 in a free slot (an order id of `u64::MAX` would need 2^48 orders
-// on shard 65,535).
-use super::table::{Slot, SlotTable};
-
-const ORDER_WORD: usize = 2;
-
-fn pack(holding: &Holding) -> Slot {
-    [
-        holding.user,
-        holding.client_key,
-        holding.order.0 + 1,
-        (u64::from(holding.sku_local) << 32) | u64::from(holding.units),
-    ]
-}
-
-/// `capacity` free slots.
-fn free_slots(capacity: usize) -> SlotTable {
-    SlotTable::zeroed(capacity)
-}
-
-#[inline]
-fn is_free(slot: &Slot) -> bool {
-    slot[ORDER_WORD] == 0
-}
-
-#[inline]
-fn sku_local_of(slot: &Slot) -> u32 {
-    (slot[3] >> 32) as u32
-}
-
-#[inline]
-fn units_of(slot: &Slot) -> u32 {
-    slot[3] as u32
-}
+/// The bit that marks a limit key as an ungrouped SKU's local index rather than a group's.
+pub(super) const SKU_LIMIT_KEY: u64 = 1 << 63;
 
 /// What a buyer already has, as far as one intent is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Standing {
     /// The same `(user, client_key)` already has this order.
     Duplicate(OrderId),
-    /// Units the buyer holds of the intent's SKU and of the SKU's group; `slot` is the free
-    /// slot where a confirmation of this intent goes.
+    /// Units the buyer holds of the intent's SKU and of its limit group (equal for an
+    /// ungrouped SKU), and where a confirmation goes.
     Holds {
         of_sku: u32,
         of_group: u32,
-        slot: usize,
+        places: Places,
     },
 }
 
+/// An order to record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Confirmed {
+    pub(super) id: OrderId,
+    pub(super) user: u64,
+    pub(super) client_key: u64,
+    pub(super) sku_local: u32,
+    pub(super) limit_key: u64,
+    pub(super) units: u32,
+}
+
+/// Where a confirmation of a looked-up intent is written: valid until the book changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Places {
+    /// The free slot for its key.
+    key: usize,
+    /// The buyer's slot for the SKU if they hold some already, else the free slot for it.
+    holding: usize,
+}
+
+/// One table: `capacity` slots (a power of two), at most half of them used.
 #[derive(Debug, Clone)]
-pub(super) struct OrderBook {
-    /// `capacity` slots, a power of two.
+struct Table {
     slots: SlotTable,
     /// `capacity - 1`.
     mask: usize,
-    /// Occupied slots; at most `capacity / 2`.
     len: usize,
 }
 
-impl OrderBook {
-    /// A book with room for `orders` orders before it first grows.
-    pub(super) fn with_room_for(orders: usize) -> Self {
-        let capacity = (orders.max(8) * 2).next_power_of_two();
+/// Which word of a slot is never 0 in a used slot.
+const USED_WORD_KEYS: usize = 2;
+const USED_WORD_HOLDINGS: usize = 3;
+
+impl Table {
+    fn with_room_for(entries: usize) -> Self {
+        let capacity = (entries.max(8) * 2).next_power_of_two();
         Self {
-            slots: free_slots(capacity),
+            slots: SlotTable::zeroed(capacity),
             mask: capacity - 1,
             len: 0,
         }
     }
 
-    /// Asks the CPU to start loading the slot where `user`'s run begins, so that a later
-    /// [`standing`](Self::standing) finds it in cache.
     #[inline]
-    pub(super) fn prefetch(&self, user: u64) {
-        crate::prefetch::prefetch_read(&self.slots[self.home(user)]);
+    fn next(&self, slot: usize) -> usize {
+        (slot + 1) & self.mask
     }
 
-    /// splitmix64's finaliser: sequential user ids spread over the table.
-    #[inline]
-    fn home(&self, user: u64) -> usize {
-        let mut hash = user.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        hash = (hash ^ (hash >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        hash = (hash ^ (hash >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (hash ^ (hash >> 31)) as usize & self.mask
+    /// Writes `value` into the free `slot` and grows past half full. `home` re-homes the
+    /// entries when the table grows; `used` is the word that is non-zero in a used slot.
+    fn insert_at(&mut self, slot: usize, value: Slot, used: usize, home: fn(&Slot) -> u64) {
+        debug_assert_eq!(self.slots[slot][used], 0);
+        debug_assert_ne!(value[used], 0);
+        self.slots[slot] = value;
+        self.len += 1;
+        if self.len * 2 > self.slots.len() {
+            let capacity = self.slots.len() * 2;
+            let old = std::mem::replace(&mut self.slots, SlotTable::zeroed(capacity));
+            self.mask = capacity - 1;
+            // Old run order is kept per home, so scans see entries in the same order.
+            for entry in old.iter().filter(|entry| entry[used] != 0) {
+                let mut slot = home(entry) as usize & self.mask;
+                while self.slots[slot][used] != 0 {
+                    slot = self.next(slot);
+                }
+                self.slots[slot] = *entry;
+            }
+        }
+    }
+}
+
+/// splitmix64's finaliser over two words.
+#[inline]
+fn mix(first: u64, second: u64) -> u64 {
+    let mut hash = first ^ second.rotate_left(29) ^ 0x9E37_79B9_7F4A_7C15;
+    hash = (hash ^ (hash >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    hash ^ (hash >> 31)
+}
+
+fn key_home(entry: &Slot) -> u64 {
+    mix(entry[0], entry[1])
+}
+
+fn holding_home(entry: &Slot) -> u64 {
+    mix(entry[0], entry[1])
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct OrderBook {
+    keys: Table,
+    holdings: Table,
+}
+
+impl OrderBook {
+    /// A book with room for `orders` orders (and as many holdings) before it first grows.
+    pub(super) fn with_room_for(orders: usize) -> Self {
+        Self {
+            keys: Table::with_room_for(orders),
+            holdings: Table::with_room_for(orders),
+        }
     }
 
-    /// Scans the buyer's run once. `in_group(sku_local)` says whether another SKU of the
-    /// buyer's counts against the intent's group (always false for an ungrouped SKU).
+    /// Starts loading the slots where a look-up for this intent begins.
+    #[inline]
+    pub(super) fn prefetch(&self, user: u64, client_key: u64, limit_key: u64) {
+        let key = mix(user, client_key) as usize & self.keys.mask;
+        crate::prefetch::prefetch_read(&self.keys.slots[key]);
+        let holding = mix(user, limit_key) as usize & self.holdings.mask;
+        crate::prefetch::prefetch_read(&self.holdings.slots[holding]);
+    }
+
+    /// Looks up an intent: its key, then the buyer's holdings in the SKU's limit group.
     #[inline]
     pub(super) fn standing(
         &self,
         user: u64,
         client_key: u64,
         sku_local: u32,
-        in_group: impl Fn(u32) -> bool,
+        limit_key: u64,
     ) -> Standing {
-        let mut slot = self.home(user);
-        let mut of_sku = 0u32;
-        let mut of_group = 0u32;
-        // Bounded: at most half the slots are occupied, so a free slot ends every run.
+        let keys = &self.keys;
+        let mut key_slot = mix(user, client_key) as usize & keys.mask;
+        // Bounded: at most half the slots are used, so a free slot ends every run.
         loop {
-            debug_assert!(slot < self.slots.len());
-            let held = &self.slots[slot];
-            if is_free(held) {
-                return Standing::Holds {
-                    of_sku,
-                    of_group,
-                    slot,
-                };
+            let entry = &keys.slots[key_slot];
+            if entry[USED_WORD_KEYS] == 0 {
+                break;
             }
-            if held[0] == user {
-                if held[1] == client_key {
-                    return Standing::Duplicate(OrderId(held[ORDER_WORD] - 1));
-                }
-                if sku_local_of(held) == sku_local {
-                    of_sku += units_of(held);
-                }
-                if in_group(sku_local_of(held)) {
-                    of_group += units_of(held);
+            if entry[0] == user && entry[1] == client_key {
+                return Standing::Duplicate(OrderId(entry[USED_WORD_KEYS] - 1));
+            }
+            key_slot = keys.next(key_slot);
+        }
+        let holdings = &self.holdings;
+        let mut slot = mix(user, limit_key) as usize & holdings.mask;
+        let mut of_sku = 0;
+        let mut of_group = 0;
+        let mut sku_slot = None;
+        loop {
+            let entry = &holdings.slots[slot];
+            if entry[USED_WORD_HOLDINGS] == 0 {
+                break;
+            }
+            if entry[0] == user && entry[1] == limit_key {
+                let units = entry[2] as u32;
+                of_group += units;
+                if (entry[2] >> 32) as u32 == sku_local {
+                    of_sku = units;
+                    sku_slot = Some(slot);
                 }
             }
-            slot = (slot + 1) & self.mask;
+            slot = holdings.next(slot);
+        }
+        Standing::Holds {
+            of_sku,
+            of_group,
+            places: Places {
+                key: key_slot,
+                holding: sku_slot.unwrap_or(slot),
+            },
         }
     }
 
-    /// Records a confirmed order in the free `slot` that [`standing`](Self::standing)
-    /// returned for the same intent, with no insert in between.
+    /// Records a confirmed order at the places [`standing`](Self::standing) returned for
+    /// the same intent, with no change to the book in between.
     #[inline]
-    pub(super) fn insert_at(&mut self, slot: usize, holding: Holding) {
-        debug_assert!(is_free(&self.slots[slot]));
-        debug_assert_ne!(holding.order.0, u64::MAX);
-        self.slots[slot] = pack(&holding);
-        self.len += 1;
-        if self.len * 2 > self.slots.len() {
-            self.grow();
+    pub(super) fn confirm(&mut self, places: Places, order: &Confirmed) {
+        debug_assert_ne!(order.id.0, u64::MAX);
+        let holding = &mut self.holdings.slots[places.holding];
+        if holding[USED_WORD_HOLDINGS] != 0 {
+            debug_assert!(holding[0] == order.user && (holding[2] >> 32) as u32 == order.sku_local);
+            holding[2] += u64::from(order.units);
+        } else {
+            let value = [
+                order.user,
+                order.limit_key,
+                (u64::from(order.sku_local) << 32) | u64::from(order.units),
+                1,
+            ];
+            self.holdings
+                .insert_at(places.holding, value, USED_WORD_HOLDINGS, holding_home);
         }
-    }
-
-    /// Doubles the table. Each buyer's orders are re-inserted in their old run order, so
-    /// scans see them in the same order as before.
-    fn grow(&mut self) {
-        let capacity = self.slots.len() * 2;
-        let old = std::mem::replace(&mut self.slots, free_slots(capacity));
-        self.mask = self.slots.len() - 1;
-        for held in old.iter().filter(|held| !is_free(held)) {
-            let mut slot = self.home(held[0]);
-            while !is_free(&self.slots[slot]) {
-                slot = (slot + 1) & self.mask;
-            }
-            self.slots[slot] = *held;
-        }
+        let value = [order.user, order.client_key, order.id.0 + 1, 0];
+        self.keys
+            .insert_at(places.key, value, USED_WORD_KEYS, key_home);
     }
 
     /// The order of `(user, client_key)`, if any.
     pub(super) fn order_for(&self, user: u64, client_key: u64) -> Option<OrderId> {
-        match self.standing(user, client_key, u32::MAX, |_| false) {
+        match self.standing(user, client_key, u32::MAX, 0) {
             Standing::Duplicate(order) => Some(order),
             Standing::Holds { .. } => None,
         }
     }
 
-    /// Units a buyer holds of a SKU (local index).
-    pub(super) fn units_of(&self, user: u64, sku_local: u32) -> u32 {
-        let mut slot = self.home(user);
-        let mut units = 0;
-        while !is_free(&self.slots[slot]) {
-            let held = &self.slots[slot];
-            if held[0] == user && sku_local_of(held) == sku_local {
-                units += units_of(held);
-            }
-            slot = (slot + 1) & self.mask;
+    /// Units a buyer holds of a SKU (local index) whose limit key is `limit_key`.
+    pub(super) fn units_of(&self, user: u64, sku_local: u32, limit_key: u64) -> u32 {
+        match self.standing(user, u64::MAX, sku_local, limit_key) {
+            Standing::Holds { of_sku, .. } => of_sku,
+            // Only a key of u64::MAX could match; count it by hand is not worth it.
+            Standing::Duplicate(_) => 0,
         }
-        units
     }
 
     /// Orders recorded.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.len
+        self.keys.len
     }
 }
 
@@ -218,19 +253,27 @@ impl OrderBook {
 mod tests {
     use super::*;
 
-    fn holding(user: u64, key: u64, order: u64, sku: u32, units: u32) -> Holding {
-        Holding {
-            user,
-            client_key: key,
-            order: OrderId(order),
-            sku_local: sku,
-            units,
-        }
-    }
-
-    fn confirm(book: &mut OrderBook, h: Holding) {
-        match book.standing(h.user, h.client_key, h.sku_local, |_| false) {
-            Standing::Holds { slot, .. } => book.insert_at(slot, h),
+    fn confirm(
+        book: &mut OrderBook,
+        user: u64,
+        key: u64,
+        order: u64,
+        sku: u32,
+        group: u64,
+        units: u32,
+    ) {
+        match book.standing(user, key, sku, group) {
+            Standing::Holds { places, .. } => book.confirm(
+                places,
+                &Confirmed {
+                    id: OrderId(order),
+                    user,
+                    client_key: key,
+                    sku_local: sku,
+                    limit_key: group,
+                    units,
+                },
+            ),
             Standing::Duplicate(_) => panic!("unexpected duplicate"),
         }
     }
@@ -239,17 +282,20 @@ mod tests {
     fn counts_units_and_finds_keys_across_growth() {
         let mut book = OrderBook::with_room_for(1);
         for user in 0..1000u64 {
-            confirm(&mut book, holding(user, 1, user * 2, (user % 3) as u32, 1));
-            confirm(&mut book, holding(user, 2, user * 2 + 1, 0, 2));
+            // SKUs 0..=2 are in group 7; SKU 3 is ungrouped.
+            confirm(&mut book, user, 1, user * 3, (user % 3) as u32, 7, 1);
+            confirm(&mut book, user, 2, user * 3 + 1, 0, 7, 2);
+            confirm(&mut book, user, 3, user * 3 + 2, 3, SKU_LIMIT_KEY | 3, 1);
         }
-        assert_eq!(book.len(), 2000);
+        assert_eq!(book.len(), 3000);
         for user in 0..1000u64 {
-            assert_eq!(book.order_for(user, 1), Some(OrderId(user * 2)));
-            assert_eq!(book.order_for(user, 2), Some(OrderId(user * 2 + 1)));
-            assert_eq!(book.order_for(user, 3), None);
+            assert_eq!(book.order_for(user, 1), Some(OrderId(user * 3)));
+            assert_eq!(book.order_for(user, 2), Some(OrderId(user * 3 + 1)));
+            assert_eq!(book.order_for(user, 9), None);
             let expected_sku0 = 2 + u32::from(user % 3 == 0);
-            assert_eq!(book.units_of(user, 0), expected_sku0);
-            match book.standing(user, 9, 1, |sku| sku <= 2) {
+            assert_eq!(book.units_of(user, 0, 7), expected_sku0);
+            assert_eq!(book.units_of(user, 3, SKU_LIMIT_KEY | 3), 1);
+            match book.standing(user, 9, 1, 7) {
                 Standing::Holds {
                     of_sku, of_group, ..
                 } => {
@@ -259,6 +305,24 @@ mod tests {
                 Standing::Duplicate(_) => panic!(),
             }
         }
-        assert_eq!(book.units_of(5000, 0), 0);
+        assert_eq!(book.units_of(5000, 0, 7), 0);
+    }
+
+    #[test]
+    fn a_buyer_with_many_groups_keeps_short_scans() {
+        // One buyer, 10,000 groups: holdings spread over the table, so each scan is short
+        // (a multimap keyed by buyer alone would scan all 10,000 every time).
+        let mut book = OrderBook::with_room_for(16);
+        for group in 0..10_000u64 {
+            confirm(&mut book, 1, group, group, group as u32, group, 1);
+        }
+        for group in 0..10_000u64 {
+            match book.standing(1, 1_000_000, group as u32, group) {
+                Standing::Holds {
+                    of_sku, of_group, ..
+                } => assert_eq!((of_sku, of_group), (1, 1)),
+                Standing::Duplicate(_) => panic!(),
+            }
+        }
     }
 }

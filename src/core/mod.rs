@@ -11,7 +11,7 @@ mod table;
 
 use rustc_hash::FxHashMap;
 
-use book::{Holding, OrderBook, Standing};
+use book::{Confirmed, OrderBook, SKU_LIMIT_KEY, Standing};
 
 use crate::catalog::{Catalog, Placement};
 use crate::types::{Intent, Order, OrderId, Outcome, RejectReason, ShardId, SkuId};
@@ -226,7 +226,9 @@ impl ShardCore {
             .get(local as usize)
             .is_some_and(|sku| sku.available > 0);
         if may_confirm || self.buyers.may_hold(intent.user.0) {
-            self.book.prefetch(intent.user.0);
+            let limit_key = self.limit_key(local.min(self.skus.len().saturating_sub(1) as u32));
+            self.book
+                .prefetch(intent.user.0, intent.client_key, limit_key);
         }
     }
 
@@ -275,6 +277,15 @@ impl ShardCore {
         }
     }
 
+    /// The key a SKU's per-buyer units are counted under: its limit group, or itself.
+    #[inline]
+    fn limit_key(&self, local: u32) -> u64 {
+        match self.skus[local as usize].group {
+            Some(group) => u64::from(group),
+            None => SKU_LIMIT_KEY | u64::from(local),
+        }
+    }
+
     fn next_sequence(&mut self) -> u64 {
         let sequence = self.sequence_next;
         self.sequence_next += 1;
@@ -299,20 +310,17 @@ impl ShardCore {
         }
         let quantity = intent.quantity;
         let group = sku.group;
+        let limit_key = self.limit_key(local);
+        let (user, client_key) = (intent.user.0, intent.client_key);
         // A buyer with no order here has no key to repeat and holds no units.
-        let (held_of_sku, held_of_group, slot) = if self.buyers.may_hold(intent.user.0) {
-            let skus = &self.skus;
-            let in_group = |other: u32| group.is_some() && skus[other as usize].group == group;
-            match self
-                .book
-                .standing(intent.user.0, intent.client_key, local, in_group)
-            {
+        let (held_of_sku, held_of_group, places) = if self.buyers.may_hold(user) {
+            match self.book.standing(user, client_key, local, limit_key) {
                 Standing::Duplicate(order) => return Err(RejectReason::Duplicate(order)),
                 Standing::Holds {
                     of_sku,
                     of_group,
-                    slot,
-                } => (of_sku, of_group, Some(slot)),
+                    places,
+                } => (of_sku, of_group, Some(places)),
             }
         } else {
             (0, 0, None)
@@ -340,24 +348,25 @@ impl ShardCore {
         debug_assert_eq!(sku.available + sku.held, sku.stock);
         let id = OrderId::new(self.shard, self.orders_confirmed);
         self.orders_confirmed += 1;
-        let holding = Holding {
-            user: intent.user.0,
-            client_key: intent.client_key,
-            order: id,
-            sku_local: local,
-            units: quantity,
-        };
-        let slot = slot.unwrap_or_else(|| {
-            // The filter said "no order", so the scan was skipped; find the free slot now.
-            match self
-                .book
-                .standing(intent.user.0, intent.client_key, local, |_| false)
-            {
-                Standing::Holds { slot, .. } => slot,
+        let places = match places {
+            Some(places) => places,
+            // The filter said "no order", so the look-up was skipped; find the places now.
+            None => match self.book.standing(user, client_key, local, limit_key) {
+                Standing::Holds { places, .. } => places,
                 Standing::Duplicate(_) => unreachable!("the buyer filter has no false negatives"),
-            }
-        });
-        self.book.insert_at(slot, holding);
+            },
+        };
+        self.book.confirm(
+            places,
+            &Confirmed {
+                id,
+                user,
+                client_key,
+                sku_local: local,
+                limit_key,
+                units: quantity,
+            },
+        );
         self.buyers.insert(intent.user.0);
         Ok(Order {
             id,
@@ -412,9 +421,9 @@ impl ShardCore {
 
     /// Units a buyer holds of a SKU on this shard.
     pub fn held_by(&self, user: u64, sku: SkuId) -> u32 {
-        self.local_index
-            .get(&sku)
-            .map_or(0, |&local| self.book.units_of(user, local))
+        self.local_index.get(&sku).map_or(0, |&local| {
+            self.book.units_of(user, local, self.limit_key(local))
+        })
     }
 }
 

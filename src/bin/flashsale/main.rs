@@ -1,0 +1,246 @@
+//! `flashsale`: the load simulator. `flashsale simulate` runs a live-stream flash sale
+//! against the engine and prints a report a capacity planner can act on.
+
+mod output;
+mod plan;
+mod plot;
+mod run;
+mod scenario;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use output::{RateJson, RunJson};
+use plan::Plan;
+use scenario::{Mode, PRESETS, Scenario, Wait};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "flashsale",
+    version,
+    about = "Simulate live-stream flash sales against the flashsale engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scenario (default: sneaker-drop) and print its report.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// Preset: sneaker-drop, lipstick-live, micro-shows, steady.
+    #[arg(long, default_value = "sneaker-drop")]
+    scenario: String,
+    /// A TOML scenario file (fields as in the presets; missing ones take sneaker-drop's).
+    #[arg(long, conflicts_with = "scenario")]
+    file: Option<PathBuf>,
+    /// Request threads.
+    #[arg(long)]
+    producers: Option<u32>,
+    /// Shard threads.
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Ring slots per producer and shard.
+    #[arg(long)]
+    ring_capacity: Option<u32>,
+    /// Constant offered rate, e.g. 1M or 250k (intents/s); replaces the burst shape.
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<f64>,
+    /// Sweep offered rates, e.g. 1M,2M,5M: one open-loop run per rate, a latency table.
+    #[arg(long, value_delimiter = ',', value_parser = parse_rate)]
+    rates: Option<Vec<f64>>,
+    /// Cap on the number of intents.
+    #[arg(long)]
+    intents: Option<u64>,
+    /// Viewers per seller.
+    #[arg(long)]
+    viewers: Option<u64>,
+    /// Random seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Open loop (scheduled sends, latency from the schedule) or closed (as fast as taken).
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+    /// Shard idle strategy.
+    #[arg(long, value_enum)]
+    wait: Option<Wait>,
+    /// Scenario time runs this many times faster than wall time.
+    #[arg(long)]
+    speed: Option<f64>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Draw the latency percentile curve and intents/s over time to this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Parses `1M`, `2.5m`, `250k`, `1000`.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let text = text.trim();
+    let (number, scale) = match text.chars().last() {
+        Some('k' | 'K') => (&text[..text.len() - 1], 1e3),
+        Some('m' | 'M') => (&text[..text.len() - 1], 1e6),
+        _ => (text, 1.0),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a rate like 1M, 250k or 1000"))?;
+    if !(value.is_finite() && value > 0.0) {
+        return Err(format!("'{text}': a rate must be above 0"));
+    }
+    Ok(value * scale)
+}
+
+fn scenario_of(args: &SimulateArgs) -> Result<Scenario, String> {
+    let mut scenario = match &args.file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|error| format!("file: {}: {error}", path.display()))?;
+            Scenario::from_toml(&text)
+                .map_err(|error| format!("file {}: {error}", path.display()))?
+        }
+        None => Scenario::preset(&args.scenario).ok_or_else(|| {
+            format!(
+                "scenario: unknown preset '{}' (one of: {})",
+                args.scenario,
+                PRESETS.join(", ")
+            )
+        })?,
+    };
+    let set = |field: &mut u32, value: Option<u32>| {
+        if let Some(value) = value {
+            *field = value;
+        }
+    };
+    set(&mut scenario.producers, args.producers);
+    set(&mut scenario.shards, args.shards);
+    set(&mut scenario.ring_capacity, args.ring_capacity);
+    if let Some(rate) = args.rate {
+        scenario.rate = Some(rate);
+    }
+    if let Some(intents) = args.intents {
+        scenario.intents = Some(intents);
+    }
+    if let Some(viewers) = args.viewers {
+        scenario.viewers_min = viewers;
+        scenario.viewers_max = viewers;
+    }
+    if let Some(seed) = args.seed {
+        scenario.seed = seed;
+    }
+    if let Some(mode) = args.mode {
+        scenario.mode = mode;
+    }
+    if let Some(wait) = args.wait {
+        scenario.wait = wait;
+    }
+    if let Some(speed) = args.speed {
+        scenario.speed = speed;
+    }
+    scenario.validate()?;
+    Ok(scenario)
+}
+
+fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} outcomes {per_sec}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn run_once(scenario: &Scenario, quiet: bool) -> Result<(RunJson, Histogram<u64>), String> {
+    let plan = Plan::new(scenario)?;
+    let bar = progress_bar(plan.presses, quiet);
+    let result = run::run(scenario, plan, |outcomes| bar.set_position(outcomes))?;
+    bar.finish_and_clear();
+    Ok((RunJson::new(scenario, &result), result.latency_ns))
+}
+
+fn simulate(args: &SimulateArgs) -> Result<bool, String> {
+    let scenario = scenario_of(args)?;
+    if let Some(rates) = &args.rates {
+        let mut lines = Vec::new();
+        let mut all_hold = true;
+        for &rate in rates {
+            let mut at_rate = scenario.clone();
+            at_rate.rate = Some(rate);
+            at_rate.mode = Mode::Open;
+            at_rate.validate()?;
+            let (run, _) = run_once(&at_rate, args.quiet)?;
+            all_hold &= run.all_invariants_hold();
+            lines.push(RateJson {
+                offered_per_s: rate,
+                achieved_per_s: run.intents_per_s,
+                invariants_hold: run.all_invariants_hold(),
+                latency_ns: run.latency_ns,
+            });
+        }
+        if args.json {
+            let text = serde_json::to_string_pretty(&lines).map_err(|error| error.to_string())?;
+            println!("{text}");
+        } else {
+            println!(
+                "scenario {} (open loop, latency from intended send time)",
+                scenario.name
+            );
+            print!("{}", output::rate_table(&lines));
+        }
+        return Ok(all_hold);
+    }
+    let (run, latency_ns) = run_once(&scenario, args.quiet)?;
+    if let Some(path) = &args.plot {
+        plot::draw(path, &run, &latency_ns)
+            .map_err(|error| format!("plot: {}: {error}", path.display()))?;
+    }
+    if args.json {
+        let text = serde_json::to_string_pretty(&run).map_err(|error| error.to_string())?;
+        println!("{text}");
+    } else {
+        print!("{}", run.table());
+        if let Some(path) = &args.plot {
+            println!("plot written to {}", path.display());
+        }
+    }
+    Ok(run.all_invariants_hold())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Simulate(args) => simulate(args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("error: an invariant was violated (see the report)");
+            ExitCode::from(1)
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! The simulator's report: a table for people, stable JSON for machines.
+
+use std::fmt::Write as _;
+
+use flashsale::report::Nanos;
+use flashsale::{LatencySummary, RejectReason};
+use serde::Serialize;
+
+use crate::run::{BUCKET_NS, RunResult};
+use crate::scenario::Scenario;
+
+/// Latency percentiles in ns.
+#[derive(Debug, Serialize)]
+pub struct LatencyJson {
+    pub samples: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p99_9: u64,
+    pub p99_99: u64,
+    pub max: u64,
+    pub mean: u64,
+}
+
+impl From<LatencySummary> for LatencyJson {
+    fn from(summary: LatencySummary) -> Self {
+        Self {
+            samples: summary.samples,
+            p50: summary.p50_ns,
+            p90: summary.p90_ns,
+            p99: summary.p99_ns,
+            p99_9: summary.p999_ns,
+            p99_99: summary.p9999_ns,
+            max: summary.max_ns,
+            mean: summary.mean_ns,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SkuJson {
+    pub id: u32,
+    pub stock: u32,
+    pub sold: u32,
+    pub remaining: u32,
+    /// Scenario ms after the sale opened when the last unit went; null if not sold out.
+    pub sold_out_after_open_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InvariantsJson {
+    pub one_outcome_per_intent: bool,
+    pub no_oversell: bool,
+    pub no_undersell: bool,
+    pub limits_held: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TimelinePoint {
+    /// Run time, ms.
+    pub t_ms: u64,
+    pub intents_per_s: f64,
+}
+
+/// One run, as `--json` prints it. Keys are stable: tests read them back.
+#[derive(Debug, Serialize)]
+pub struct RunJson {
+    pub scenario: Scenario,
+    pub elapsed_s: f64,
+    pub intents: u64,
+    pub intents_per_s: f64,
+    pub confirmed_orders: u64,
+    pub confirmed_units: u64,
+    /// Rejections by reason name.
+    pub rejections: std::collections::BTreeMap<&'static str, u64>,
+    pub answered_at_submit: u64,
+    pub invariants: InvariantsJson,
+    /// From the intended send time (open loop) or submit (closed) to the outcome.
+    pub latency_ns: LatencyJson,
+    /// The engine's own: arrival stamp to outcome published, queued intents only.
+    pub engine_latency_ns: LatencyJson,
+    pub peak_memory_bytes: Option<u64>,
+    pub skus: Vec<SkuJson>,
+    pub timeline: Vec<TimelinePoint>,
+}
+
+/// The process's peak resident memory (VmHWM), where the OS tells it.
+pub fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+impl RunJson {
+    pub fn new(scenario: &Scenario, result: &RunResult) -> Self {
+        let elapsed_s = result.elapsed.as_secs_f64();
+        let rejections = RejectReason::ALL
+            .iter()
+            .map(|reason| (reason.name(), result.rejections[reason.index()]))
+            .collect();
+        let timeline = result
+            .timeline
+            .iter()
+            .enumerate()
+            .map(|(bucket, &count)| TimelinePoint {
+                t_ms: bucket as u64 * BUCKET_NS / 1_000_000,
+                intents_per_s: count as f64 * 1e9 / BUCKET_NS as f64,
+            })
+            .collect();
+        Self {
+            scenario: scenario.clone(),
+            elapsed_s,
+            intents: result.presses,
+            intents_per_s: result.outcomes as f64 / elapsed_s,
+            confirmed_orders: result.confirmed_orders,
+            confirmed_units: result.engine.confirmed_units,
+            rejections,
+            answered_at_submit: result.engine.answered_at_submit,
+            invariants: InvariantsJson {
+                one_outcome_per_intent: result.invariants.one_outcome_per_intent,
+                no_oversell: result.invariants.no_oversell,
+                no_undersell: result.invariants.no_undersell,
+                limits_held: result.invariants.limits_held,
+            },
+            latency_ns: LatencySummary::from_histogram(&result.latency_ns).into(),
+            engine_latency_ns: result.engine.latency.into(),
+            peak_memory_bytes: peak_memory_bytes(),
+            skus: result
+                .skus
+                .iter()
+                .map(|sku| SkuJson {
+                    id: sku.id,
+                    stock: sku.stock,
+                    sold: sku.sold,
+                    remaining: sku.remaining,
+                    sold_out_after_open_ms: sku.sold_out_after_open_ms,
+                })
+                .collect(),
+            timeline,
+        }
+    }
+
+    pub fn all_invariants_hold(&self) -> bool {
+        let checks = &self.invariants;
+        checks.one_outcome_per_intent
+            && checks.no_oversell
+            && checks.no_undersell
+            && checks.limits_held
+    }
+
+    /// The human report.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let s = &self.scenario;
+        let _ = writeln!(
+            out,
+            "scenario {} ({:?} loop, seed {}): {} sellers x {} products x {} variants, {} units, \
+             {} producers, {} shards",
+            s.name,
+            s.mode,
+            s.seed,
+            s.sellers,
+            s.products_per_seller,
+            s.variants_per_product,
+            u64::from(s.sellers)
+                * u64::from(s.products_per_seller)
+                * u64::from(s.stock_per_product),
+            s.producers,
+            s.shards
+        );
+        let _ = writeln!(
+            out,
+            "{} intents in {:.2} s: {:.2} M intents/s; {} orders, {} units",
+            self.intents,
+            self.elapsed_s,
+            self.intents_per_s / 1e6,
+            self.confirmed_orders,
+            self.confirmed_units
+        );
+        let _ = writeln!(
+            out,
+            "rejections (answered at submit: {}):",
+            self.answered_at_submit
+        );
+        for (reason, count) in &self.rejections {
+            if *count > 0 {
+                let _ = writeln!(out, "  {reason:<20}{count:>12}");
+            }
+        }
+        let latency = &self.latency_ns;
+        let _ = writeln!(
+            out,
+            "latency (from intended send): p50 {} | p90 {} | p99 {} | p99.9 {} | p99.99 {} | max {}",
+            Nanos(latency.p50),
+            Nanos(latency.p90),
+            Nanos(latency.p99),
+            Nanos(latency.p99_9),
+            Nanos(latency.p99_99),
+            Nanos(latency.max)
+        );
+        let engine = &self.engine_latency_ns;
+        let _ = writeln!(
+            out,
+            "engine (stamp to outcome, queued only): p50 {} | p99 {} | p99.99 {} | max {}",
+            Nanos(engine.p50),
+            Nanos(engine.p99),
+            Nanos(engine.p99_99),
+            Nanos(engine.max)
+        );
+        let check = |ok: bool| if ok { "ok" } else { "VIOLATED" };
+        let _ = writeln!(
+            out,
+            "invariants: one outcome per intent {}, no oversell {}, no undersell {}, limits {}",
+            check(self.invariants.one_outcome_per_intent),
+            check(self.invariants.no_oversell),
+            check(self.invariants.no_undersell),
+            check(self.invariants.limits_held)
+        );
+        if let Some(bytes) = self.peak_memory_bytes {
+            let _ = writeln!(
+                out,
+                "peak memory: {:.1} MiB",
+                bytes as f64 / (1 << 20) as f64
+            );
+        }
+        let shown = self.skus.len().min(12);
+        let _ = writeln!(
+            out,
+            "{:>8}{:>10}{:>10}{:>10}  sold out after open",
+            "sku", "stock", "sold", "left"
+        );
+        for sku in &self.skus[..shown] {
+            let sold_out = sku
+                .sold_out_after_open_ms
+                .map_or("-".to_string(), |ms| format!("{ms:.0} ms"));
+            let _ = writeln!(
+                out,
+                "{:>8}{:>10}{:>10}{:>10}  {sold_out}",
+                sku.id, sku.stock, sku.sold, sku.remaining
+            );
+        }
+        if self.skus.len() > shown {
+            let sold_out = self.skus.iter().filter(|sku| sku.remaining == 0).count();
+            let _ = writeln!(
+                out,
+                "  ... {} SKUs in all, {sold_out} sold out",
+                self.skus.len()
+            );
+        }
+        out
+    }
+}
+
+/// One line of a rate sweep.
+#[derive(Debug, Serialize)]
+pub struct RateJson {
+    pub offered_per_s: f64,
+    pub achieved_per_s: f64,
+    pub latency_ns: LatencyJson,
+    pub invariants_hold: bool,
+}
+
+pub fn rate_table(rates: &[RateJson]) -> String {
+    let mut out = String::from(
+        "offered/s   achieved/s        p50        p90        p99      p99.9     p99.99        max\n",
+    );
+    for rate in rates {
+        let l = &rate.latency_ns;
+        let _ = writeln!(
+            out,
+            "{:>9.2}M {:>11.2}M {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            rate.offered_per_s / 1e6,
+            rate.achieved_per_s / 1e6,
+            Nanos(l.p50).to_string(),
+            Nanos(l.p90).to_string(),
+            Nanos(l.p99).to_string(),
+            Nanos(l.p99_9).to_string(),
+            Nanos(l.p99_99).to_string(),
+            Nanos(l.max).to_string()
+        );
+    }
+    out
+}

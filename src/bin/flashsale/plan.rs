@@ -1,0 +1,271 @@
+//! Turns a [`Scenario`] into a catalog and each producer's schedule of presses.
+
+use flashsale::{Catalog, GroupId, Intent, SaleWindow, SkuId, SkuSpec, UserId};
+
+use crate::scenario::{Mode, Scenario};
+
+/// xorshift64*: small, fast, deterministic.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn below(&mut self, bound: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
+    }
+}
+
+/// One press: when it should be sent (ns after the run's start) and what it asks.
+#[derive(Debug, Clone, Copy)]
+pub struct Press {
+    pub at_ns: u64,
+    pub intent: Intent,
+}
+
+/// Everything a run needs, made before the engine starts.
+pub struct Plan {
+    pub catalog: Catalog,
+    /// Per producer, presses in send order.
+    pub schedules: Vec<Vec<Press>>,
+    /// Engine-clock instant the schedules count from (a lead time after engine start).
+    pub start_ns: u64,
+    /// Per product (group) index: when its sale opens, ns after the run's start.
+    pub opens_ns: Vec<u64>,
+    /// When the last press is scheduled, ns after the run's start.
+    pub last_press_ns: u64,
+    pub presses: u64,
+}
+
+/// Lead time between engine start and the first scheduled press, for thread start-up.
+const LEAD_NS: u64 = 50_000_000;
+
+fn scaled_ns(scenario: &Scenario, ms: f64) -> u64 {
+    (ms * 1e6 / scenario.speed) as u64
+}
+
+/// Variant weights, most popular first, summing to 1.
+fn zipf_weights(variants: u32, exponent: f64) -> Vec<f64> {
+    let raw: Vec<f64> = (1..=variants)
+        .map(|rank| 1.0 / f64::from(rank).powf(exponent))
+        .collect();
+    let total: f64 = raw.iter().sum();
+    raw.into_iter().map(|weight| weight / total).collect()
+}
+
+/// Splits a product's stock over its variants by weight, each at least 1 unit.
+fn split_stock(stock: u32, weights: &[f64]) -> Vec<u32> {
+    let mut split: Vec<u32> = weights
+        .iter()
+        .map(|weight| ((f64::from(stock) * weight) as u32).max(1))
+        .collect();
+    let assigned: u32 = split.iter().sum();
+    if assigned < stock {
+        split[0] += stock - assigned;
+    } else {
+        let mut excess = assigned - stock;
+        for units in split.iter_mut().rev() {
+            let take = excess.min(*units - 1);
+            *units -= take;
+            excess -= take;
+        }
+    }
+    split
+}
+
+impl Plan {
+    pub fn new(scenario: &Scenario) -> Result<Self, String> {
+        let products_per_seller = scenario.products_per_seller;
+        let variants = scenario.variants_per_product;
+        let weights = zipf_weights(variants, scenario.zipf_exponent);
+        let stock_split = split_stock(scenario.stock_per_product, &weights);
+        let cumulative: Vec<f64> = weights
+            .iter()
+            .scan(0.0, |sum, weight| {
+                *sum += weight;
+                Some(*sum)
+            })
+            .collect();
+        let countdown_ns = scaled_ns(scenario, scenario.countdown_ms as f64);
+        let timed = scenario.mode == Mode::Open && scenario.rate.is_none();
+        let opens_ns: Vec<u64> = (0..products_per_seller)
+            .map(|product| {
+                if timed {
+                    countdown_ns
+                        + scaled_ns(
+                            scenario,
+                            (u64::from(product) * scenario.wave_interval_ms) as f64,
+                        )
+                } else {
+                    0
+                }
+            })
+            .collect();
+
+        let mut builder = Catalog::builder();
+        let mut skus = Vec::with_capacity(scenario.skus() as usize);
+        for seller in 0..scenario.sellers {
+            for product in 0..products_per_seller {
+                let group_index = seller * products_per_seller + product;
+                let group = GroupId(group_index + 1);
+                builder = builder.group(group, scenario.limit_per_buyer);
+                let window = SaleWindow {
+                    opens_at_ns: LEAD_NS + opens_ns[product as usize],
+                    closes_at_ns: u64::MAX,
+                };
+                for variant in 0..variants {
+                    skus.push(
+                        SkuSpec::new(
+                            SkuId(group_index * variants + variant + 1),
+                            stock_split[variant as usize],
+                        )
+                        .limit(scenario.limit_per_buyer)
+                        .group(group)
+                        .window(if timed { window } else { SaleWindow::ALWAYS })
+                        .labels(
+                            format!("seller {seller} product {product}"),
+                            format!("variant {variant}"),
+                        ),
+                    );
+                }
+            }
+        }
+        let catalog = builder
+            .skus(skus)
+            .build()
+            .map_err(|error| format!("catalog: {error}"))?;
+
+        let mut rng = Rng::new(scenario.seed);
+        let burst_ns = scaled_ns(scenario, scenario.burst_ms as f64).max(1);
+        let mut presses: Vec<Press> = Vec::new();
+        for seller in 0..scenario.sellers {
+            let viewers =
+                scenario.viewers_min + rng.below(scenario.viewers_max - scenario.viewers_min + 1);
+            for product in 0..products_per_seller {
+                let group_index = seller * products_per_seller + product;
+                let opens = opens_ns[product as usize];
+                for viewer in 0..viewers {
+                    if rng.unit() >= scenario.press_fraction {
+                        continue;
+                    }
+                    let pick = rng.unit();
+                    let variant = cumulative
+                        .iter()
+                        .position(|&edge| pick < edge)
+                        .unwrap_or(variants as usize - 1) as u32;
+                    let roll = rng.unit();
+                    let quantity = if roll < scenario.malformed_fraction {
+                        0
+                    } else if roll < scenario.malformed_fraction + scenario.two_units_fraction {
+                        2
+                    } else {
+                        1
+                    };
+                    // 2% press during the countdown; the rest front-loaded into the burst.
+                    let at_ns = if timed && rng.unit() < 0.02 && countdown_ns > 0 {
+                        opens.saturating_sub((rng.unit() * countdown_ns as f64) as u64)
+                    } else {
+                        opens + (rng.unit().powi(2) * burst_ns as f64) as u64
+                    };
+                    let intent = Intent {
+                        user: UserId((u64::from(seller) << 32) | viewer),
+                        client_key: u64::from(product),
+                        sku: SkuId(group_index * variants + variant + 1),
+                        quantity,
+                    };
+                    presses.push(Press { at_ns, intent });
+                    if rng.unit() < scenario.retry_fraction {
+                        let delay = scaled_ns(scenario, 100.0 + rng.unit() * 900.0);
+                        presses.push(Press {
+                            at_ns: at_ns + delay,
+                            intent,
+                        });
+                    }
+                }
+            }
+        }
+        presses.sort_by_key(|press| press.at_ns);
+        if let Some(cap) = scenario.intents {
+            presses.truncate(cap as usize);
+        }
+        if let Some(rate) = scenario.rate {
+            let spacing_ns = 1e9 / rate;
+            for (index, press) in presses.iter_mut().enumerate() {
+                press.at_ns = (index as f64 * spacing_ns) as u64;
+            }
+        }
+        if presses.is_empty() {
+            return Err("press_fraction: the scenario produced no presses".into());
+        }
+        let last_press_ns = presses.last().map_or(0, |press| press.at_ns);
+        let producers = scenario.producers as usize;
+        let mut schedules: Vec<Vec<Press>> = (0..producers)
+            .map(|_| Vec::with_capacity(presses.len() / producers + 1))
+            .collect();
+        let total = presses.len() as u64;
+        for press in presses {
+            // A buyer's presses all go through one producer, as one buyer's requests
+            // would reach one connection.
+            let producer = (press.intent.user.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
+                % producers;
+            schedules[producer].push(press);
+        }
+        Ok(Self {
+            catalog,
+            schedules,
+            start_ns: LEAD_NS,
+            opens_ns,
+            last_press_ns,
+            presses: total,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stock_split_keeps_the_total_and_every_variant() {
+        for (stock, variants) in [(5_000, 12), (12, 12), (100, 7), (40, 1)] {
+            let split = split_stock(stock, &zipf_weights(variants, 1.0));
+            assert_eq!(split.iter().sum::<u32>(), stock);
+            assert!(split.iter().all(|&units| units >= 1));
+        }
+    }
+
+    #[test]
+    fn plan_is_deterministic_and_sized() {
+        let mut scenario = Scenario::sneaker_drop();
+        scenario.viewers_min = 10_000;
+        scenario.viewers_max = 10_000;
+        scenario.producers = 3;
+        let first = Plan::new(&scenario).unwrap();
+        let second = Plan::new(&scenario).unwrap();
+        assert_eq!(first.presses, second.presses);
+        assert!(first.presses >= 10_000 && first.presses < 12_000);
+        assert_eq!(first.catalog.total_stock(), 5_000);
+        for (a, b) in first.schedules.iter().zip(&second.schedules) {
+            assert_eq!(a.len(), b.len());
+            assert!(a.windows(2).all(|pair| pair[0].at_ns <= pair[1].at_ns));
+            assert!(
+                a.iter()
+                    .zip(b)
+                    .all(|(x, y)| x.at_ns == y.at_ns && x.intent == y.intent)
+            );
+        }
+    }
+}

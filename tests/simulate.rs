@@ -1,0 +1,158 @@
+//! The `flashsale simulate` binary, end to end: good and bad scenarios, a small run whose
+//! counts add up, and the JSON keys a capacity planner's tooling reads.
+#![cfg(feature = "cli")]
+
+use std::process::{Command, Output};
+
+fn simulate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .arg("simulate")
+        .arg("--quiet")
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn stderr_line(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).trim().to_string()
+}
+
+/// A sneaker drop shrunk to 20,000 viewers, so that it runs in well under a second.
+const SMALL: [&str; 4] = ["--viewers", "20000", "--speed", "10"];
+
+#[test]
+fn impossible_knobs_exit_2_naming_the_field() {
+    for (args, field) in [
+        (vec!["--producers", "0"], "producers"),
+        (vec!["--shards", "5"], "shards"),
+        (vec!["--ring-capacity", "0"], "ring_capacity"),
+        (vec!["--rate", "0"], "--rate"),
+        (vec!["--scenario", "black-friday"], "scenario"),
+    ] {
+        let output = simulate(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let message = stderr_line(&output);
+        assert!(message.contains(field), "{args:?}: {message}");
+    }
+}
+
+#[test]
+fn malformed_scenario_file_exits_2_with_one_line() {
+    let dir = std::env::temp_dir().join(format!("flashsale-sim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad_field = dir.join("bad_field.toml");
+    std::fs::write(&bad_field, "name = \"x\"\nstok_per_product = 10\n").unwrap();
+    let bad_value = dir.join("bad_value.toml");
+    std::fs::write(&bad_value, "press_fraction = 3.0\n").unwrap();
+    for (path, field) in [
+        (&bad_field, "stok_per_product"),
+        (&bad_value, "press_fraction"),
+    ] {
+        let output = simulate(&["--file", path.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(2));
+        let message = stderr_line(&output);
+        assert_eq!(message.lines().count(), 1, "{message}");
+        assert!(message.contains(field), "{message}");
+    }
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        "name = \"tiny\"\nviewers_min = 3000\nviewers_max = 3000\nstock_per_product = 200\n\
+         variants_per_product = 4\nspeed = 20.0\n",
+    )
+    .unwrap();
+    let output = simulate(&["--file", good.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr_line(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("scenario tiny"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn small_run_accounts_for_every_intent_and_keeps_json_keys() {
+    let mut args = SMALL.to_vec();
+    args.push("--json");
+    let output = simulate(&args);
+    assert!(output.status.success(), "{}", stderr_line(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for key in [
+        "scenario",
+        "elapsed_s",
+        "intents",
+        "intents_per_s",
+        "confirmed_orders",
+        "confirmed_units",
+        "rejections",
+        "answered_at_submit",
+        "invariants",
+        "latency_ns",
+        "engine_latency_ns",
+        "peak_memory_bytes",
+        "skus",
+        "timeline",
+    ] {
+        assert!(report.get(key).is_some(), "missing key {key}");
+    }
+    for key in [
+        "samples", "p50", "p90", "p99", "p99_9", "p99_99", "max", "mean",
+    ] {
+        assert!(
+            report["latency_ns"].get(key).is_some(),
+            "missing latency key {key}"
+        );
+    }
+    let intents = report["intents"].as_u64().unwrap();
+    let rejected: u64 = report["rejections"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|count| count.as_u64().unwrap())
+        .sum();
+    let confirmed = report["confirmed_orders"].as_u64().unwrap();
+    assert_eq!(
+        confirmed + rejected,
+        intents,
+        "every intent has exactly one outcome"
+    );
+    assert_eq!(report["latency_ns"]["samples"].as_u64().unwrap(), intents);
+    for check in [
+        "one_outcome_per_intent",
+        "no_oversell",
+        "no_undersell",
+        "limits_held",
+    ] {
+        assert_eq!(report["invariants"][check], true, "{check}");
+    }
+    // 20,000 viewers chase 5,000 pairs: all sell, to the unit.
+    assert_eq!(report["confirmed_units"].as_u64().unwrap(), 5_000);
+    let skus = report["skus"].as_array().unwrap();
+    assert_eq!(skus.len(), 12);
+    for sku in skus {
+        assert_eq!(
+            sku["sold"].as_u64().unwrap() + sku["remaining"].as_u64().unwrap(),
+            sku["stock"].as_u64().unwrap()
+        );
+    }
+}
+
+#[test]
+fn closed_loop_and_rate_sweep_run() {
+    let mut args = SMALL.to_vec();
+    args.extend(["--mode", "closed", "--producers", "2"]);
+    let output = simulate(&args);
+    assert!(output.status.success(), "{}", stderr_line(&output));
+    let output = simulate(&[
+        "--scenario",
+        "steady",
+        "--intents",
+        "20000",
+        "--rates",
+        "100k,200k",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr_line(&output));
+    let sweep: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rows = sweep.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1]["offered_per_s"].as_f64().unwrap(), 200_000.0);
+    assert!(rows.iter().all(|row| row["invariants_hold"] == true));
+}
