@@ -155,10 +155,13 @@ impl RunJson {
         let s = &self.scenario;
         let _ = writeln!(
             out,
-            "scenario {} ({:?} loop, seed {}): {} sellers x {} products x {} variants, {} units, \
+            "scenario {} ({} loop, seed {}): {} sellers x {} products x {} variants, {} units, \
              {} producers, {} shards",
             s.name,
-            s.mode,
+            match s.mode {
+                crate::scenario::Mode::Open => "open",
+                crate::scenario::Mode::Closed => "closed",
+            },
             s.seed,
             s.sellers,
             s.products_per_seller,

@@ -13,7 +13,8 @@ const NINES_MAX: f64 = 5.0;
 
 fn percentile_label(nines: &f64) -> String {
     let percent = 100.0 * (1.0 - 10f64.powf(-nines));
-    format!("{percent}%")
+    let text = format!("{percent:.4}");
+    format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
 }
 
 pub fn draw(path: &Path, run: &RunJson, latency_ns: &Histogram<u64>) -> Result<(), String> {
