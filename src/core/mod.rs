@@ -42,7 +42,7 @@ pub struct SkuLevels {
     pub held: u32,
 }
 
-/// The most orders a shard makes room for at start-up by default (4M orders, 256 MiB);
+/// The most orders a shard makes room for at start-up by default (4M orders, 512 MiB);
 /// see [`ShardCore::with_order_capacity`].
 pub const ORDER_CAPACITY_DEFAULT_MAX: usize = 1 << 22;
 
@@ -58,14 +58,15 @@ const BUYER_FILTER_BITS_MAX: u64 = 1 << 22;
 /// During a rush almost every intent comes from a buyer with no order yet. Their
 /// look-up in the order book would touch a slot of a table that outgrows the cache; one
 /// bit, in a bitset sized to stay in L2, answers "certainly no order" first. Bits are set on
-/// every confirmation and never cleared, so a clear bit is exact; a set bit (own order or
-/// false positive, about 6% once a 16-bits-per-unit filter's stock is sold) falls through
+/// every confirmation and never cleared, so a clear bit is exact; set bits (own order or
+/// false positive, about 1.5% once a 16-bits-per-unit filter's stock is sold) fall through
 /// to the book. Decisions are identical with or without it.
 #[derive(Debug, Clone)]
 struct BuyerFilter {
+    /// `bits / 64` words; `bits` is a power of two.
     words: Box<[u64]>,
-    /// `bits - 1`; `bits` is a power of two.
-    bit_mask: u64,
+    /// `words.len() - 1`.
+    word_mask: u64,
 }
 
 impl BuyerFilter {
@@ -76,28 +77,34 @@ impl BuyerFilter {
             .next_power_of_two();
         Self {
             words: vec![0; (bits / 64) as usize].into_boxed_slice(),
-            bit_mask: bits - 1,
+            word_mask: bits / 64 - 1,
         }
     }
 
-    /// A splitmix64 finaliser, so that sequential user ids spread over the bitset.
+    /// The word of a buyer and the two bits in it (a blocked Bloom filter: one load, about
+    /// 1.5% false positives at 16 bits per buyer rather than 6% with one bit), from a
+    /// splitmix64 finaliser, so that sequential user ids spread over the bitset.
     #[inline]
-    fn bit(&self, user: u64) -> u64 {
+    fn probe(&self, user: u64) -> (usize, u64) {
         let mut hash = user ^ 0x9E37_79B9_7F4A_7C15;
         hash = (hash ^ (hash >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         hash = (hash ^ (hash >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (hash ^ (hash >> 31)) & self.bit_mask
+        hash ^= hash >> 31;
+        let word = (hash & self.word_mask) as usize;
+        let bits = 1 << ((hash >> 52) & 63) | 1 << ((hash >> 58) & 63);
+        (word, bits)
     }
 
     #[inline]
     fn may_hold(&self, user: u64) -> bool {
-        let bit = self.bit(user);
-        self.words[(bit / 64) as usize] & (1 << (bit % 64)) != 0
+        let (word, bits) = self.probe(user);
+        debug_assert!(word < self.words.len());
+        self.words[word] & bits == bits
     }
 
     fn insert(&mut self, user: u64) {
-        let bit = self.bit(user);
-        self.words[(bit / 64) as usize] |= 1 << (bit % 64);
+        let (word, bits) = self.probe(user);
+        self.words[word] |= bits;
     }
 }
 
@@ -151,7 +158,7 @@ impl ShardCore {
     /// Like [`new`](Self::new), making room for `orders` confirmed orders up front instead
     /// of the default: the shard's stock, capped at [`ORDER_CAPACITY_DEFAULT_MAX`]. Every
     /// order takes at least one unit, so the stock bounds the orders; past the room made,
-    /// the order book doubles on the hot path (one slow decision). Costs 64 bytes per order
+    /// the order book doubles on the hot path (one slow decision). Costs 128 bytes per order
     /// of room, allocated and faulted in here.
     ///
     /// # Panics
