@@ -58,6 +58,7 @@ pub mod catalog;
 pub mod clock;
 pub mod core;
 mod engine;
+mod hash;
 mod prefetch;
 pub mod report;
 pub mod ring;

@@ -108,14 +108,7 @@ impl Table {
     }
 }
 
-/// splitmix64's finaliser over two words.
-#[inline]
-fn mix(first: u64, second: u64) -> u64 {
-    let mut hash = first ^ second.rotate_left(29) ^ 0x9E37_79B9_7F4A_7C15;
-    hash = (hash ^ (hash >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    hash ^ (hash >> 31)
-}
+use crate::hash::mix64 as mix;
 
 fn key_home(entry: &Slot) -> u64 {
     mix(entry[0], entry[1])

@@ -46,16 +46,11 @@ impl KeyFilter {
         }
     }
 
-    /// The word of a key and the two bits in it, from a 64-bit mix of the key (a
-    /// splitmix64 finaliser over both halves, so that sequential user ids spread).
+    /// The word of a key and the two bits in it.
     #[inline]
     fn probe(&self, user: u64, client_key: u64) -> (&AtomicU64, u64) {
-        let mut hash = user ^ client_key.rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15;
-        hash = (hash ^ (hash >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        hash = (hash ^ (hash >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        hash ^= hash >> 31;
-        let word = (hash & self.word_mask) as usize;
-        let bits = 1 << ((hash >> 52) & 63) | 1 << ((hash >> 58) & 63);
+        let (word, bits) =
+            crate::hash::bloom_probe(crate::hash::mix64(user, client_key), self.word_mask);
         debug_assert!(word < self.words.len());
         (&self.words[word], bits)
     }
