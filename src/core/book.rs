@@ -151,19 +151,40 @@ impl OrderBook {
         sku_local: u32,
         limit_key: u64,
     ) -> Standing {
+        let key = match self.find_key(user, client_key) {
+            Ok(order) => return Standing::Duplicate(order),
+            Err(free) => free,
+        };
+        let (of_sku, of_group, holding) = self.scan_holdings(user, sku_local, limit_key);
+        Standing::Holds {
+            of_sku,
+            of_group,
+            places: Places { key, holding },
+        }
+    }
+
+    /// The order of `(user, client_key)`, or the free slot that ends its run.
+    #[inline]
+    fn find_key(&self, user: u64, client_key: u64) -> Result<OrderId, usize> {
         let keys = &self.keys;
-        let mut key_slot = mix(user, client_key) as usize & keys.mask;
+        let mut slot = mix(user, client_key) as usize & keys.mask;
         // Bounded: at most half the slots are used, so a free slot ends every run.
         loop {
-            let entry = &keys.slots[key_slot];
+            let entry = &keys.slots[slot];
             if entry[USED_WORD_KEYS] == 0 {
-                break;
+                return Err(slot);
             }
             if entry[0] == user && entry[1] == client_key {
-                return Standing::Duplicate(OrderId(entry[USED_WORD_KEYS] - 1));
+                return Ok(OrderId(entry[USED_WORD_KEYS] - 1));
             }
-            key_slot = keys.next(key_slot);
+            slot = keys.next(slot);
         }
+    }
+
+    /// Units the buyer holds of the SKU and of its limit group, and the SKU's slot (its
+    /// holding, or the free slot that ends the run).
+    #[inline]
+    fn scan_holdings(&self, user: u64, sku_local: u32, limit_key: u64) -> (u32, u32, usize) {
         let holdings = &self.holdings;
         let mut slot = mix(user, limit_key) as usize & holdings.mask;
         let mut of_sku = 0;
@@ -172,7 +193,7 @@ impl OrderBook {
         loop {
             let entry = &holdings.slots[slot];
             if entry[USED_WORD_HOLDINGS] == 0 {
-                break;
+                return (of_sku, of_group, sku_slot.unwrap_or(slot));
             }
             if entry[0] == user && entry[1] == limit_key {
                 let units = entry[2] as u32;
@@ -183,14 +204,6 @@ impl OrderBook {
                 }
             }
             slot = holdings.next(slot);
-        }
-        Standing::Holds {
-            of_sku,
-            of_group,
-            places: Places {
-                key: key_slot,
-                holding: sku_slot.unwrap_or(slot),
-            },
         }
     }
 
@@ -220,19 +233,12 @@ impl OrderBook {
 
     /// The order of `(user, client_key)`, if any.
     pub(super) fn order_for(&self, user: u64, client_key: u64) -> Option<OrderId> {
-        match self.standing(user, client_key, u32::MAX, 0) {
-            Standing::Duplicate(order) => Some(order),
-            Standing::Holds { .. } => None,
-        }
+        self.find_key(user, client_key).ok()
     }
 
     /// Units a buyer holds of a SKU (local index) whose limit key is `limit_key`.
     pub(super) fn units_of(&self, user: u64, sku_local: u32, limit_key: u64) -> u32 {
-        match self.standing(user, u64::MAX, sku_local, limit_key) {
-            Standing::Holds { of_sku, .. } => of_sku,
-            // Only a key of u64::MAX could match; count it by hand is not worth it.
-            Standing::Duplicate(_) => 0,
-        }
+        self.scan_holdings(user, sku_local, limit_key).0
     }
 
     /// Orders recorded.
@@ -299,6 +305,14 @@ mod tests {
             }
         }
         assert_eq!(book.units_of(5000, 0, 7), 0);
+    }
+
+    #[test]
+    fn units_are_counted_whatever_client_keys_the_buyer_used() {
+        let mut book = OrderBook::with_room_for(4);
+        confirm(&mut book, 9, u64::MAX, 0, 2, 5, 2);
+        assert_eq!(book.units_of(9, 2, 5), 2);
+        assert_eq!(book.order_for(9, u64::MAX), Some(OrderId(0)));
     }
 
     #[test]
