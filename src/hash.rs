@@ -19,3 +19,15 @@ pub(crate) fn bloom_probe(hash: u64, word_mask: u64) -> (usize, u64) {
     let bits = 1 << ((hash >> 52) & 63) | 1 << ((hash >> 58) & 63);
     (word, bits)
 }
+
+/// The 64-bit word count of a blocked Bloom filter for `stock` entries at `bits_per_unit`
+/// bits each, clamped to `bits_min..=bits_max` bits and rounded up to a power of two
+/// (so that [`bloom_probe`]'s mask is `words - 1`). `bits_min` is at least 64.
+pub(crate) fn bloom_words(stock: u64, bits_per_unit: u64, bits_min: u64, bits_max: u64) -> usize {
+    debug_assert!(bits_min >= 64 && bits_min <= bits_max);
+    let bits = stock
+        .saturating_mul(bits_per_unit)
+        .clamp(bits_min, bits_max)
+        .next_power_of_two();
+    (bits / 64) as usize
+}

@@ -71,13 +71,15 @@ struct BuyerFilter {
 
 impl BuyerFilter {
     fn for_stock(stock: u64) -> Self {
-        let bits = stock
-            .saturating_mul(BUYER_FILTER_BITS_PER_UNIT)
-            .clamp(BUYER_FILTER_BITS_MIN, BUYER_FILTER_BITS_MAX)
-            .next_power_of_two();
+        let words = crate::hash::bloom_words(
+            stock,
+            BUYER_FILTER_BITS_PER_UNIT,
+            BUYER_FILTER_BITS_MIN,
+            BUYER_FILTER_BITS_MAX,
+        );
         Self {
-            words: vec![0; (bits / 64) as usize].into_boxed_slice(),
-            word_mask: bits / 64 - 1,
+            words: vec![0; words].into_boxed_slice(),
+            word_mask: words as u64 - 1,
         }
     }
 

@@ -35,14 +35,15 @@ struct KeyFilter {
 
 impl KeyFilter {
     fn for_stock(stock: u64) -> Self {
-        let bits = stock
-            .saturating_mul(FILTER_BITS_PER_UNIT)
-            .clamp(FILTER_BITS_MIN, FILTER_BITS_MAX)
-            .next_power_of_two();
-        let words = (0..bits / 64).map(|_| AtomicU64::new(0)).collect();
+        let words = crate::hash::bloom_words(
+            stock,
+            FILTER_BITS_PER_UNIT,
+            FILTER_BITS_MIN,
+            FILTER_BITS_MAX,
+        );
         Self {
-            words,
-            word_mask: bits / 64 - 1,
+            words: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            word_mask: words as u64 - 1,
         }
     }
 
