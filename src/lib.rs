@@ -27,6 +27,8 @@
 //! - `sync`: the one facade through which concurrent code reaches atomics, cells, locks and
 //!   threads, so that `--cfg loom` model-checks the production code.
 //! - [`report`]: counts, per-SKU levels, latency percentiles.
+//! - `reference` (feature `reference`): the reference model, a plain sequential statement
+//!   of the shard rules that tests and fuzzers check [`ShardCore`] against.
 //!
 //! Dependencies point one way: the shell depends on the core, never the reverse.
 //!
@@ -60,6 +62,8 @@ pub mod core;
 mod engine;
 mod hash;
 mod prefetch;
+#[cfg(feature = "reference")]
+pub mod reference;
 pub mod report;
 pub mod ring;
 mod sync;

@@ -87,7 +87,8 @@ pub struct Order {
 /// the order listed for shard decisions (window, idempotency, limit, stock).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RejectReason {
-    /// The quantity was 0 or above the engine's `max_quantity`. Decided by the producer.
+    /// The quantity was 0 or above the engine's `max_quantity`. Decided by the producer
+    /// (a shard core fed directly checks quantity 0 before any other rule of a known SKU).
     InvalidQuantity,
     /// No SKU with that id is in the catalog. Decided by the producer (or a shard core fed
     /// directly with a SKU it does not own).

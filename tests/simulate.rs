@@ -156,3 +156,84 @@ fn closed_loop_and_rate_sweep_run() {
     assert_eq!(rows[1]["offered_per_s"].as_f64().unwrap(), 200_000.0);
     assert!(rows.iter().all(|row| row["invariants_hold"] == true));
 }
+
+fn compare(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .arg("compare")
+        .arg("--quiet")
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn compare_runs_every_in_process_peer_on_the_same_intents() {
+    let output = compare(&["--viewers", "20000", "--producers", "2", "--json"]);
+    assert!(output.status.success(), "{}", stderr_line(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let peers = report["peers"].as_array().expect("peers");
+    let names: Vec<&str> = peers
+        .iter()
+        .map(|peer| peer["peer"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["engine", "mutex", "crossbeam"]);
+    let intents = peers[0]["intents"].as_u64().unwrap();
+    assert!(intents > 10_000);
+    for peer in peers {
+        for key in [
+            "detail",
+            "threads",
+            "elapsed_s",
+            "intents_per_s",
+            "engine_speedup",
+            "confirmed_orders",
+            "rejections",
+            "latency_ns",
+        ] {
+            assert!(peer.get(key).is_some(), "{key} missing in {peer}");
+        }
+        assert_eq!(peer["intents"].as_u64(), Some(intents), "same intents");
+        for check in [
+            "one_outcome_per_intent",
+            "no_oversell",
+            "no_undersell",
+            "limits_held",
+        ] {
+            assert_eq!(peer["invariants"][check], true, "{check} in {peer}");
+        }
+        // Demand is far above stock: every peer sells exactly all 5,000 units.
+        assert_eq!(peer["confirmed_units"].as_u64(), Some(5_000), "{peer}");
+        let answered: u64 = peer["rejections"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|count| count.as_u64().unwrap())
+            .sum::<u64>()
+            + peer["confirmed_orders"].as_u64().unwrap();
+        assert_eq!(answered, intents, "every intent answered once: {peer}");
+        assert_eq!(peer["latency_ns"]["samples"].as_u64(), Some(intents));
+    }
+    assert_eq!(peers[0]["engine_speedup"].as_f64(), Some(1.0));
+}
+
+#[test]
+fn compare_refuses_bad_knobs_with_exit_2() {
+    for (args, field) in [
+        (vec!["--skip", "postgres"], "skip"),
+        (vec!["--redis-connections", "0"], "redis-connections"),
+        (vec!["--shards", "0"], "shards"),
+    ] {
+        let output = compare(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let message = stderr_line(&output);
+        assert!(message.contains(field), "{args:?}: {message}");
+    }
+}
+
+#[cfg(not(feature = "redis-peer"))]
+#[test]
+fn compare_without_the_redis_peer_says_how_to_get_it() {
+    let output = compare(&["--redis", "127.0.0.1:1", "--skip", "engine,mutex,crossbeam"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr_line(&output).contains("redis-peer"));
+}

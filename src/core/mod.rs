@@ -303,6 +303,10 @@ impl ShardCore {
         arrival_ns: u64,
         sequence: u64,
     ) -> Result<Order, RejectReason> {
+        // The producer rejects it first; a core fed directly must not confirm 0 units.
+        if intent.quantity == 0 {
+            return Err(RejectReason::InvalidQuantity);
+        }
         let sku = &self.skus[local as usize];
         if arrival_ns < sku.opens_at_ns {
             return Err(RejectReason::NotOpenYet);

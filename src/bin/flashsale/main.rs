@@ -1,6 +1,7 @@
 //! `flashsale`: the load simulator. `flashsale simulate` runs a live-stream flash sale
 //! against the engine and prints a report a capacity planner can act on.
 
+mod compare;
 mod output;
 mod plan;
 mod plot;
@@ -36,10 +37,14 @@ struct Cli {
 enum Command {
     /// Run a scenario (default: sneaker-drop) and print its report.
     Simulate(SimulateArgs),
+    /// Run one scenario, closed loop, through the engine and its peers (Mutex<HashMap>,
+    /// crossbeam-channel, and with `--redis` Redis + Lua); print them side by side.
+    Compare(compare::CompareArgs),
 }
 
+/// Scenario knobs shared by `simulate` and `compare`.
 #[derive(Args)]
-struct SimulateArgs {
+struct Knobs {
     /// Preset: sneaker-drop, lipstick-live, micro-shows, steady.
     #[arg(long, default_value = "sneaker-drop")]
     scenario: String,
@@ -55,12 +60,6 @@ struct SimulateArgs {
     /// Ring slots per producer and shard.
     #[arg(long)]
     ring_capacity: Option<u32>,
-    /// Constant offered rate, e.g. 1M or 250k (intents/s); replaces the burst shape.
-    #[arg(long, value_parser = parse_rate)]
-    rate: Option<f64>,
-    /// Sweep offered rates, e.g. 1M,2M,5M: one open-loop run per rate, a latency table.
-    #[arg(long, value_delimiter = ',', value_parser = parse_rate)]
-    rates: Option<Vec<f64>>,
     /// Cap on the number of intents.
     #[arg(long)]
     intents: Option<u64>,
@@ -70,24 +69,36 @@ struct SimulateArgs {
     /// Random seed.
     #[arg(long)]
     seed: Option<u64>,
-    /// Open loop (scheduled sends, latency from the schedule) or closed (as fast as taken).
-    #[arg(long, value_enum)]
-    mode: Option<Mode>,
     /// Shard idle strategy.
     #[arg(long, value_enum)]
     wait: Option<Wait>,
-    /// Scenario time runs this many times faster than wall time.
-    #[arg(long)]
-    speed: Option<f64>,
-    /// Print the report as JSON instead of a table.
-    #[arg(long)]
-    json: bool,
-    /// Draw the latency percentile curve and intents/s over time to this SVG file.
-    #[arg(long)]
-    plot: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    #[command(flatten)]
+    knobs: Knobs,
+    /// Constant offered rate, e.g. 1M or 250k (intents/s); replaces the burst shape.
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<f64>,
+    /// Sweep offered rates, e.g. 1M,2M,5M: one open-loop run per rate, a latency table.
+    #[arg(long, value_delimiter = ',', value_parser = parse_rate)]
+    rates: Option<Vec<f64>>,
+    /// Open loop (scheduled sends, latency from the schedule) or closed (as fast as taken).
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+    /// Scenario time runs this many times faster than wall time.
+    #[arg(long)]
+    speed: Option<f64>,
+    /// Draw the latency percentile curve and intents/s over time to this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 /// Parses `1M`, `2.5m`, `250k`, `1000`.
@@ -107,18 +118,19 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     Ok(value * scale)
 }
 
-fn scenario_of(args: &SimulateArgs) -> Result<Scenario, String> {
-    let mut scenario = match &args.file {
+/// The preset or file named by `knobs`, with the knobs' overrides (not yet validated).
+fn scenario_of(knobs: &Knobs) -> Result<Scenario, String> {
+    let mut scenario = match &knobs.file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|error| format!("file: {}: {error}", path.display()))?;
             Scenario::from_toml(&text)
                 .map_err(|error| format!("file {}: {error}", path.display()))?
         }
-        None => Scenario::preset(&args.scenario).ok_or_else(|| {
+        None => Scenario::preset(&knobs.scenario).ok_or_else(|| {
             format!(
                 "scenario: unknown preset '{}' (one of: {})",
-                args.scenario,
+                knobs.scenario,
                 PRESETS.join(", ")
             )
         })?,
@@ -128,27 +140,32 @@ fn scenario_of(args: &SimulateArgs) -> Result<Scenario, String> {
             *field = value;
         }
     };
-    set(&mut scenario.producers, args.producers);
-    set(&mut scenario.shards, args.shards);
-    set(&mut scenario.ring_capacity, args.ring_capacity);
-    if let Some(rate) = args.rate {
-        scenario.rate = Some(rate);
-    }
-    if let Some(intents) = args.intents {
+    set(&mut scenario.producers, knobs.producers);
+    set(&mut scenario.shards, knobs.shards);
+    set(&mut scenario.ring_capacity, knobs.ring_capacity);
+    if let Some(intents) = knobs.intents {
         scenario.intents = Some(intents);
     }
-    if let Some(viewers) = args.viewers {
+    if let Some(viewers) = knobs.viewers {
         scenario.viewers_min = viewers;
         scenario.viewers_max = viewers;
     }
-    if let Some(seed) = args.seed {
+    if let Some(seed) = knobs.seed {
         scenario.seed = seed;
+    }
+    if let Some(wait) = knobs.wait {
+        scenario.wait = wait;
+    }
+    Ok(scenario)
+}
+
+fn simulate_scenario(args: &SimulateArgs) -> Result<Scenario, String> {
+    let mut scenario = scenario_of(&args.knobs)?;
+    if let Some(rate) = args.rate {
+        scenario.rate = Some(rate);
     }
     if let Some(mode) = args.mode {
         scenario.mode = mode;
-    }
-    if let Some(wait) = args.wait {
-        scenario.wait = wait;
     }
     if let Some(speed) = args.speed {
         scenario.speed = speed;
@@ -180,7 +197,7 @@ fn run_once(scenario: &Scenario, quiet: bool) -> Result<(RunJson, Histogram<u64>
 }
 
 fn simulate(args: &SimulateArgs) -> Result<bool, String> {
-    let scenario = scenario_of(args)?;
+    let scenario = simulate_scenario(args)?;
     if let Some(rates) = &args.rates {
         let mut lines = Vec::new();
         let mut all_hold = true;
@@ -189,7 +206,7 @@ fn simulate(args: &SimulateArgs) -> Result<bool, String> {
             at_rate.rate = Some(rate);
             at_rate.mode = Mode::Open;
             at_rate.validate()?;
-            let (run, _) = run_once(&at_rate, args.quiet)?;
+            let (run, _) = run_once(&at_rate, args.knobs.quiet)?;
             all_hold &= run.all_invariants_hold();
             lines.push(RateJson {
                 offered_per_s: rate,
@@ -198,7 +215,7 @@ fn simulate(args: &SimulateArgs) -> Result<bool, String> {
                 latency_ns: run.latency_ns,
             });
         }
-        if args.json {
+        if args.knobs.json {
             let text = serde_json::to_string_pretty(&lines).map_err(|error| error.to_string())?;
             println!("{text}");
         } else {
@@ -210,12 +227,12 @@ fn simulate(args: &SimulateArgs) -> Result<bool, String> {
         }
         return Ok(all_hold);
     }
-    let (run, latency_ns) = run_once(&scenario, args.quiet)?;
+    let (run, latency_ns) = run_once(&scenario, args.knobs.quiet)?;
     if let Some(path) = &args.plot {
         plot::draw(path, &run, &latency_ns)
             .map_err(|error| format!("plot: {}: {error}", path.display()))?;
     }
-    if args.json {
+    if args.knobs.json {
         let text = serde_json::to_string_pretty(&run).map_err(|error| error.to_string())?;
         println!("{text}");
     } else {
@@ -231,6 +248,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Simulate(args) => simulate(args),
+        Command::Compare(args) => compare::compare(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use flashsale::{
-    Catalog, Completion, Engine, Outcome, Placement, Producer, RejectReason, Report, SubmitError,
-    Submitted,
+    Catalog, Completion, Engine, Outcome, Placement, Producer, RejectReason, Report, SkuLevels,
+    SubmitError, Submitted,
 };
 use hdrhistogram::Histogram;
 
@@ -19,10 +19,10 @@ use crate::scenario::{Mode, Scenario};
 pub const BUCKET_NS: u64 = 10_000_000;
 
 /// What one producer thread saw.
-struct ProducerTally {
+pub struct ProducerTally {
     /// Latency of every press, from its intended send time (open loop) or its submit
     /// (closed loop) to its outcome.
-    latency_ns: Histogram<u64>,
+    pub latency_ns: Histogram<u64>,
     /// Outcomes per `BUCKET_NS` of run time.
     timeline: Vec<u64>,
     /// Confirmed units and the latest confirmation (run ns), per catalog index.
@@ -36,17 +36,17 @@ struct ProducerTally {
     /// large pre-sized one, stalled the producer for tens of ms, which an open loop then
     /// reports as engine latency.
     orders: Vec<(u64, u32, u32)>,
-    confirmed_orders: u64,
-    rejections: [u64; RejectReason::ALL.len()],
-    submitted: u64,
-    outcomes: u64,
-    refused: u64,
+    pub confirmed_orders: u64,
+    pub rejections: [u64; RejectReason::ALL.len()],
+    pub submitted: u64,
+    pub outcomes: u64,
+    pub refused: u64,
 }
 
 impl ProducerTally {
     /// `orders_max` bounds the orders this producer can see confirmed; the list reserves
     /// for them up front (faulted in page by page as it fills, in order).
-    fn new(skus: usize, buckets: usize, orders_max: usize) -> Self {
+    pub fn new(skus: usize, buckets: usize, orders_max: usize) -> Self {
         Self {
             latency_ns: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
                 .expect("constant bounds"),
@@ -64,7 +64,7 @@ impl ProducerTally {
         }
     }
 
-    fn merge(&mut self, other: Self) {
+    pub fn merge(&mut self, other: Self) {
         let _ = self.latency_ns.add(&other.latency_ns);
         if self.timeline.len() < other.timeline.len() {
             self.timeline.resize(other.timeline.len(), 0);
@@ -229,7 +229,15 @@ fn drive(
                 }
                 Ok(Submitted::Answered(outcome)) => {
                     let now = producer.now_ns();
-                    record(&mut tally, shared, intent, outcome, intended_ns, now);
+                    record(
+                        &mut tally,
+                        &shared.catalog,
+                        shared.start_ns,
+                        intent,
+                        outcome,
+                        intended_ns,
+                        now,
+                    );
                     break;
                 }
                 Err(SubmitError::Busy(back)) => {
@@ -280,7 +288,8 @@ fn take_completions(
             .expect("a completion answers a queued press");
         record(
             tally,
-            shared,
+            &shared.catalog,
+            shared.start_ns,
             completion.intent,
             completion.outcome,
             intended_ns,
@@ -289,9 +298,11 @@ fn take_completions(
     })
 }
 
-fn record(
+/// Counts one outcome: latency from `intended_ns`, the timeline, units, rejections.
+pub fn record(
     tally: &mut ProducerTally,
-    shared: &Shared,
+    catalog: &Catalog,
+    start_ns: u64,
     intent: flashsale::Intent,
     outcome: Outcome,
     intended_ns: u64,
@@ -301,7 +312,7 @@ fn record(
     tally
         .latency_ns
         .saturating_record(now_ns.saturating_sub(intended_ns).max(1));
-    let run_ns = now_ns.saturating_sub(shared.start_ns);
+    let run_ns = now_ns.saturating_sub(start_ns);
     let bucket = (run_ns / BUCKET_NS) as usize;
     if bucket >= tally.timeline.len() {
         tally.timeline.resize(bucket + 1, 0);
@@ -310,20 +321,15 @@ fn record(
     match outcome {
         Outcome::Confirmed(order) => {
             tally.confirmed_orders += 1;
-            let index = shared
-                .catalog
-                .index_of(order.sku)
-                .expect("confirmed: known");
+            let index = catalog.index_of(order.sku).expect("confirmed: known");
             tally.confirmed_units[index] += u64::from(order.quantity);
             tally.last_confirmed_ns[index] = tally.last_confirmed_ns[index].max(run_ns);
-            let group = shared.catalog.skus()[index]
-                .group
-                .map_or(0, |group| group.0);
+            let group = catalog.skus()[index].group.map_or(0, |group| group.0);
             tally.orders.push((order.user.0, group, order.quantity));
         }
         Outcome::Rejected { reason, .. } => {
             tally.rejections[reason.index()] += 1;
-            if let Some(index) = shared.catalog.index_of(intent.sku) {
+            if let Some(index) = catalog.index_of(intent.sku) {
                 match reason {
                     RejectReason::SoldOut => tally.sold_out_seen[index] = true,
                     RejectReason::InsufficientStock => tally.insufficient_seen[index] = true,
@@ -342,17 +348,66 @@ fn summarize(
     elapsed: Duration,
     presses: u64,
 ) -> RunResult {
+    let levels: Vec<SkuLevels> = engine
+        .skus
+        .iter()
+        .map(|sku| SkuLevels {
+            id: sku.id,
+            stock: sku.stock,
+            available: sku.available,
+            held: sku.held,
+        })
+        .collect();
+    let checked = check(
+        scenario,
+        opens_ns,
+        &mut tally,
+        &levels,
+        engine.outcomes(),
+        presses,
+    );
+    RunResult {
+        elapsed,
+        presses,
+        outcomes: tally.outcomes,
+        confirmed_orders: tally.confirmed_orders,
+        rejections: tally.rejections,
+        latency_ns: tally.latency_ns,
+        timeline: tally.timeline,
+        skus: checked.skus,
+        invariants: checked.invariants,
+        engine,
+    }
+}
+
+/// What [`check`] found.
+pub struct Checked {
+    pub skus: Vec<SkuResult>,
+    pub invariants: Invariants,
+}
+
+/// Checks a run's outcomes (`tally`) against the allocator's final levels, one per catalog
+/// SKU in catalog order; `decided` is how many intents the allocator says it answered.
+pub fn check(
+    scenario: &Scenario,
+    opens_ns: &[u64],
+    tally: &mut ProducerTally,
+    levels: &[SkuLevels],
+    decided: u64,
+    presses: u64,
+) -> Checked {
     let variants = scenario.variants_per_product as usize;
     let products = scenario.products_per_seller as usize;
     let mut no_oversell = true;
     let mut no_undersell = true;
-    let skus = engine
-        .skus
+    let skus = levels
         .iter()
         .enumerate()
         .map(|(index, sku)| {
             let sold = tally.confirmed_units[index];
-            no_oversell &= sold <= u64::from(sku.stock) && sold == u64::from(sku.held);
+            no_oversell &= sold <= u64::from(sku.stock)
+                && sold == u64::from(sku.held)
+                && sku.held + sku.available == sku.stock;
             // First come: a SoldOut answer means nothing was left when it was decided, and
             // stock only falls, so nothing may be left now (InsufficientStock: fewer than
             // the largest quantity asked).
@@ -383,24 +438,16 @@ fn summarize(
         .all(|orders| {
             orders.iter().map(|&(_, _, units)| units).sum::<u32>() <= scenario.limit_per_buyer
         });
-    RunResult {
-        elapsed,
-        presses,
-        outcomes: tally.outcomes,
-        confirmed_orders: tally.confirmed_orders,
-        rejections: tally.rejections,
-        latency_ns: tally.latency_ns,
-        timeline: tally.timeline,
+    Checked {
         skus,
         invariants: Invariants {
             one_outcome_per_intent: tally.outcomes == presses
                 && tally.submitted == presses
                 && tally.refused == 0
-                && engine.outcomes() == presses,
+                && decided == presses,
             no_oversell,
             no_undersell,
             limits_held,
         },
-        engine,
     }
 }
