@@ -237,3 +237,29 @@ fn compare_without_the_redis_peer_says_how_to_get_it() {
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr_line(&output).contains("redis-peer"));
 }
+
+#[test]
+fn hiccups_measures_and_refuses_bad_knobs() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .arg("hiccups")
+            .args(args)
+            .output()
+            .expect("the binary runs")
+    };
+    let output = run(&["--threads", "1", "--seconds", "0.2"]);
+    assert!(output.status.success(), "{}", stderr_line(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("10.0 µs") && text.contains("longest"),
+        "{text}"
+    );
+    for (args, field) in [
+        (["--threads", "0"], "threads"),
+        (["--seconds", "0"], "seconds"),
+    ] {
+        let output = run(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(stderr_line(&output).contains(field));
+    }
+}

@@ -2,6 +2,7 @@
 //! against the engine and prints a report a capacity planner can act on.
 
 mod compare;
+mod hiccups;
 mod output;
 mod plan;
 mod plot;
@@ -40,6 +41,8 @@ enum Command {
     /// Run one scenario, closed loop, through the engine and its peers (Mutex<HashMap>,
     /// crossbeam-channel, and with `--redis` Redis + Lua); print them side by side.
     Compare(compare::CompareArgs),
+    /// Measure how long this machine pauses a spinning thread (the floor under any tail).
+    Hiccups(hiccups::HiccupArgs),
 }
 
 /// Scenario knobs shared by `simulate` and `compare`.
@@ -249,6 +252,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Simulate(args) => simulate(args),
         Command::Compare(args) => compare::compare(args),
+        Command::Hiccups(args) => hiccups::hiccups(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
