@@ -1,0 +1,224 @@
+//! Failure injection, each with the invariants checked afterwards: a producer thread that
+//! panics between submits, a shard slowed down until its rings fill, a burst of malformed
+//! intents mixed with good ones. (A panicking order sink and shutdown while producers keep
+//! submitting are in `tests/engine.rs`: `panicking_sink_fails_its_shard_only`,
+//! `shutdown_racing_many_submitters_loses_nothing`.)
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::check_invariants;
+use flashsale::{
+    Catalog, Completion, Engine, GroupId, Intent, Order, Producer, RejectReason, SkuId, SkuSpec,
+    SubmitError, Submitted, UserId,
+};
+
+fn intent(user: u64, key: u64, sku: u32, quantity: u32) -> Intent {
+    Intent {
+        user: UserId(user),
+        client_key: key,
+        sku: SkuId(sku),
+        quantity,
+    }
+}
+
+/// Submits every intent, polling while Busy; returns all completions and the most intents
+/// it ever had in flight.
+fn submit_all(producer: &mut Producer, intents: &[Intent]) -> (Vec<Completion>, usize, u64) {
+    let mut completions = Vec::new();
+    let mut most_in_flight = 0;
+    let mut busy = 0;
+    for &intent in intents {
+        let mut intent = intent;
+        loop {
+            match producer.submit(intent) {
+                Ok(Submitted::Queued) => break,
+                Ok(Submitted::Answered(outcome)) => {
+                    completions.push(Completion { intent, outcome });
+                    break;
+                }
+                Err(SubmitError::Busy(back)) => {
+                    busy += 1;
+                    intent = back;
+                    producer.poll(|completion| completions.push(completion));
+                    std::thread::yield_now();
+                }
+                Err(error) => panic!("refused: {error:?}"),
+            }
+        }
+        most_in_flight = most_in_flight.max(producer.in_flight());
+    }
+    producer.drain(|completion| completions.push(completion));
+    (completions, most_in_flight, busy)
+}
+
+#[test]
+fn a_producer_thread_panicking_between_submits_loses_nothing_else() {
+    let catalog = Catalog::builder()
+        .sku(SkuSpec::new(SkuId(1), 3_000).limit(1))
+        .build()
+        .unwrap();
+    let sunk_units = Arc::new(AtomicU64::new(0));
+    let sunk = sunk_units.clone();
+    let engine = Engine::builder(catalog.clone())
+        .sold_out_gate(false)
+        .order_sink(move |_| {
+            let sunk = sunk.clone();
+            move |order: &Order| {
+                sunk.fetch_add(u64::from(order.quantity), Ordering::Relaxed);
+            }
+        })
+        .start()
+        .unwrap();
+    // The doomed thread queues 40 intents and dies without ever polling its answers.
+    let mut doomed = engine.producer();
+    let dead = std::thread::spawn(move || {
+        for user in 0..40 {
+            assert!(matches!(
+                doomed.submit(intent(user, 1, 1, 1)),
+                Ok(Submitted::Queued)
+            ));
+        }
+        panic!("request handler crashed mid-request");
+    });
+    let mut survivor = engine.producer();
+    let intents: Vec<Intent> = (1_000..3_000).map(|user| intent(user, 1, 1, 1)).collect();
+    let (completions, _, _) = submit_all(&mut survivor, &intents);
+    assert!(dead.join().is_err(), "the thread did panic");
+    drop(survivor);
+    let report = engine.shutdown();
+    // The dead producer's intents were still decided (their orders reached the sink); the
+    // survivor got every answer; units add up.
+    assert_eq!(report.outcomes(), 2_040);
+    assert_eq!(completions.len(), 2_000);
+    assert!(completions.iter().all(|c| c.outcome.order().is_some()));
+    assert_eq!(report.confirmed_units, 2_040);
+    assert_eq!(sunk_units.load(Ordering::Relaxed), 2_040);
+    assert_eq!(report.skus[0].available, 3_000 - 2_040);
+    // The survivor's answers and the dead thread's 40 fill the shard's sequence numbers
+    // exactly: no decision lost, none made twice.
+    let mut sequences: Vec<u64> = completions
+        .iter()
+        .filter_map(|c| c.outcome.sequence())
+        .collect();
+    sequences.sort_unstable();
+    sequences.dedup();
+    assert_eq!(sequences.len(), 2_000);
+    assert!(sequences.iter().all(|&sequence| sequence < 2_040));
+}
+
+#[test]
+fn a_slow_shard_fills_its_rings_and_producers_get_busy_but_nothing_is_lost() {
+    const RING: usize = 8;
+    let catalog = Catalog::builder()
+        .sku(SkuSpec::new(SkuId(1), 1_500).limit(1))
+        .build()
+        .unwrap();
+    // 20 µs per confirmed order: far slower than producers submit.
+    let engine = Engine::builder(catalog.clone())
+        .ring_capacity(RING)
+        .sold_out_gate(false)
+        .order_sink(|_| |_: &Order| std::thread::sleep(Duration::from_micros(20)))
+        .start()
+        .unwrap();
+    let results: Vec<(Vec<Completion>, usize, u64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2u64)
+            .map(|index| {
+                let mut producer = engine.producer();
+                scope.spawn(move || {
+                    let intents: Vec<Intent> = (0..1_000)
+                        .map(|n| intent(index * 10_000 + n, 1, 1, 1))
+                        .collect();
+                    submit_all(&mut producer, &intents)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let report = engine.shutdown();
+    let mut all = Vec::new();
+    for (completions, most_in_flight, busy) in results {
+        // Memory stays bounded: never more in flight than the ring holds.
+        assert!(most_in_flight <= RING, "{most_in_flight} in flight");
+        assert!(busy > 0, "the slow shard pushed back");
+        all.extend(completions);
+    }
+    assert_eq!(all.len(), 2_000, "every intent answered once");
+    assert_eq!(report.outcomes(), 2_000);
+    assert!(report.refusals.busy > 0);
+    assert_eq!(report.confirmed_units, 1_500);
+    assert_eq!(report.rejected(RejectReason::SoldOut), 500);
+    check_invariants(&catalog, &all, &report);
+}
+
+#[test]
+fn a_burst_of_malformed_intents_among_good_ones() {
+    let catalog = Catalog::builder()
+        .group(GroupId(1), 2)
+        .skus((1..=4).map(|id| SkuSpec::new(SkuId(id), 300).limit(2).group(GroupId(1))))
+        .build()
+        .unwrap();
+    let engine = Engine::builder(catalog.clone())
+        .shards(1)
+        .max_quantity(2)
+        .start()
+        .unwrap();
+    let mut malformed_sent = 0u64;
+    let per_thread: Vec<Vec<Intent>> = (0..3u64)
+        .map(|thread| {
+            (0..20_000u64)
+                .map(|n| {
+                    let user = thread * 1_000_000 + n / 2;
+                    let sku = 1 + (n % 4) as u32;
+                    match n % 10 {
+                        0 => intent(user, n, sku, 0),
+                        1 => intent(user, n, sku, 3),
+                        2 => intent(user, n, 77, 1),
+                        3 => intent(user, n, sku, u32::MAX),
+                        4 => intent(user, n, 0, 0),
+                        _ => intent(user, n, sku, 1),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    for intents in &per_thread {
+        malformed_sent += intents
+            .iter()
+            .filter(|i| i.quantity == 0 || i.quantity > 2 || !(1..=4).contains(&i.sku.0))
+            .count() as u64;
+    }
+    let completions: Vec<Completion> = std::thread::scope(|scope| {
+        let handles: Vec<_> = per_thread
+            .iter()
+            .map(|intents| {
+                let mut producer = engine.producer();
+                scope.spawn(move || submit_all(&mut producer, intents).0)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let report = engine.shutdown();
+    assert_eq!(completions.len(), 60_000);
+    let malformed_answered = completions
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.outcome.reason(),
+                Some(RejectReason::InvalidQuantity | RejectReason::UnknownSku)
+            )
+        })
+        .count() as u64;
+    assert_eq!(malformed_answered, malformed_sent);
+    assert_eq!(
+        report.confirmed_units, 1_200,
+        "the good ones still sell it all"
+    );
+    check_invariants(&catalog, &completions, &report);
+}
