@@ -95,7 +95,7 @@ fn run(producers: usize, per_producer: u64, shards: usize, gate: bool, wait: Wai
                 let mut producer = engine.producer();
                 let shard_of = &shard_of;
                 scope.spawn(move || {
-                    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1) * 0x1234_5678);
+                    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((index as u64 + 1) * 0x1234_5678));
                     let mut seen = Seen {
                         queued: vec![Vec::new(); shards],
                         answered: vec![Vec::new(); shards],
@@ -151,9 +151,12 @@ fn run(producers: usize, per_producer: u64, shards: usize, gate: bool, wait: Wai
     // shard's sequence numbers grow along one producer's submissions.
     let mut applied: Vec<Vec<(u64, Intent, Outcome)>> = vec![Vec::new(); shards];
     for producer in &seen {
-        for shard in 0..shards {
-            let queued = &producer.queued[shard];
-            let answered = &producer.answered[shard];
+        for ((queued, answered), applied) in producer
+            .queued
+            .iter()
+            .zip(&producer.answered)
+            .zip(&mut applied)
+        {
             assert_eq!(
                 queued.len(),
                 answered.len(),
@@ -175,7 +178,7 @@ fn run(producers: usize, per_producer: u64, shards: usize, gate: bool, wait: Wai
                     "producer order kept"
                 );
                 last = Some(sequence);
-                applied[shard].push((sequence, completion.intent, completion.outcome));
+                applied.push((sequence, completion.intent, completion.outcome));
             }
         }
     }
