@@ -15,8 +15,9 @@
 //! 2. quantity 0: [`RejectReason::InvalidQuantity`];
 //! 3. arrival before the window opens: [`RejectReason::NotOpenYet`]; at or after it
 //!    closes: [`RejectReason::Closed`];
-//! 4. the buyer's `(user, client_key)` already made an order on this shard:
-//!    [`RejectReason::Duplicate`] with that order's id;
+//! 4. the buyer's `(user, client_key)` already made an order for this product (the SKU's
+//!    limit group, or the SKU if it has none): [`RejectReason::Duplicate`] with that
+//!    order's id;
 //! 5. the buyer's units of this SKU, or of its limit group, plus the quantity would pass
 //!    the limit: [`RejectReason::UserLimit`];
 //! 6. nothing left: [`RejectReason::SoldOut`]; less than asked:
@@ -34,6 +35,13 @@ use crate::core::{Command, SkuLevels};
 use crate::types::{
     GroupId, Intent, Order, OrderId, Outcome, RejectReason, ShardId, SkuId, UserId,
 };
+
+/// What an idempotency key is scoped to: a limit group, or an ungrouped SKU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Product {
+    Group(GroupId),
+    Sku(SkuId),
+}
 
 /// One SKU as the model keeps it.
 #[derive(Debug, Clone)]
@@ -54,7 +62,7 @@ pub struct Model {
     order: Vec<SkuId>,
     skus: HashMap<SkuId, ModelSku>,
     group_limits: HashMap<GroupId, u32>,
-    orders: HashMap<(UserId, u64), OrderId>,
+    orders: HashMap<(UserId, u64, Product), OrderId>,
     held_of_sku: HashMap<(UserId, SkuId), u32>,
     held_of_group: HashMap<(UserId, GroupId), u32>,
     next_sequence: u64,
@@ -151,7 +159,8 @@ impl Model {
         if arrival_ns >= sku.closes_at_ns {
             return Err(RejectReason::Closed);
         }
-        let key = (intent.user, intent.client_key);
+        let product = sku.group.map_or(Product::Sku(intent.sku), Product::Group);
+        let key = (intent.user, intent.client_key, product);
         if let Some(&id) = self.orders.get(&key) {
             return Err(RejectReason::Duplicate(id));
         }
@@ -232,9 +241,12 @@ impl Model {
             .collect()
     }
 
-    /// The order made for `(user, client_key)`, if any.
-    pub fn order_for_key(&self, user: UserId, client_key: u64) -> Option<OrderId> {
-        self.orders.get(&(user, client_key)).copied()
+    /// The order made for `(user, client_key)` for the product of `sku`, if any and if
+    /// this shard owns `sku`.
+    pub fn order_for_key(&self, user: UserId, client_key: u64, sku: SkuId) -> Option<OrderId> {
+        let group = self.skus.get(&sku)?.group;
+        let product = group.map_or(Product::Sku(sku), Product::Group);
+        self.orders.get(&(user, client_key, product)).copied()
     }
 
     /// Units of `sku` that `user` holds.

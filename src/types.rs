@@ -52,9 +52,11 @@ impl fmt::Display for OrderId {
 
 /// A buyer pressing "buy": `quantity` units of `sku` for `user`.
 ///
-/// `client_key` makes the press idempotent: a retry with the same `(user, client_key)` gets
-/// the first order back (as [`RejectReason::Duplicate`]) instead of a second one. A client
-/// that does not retry can use any unique value per press.
+/// `client_key` makes the press idempotent: a retry with the same `(user, client_key)` for
+/// the same product (the SKU's limit group, or the SKU if it has none) gets the first order
+/// back (as [`RejectReason::Duplicate`]) instead of a second one, whichever of the
+/// product's variants it names. The same key for another product is another purchase
+/// attempt. A client that does not retry can use any unique value per press.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Intent {
     /// The buyer.
@@ -97,7 +99,8 @@ pub enum RejectReason {
     NotOpenYet,
     /// The intent arrived at or after the SKU's sale window closed.
     Closed,
-    /// The same `(user, client_key)` already has this order; no second order was made.
+    /// The same `(user, client_key)` already has this order for this product (the SKU's
+    /// limit group, or the SKU); no second order was made.
     Duplicate(OrderId),
     /// Confirming would take the buyer over their limit for this SKU or its limit group.
     UserLimit,

@@ -524,3 +524,42 @@ fn stress_many_producers_tiny_stock_invariants_hold() {
         check_invariants(&catalog, &all, &report);
     }
 }
+
+/// Regression (found by the `engine_threads` fuzzer): one key used for two products on two
+/// shards made an order on each, while on one shard the second was a Duplicate. Keys are
+/// now scoped to a product, so the answers are the same at any shard count.
+#[test]
+fn a_key_is_scoped_to_its_product_at_any_shard_count() {
+    let catalog = Catalog::builder()
+        .group(GroupId(1), 2)
+        .sku(SkuSpec::new(SkuId(1), 10).limit(2).group(GroupId(1)))
+        .sku(SkuSpec::new(SkuId(2), 10).limit(2).group(GroupId(1)))
+        .sku(SkuSpec::new(SkuId(3), 10).limit(2))
+        .build()
+        .unwrap();
+    let mut answers = Vec::new();
+    for shards in [1, 2] {
+        let engine = Engine::builder(catalog.clone())
+            .shards(shards)
+            .start()
+            .unwrap();
+        let mut producer = engine.producer();
+        let first = producer.buy(intent(7, 1, 1, 1)).unwrap();
+        let id = first.order().expect("confirmed").id;
+        // Another variant of the same product, same key: the same order.
+        assert_eq!(
+            producer.buy(intent(7, 1, 2, 1)).unwrap().reason(),
+            Some(RejectReason::Duplicate(id))
+        );
+        // Another product, same key: another attempt.
+        let other = producer.buy(intent(7, 1, 3, 1)).unwrap();
+        assert!(other.order().is_some(), "{shards} shards: {other:?}");
+        answers.push((
+            first.order().unwrap().quantity,
+            other.order().unwrap().quantity,
+        ));
+        let report = engine.shutdown();
+        assert_eq!(report.confirmed_units, 2);
+    }
+    assert_eq!(answers[0], answers[1]);
+}

@@ -196,10 +196,12 @@ fn agree(draw: &CatalogDraw, steps: &[Step]) -> Result<(), TestCaseError> {
         prop_assert_eq!(core.orders_confirmed(), model.orders_confirmed());
         for user in 0..6u64 {
             for client_key in 0..4 {
-                prop_assert_eq!(
-                    core.order_for_key(user, client_key),
-                    model.order_for_key(UserId(user), client_key)
-                );
+                for index in 0..=draw.skus.len() {
+                    prop_assert_eq!(
+                        core.order_for_key(user, client_key, sku_id(index)),
+                        model.order_for_key(UserId(user), client_key, sku_id(index))
+                    );
+                }
             }
             for index in 0..draw.skus.len() {
                 prop_assert_eq!(

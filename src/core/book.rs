@@ -1,8 +1,11 @@
 //! The order book of one shard: what every buyer holds, and every confirmed order's
 //! idempotency key, in two open-addressing tables.
 //!
-//! - **Keys**: one slot per confirmed order, `[user, client_key, order id + 1, 0]`, homed at
-//!   a hash of `(user, client_key)`: a retry finds its order whatever SKU it names.
+//! - **Keys**: one slot per confirmed order, `[user, client_key, order id + 1, limit key]`,
+//!   homed at a hash of `(user, client_key)`. A key names one purchase attempt of one
+//!   product, so it is scoped to the SKU's limit key (its product's group, or the SKU
+//!   itself): a retry finds its order whichever variant of the product it names, and the
+//!   answer does not depend on how products are placed on shards.
 //! - **Holdings**: one slot per `(buyer, SKU)` with units held, `[user, limit key,
 //!   sku_local << 32 | units, 1]`, homed at a hash of `(user, limit key)`, where the limit
 //!   key is the SKU's limit group (or the SKU itself outside any group). A buyer's holdings
@@ -26,7 +29,7 @@ pub(super) const SKU_LIMIT_KEY: u64 = 1 << 63;
 /// What a buyer already has, as far as one intent is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Standing {
-    /// The same `(user, client_key)` already has this order.
+    /// The same `(user, client_key)` already has this order for this product.
     Duplicate(OrderId),
     /// Units the buyer holds of the intent's SKU and of its limit group (equal for an
     /// ungrouped SKU), and where a confirmation goes.
@@ -151,7 +154,7 @@ impl OrderBook {
         sku_local: u32,
         limit_key: u64,
     ) -> Standing {
-        let key = match self.find_key(user, client_key) {
+        let key = match self.find_key(user, client_key, limit_key) {
             Ok(order) => return Standing::Duplicate(order),
             Err(free) => free,
         };
@@ -163,9 +166,10 @@ impl OrderBook {
         }
     }
 
-    /// The order of `(user, client_key)`, or the free slot that ends its run.
+    /// The order of `(user, client_key)` for the product of `limit_key`, or the free slot
+    /// that ends its run.
     #[inline]
-    fn find_key(&self, user: u64, client_key: u64) -> Result<OrderId, usize> {
+    fn find_key(&self, user: u64, client_key: u64, limit_key: u64) -> Result<OrderId, usize> {
         let keys = &self.keys;
         let mut slot = mix(user, client_key) as usize & keys.mask;
         // Bounded: at most half the slots are used, so a free slot ends every run.
@@ -174,7 +178,7 @@ impl OrderBook {
             if entry[USED_WORD_KEYS] == 0 {
                 return Err(slot);
             }
-            if entry[0] == user && entry[1] == client_key {
+            if entry[0] == user && entry[1] == client_key && entry[3] == limit_key {
                 return Ok(OrderId(entry[USED_WORD_KEYS] - 1));
             }
             slot = keys.next(slot);
@@ -226,14 +230,19 @@ impl OrderBook {
             self.holdings
                 .insert_at(places.holding, value, USED_WORD_HOLDINGS, holding_home);
         }
-        let value = [order.user, order.client_key, order.id.0 + 1, 0];
+        let value = [
+            order.user,
+            order.client_key,
+            order.id.0 + 1,
+            order.limit_key,
+        ];
         self.keys
             .insert_at(places.key, value, USED_WORD_KEYS, key_home);
     }
 
-    /// The order of `(user, client_key)`, if any.
-    pub(super) fn order_for(&self, user: u64, client_key: u64) -> Option<OrderId> {
-        self.find_key(user, client_key).ok()
+    /// The order of `(user, client_key)` for the product of `limit_key`, if any.
+    pub(super) fn order_for(&self, user: u64, client_key: u64, limit_key: u64) -> Option<OrderId> {
+        self.find_key(user, client_key, limit_key).ok()
     }
 
     /// Units a buyer holds of a SKU (local index) whose limit key is `limit_key`.
@@ -277,20 +286,30 @@ mod tests {
         }
     }
 
+    /// Loop sizes: Miri runs these about a thousand times slower.
+    const USERS: u64 = if cfg!(miri) { 40 } else { 1000 };
+    const GROUPS: u64 = if cfg!(miri) { 100 } else { 10_000 };
+
     #[test]
     fn counts_units_and_finds_keys_across_growth() {
         let mut book = OrderBook::with_room_for(1);
-        for user in 0..1000u64 {
+        for user in 0..USERS {
             // SKUs 0..=2 are in group 7; SKU 3 is ungrouped.
             confirm(&mut book, user, 1, user * 3, (user % 3) as u32, 7, 1);
             confirm(&mut book, user, 2, user * 3 + 1, 0, 7, 2);
             confirm(&mut book, user, 3, user * 3 + 2, 3, SKU_LIMIT_KEY | 3, 1);
         }
-        assert_eq!(book.len(), 3000);
-        for user in 0..1000u64 {
-            assert_eq!(book.order_for(user, 1), Some(OrderId(user * 3)));
-            assert_eq!(book.order_for(user, 2), Some(OrderId(user * 3 + 1)));
-            assert_eq!(book.order_for(user, 9), None);
+        assert_eq!(book.len(), 3 * USERS as usize);
+        for user in 0..USERS {
+            assert_eq!(book.order_for(user, 1, 7), Some(OrderId(user * 3)));
+            assert_eq!(book.order_for(user, 2, 7), Some(OrderId(user * 3 + 1)));
+            assert_eq!(book.order_for(user, 9, 7), None);
+            // The same key for another product is another attempt.
+            assert_eq!(book.order_for(user, 1, SKU_LIMIT_KEY | 3), None);
+            assert_eq!(
+                book.order_for(user, 3, SKU_LIMIT_KEY | 3),
+                Some(OrderId(user * 3 + 2))
+            );
             let expected_sku0 = 2 + u32::from(user % 3 == 0);
             assert_eq!(book.units_of(user, 0, 7), expected_sku0);
             assert_eq!(book.units_of(user, 3, SKU_LIMIT_KEY | 3), 1);
@@ -312,7 +331,7 @@ mod tests {
         let mut book = OrderBook::with_room_for(4);
         confirm(&mut book, 9, u64::MAX, 0, 2, 5, 2);
         assert_eq!(book.units_of(9, 2, 5), 2);
-        assert_eq!(book.order_for(9, u64::MAX), Some(OrderId(0)));
+        assert_eq!(book.order_for(9, u64::MAX, 5), Some(OrderId(0)));
     }
 
     #[test]
@@ -320,10 +339,10 @@ mod tests {
         // One buyer, 10,000 groups: holdings spread over the table, so each scan is short
         // (a multimap keyed by buyer alone would scan all 10,000 every time).
         let mut book = OrderBook::with_room_for(16);
-        for group in 0..10_000u64 {
+        for group in 0..GROUPS {
             confirm(&mut book, 1, group, group, group as u32, group, 1);
         }
-        for group in 0..10_000u64 {
+        for group in 0..GROUPS {
             match book.standing(1, 1_000_000, group as u32, group) {
                 Standing::Holds {
                     of_sku, of_group, ..

@@ -15,7 +15,14 @@ pub fn check_invariants(catalog: &Catalog, all: &[Completion], report: &flashsal
     let mut held: HashMap<SkuId, u64> = HashMap::new();
     let mut by_user_sku: HashMap<(UserId, SkuId), u32> = HashMap::new();
     let mut by_user_group: HashMap<(UserId, GroupId), u32> = HashMap::new();
-    let mut order_of_key: HashMap<(UserId, u64), OrderId> = HashMap::new();
+    // Keys are scoped to a product: the SKU's limit group, or the SKU (as u64::MAX - id).
+    let product = |sku: SkuId| {
+        catalog
+            .sku(sku)
+            .and_then(|spec| spec.group)
+            .map_or(u64::MAX - u64::from(sku.0), |group| u64::from(group.0))
+    };
+    let mut order_of_key: HashMap<(UserId, u64, u64), OrderId> = HashMap::new();
     let mut order_ids = HashSet::new();
     for completion in all {
         if let Outcome::Confirmed(order) = completion.outcome {
@@ -26,9 +33,11 @@ pub fn check_invariants(catalog: &Catalog, all: &[Completion], report: &flashsal
                 *by_user_group.entry((order.user, group)).or_default() += order.quantity;
             }
             assert!(order_ids.insert(order.id), "order ids are unique");
-            // Invariant 5: at most one order per (user, key).
-            let previous =
-                order_of_key.insert((order.user, completion.intent.client_key), order.id);
+            // Invariant 5: at most one order per (user, key, product).
+            let previous = order_of_key.insert(
+                (order.user, completion.intent.client_key, product(order.sku)),
+                order.id,
+            );
             assert!(previous.is_none(), "two orders for one key");
         }
     }
@@ -48,7 +57,11 @@ pub fn check_invariants(catalog: &Catalog, all: &[Completion], report: &flashsal
     // Invariant 5: a Duplicate names the order its key already has.
     for completion in all {
         if let Some(RejectReason::Duplicate(id)) = completion.outcome.reason() {
-            let key = (completion.intent.user, completion.intent.client_key);
+            let key = (
+                completion.intent.user,
+                completion.intent.client_key,
+                product(completion.intent.sku),
+            );
             assert_eq!(order_of_key.get(&key), Some(&id));
         }
     }

@@ -660,6 +660,10 @@ return {0, order}
                     }
                     let sku = &catalog.skus()[catalog.index_of(intent.sku).expect("validated")];
                     let group = sku.group.map_or(0, |group| group.0);
+                    // Keys are scoped to a product, as the engine's are.
+                    let product = sku.group.map_or(format!("sku{}", intent.sku.0), |group| {
+                        format!("g{}", group.0)
+                    });
                     let group_limit = sku
                         .group
                         .and_then(|group| catalog.group(group))
@@ -668,7 +672,10 @@ return {0, order}
                     pipe.cmd("EVALSHA")
                         .arg(&sha)
                         .arg(5)
-                        .arg(format!("{prefix}:order:{user}:{}", intent.client_key))
+                        .arg(format!(
+                            "{prefix}:order:{user}:{}:{product}",
+                            intent.client_key
+                        ))
                         .arg(format!("{prefix}:held:{user}:sku:{}", intent.sku.0))
                         .arg(format!("{prefix}:held:{user}:group:{group}"))
                         .arg(format!("{prefix}:stock:{}", intent.sku.0))
