@@ -16,6 +16,9 @@ use flashsale::{
     SubmitError, Submitted, UserId,
 };
 
+/// The unit of work: Miri runs these tests about a thousand times slower.
+const N: u32 = if cfg!(miri) { 40 } else { 1_000 };
+
 fn intent(user: u64, key: u64, sku: u32, quantity: u32) -> Intent {
     Intent {
         user: UserId(user),
@@ -58,7 +61,7 @@ fn submit_all(producer: &mut Producer, intents: &[Intent]) -> (Vec<Completion>, 
 #[test]
 fn a_producer_thread_panicking_between_submits_loses_nothing_else() {
     let catalog = Catalog::builder()
-        .sku(SkuSpec::new(SkuId(1), 3_000).limit(1))
+        .sku(SkuSpec::new(SkuId(1), 3 * N).limit(1))
         .build()
         .unwrap();
     let sunk_units = Arc::new(AtomicU64::new(0));
@@ -85,19 +88,22 @@ fn a_producer_thread_panicking_between_submits_loses_nothing_else() {
         panic!("request handler crashed mid-request");
     });
     let mut survivor = engine.producer();
-    let intents: Vec<Intent> = (1_000..3_000).map(|user| intent(user, 1, 1, 1)).collect();
+    let intents: Vec<Intent> = (N..3 * N)
+        .map(|user| intent(u64::from(user) + 100, 1, 1, 1))
+        .collect();
     let (completions, _, _) = submit_all(&mut survivor, &intents);
     assert!(dead.join().is_err(), "the thread did panic");
     drop(survivor);
     let report = engine.shutdown();
     // The dead producer's intents were still decided (their orders reached the sink); the
     // survivor got every answer; units add up.
-    assert_eq!(report.outcomes(), 2_040);
-    assert_eq!(completions.len(), 2_000);
+    let all = 2 * u64::from(N) + 40;
+    assert_eq!(report.outcomes(), all);
+    assert_eq!(completions.len() as u64, 2 * u64::from(N));
     assert!(completions.iter().all(|c| c.outcome.order().is_some()));
-    assert_eq!(report.confirmed_units, 2_040);
-    assert_eq!(sunk_units.load(Ordering::Relaxed), 2_040);
-    assert_eq!(report.skus[0].available, 3_000 - 2_040);
+    assert_eq!(report.confirmed_units, all);
+    assert_eq!(sunk_units.load(Ordering::Relaxed), all);
+    assert_eq!(u64::from(report.skus[0].available), 3 * u64::from(N) - all);
     // The survivor's answers and the dead thread's 40 fill the shard's sequence numbers
     // exactly: no decision lost, none made twice.
     let mut sequences: Vec<u64> = completions
@@ -106,15 +112,15 @@ fn a_producer_thread_panicking_between_submits_loses_nothing_else() {
         .collect();
     sequences.sort_unstable();
     sequences.dedup();
-    assert_eq!(sequences.len(), 2_000);
-    assert!(sequences.iter().all(|&sequence| sequence < 2_040));
+    assert_eq!(sequences.len() as u64, 2 * u64::from(N));
+    assert!(sequences.iter().all(|&sequence| sequence < all));
 }
 
 #[test]
 fn a_slow_shard_fills_its_rings_and_producers_get_busy_but_nothing_is_lost() {
     const RING: usize = 8;
     let catalog = Catalog::builder()
-        .sku(SkuSpec::new(SkuId(1), 1_500).limit(1))
+        .sku(SkuSpec::new(SkuId(1), 3 * N / 2).limit(1))
         .build()
         .unwrap();
     // 20 µs per confirmed order: far slower than producers submit.
@@ -129,7 +135,7 @@ fn a_slow_shard_fills_its_rings_and_producers_get_busy_but_nothing_is_lost() {
             .map(|index| {
                 let mut producer = engine.producer();
                 scope.spawn(move || {
-                    let intents: Vec<Intent> = (0..1_000)
+                    let intents: Vec<Intent> = (0..u64::from(N))
                         .map(|n| intent(index * 10_000 + n, 1, 1, 1))
                         .collect();
                     submit_all(&mut producer, &intents)
@@ -146,11 +152,15 @@ fn a_slow_shard_fills_its_rings_and_producers_get_busy_but_nothing_is_lost() {
         assert!(busy > 0, "the slow shard pushed back");
         all.extend(completions);
     }
-    assert_eq!(all.len(), 2_000, "every intent answered once");
-    assert_eq!(report.outcomes(), 2_000);
+    assert_eq!(
+        all.len() as u64,
+        2 * u64::from(N),
+        "every intent answered once"
+    );
+    assert_eq!(report.outcomes(), 2 * u64::from(N));
     assert!(report.refusals.busy > 0);
-    assert_eq!(report.confirmed_units, 1_500);
-    assert_eq!(report.rejected(RejectReason::SoldOut), 500);
+    assert_eq!(report.confirmed_units, 3 * u64::from(N) / 2);
+    assert_eq!(report.rejected(RejectReason::SoldOut), u64::from(N) / 2);
     check_invariants(&catalog, &all, &report);
 }
 
@@ -158,7 +168,11 @@ fn a_slow_shard_fills_its_rings_and_producers_get_busy_but_nothing_is_lost() {
 fn a_burst_of_malformed_intents_among_good_ones() {
     let catalog = Catalog::builder()
         .group(GroupId(1), 2)
-        .skus((1..=4).map(|id| SkuSpec::new(SkuId(id), 300).limit(2).group(GroupId(1))))
+        .skus((1..=4).map(|id| {
+            SkuSpec::new(SkuId(id), 3 * N / 10)
+                .limit(2)
+                .group(GroupId(1))
+        }))
         .build()
         .unwrap();
     let engine = Engine::builder(catalog.clone())
@@ -169,7 +183,7 @@ fn a_burst_of_malformed_intents_among_good_ones() {
     let mut malformed_sent = 0u64;
     let per_thread: Vec<Vec<Intent>> = (0..3u64)
         .map(|thread| {
-            (0..20_000u64)
+            (0..20 * u64::from(N))
                 .map(|n| {
                     let user = thread * 1_000_000 + n / 2;
                     let sku = 1 + (n % 4) as u32;
@@ -205,7 +219,7 @@ fn a_burst_of_malformed_intents_among_good_ones() {
             .collect()
     });
     let report = engine.shutdown();
-    assert_eq!(completions.len(), 60_000);
+    assert_eq!(completions.len() as u64, 60 * u64::from(N));
     let malformed_answered = completions
         .iter()
         .filter(|c| {
@@ -217,7 +231,8 @@ fn a_burst_of_malformed_intents_among_good_ones() {
         .count() as u64;
     assert_eq!(malformed_answered, malformed_sent);
     assert_eq!(
-        report.confirmed_units, 1_200,
+        report.confirmed_units,
+        u64::from(12 * N / 10),
         "the good ones still sell it all"
     );
     check_invariants(&catalog, &completions, &report);

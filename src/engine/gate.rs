@@ -146,13 +146,14 @@ mod tests {
                 "a retry must reach the shard"
             );
         }
-        let turned_away = (100..10_100)
+        let tried = if cfg!(miri) { 500 } else { 10_000 };
+        let turned_away = (100..100 + tried)
             .filter(|&u| gate.turns_away(0, 0, u, 0))
-            .count();
+            .count() as u64;
         assert!(
-            turned_away > 9_900,
+            turned_away >= tried * 99 / 100,
             "false positives: {}",
-            10_000 - turned_away
+            tried - turned_away
         );
         assert!(
             !gate.turns_away(1, 0, 5000, 0),
