@@ -93,4 +93,6 @@ pub struct ReadmeDoctests;
 #[doc(hidden)]
 pub mod loom_internals {
     pub use crate::engine::gate::SoldOutGate;
+    pub use crate::engine::worker::{COUNTER_SLOTS, Counters};
+    pub use crate::engine::{PRODUCER_SLOTS, ProducerCounters};
 }

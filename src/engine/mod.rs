@@ -5,7 +5,7 @@
 
 pub(crate) mod gate;
 mod producer;
-mod worker;
+pub(crate) mod worker;
 
 use core::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -30,7 +30,7 @@ use worker::{Counters, WorkerLane};
 
 /// Producer count slots: one per [`RejectReason`](crate::RejectReason) answered at submit,
 /// then the three kinds of refusal.
-pub(crate) const PRODUCER_SLOTS: usize = crate::RejectReason::ALL.len() + 3;
+pub const PRODUCER_SLOTS: usize = crate::RejectReason::ALL.len() + 3;
 pub(crate) const REFUSED_BUSY: usize = crate::RejectReason::ALL.len();
 pub(crate) const REFUSED_SHUT_DOWN: usize = crate::RejectReason::ALL.len() + 1;
 pub(crate) const REFUSED_SHARD_FAILED: usize = crate::RejectReason::ALL.len() + 2;
@@ -39,18 +39,20 @@ pub(crate) const REFUSED_SHARD_FAILED: usize = crate::RejectReason::ALL.len() + 
 /// producer), so a Relaxed load and store count without a locked instruction; padded so
 /// that producers on different cores do not share a line.
 #[derive(Debug, Default)]
-pub(crate) struct ProducerCounters {
+pub struct ProducerCounters {
     slots: CachePadded<[AtomicU64; PRODUCER_SLOTS]>,
 }
 
 impl ProducerCounters {
+    /// Adds one to `slot` (its producer only).
     #[inline]
-    pub(crate) fn bump(&self, slot: usize) {
+    pub fn bump(&self, slot: usize) {
         let counter = &self.slots[slot];
         counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 
-    fn add_to(&self, totals: &mut [u64; PRODUCER_SLOTS]) {
+    /// Adds the counts, as last stored, to `totals`.
+    pub fn add_to(&self, totals: &mut [u64; PRODUCER_SLOTS]) {
         for (total, counter) in totals.iter_mut().zip(self.slots.iter()) {
             *total += counter.load(Ordering::Relaxed);
         }

@@ -42,24 +42,26 @@ pub(crate) struct WorkerLane {
 }
 
 /// Count slots: one per [`RejectReason`], then confirmed orders, then confirmed units.
-pub(crate) const COUNTER_SLOTS: usize = RejectReason::ALL.len() + 2;
+pub const COUNTER_SLOTS: usize = RejectReason::ALL.len() + 2;
 pub(crate) const CONFIRMED_ORDERS: usize = RejectReason::ALL.len();
 pub(crate) const CONFIRMED_UNITS: usize = RejectReason::ALL.len() + 1;
 
 /// Live counters a worker publishes after each batch (single writer, Relaxed stores).
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
+pub struct Counters {
     slots: [AtomicU64; COUNTER_SLOTS],
 }
 
 impl Counters {
-    fn publish(&self, local: &[u64; COUNTER_SLOTS]) {
+    /// Stores the worker's counts (its worker only).
+    pub fn publish(&self, local: &[u64; COUNTER_SLOTS]) {
         for (slot, &value) in self.slots.iter().zip(local) {
             slot.store(value, Ordering::Relaxed);
         }
     }
 
-    pub(crate) fn read(&self) -> [u64; COUNTER_SLOTS] {
+    /// The counts as last published.
+    pub fn read(&self) -> [u64; COUNTER_SLOTS] {
         core::array::from_fn(|index| self.slots[index].load(Ordering::Relaxed))
     }
 }
