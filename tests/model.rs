@@ -216,7 +216,8 @@ fn agree(draw: &CatalogDraw, steps: &[Step]) -> Result<(), TestCaseError> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 1024,
+        // Miri runs each case about a thousand times slower.
+        cases: if cfg!(miri) { 4 } else { 1024 },
         max_shrink_iters: 20_000,
         ..ProptestConfig::default()
     })]
