@@ -214,10 +214,18 @@ fn agree(draw: &CatalogDraw, steps: &[Step]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// 1,024 cases by default, `PROPTEST_CASES` to search longer; 4 under Miri, which runs each
+/// case about a thousand times slower.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(if cfg!(miri) { 4 } else { 1024 })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
-        // Miri runs each case about a thousand times slower.
-        cases: if cfg!(miri) { 4 } else { 1024 },
+        cases: cases(),
         max_shrink_iters: 20_000,
         ..ProptestConfig::default()
     })]
