@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod common;
 
-use common::check_invariants;
+use common::{check_invariants, submit_one};
 use flashsale::{
     Catalog, Completion, Engine, EngineError, GroupId, Intent, Outcome, PlacementError,
     RejectReason, SaleWindow, ShardId, SkuId, SkuSpec, SubmitError, Submitted, UserId,
@@ -480,19 +480,7 @@ fn stress_many_producers_tiny_stock_invariants_hold() {
                         let sku = 1 + ((random >> 20) % 3) as u32;
                         let quantity = ((random >> 30) % 4) as u32; // 0 is malformed
                         let intent = intent(user, key, sku, quantity);
-                        loop {
-                            match producer.submit(intent) {
-                                Ok(Submitted::Queued) => break,
-                                Ok(Submitted::Answered(outcome)) => {
-                                    completions.push(Completion { intent, outcome });
-                                    break;
-                                }
-                                Err(SubmitError::Busy(_)) => {
-                                    producer.poll(|c| completions.push(c));
-                                }
-                                Err(other) => panic!("unexpected refusal {other:?}"),
-                            }
-                        }
+                        submit_one(&mut producer, intent, &mut completions);
                         submitted.push(intent);
                         if index % 64 == 0 {
                             producer.poll(|c| completions.push(c));

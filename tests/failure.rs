@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::check_invariants;
+use common::{check_invariants, submit_one};
 use flashsale::{
     Catalog, Completion, Engine, GroupId, Intent, Order, Producer, RejectReason, SkuId, SkuSpec,
-    SubmitError, Submitted, UserId,
+    Submitted, UserId,
 };
 
 /// The unit of work: Miri runs these tests about a thousand times slower.
@@ -28,30 +28,14 @@ fn intent(user: u64, key: u64, sku: u32, quantity: u32) -> Intent {
     }
 }
 
-/// Submits every intent, polling while Busy; returns all completions and the most intents
-/// it ever had in flight.
+/// Submits every intent, polling while Busy; returns all completions, the most intents it
+/// ever had in flight, and how often it was pushed back.
 fn submit_all(producer: &mut Producer, intents: &[Intent]) -> (Vec<Completion>, usize, u64) {
     let mut completions = Vec::new();
     let mut most_in_flight = 0;
     let mut busy = 0;
     for &intent in intents {
-        let mut intent = intent;
-        loop {
-            match producer.submit(intent) {
-                Ok(Submitted::Queued) => break,
-                Ok(Submitted::Answered(outcome)) => {
-                    completions.push(Completion { intent, outcome });
-                    break;
-                }
-                Err(SubmitError::Busy(back)) => {
-                    busy += 1;
-                    intent = back;
-                    producer.poll(|completion| completions.push(completion));
-                    std::thread::yield_now();
-                }
-                Err(error) => panic!("refused: {error:?}"),
-            }
-        }
+        busy += submit_one(producer, intent, &mut completions);
         most_in_flight = most_in_flight.max(producer.in_flight());
     }
     producer.drain(|completion| completions.push(completion));

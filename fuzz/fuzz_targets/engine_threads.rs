@@ -9,8 +9,7 @@ mod common;
 
 use arbitrary::Arbitrary;
 use flashsale::{
-    Catalog, Completion, Engine, GroupId, Intent, SkuId, SkuSpec, SubmitError, Submitted, UserId,
-    WaitStrategy,
+    Catalog, Completion, Engine, GroupId, Intent, SkuId, SkuSpec, UserId, WaitStrategy,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -85,22 +84,7 @@ fuzz_target!(|input: Input| {
                 scope.spawn(move || {
                     let mut seen = Vec::new();
                     for &intent in list {
-                        let mut intent = intent;
-                        loop {
-                            match producer.submit(intent) {
-                                Ok(Submitted::Queued) => break,
-                                Ok(Submitted::Answered(outcome)) => {
-                                    seen.push(Completion { intent, outcome });
-                                    break;
-                                }
-                                Err(SubmitError::Busy(back)) => {
-                                    intent = back;
-                                    producer.poll(|completion| seen.push(completion));
-                                    std::thread::yield_now();
-                                }
-                                Err(error) => panic!("refused: {error:?}"),
-                            }
-                        }
+                        common::submit_one(&mut producer, intent, &mut seen);
                     }
                     producer.drain(|completion| seen.push(completion));
                     seen

@@ -4,8 +4,37 @@
 use std::collections::{HashMap, HashSet};
 
 use flashsale::{
-    Catalog, Completion, GroupId, OrderId, Outcome, RejectReason, ShardId, SkuId, UserId,
+    Catalog, Completion, GroupId, Intent, OrderId, Outcome, Producer, RejectReason, ShardId, SkuId,
+    SubmitError, Submitted, UserId,
 };
+
+/// Submits `intent`, taking completions into `completions` while its lane is `Busy`, and
+/// keeps an answer given at submit there too. Returns how often the producer pushed back.
+/// Panics on any refusal other than `Busy`.
+pub fn submit_one(
+    producer: &mut Producer,
+    mut intent: Intent,
+    completions: &mut Vec<Completion>,
+) -> u64 {
+    let mut busy = 0;
+    loop {
+        match producer.submit(intent) {
+            Ok(Submitted::Queued) => return busy,
+            Ok(Submitted::Answered(outcome)) => {
+                completions.push(Completion { intent, outcome });
+                return busy;
+            }
+            Err(SubmitError::Busy(back)) => {
+                busy += 1;
+                intent = back;
+                if producer.poll(|completion| completions.push(completion)) == 0 {
+                    std::thread::yield_now();
+                }
+            }
+            Err(refused) => panic!("refused: {refused:?}"),
+        }
+    }
+}
 
 /// DESIGN.md's invariants 1-5 on every outcome of a run: no oversell (and units conserved),
 /// no undersell (replaying each shard's decisions in sequence order), limits per SKU and
