@@ -3,7 +3,7 @@
 //! SKUs the shard does not own) must get the same outcome from both, command for command,
 //! and leave the same state. `PROPTEST_CASES=20000 cargo test --release --test model` runs
 //! a longer search; failures shrink to a minimal catalog and sequence, and proptest keeps
-//! them in `proptest-regressions/` so they are re-run first.
+//! them in `tests/model.proptest-regressions` so they are re-run first.
 #![cfg(feature = "reference")]
 
 use flashsale::reference::Model;
