@@ -8,21 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod common;
 
-use common::{check_invariants, submit_one};
+use common::{check_invariants, intent, submit_one};
 use flashsale::{
     Catalog, Completion, Engine, EngineError, GroupId, Intent, Outcome, PlacementError,
-    RejectReason, SaleWindow, ShardId, SkuId, SkuSpec, SubmitError, Submitted, UserId,
-    WaitStrategy,
+    RejectReason, SaleWindow, ShardId, SkuId, SkuSpec, SubmitError, Submitted, WaitStrategy,
 };
-
-fn intent(user: u64, key: u64, sku: u32, quantity: u32) -> Intent {
-    Intent {
-        user: UserId(user),
-        client_key: key,
-        sku: SkuId(sku),
-        quantity,
-    }
-}
 
 fn one_sku(stock: u32, limit: u32) -> Catalog {
     Catalog::builder()

@@ -10,23 +10,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{check_invariants, submit_one};
+use common::{check_invariants, intent, submit_one};
 use flashsale::{
     Catalog, Completion, Engine, GroupId, Intent, Order, Producer, RejectReason, SkuId, SkuSpec,
-    Submitted, UserId,
+    Submitted,
 };
 
 /// The unit of work: Miri runs these tests about a thousand times slower.
 const N: u32 = if cfg!(miri) { 40 } else { 1_000 };
-
-fn intent(user: u64, key: u64, sku: u32, quantity: u32) -> Intent {
-    Intent {
-        user: UserId(user),
-        client_key: key,
-        sku: SkuId(sku),
-        quantity,
-    }
-}
 
 /// Submits every intent, polling while Busy; returns all completions, the most intents it
 /// ever had in flight, and how often it was pushed back.

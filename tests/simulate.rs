@@ -4,13 +4,17 @@
 
 use std::process::{Command, Output};
 
-fn simulate(args: &[&str]) -> Output {
+/// Runs `flashsale SUBCOMMAND ARGS...`.
+fn flashsale(subcommand: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_flashsale"))
-        .arg("simulate")
-        .arg("--quiet")
+        .arg(subcommand)
         .args(args)
         .output()
         .expect("the binary runs")
+}
+
+fn simulate(args: &[&str]) -> Output {
+    flashsale("simulate", &[&["--quiet"], args].concat())
 }
 
 fn stderr_line(output: &Output) -> String {
@@ -158,12 +162,7 @@ fn closed_loop_and_rate_sweep_run() {
 }
 
 fn compare(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flashsale"))
-        .arg("compare")
-        .arg("--quiet")
-        .args(args)
-        .output()
-        .expect("the binary runs")
+    flashsale("compare", &[&["--quiet"], args].concat())
 }
 
 #[test]
@@ -240,13 +239,7 @@ fn compare_without_the_redis_peer_says_how_to_get_it() {
 
 #[test]
 fn hiccups_measures_and_refuses_bad_knobs() {
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_flashsale"))
-            .arg("hiccups")
-            .args(args)
-            .output()
-            .expect("the binary runs")
-    };
+    let run = |args: &[&str]| flashsale("hiccups", args);
     let output = run(&["--threads", "1", "--seconds", "0.2"]);
     assert!(output.status.success(), "{}", stderr_line(&output));
     let text = String::from_utf8_lossy(&output.stdout);

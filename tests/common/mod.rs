@@ -8,6 +8,16 @@ use flashsale::{
     SubmitError, Submitted, UserId,
 };
 
+/// An intent for `quantity` units of SKU `sku` by `user` with client key `key`.
+pub fn intent(user: u64, key: u64, sku: u32, quantity: u32) -> Intent {
+    Intent {
+        user: UserId(user),
+        client_key: key,
+        sku: SkuId(sku),
+        quantity,
+    }
+}
+
 /// Submits `intent`, taking completions into `completions` while its lane is `Busy`, and
 /// keeps an answer given at submit there too. Returns how often the producer pushed back.
 /// Panics on any refusal other than `Busy`.
