@@ -28,12 +28,13 @@ use flashsale::{
     Catalog, Intent, LatencySummary, Outcome, Placement, RejectReason, ShardCore, ShardId,
     SkuLevels,
 };
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::Knobs;
 use crate::output::{InvariantsJson, LatencyJson};
 use crate::plan::{Plan, Press};
-use crate::run::{self, Checked, ProducerTally};
+use crate::run::{self, Invariants, ProducerTally, SkuResult};
 use crate::scenario::{Mode, Scenario};
 
 /// `flashsale compare` arguments.
@@ -85,13 +86,22 @@ pub struct CompareJson {
     pub peers: Vec<PeerJson>,
 }
 
+/// What one peer's run counted: from a baseline's tally and checks, or the engine's run.
+struct Counted<'a> {
+    outcomes: u64,
+    confirmed_orders: u64,
+    rejections: &'a [u64; RejectReason::ALL.len()],
+    latency_ns: &'a Histogram<u64>,
+    skus: &'a [SkuResult],
+    invariants: &'a Invariants,
+}
+
 impl PeerJson {
     fn new(
         peer: &'static str,
         detail: String,
         threads: String,
-        tally: &ProducerTally,
-        checked: &Checked,
+        counted: Counted<'_>,
         elapsed: Duration,
         presses: u64,
     ) -> Self {
@@ -102,21 +112,21 @@ impl PeerJson {
             threads,
             elapsed_s,
             intents: presses,
-            intents_per_s: tally.outcomes as f64 / elapsed_s,
+            intents_per_s: counted.outcomes as f64 / elapsed_s,
             engine_speedup: None,
-            confirmed_orders: tally.confirmed_orders,
-            confirmed_units: checked.skus.iter().map(|sku| u64::from(sku.sold)).sum(),
+            confirmed_orders: counted.confirmed_orders,
+            confirmed_units: counted.skus.iter().map(|sku| u64::from(sku.sold)).sum(),
             rejections: RejectReason::ALL
                 .iter()
-                .map(|reason| (reason.name(), tally.rejections[reason.index()]))
+                .map(|reason| (reason.name(), counted.rejections[reason.index()]))
                 .collect(),
             invariants: InvariantsJson {
-                one_outcome_per_intent: checked.invariants.one_outcome_per_intent,
-                no_oversell: checked.invariants.no_oversell,
-                no_undersell: checked.invariants.no_undersell,
-                limits_held: checked.invariants.limits_held,
+                one_outcome_per_intent: counted.invariants.one_outcome_per_intent,
+                no_oversell: counted.invariants.no_oversell,
+                no_undersell: counted.invariants.no_undersell,
+                limits_held: counted.invariants.limits_held,
             },
-            latency_ns: LatencySummary::from_histogram(&tally.latency_ns).into(),
+            latency_ns: LatencySummary::from_histogram(counted.latency_ns).into(),
         }
     }
 
@@ -163,22 +173,19 @@ pub fn compare(args: &CompareArgs) -> Result<bool, String> {
         say("running flashsale engine ...");
         let plan = Plan::new(&scenario)?;
         let presses = plan.presses;
-        let mut result = run::run(&scenario, plan, |_| {})?;
-        let checked = Checked {
-            skus: std::mem::take(&mut result.skus),
-            invariants: result.invariants,
-        };
-        let mut tally = ProducerTally::new(0, 0, 0);
-        tally.latency_ns = result.latency_ns;
-        tally.outcomes = result.outcomes;
-        tally.confirmed_orders = result.confirmed_orders;
-        tally.rejections = result.rejections;
+        let result = run::run(&scenario, plan, |_| {})?;
         peers.push(PeerJson::new(
             "engine",
             format!("flashsale engine ({:?} wait)", scenario.wait).to_lowercase(),
             threads.clone(),
-            &tally,
-            &checked,
+            Counted {
+                outcomes: result.outcomes,
+                confirmed_orders: result.confirmed_orders,
+                rejections: &result.rejections,
+                latency_ns: &result.latency_ns,
+                skus: &result.skus,
+                invariants: &result.invariants,
+            },
             result.elapsed,
             presses,
         ));
@@ -352,8 +359,14 @@ fn finish(
         peer,
         detail,
         threads,
-        &tally,
-        &checked,
+        Counted {
+            outcomes: tally.outcomes,
+            confirmed_orders: tally.confirmed_orders,
+            rejections: &tally.rejections,
+            latency_ns: &tally.latency_ns,
+            skus: &checked.skus,
+            invariants: &checked.invariants,
+        },
         elapsed,
         plan.presses,
     )
