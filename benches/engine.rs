@@ -56,7 +56,7 @@ fn core(c: &mut Criterion) {
             || pristine.clone(),
             |mut core| {
                 for (intent, &local) in intents.iter().zip(&locals) {
-                    black_box(core.buy_at(local, intent, 0));
+                    black_box(core.buy_at(local, intent, 0, false));
                 }
                 core
             },
@@ -153,7 +153,7 @@ fn crossbeam_case(stock: u32) -> impl FnMut(u64) -> Duration {
             let shard = std::thread::spawn(move || {
                 let mut core = ShardCore::whole(&catalog);
                 for intent in request_rx {
-                    let outcome = core.buy(&intent, 0);
+                    let outcome = core.buy(&intent, 0).outcome().expect("first come");
                     if outcome_tx.send(Completion { intent, outcome }).is_err() {
                         break;
                     }

@@ -35,6 +35,64 @@ impl Default for SaleWindow {
     }
 }
 
+/// How a product's units are shared out when more buyers want them than there are units.
+///
+/// Set per limit group ([`GroupSpec::policy`]) or per ungrouped SKU ([`SkuSpec::policy`]);
+/// a grouped SKU follows its group. The two pooled policies hold every intent that
+/// arrives before the sale opens or within `window_ns` after the earliest opening of the
+/// product's SKUs in a *pool*, one ticket per buyer (a buyer's first intent; any further
+/// press is answered [`RejectReason::AlreadyPooled`](crate::RejectReason::AlreadyPooled) at
+/// once), and serve the pool when that window closes; later arrivals are served first
+/// come. Intents that may be pooled are decided only then, so their outcome arrives then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Policy {
+    /// Served in the order the shard applies intents (each producer's own order kept).
+    #[default]
+    FirstCome,
+    /// The pool is shuffled with a deterministic generator seeded by `seed` (mixed with the
+    /// product's id, so that two products drawn with one seed get different orders) and
+    /// served in that order, each ticket decided as a first-come intent. The same seed and
+    /// pool give the same draw, so a draw can be audited and replayed.
+    OpeningDraw {
+        /// How long after the opening the pool stays open, ns (0: only early arrivals).
+        window_ns: u64,
+        /// The draw's seed (reported with the sale).
+        seed: u64,
+    },
+    /// The pool is served in arrival order, one unit at a time round-robin: every ticket
+    /// gets one unit before any gets a second, until its quantity or the stock runs out. A
+    /// ticket served fewer units than it asked for (but at least one) is confirmed for
+    /// what it got; one served none is rejected as sold out.
+    OneEachFirst {
+        /// How long after the opening the pool stays open, ns (0: only early arrivals).
+        window_ns: u64,
+    },
+}
+
+impl Policy {
+    /// The pool window, for the pooled policies.
+    pub const fn window_ns(&self) -> Option<u64> {
+        match *self {
+            Self::FirstCome => None,
+            Self::OpeningDraw { window_ns, .. } | Self::OneEachFirst { window_ns } => {
+                Some(window_ns)
+            }
+        }
+    }
+
+    /// A stable snake_case name, for reports and the command line.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::FirstCome => "first-come",
+            Self::OpeningDraw { .. } => "opening-draw",
+            Self::OneEachFirst { .. } => "one-each-first",
+        }
+    }
+}
+
+/// The most tickets one pool holds by default (see [`CatalogBuilder::pool_capacity`]).
+pub const POOL_CAPACITY_DEFAULT: u32 = 1 << 20;
+
 /// One SKU as the catalog describes it. Build with [`SkuSpec::new`] and the setters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkuSpec {
@@ -52,6 +110,15 @@ pub struct SkuSpec {
     pub window: SaleWindow,
     /// The limit group whose limit it also counts against, if any.
     pub group: Option<GroupId>,
+    /// How scarce units are shared out (ungrouped SKUs only; a grouped SKU follows its
+    /// group's policy).
+    pub policy: Policy,
+    /// How long a confirmed order holds its units awaiting payment, ns after the shard
+    /// confirmed it; `None` (the default): until paid or cancelled.
+    pub hold_ns: Option<u64>,
+    /// How many intents may wait for a unit to come back once it is sold out (0, the
+    /// default: no waitlist; an intent asking to wait is then decided like any other).
+    pub waitlist: u32,
 }
 
 impl SkuSpec {
@@ -65,7 +132,29 @@ impl SkuSpec {
             limit_per_buyer: u32::MAX,
             window: SaleWindow::ALWAYS,
             group: None,
+            policy: Policy::FirstCome,
+            hold_ns: None,
+            waitlist: 0,
         }
+    }
+
+    /// Sets the allocation policy (ungrouped SKUs; see [`Policy`]).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Sets the payment window: an unpaid order's units go back on sale `hold_ns` after it
+    /// was confirmed.
+    pub fn hold(mut self, hold_ns: u64) -> Self {
+        self.hold_ns = Some(hold_ns);
+        self
+    }
+
+    /// Sets the waitlist's capacity (intents).
+    pub fn waitlist(mut self, capacity: u32) -> Self {
+        self.waitlist = capacity;
+        self
     }
 
     /// Sets the per-buyer limit for this SKU.
@@ -94,13 +183,33 @@ impl SkuSpec {
     }
 }
 
-/// A limit group: the most units one buyer may hold across all SKUs in it.
+/// A limit group: the most units one buyer may hold across all SKUs in it, and how its
+/// units are shared out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupSpec {
     /// The group's id, unique in the catalog.
     pub id: GroupId,
     /// Most units one buyer may hold across the group's SKUs; at least 1.
     pub limit_per_buyer: u32,
+    /// The allocation policy of all the group's SKUs (one pool for the whole group).
+    pub policy: Policy,
+}
+
+impl GroupSpec {
+    /// A first-come group.
+    pub const fn new(id: GroupId, limit_per_buyer: u32) -> Self {
+        Self {
+            id,
+            limit_per_buyer,
+            policy: Policy::FirstCome,
+        }
+    }
+
+    /// Sets the group's allocation policy.
+    pub const fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
 }
 
 /// Why a catalog was refused. Every variant names the offending id.
@@ -133,6 +242,15 @@ pub enum CatalogError {
         /// Its closing instant.
         closes_at_ns: u64,
     },
+    /// A SKU in a limit group sets its own policy; the group's policy governs it.
+    #[error("SKU {0:?} is in a limit group, so its policy is the group's; set it there")]
+    PolicyOnGroupedSku(SkuId),
+    /// A SKU's payment window is 0 ns, so no order could ever be paid.
+    #[error("SKU {0:?} has a payment window (hold) of 0 ns")]
+    ZeroHold(SkuId),
+    /// The pool capacity is 0, so no pooled intent could ever be decided.
+    #[error("the pool capacity must be at least 1")]
+    ZeroPoolCapacity,
     /// A SKU names a limit group the catalog does not define.
     #[error("SKU {sku:?} names limit group {group:?}, which is not in the catalog")]
     UnknownGroup {
@@ -144,10 +262,21 @@ pub enum CatalogError {
 }
 
 /// Builds a [`Catalog`]; [`build`](Self::build) validates it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CatalogBuilder {
     skus: Vec<SkuSpec>,
     groups: Vec<GroupSpec>,
+    pool_capacity: u32,
+}
+
+impl Default for CatalogBuilder {
+    fn default() -> Self {
+        Self {
+            skus: Vec::new(),
+            groups: Vec::new(),
+            pool_capacity: POOL_CAPACITY_DEFAULT,
+        }
+    }
 }
 
 impl CatalogBuilder {
@@ -165,10 +294,22 @@ impl CatalogBuilder {
 
     /// Adds a limit group.
     pub fn group(mut self, id: GroupId, limit_per_buyer: u32) -> Self {
-        self.groups.push(GroupSpec {
-            id,
-            limit_per_buyer,
-        });
+        self.groups.push(GroupSpec::new(id, limit_per_buyer));
+        self
+    }
+
+    /// Adds a limit group described in full (e.g. with a policy).
+    pub fn group_spec(mut self, group: GroupSpec) -> Self {
+        self.groups.push(group);
+        self
+    }
+
+    /// The most tickets (distinct buyers) one pool of a pooled [`Policy`] holds (default
+    /// [`POOL_CAPACITY_DEFAULT`]); more are rejected as
+    /// [`RejectReason::PoolFull`](crate::RejectReason::PoolFull). A ticket costs about 64
+    /// bytes until the pool is served.
+    pub fn pool_capacity(mut self, tickets: u32) -> Self {
+        self.pool_capacity = tickets;
         self
     }
 
@@ -179,6 +320,9 @@ impl CatalogBuilder {
     pub fn build(self) -> Result<Catalog, CatalogError> {
         if self.skus.is_empty() {
             return Err(CatalogError::Empty);
+        }
+        if self.pool_capacity == 0 {
+            return Err(CatalogError::ZeroPoolCapacity);
         }
         let mut group_index = FxHashMap::default();
         for (index, group) in self.groups.iter().enumerate() {
@@ -207,6 +351,12 @@ impl CatalogBuilder {
             {
                 return Err(CatalogError::UnknownGroup { sku: sku.id, group });
             }
+            if sku.hold_ns == Some(0) {
+                return Err(CatalogError::ZeroHold(sku.id));
+            }
+            if sku.group.is_some() && sku.policy != Policy::FirstCome {
+                return Err(CatalogError::PolicyOnGroupedSku(sku.id));
+            }
             if sku_index.insert(sku.id, index as u32).is_some() {
                 return Err(CatalogError::DuplicateSku(sku.id));
             }
@@ -216,6 +366,7 @@ impl CatalogBuilder {
             groups: self.groups,
             sku_index,
             group_index,
+            pool_capacity: self.pool_capacity,
         })
     }
 }
@@ -227,9 +378,22 @@ pub struct Catalog {
     groups: Vec<GroupSpec>,
     sku_index: FxHashMap<SkuId, u32>,
     group_index: FxHashMap<GroupId, u32>,
+    pool_capacity: u32,
 }
 
 impl Catalog {
+    /// The most tickets one pool holds (see [`CatalogBuilder::pool_capacity`]).
+    pub fn pool_capacity(&self) -> u32 {
+        self.pool_capacity
+    }
+
+    /// The policy that governs a SKU: its group's, or its own.
+    pub fn policy_of(&self, sku: &SkuSpec) -> Policy {
+        sku.group
+            .and_then(|group| self.group(group))
+            .map_or(sku.policy, |group| group.policy)
+    }
+
     /// Starts a catalog.
     pub fn builder() -> CatalogBuilder {
         CatalogBuilder::default()

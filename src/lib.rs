@@ -70,16 +70,18 @@ mod sync;
 mod types;
 
 pub use catalog::{
-    Catalog, CatalogBuilder, CatalogError, Placement, PlacementError, SaleWindow, SkuSpec,
+    Catalog, CatalogBuilder, CatalogError, GroupSpec, Placement, PlacementError, Policy,
+    SaleWindow, SkuSpec,
 };
-pub use core::{Command, ShardCore, SkuLevels};
+pub use core::{Applied, Command, Deferred, PoolLevels, ShardCore, SkuLevels};
 pub use engine::{
     Engine, EngineBuilder, EngineError, LiveCounts, OrderSink, Producer, SubmitError, Submitted,
     WaitStrategy,
 };
 pub use report::{LatencySummary, Report};
 pub use types::{
-    Completion, GroupId, Intent, Order, OrderId, Outcome, RejectReason, ShardId, SkuId, UserId,
+    Completion, ControlError, GroupId, Intent, Order, OrderId, Outcome, RejectReason, ShardId,
+    SkuId, UserId,
 };
 
 /// The README's code blocks, compiled and run as doc tests.

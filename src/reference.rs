@@ -3,40 +3,62 @@
 //! Plain `std` collections, one `if` per rule, no tricks and no attention to speed. It
 //! exists to be obviously correct, so that machines can check the fast [`ShardCore`]
 //! against it: the property tests and the `shard_vs_model` fuzzer demand that both give
-//! the same outcome for every command, and the concurrent tests replay each shard's
-//! applied order through it. `Mutex<Model>` is also the "obvious implementation" baseline
-//! that the benchmarks and `flashsale compare` measure the engine against.
+//! the same result for every command (and the same deferred outcomes), and the concurrent
+//! tests replay each shard's applied order through it. `Mutex<Model>` is also the "obvious
+//! implementation" baseline that the benchmarks and `flashsale compare` measure the engine
+//! against.
 //!
 //! Behind the `reference` feature (not default for library users; the simulator's `cli`
 //! feature turns it on).
 //!
-//! The rules, in order, for a [`Command::Buy`] on a shard:
+//! Every command takes the shard's next sequence number, moves the shard's clock to its
+//! instant (never back) and first runs what fell due by then:
+//! 1. waitlists of SKUs whose sale closed: every waiting intent is rejected `Closed`;
+//! 2. unpaid holds whose deadline passed, earliest `(deadline, order number)` first: the
+//!    order expires, its units go back on sale and are offered to the SKU's waitlist;
+//! 3. pools whose window closed, in order of their first SKU: served by their policy.
+//!
+//! The rules for a buy on a shard, in order:
 //! 1. the SKU is not one of this shard's: [`RejectReason::UnknownSku`];
-//! 2. quantity 0: [`RejectReason::InvalidQuantity`];
-//! 3. arrival before the window opens: [`RejectReason::NotOpenYet`]; at or after it
-//!    closes: [`RejectReason::Closed`];
-//! 4. the buyer's `(user, client_key)` already made an order for this product (the SKU's
+//! 2. its product's pool is still open: it is pooled (see below);
+//! 3. quantity 0: [`RejectReason::InvalidQuantity`];
+//! 4. arrival before the window opens: [`RejectReason::NotOpenYet`]; at or after it
+//!    closes, or after the sale was closed early: [`RejectReason::Closed`];
+//! 5. the buyer's `(user, client_key)` already made an order for this product (the SKU's
 //!    limit group, or the SKU if it has none): [`RejectReason::Duplicate`] with that
 //!    order's id;
-//! 5. the buyer's units of this SKU, or of its limit group, plus the quantity would pass
-//!    the limit: [`RejectReason::UserLimit`];
-//! 6. nothing left: [`RejectReason::SoldOut`]; less than asked:
-//!    [`RejectReason::InsufficientStock`];
-//! 7. otherwise confirmed: order id `(shard, n)` for the shard's `n`-th order.
+//! 6. the buyer's units (held and sold) of this SKU, or of its limit group, plus the
+//!    quantity would pass the limit: [`RejectReason::UserLimit`];
+//! 7. nothing left: [`RejectReason::SoldOut`]; less than asked:
+//!    [`RejectReason::InsufficientStock`] (a buy that asked to wait goes on the SKU's
+//!    waitlist instead, if it has one: [`RejectReason::WaitlistFull`] if it is full);
+//! 8. otherwise confirmed: order id `(shard, n)` for the shard's `n`-th order, holding
+//!    its units until paid, cancelled or expired.
 //!
-//! Every command, accepted or not, takes the shard's next sequence number.
+//! Pooling: quantity 0 is rejected, then a closed sale, then a buyer already in the pool
+//! ([`RejectReason::AlreadyPooled`]), then a full pool ([`RejectReason::PoolFull`]); else
+//! the intent is the buyer's ticket. When served, a ticket is judged on the window at that
+//! moment (not open yet, closed), then as a buy from rule 5 on: an opening draw takes the
+//! tickets in the order of [`shuffle`] with the pool's seed, each for its full quantity;
+//! one-each-first takes them in arrival order, grants units one per ticket per round
+//! while stock lasts, and confirms each ticket for what it was granted.
+//!
+//! A waitlist is served whenever units come back (cancel, expiry, restock): in order,
+//! each waiting intent that fits is confirmed, one now refused by rule 5 or 6 is rejected,
+//! one asking for more than is left keeps its place.
 //!
 //! [`ShardCore`]: crate::ShardCore
+//! [`shuffle`]: crate::core::shuffle
 
 use std::collections::HashMap;
 
-use crate::catalog::{Catalog, Placement};
-use crate::core::{Command, SkuLevels};
+use crate::catalog::{Catalog, Placement, Policy, SaleWindow};
+use crate::core::{Applied, Command, Deferred, SkuLevels, pool_seed, shuffle};
 use crate::types::{
-    GroupId, Intent, Order, OrderId, Outcome, RejectReason, ShardId, SkuId, UserId,
+    ControlError, GroupId, Intent, Order, OrderId, Outcome, RejectReason, ShardId, SkuId, UserId,
 };
 
-/// What an idempotency key is scoped to: a limit group, or an ungrouped SKU.
+/// What an idempotency key, a limit group's count and a pool are scoped to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Product {
     Group(GroupId),
@@ -48,10 +70,63 @@ enum Product {
 struct ModelSku {
     stock: u32,
     available: u32,
+    held: u32,
+    sold: u32,
+    expired: u64,
+    cancelled: u64,
+    restocked: u64,
+    reduced: u64,
+    waitlist_filled: u64,
     limit_per_buyer: u32,
     opens_at_ns: u64,
     closes_at_ns: u64,
+    closed_early: bool,
     group: Option<GroupId>,
+    hold_ns: Option<u64>,
+    waitlist_capacity: usize,
+    /// `(origin, intent)` in arrival order.
+    waiters: Vec<(u64, Intent)>,
+}
+
+impl ModelSku {
+    fn is_closed(&self, now_ns: u64) -> bool {
+        self.closed_early || now_ns >= self.closes_at_ns
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ModelPool {
+    policy: Policy,
+    skus: Vec<SkuId>,
+    served: bool,
+    /// `(origin, intent, wait)` in arrival order.
+    tickets: Vec<(u64, Intent, bool)>,
+    seed: u64,
+}
+
+impl ModelPool {
+    fn serve_at(&self, skus: &HashMap<SkuId, ModelSku>) -> u64 {
+        let opens = self.skus.iter().map(|id| skus[id].opens_at_ns).min();
+        opens
+            .unwrap_or(0)
+            .saturating_add(self.policy.window_ns().unwrap_or(0))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Held,
+    Sold,
+    Cancelled,
+    Expired,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ModelOrder {
+    user: UserId,
+    sku: SkuId,
+    units: u32,
+    state: State,
 }
 
 /// The reference model of one shard (see the [module docs](self)).
@@ -62,11 +137,29 @@ pub struct Model {
     order: Vec<SkuId>,
     skus: HashMap<SkuId, ModelSku>,
     group_limits: HashMap<GroupId, u32>,
-    orders: HashMap<(UserId, u64, Product), OrderId>,
+    keys: HashMap<(UserId, u64, Product), OrderId>,
     held_of_sku: HashMap<(UserId, SkuId), u32>,
     held_of_group: HashMap<(UserId, GroupId), u32>,
+    orders: Vec<ModelOrder>,
+    /// `(deadline, order number)` of holds not yet expired or settled.
+    deadlines: Vec<(u64, u64)>,
+    pools: Vec<ModelPool>,
+    pool_of: HashMap<Product, usize>,
+    pool_capacity: usize,
+    now_ns: u64,
+    deferred: Vec<Deferred>,
     next_sequence: u64,
-    orders_confirmed: u64,
+}
+
+fn product_of(sku: SkuId, group: Option<GroupId>) -> Product {
+    group.map_or(Product::Sku(sku), Product::Group)
+}
+
+fn rejected(reason: RejectReason, sequence: u64) -> Outcome {
+    Outcome::Rejected {
+        reason,
+        sequence: Some(sequence),
+    }
 }
 
 impl Model {
@@ -87,6 +180,8 @@ impl Model {
     fn with_skus(catalog: &Catalog, shard: ShardId, owned: impl Iterator<Item = usize>) -> Self {
         let mut order = Vec::new();
         let mut skus = HashMap::new();
+        let mut pools: Vec<ModelPool> = Vec::new();
+        let mut pool_of = HashMap::new();
         for index in owned {
             let spec = &catalog.skus()[index];
             order.push(spec.id);
@@ -95,12 +190,46 @@ impl Model {
                 ModelSku {
                     stock: spec.stock,
                     available: spec.stock,
+                    held: 0,
+                    sold: 0,
+                    expired: 0,
+                    cancelled: 0,
+                    restocked: 0,
+                    reduced: 0,
+                    waitlist_filled: 0,
                     limit_per_buyer: spec.limit_per_buyer,
                     opens_at_ns: spec.window.opens_at_ns,
                     closes_at_ns: spec.window.closes_at_ns,
+                    closed_early: false,
                     group: spec.group,
+                    hold_ns: spec.hold_ns,
+                    waitlist_capacity: spec.waitlist as usize,
+                    waiters: Vec::new(),
                 },
             );
+            let policy = catalog.policy_of(spec);
+            if policy != Policy::FirstCome {
+                let product = product_of(spec.id, spec.group);
+                let pool = *pool_of.entry(product).or_insert_with(|| {
+                    let id = match product {
+                        Product::Group(group) => u64::from(group.0),
+                        Product::Sku(sku) => 1 << 32 | u64::from(sku.0),
+                    };
+                    let seed = match policy {
+                        Policy::OpeningDraw { seed, .. } => pool_seed(seed, id),
+                        _ => 0,
+                    };
+                    pools.push(ModelPool {
+                        policy,
+                        skus: Vec::new(),
+                        served: false,
+                        tickets: Vec::new(),
+                        seed,
+                    });
+                    pools.len() - 1
+                });
+                pools[pool].skus.push(spec.id);
+            }
         }
         let group_limits = catalog
             .groups()
@@ -112,105 +241,475 @@ impl Model {
             order,
             skus,
             group_limits,
-            orders: HashMap::new(),
+            keys: HashMap::new(),
             held_of_sku: HashMap::new(),
             held_of_group: HashMap::new(),
+            orders: Vec::new(),
+            deadlines: Vec::new(),
+            pools,
+            pool_of,
+            pool_capacity: catalog.pool_capacity() as usize,
+            now_ns: 0,
+            deferred: Vec::new(),
             next_sequence: 0,
-            orders_confirmed: 0,
         }
     }
 
     /// Applies one command, as [`ShardCore::apply`](crate::ShardCore::apply).
-    pub fn apply(&mut self, command: &Command) -> Outcome {
-        match *command {
-            Command::Buy { intent, arrival_ns } => self.buy(&intent, arrival_ns),
-        }
-    }
-
-    /// Decides a buy intent that arrived at `arrival_ns`.
-    pub fn buy(&mut self, intent: &Intent, arrival_ns: u64) -> Outcome {
+    pub fn apply(&mut self, command: &Command) -> Applied {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        match self.decide(intent, arrival_ns, sequence) {
-            Ok(order) => Outcome::Confirmed(order),
-            Err(reason) => Outcome::Rejected {
-                reason,
-                sequence: Some(sequence),
-            },
+        self.now_ns = self.now_ns.max(command.time_ns());
+        self.run_due(sequence);
+        let result = match *command {
+            Command::Buy { intent, arrival_ns } => {
+                return self.decide_buy(intent, arrival_ns, false, sequence);
+            }
+            Command::BuyOrWait { intent, arrival_ns } => {
+                return self.decide_buy(intent, arrival_ns, true, sequence);
+            }
+            Command::Tick { .. } => Ok(()),
+            Command::Pay { order, .. } => self.pay(order),
+            Command::Cancel { order, .. } => self.cancel(order, sequence),
+            Command::Restock { sku, units, .. } => self.restock(sku, units, sequence),
+            Command::Reduce { sku, units, .. } => self.reduce(sku, units),
+            Command::SetWindow { sku, window, .. } => self.set_window(sku, window),
+            Command::CloseSale { sku, .. } => self.close_sale(sku, sequence),
+        };
+        self.run_due(sequence);
+        match result {
+            Ok(()) => Applied::Done { sequence },
+            Err(error) => Applied::Refused { error, sequence },
         }
     }
 
-    fn decide(
+    /// Applies a [`Command::Buy`].
+    pub fn buy(&mut self, intent: &Intent, arrival_ns: u64) -> Applied {
+        self.apply(&Command::Buy {
+            intent: *intent,
+            arrival_ns,
+        })
+    }
+
+    /// Outcomes of waiting buys decided since the last call, as
+    /// [`ShardCore::take_deferred`](crate::ShardCore::take_deferred).
+    pub fn take_deferred(&mut self) -> Vec<Deferred> {
+        std::mem::take(&mut self.deferred)
+    }
+
+    fn run_due(&mut self, sequence: u64) {
+        let now = self.now_ns;
+        for id in self.order.clone() {
+            let sku = &self.skus[&id];
+            if !sku.waiters.is_empty() && sku.is_closed(now) {
+                self.close_waitlist(id, sequence);
+            }
+        }
+        loop {
+            let due = self
+                .deadlines
+                .iter()
+                .copied()
+                .filter(|&(deadline, _)| deadline <= now)
+                .min();
+            let Some(entry) = due else { break };
+            self.deadlines.retain(|&other| other != entry);
+            if self.orders[entry.1 as usize].state == State::Held {
+                self.release(entry.1 as usize, State::Expired, sequence);
+            }
+        }
+        for pool in 0..self.pools.len() {
+            if !self.pools[pool].served && self.pools[pool].serve_at(&self.skus) <= now {
+                self.serve_pool(pool, sequence);
+            }
+        }
+    }
+
+    fn close_waitlist(&mut self, id: SkuId, sequence: u64) {
+        let waiters = std::mem::take(&mut self.skus.get_mut(&id).expect("owned").waiters);
+        for (origin, intent) in waiters {
+            self.defer(origin, intent, rejected(RejectReason::Closed, sequence));
+        }
+    }
+
+    fn defer(&mut self, origin: u64, intent: Intent, outcome: Outcome) {
+        self.deferred.push(Deferred {
+            origin,
+            intent,
+            outcome,
+        });
+    }
+
+    fn decide_buy(
         &mut self,
-        intent: &Intent,
+        intent: Intent,
         arrival_ns: u64,
+        wait: bool,
         sequence: u64,
-    ) -> Result<Order, RejectReason> {
+    ) -> Applied {
         let Some(sku) = self.skus.get(&intent.sku) else {
-            return Err(RejectReason::UnknownSku);
+            return Applied::Decided(rejected(RejectReason::UnknownSku, sequence));
         };
-        let quantity = intent.quantity;
-        if quantity == 0 {
-            return Err(RejectReason::InvalidQuantity);
+        let product = product_of(intent.sku, sku.group);
+        if let Some(&pool) = self.pool_of.get(&product)
+            && !self.pools[pool].served
+        {
+            let reason = if intent.quantity == 0 {
+                Some(RejectReason::InvalidQuantity)
+            } else if sku.is_closed(arrival_ns) {
+                Some(RejectReason::Closed)
+            } else if self.pools[pool]
+                .tickets
+                .iter()
+                .any(|(_, ticket, _)| ticket.user == intent.user)
+            {
+                Some(RejectReason::AlreadyPooled)
+            } else if self.pools[pool].tickets.len() >= self.pool_capacity {
+                Some(RejectReason::PoolFull)
+            } else {
+                self.pools[pool].tickets.push((sequence, intent, wait));
+                None
+            };
+            return match reason {
+                Some(reason) => Applied::Decided(rejected(reason, sequence)),
+                None => Applied::Waiting { sequence },
+            };
         }
-        if arrival_ns < sku.opens_at_ns {
-            return Err(RejectReason::NotOpenYet);
+        let result = if intent.quantity == 0 {
+            Err(RejectReason::InvalidQuantity)
+        } else if arrival_ns < sku.opens_at_ns {
+            Err(RejectReason::NotOpenYet)
+        } else if sku.is_closed(arrival_ns) {
+            Err(RejectReason::Closed)
+        } else {
+            self.take(intent, intent.quantity, sequence)
+        };
+        match result {
+            Ok(order) => Applied::Decided(Outcome::Confirmed(order)),
+            Err(RejectReason::SoldOut | RejectReason::InsufficientStock)
+                if wait && self.skus[&intent.sku].waitlist_capacity > 0 =>
+            {
+                self.enqueue(sequence, intent, sequence)
+            }
+            Err(reason) => Applied::Decided(rejected(reason, sequence)),
         }
-        if arrival_ns >= sku.closes_at_ns {
-            return Err(RejectReason::Closed);
+    }
+
+    /// Puts a buy on its SKU's waitlist (or rejects it, waitlist full).
+    fn enqueue(&mut self, origin: u64, intent: Intent, sequence: u64) -> Applied {
+        let sku = self.skus.get_mut(&intent.sku).expect("owned");
+        if sku.waiters.len() >= sku.waitlist_capacity {
+            let outcome = rejected(RejectReason::WaitlistFull, sequence);
+            if origin == sequence {
+                return Applied::Decided(outcome);
+            }
+            self.defer(origin, intent, outcome);
+        } else {
+            sku.waiters.push((origin, intent));
         }
-        let product = sku.group.map_or(Product::Sku(intent.sku), Product::Group);
-        let key = (intent.user, intent.client_key, product);
-        if let Some(&id) = self.orders.get(&key) {
+        Applied::Waiting { sequence }
+    }
+
+    /// Rules 5 and 6 for the intent's quantity: `Ok` if it could be confirmed were the
+    /// units there.
+    fn admissible(&self, intent: &Intent) -> Result<(), RejectReason> {
+        let sku = &self.skus[&intent.sku];
+        let product = product_of(intent.sku, sku.group);
+        if let Some(&id) = self.keys.get(&(intent.user, intent.client_key, product)) {
             return Err(RejectReason::Duplicate(id));
         }
-        let held_of_sku = self
+        let of_sku = self
             .held_of_sku
             .get(&(intent.user, intent.sku))
             .copied()
             .unwrap_or(0);
-        if u64::from(held_of_sku) + u64::from(quantity) > u64::from(sku.limit_per_buyer) {
+        if u64::from(of_sku) + u64::from(intent.quantity) > u64::from(sku.limit_per_buyer) {
             return Err(RejectReason::UserLimit);
         }
         if let Some(group) = sku.group {
-            let held_of_group = self
+            let of_group = self
                 .held_of_group
                 .get(&(intent.user, group))
                 .copied()
                 .unwrap_or(0);
-            let limit = self.group_limits[&group];
-            if u64::from(held_of_group) + u64::from(quantity) > u64::from(limit) {
+            if u64::from(of_group) + u64::from(intent.quantity)
+                > u64::from(self.group_limits[&group])
+            {
                 return Err(RejectReason::UserLimit);
             }
         }
+        Ok(())
+    }
+
+    /// Rules 5 to 8, confirming `units` (the intent's quantity, or a one-each-first grant).
+    fn take(&mut self, intent: Intent, units: u32, sequence: u64) -> Result<Order, RejectReason> {
+        self.admissible(&intent)?;
+        let now = self.now_ns;
+        let sku = self.skus.get_mut(&intent.sku).expect("owned");
         if sku.available == 0 {
             return Err(RejectReason::SoldOut);
         }
-        if sku.available < quantity {
+        if sku.available < units {
             return Err(RejectReason::InsufficientStock);
         }
+        sku.available -= units;
+        sku.held += units;
         let group = sku.group;
-        self.skus
-            .get_mut(&intent.sku)
-            .expect("looked up above")
-            .available -= quantity;
+        let number = self.orders.len() as u64;
+        if let Some(hold_ns) = sku.hold_ns {
+            self.deadlines.push((now.saturating_add(hold_ns), number));
+        }
+        let id = OrderId::new(self.shard, number);
+        self.orders.push(ModelOrder {
+            user: intent.user,
+            sku: intent.sku,
+            units,
+            state: State::Held,
+        });
         *self
             .held_of_sku
             .entry((intent.user, intent.sku))
-            .or_default() += quantity;
+            .or_default() += units;
         if let Some(group) = group {
-            *self.held_of_group.entry((intent.user, group)).or_default() += quantity;
+            *self.held_of_group.entry((intent.user, group)).or_default() += units;
         }
-        let id = OrderId::new(self.shard, self.orders_confirmed);
-        self.orders_confirmed += 1;
-        self.orders.insert(key, id);
+        self.keys.insert(
+            (
+                intent.user,
+                intent.client_key,
+                product_of(intent.sku, group),
+            ),
+            id,
+        );
         Ok(Order {
             id,
             user: intent.user,
             sku: intent.sku,
-            quantity,
+            quantity: units,
             sequence,
         })
+    }
+
+    fn serve_pool(&mut self, pool: usize, sequence: u64) {
+        self.pools[pool].served = true;
+        let mut tickets = std::mem::take(&mut self.pools[pool].tickets);
+        let now = self.now_ns;
+        let window = |sku: &ModelSku| {
+            if now < sku.opens_at_ns {
+                Err(RejectReason::NotOpenYet)
+            } else if sku.is_closed(now) {
+                Err(RejectReason::Closed)
+            } else {
+                Ok(())
+            }
+        };
+        match self.pools[pool].policy {
+            Policy::FirstCome => unreachable!("first-come products have no pool"),
+            Policy::OpeningDraw { .. } => {
+                shuffle(&mut tickets, self.pools[pool].seed);
+                for (origin, intent, wait) in tickets {
+                    let result = window(&self.skus[&intent.sku])
+                        .and_then(|()| self.take(intent, intent.quantity, sequence));
+                    self.settle(origin, intent, wait, result, sequence);
+                }
+            }
+            Policy::OneEachFirst { .. } => {
+                let wanted: Vec<Result<u32, RejectReason>> = tickets
+                    .iter()
+                    .map(|(_, intent, _)| {
+                        window(&self.skus[&intent.sku])?;
+                        self.admissible(intent)?;
+                        Ok(intent.quantity)
+                    })
+                    .collect();
+                let mut left: HashMap<SkuId, u32> = self
+                    .skus
+                    .iter()
+                    .map(|(id, sku)| (*id, sku.available))
+                    .collect();
+                let mut granted = vec![0u32; tickets.len()];
+                let mut progress = true;
+                while progress {
+                    progress = false;
+                    for (index, (_, intent, _)) in tickets.iter().enumerate() {
+                        let left = left.get_mut(&intent.sku).expect("owned");
+                        if wanted[index].is_ok_and(|want| granted[index] < want) && *left > 0 {
+                            granted[index] += 1;
+                            *left -= 1;
+                            progress = true;
+                        }
+                    }
+                }
+                for (index, (origin, intent, wait)) in tickets.into_iter().enumerate() {
+                    let result = match wanted[index] {
+                        Err(reason) => Err(reason),
+                        Ok(_) if granted[index] == 0 => Err(RejectReason::SoldOut),
+                        Ok(_) => self.take(intent, granted[index], sequence),
+                    };
+                    self.settle(origin, intent, wait, result, sequence);
+                }
+            }
+        }
+    }
+
+    fn settle(
+        &mut self,
+        origin: u64,
+        intent: Intent,
+        wait: bool,
+        result: Result<Order, RejectReason>,
+        sequence: u64,
+    ) {
+        match result {
+            Err(RejectReason::SoldOut | RejectReason::InsufficientStock)
+                if wait && self.skus[&intent.sku].waitlist_capacity > 0 =>
+            {
+                self.enqueue(origin, intent, sequence);
+            }
+            Ok(order) => self.defer(origin, intent, Outcome::Confirmed(order)),
+            Err(reason) => self.defer(origin, intent, rejected(reason, sequence)),
+        }
+    }
+
+    /// The order by id, if this shard confirmed it and it is still held.
+    fn held_order(&self, order: OrderId) -> Result<usize, ControlError> {
+        let number = order.number() as usize;
+        if order.shard() != self.shard || number >= self.orders.len() {
+            return Err(ControlError::UnknownOrder(order));
+        }
+        match self.orders[number].state {
+            State::Held => Ok(number),
+            State::Sold => Err(ControlError::AlreadyPaid),
+            State::Cancelled => Err(ControlError::Cancelled),
+            State::Expired => Err(ControlError::HoldExpired),
+        }
+    }
+
+    fn pay(&mut self, order: OrderId) -> Result<(), ControlError> {
+        let number = self.held_order(order)?;
+        let record = &mut self.orders[number];
+        record.state = State::Sold;
+        let sku = self.skus.get_mut(&record.sku).expect("owned");
+        sku.held -= record.units;
+        sku.sold += record.units;
+        Ok(())
+    }
+
+    fn cancel(&mut self, order: OrderId, sequence: u64) -> Result<(), ControlError> {
+        let number = self.held_order(order)?;
+        self.release(number, State::Cancelled, sequence);
+        Ok(())
+    }
+
+    fn release(&mut self, number: usize, state: State, sequence: u64) {
+        let record = self.orders[number];
+        self.orders[number].state = state;
+        let sku = self.skus.get_mut(&record.sku).expect("owned");
+        sku.held -= record.units;
+        sku.available += record.units;
+        if state == State::Cancelled {
+            sku.cancelled += u64::from(record.units);
+        } else {
+            sku.expired += u64::from(record.units);
+        }
+        let group = sku.group;
+        *self
+            .held_of_sku
+            .get_mut(&(record.user, record.sku))
+            .expect("the buyer holds it") -= record.units;
+        if let Some(group) = group {
+            *self
+                .held_of_group
+                .get_mut(&(record.user, group))
+                .expect("the buyer holds it") -= record.units;
+        }
+        self.serve_waitlist(record.sku, sequence);
+    }
+
+    fn serve_waitlist(&mut self, id: SkuId, sequence: u64) {
+        let now = self.now_ns;
+        if self.skus[&id].is_closed(now) {
+            return;
+        }
+        let waiters = std::mem::take(&mut self.skus.get_mut(&id).expect("owned").waiters);
+        let mut kept = Vec::new();
+        for (origin, intent) in waiters {
+            if self.skus[&id].available == 0 {
+                kept.push((origin, intent));
+                continue;
+            }
+            match self.take(intent, intent.quantity, sequence) {
+                Err(RejectReason::SoldOut | RejectReason::InsufficientStock) => {
+                    kept.push((origin, intent));
+                }
+                Ok(order) => {
+                    self.skus.get_mut(&id).expect("owned").waitlist_filled += 1;
+                    self.defer(origin, intent, Outcome::Confirmed(order));
+                }
+                Err(reason) => self.defer(origin, intent, rejected(reason, sequence)),
+            }
+        }
+        self.skus.get_mut(&id).expect("owned").waiters = kept;
+    }
+
+    fn sku_mut(&mut self, sku: SkuId) -> Result<&mut ModelSku, ControlError> {
+        self.skus.get_mut(&sku).ok_or(ControlError::UnknownSku(sku))
+    }
+
+    fn restock(&mut self, id: SkuId, units: u32, sequence: u64) -> Result<(), ControlError> {
+        let sku = self.sku_mut(id)?;
+        sku.stock = sku
+            .stock
+            .checked_add(units)
+            .ok_or(ControlError::StockOverflow)?;
+        sku.available += units;
+        sku.restocked += u64::from(units);
+        self.serve_waitlist(id, sequence);
+        Ok(())
+    }
+
+    fn reduce(&mut self, id: SkuId, units: u32) -> Result<(), ControlError> {
+        let sku = self.sku_mut(id)?;
+        if units > sku.available {
+            return Err(ControlError::NotEnoughAvailable {
+                available: sku.available,
+            });
+        }
+        sku.stock -= units;
+        sku.available -= units;
+        sku.reduced += u64::from(units);
+        Ok(())
+    }
+
+    fn set_window(&mut self, id: SkuId, window: SaleWindow) -> Result<(), ControlError> {
+        let sku = self.sku_mut(id)?;
+        if window.closes_at_ns <= window.opens_at_ns {
+            return Err(ControlError::WindowInverted);
+        }
+        sku.opens_at_ns = window.opens_at_ns;
+        sku.closes_at_ns = window.closes_at_ns;
+        sku.closed_early = false;
+        Ok(())
+    }
+
+    fn close_sale(&mut self, id: SkuId, sequence: u64) -> Result<(), ControlError> {
+        let sku = self.sku_mut(id)?;
+        sku.closed_early = true;
+        let group = sku.group;
+        self.close_waitlist(id, sequence);
+        if let Some(&pool) = self.pool_of.get(&product_of(id, group))
+            && !self.pools[pool].served
+        {
+            let tickets = std::mem::take(&mut self.pools[pool].tickets);
+            for (origin, intent, wait) in tickets {
+                if intent.sku == id {
+                    self.defer(origin, intent, rejected(RejectReason::Closed, sequence));
+                } else {
+                    self.pools[pool].tickets.push((origin, intent, wait));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Commands applied so far.
@@ -220,7 +719,7 @@ impl Model {
 
     /// Orders confirmed so far.
     pub fn orders_confirmed(&self) -> u64 {
-        self.orders_confirmed
+        self.orders.len() as u64
     }
 
     /// Every owned SKU's counters, in catalog order (as [`ShardCore::levels`]).
@@ -235,7 +734,14 @@ impl Model {
                     id: *id,
                     stock: sku.stock,
                     available: sku.available,
-                    held: sku.stock - sku.available,
+                    held: sku.held,
+                    sold: sku.sold,
+                    expired: sku.expired,
+                    cancelled: sku.cancelled,
+                    restocked: sku.restocked,
+                    reduced: sku.reduced,
+                    waiting: sku.waiters.len() as u32,
+                    waitlist_filled: sku.waitlist_filled,
                 }
             })
             .collect()
@@ -245,12 +751,18 @@ impl Model {
     /// this shard owns `sku`.
     pub fn order_for_key(&self, user: UserId, client_key: u64, sku: SkuId) -> Option<OrderId> {
         let group = self.skus.get(&sku)?.group;
-        let product = group.map_or(Product::Sku(sku), Product::Group);
-        self.orders.get(&(user, client_key, product)).copied()
+        self.keys
+            .get(&(user, client_key, product_of(sku, group)))
+            .copied()
     }
 
-    /// Units of `sku` that `user` holds.
+    /// Units of `sku` that `user` holds or bought (what counts against limits).
     pub fn held_by(&self, user: UserId, sku: SkuId) -> u32 {
         self.held_of_sku.get(&(user, sku)).copied().unwrap_or(0)
+    }
+
+    /// Units `user` holds or bought across a limit group.
+    pub fn held_of_group(&self, user: UserId, group: GroupId) -> u32 {
+        self.held_of_group.get(&(user, group)).copied().unwrap_or(0)
     }
 }

@@ -6,7 +6,7 @@ use core::fmt;
 use hdrhistogram::Histogram;
 
 use crate::catalog::{Catalog, Placement};
-use crate::core::SkuLevels;
+use crate::core::{PoolLevels, SkuLevels};
 use crate::types::{RejectReason, ShardId, SkuId};
 
 /// Latency percentiles, in nanoseconds, read off an HDR histogram (3 significant digits).
@@ -95,10 +95,22 @@ pub struct SkuReport {
     pub shard: ShardId,
     /// Units for sale at the start.
     pub stock: u32,
-    /// Units held by confirmed orders.
+    /// Units held by confirmed orders awaiting payment.
     pub held: u32,
     /// Units left.
     pub available: u32,
+    /// Units paid for.
+    pub sold: u32,
+    /// Units whose hold expired unpaid (they went back on sale).
+    pub expired: u64,
+    /// Units of cancelled orders (they went back on sale).
+    pub cancelled: u64,
+    /// Units restocked.
+    pub restocked: u64,
+    /// Units taken off sale by reductions.
+    pub reduced: u64,
+    /// Intents confirmed from the waitlist.
+    pub waitlist_filled: u64,
 }
 
 /// Submits that were refused (the intent went back to its caller; not outcomes).
@@ -119,6 +131,7 @@ pub(crate) struct ShardReport {
     pub(crate) failed: bool,
     pub(crate) counts: [u64; crate::engine::COUNTER_SLOTS],
     pub(crate) levels: Vec<SkuLevels>,
+    pub(crate) pools: Vec<PoolLevels>,
     pub(crate) commands_applied: u64,
     pub(crate) latency_ns: Histogram<u64>,
 }
@@ -131,6 +144,7 @@ impl ShardReport {
             failed: true,
             counts: [0; crate::engine::COUNTER_SLOTS],
             levels: Vec::new(),
+            pools: Vec::new(),
             commands_applied: 0,
             latency_ns: Histogram::new(3).expect("3 significant figures is valid"),
         }
@@ -157,6 +171,8 @@ pub struct Report {
     pub commands_applied: u64,
     /// Per SKU, in catalog order.
     pub skus: Vec<SkuReport>,
+    /// The pools of pooled products (opening draws, one-each-first), by shard.
+    pub pools: Vec<PoolLevels>,
     /// Shards that failed (their order sink panicked).
     pub failed_shards: Vec<ShardId>,
     /// Submit-to-outcome latency of the intents that reached a shard, merged over shards.
@@ -220,10 +236,21 @@ impl Report {
                     stock: spec.stock,
                     held: levels.map_or(0, |levels| levels.held),
                     available: levels.map_or(0, |levels| levels.available),
+                    sold: levels.map_or(0, |levels| levels.sold),
+                    expired: levels.map_or(0, |levels| levels.expired),
+                    cancelled: levels.map_or(0, |levels| levels.cancelled),
+                    restocked: levels.map_or(0, |levels| levels.restocked),
+                    reduced: levels.map_or(0, |levels| levels.reduced),
+                    waitlist_filled: levels.map_or(0, |levels| levels.waitlist_filled),
                 }
             })
             .collect();
+        let pools = shard_reports
+            .iter()
+            .flat_map(|report| report.pools.iter().copied())
+            .collect();
         Self {
+            pools,
             shards: shard_reports.len(),
             confirmed_orders,
             confirmed_units,
@@ -285,8 +312,8 @@ impl fmt::Display for Report {
         writeln!(f, "submit-to-outcome latency: {}", self.latency)?;
         writeln!(
             f,
-            "{:>8}  {:<24}{:>10}{:>10}{:>10}",
-            "sku", "product / variant", "stock", "held", "left"
+            "{:>8}  {:<24}{:>10}{:>10}{:>10}{:>10}{:>10}",
+            "sku", "product / variant", "stock", "held", "sold", "expired", "left"
         )?;
         for sku in &self.skus {
             let label: String = format!("{} {}", sku.product, sku.variant)
@@ -295,8 +322,18 @@ impl fmt::Display for Report {
                 .collect();
             writeln!(
                 f,
-                "{:>8}  {:<24}{:>10}{:>10}{:>10}",
-                sku.id.0, label, sku.stock, sku.held, sku.available
+                "{:>8}  {:<24}{:>10}{:>10}{:>10}{:>10}{:>10}",
+                sku.id.0, label, sku.stock, sku.held, sku.sold, sku.expired, sku.available
+            )?;
+        }
+        for pool in &self.pools {
+            writeln!(
+                f,
+                "pool of SKU {}: {:?}, {} buyers pooled{}",
+                pool.first_sku.0,
+                pool.policy,
+                pool.tickets,
+                if pool.served { "" } else { " (not served)" }
             )?;
         }
         Ok(())

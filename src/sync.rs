@@ -14,7 +14,12 @@ pub(crate) mod atomic {
 }
 #[cfg(loom)]
 pub(crate) mod thread {
-    pub(crate) use loom::thread::{JoinHandle, Thread, park, spawn, yield_now};
+    pub(crate) use loom::thread::{JoinHandle, Thread, current, park, spawn, yield_now};
+
+    /// loom has no timed park; the models set no timers, so a plain park is the same.
+    pub(crate) fn park_timeout(_timeout: core::time::Duration) {
+        park();
+    }
 
     /// loom has no named builder; the name is only a debugging aid, so it is dropped.
     pub(crate) fn spawn_named<F, T>(_name: String, f: F) -> std::io::Result<JoinHandle<T>>
@@ -36,7 +41,7 @@ pub(crate) mod atomic {
 }
 #[cfg(not(loom))]
 pub(crate) mod thread {
-    pub(crate) use std::thread::{JoinHandle, Thread, park, yield_now};
+    pub(crate) use std::thread::{JoinHandle, Thread, current, park, park_timeout, yield_now};
 
     /// Spawns a named thread (the name shows in debuggers and `top -H`).
     pub(crate) fn spawn_named<F, T>(name: String, f: F) -> std::io::Result<JoinHandle<T>>

@@ -112,11 +112,18 @@ pub enum RejectReason {
     /// The shard stopped deciding after its order sink panicked; the intent was not
     /// decided.
     ShardFailed,
+    /// The buyer already has a ticket in this product's pool (an opening draw or
+    /// one-each-first): one ticket per buyer, however many times they press buy.
+    AlreadyPooled,
+    /// The product's pool already holds the catalog's pool capacity of tickets.
+    PoolFull,
+    /// The intent asked to wait for a unit, but the SKU's waitlist is full.
+    WaitlistFull,
 }
 
 impl RejectReason {
     /// Every reason, in declaration order (the `Duplicate` entry carries a placeholder id).
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 12] = [
         Self::InvalidQuantity,
         Self::UnknownSku,
         Self::NotOpenYet,
@@ -126,6 +133,9 @@ impl RejectReason {
         Self::SoldOut,
         Self::InsufficientStock,
         Self::ShardFailed,
+        Self::AlreadyPooled,
+        Self::PoolFull,
+        Self::WaitlistFull,
     ];
 
     /// A dense index, `0..ALL.len()`, for counting by reason.
@@ -140,6 +150,9 @@ impl RejectReason {
             Self::SoldOut => 6,
             Self::InsufficientStock => 7,
             Self::ShardFailed => 8,
+            Self::AlreadyPooled => 9,
+            Self::PoolFull => 10,
+            Self::WaitlistFull => 11,
         }
     }
 
@@ -155,6 +168,9 @@ impl RejectReason {
             Self::SoldOut => "sold_out",
             Self::InsufficientStock => "insufficient_stock",
             Self::ShardFailed => "shard_failed",
+            Self::AlreadyPooled => "already_pooled",
+            Self::PoolFull => "pool_full",
+            Self::WaitlistFull => "waitlist_full",
         }
     }
 }
@@ -214,4 +230,45 @@ pub struct Completion {
     pub intent: Intent,
     /// What became of it.
     pub outcome: Outcome,
+}
+
+/// Why a payment, cancellation or stock change was refused. Nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum ControlError {
+    /// No order with this id was confirmed by its shard.
+    #[error("no order {0} was confirmed")]
+    UnknownOrder(OrderId),
+    /// The order is already paid (a paid order cannot be paid again or cancelled).
+    #[error("the order is already paid")]
+    AlreadyPaid,
+    /// The order was cancelled; its units went back on sale.
+    #[error("the order was cancelled")]
+    Cancelled,
+    /// The order's payment deadline passed before this command; its units went back on
+    /// sale (possibly to another buyer), so it can no longer be paid.
+    #[error("the order's hold expired before payment")]
+    HoldExpired,
+    /// No SKU with this id is in the catalog (or on the shard the command reached).
+    #[error("unknown SKU {0:?}")]
+    UnknownSku(SkuId),
+    /// A reduction asked for more units than are available: held and sold units are never
+    /// taken back.
+    #[error("only {available} units are available to remove")]
+    NotEnoughAvailable {
+        /// Units available when the command was applied.
+        available: u32,
+    },
+    /// A restock would take the SKU's stock past `u32::MAX` units.
+    #[error("the restock would overflow the SKU's stock")]
+    StockOverflow,
+    /// A new sale window closes at or before it opens.
+    #[error("the sale window closes at or before it opens")]
+    WindowInverted,
+    /// The engine is shutting down or shut down; the command was not applied.
+    #[error("the engine is shut down")]
+    ShutDown,
+    /// The shard stopped deciding after its order sink panicked; the command was not
+    /// applied.
+    #[error("the shard has failed")]
+    ShardFailed,
 }

@@ -194,7 +194,8 @@ fn run(producers: usize, per_producer: u64, shards: usize, gate: bool, wait: Wai
                 arrival_ns: 0,
             });
             assert_eq!(
-                replayed, *outcome,
+                replayed,
+                flashsale::Applied::Decided(*outcome),
                 "shard {shard} sequence {sequence}: {intent:?}"
             );
         }

@@ -1,15 +1,19 @@
-//! The shard core against the reference model: random catalogs and command sequences
-//! (buys, retries with the same key, malformed intents, intents outside the sale window,
-//! SKUs the shard does not own) must get the same outcome from both, command for command,
-//! and leave the same state. `PROPTEST_CASES=20000 cargo test --release --test model` runs
+//! The shard core against the reference model: random catalogs (limits, groups, windows,
+//! payment deadlines, waitlists, opening draws and one-each-first pools) and command
+//! sequences (buys, buys that wait, retries with the same key, malformed intents, intents
+//! outside the sale window, SKUs the shard does not own, payments, cancellations, clock
+//! ticks, restocks, reductions, moved windows, early closes) must get the same result and
+//! the same deferred outcomes from both, command for command, and leave the same state.
+//! After every command the core's levels must conserve units
+//! (`available + held + sold == stock`) and no buyer may hold more than a limit. `PROPTEST_CASES=20000 cargo test --release --test model` runs
 //! a longer search; failures shrink to a minimal catalog and sequence, and proptest keeps
 //! them in `tests/model.proptest-regressions` so they are re-run first.
 #![cfg(feature = "reference")]
 
 use flashsale::reference::Model;
 use flashsale::{
-    Catalog, Command, GroupId, Intent, Placement, RejectReason, SaleWindow, ShardCore, ShardId,
-    SkuId, SkuSpec, UserId,
+    Applied, Catalog, Command, GroupId, GroupSpec, Intent, OrderId, Outcome, Placement, Policy,
+    RejectReason, SaleWindow, ShardCore, ShardId, SkuId, SkuSpec, UserId,
 };
 use proptest::prelude::*;
 
@@ -23,13 +27,18 @@ struct SkuDraw {
     opens_at_ns: u64,
     /// Window length; `None` never closes.
     open_for_ns: Option<u64>,
+    hold_ns: Option<u64>,
+    waitlist: u32,
+    /// Used if the SKU is not in a group.
+    policy: Policy,
 }
 
 #[derive(Debug, Clone)]
 struct CatalogDraw {
     skus: Vec<SkuDraw>,
-    group_limits: Vec<u32>,
+    groups: Vec<(u32, Policy)>,
     shards: usize,
+    pool_capacity: u32,
 }
 
 /// One step of a drawn sequence.
@@ -44,7 +53,59 @@ enum Step {
         arrival_ns: u64,
     },
     /// The impatient retry: an earlier press again, same key, at a later moment.
-    Retry { of: usize, later_ns: u64 },
+    Retry {
+        of: usize,
+        later_ns: u64,
+    },
+    /// A press that waits rather than be rejected as sold out.
+    BuyOrWait {
+        user: u64,
+        client_key: u64,
+        sku: usize,
+        quantity: u32,
+        arrival_ns: u64,
+    },
+    /// Pays the `of`-th order confirmed so far (modulo their count), or an unknown one.
+    Pay {
+        of: usize,
+        at_ns: u64,
+    },
+    /// Cancels the `of`-th order confirmed so far.
+    Cancel {
+        of: usize,
+        at_ns: u64,
+    },
+    Tick {
+        now_ns: u64,
+    },
+    Restock {
+        sku: usize,
+        units: u32,
+        at_ns: u64,
+    },
+    Reduce {
+        sku: usize,
+        units: u32,
+        at_ns: u64,
+    },
+    SetWindow {
+        sku: usize,
+        opens_at_ns: u64,
+        open_for_ns: u64,
+        at_ns: u64,
+    },
+    Close {
+        sku: usize,
+        at_ns: u64,
+    },
+}
+
+fn policy() -> impl Strategy<Value = Policy> {
+    prop_oneof![
+        3 => Just(Policy::FirstCome),
+        1 => (0u64..150, any::<u64>()).prop_map(|(window_ns, seed)| Policy::OpeningDraw { window_ns, seed }),
+        1 => (0u64..150).prop_map(|window_ns| Policy::OneEachFirst { window_ns }),
+    ]
 }
 
 fn sku_draw() -> impl Strategy<Value = SkuDraw> {
@@ -54,26 +115,36 @@ fn sku_draw() -> impl Strategy<Value = SkuDraw> {
         proptest::option::of(0usize..3),
         prop_oneof![Just(0u64), 0u64..200],
         proptest::option::of(1u64..300),
+        proptest::option::of(1u64..200),
+        prop_oneof![Just(0u32), 1u32..4],
+        policy(),
     )
-        .prop_map(|(stock, limit, group, opens_at_ns, open_for_ns)| SkuDraw {
-            stock,
-            limit,
-            group,
-            opens_at_ns,
-            open_for_ns,
-        })
+        .prop_map(
+            |(stock, limit, group, opens_at_ns, open_for_ns, hold_ns, waitlist, policy)| SkuDraw {
+                stock,
+                limit,
+                group,
+                opens_at_ns,
+                open_for_ns,
+                hold_ns,
+                waitlist,
+                policy,
+            },
+        )
 }
 
 fn catalog_draw() -> impl Strategy<Value = CatalogDraw> {
     (
         proptest::collection::vec(sku_draw(), 1..7),
-        proptest::collection::vec(1u32..5, 0..3),
+        proptest::collection::vec((1u32..5, policy()), 0..3),
         1usize..4,
+        prop_oneof![Just(2u32), Just(1000u32)],
     )
-        .prop_map(|(skus, group_limits, shards)| CatalogDraw {
+        .prop_map(|(skus, groups, shards, pool_capacity)| CatalogDraw {
             skus,
-            group_limits,
+            groups,
             shards,
+            pool_capacity,
         })
 }
 
@@ -88,6 +159,21 @@ fn step() -> impl Strategy<Value = Step> {
                 arrival_ns,
             }),
         1 => (any::<usize>(), 0u64..100).prop_map(|(of, later_ns)| Step::Retry { of, later_ns }),
+        2 => (0u64..6, 0u64..4, 0usize..8, 1u32..3, 0u64..400)
+            .prop_map(|(user, client_key, sku, quantity, arrival_ns)| Step::BuyOrWait {
+                user,
+                client_key,
+                sku,
+                quantity,
+                arrival_ns,
+            }),
+        2 => (any::<usize>(), 0u64..500).prop_map(|(of, at_ns)| Step::Pay { of, at_ns }),
+        1 => (any::<usize>(), 0u64..500).prop_map(|(of, at_ns)| Step::Cancel { of, at_ns }),
+        1 => (0u64..600).prop_map(|now_ns| Step::Tick { now_ns }),
+        1 => (0usize..8, 0u32..4, 0u64..500).prop_map(|(sku, units, at_ns)| Step::Restock { sku, units, at_ns }),
+        1 => (0usize..8, 0u32..4, 0u64..500).prop_map(|(sku, units, at_ns)| Step::Reduce { sku, units, at_ns }),
+        1 => (0usize..8, 0u64..400, 0u64..300, 0u64..500).prop_map(|(sku, opens_at_ns, open_for_ns, at_ns)| Step::SetWindow { sku, opens_at_ns, open_for_ns, at_ns }),
+        1 => (0usize..8, 0u64..500).prop_map(|(sku, at_ns)| Step::Close { sku, at_ns }),
     ]
 }
 
@@ -97,9 +183,10 @@ fn sku_id(index: usize) -> SkuId {
 }
 
 fn build(draw: &CatalogDraw) -> Catalog {
-    let mut builder = Catalog::builder();
-    for (index, &limit) in draw.group_limits.iter().enumerate() {
-        builder = builder.group(GroupId(index as u32 + 1), limit);
+    let mut builder = Catalog::builder().pool_capacity(draw.pool_capacity);
+    for (index, &(limit, policy)) in draw.groups.iter().enumerate() {
+        builder =
+            builder.group_spec(GroupSpec::new(GroupId(index as u32 + 1), limit).policy(policy));
     }
     for (index, sku) in draw.skus.iter().enumerate() {
         let mut spec = SkuSpec::new(sku_id(index), sku.stock)
@@ -109,53 +196,181 @@ fn build(draw: &CatalogDraw) -> Catalog {
                 closes_at_ns: sku
                     .open_for_ns
                     .map_or(u64::MAX, |length| sku.opens_at_ns + length),
-            });
-        if let Some(group) = sku.group
-            && !draw.group_limits.is_empty()
-        {
-            spec = spec.group(GroupId((group % draw.group_limits.len()) as u32 + 1));
+            })
+            .waitlist(sku.waitlist);
+        if let Some(hold_ns) = sku.hold_ns {
+            spec = spec.hold(hold_ns);
+        }
+        match sku.group {
+            Some(group) if !draw.groups.is_empty() => {
+                spec = spec.group(GroupId((group % draw.groups.len()) as u32 + 1));
+            }
+            _ => spec = spec.policy(sku.policy),
         }
         builder = builder.sku(spec);
     }
     builder.build().expect("drawn catalogs are valid")
 }
 
-/// Turns steps into commands (retries resolved to the press they repeat).
-fn commands(draw: &CatalogDraw, steps: &[Step]) -> Vec<Command> {
-    let mut out: Vec<Command> = Vec::with_capacity(steps.len());
-    for step in steps {
-        let command = match *step {
-            Step::Buy {
-                user,
-                client_key,
-                sku,
-                quantity,
-                arrival_ns,
-            } => Command::Buy {
-                intent: Intent {
-                    user: UserId(user),
-                    client_key,
-                    // One past the catalog is a SKU nobody sells.
-                    sku: sku_id(sku.min(draw.skus.len())),
-                    quantity,
-                },
-                arrival_ns,
+/// A drawn step as a command. `orders` are the orders confirmed so far (for payments and
+/// cancellations); `earlier` the commands so far (for retries).
+fn command(
+    draw: &CatalogDraw,
+    step: &Step,
+    earlier: &[Command],
+    orders: &[OrderId],
+) -> Option<Command> {
+    // One past the catalog is a SKU nobody sells.
+    let sku = |index: usize| sku_id(index.min(draw.skus.len()));
+    let intent = |user, client_key, index, quantity| Intent {
+        user: UserId(user),
+        client_key,
+        sku: sku(index),
+        quantity,
+    };
+    // An order nobody confirmed when there is none yet.
+    let order = |of: usize| {
+        orders
+            .get(of % orders.len().max(1))
+            .copied()
+            .unwrap_or(OrderId::new(ShardId(0), 999))
+    };
+    Some(match *step {
+        Step::Buy {
+            user,
+            client_key,
+            sku,
+            quantity,
+            arrival_ns,
+        } => Command::Buy {
+            intent: intent(user, client_key, sku, quantity),
+            arrival_ns,
+        },
+        Step::BuyOrWait {
+            user,
+            client_key,
+            sku,
+            quantity,
+            arrival_ns,
+        } => Command::BuyOrWait {
+            intent: intent(user, client_key, sku, quantity),
+            arrival_ns,
+        },
+        Step::Retry { of, later_ns } => match earlier.get(of % earlier.len().max(1))? {
+            &Command::Buy { intent, arrival_ns } => Command::Buy {
+                intent,
+                arrival_ns: arrival_ns + later_ns,
             },
-            Step::Retry { of, later_ns } => match out.get(of % out.len().max(1)) {
-                Some(&Command::Buy { intent, arrival_ns }) => Command::Buy {
-                    intent,
-                    arrival_ns: arrival_ns + later_ns,
-                },
-                None => continue,
+            &Command::BuyOrWait { intent, arrival_ns } => Command::BuyOrWait {
+                intent,
+                arrival_ns: arrival_ns + later_ns,
             },
-        };
-        out.push(command);
+            _ => return None,
+        },
+        Step::Pay { of, at_ns } => Command::Pay {
+            order: order(of),
+            at_ns,
+        },
+        Step::Cancel { of, at_ns } => Command::Cancel {
+            order: order(of),
+            at_ns,
+        },
+        Step::Tick { now_ns } => Command::Tick { now_ns },
+        Step::Restock {
+            sku: index,
+            units,
+            at_ns,
+        } => Command::Restock {
+            sku: sku(index),
+            units,
+            at_ns,
+        },
+        Step::Reduce {
+            sku: index,
+            units,
+            at_ns,
+        } => Command::Reduce {
+            sku: sku(index),
+            units,
+            at_ns,
+        },
+        Step::SetWindow {
+            sku: index,
+            opens_at_ns,
+            open_for_ns,
+            at_ns,
+        } => Command::SetWindow {
+            sku: sku(index),
+            // A length of 0 is an inverted window, refused.
+            window: SaleWindow {
+                opens_at_ns,
+                closes_at_ns: opens_at_ns + open_for_ns,
+            },
+            at_ns,
+        },
+        Step::Close { sku: index, at_ns } => Command::CloseSale {
+            sku: sku(index),
+            at_ns,
+        },
+    })
+}
+
+/// The shard a command is for: the owner of its SKU or order (0 if none).
+fn owner(catalog: &Catalog, placement: &Placement, command: &Command) -> usize {
+    let sku = match *command {
+        Command::Buy { intent, .. } | Command::BuyOrWait { intent, .. } => intent.sku,
+        Command::Restock { sku, .. }
+        | Command::Reduce { sku, .. }
+        | Command::SetWindow { sku, .. }
+        | Command::CloseSale { sku, .. } => sku,
+        Command::Pay { order, .. } | Command::Cancel { order, .. } => {
+            return usize::from(order.shard().0) % placement.shards();
+        }
+        Command::Tick { .. } => return 0,
+    };
+    catalog
+        .index_of(sku)
+        .map_or(0, |index| usize::from(placement.route(index).0.0))
+}
+
+/// The core's invariants after a command: conservation per SKU, and no buyer above a
+/// limit (held and sold units together).
+fn invariants(catalog: &Catalog, core: &ShardCore, users: u64) -> Result<(), TestCaseError> {
+    for levels in core.levels() {
+        prop_assert_eq!(
+            u64::from(levels.available) + u64::from(levels.held) + u64::from(levels.sold),
+            u64::from(levels.stock),
+            "conservation of {:?}",
+            levels
+        );
+        let spec = catalog
+            .sku(levels.id)
+            .expect("owned SKUs are in the catalog");
+        prop_assert_eq!(
+            u64::from(levels.stock),
+            u64::from(spec.stock) + levels.restocked - levels.reduced
+        );
+        for user in 0..users {
+            prop_assert!(core.held_by(user, levels.id) <= spec.limit_per_buyer);
+        }
     }
-    out
+    for group in catalog.groups() {
+        for user in 0..users {
+            let units: u32 = catalog
+                .skus()
+                .iter()
+                .filter(|sku| sku.group == Some(group.id))
+                .map(|sku| core.held_by(user, sku.id))
+                .sum();
+            prop_assert!(units <= group.limit_per_buyer, "group {:?}", group.id);
+        }
+    }
+    Ok(())
 }
 
 /// Runs the commands through core and model of every shard the command could reach (its
-/// owner, and the next shard, which must answer UnknownSku) and compares everything.
+/// owner, and the next shard, which must refuse it as unknown) and compares everything,
+/// including the outcomes decided later for buys that waited.
 fn agree(draw: &CatalogDraw, steps: &[Step]) -> Result<(), TestCaseError> {
     let catalog = build(draw);
     // More shards than placement units is refused; then one shard owns everything.
@@ -169,14 +384,16 @@ fn agree(draw: &CatalogDraw, steps: &[Step]) -> Result<(), TestCaseError> {
     let mut models: Vec<Model> = (0..shards)
         .map(|shard| Model::for_shard(&catalog, &placement, ShardId(shard as u16)))
         .collect();
-    for (index, command) in commands(draw, steps).iter().enumerate() {
-        let Command::Buy { intent, .. } = command;
-        let owner = catalog
-            .index_of(intent.sku)
-            .map_or(0, |index| usize::from(placement.route(index).0.0));
+    let mut applied: Vec<Command> = Vec::new();
+    let mut orders: Vec<OrderId> = Vec::new();
+    for (index, step) in steps.iter().enumerate() {
+        let Some(command) = command(draw, step, &applied, &orders) else {
+            continue;
+        };
+        let owner = owner(&catalog, &placement, &command);
         for shard in [owner, (owner + 1) % shards] {
-            let fast = cores[shard].apply(command);
-            let reference = models[shard].apply(command);
+            let fast = cores[shard].apply(&command);
+            let reference = models[shard].apply(&command);
             prop_assert_eq!(
                 fast,
                 reference,
@@ -185,10 +402,30 @@ fn agree(draw: &CatalogDraw, steps: &[Step]) -> Result<(), TestCaseError> {
                 command,
                 shard
             );
+            let fast_deferred: Vec<_> = cores[shard].take_deferred().collect();
+            prop_assert_eq!(
+                &fast_deferred,
+                &models[shard].take_deferred(),
+                "deferred outcomes of command {} ({:?}) on shard {}",
+                index,
+                command,
+                shard
+            );
+            let confirmed = fast_deferred
+                .iter()
+                .map(|deferred| deferred.outcome)
+                .chain(fast.outcome())
+                .filter_map(|outcome| match outcome {
+                    Outcome::Confirmed(order) => Some(order.id),
+                    Outcome::Rejected { .. } => None,
+                });
+            orders.extend(confirmed);
+            invariants(&catalog, &cores[shard], 6)?;
             if shards == 1 {
                 break;
             }
         }
+        applied.push(command);
     }
     for (core, model) in cores.iter().zip(&models) {
         prop_assert_eq!(core.levels().collect::<Vec<_>>(), model.levels());
@@ -251,7 +488,7 @@ fn quantity_zero_is_rejected_by_the_core_itself() {
         sku: SkuId(1),
         quantity: 0,
     };
-    let outcome = core.buy(&intent, 0);
+    let outcome: Applied = core.buy(&intent, 0);
     assert_eq!(outcome.reason(), Some(RejectReason::InvalidQuantity));
     assert_eq!(outcome, Model::whole(&catalog).buy(&intent, 0));
     assert_eq!(core.orders_confirmed(), 0);

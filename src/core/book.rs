@@ -240,6 +240,17 @@ impl OrderBook {
             .insert_at(places.key, value, USED_WORD_KEYS, key_home);
     }
 
+    /// Takes `units` back from a buyer's holding of a SKU (a cancelled or expired order).
+    /// The holding's slot stays (with fewer units): entries are never removed.
+    pub(super) fn release(&mut self, user: u64, sku_local: u32, limit_key: u64, units: u32) {
+        let (of_sku, _, slot) = self.scan_holdings(user, sku_local, limit_key);
+        debug_assert!(of_sku >= units, "releasing more than the buyer holds");
+        let holding = &mut self.holdings.slots[slot];
+        if holding[USED_WORD_HOLDINGS] != 0 {
+            holding[2] -= u64::from(units.min(of_sku));
+        }
+    }
+
     /// The order of `(user, client_key)` for the product of `limit_key`, if any.
     pub(super) fn order_for(&self, user: u64, client_key: u64, limit_key: u64) -> Option<OrderId> {
         self.find_key(user, client_key, limit_key).ok()

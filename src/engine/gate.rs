@@ -113,6 +113,15 @@ impl SoldOutGate {
         self.sold_out[catalog_index].store(true, Ordering::Release);
     }
 
+    /// Shard side: units of a SKU (catalog index) came back on sale (a cancellation, an
+    /// expired hold, a restock). Producers that still see the flag raised answer sold out
+    /// for a moment longer, as if they had decided just before the units came back.
+    pub fn lower(&self, catalog_index: usize) {
+        if self.sold_out[catalog_index].load(Ordering::Relaxed) {
+            self.sold_out[catalog_index].store(false, Ordering::Release);
+        }
+    }
+
     /// Producer side: whether an intent may be rejected as sold out without asking the
     /// shard: the SKU is flagged and the key was certainly never confirmed.
     #[inline]

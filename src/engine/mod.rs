@@ -3,6 +3,7 @@
 //!
 //! Arrows point one way: this module depends on [`crate::core`], never the reverse.
 
+mod control;
 pub(crate) mod gate;
 mod producer;
 pub(crate) mod worker;
@@ -22,6 +23,7 @@ use crate::sync::thread::{JoinHandle, Thread};
 use crate::sync::{Arc, Mutex};
 use crate::types::{Order, ShardId, SkuId};
 
+pub use control::Control;
 pub use producer::{Producer, SubmitError, Submitted};
 
 use gate::SoldOutGate;
@@ -353,6 +355,8 @@ impl ShardShared {
 #[derive(Default)]
 pub(crate) struct Registry {
     pub(crate) new_lanes: Vec<WorkerLane>,
+    /// Payments, cancellations and stock changes posted since the worker last looked.
+    pub(crate) controls: Vec<control::ControlRequest>,
     /// Set by the worker when it stops: lanes registered after it are born closed.
     pub(crate) closed: bool,
 }
@@ -405,6 +409,11 @@ impl Engine {
     /// refused with [`SubmitError::ShutDown`].
     pub fn producer(&self) -> Producer {
         Producer::new(self.shared.clone())
+    }
+
+    /// A handle for payments, cancellations and stock changes (see [`Control`]).
+    pub fn control(&self) -> Control {
+        Control::new(self.shared.clone())
     }
 
     /// The catalog the engine sells.

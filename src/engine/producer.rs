@@ -3,7 +3,7 @@
 use core::fmt;
 use std::collections::VecDeque;
 
-use super::worker::{Request, WorkerLane};
+use super::worker::{Reply, Request, WorkerLane};
 use super::{
     EngineShared, ProducerCounters, REFUSED_BUSY, REFUSED_SHARD_FAILED, REFUSED_SHUT_DOWN,
 };
@@ -51,9 +51,10 @@ impl SubmitError {
 /// The producer's end of the two rings it shares with one shard.
 struct Lane {
     requests: ring::Writer<Request>,
-    completions: ring::Reader<Completion>,
+    completions: ring::Reader<Reply>,
     /// Intents submitted to this shard whose completion has not been taken from
-    /// `completions` yet; `0..=ring_capacity`. Bounding it by the ring capacity is what
+    /// `completions` yet, including those that wait at the shard (pooled, or on a
+    /// waitlist); `0..=ring_capacity`. Bounding it by the ring capacity is what
     /// guarantees that neither ring of the pair can overflow.
     in_flight: usize,
 }
@@ -71,6 +72,8 @@ pub struct Producer {
     /// handed out by the next [`poll`](Self::poll). At most the number in flight.
     stash: VecDeque<Completion>,
     counters: Arc<ProducerCounters>,
+    /// The number the next submit gets (to find its completion in [`buy`](Self::buy)).
+    ticket_next: u32,
 }
 
 impl fmt::Debug for Producer {
@@ -95,6 +98,7 @@ impl Producer {
                 let mut worker_lane = WorkerLane {
                     requests: worker_requests,
                     completions: worker_completions,
+                    id: 0,
                 };
                 let mut registry = shard.registry.lock();
                 if registry.closed {
@@ -120,6 +124,7 @@ impl Producer {
             lanes,
             stash: VecDeque::new(),
             counters,
+            ticket_next: 0,
         }
     }
 
@@ -135,7 +140,30 @@ impl Producer {
     /// [`SubmitError`], with the intent handed back.
     #[inline]
     pub fn submit(&mut self, intent: Intent) -> Result<Submitted, SubmitError> {
-        let result = self.submit_uncounted(intent);
+        self.submit_with(intent, false)
+    }
+
+    /// Like [`submit`](Self::submit), for an intent that would rather wait for a unit to
+    /// come back (a cancellation, an expired hold, a restock) than be rejected as sold out:
+    /// if its SKU has a waitlist with room, the intent waits there, in flight, until it is
+    /// confirmed, rejected (when the sale closes, or with
+    /// [`RejectReason::WaitlistFull`]) or the engine shuts down (rejected `Closed`). The
+    /// sold-out gate lets it through.
+    ///
+    /// A waiting intent keeps its place in this producer's in-flight count for its shard,
+    /// so a producer with `ring_capacity` intents waiting at one shard is `Busy` there
+    /// until one is decided.
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit).
+    #[inline]
+    pub fn submit_or_wait(&mut self, intent: Intent) -> Result<Submitted, SubmitError> {
+        self.submit_with(intent, true)
+    }
+
+    #[inline]
+    fn submit_with(&mut self, intent: Intent, wait: bool) -> Result<Submitted, SubmitError> {
+        let result = self.submit_uncounted(intent, wait);
         match &result {
             Ok(Submitted::Queued) => {}
             Ok(Submitted::Answered(outcome)) => {
@@ -151,7 +179,7 @@ impl Producer {
     }
 
     #[inline]
-    fn submit_uncounted(&mut self, intent: Intent) -> Result<Submitted, SubmitError> {
+    fn submit_uncounted(&mut self, intent: Intent, wait: bool) -> Result<Submitted, SubmitError> {
         let shared = &*self.shared;
         if shared.shutdown.load(Ordering::Acquire) {
             return Err(SubmitError::ShutDown(intent));
@@ -173,6 +201,7 @@ impl Producer {
             return Err(SubmitError::ShardFailed(intent));
         }
         if shared.gate_enabled
+            && !wait
             && shared
                 .gate
                 .turns_away(catalog_index, shard_index, intent.user.0, intent.client_key)
@@ -189,9 +218,12 @@ impl Producer {
             intent,
             arrival_ns: shared.clock.now_ns(),
             local,
+            wait,
+            ticket: self.ticket_next,
         };
         match lane.requests.push(request) {
             Ok(()) => {
+                self.ticket_next = self.ticket_next.wrapping_add(1);
                 lane.in_flight += 1;
                 if shared.parking {
                     shard_shared.wake_if_sleeping();
@@ -212,7 +244,9 @@ impl Producer {
             f(completion);
         }
         for lane in self.lanes.iter_mut() {
-            let taken = lane.completions.read_batch(usize::MAX, &mut f);
+            let taken = lane
+                .completions
+                .read_batch(usize::MAX, |reply| f(reply.completion));
             lane.in_flight -= taken;
             count += taken;
         }
@@ -241,19 +275,34 @@ impl Producer {
     /// Submits an intent and waits for its outcome; for simple callers with one intent at a
     /// time. Completions of earlier submits that arrive meanwhile are kept for the next
     /// [`poll`](Self::poll); if the shard's lane is full, this waits for room instead of
-    /// answering `Busy`.
+    /// answering `Busy`. An intent pooled for an opening draw waits for the draw.
     ///
     /// # Errors
     /// [`SubmitError::ShutDown`] or [`SubmitError::ShardFailed`] when refused.
     pub fn buy(&mut self, intent: Intent) -> Result<Outcome, SubmitError> {
+        self.buy_with(intent, false)
+    }
+
+    /// [`buy`](Self::buy) for an intent that waits for a unit rather than be rejected as
+    /// sold out (see [`submit_or_wait`](Self::submit_or_wait)): returns when it is
+    /// confirmed or finally rejected.
+    ///
+    /// # Errors
+    /// As [`buy`](Self::buy).
+    pub fn buy_or_wait(&mut self, intent: Intent) -> Result<Outcome, SubmitError> {
+        self.buy_with(intent, true)
+    }
+
+    fn buy_with(&mut self, intent: Intent, wait: bool) -> Result<Outcome, SubmitError> {
         let mut idle = 0u32;
+        let ticket = self.ticket_next;
         loop {
-            match self.submit(intent) {
+            match self.submit_with(intent, wait) {
                 Ok(Submitted::Answered(outcome)) => return Ok(outcome),
                 Ok(Submitted::Queued) => break,
                 Err(SubmitError::Busy(_)) => {
                     let shard = self.shard_of(&intent);
-                    if self.stash_one(shard) {
+                    if self.stash_one(shard, None).is_some() {
                         idle = 0;
                     } else {
                         idle = pause(idle);
@@ -262,38 +311,32 @@ impl Producer {
                 Err(refused) => return Err(refused),
             }
         }
-        // The shard answers each producer's intents in order, so ours is the last one in
-        // flight on its lane: everything before it goes to the stash.
+        // Everything else that comes back meanwhile goes to the stash.
         let shard = self.shard_of(&intent);
         idle = 0;
         loop {
-            let lane = &mut self.lanes[shard];
-            if lane.in_flight == 1 {
-                if let Some(completion) = lane.completions.pop() {
-                    lane.in_flight = 0;
+            match self.stash_one(shard, Some(ticket)) {
+                Some(Some(completion)) => {
                     debug_assert_eq!(completion.intent, intent);
                     return Ok(completion.outcome);
                 }
-                idle = pause(idle);
-            } else if self.stash_one(shard) {
-                idle = 0;
-            } else {
-                idle = pause(idle);
+                Some(None) => idle = 0,
+                None => idle = pause(idle),
             }
         }
     }
 
-    /// Moves one completion from a shard's lane to the stash, if one has arrived.
-    fn stash_one(&mut self, shard: usize) -> bool {
+    /// Takes one completion from a shard's lane, if one has arrived: returned if it is
+    /// the submit numbered `mine`, else moved to the stash (`Some(None)`).
+    fn stash_one(&mut self, shard: usize, mine: Option<u32>) -> Option<Option<Completion>> {
         let lane = &mut self.lanes[shard];
-        match lane.completions.pop() {
-            Some(completion) => {
-                lane.in_flight -= 1;
-                self.stash.push_back(completion);
-                true
-            }
-            None => false,
+        let reply = lane.completions.pop()?;
+        lane.in_flight -= 1;
+        if Some(reply.ticket) == mine {
+            return Some(Some(reply.completion));
         }
+        self.stash.push_back(reply.completion);
+        Some(None)
     }
 
     fn shard_of(&self, intent: &Intent) -> usize {

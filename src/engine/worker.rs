@@ -18,13 +18,16 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use hdrhistogram::Histogram;
 
+use rustc_hash::FxHashMap;
+
+use super::control::ControlRequest;
 use super::{EngineShared, OrderSink, WaitStrategy};
-use crate::core::ShardCore;
+use crate::core::{Applied, Command, Deferred, ShardCore};
 use crate::report::ShardReport;
 use crate::ring;
 use crate::sync::Arc;
 use crate::sync::atomic::{AtomicU64, Ordering, fence};
-use crate::types::{Completion, Intent, Order, Outcome, RejectReason, ShardId};
+use crate::types::{Completion, ControlError, Intent, Order, Outcome, RejectReason, ShardId};
 
 /// An intent on its way to a shard: stamped, and with its SKU resolved to the shard's
 /// local index so the shard skips the id lookup.
@@ -33,12 +36,34 @@ pub(crate) struct Request {
     pub(crate) intent: Intent,
     pub(crate) arrival_ns: u64,
     pub(crate) local: u32,
+    /// [`Command::BuyOrWait`] rather than [`Command::Buy`].
+    pub(crate) wait: bool,
+    /// The producer's number for this submit, handed back with its completion.
+    pub(crate) ticket: u32,
+}
+
+/// A completion on its way back, with the producer's number for the submit.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reply {
+    pub(crate) completion: Completion,
+    pub(crate) ticket: u32,
 }
 
 /// The worker's end of the two rings it shares with one producer.
 pub(crate) struct WorkerLane {
     pub(crate) requests: ring::Reader<Request>,
-    pub(crate) completions: ring::Writer<Completion>,
+    pub(crate) completions: ring::Writer<Reply>,
+    /// Given by the worker when it adopts the lane; stable while lanes come and go, so
+    /// that an outcome decided later finds its producer.
+    pub(crate) id: u64,
+}
+
+/// Where the outcome of a buy that waits goes.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    lane: u64,
+    ticket: u32,
+    intent: Intent,
 }
 
 /// Count slots: one per [`RejectReason`], then confirmed orders, then confirmed units.
@@ -86,6 +111,15 @@ pub(crate) struct Context {
     /// The batch being decided, copied out of its ring so that its order-book slots can
     /// all be prefetched before the first decision; capacity `batch_max`, allocated once.
     batch: Vec<Request>,
+    /// Buys that wait (pooled, or on a waitlist), by the sequence number of their command.
+    pending: FxHashMap<u64, Pending>,
+    /// The next lane id to give.
+    lane_id_next: u64,
+    /// The core's levels version last published to the gate and the live levels.
+    levels_version_seen: u64,
+    /// Lanes written to outside their own batch, to publish.
+    lanes_dirty: Vec<usize>,
+    deferred: Vec<Deferred>,
 }
 
 /// Spins before the first yield, and yields before the first park, when idle. Under loom
@@ -129,6 +163,11 @@ impl Context {
             latency_ns: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
                 .expect("constant bounds are valid"),
             batch: Vec::with_capacity(batch_max),
+            pending: FxHashMap::default(),
+            lane_id_next: 0,
+            levels_version_seen: 0,
+            lanes_dirty: Vec::new(),
+            deferred: Vec::new(),
             shared,
         }
     }
@@ -149,6 +188,7 @@ impl Context {
             failed: self.failed,
             counts: self.counts,
             levels: self.core.levels().collect(),
+            pools: self.core.pools().collect(),
             commands_applied: self.core.commands_applied(),
             latency_ns: self.latency_ns,
         }
@@ -169,13 +209,18 @@ impl Context {
             for index in 0..self.lanes.len() {
                 work += self.serve_lane(index);
             }
+            work += self.tick_if_due();
             if work > 0 {
                 self.counts_publish();
                 idle_steps = 0;
                 continue;
             }
             if closed {
-                // Every ring was closed before this pass, which found them all empty.
+                // Every ring was closed before this pass, which found them all empty:
+                // every accepted intent was applied. Those still waiting (pooled or on a
+                // waitlist) are answered `Closed`, as the sale ends with the engine.
+                self.close_every_sale();
+                self.counts_publish();
                 return;
             }
             self.lanes
@@ -189,21 +234,185 @@ impl Context {
         let generation = shard.registry_generation.load(Ordering::Acquire);
         if generation != self.registry_generation_seen {
             let mut registry = shard.registry.lock();
-            self.lanes.append(&mut registry.new_lanes);
+            let mut lanes = std::mem::take(&mut registry.new_lanes);
+            let controls = std::mem::take(&mut registry.controls);
             self.registry_generation_seen = generation;
+            drop(registry);
+            self.adopt(&mut lanes);
+            self.apply_controls(controls);
         }
     }
 
-    /// Stops new lanes from registering, adopts the last ones and closes every request
-    /// ring: from here on no intent can be accepted, and every one accepted is in a ring.
+    fn adopt(&mut self, lanes: &mut Vec<WorkerLane>) {
+        for mut lane in lanes.drain(..) {
+            lane.id = self.lane_id_next;
+            self.lane_id_next += 1;
+            self.lanes.push(lane);
+        }
+    }
+
+    /// Stops new lanes and commands from registering, adopts the last ones and closes
+    /// every request ring: from here on no intent can be accepted, and every one accepted
+    /// is in a ring.
     fn close_lanes(&mut self) {
         let shard = self.shared.shard(self.shard);
         let mut registry = shard.registry.lock();
         registry.closed = true;
-        self.lanes.append(&mut registry.new_lanes);
+        let mut lanes = std::mem::take(&mut registry.new_lanes);
+        let controls = std::mem::take(&mut registry.controls);
         drop(registry);
+        self.adopt(&mut lanes);
+        self.apply_controls(controls);
         for lane in &mut self.lanes {
             lane.requests.close();
+        }
+    }
+
+    /// Applies payments, cancellations and stock changes, in the order they were posted,
+    /// and answers each caller.
+    fn apply_controls(&mut self, controls: Vec<ControlRequest>) {
+        for request in controls {
+            let result = if self.failed {
+                Err(ControlError::ShardFailed)
+            } else {
+                match self.core.apply(&request.command) {
+                    Applied::Refused { error, .. } => Err(error),
+                    _ => Ok(()),
+                }
+            };
+            request.reply.fulfil(result);
+            self.after_apply();
+        }
+    }
+
+    /// Applies a clock tick if something fell due (a hold deadline, a pool window, a
+    /// closing with intents waiting). Returns 1 if it did.
+    fn tick_if_due(&mut self) -> usize {
+        if self.failed {
+            return 0;
+        }
+        match self.core.next_due_ns() {
+            Some(due) => {
+                let now_ns = self.shared.clock.now_ns();
+                if due > now_ns {
+                    return 0;
+                }
+                self.core.apply(&Command::Tick { now_ns });
+                self.after_apply();
+                1
+            }
+            None => 0,
+        }
+    }
+
+    /// Closes every sale of the shard (at shutdown) if buys are waiting, so that each gets
+    /// its outcome.
+    fn close_every_sale(&mut self) {
+        if !self.failed && !self.pending.is_empty() {
+            let at_ns = self.shared.clock.now_ns();
+            let skus: Vec<_> = self.core.levels().map(|sku| sku.id).collect();
+            for sku in skus {
+                self.core.apply(&Command::CloseSale { sku, at_ns });
+                self.after_apply();
+            }
+        }
+        self.answer_pending(RejectReason::ShardFailed);
+    }
+
+    /// Delivers the outcomes the last command decided for buys that waited, and
+    /// republishes the levels if units came back or left other than by a confirmation.
+    fn after_apply(&mut self) {
+        if self.core.has_deferred() {
+            let mut deferred = std::mem::take(&mut self.deferred);
+            deferred.extend(self.core.take_deferred());
+            for decided in deferred.drain(..) {
+                self.deliver(decided);
+            }
+            self.deferred = deferred;
+        }
+        let version = self.core.levels_version();
+        if version != self.levels_version_seen {
+            self.levels_version_seen = version;
+            self.publish_levels();
+        }
+        for index in self.lanes_dirty.drain(..) {
+            if let Some(lane) = self.lanes.get_mut(index) {
+                // Completion rings are never closed, so publishing cannot fail.
+                let _ = lane.completions.publish();
+            }
+        }
+    }
+
+    /// Sends a waiting buy's outcome to its producer (if it is still there).
+    fn deliver(&mut self, decided: Deferred) {
+        let Some(pending) = self.pending.remove(&decided.origin) else {
+            return;
+        };
+        match &decided.outcome {
+            Outcome::Confirmed(order) => {
+                self.counts[CONFIRMED_ORDERS] += 1;
+                self.counts[CONFIRMED_UNITS] += u64::from(order.quantity);
+                let local = self.core.local_index(order.sku).unwrap_or(0);
+                self.on_confirmed(local, decided.intent.client_key, order);
+            }
+            Outcome::Rejected { reason, .. } => self.counts[reason.index()] += 1,
+        }
+        self.send(pending, decided.outcome);
+    }
+
+    fn send(&mut self, pending: Pending, outcome: Outcome) {
+        if let Some(index) = self.lanes.iter().position(|lane| lane.id == pending.lane) {
+            let written = self.lanes[index].completions.write(Reply {
+                completion: Completion {
+                    intent: pending.intent,
+                    outcome,
+                },
+                ticket: pending.ticket,
+            });
+            // A waiting buy stays in flight at its producer, so its slot is still free.
+            assert!(
+                written.is_ok(),
+                "completion ring overflow: in-flight bound broken"
+            );
+            if !self.lanes_dirty.contains(&index) {
+                self.lanes_dirty.push(index);
+            }
+        }
+    }
+
+    /// Answers every buy still waiting with `reason` (a failed shard, or one whose sales
+    /// were closed, where none should be left).
+    fn answer_pending(&mut self, reason: RejectReason) {
+        let mut pending: Vec<(u64, Pending)> = self.pending.drain().collect();
+        pending.sort_unstable_by_key(|(origin, _)| *origin);
+        for (_, waiting) in pending {
+            self.counts[reason.index()] += 1;
+            self.send(
+                waiting,
+                Outcome::Rejected {
+                    reason,
+                    sequence: None,
+                },
+            );
+        }
+        for index in self.lanes_dirty.drain(..) {
+            if let Some(lane) = self.lanes.get_mut(index) {
+                let _ = lane.completions.publish();
+            }
+        }
+    }
+
+    /// Stores every SKU's available units and raises or lowers its sold-out flag.
+    fn publish_levels(&self) {
+        let shard = self.shared.shard(self.shard);
+        for (local, sku) in self.core.levels().enumerate() {
+            shard.available[local].store(sku.available, Ordering::Relaxed);
+            let catalog_index = self.catalog_index_of[local];
+            if sku.available == 0 {
+                self.shared.gate.raise(catalog_index);
+            } else {
+                self.shared.gate.lower(catalog_index);
+            }
         }
     }
 
@@ -236,10 +445,15 @@ impl Context {
         }
         for position in 0..taken {
             let request = self.batch[position];
-            let outcome = self.decide(&request);
-            let written = self.lanes[index].completions.write(Completion {
-                intent: request.intent,
-                outcome,
+            let Some(outcome) = self.decide(index, &request) else {
+                continue;
+            };
+            let written = self.lanes[index].completions.write(Reply {
+                completion: Completion {
+                    intent: request.intent,
+                    outcome,
+                },
+                ticket: request.ticket,
             });
             // The producer keeps at most `capacity` intents in flight per lane, counting
             // those whose completion it has not taken yet, so there is always a free slot.
@@ -258,43 +472,65 @@ impl Context {
         taken
     }
 
-    /// Decides one request (or answers it `ShardFailed`), counts it, feeds the gate and the
-    /// order sink.
+    /// Decides one request from lane `lane` (or answers it `ShardFailed`), counts it,
+    /// feeds the gate and the order sink. `None`: the buy waits (its outcome is delivered
+    /// when decided).
     #[inline]
-    fn decide(&mut self, request: &Request) -> Outcome {
+    fn decide(&mut self, lane: usize, request: &Request) -> Option<Outcome> {
         if self.failed {
             self.counts[RejectReason::ShardFailed.index()] += 1;
-            return Outcome::Rejected {
+            return Some(Outcome::Rejected {
                 reason: RejectReason::ShardFailed,
                 sequence: None,
-            };
+            });
         }
-        let outcome = self
-            .core
-            .buy_at(request.local, &request.intent, request.arrival_ns);
+        let applied = self.core.buy_at(
+            request.local,
+            &request.intent,
+            request.arrival_ns,
+            request.wait,
+        );
+        let outcome = match applied {
+            Applied::Decided(outcome) => Some(outcome),
+            Applied::Waiting { sequence } => {
+                self.pending.insert(
+                    sequence,
+                    Pending {
+                        lane: self.lanes[lane].id,
+                        ticket: request.ticket,
+                        intent: request.intent,
+                    },
+                );
+                None
+            }
+            Applied::Done { .. } | Applied::Refused { .. } => {
+                unreachable!("a buy is decided or waits")
+            }
+        };
         match &outcome {
-            Outcome::Confirmed(order) => {
+            Some(Outcome::Confirmed(order)) => {
                 self.counts[CONFIRMED_ORDERS] += 1;
                 self.counts[CONFIRMED_UNITS] += u64::from(order.quantity);
-                self.on_confirmed(request, order);
+                self.on_confirmed(request.local, request.intent.client_key, order);
             }
-            Outcome::Rejected { reason, .. } => self.counts[reason.index()] += 1,
+            Some(Outcome::Rejected { reason, .. }) => self.counts[reason.index()] += 1,
+            None => {}
+        }
+        // Rare: the buy ran something that fell due, or decided an earlier waiting buy.
+        if self.core.has_deferred() || self.core.levels_version() != self.levels_version_seen {
+            self.after_apply();
         }
         outcome
     }
 
-    fn on_confirmed(&mut self, request: &Request, order: &Order) {
+    fn on_confirmed(&mut self, local: u32, client_key: u64, order: &Order) {
         let shard = self.shared.shard(self.shard);
         let gate = &self.shared.gate;
-        gate.remember(
-            usize::from(self.shard.0),
-            order.user.0,
-            request.intent.client_key,
-        );
-        let available = self.core.available_local(request.local);
-        shard.available[request.local as usize].store(available, Ordering::Relaxed);
+        gate.remember(usize::from(self.shard.0), order.user.0, client_key);
+        let available = self.core.available_local(local);
+        shard.available[local as usize].store(available, Ordering::Relaxed);
         if available == 0 {
-            gate.raise(self.catalog_index_of[request.local as usize]);
+            gate.raise(self.catalog_index_of[local as usize]);
         }
         if let Some(sink) = self.sink.as_mut()
             && catch_unwind(AssertUnwindSafe(|| sink.on_confirmed(order))).is_err()
@@ -314,6 +550,8 @@ impl Context {
             .shard(self.shard)
             .failed
             .store(true, Ordering::Release);
+        // The core decides nothing more, so nothing waiting in it will be decided.
+        self.answer_pending(RejectReason::ShardFailed);
     }
 
     fn counts_publish(&self) {
@@ -361,7 +599,14 @@ impl Context {
             || self.shared.shutdown.load(Ordering::Acquire)
             || shard.registry_generation.load(Ordering::Acquire) != self.registry_generation_seen;
         if !work_waiting {
-            crate::sync::thread::park();
+            match self.core.next_due_ns() {
+                // Something falls due: sleep until then at most.
+                Some(due) => {
+                    let wait_ns = due.saturating_sub(self.shared.clock.now_ns());
+                    crate::sync::thread::park_timeout(core::time::Duration::from_nanos(wait_ns));
+                }
+                None => crate::sync::thread::park(),
+            }
         }
         shard.sleeping.store(false, Ordering::Relaxed);
     }

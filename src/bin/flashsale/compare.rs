@@ -387,6 +387,8 @@ fn mutex_peer(scenario: &Scenario) -> Result<PeerJson, String> {
                     .lock()
                     .expect("no panics while held")
                     .buy(&press.intent, 0)
+                    .outcome()
+                    .expect("compare runs first-come sales: every buy is decided at once")
             });
             let now = clock.now_ns();
             run::record(&mut tally, catalog, 0, press.intent, outcome, sent, now);
@@ -440,7 +442,10 @@ fn crossbeam_peer(scenario: &Scenario) -> Result<PeerJson, String> {
             let clock = clock.clone();
             std::thread::spawn(move || {
                 for request in requests {
-                    let outcome = core.buy(&request.intent, clock.now_ns());
+                    let outcome = core
+                        .buy(&request.intent, clock.now_ns())
+                        .outcome()
+                        .expect("compare runs first-come sales: every buy is decided at once");
                     let producer = usize::from(request.producer);
                     if replies[producer].send((request, outcome)).is_err() {
                         break;
@@ -759,6 +764,13 @@ return {0, order}
                     stock: sku.stock,
                     available,
                     held: sku.stock.saturating_sub(available),
+                    sold: 0,
+                    expired: 0,
+                    cancelled: 0,
+                    restocked: 0,
+                    reduced: 0,
+                    waiting: 0,
+                    waitlist_filled: 0,
                 }
             })
             .collect();

@@ -353,9 +353,16 @@ fn summarize(
         .iter()
         .map(|sku| SkuLevels {
             id: sku.id,
-            stock: sku.stock,
+            stock: (u64::from(sku.stock) + sku.restocked - sku.reduced) as u32,
             available: sku.available,
             held: sku.held,
+            sold: sku.sold,
+            expired: sku.expired,
+            cancelled: sku.cancelled,
+            restocked: sku.restocked,
+            reduced: sku.reduced,
+            waiting: 0,
+            waitlist_filled: sku.waitlist_filled,
         })
         .collect();
     let checked = check(

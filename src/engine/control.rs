@@ -1,0 +1,181 @@
+//! The control plane: payments, cancellations and stock changes, applied by the owning
+//! shard's worker in its command order (the single writer), with the caller waiting for
+//! the answer.
+//!
+//! A caller posts its command to the shard's registry (the lock new producer lanes use),
+//! bumps the registry generation the worker checks once per pass and before parking, and
+//! unparks the worker; then it parks until the worker has written the answer into its
+//! reply slot and unparked it. These are rare next to buys (at most one payment per order),
+//! so a lock and two wake-ups (some microseconds) are the right price for keeping the buy
+//! path untouched.
+
+use core::fmt;
+
+use super::EngineShared;
+use crate::catalog::SaleWindow;
+use crate::core::Command;
+use crate::sync::atomic::Ordering;
+use crate::sync::thread::Thread;
+use crate::sync::{Arc, Mutex};
+use crate::types::{ControlError, OrderId, ShardId, SkuId};
+
+/// Where the worker writes one command's answer.
+pub(crate) struct ReplySlot {
+    result: Mutex<Option<Result<(), ControlError>>>,
+    waiter: Thread,
+}
+
+impl ReplySlot {
+    /// Worker side: answers and wakes the caller.
+    pub(crate) fn fulfil(&self, result: Result<(), ControlError>) {
+        *self.result.lock() = Some(result);
+        self.waiter.unpark();
+    }
+
+    /// Caller side: waits for the answer.
+    fn wait(&self) -> Result<(), ControlError> {
+        loop {
+            if let Some(result) = self.result.lock().take() {
+                return result;
+            }
+            crate::sync::thread::park();
+        }
+    }
+}
+
+/// A command waiting for its shard's worker.
+pub(crate) struct ControlRequest {
+    pub(crate) command: Command,
+    pub(crate) reply: Arc<ReplySlot>,
+}
+
+/// A handle for payments, cancellations and stock changes; from
+/// [`Engine::control`](super::Engine::control). `Clone`, `Send` and `Sync`: share it with
+/// every thread that needs it.
+///
+/// Each call is applied by the owning shard in its command order, between two batches of
+/// buys, and returns once applied (a few microseconds when the shard is busy; a parked
+/// shard is woken). Changes that put units back on sale (a cancellation, a restock, an
+/// expired hold) first serve the SKU's waitlist, and lower the sold-out flag producers
+/// check.
+#[derive(Clone)]
+pub struct Control {
+    shared: Arc<EngineShared>,
+}
+
+impl fmt::Debug for Control {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Control")
+            .field("shards", &self.shared.shards.len())
+            .finish()
+    }
+}
+
+impl Control {
+    pub(super) fn new(shared: Arc<EngineShared>) -> Self {
+        Self { shared }
+    }
+
+    /// The buyer paid: the order's units go from held to sold.
+    ///
+    /// # Errors
+    /// [`ControlError::HoldExpired`] if its payment deadline passed first (its units may
+    /// already be another buyer's), [`ControlError::AlreadyPaid`],
+    /// [`ControlError::Cancelled`], [`ControlError::UnknownOrder`], or the engine's state
+    /// ([`ControlError::ShutDown`], [`ControlError::ShardFailed`]).
+    pub fn pay(&self, order: OrderId) -> Result<(), ControlError> {
+        let at_ns = self.shared.clock.now_ns();
+        self.post_to_order(order, Command::Pay { order, at_ns })
+    }
+
+    /// Cancels an unpaid order: its units go back on sale (to the waitlist first).
+    ///
+    /// # Errors
+    /// As [`pay`](Self::pay); a paid order cannot be cancelled ([`ControlError::AlreadyPaid`]).
+    pub fn cancel(&self, order: OrderId) -> Result<(), ControlError> {
+        let at_ns = self.shared.clock.now_ns();
+        self.post_to_order(order, Command::Cancel { order, at_ns })
+    }
+
+    /// Adds units of a SKU (to its waitlist first, then on sale).
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownSku`], [`ControlError::StockOverflow`], or the engine's state.
+    pub fn restock(&self, sku: SkuId, units: u32) -> Result<(), ControlError> {
+        let at_ns = self.shared.clock.now_ns();
+        self.post_to_sku(sku, Command::Restock { sku, units, at_ns })
+    }
+
+    /// Takes units of a SKU off sale; only available units can go.
+    ///
+    /// # Errors
+    /// [`ControlError::NotEnoughAvailable`], [`ControlError::UnknownSku`], or the engine's
+    /// state.
+    pub fn reduce(&self, sku: SkuId, units: u32) -> Result<(), ControlError> {
+        let at_ns = self.shared.clock.now_ns();
+        self.post_to_sku(sku, Command::Reduce { sku, units, at_ns })
+    }
+
+    /// Moves a SKU's sale window (reopening it if it was closed early).
+    ///
+    /// # Errors
+    /// [`ControlError::WindowInverted`], [`ControlError::UnknownSku`], or the engine's state.
+    pub fn set_window(&self, sku: SkuId, window: SaleWindow) -> Result<(), ControlError> {
+        let at_ns = self.shared.clock.now_ns();
+        self.post_to_sku(sku, Command::SetWindow { sku, window, at_ns })
+    }
+
+    /// Closes a SKU's sale now; every intent waiting for it is rejected `Closed`.
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownSku`], or the engine's state.
+    pub fn close_sale(&self, sku: SkuId) -> Result<(), ControlError> {
+        let at_ns = self.shared.clock.now_ns();
+        self.post_to_sku(sku, Command::CloseSale { sku, at_ns })
+    }
+
+    fn post_to_order(&self, order: OrderId, command: Command) -> Result<(), ControlError> {
+        let ShardId(shard) = order.shard();
+        if usize::from(shard) >= self.shared.shards.len() {
+            return Err(ControlError::UnknownOrder(order));
+        }
+        self.post(usize::from(shard), command)
+    }
+
+    fn post_to_sku(&self, sku: SkuId, command: Command) -> Result<(), ControlError> {
+        let index = self
+            .shared
+            .catalog
+            .index_of(sku)
+            .ok_or(ControlError::UnknownSku(sku))?;
+        let (ShardId(shard), _) = self.shared.placement.route(index);
+        self.post(usize::from(shard), command)
+    }
+
+    fn post(&self, shard: usize, command: Command) -> Result<(), ControlError> {
+        if self.shared.shutdown.load(Ordering::Acquire) {
+            return Err(ControlError::ShutDown);
+        }
+        let shard = &self.shared.shards[shard];
+        if shard.failed.load(Ordering::Acquire) {
+            return Err(ControlError::ShardFailed);
+        }
+        let reply = Arc::new(ReplySlot {
+            result: Mutex::new(None),
+            waiter: crate::sync::thread::current(),
+        });
+        {
+            let mut registry = shard.registry.lock();
+            if registry.closed {
+                return Err(ControlError::ShutDown);
+            }
+            registry.controls.push(ControlRequest {
+                command,
+                reply: reply.clone(),
+            });
+            shard.registry_generation.fetch_add(1, Ordering::Release);
+        }
+        shard.unpark();
+        reply.wait()
+    }
+}
