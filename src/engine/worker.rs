@@ -280,8 +280,9 @@ impl Context {
                     _ => Ok(()),
                 }
             };
-            request.reply.fulfil(result);
+            // Outcomes and levels first, so that the caller sees the command's effects.
             self.after_apply();
+            request.reply.fulfil(result);
         }
     }
 

@@ -1,0 +1,265 @@
+//! The life of a unit through the real engine: payments, cancellations and expired holds
+//! through [`Control`](flashsale::Control), waitlists served by releases and restocks, the
+//! sold-out flag lowered when units come back, opening draws decided when their window
+//! closes, and every waiting intent answered when the sale or the engine closes.
+
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::intent;
+use flashsale::{
+    Catalog, Completion, ControlError, Engine, Outcome, Policy, RejectReason, SaleWindow, SkuId,
+    SkuSpec, Submitted,
+};
+
+fn confirmed(outcome: Outcome) -> flashsale::Order {
+    *outcome
+        .order()
+        .unwrap_or_else(|| panic!("expected an order, got {outcome:?}"))
+}
+
+/// Polls `producer` until `count` completions arrived (or 10 s passed, which fails).
+fn wait_for(producer: &mut flashsale::Producer, count: usize) -> Vec<Completion> {
+    let mut got = Vec::new();
+    let start = Instant::now();
+    while got.len() < count {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "only {got:?} arrived"
+        );
+        if producer.poll(|completion| got.push(completion)) == 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    got
+}
+
+#[test]
+fn pay_cancel_and_their_refusals() {
+    let catalog = Catalog::builder()
+        .sku(SkuSpec::new(SkuId(1), 2).limit(2))
+        .build()
+        .unwrap();
+    let engine = Engine::builder(catalog).start().unwrap();
+    let control = engine.control();
+    let mut producer = engine.producer();
+    let first = confirmed(producer.buy(intent(1, 1, 1, 1)).unwrap());
+    let second = confirmed(producer.buy(intent(2, 1, 1, 1)).unwrap());
+    assert_eq!(control.pay(first.id), Ok(()));
+    assert_eq!(control.pay(first.id), Err(ControlError::AlreadyPaid));
+    assert_eq!(control.cancel(first.id), Err(ControlError::AlreadyPaid));
+    assert_eq!(engine.available(SkuId(1)), Some(0));
+    assert_eq!(control.cancel(second.id), Ok(()));
+    assert_eq!(
+        engine.available(SkuId(1)),
+        Some(1),
+        "the unit is back on sale"
+    );
+    assert_eq!(control.pay(second.id), Err(ControlError::Cancelled));
+    let unknown = flashsale::OrderId::new(flashsale::ShardId(0), 99);
+    assert_eq!(
+        control.pay(unknown),
+        Err(ControlError::UnknownOrder(unknown))
+    );
+    let elsewhere = flashsale::OrderId::new(flashsale::ShardId(7), 0);
+    assert_eq!(
+        control.cancel(elsewhere),
+        Err(ControlError::UnknownOrder(elsewhere))
+    );
+    assert_eq!(
+        control.restock(SkuId(9), 1),
+        Err(ControlError::UnknownSku(SkuId(9)))
+    );
+    assert_eq!(
+        control.reduce(SkuId(1), 2),
+        Err(ControlError::NotEnoughAvailable { available: 1 })
+    );
+    // The buyer whose order was cancelled may buy again: cancelled units do not count.
+    assert!(producer.buy(intent(2, 2, 1, 1)).unwrap().order().is_some());
+    let report = engine.shutdown();
+    let sku = &report.skus[0];
+    assert_eq!(
+        (sku.sold, sku.held, sku.cancelled, sku.available),
+        (1, 1, 1, 0)
+    );
+    assert_eq!(control.pay(second.id), Err(ControlError::ShutDown));
+}
+
+#[test]
+fn an_unpaid_hold_expires_and_its_payment_is_refused() {
+    let catalog = Catalog::builder()
+        .sku(SkuSpec::new(SkuId(1), 1).hold(20_000_000))
+        .build()
+        .unwrap();
+    let engine = Engine::builder(catalog).start().unwrap();
+    let control = engine.control();
+    let mut producer = engine.producer();
+    let order = confirmed(producer.buy(intent(1, 1, 1, 1)).unwrap());
+    // The shard expires it by itself (it sleeps until the deadline, then ticks).
+    let start = Instant::now();
+    while engine.available(SkuId(1)) != Some(1) {
+        assert!(start.elapsed() < Duration::from_secs(10), "never expired");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(control.pay(order.id), Err(ControlError::HoldExpired));
+    // The unit went back on sale once, to one new buyer: no second sale of it.
+    let again = confirmed(producer.buy(intent(2, 1, 1, 1)).unwrap());
+    assert_eq!(control.pay(again.id), Ok(()));
+    assert_eq!(
+        producer.buy(intent(3, 1, 1, 1)).unwrap().reason(),
+        Some(RejectReason::SoldOut)
+    );
+    let report = engine.shutdown();
+    let sku = &report.skus[0];
+    assert_eq!((sku.sold, sku.expired, sku.held), (1, 1, 0));
+}
+
+#[test]
+fn the_waitlist_gets_released_and_restocked_units_in_order() {
+    let catalog = Catalog::builder()
+        .sku(SkuSpec::new(SkuId(1), 1).limit(1).waitlist(2))
+        .build()
+        .unwrap();
+    let engine = Engine::builder(catalog).start().unwrap();
+    let control = engine.control();
+    let mut buyer = engine.producer();
+    let mut waiting = engine.producer();
+    let taken = confirmed(buyer.buy(intent(1, 1, 1, 1)).unwrap());
+    // Sold out: a plain press is turned away at once by the sold-out flag.
+    assert_eq!(
+        buyer.submit(intent(9, 1, 1, 1)).unwrap(),
+        Submitted::Answered(Outcome::Rejected {
+            reason: RejectReason::SoldOut,
+            sequence: None
+        })
+    );
+    // Two wait (they pass the flag), a third finds the waitlist full. (One producer, so
+    // the shard applies them in this order.)
+    for user in [2, 3, 4] {
+        assert_eq!(
+            waiting.submit_or_wait(intent(user, 1, 1, 1)).unwrap(),
+            Submitted::Queued
+        );
+    }
+    let full = wait_for(&mut waiting, 1);
+    assert_eq!(full[0].intent.user.0, 4);
+    assert_eq!(full[0].outcome.reason(), Some(RejectReason::WaitlistFull));
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(waiting.poll(|_| {}), 0, "nothing released yet");
+    // A cancellation goes to the first in line.
+    control.cancel(taken.id).unwrap();
+    let first = wait_for(&mut waiting, 1);
+    assert_eq!(confirmed(first[0].outcome).user.0, 2);
+    // A restock of 1 to the second.
+    control.restock(SkuId(1), 1).unwrap();
+    let second = wait_for(&mut waiting, 1);
+    assert_eq!(confirmed(second[0].outcome).user.0, 3);
+    // A restock with nobody waiting goes on sale, and lowers the sold-out flag.
+    control.restock(SkuId(1), 1).unwrap();
+    assert_eq!(engine.available(SkuId(1)), Some(1));
+    assert!(buyer.buy(intent(9, 2, 1, 1)).unwrap().order().is_some());
+    let report = engine.shutdown();
+    assert_eq!(report.skus[0].waitlist_filled, 2);
+    assert_eq!(report.skus[0].restocked, 2);
+    assert_eq!(report.rejected(RejectReason::WaitlistFull), 1);
+}
+
+#[test]
+fn closing_the_sale_or_the_engine_answers_everyone_waiting() {
+    let catalog = Catalog::builder()
+        .sku(SkuSpec::new(SkuId(1), 1).waitlist(10))
+        .sku(SkuSpec::new(SkuId(2), 1).waitlist(10))
+        .build()
+        .unwrap();
+    let engine = Engine::builder(catalog).start().unwrap();
+    let control = engine.control();
+    let mut producer = engine.producer();
+    for sku in [1, 2] {
+        confirmed(producer.buy(intent(1, u64::from(sku), sku, 1)).unwrap());
+    }
+    for user in 2..5 {
+        for sku in [1, 2] {
+            producer
+                .submit_or_wait(intent(user, u64::from(sku), sku, 1))
+                .unwrap();
+        }
+    }
+    control.close_sale(SkuId(1)).unwrap();
+    let closed = wait_for(&mut producer, 3);
+    assert!(
+        closed
+            .iter()
+            .all(|c| c.intent.sku == SkuId(1) && c.outcome.reason() == Some(RejectReason::Closed))
+    );
+    assert_eq!(
+        producer.buy_or_wait(intent(9, 9, 1, 1)).unwrap().reason(),
+        Some(RejectReason::Closed)
+    );
+    // Three still wait for SKU 2; shutting down answers them.
+    assert_eq!(producer.in_flight(), 3);
+    let report = engine.shutdown();
+    let mut last = Vec::new();
+    producer.drain(|completion| last.push(completion));
+    assert_eq!(last.len(), 3);
+    assert!(
+        last.iter()
+            .all(|c| c.outcome.reason() == Some(RejectReason::Closed))
+    );
+    assert_eq!(report.rejected(RejectReason::Closed), 7);
+}
+
+#[test]
+fn an_opening_draw_runs_inside_the_engine() {
+    const STOCK: u32 = 5;
+    const BUYERS: u64 = 40;
+    let catalog = Catalog::builder()
+        .sku(
+            SkuSpec::new(SkuId(1), STOCK)
+                .limit(1)
+                .policy(Policy::OpeningDraw {
+                    window_ns: 200_000_000,
+                    seed: 42,
+                })
+                .window(SaleWindow {
+                    opens_at_ns: 0,
+                    closes_at_ns: u64::MAX,
+                }),
+        )
+        .build()
+        .unwrap();
+    let engine = Engine::builder(catalog).start().unwrap();
+    let mut producers: Vec<_> = (0..2).map(|_| engine.producer()).collect();
+    let mut answered_at_once = Vec::new();
+    for user in 0..BUYERS {
+        let producer = &mut producers[(user % 2) as usize];
+        // Everyone presses twice; the second press is no second ticket.
+        for key in 0..2 {
+            producer.submit(intent(user, key, 1, 1)).unwrap();
+        }
+        producer.poll(|completion| answered_at_once.push(completion));
+    }
+    let mut all = answered_at_once;
+    for producer in &mut producers {
+        producer.drain(|completion| all.push(completion));
+    }
+    assert_eq!(all.len() as u64, BUYERS * 2);
+    let wins = all.iter().filter(|c| c.outcome.order().is_some()).count();
+    assert_eq!(wins, STOCK as usize, "exactly the stock is sold");
+    let pooled_twice = all
+        .iter()
+        .filter(|c| c.outcome.reason() == Some(RejectReason::AlreadyPooled))
+        .count();
+    assert_eq!(pooled_twice as u64, BUYERS);
+    let report = engine.shutdown();
+    assert_eq!(report.pools.len(), 1);
+    assert_eq!(report.pools[0].tickets, BUYERS);
+    assert!(report.pools[0].served);
+    assert_eq!(
+        report.pools[0].policy,
+        Policy::OpeningDraw {
+            window_ns: 200_000_000,
+            seed: 42
+        }
+    );
+}
