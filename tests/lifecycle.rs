@@ -263,3 +263,173 @@ fn an_opening_draw_runs_inside_the_engine() {
         }
     );
 }
+
+/// Three producers press (half of them asking to wait) while a payment desk pays, cancels
+/// or ignores every order as the sink reports it, and restocks now and then; holds expire
+/// on two SKUs. Afterwards: one outcome per intent, units conserved per SKU, and every
+/// confirmed unit accounted for exactly once as held, sold, expired or cancelled.
+#[test]
+fn buyers_and_a_payment_desk_at_once() {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const PRESSES: u64 = if cfg!(miri) { 100 } else { 3_000 };
+    let catalog = Catalog::builder()
+        .group(flashsale::GroupId(1), 3)
+        .skus((1..=4u32).map(|id| {
+            let spec = SkuSpec::new(SkuId(id), 40).limit(2).waitlist(16);
+            let spec = if id <= 2 {
+                spec.group(flashsale::GroupId(1))
+            } else {
+                spec
+            };
+            if id % 2 == 0 {
+                spec.hold(2_000_000)
+            } else {
+                spec
+            }
+        }))
+        .build()
+        .unwrap();
+    let (order_tx, order_rx) = crossbeam_channel::unbounded::<flashsale::Order>();
+    let engine = Engine::builder(catalog.clone())
+        .shards(2)
+        .ring_capacity(64)
+        .order_sink(move |_| {
+            let order_tx = order_tx.clone();
+            move |order: &flashsale::Order| {
+                let _ = order_tx.send(*order);
+            }
+        })
+        .start()
+        .unwrap();
+    let control = engine.control();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let desk = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut paid: HashMap<SkuId, u64> = HashMap::new();
+            let mut cancelled: HashMap<SkuId, u64> = HashMap::new();
+            let mut restocked: HashMap<SkuId, u64> = HashMap::new();
+            let mut paid_ids = HashSet::new();
+            let mut seen = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                let Ok(order) = order_rx.recv_timeout(Duration::from_millis(1)) else {
+                    continue;
+                };
+                seen += 1;
+                match seen % 5 {
+                    0..=2 => match control.pay(order.id) {
+                        Ok(()) => {
+                            assert!(paid_ids.insert(order.id), "paid twice");
+                            *paid.entry(order.sku).or_default() += u64::from(order.quantity);
+                        }
+                        Err(ControlError::HoldExpired) => {}
+                        Err(other) => panic!("pay: {other:?}"),
+                    },
+                    3 => match control.cancel(order.id) {
+                        Ok(()) => {
+                            *cancelled.entry(order.sku).or_default() += u64::from(order.quantity)
+                        }
+                        Err(ControlError::HoldExpired) => {}
+                        Err(other) => panic!("cancel: {other:?}"),
+                    },
+                    _ => {}
+                }
+                if seen % 25 == 0 {
+                    let sku = SkuId(1 + (seen / 25 % 4) as u32);
+                    control.restock(sku, 1).unwrap();
+                    *restocked.entry(sku).or_default() += 1;
+                }
+            }
+            (paid, cancelled, restocked)
+        })
+    };
+    let producers: Vec<_> = (0..3u64)
+        .map(|thread| {
+            let mut producer = engine.producer();
+            std::thread::spawn(move || {
+                let mut completions = Vec::new();
+                let mut submitted = 0u64;
+                for press in 0..PRESSES {
+                    let user = (press * 7 + thread * 13) % 500;
+                    let intent =
+                        intent(user, press, 1 + (press % 4) as u32, 1 + (press % 2) as u32);
+                    loop {
+                        let result = if press % 2 == 0 {
+                            producer.submit_or_wait(intent)
+                        } else {
+                            producer.submit(intent)
+                        };
+                        match result {
+                            Ok(Submitted::Queued) => break,
+                            Ok(Submitted::Answered(outcome)) => {
+                                completions.push(Completion { intent, outcome });
+                                break;
+                            }
+                            Err(flashsale::SubmitError::Busy(_)) => {
+                                if producer.poll(|c| completions.push(c)) == 0 {
+                                    std::thread::yield_now();
+                                }
+                            }
+                            Err(other) => panic!("refused: {other:?}"),
+                        }
+                    }
+                    submitted += 1;
+                    producer.poll(|c| completions.push(c));
+                }
+                (producer, completions, submitted)
+            })
+        })
+        .collect();
+    let mut finished: Vec<_> = producers.into_iter().map(|t| t.join().unwrap()).collect();
+    // Let the desk catch up with the last orders, then stop it.
+    std::thread::sleep(Duration::from_millis(20));
+    stop.store(true, Ordering::Release);
+    let (paid, cancelled, restocked) = desk.join().unwrap();
+    let report = engine.shutdown();
+    let mut all = Vec::new();
+    let mut submitted = 0;
+    for (producer, completions, count) in &mut finished {
+        all.append(completions);
+        producer.drain(|c| all.push(c));
+        submitted += *count;
+    }
+    assert_eq!(all.len() as u64, submitted, "one outcome per intent");
+    assert_eq!(report.outcomes(), submitted);
+    let mut confirmed: HashMap<SkuId, u64> = HashMap::new();
+    for completion in &all {
+        if let Some(order) = completion.outcome.order() {
+            *confirmed.entry(order.sku).or_default() += u64::from(order.quantity);
+        }
+    }
+    for (spec, sku) in catalog.skus().iter().zip(&report.skus) {
+        let id = spec.id;
+        assert_eq!(
+            u64::from(sku.available) + u64::from(sku.held) + u64::from(sku.sold),
+            u64::from(spec.stock) + sku.restocked - sku.reduced,
+            "conservation of {id:?}"
+        );
+        assert_eq!(
+            confirmed.get(&id).copied().unwrap_or(0),
+            u64::from(sku.held) + u64::from(sku.sold) + sku.expired + sku.cancelled,
+            "every confirmed unit of {id:?} is held, sold, expired or cancelled"
+        );
+        assert_eq!(u64::from(sku.sold), paid.get(&id).copied().unwrap_or(0));
+        assert_eq!(sku.cancelled, cancelled.get(&id).copied().unwrap_or(0));
+        assert_eq!(sku.restocked, restocked.get(&id).copied().unwrap_or(0));
+        if spec.hold_ns.is_none() {
+            assert_eq!(sku.expired, 0);
+        }
+    }
+    let total =
+        |f: fn(&flashsale::report::SkuReport) -> u64| report.skus.iter().map(f).sum::<u64>();
+    eprintln!(
+        "sold {}, cancelled {}, expired {}, restocked {}, from the waitlist {}",
+        total(|s| u64::from(s.sold)),
+        total(|s| s.cancelled),
+        total(|s| s.expired),
+        total(|s| s.restocked),
+        total(|s| s.waitlist_filled)
+    );
+    assert!(total(|s| u64::from(s.sold)) > 0 && total(|s| s.cancelled) > 0);
+}

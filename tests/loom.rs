@@ -14,6 +14,8 @@
 //! | `counters_publish_while_read` | shard `Counters` and `ProducerCounters` (Relaxed, single writer): old or new while read, exact after join |
 //! | `engine_available_while_deciding` | the live `available` levels a worker stores and `Engine::available` reads |
 //! | `engine_sink_panic_fails_the_shard` | shard `failed` flag (Release/Acquire): a racing submit is answered `ShardFailed` or refused, never lost or decided |
+//! | `engine_control_races_shutdown` | control plane: command posted under the registry lock, generation bump, worker wake-up, reply slot and caller park/unpark, vs shutdown closing the registry |
+//! | `engine_cancel_serves_a_waiting_buy` | a waiting buy's outcome delivered to its producer's lane by another thread's cancel; gate flag lowered (Release) when the unit comes back |
 #![cfg(loom)]
 
 use flashsale::loom_internals::{
@@ -21,8 +23,8 @@ use flashsale::loom_internals::{
 };
 use flashsale::ring::{self, PushError};
 use flashsale::{
-    Catalog, Engine, Intent, Order, RejectReason, ShardId, SkuId, SkuSpec, SubmitError, Submitted,
-    UserId, WaitStrategy,
+    Catalog, ControlError, Engine, Intent, Order, RejectReason, ShardId, SkuId, SkuSpec,
+    SubmitError, Submitted, UserId, WaitStrategy,
 };
 use loom::thread;
 
@@ -319,5 +321,56 @@ fn engine_sink_panic_fails_the_shard() {
         assert_eq!(report.failed_shards, vec![ShardId(0)]);
         assert_eq!(report.confirmed_orders, 1);
         assert_eq!(report.outcomes() + refused, 2);
+    });
+}
+
+#[test]
+fn engine_control_races_shutdown() {
+    loom::model(|| {
+        let engine = one_unit_engine(true);
+        let control = engine.control();
+        let mut producer = engine.producer();
+        let order = producer.buy(intent(1, 1)).unwrap().order().unwrap().id;
+        // The canceller parks until answered; shutdown must answer it or refuse it.
+        let canceller = thread::spawn(move || control.cancel(order));
+        let report = engine.shutdown();
+        let cancelled = canceller.join().unwrap();
+        match cancelled {
+            Ok(()) => assert_eq!(report.skus[0].cancelled, 1),
+            Err(ControlError::ShutDown) => assert_eq!(report.skus[0].cancelled, 0),
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(report.confirmed_orders, 1);
+    });
+}
+
+#[test]
+fn engine_cancel_serves_a_waiting_buy() {
+    loom::model(|| {
+        let catalog = Catalog::builder()
+            .sku(SkuSpec::new(SkuId(1), 1).waitlist(1))
+            .build()
+            .unwrap();
+        let engine = Engine::builder(catalog)
+            .ring_capacity(2)
+            .wait_strategy(WaitStrategy::Park)
+            .start()
+            .unwrap();
+        let control = engine.control();
+        let mut first = engine.producer();
+        let mut second = engine.producer();
+        let order = first.buy(intent(1, 1)).unwrap().order().unwrap().id;
+        // The waiter spins for its outcome; the main thread only parks (in cancel).
+        let waiter = thread::spawn(move || second.buy_or_wait(intent(2, 2)).unwrap());
+        let cancelled = control.cancel(order);
+        assert_eq!(cancelled, Ok(()));
+        let outcome = waiter.join().unwrap();
+        // The cancel was applied before or after the waiter reached the waitlist: either
+        // way it ends with the unit.
+        assert_eq!(outcome.order().map(|order| order.user), Some(UserId(2)));
+        assert_eq!(engine.available(SkuId(1)), Some(0));
+        let report = engine.shutdown();
+        assert_eq!(report.confirmed_orders, 2);
+        assert_eq!(report.skus[0].cancelled, 1);
     });
 }

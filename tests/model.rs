@@ -256,12 +256,12 @@ fn command(
             intent: intent(user, client_key, sku, quantity),
             arrival_ns,
         },
-        Step::Retry { of, later_ns } => match earlier.get(of % earlier.len().max(1))? {
-            &Command::Buy { intent, arrival_ns } => Command::Buy {
+        Step::Retry { of, later_ns } => match *earlier.get(of % earlier.len().max(1))? {
+            Command::Buy { intent, arrival_ns } => Command::Buy {
                 intent,
                 arrival_ns: arrival_ns + later_ns,
             },
-            &Command::BuyOrWait { intent, arrival_ns } => Command::BuyOrWait {
+            Command::BuyOrWait { intent, arrival_ns } => Command::BuyOrWait {
                 intent,
                 arrival_ns: arrival_ns + later_ns,
             },

@@ -34,7 +34,7 @@ use crate::types::{ControlError, Intent, Order, OrderId, Outcome, RejectReason, 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Command {
     /// A buy intent, stamped with its arrival on the engine clock; rejected if it cannot
-    /// be confirmed (unless pooled, see [`Policy`](crate::Policy)).
+    /// be confirmed (unless pooled, see [`Policy`]).
     Buy {
         /// The intent.
         intent: Intent,
