@@ -101,7 +101,7 @@ fn run_engine(engine: &Engine, count: u64) -> Duration {
         let mut intent = single_sku_intent(index);
         loop {
             match producer.submit(intent) {
-                Ok(Submitted::Queued) => break,
+                Ok(Submitted::Queued(_)) => break,
                 Ok(Submitted::Answered(outcome)) => {
                     black_box(outcome);
                     break;
@@ -154,7 +154,14 @@ fn crossbeam_case(stock: u32) -> impl FnMut(u64) -> Duration {
                 let mut core = ShardCore::whole(&catalog);
                 for intent in request_rx {
                     let outcome = core.buy(&intent, 0).outcome().expect("first come");
-                    if outcome_tx.send(Completion { intent, outcome }).is_err() {
+                    if outcome_tx
+                        .send(Completion {
+                            intent,
+                            outcome,
+                            ticket: flashsale::Ticket(0),
+                        })
+                        .is_err()
+                    {
                         break;
                     }
                 }

@@ -86,7 +86,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         let mut pending = intent;
                         loop {
                             match producer.submit(pending) {
-                                Ok(Submitted::Queued | Submitted::Answered(_)) => break,
+                                Ok(Submitted::Queued(_) | Submitted::Answered(_)) => break,
                                 Err(SubmitError::Busy(back)) => {
                                     pending = back;
                                     // Three threads share two cores here: give the shard

@@ -81,7 +81,7 @@ pub use engine::{
 pub use report::{LatencySummary, Report};
 pub use types::{
     Completion, ControlError, GroupId, Intent, Order, OrderId, Outcome, RejectReason, ShardId,
-    SkuId, UserId,
+    SkuId, Ticket, UserId,
 };
 
 /// The README's code blocks, compiled and run as doc tests.

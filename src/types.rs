@@ -223,6 +223,15 @@ impl Outcome {
     }
 }
 
+/// A producer's number for one queued submit, returned by
+/// [`Producer::submit`](crate::Producer::submit) and carried by its [`Completion`], to match
+/// the two when outcomes arrive out of submit order (a pooled or waiting intent is
+/// answered after later ones). Counts up per producer and wraps after 2^32 submits; the
+/// intents one producer has in flight (at most its ring capacity per shard) never share
+/// one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket(pub u32);
+
 /// An intent together with what became of it, as the producer that submitted it receives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Completion {
@@ -230,6 +239,8 @@ pub struct Completion {
     pub intent: Intent,
     /// What became of it.
     pub outcome: Outcome,
+    /// The ticket its submit returned.
+    pub ticket: Ticket,
 }
 
 /// Why a payment, cancellation or stock change was refused. Nothing changed.

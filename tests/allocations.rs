@@ -42,7 +42,7 @@ fn run(producer: &mut flashsale::Producer, users: std::ops::Range<u64>) {
         };
         loop {
             match producer.submit(intent) {
-                Ok(Submitted::Queued | Submitted::Answered(_)) => break,
+                Ok(Submitted::Queued(_) | Submitted::Answered(_)) => break,
                 Err(_) => {
                     producer.poll(|_| {});
                 }

@@ -112,7 +112,7 @@ fn run(producers: usize, per_producer: u64, shards: usize, gate: bool, wait: Wai
                         sent.push(intent);
                         loop {
                             match producer.submit(intent) {
-                                Ok(Submitted::Queued) => {
+                                Ok(Submitted::Queued(_)) => {
                                     let shard = shard_of(intent.sku).expect("queued: known");
                                     seen.queued[shard].push(intent);
                                     break;

@@ -143,7 +143,7 @@ fn sold_out_gate_answers_at_submit_but_lets_retries_through() {
             assert_eq!(outcome.reason(), Some(RejectReason::SoldOut));
             assert_eq!(outcome.sequence(), None, "decided by the producer");
         }
-        Submitted::Queued => panic!("a sold-out SKU must be answered at submit"),
+        Submitted::Queued(_) => panic!("a sold-out SKU must be answered at submit"),
     }
     // Retries of confirmed intents reach the shard and learn their order.
     for (user, outcome) in orders.iter().enumerate() {
@@ -209,7 +209,7 @@ fn busy_hands_the_intent_back_and_nothing_is_lost() {
     let mut busy = 0;
     for key in 0..100 {
         match producer.submit(intent(key, key, 1, 1)) {
-            Ok(Submitted::Queued) => queued += 1,
+            Ok(Submitted::Queued(_)) => queued += 1,
             Err(SubmitError::Busy(back)) => {
                 assert_eq!(back, intent(key, key, 1, 1));
                 busy += 1;
@@ -240,7 +240,7 @@ fn shutdown_drains_accepted_intents_and_refuses_later_ones() {
         for key in 0..1000 {
             assert_eq!(
                 producer.submit(intent(key, key, 1, 1)).unwrap(),
-                Submitted::Queued
+                Submitted::Queued(flashsale::Ticket(key as u32))
             );
         }
         let report = engine.shutdown();
@@ -284,7 +284,7 @@ fn shutdown_racing_many_submitters_loses_nothing() {
                 loop {
                     let next = intent(thread as u64, key, 1, 1);
                     match producer.submit(next) {
-                        Ok(Submitted::Queued) => accepted += 1,
+                        Ok(Submitted::Queued(_)) => accepted += 1,
                         Ok(Submitted::Answered(_)) => unreachable!("gate is off"),
                         Err(SubmitError::Busy(_)) => {}
                         Err(SubmitError::ShutDown(back)) => {

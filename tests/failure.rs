@@ -57,7 +57,7 @@ fn a_producer_thread_panicking_between_submits_loses_nothing_else() {
         for user in 0..40 {
             assert!(matches!(
                 doomed.submit(intent(user, 1, 1, 1)),
-                Ok(Submitted::Queued)
+                Ok(Submitted::Queued(_))
             ));
         }
         panic!("request handler crashed mid-request");

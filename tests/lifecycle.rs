@@ -136,13 +136,18 @@ fn the_waitlist_gets_released_and_restocked_units_in_order() {
     );
     // Two wait (they pass the flag), a third finds the waitlist full. (One producer, so
     // the shard applies them in this order.)
-    for user in [2, 3, 4] {
+    for (ticket, user) in [2, 3, 4].into_iter().enumerate() {
         assert_eq!(
             waiting.submit_or_wait(intent(user, 1, 1, 1)).unwrap(),
-            Submitted::Queued
+            Submitted::Queued(flashsale::Ticket(ticket as u32))
         );
     }
     let full = wait_for(&mut waiting, 1);
+    assert_eq!(
+        full[0].ticket,
+        flashsale::Ticket(2),
+        "the ticket names the submit"
+    );
     assert_eq!(full[0].intent.user.0, 4);
     assert_eq!(full[0].outcome.reason(), Some(RejectReason::WaitlistFull));
     std::thread::sleep(Duration::from_millis(5));
@@ -361,9 +366,13 @@ fn buyers_and_a_payment_desk_at_once() {
                             producer.submit(intent)
                         };
                         match result {
-                            Ok(Submitted::Queued) => break,
+                            Ok(Submitted::Queued(_)) => break,
                             Ok(Submitted::Answered(outcome)) => {
-                                completions.push(Completion { intent, outcome });
+                                completions.push(Completion {
+                                    intent,
+                                    outcome,
+                                    ticket: flashsale::Ticket(u32::MAX),
+                                });
                                 break;
                             }
                             Err(flashsale::SubmitError::Busy(_)) => {

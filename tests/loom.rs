@@ -186,7 +186,7 @@ fn engine_shutdown_races_submits() {
             let mut accepted = 0;
             for key in 0..2 {
                 match producer.submit(intent(key, key)) {
-                    Ok(Submitted::Queued) => accepted += 1,
+                    Ok(Submitted::Queued(_)) => accepted += 1,
                     Err(SubmitError::ShutDown(back)) => assert_eq!(back, intent(key, key)),
                     other => panic!("unexpected {other:?}"),
                 }
@@ -296,7 +296,7 @@ fn engine_sink_panic_fails_the_shard() {
         let mine = first.buy(intent(1, 1));
         let (mut second, submitted) = racer.join().unwrap();
         let theirs = match submitted {
-            Ok(Submitted::Queued) => {
+            Ok(Submitted::Queued(_)) => {
                 let mut outcome = None;
                 second.drain(|completion| outcome = Some(completion.outcome));
                 Ok(outcome.expect("a queued intent is answered"))

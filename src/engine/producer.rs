@@ -3,21 +3,21 @@
 use core::fmt;
 use std::collections::VecDeque;
 
-use super::worker::{Reply, Request, WorkerLane};
+use super::worker::{Request, WorkerLane};
 use super::{
     EngineShared, ProducerCounters, REFUSED_BUSY, REFUSED_SHARD_FAILED, REFUSED_SHUT_DOWN,
 };
 use crate::ring::{self, PushError};
 use crate::sync::Arc;
 use crate::sync::atomic::Ordering;
-use crate::types::{Completion, Intent, Outcome, RejectReason, ShardId};
+use crate::types::{Completion, Intent, Outcome, RejectReason, ShardId, Ticket};
 
 /// What became of a submit that was not refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Submitted {
-    /// The intent is on its way to its shard; its [`Completion`] will come out of
-    /// [`Producer::poll`] (or [`Producer::drain`]).
-    Queued,
+    /// The intent is on its way to its shard; its [`Completion`], carrying this ticket,
+    /// will come out of [`Producer::poll`] (or [`Producer::drain`]).
+    Queued(Ticket),
     /// The producer decided at once, without queueing: a malformed intent, an unknown SKU,
     /// or a SKU its shard has published as sold out. No completion will follow.
     Answered(Outcome),
@@ -51,7 +51,7 @@ impl SubmitError {
 /// The producer's end of the two rings it shares with one shard.
 struct Lane {
     requests: ring::Writer<Request>,
-    completions: ring::Reader<Reply>,
+    completions: ring::Reader<Completion>,
     /// Intents submitted to this shard whose completion has not been taken from
     /// `completions` yet, including those that wait at the shard (pooled, or on a
     /// waitlist); `0..=ring_capacity`. Bounding it by the ring capacity is what
@@ -165,7 +165,7 @@ impl Producer {
     fn submit_with(&mut self, intent: Intent, wait: bool) -> Result<Submitted, SubmitError> {
         let result = self.submit_uncounted(intent, wait);
         match &result {
-            Ok(Submitted::Queued) => {}
+            Ok(Submitted::Queued(_)) => {}
             Ok(Submitted::Answered(outcome)) => {
                 if let Some(reason) = outcome.reason() {
                     self.counters.bump(reason.index());
@@ -219,7 +219,7 @@ impl Producer {
             arrival_ns: shared.clock.now_ns(),
             local,
             wait,
-            ticket: self.ticket_next,
+            ticket: Ticket(self.ticket_next),
         };
         match lane.requests.push(request) {
             Ok(()) => {
@@ -228,7 +228,7 @@ impl Producer {
                 if shared.parking {
                     shard_shared.wake_if_sleeping();
                 }
-                Ok(Submitted::Queued)
+                Ok(Submitted::Queued(request.ticket))
             }
             Err(PushError::Closed(_)) => Err(SubmitError::ShutDown(intent)),
             // Unreachable while `in_flight <= capacity`; refused rather than trusted.
@@ -244,9 +244,7 @@ impl Producer {
             f(completion);
         }
         for lane in self.lanes.iter_mut() {
-            let taken = lane
-                .completions
-                .read_batch(usize::MAX, |reply| f(reply.completion));
+            let taken = lane.completions.read_batch(usize::MAX, &mut f);
             lane.in_flight -= taken;
             count += taken;
         }
@@ -295,11 +293,10 @@ impl Producer {
 
     fn buy_with(&mut self, intent: Intent, wait: bool) -> Result<Outcome, SubmitError> {
         let mut idle = 0u32;
-        let ticket = self.ticket_next;
-        loop {
+        let ticket = loop {
             match self.submit_with(intent, wait) {
                 Ok(Submitted::Answered(outcome)) => return Ok(outcome),
-                Ok(Submitted::Queued) => break,
+                Ok(Submitted::Queued(ticket)) => break ticket,
                 Err(SubmitError::Busy(_)) => {
                     let shard = self.shard_of(&intent);
                     if self.stash_one(shard, None).is_some() {
@@ -310,7 +307,7 @@ impl Producer {
                 }
                 Err(refused) => return Err(refused),
             }
-        }
+        };
         // Everything else that comes back meanwhile goes to the stash.
         let shard = self.shard_of(&intent);
         idle = 0;
@@ -328,14 +325,14 @@ impl Producer {
 
     /// Takes one completion from a shard's lane, if one has arrived: returned if it is
     /// the submit numbered `mine`, else moved to the stash (`Some(None)`).
-    fn stash_one(&mut self, shard: usize, mine: Option<u32>) -> Option<Option<Completion>> {
+    fn stash_one(&mut self, shard: usize, mine: Option<Ticket>) -> Option<Option<Completion>> {
         let lane = &mut self.lanes[shard];
-        let reply = lane.completions.pop()?;
+        let completion = lane.completions.pop()?;
         lane.in_flight -= 1;
-        if Some(reply.ticket) == mine {
-            return Some(Some(reply.completion));
+        if Some(completion.ticket) == mine {
+            return Some(Some(completion));
         }
-        self.stash.push_back(reply.completion);
+        self.stash.push_back(completion);
         Some(None)
     }
 

@@ -27,7 +27,9 @@ use crate::report::ShardReport;
 use crate::ring;
 use crate::sync::Arc;
 use crate::sync::atomic::{AtomicU64, Ordering, fence};
-use crate::types::{Completion, ControlError, Intent, Order, Outcome, RejectReason, ShardId};
+use crate::types::{
+    Completion, ControlError, Intent, Order, Outcome, RejectReason, ShardId, Ticket,
+};
 
 /// An intent on its way to a shard: stamped, and with its SKU resolved to the shard's
 /// local index so the shard skips the id lookup.
@@ -39,20 +41,13 @@ pub(crate) struct Request {
     /// [`Command::BuyOrWait`] rather than [`Command::Buy`].
     pub(crate) wait: bool,
     /// The producer's number for this submit, handed back with its completion.
-    pub(crate) ticket: u32,
-}
-
-/// A completion on its way back, with the producer's number for the submit.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Reply {
-    pub(crate) completion: Completion,
-    pub(crate) ticket: u32,
+    pub(crate) ticket: Ticket,
 }
 
 /// The worker's end of the two rings it shares with one producer.
 pub(crate) struct WorkerLane {
     pub(crate) requests: ring::Reader<Request>,
-    pub(crate) completions: ring::Writer<Reply>,
+    pub(crate) completions: ring::Writer<Completion>,
     /// Given by the worker when it adopts the lane; stable while lanes come and go, so
     /// that an outcome decided later finds its producer.
     pub(crate) id: u64,
@@ -62,7 +57,7 @@ pub(crate) struct WorkerLane {
 #[derive(Debug, Clone, Copy)]
 struct Pending {
     lane: u64,
-    ticket: u32,
+    ticket: Ticket,
     intent: Intent,
 }
 
@@ -363,11 +358,9 @@ impl Context {
 
     fn send(&mut self, pending: Pending, outcome: Outcome) {
         if let Some(index) = self.lanes.iter().position(|lane| lane.id == pending.lane) {
-            let written = self.lanes[index].completions.write(Reply {
-                completion: Completion {
-                    intent: pending.intent,
-                    outcome,
-                },
+            let written = self.lanes[index].completions.write(Completion {
+                intent: pending.intent,
+                outcome,
                 ticket: pending.ticket,
             });
             // A waiting buy stays in flight at its producer, so its slot is still free.
@@ -449,11 +442,9 @@ impl Context {
             let Some(outcome) = self.decide(index, &request) else {
                 continue;
             };
-            let written = self.lanes[index].completions.write(Reply {
-                completion: Completion {
-                    intent: request.intent,
-                    outcome,
-                },
+            let written = self.lanes[index].completions.write(Completion {
+                intent: request.intent,
+                outcome,
                 ticket: request.ticket,
             });
             // The producer keeps at most `capacity` intents in flight per lane, counting

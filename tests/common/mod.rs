@@ -29,9 +29,13 @@ pub fn submit_one(
     let mut busy = 0;
     loop {
         match producer.submit(intent) {
-            Ok(Submitted::Queued) => return busy,
+            Ok(Submitted::Queued(_)) => return busy,
             Ok(Submitted::Answered(outcome)) => {
-                completions.push(Completion { intent, outcome });
+                completions.push(Completion {
+                    intent,
+                    outcome,
+                    ticket: flashsale::Ticket(u32::MAX),
+                });
                 return busy;
             }
             Err(SubmitError::Busy(back)) => {

@@ -221,7 +221,7 @@ fn drive(
         let mut intent = press.intent;
         loop {
             match producer.submit(intent) {
-                Ok(Submitted::Queued) => {
+                Ok(Submitted::Queued(_)) => {
                     let index = shared.catalog.index_of(intent.sku).expect("queued: known");
                     let (shard, _) = shared.placement.route(index);
                     queued[usize::from(shard.0)].push_back(intended_ns);
