@@ -159,6 +159,7 @@ fn crossbeam_case(stock: u32) -> impl FnMut(u64) -> Duration {
                             intent,
                             outcome,
                             ticket: flashsale::Ticket(0),
+                            waited: false,
                         })
                         .is_err()
                     {

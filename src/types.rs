@@ -241,6 +241,9 @@ pub struct Completion {
     pub outcome: Outcome,
     /// The ticket its submit returned.
     pub ticket: Ticket,
+    /// Whether the intent waited before it was decided: pooled for an opening draw or
+    /// one-each-first, or on a waitlist (its outcome came with a later command).
+    pub waited: bool,
 }
 
 /// Why a payment, cancellation or stock change was refused. Nothing changed.

@@ -233,16 +233,24 @@ fn an_opening_draw_runs_inside_the_engine() {
         )
         .build()
         .unwrap();
-    let engine = Engine::builder(catalog).start().unwrap();
+    // Four ring slots per producer: pooled intents give theirs back while they wait.
+    let engine = Engine::builder(catalog).ring_capacity(4).start().unwrap();
     let mut producers: Vec<_> = (0..2).map(|_| engine.producer()).collect();
     let mut answered_at_once = Vec::new();
     for user in 0..BUYERS {
         let producer = &mut producers[(user % 2) as usize];
         // Everyone presses twice; the second press is no second ticket.
         for key in 0..2 {
-            producer.submit(intent(user, key, 1, 1)).unwrap();
+            common::submit_one(producer, intent(user, key, 1, 1), &mut answered_at_once);
         }
+    }
+    for producer in &mut producers {
         producer.poll(|completion| answered_at_once.push(completion));
+        assert!(
+            producer.in_flight() as u64 >= BUYERS / 2,
+            "{} tickets wait per producer, more than its 4 ring slots",
+            producer.in_flight()
+        );
     }
     let mut all = answered_at_once;
     for producer in &mut producers {
@@ -372,6 +380,7 @@ fn buyers_and_a_payment_desk_at_once() {
                                     intent,
                                     outcome,
                                     ticket: flashsale::Ticket(u32::MAX),
+                                    waited: false,
                                 });
                                 break;
                             }

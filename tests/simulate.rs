@@ -93,6 +93,9 @@ fn small_run_accounts_for_every_intent_and_keeps_json_keys() {
         "peak_memory_bytes",
         "skus",
         "timeline",
+        "wait_latency_ns",
+        "lifecycle",
+        "pools",
     ] {
         assert!(report.get(key).is_some(), "missing key {key}");
     }
@@ -136,6 +139,84 @@ fn small_run_accounts_for_every_intent_and_keeps_json_keys() {
             sku["stock"].as_u64().unwrap()
         );
     }
+}
+
+/// A drawn, paid-for sale with a waitlist: the draw's seed and pool are reported, every
+/// unit is accounted for as held, sold, expired or cancelled, and the invariants hold.
+#[test]
+fn a_draw_with_payments_holds_and_a_waitlist_accounts_for_every_unit() {
+    let mut args = SMALL.to_vec();
+    args.extend([
+        "--json",
+        "--policy",
+        "opening-draw",
+        "--seed",
+        "7",
+        "--pay-rate",
+        "0.6",
+        "--cancel-rate",
+        "0.2",
+        "--pay-delay-ms",
+        "200",
+        "--hold-ms",
+        "1000",
+        "--waitlist",
+        "50",
+    ]);
+    let output = simulate(&args);
+    assert!(output.status.success(), "{}", stderr_line(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for check in [
+        "one_outcome_per_intent",
+        "no_oversell",
+        "no_undersell",
+        "limits_held",
+    ] {
+        assert_eq!(report["invariants"][check], true, "{check}");
+    }
+    let pools = report["pools"].as_array().unwrap();
+    assert_eq!(pools.len(), 1);
+    assert_eq!(pools[0]["policy"], "opening-draw");
+    assert_eq!(pools[0]["seed"], 7);
+    assert!(pools[0]["pooled_buyers"].as_u64().unwrap() > 1_000);
+    let life = &report["lifecycle"];
+    let units = |key: &str| life[key].as_u64().unwrap();
+    assert_eq!(
+        units("held_units")
+            + units("sold_units")
+            + units("expired_units")
+            + units("cancelled_units"),
+        report["confirmed_units"].as_u64().unwrap(),
+        "every confirmed unit is held, sold, expired or cancelled"
+    );
+    assert!(units("sold_units") > 0 && units("cancelled_units") > 0);
+    assert!(
+        units("payments_refused_hold_expired") > 0,
+        "late payers are refused"
+    );
+    assert!(report["wait_latency_ns"]["samples"].as_u64().unwrap() > 0);
+    let intents = report["intents"].as_u64().unwrap();
+    let rejected: u64 = report["rejections"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|count| count.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        report["confirmed_orders"].as_u64().unwrap() + rejected,
+        intents
+    );
+    // compare only runs first-come sales without payments, and says so.
+    let file = std::env::temp_dir().join(format!("flashsale-draw-{}.toml", std::process::id()));
+    std::fs::write(&file, "policy = \"opening-draw\"\n").unwrap();
+    let refused = compare(&["--file", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        stderr_line(&refused).starts_with("error: policy:"),
+        "{}",
+        stderr_line(&refused)
+    );
 }
 
 #[test]

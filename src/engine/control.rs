@@ -76,6 +76,11 @@ impl Control {
         Self { shared }
     }
 
+    /// Nanoseconds on the engine clock (the clock of holds and sale windows).
+    pub fn now_ns(&self) -> u64 {
+        self.shared.clock.now_ns()
+    }
+
     /// The buyer paid: the order's units go from held to sold.
     ///
     /// # Errors

@@ -3,7 +3,7 @@
 use core::fmt;
 use std::collections::VecDeque;
 
-use super::worker::{Request, WorkerLane};
+use super::worker::{DeferredQueue, Reply, Request, WorkerLane};
 use super::{
     EngineShared, ProducerCounters, REFUSED_BUSY, REFUSED_SHARD_FAILED, REFUSED_SHUT_DOWN,
 };
@@ -51,12 +51,16 @@ impl SubmitError {
 /// The producer's end of the two rings it shares with one shard.
 struct Lane {
     requests: ring::Writer<Request>,
-    completions: ring::Reader<Completion>,
-    /// Intents submitted to this shard whose completion has not been taken from
-    /// `completions` yet, including those that wait at the shard (pooled, or on a
-    /// waitlist); `0..=ring_capacity`. Bounding it by the ring capacity is what
-    /// guarantees that neither ring of the pair can overflow.
+    completions: ring::Reader<Reply>,
+    /// Outcomes of this producer's intents that waited at the shard.
+    deferred: Arc<DeferredQueue>,
+    /// Intents submitted to this shard whose reply has not been taken from `completions`
+    /// yet; `0..=ring_capacity`. Bounding it by the ring capacity is what guarantees that
+    /// neither ring of the pair can overflow.
     in_flight: usize,
+    /// Intents the shard parked (pooled, or on a waitlist) whose outcome has not been
+    /// taken from `deferred` yet. Signed: an outcome may be taken before its park notice.
+    waiting: i64,
 }
 
 /// A handle for submitting intents from one thread.
@@ -95,10 +99,11 @@ impl Producer {
                     .expect("the capacity was validated when the engine started");
                 let (worker_completions, completions) = ring::channel(shared.ring_capacity)
                     .expect("the capacity was validated when the engine started");
+                let deferred = Arc::new(DeferredQueue::default());
                 let mut worker_lane = WorkerLane {
                     requests: worker_requests,
                     completions: worker_completions,
-                    id: 0,
+                    deferred: deferred.clone(),
                 };
                 let mut registry = shard.registry.lock();
                 if registry.closed {
@@ -113,7 +118,9 @@ impl Producer {
                 Lane {
                     requests,
                     completions,
+                    deferred,
                     in_flight: 0,
+                    waiting: 0,
                 }
             })
             .collect();
@@ -150,9 +157,10 @@ impl Producer {
     /// [`RejectReason::WaitlistFull`]) or the engine shuts down (rejected `Closed`). The
     /// sold-out gate lets it through.
     ///
-    /// A waiting intent keeps its place in this producer's in-flight count for its shard,
-    /// so a producer with `ring_capacity` intents waiting at one shard is `Busy` there
-    /// until one is decided.
+    /// A waiting intent gives its ring slot back as soon as the shard parks it, so
+    /// waiting intents do not make a producer `Busy`; they count in
+    /// [`in_flight`](Self::in_flight) until their outcome is handed out. The same holds
+    /// for intents pooled for an opening draw.
     ///
     /// # Errors
     /// As [`submit`](Self::submit).
@@ -236,17 +244,30 @@ impl Producer {
         }
     }
 
-    /// Hands every completion that has arrived to `f`, without blocking or allocating.
-    /// Returns how many it handed out.
+    /// Hands every completion that has arrived to `f`, without blocking (or allocating,
+    /// unless intents that waited were decided). Returns how many it handed out.
     pub fn poll(&mut self, mut f: impl FnMut(Completion)) -> usize {
         let mut count = self.stash.len();
         for completion in self.stash.drain(..) {
             f(completion);
         }
         for lane in self.lanes.iter_mut() {
-            let taken = lane.completions.read_batch(usize::MAX, &mut f);
+            let waiting = &mut lane.waiting;
+            let mut done = 0;
+            let taken = lane
+                .completions
+                .read_batch(usize::MAX, |reply| match reply {
+                    Reply::Done(completion) => {
+                        done += 1;
+                        f(completion);
+                    }
+                    Reply::Parked => *waiting += 1,
+                });
             lane.in_flight -= taken;
-            count += taken;
+            count += done;
+            let decided = lane.deferred.take(&mut f);
+            lane.waiting -= decided as i64;
+            count += decided;
         }
         count
     }
@@ -318,7 +339,28 @@ impl Producer {
                     return Ok(completion.outcome);
                 }
                 Some(None) => idle = 0,
-                None => idle = pause(idle),
+                None => {
+                    // Parked at the shard: its outcome comes on the lane's deferred queue.
+                    let lane = &mut self.lanes[shard];
+                    let before = self.stash.len();
+                    let decided = lane
+                        .deferred
+                        .take(|completion| self.stash.push_back(completion));
+                    lane.waiting -= decided as i64;
+                    if let Some(position) = self
+                        .stash
+                        .iter()
+                        .skip(before)
+                        .position(|c| c.ticket == ticket)
+                    {
+                        let completion = self
+                            .stash
+                            .remove(before + position)
+                            .expect("the position is in the stash");
+                        return Ok(completion.outcome);
+                    }
+                    idle = if decided > 0 { 0 } else { pause(idle) };
+                }
             }
         }
     }
@@ -327,13 +369,19 @@ impl Producer {
     /// the submit numbered `mine`, else moved to the stash (`Some(None)`).
     fn stash_one(&mut self, shard: usize, mine: Option<Ticket>) -> Option<Option<Completion>> {
         let lane = &mut self.lanes[shard];
-        let completion = lane.completions.pop()?;
+        let reply = lane.completions.pop()?;
         lane.in_flight -= 1;
-        if Some(completion.ticket) == mine {
-            return Some(Some(completion));
+        match reply {
+            Reply::Done(completion) if Some(completion.ticket) == mine => Some(Some(completion)),
+            Reply::Done(completion) => {
+                self.stash.push_back(completion);
+                Some(None)
+            }
+            Reply::Parked => {
+                lane.waiting += 1;
+                Some(None)
+            }
         }
-        self.stash.push_back(completion);
-        Some(None)
     }
 
     fn shard_of(&self, intent: &Intent) -> usize {
@@ -346,9 +394,15 @@ impl Producer {
         usize::from(shard)
     }
 
-    /// Intents submitted and queued whose completion has not been handed out yet.
+    /// Intents submitted and queued whose completion has not been handed out yet
+    /// (including those waiting at a shard).
     pub fn in_flight(&self) -> usize {
-        self.lanes.iter().map(|lane| lane.in_flight).sum::<usize>() + self.stash.len()
+        let lanes: i64 = self
+            .lanes
+            .iter()
+            .map(|lane| lane.in_flight as i64 + lane.waiting)
+            .sum();
+        lanes as usize + self.stash.len()
     }
 
     /// Nanoseconds on the engine clock.

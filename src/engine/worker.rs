@@ -25,8 +25,8 @@ use super::{EngineShared, OrderSink, WaitStrategy};
 use crate::core::{Applied, Command, Deferred, ShardCore};
 use crate::report::ShardReport;
 use crate::ring;
-use crate::sync::Arc;
-use crate::sync::atomic::{AtomicU64, Ordering, fence};
+use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use crate::sync::{Arc, Mutex};
 use crate::types::{
     Completion, ControlError, Intent, Order, Outcome, RejectReason, ShardId, Ticket,
 };
@@ -44,19 +44,58 @@ pub(crate) struct Request {
     pub(crate) ticket: Ticket,
 }
 
+/// What the worker sends back on a completion ring.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Reply {
+    /// The intent's outcome.
+    Done(Completion),
+    /// The intent waits (pooled, or on a waitlist): its ring slot is free again, and its
+    /// outcome will come through the lane's [`Deferred`](DeferredQueue) queue.
+    Parked,
+}
+
+/// Outcomes of a lane's waiting intents, decided later. Unbounded, but its length is
+/// bounded by the pools' and waitlists' capacities: it holds only intents that waited.
+#[derive(Default)]
+pub(crate) struct DeferredQueue {
+    completions: Mutex<Vec<Completion>>,
+    /// Raised (Release) by the worker after it pushed; lowered by the producer before it
+    /// takes them all, so that a push it misses raises it again.
+    ready: AtomicBool,
+}
+
+impl DeferredQueue {
+    /// Worker side.
+    fn push(&self, completion: Completion) {
+        self.completions.lock().push(completion);
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Producer side: hands every completion that has arrived to `f`; returns how many.
+    pub(crate) fn take(&self, mut f: impl FnMut(Completion)) -> usize {
+        if !self.ready.load(Ordering::Acquire) {
+            return 0;
+        }
+        self.ready.store(false, Ordering::Relaxed);
+        let taken = std::mem::take(&mut *self.completions.lock());
+        let count = taken.len();
+        for completion in taken {
+            f(completion);
+        }
+        count
+    }
+}
+
 /// The worker's end of the two rings it shares with one producer.
 pub(crate) struct WorkerLane {
     pub(crate) requests: ring::Reader<Request>,
-    pub(crate) completions: ring::Writer<Completion>,
-    /// Given by the worker when it adopts the lane; stable while lanes come and go, so
-    /// that an outcome decided later finds its producer.
-    pub(crate) id: u64,
+    pub(crate) completions: ring::Writer<Reply>,
+    pub(crate) deferred: Arc<DeferredQueue>,
 }
 
 /// Where the outcome of a buy that waits goes.
-#[derive(Debug, Clone, Copy)]
 struct Pending {
-    lane: u64,
+    deferred: Arc<DeferredQueue>,
     ticket: Ticket,
     intent: Intent,
 }
@@ -108,12 +147,8 @@ pub(crate) struct Context {
     batch: Vec<Request>,
     /// Buys that wait (pooled, or on a waitlist), by the sequence number of their command.
     pending: FxHashMap<u64, Pending>,
-    /// The next lane id to give.
-    lane_id_next: u64,
     /// The core's levels version last published to the gate and the live levels.
     levels_version_seen: u64,
-    /// Lanes written to outside their own batch, to publish.
-    lanes_dirty: Vec<usize>,
     deferred: Vec<Deferred>,
 }
 
@@ -159,9 +194,7 @@ impl Context {
                 .expect("constant bounds are valid"),
             batch: Vec::with_capacity(batch_max),
             pending: FxHashMap::default(),
-            lane_id_next: 0,
             levels_version_seen: 0,
-            lanes_dirty: Vec::new(),
             deferred: Vec::new(),
             shared,
         }
@@ -239,11 +272,7 @@ impl Context {
     }
 
     fn adopt(&mut self, lanes: &mut Vec<WorkerLane>) {
-        for mut lane in lanes.drain(..) {
-            lane.id = self.lane_id_next;
-            self.lane_id_next += 1;
-            self.lanes.push(lane);
-        }
+        self.lanes.append(lanes);
     }
 
     /// Stops new lanes and commands from registering, adopts the last ones and closes
@@ -331,12 +360,6 @@ impl Context {
             self.levels_version_seen = version;
             self.publish_levels();
         }
-        for index in self.lanes_dirty.drain(..) {
-            if let Some(lane) = self.lanes.get_mut(index) {
-                // Completion rings are never closed, so publishing cannot fail.
-                let _ = lane.completions.publish();
-            }
-        }
     }
 
     /// Sends a waiting buy's outcome to its producer (if it is still there).
@@ -357,21 +380,13 @@ impl Context {
     }
 
     fn send(&mut self, pending: Pending, outcome: Outcome) {
-        if let Some(index) = self.lanes.iter().position(|lane| lane.id == pending.lane) {
-            let written = self.lanes[index].completions.write(Completion {
-                intent: pending.intent,
-                outcome,
-                ticket: pending.ticket,
-            });
-            // A waiting buy stays in flight at its producer, so its slot is still free.
-            assert!(
-                written.is_ok(),
-                "completion ring overflow: in-flight bound broken"
-            );
-            if !self.lanes_dirty.contains(&index) {
-                self.lanes_dirty.push(index);
-            }
-        }
+        // A producer that is gone drops its end; the outcome then has nobody to go to.
+        pending.deferred.push(Completion {
+            intent: pending.intent,
+            outcome,
+            ticket: pending.ticket,
+            waited: true,
+        });
     }
 
     /// Answers every buy still waiting with `reason` (a failed shard, or one whose sales
@@ -388,11 +403,6 @@ impl Context {
                     sequence: None,
                 },
             );
-        }
-        for index in self.lanes_dirty.drain(..) {
-            if let Some(lane) = self.lanes.get_mut(index) {
-                let _ = lane.completions.publish();
-            }
         }
     }
 
@@ -439,14 +449,16 @@ impl Context {
         }
         for position in 0..taken {
             let request = self.batch[position];
-            let Some(outcome) = self.decide(index, &request) else {
-                continue;
+            let reply = match self.decide(index, &request) {
+                Some(outcome) => Reply::Done(Completion {
+                    intent: request.intent,
+                    outcome,
+                    ticket: request.ticket,
+                    waited: false,
+                }),
+                None => Reply::Parked,
             };
-            let written = self.lanes[index].completions.write(Completion {
-                intent: request.intent,
-                outcome,
-                ticket: request.ticket,
-            });
+            let written = self.lanes[index].completions.write(reply);
             // The producer keeps at most `capacity` intents in flight per lane, counting
             // those whose completion it has not taken yet, so there is always a free slot.
             assert!(
@@ -488,7 +500,7 @@ impl Context {
                 self.pending.insert(
                     sequence,
                     Pending {
-                        lane: self.lanes[lane].id,
+                        deferred: self.lanes[lane].deferred.clone(),
                         ticket: request.ticket,
                         intent: request.intent,
                     },

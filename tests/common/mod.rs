@@ -35,6 +35,7 @@ pub fn submit_one(
                     intent,
                     outcome,
                     ticket: flashsale::Ticket(u32::MAX),
+                    waited: false,
                 });
                 return busy;
             }

@@ -145,6 +145,16 @@ pub fn compare(args: &CompareArgs) -> Result<bool, String> {
     scenario.mode = Mode::Closed;
     scenario.rate = None;
     scenario.validate()?;
+    if scenario.policy != crate::scenario::PolicyKind::FirstCome
+        || scenario.has_lifecycle()
+        || scenario.waitlist > 0
+    {
+        return Err(
+            "policy: compare runs first-come sales without payments or waitlists (the peers \
+             implement only those); use simulate for the rest"
+                .into(),
+        );
+    }
     if args.redis_connections == 0 {
         return Err("redis-connections: must be at least 1".into());
     }
@@ -354,6 +364,7 @@ fn finish(
         levels,
         decided,
         plan.presses,
+        &std::collections::HashSet::new(),
     );
     PeerJson::new(
         peer,

@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use output::{RateJson, RunJson};
 use plan::Plan;
-use scenario::{Mode, PRESETS, Scenario, Wait};
+use scenario::{Mode, PRESETS, PolicyKind, Scenario, Wait};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -102,6 +102,32 @@ struct SimulateArgs {
     /// Draw the latency percentile curve and intents/s over time to this SVG file.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Allocation policy of every product.
+    #[arg(long, value_enum)]
+    policy: Option<PolicyKind>,
+    /// Pooled policies: how long (scenario ms) after the opening the pool stays open.
+    #[arg(long)]
+    draw_window_ms: Option<u64>,
+    /// Fraction of orders paid `--pay-delay-ms` after confirmation.
+    #[arg(long)]
+    pay_rate: Option<f64>,
+    /// Fraction of orders cancelled `--pay-delay-ms` after confirmation (the rest pay after
+    /// their hold expired, and are refused).
+    #[arg(long)]
+    cancel_rate: Option<f64>,
+    /// Scenario ms between an order's confirmation and its payment or cancellation.
+    #[arg(long)]
+    pay_delay_ms: Option<u64>,
+    /// Payment window, scenario ms: unpaid units go back on sale after it.
+    #[arg(long)]
+    hold_ms: Option<u64>,
+    /// Waitlist places per SKU; presses then wait for units rather than be rejected as
+    /// sold out.
+    #[arg(long)]
+    waitlist: Option<u32>,
+    /// Scenario ms after each opening at which the sale closes (answers everyone waiting).
+    #[arg(long)]
+    close_after_ms: Option<u64>,
 }
 
 /// Parses `1M`, `2.5m`, `250k`, `1000`.
@@ -172,6 +198,30 @@ fn simulate_scenario(args: &SimulateArgs) -> Result<Scenario, String> {
     }
     if let Some(speed) = args.speed {
         scenario.speed = speed;
+    }
+    if let Some(policy) = args.policy {
+        scenario.policy = policy;
+    }
+    if let Some(ms) = args.draw_window_ms {
+        scenario.draw_window_ms = ms;
+    }
+    if let Some(rate) = args.pay_rate {
+        scenario.pay_rate = rate;
+    }
+    if let Some(rate) = args.cancel_rate {
+        scenario.cancel_rate = rate;
+    }
+    if let Some(ms) = args.pay_delay_ms {
+        scenario.pay_delay_ms = ms;
+    }
+    if args.hold_ms.is_some() {
+        scenario.hold_ms = args.hold_ms;
+    }
+    if let Some(places) = args.waitlist {
+        scenario.waitlist = places;
+    }
+    if args.close_after_ms.is_some() {
+        scenario.close_after_ms = args.close_after_ms;
     }
     scenario.validate()?;
     Ok(scenario)

@@ -55,6 +55,38 @@ pub struct InvariantsJson {
     pub limits_held: bool,
 }
 
+/// What happened to units after their confirmation, and what the payment desk did.
+#[derive(Debug, Serialize)]
+pub struct LifecycleJson {
+    /// Units still held (confirmed, unpaid) at the end.
+    pub held_units: u64,
+    /// Units paid for.
+    pub sold_units: u64,
+    /// Units whose hold expired unpaid (back on sale).
+    pub expired_units: u64,
+    /// Units of cancelled orders (back on sale).
+    pub cancelled_units: u64,
+    /// Intents confirmed from a waitlist.
+    pub waitlist_filled: u64,
+    pub paid_orders: u64,
+    pub cancelled_orders: u64,
+    /// Payments refused because the hold had expired.
+    pub payments_refused_hold_expired: u64,
+    /// Round trip of the desk's pay and cancel calls.
+    pub control_call_ns: LatencyJson,
+}
+
+/// One pooled product's draw.
+#[derive(Debug, Serialize)]
+pub struct PoolJson {
+    pub first_sku: u32,
+    pub policy: &'static str,
+    /// The seed the draw was run with (opening draws), to audit or replay it.
+    pub seed: Option<u64>,
+    pub pooled_buyers: u64,
+    pub served: bool,
+}
+
 #[derive(Debug, Serialize)]
 pub struct TimelinePoint {
     /// Run time, ms.
@@ -79,6 +111,11 @@ pub struct RunJson {
     pub latency_ns: LatencyJson,
     /// The engine's own: arrival stamp to outcome published, queued intents only.
     pub engine_latency_ns: LatencyJson,
+    /// Like `latency_ns`, for presses that waited (pooled for a draw, or on a waitlist)
+    /// before their outcome; their wait is most of it.
+    pub wait_latency_ns: LatencyJson,
+    pub lifecycle: LifecycleJson,
+    pub pools: Vec<PoolJson>,
     pub peak_memory_bytes: Option<u64>,
     pub skus: Vec<SkuJson>,
     pub timeline: Vec<TimelinePoint>,
@@ -125,6 +162,37 @@ impl RunJson {
             },
             latency_ns: LatencySummary::from_histogram(&result.latency_ns).into(),
             engine_latency_ns: result.engine.latency.into(),
+            wait_latency_ns: LatencySummary::from_histogram(&result.wait_latency_ns).into(),
+            lifecycle: {
+                let skus = &result.engine.skus;
+                LifecycleJson {
+                    held_units: skus.iter().map(|s| u64::from(s.held)).sum(),
+                    sold_units: skus.iter().map(|s| u64::from(s.sold)).sum(),
+                    expired_units: skus.iter().map(|s| s.expired).sum(),
+                    cancelled_units: skus.iter().map(|s| s.cancelled).sum(),
+                    waitlist_filled: skus.iter().map(|s| s.waitlist_filled).sum(),
+                    paid_orders: result.desk.paid_orders,
+                    cancelled_orders: result.desk.cancelled_orders,
+                    payments_refused_hold_expired: result.desk.refused_hold_expired,
+                    control_call_ns: LatencySummary::from_histogram(&result.desk.call_latency_ns)
+                        .into(),
+                }
+            },
+            pools: result
+                .engine
+                .pools
+                .iter()
+                .map(|pool| PoolJson {
+                    first_sku: pool.first_sku.0,
+                    policy: pool.policy.name(),
+                    seed: match pool.policy {
+                        flashsale::Policy::OpeningDraw { seed, .. } => Some(seed),
+                        _ => None,
+                    },
+                    pooled_buyers: pool.tickets,
+                    served: pool.served,
+                })
+                .collect(),
             peak_memory_bytes: peak_memory_bytes(),
             skus: result
                 .skus
@@ -211,6 +279,48 @@ impl RunJson {
             Nanos(engine.p99_99),
             Nanos(engine.max)
         );
+        let waited = &self.wait_latency_ns;
+        if waited.samples > 0 {
+            let _ = writeln!(
+                out,
+                "waited ({} presses pooled or on a waitlist): p50 {} | p99 {} | max {}",
+                waited.samples,
+                Nanos(waited.p50),
+                Nanos(waited.p99),
+                Nanos(waited.max)
+            );
+        }
+        let life = &self.lifecycle;
+        if life.sold_units + life.expired_units + life.cancelled_units + life.waitlist_filled > 0 {
+            let _ = writeln!(
+                out,
+                "units: {} held, {} sold, {} expired, {} cancelled; {} filled from waitlists; \
+                 payments refused (hold expired) {}; pay/cancel call p50 {} p99 {}",
+                life.held_units,
+                life.sold_units,
+                life.expired_units,
+                life.cancelled_units,
+                life.waitlist_filled,
+                life.payments_refused_hold_expired,
+                Nanos(life.control_call_ns.p50),
+                Nanos(life.control_call_ns.p99)
+            );
+        }
+        for pool in self.pools.iter().take(4) {
+            let _ = writeln!(
+                out,
+                "pool of sku {} ({}{}): {} buyers pooled{}",
+                pool.first_sku,
+                pool.policy,
+                pool.seed
+                    .map_or(String::new(), |seed| format!(", seed {seed}")),
+                pool.pooled_buyers,
+                if pool.served { "" } else { ", not served" }
+            );
+        }
+        if self.pools.len() > 4 {
+            let _ = writeln!(out, "  ... {} pools in all", self.pools.len());
+        }
         let check = |ok: bool| if ok { "ok" } else { "VIOLATED" };
         let _ = writeln!(
             out,
@@ -231,7 +341,7 @@ impl RunJson {
         let _ = writeln!(
             out,
             "{:>8}{:>10}{:>10}{:>10}  sold out after open",
-            "sku", "stock", "sold", "left"
+            "sku", "stock", "taken", "left"
         );
         for sku in &self.skus[..shown] {
             let sold_out = sku

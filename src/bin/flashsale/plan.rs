@@ -1,6 +1,6 @@
 //! Turns a [`Scenario`] into a catalog and each producer's schedule of presses.
 
-use flashsale::{Catalog, GroupId, Intent, SaleWindow, SkuId, SkuSpec, UserId};
+use flashsale::{Catalog, GroupId, GroupSpec, Intent, SaleWindow, SkuId, SkuSpec, UserId};
 
 use crate::scenario::{Mode, Scenario};
 
@@ -117,29 +117,47 @@ impl Plan {
 
         let mut builder = Catalog::builder();
         let mut skus = Vec::with_capacity(scenario.skus() as usize);
+        let policy = scenario.engine_policy();
+        let hold_ns = scenario
+            .hold_ms
+            .map(|ms| scaled_ns(scenario, ms as f64).max(1));
+        let close_after_ns = scenario
+            .closes_after_ms()
+            .map(|ms| scaled_ns(scenario, ms as f64).max(1));
         for seller in 0..scenario.sellers {
             for product in 0..products_per_seller {
                 let group_index = seller * products_per_seller + product;
                 let group = GroupId(group_index + 1);
-                builder = builder.group(group, scenario.limit_per_buyer);
+                builder = builder
+                    .group_spec(GroupSpec::new(group, scenario.limit_per_buyer).policy(policy));
+                let opens_at_ns = if timed {
+                    LEAD_NS + opens_ns[product as usize]
+                } else {
+                    0
+                };
                 let window = SaleWindow {
-                    opens_at_ns: LEAD_NS + opens_ns[product as usize],
-                    closes_at_ns: u64::MAX,
+                    opens_at_ns,
+                    closes_at_ns: close_after_ns.map_or(u64::MAX, |after| {
+                        (if timed { opens_at_ns } else { LEAD_NS }) + after
+                    }),
                 };
                 for variant in 0..variants {
-                    skus.push(
-                        SkuSpec::new(
-                            SkuId(group_index * variants + variant + 1),
-                            stock_split[variant as usize],
-                        )
-                        .limit(scenario.limit_per_buyer)
-                        .group(group)
-                        .window(if timed { window } else { SaleWindow::ALWAYS })
-                        .labels(
-                            format!("seller {seller} product {product}"),
-                            format!("variant {variant}"),
-                        ),
+                    let mut spec = SkuSpec::new(
+                        SkuId(group_index * variants + variant + 1),
+                        stock_split[variant as usize],
+                    )
+                    .limit(scenario.limit_per_buyer)
+                    .group(group)
+                    .window(window)
+                    .waitlist(scenario.waitlist)
+                    .labels(
+                        format!("seller {seller} product {product}"),
+                        format!("variant {variant}"),
                     );
+                    if let Some(hold_ns) = hold_ns {
+                        spec = spec.hold(hold_ns);
+                    }
+                    skus.push(spec);
                 }
             }
         }

@@ -1,18 +1,21 @@
 //! Drives an engine with a plan's schedules, open or closed loop, and collects what a
 //! capacity planner needs: outcomes, latency from the intended send time, a timeline.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use flashsale::{
-    Catalog, Completion, Engine, Outcome, Placement, Producer, RejectReason, Report, SkuLevels,
-    SubmitError, Submitted,
+    Catalog, Completion, Control, ControlError, Engine, OrderId, Outcome, Producer, RejectReason,
+    Report, SkuLevels, SubmitError, Submitted, Ticket,
 };
 use hdrhistogram::Histogram;
+use rustc_hash::FxHashMap;
 
-use crate::plan::{Plan, Press};
+use crate::plan::{Plan, Press, Rng};
 use crate::scenario::{Mode, Scenario};
 
 /// Timeline resolution.
@@ -20,9 +23,11 @@ pub const BUCKET_NS: u64 = 10_000_000;
 
 /// What one producer thread saw.
 pub struct ProducerTally {
-    /// Latency of every press, from its intended send time (open loop) or its submit
-    /// (closed loop) to its outcome.
+    /// Latency of every press decided at once, from its intended send time (open loop) or
+    /// its submit (closed loop) to its outcome.
     pub latency_ns: Histogram<u64>,
+    /// The same for presses that waited (pooled for a draw, or on a waitlist).
+    pub wait_latency_ns: Histogram<u64>,
     /// Outcomes per `BUCKET_NS` of run time.
     timeline: Vec<u64>,
     /// Confirmed units and the latest confirmation (run ns), per catalog index.
@@ -31,11 +36,11 @@ pub struct ProducerTally {
     /// Per catalog index: saw a SoldOut / InsufficientStock rejection.
     sold_out_seen: Vec<bool>,
     insufficient_seen: Vec<bool>,
-    /// Every confirmed order's (user, product group, units), to check limits after the
-    /// run. An append-only list rather than a map: a map's rehash, or the page faults of a
-    /// large pre-sized one, stalled the producer for tens of ms, which an open loop then
-    /// reports as engine latency.
-    orders: Vec<(u64, u32, u32)>,
+    /// Every confirmed order's (user, product group, units, order id), to check limits
+    /// after the run. An append-only list rather than a map: a map's rehash, or the page
+    /// faults of a large pre-sized one, stalled the producer for tens of ms, which an open
+    /// loop then reports as engine latency.
+    orders: Vec<(u64, u32, u32, u64)>,
     pub confirmed_orders: u64,
     pub rejections: [u64; RejectReason::ALL.len()],
     pub submitted: u64,
@@ -49,6 +54,8 @@ impl ProducerTally {
     pub fn new(skus: usize, buckets: usize, orders_max: usize) -> Self {
         Self {
             latency_ns: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
+                .expect("constant bounds"),
+            wait_latency_ns: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
                 .expect("constant bounds"),
             timeline: vec![0; buckets],
             confirmed_units: vec![0; skus],
@@ -66,6 +73,7 @@ impl ProducerTally {
 
     pub fn merge(&mut self, other: Self) {
         let _ = self.latency_ns.add(&other.latency_ns);
+        let _ = self.wait_latency_ns.add(&other.wait_latency_ns);
         if self.timeline.len() < other.timeline.len() {
             self.timeline.resize(other.timeline.len(), 0);
         }
@@ -120,15 +128,59 @@ pub struct RunResult {
     pub skus: Vec<SkuResult>,
     pub invariants: Invariants,
     pub engine: Report,
+    pub wait_latency_ns: Histogram<u64>,
+    pub desk: DeskTally,
+}
+
+/// What the payment desk did.
+pub struct DeskTally {
+    pub paid_orders: u64,
+    pub paid_units: u64,
+    pub cancelled_orders: u64,
+    pub cancelled_units: u64,
+    /// Payments refused because the order's hold had expired.
+    pub refused_hold_expired: u64,
+    /// Orders whose units went back on sale (cancelled, or found expired).
+    pub released: HashSet<u64>,
+    /// Round trip of each pay or cancel call, ns.
+    pub call_latency_ns: Histogram<u64>,
+}
+
+impl DeskTally {
+    fn new() -> Self {
+        Self {
+            paid_orders: 0,
+            paid_units: 0,
+            cancelled_orders: 0,
+            cancelled_units: 0,
+            refused_hold_expired: 0,
+            released: HashSet::new(),
+            call_latency_ns: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
+                .expect("constant bounds"),
+        }
+    }
+}
+
+/// What the desk does with an order, and when (engine ns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct DeskTask {
+    due_ns: u64,
+    order: u64,
+    units: u32,
+    cancel: bool,
 }
 
 struct Shared {
     catalog: Catalog,
-    placement: Placement,
     mode: Mode,
     start_ns: u64,
     /// Outcomes so far, for the progress bar (bumped in batches).
     progress: AtomicU64,
+    /// Scenario knobs of the payment desk, in engine ns.
+    pay_rate: f64,
+    cancel_rate: f64,
+    pay_delay_ns: u64,
+    hold_ns: u64,
 }
 
 /// Runs the plan. `on_progress(outcomes)` is called from this thread every 50 ms.
@@ -144,26 +196,56 @@ pub fn run(
         .max_quantity(scenario.limit_per_buyer.max(2))
         .start()
         .map_err(|error| format!("shards: {error}"))?;
+    let scaled = |ms: u64| (ms as f64 * 1e6 / scenario.speed) as u64;
     let shared = Arc::new(Shared {
         catalog: plan.catalog.clone(),
-        placement: engine.placement().clone(),
         mode: scenario.mode,
         start_ns: plan.start_ns,
         progress: AtomicU64::new(0),
+        pay_rate: scenario.pay_rate,
+        cancel_rate: scenario.cancel_rate,
+        pay_delay_ns: scaled(scenario.pay_delay_ms),
+        hold_ns: scenario.hold_ms.map_or(0, scaled),
     });
+    // The payment desk: pays, cancels or pays late every confirmed order, as the
+    // scenario says; only when orders have a life after confirmation.
+    let (desk_tx, desk_rx) = crossbeam_channel::unbounded::<DeskTask>();
+    let desk = scenario.has_lifecycle().then(|| {
+        let control = engine.control();
+        std::thread::spawn(move || desk_loop(&control, &desk_rx))
+    });
+    let desk_tx = desk.is_some().then_some(desk_tx);
+    let wait = scenario.waitlist > 0;
     let buckets = (plan.last_press_ns / BUCKET_NS + 2) as usize;
     let stock = plan.catalog.total_stock();
     let wall_start = Instant::now();
     let threads: Vec<_> = plan
         .schedules
         .into_iter()
-        .map(|schedule| {
+        .enumerate()
+        .map(|(index, schedule)| {
             let producer = engine.producer();
             let shared = shared.clone();
             let orders_max = (schedule.len() as u64).min(stock) as usize;
-            std::thread::spawn(move || drive(producer, &schedule, &shared, buckets, orders_max))
+            let mut driver = Driver {
+                desk: desk_tx.clone(),
+                rng: Rng::new(scenario.seed ^ (index as u64 + 1).wrapping_mul(0xA24B_AED4)),
+                wait,
+            };
+            std::thread::spawn(move || {
+                drive(
+                    producer,
+                    &schedule,
+                    &shared,
+                    buckets,
+                    orders_max,
+                    &mut driver,
+                )
+            })
         })
         .collect();
+    // The producers hold the desk's only senders now: it stops once they are done.
+    drop(desk_tx);
     let mut tally = ProducerTally::new(plan.catalog.skus().len(), buckets, 0);
     let mut finished = Vec::new();
     for thread in threads {
@@ -182,6 +264,12 @@ pub fn run(
         tally.merge(other);
     }
     on_progress(tally.outcomes);
+    let desk = match desk {
+        Some(thread) => thread
+            .join()
+            .map_err(|_| "the payment desk panicked".to_string())?,
+        None => DeskTally::new(),
+    };
     let report = engine.shutdown();
     Ok(summarize(
         scenario,
@@ -190,7 +278,78 @@ pub fn run(
         report,
         elapsed,
         plan.presses,
+        desk,
     ))
+}
+
+/// The payment desk's thread: acts on each order when it falls due.
+fn desk_loop(control: &Control, tasks: &Receiver<DeskTask>) -> DeskTally {
+    let mut tally = DeskTally::new();
+    let mut due: BinaryHeap<Reverse<DeskTask>> = BinaryHeap::new();
+    let mut producers_done = false;
+    loop {
+        loop {
+            match tasks.try_recv() {
+                Ok(task) => due.push(Reverse(task)),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    producers_done = true;
+                    break;
+                }
+            }
+        }
+        let now = control.now_ns();
+        while let Some(&Reverse(task)) = due.peek() {
+            if task.due_ns > now {
+                break;
+            }
+            due.pop();
+            let order = OrderId(task.order);
+            let started = Instant::now();
+            let result = if task.cancel {
+                control.cancel(order)
+            } else {
+                control.pay(order)
+            };
+            tally
+                .call_latency_ns
+                .saturating_record(started.elapsed().as_nanos() as u64);
+            match result {
+                Ok(()) if task.cancel => {
+                    tally.cancelled_orders += 1;
+                    tally.cancelled_units += u64::from(task.units);
+                    tally.released.insert(task.order);
+                }
+                Ok(()) => {
+                    tally.paid_orders += 1;
+                    tally.paid_units += u64::from(task.units);
+                }
+                Err(ControlError::HoldExpired) => {
+                    tally.refused_hold_expired += 1;
+                    tally.released.insert(task.order);
+                }
+                // Nothing else can happen to a held order here; count it as refused.
+                Err(_) => tally.refused_hold_expired += 0,
+            }
+        }
+        if producers_done && due.is_empty() {
+            return tally;
+        }
+        let wait_ns = due
+            .peek()
+            .map_or(1_000_000, |Reverse(task)| task.due_ns.saturating_sub(now))
+            .clamp(10_000, 1_000_000);
+        std::thread::sleep(Duration::from_nanos(wait_ns));
+    }
+}
+
+/// A producer thread's share of the scenario beyond the schedule.
+struct Driver {
+    /// Where confirmed orders go to be paid or cancelled (none: they stay held).
+    desk: Option<Sender<DeskTask>>,
+    rng: Rng,
+    /// Every press asks to wait rather than be rejected as sold out.
+    wait: bool,
 }
 
 /// One producer thread: send each press at its time (open loop) or at once (closed).
@@ -200,19 +359,20 @@ fn drive(
     shared: &Shared,
     buckets: usize,
     orders_max: usize,
+    driver: &mut Driver,
 ) -> ProducerTally {
     let mut tally = ProducerTally::new(shared.catalog.skus().len(), buckets, orders_max);
-    // Intended send times of queued presses, per shard: each lane answers in order.
-    let mut queued: Vec<VecDeque<u64>> = (0..shared.placement.shards())
-        .map(|_| VecDeque::with_capacity(1024))
-        .collect();
+    // Intended send times of queued presses, by ticket (waiting ones are answered out of
+    // order). At most ring capacity x shards entries, so it never grows past its start.
+    let mut queued: FxHashMap<Ticket, u64> = FxHashMap::default();
+    queued.reserve(4096);
     let mut reported = 0u64;
     let open = shared.mode == Mode::Open;
     for press in schedule {
         let due_ns = shared.start_ns + press.at_ns;
         if open {
             while producer.now_ns() < due_ns {
-                take_completions(&mut producer, &mut queued, &mut tally, shared);
+                take_completions(&mut producer, &mut queued, &mut tally, shared, driver);
                 std::hint::spin_loop();
             }
         }
@@ -220,11 +380,14 @@ fn drive(
         tally.submitted += 1;
         let mut intent = press.intent;
         loop {
-            match producer.submit(intent) {
-                Ok(Submitted::Queued(_)) => {
-                    let index = shared.catalog.index_of(intent.sku).expect("queued: known");
-                    let (shard, _) = shared.placement.route(index);
-                    queued[usize::from(shard.0)].push_back(intended_ns);
+            let submitted = if driver.wait {
+                producer.submit_or_wait(intent)
+            } else {
+                producer.submit(intent)
+            };
+            match submitted {
+                Ok(Submitted::Queued(ticket)) => {
+                    queued.insert(ticket, intended_ns);
                     break;
                 }
                 Ok(Submitted::Answered(outcome)) => {
@@ -242,7 +405,8 @@ fn drive(
                 }
                 Err(SubmitError::Busy(back)) => {
                     intent = back;
-                    if take_completions(&mut producer, &mut queued, &mut tally, shared) == 0 {
+                    if take_completions(&mut producer, &mut queued, &mut tally, shared, driver) == 0
+                    {
                         std::thread::yield_now();
                     }
                 }
@@ -260,7 +424,7 @@ fn drive(
         }
     }
     while producer.in_flight() > 0 {
-        if take_completions(&mut producer, &mut queued, &mut tally, shared) == 0 {
+        if take_completions(&mut producer, &mut queued, &mut tally, shared, driver) == 0 {
             std::thread::yield_now();
         }
     }
@@ -272,29 +436,57 @@ fn drive(
 
 fn take_completions(
     producer: &mut Producer,
-    queued: &mut [VecDeque<u64>],
+    queued: &mut FxHashMap<Ticket, u64>,
     tally: &mut ProducerTally,
     shared: &Shared,
+    driver: &mut Driver,
 ) -> usize {
     let now = producer.now_ns();
     producer.poll(|completion: Completion| {
-        let index = shared
-            .catalog
-            .index_of(completion.intent.sku)
-            .expect("queued: known");
-        let (shard, _) = shared.placement.route(index);
-        let intended_ns = queued[usize::from(shard.0)]
-            .pop_front()
+        let intended_ns = queued
+            .remove(&completion.ticket)
             .expect("a completion answers a queued press");
-        record(
-            tally,
-            &shared.catalog,
-            shared.start_ns,
-            completion.intent,
-            completion.outcome,
-            intended_ns,
-            now,
-        );
+        if completion.waited {
+            // Recorded apart: a pooled or waiting press's latency is mostly its wait.
+            tally
+                .wait_latency_ns
+                .saturating_record(now.saturating_sub(intended_ns).max(1));
+            record_outcome(
+                tally,
+                &shared.catalog,
+                shared.start_ns,
+                completion.intent,
+                completion.outcome,
+                now,
+            );
+        } else {
+            record(
+                tally,
+                &shared.catalog,
+                shared.start_ns,
+                completion.intent,
+                completion.outcome,
+                intended_ns,
+                now,
+            );
+        }
+        if let (Some(desk), Outcome::Confirmed(order)) = (&driver.desk, completion.outcome) {
+            let roll = driver.rng.unit();
+            let (cancel, delay_ns) = if roll < shared.pay_rate {
+                (false, shared.pay_delay_ns)
+            } else if roll < shared.pay_rate + shared.cancel_rate {
+                (true, shared.pay_delay_ns)
+            } else {
+                // Pays after the hold ran out: refused, its units long back on sale.
+                (false, shared.hold_ns + shared.pay_delay_ns)
+            };
+            let _ = desk.send(DeskTask {
+                due_ns: now + delay_ns,
+                order: order.id.0,
+                units: order.quantity,
+                cancel,
+            });
+        }
     })
 }
 
@@ -308,10 +500,22 @@ pub fn record(
     intended_ns: u64,
     now_ns: u64,
 ) {
-    tally.outcomes += 1;
     tally
         .latency_ns
         .saturating_record(now_ns.saturating_sub(intended_ns).max(1));
+    record_outcome(tally, catalog, start_ns, intent, outcome, now_ns);
+}
+
+/// Counts one outcome without its latency: the timeline, units, rejections.
+fn record_outcome(
+    tally: &mut ProducerTally,
+    catalog: &Catalog,
+    start_ns: u64,
+    intent: flashsale::Intent,
+    outcome: Outcome,
+    now_ns: u64,
+) {
+    tally.outcomes += 1;
     let run_ns = now_ns.saturating_sub(start_ns);
     let bucket = (run_ns / BUCKET_NS) as usize;
     if bucket >= tally.timeline.len() {
@@ -325,7 +529,9 @@ pub fn record(
             tally.confirmed_units[index] += u64::from(order.quantity);
             tally.last_confirmed_ns[index] = tally.last_confirmed_ns[index].max(run_ns);
             let group = catalog.skus()[index].group.map_or(0, |group| group.0);
-            tally.orders.push((order.user.0, group, order.quantity));
+            tally
+                .orders
+                .push((order.user.0, group, order.quantity, order.id.0));
         }
         Outcome::Rejected { reason, .. } => {
             tally.rejections[reason.index()] += 1;
@@ -347,6 +553,7 @@ fn summarize(
     engine: Report,
     elapsed: Duration,
     presses: u64,
+    desk: DeskTally,
 ) -> RunResult {
     let levels: Vec<SkuLevels> = engine
         .skus
@@ -372,8 +579,11 @@ fn summarize(
         &levels,
         engine.outcomes(),
         presses,
+        &desk.released,
     );
     RunResult {
+        wait_latency_ns: tally.wait_latency_ns.clone(),
+        desk,
         elapsed,
         presses,
         outcomes: tally.outcomes,
@@ -402,6 +612,7 @@ pub fn check(
     levels: &[SkuLevels],
     decided: u64,
     presses: u64,
+    released: &HashSet<u64>,
 ) -> Checked {
     let variants = scenario.variants_per_product as usize;
     let products = scenario.products_per_seller as usize;
@@ -411,17 +622,21 @@ pub fn check(
         .iter()
         .enumerate()
         .map(|(index, sku)| {
-            let sold = tally.confirmed_units[index];
-            no_oversell &= sold <= u64::from(sku.stock)
-                && sold == u64::from(sku.held)
-                && sku.held + sku.available == sku.stock;
-            // First come: a SoldOut answer means nothing was left when it was decided, and
-            // stock only falls, so nothing may be left now (InsufficientStock: fewer than
-            // the largest quantity asked).
-            if tally.sold_out_seen[index] {
+            // Every confirmed unit is held, paid for, or went back on sale (expired or
+            // cancelled), and units are conserved.
+            let confirmed = tally.confirmed_units[index];
+            let taken = u64::from(sku.held) + u64::from(sku.sold);
+            no_oversell &= taken <= u64::from(sku.stock)
+                && confirmed == taken + sku.expired + sku.cancelled
+                && sku.held + sku.sold + sku.available == sku.stock;
+            // A SoldOut answer means nothing was left when it was decided; without units
+            // coming back (expired, cancelled, restocked) stock only falls, so nothing may
+            // be left now (InsufficientStock: fewer than the largest quantity asked).
+            let units_came_back = sku.expired + sku.cancelled + sku.restocked > 0;
+            if tally.sold_out_seen[index] && !units_came_back {
                 no_undersell &= sku.available == 0;
             }
-            if tally.insufficient_seen[index] {
+            if tally.insufficient_seen[index] && !units_came_back {
                 no_undersell &= sku.available < scenario.limit_per_buyer.max(2);
             }
             let product = (index / variants) % products;
@@ -432,18 +647,24 @@ pub fn check(
             SkuResult {
                 id: sku.id.0,
                 stock: sku.stock,
-                sold: sku.held,
+                sold: sku.held + sku.sold,
                 remaining: sku.available,
                 sold_out_after_open_ms,
             }
         })
         .collect();
+    // Limits count the units a buyer keeps: orders whose units went back on sale do not.
     tally.orders.sort_unstable();
     let limits_held = tally
         .orders
         .chunk_by(|a, b| (a.0, a.1) == (b.0, b.1))
         .all(|orders| {
-            orders.iter().map(|&(_, _, units)| units).sum::<u32>() <= scenario.limit_per_buyer
+            orders
+                .iter()
+                .filter(|order| !released.contains(&order.3))
+                .map(|order| order.2)
+                .sum::<u32>()
+                <= scenario.limit_per_buyer
         });
     Checked {
         skus,

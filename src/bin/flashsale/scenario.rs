@@ -36,6 +36,19 @@ impl From<Wait> for flashsale::WaitStrategy {
     }
 }
 
+/// How a product's scarce units are shared out (the engine's [`flashsale::Policy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyKind {
+    /// Served in arrival order.
+    FirstCome,
+    /// Presses before the opening and within `draw_window_ms` after it are pooled, one
+    /// ticket per buyer, and drawn with the scenario's seed.
+    OpeningDraw,
+    /// Pooled like a draw, then everyone gets a unit before anyone gets a second.
+    OneEachFirst,
+}
+
 /// A live-stream sale to simulate. Times are scenario milliseconds; `speed` compresses them
 /// into run time (a 5-minute show at speed 20 runs in 15 s).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,6 +105,28 @@ pub struct Scenario {
     pub wait: Wait,
     /// Open or closed loop.
     pub mode: Mode,
+    /// Allocation policy of every product.
+    pub policy: PolicyKind,
+    /// Pooled policies: how long after a product's opening its pool stays open.
+    pub draw_window_ms: u64,
+    /// Fraction of confirmed orders paid `pay_delay_ms` after confirmation.
+    pub pay_rate: f64,
+    /// Fraction of confirmed orders cancelled `pay_delay_ms` after confirmation. The rest
+    /// try to pay `pay_delay_ms` after their hold expired (refused: the hold expired), or
+    /// simply pay late if there is no hold.
+    pub cancel_rate: f64,
+    /// Delay between an order's confirmation and its payment or cancellation.
+    pub pay_delay_ms: u64,
+    /// Payment window: an unpaid order's units go back on sale this long after it was
+    /// confirmed (none: they stay held).
+    pub hold_ms: Option<u64>,
+    /// Waitlist places per SKU; above 0, every press asks to wait rather than be rejected
+    /// as sold out.
+    pub waitlist: u32,
+    /// The sale closes this long after each product's opening; everyone still waiting is
+    /// then answered. Default with a waitlist: the burst, plus the hold and the payment
+    /// delay, plus 1 s; without one, never.
+    pub close_after_ms: Option<u64>,
 }
 
 impl Default for Scenario {
@@ -133,6 +168,14 @@ impl Scenario {
             ring_capacity: 1024,
             wait: Wait::Park,
             mode: Mode::Open,
+            policy: PolicyKind::FirstCome,
+            draw_window_ms: 500,
+            pay_rate: 0.0,
+            cancel_rate: 0.0,
+            pay_delay_ms: 0,
+            hold_ms: None,
+            waitlist: 0,
+            close_after_ms: None,
         }
     }
 
@@ -223,6 +266,32 @@ impl Scenario {
         })
     }
 
+    /// Whether orders are paid, cancelled or expire during the run.
+    pub fn has_lifecycle(&self) -> bool {
+        self.pay_rate > 0.0 || self.cancel_rate > 0.0 || self.hold_ms.is_some()
+    }
+
+    /// When each product's sale closes, scenario ms after its opening, if it does.
+    pub fn closes_after_ms(&self) -> Option<u64> {
+        self.close_after_ms.or_else(|| {
+            (self.waitlist > 0)
+                .then(|| self.burst_ms + self.hold_ms.unwrap_or(0) + self.pay_delay_ms + 1_000)
+        })
+    }
+
+    /// The engine policy for this scenario.
+    pub fn engine_policy(&self) -> flashsale::Policy {
+        let window_ns = (self.draw_window_ms as f64 * 1e6 / self.speed) as u64;
+        match self.policy {
+            PolicyKind::FirstCome => flashsale::Policy::FirstCome,
+            PolicyKind::OpeningDraw => flashsale::Policy::OpeningDraw {
+                window_ns,
+                seed: self.seed,
+            },
+            PolicyKind::OneEachFirst => flashsale::Policy::OneEachFirst { window_ns },
+        }
+    }
+
     /// The total number of SKUs.
     pub fn skus(&self) -> u64 {
         u64::from(self.sellers)
@@ -270,6 +339,20 @@ impl Scenario {
         fraction("retry_fraction", self.retry_fraction)?;
         fraction("malformed_fraction", self.malformed_fraction)?;
         fraction("two_units_fraction", self.two_units_fraction)?;
+        fraction("pay_rate", self.pay_rate)?;
+        fraction("cancel_rate", self.cancel_rate)?;
+        if self.pay_rate + self.cancel_rate > 1.0 {
+            return Err(format!(
+                "cancel_rate: pay_rate {} plus cancel_rate {} is above 1",
+                self.pay_rate, self.cancel_rate
+            ));
+        }
+        if self.hold_ms == Some(0) {
+            return Err("hold_ms: a payment window must be at least 1 ms".into());
+        }
+        if self.close_after_ms == Some(0) {
+            return Err("close_after_ms: must be at least 1 ms".into());
+        }
         if !(self.zipf_exponent.is_finite() && self.zipf_exponent >= 0.0) {
             return Err(format!(
                 "zipf_exponent: must be a number >= 0, got {}",
@@ -352,5 +435,14 @@ mod tests {
         check(|s| s.press_fraction = 1.5, "press_fraction");
         check(|s| s.viewers_max = 1, "viewers_max");
         check(|s| s.speed = 0.0, "speed");
+        check(|s| s.pay_rate = 1.2, "pay_rate");
+        check(
+            |s| {
+                s.pay_rate = 0.7;
+                s.cancel_rate = 0.5;
+            },
+            "cancel_rate",
+        );
+        check(|s| s.hold_ms = Some(0), "hold_ms");
     }
 }
