@@ -63,6 +63,23 @@ fn core(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    // As the engine's worker uses it: every outcome looked at, none kept.
+    group.bench_function("shard_core_counting", |b| {
+        b.iter_batched(
+            || pristine.clone(),
+            |mut core| {
+                let mut confirmed = 0u64;
+                for (intent, &local) in intents.iter().zip(&locals) {
+                    if core.buy_at(local, intent, 0, false).order().is_some() {
+                        confirmed += 1;
+                    }
+                }
+                black_box(confirmed);
+                core
+            },
+            BatchSize::PerIteration,
+        )
+    });
     group.bench_function("shard_core_by_sku_id", |b| {
         b.iter_batched(
             || pristine.clone(),

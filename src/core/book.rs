@@ -146,7 +146,7 @@ impl OrderBook {
     }
 
     /// Looks up an intent: its key, then the buyer's holdings in the SKU's limit group.
-    #[inline]
+    #[inline(always)]
     pub(super) fn standing(
         &self,
         user: u64,
@@ -168,7 +168,7 @@ impl OrderBook {
 
     /// The order of `(user, client_key)` for the product of `limit_key`, or the free slot
     /// that ends its run.
-    #[inline]
+    #[inline(always)]
     fn find_key(&self, user: u64, client_key: u64, limit_key: u64) -> Result<OrderId, usize> {
         let keys = &self.keys;
         let mut slot = mix(user, client_key) as usize & keys.mask;
@@ -187,7 +187,7 @@ impl OrderBook {
 
     /// Units the buyer holds of the SKU and of its limit group, and the SKU's slot (its
     /// holding, or the free slot that ends the run).
-    #[inline]
+    #[inline(always)]
     fn scan_holdings(&self, user: u64, sku_local: u32, limit_key: u64) -> (u32, u32, usize) {
         let holdings = &self.holdings;
         let mut slot = mix(user, limit_key) as usize & holdings.mask;

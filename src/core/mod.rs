@@ -267,12 +267,12 @@ impl BuyerFilter {
 
     /// The word of a buyer and the two bits in it (a blocked Bloom filter: one load, about
     /// 1.5% false positives at 16 bits per buyer rather than 6% with one bit).
-    #[inline]
+    #[inline(always)]
     fn probe(&self, user: u64) -> (usize, u64) {
         crate::hash::bloom_probe(crate::hash::mix64(user, 0), self.word_mask)
     }
 
-    #[inline]
+    #[inline(always)]
     fn may_hold(&self, user: u64) -> bool {
         let (word, bits) = self.probe(user);
         debug_assert!(word < self.words.len());
@@ -285,30 +285,40 @@ impl BuyerFilter {
     }
 }
 
+/// A SKU's state. `repr(C)` keeps what every decision reads in its first 64 bytes; the
+/// counters and the waitlist, touched only when units move other than by a confirmation,
+/// live behind a box.
 #[derive(Debug, Clone)]
+#[repr(C)]
 struct SkuState {
     id: SkuId,
-    stock: u32,
     /// `available + held + sold == stock` after every command.
     available: u32,
+    limit_per_buyer: u32,
+    waitlist_capacity: u32,
+    opens_at_ns: u64,
+    closes_at_ns: u64,
+    /// Index into `ShardCore::group_limits`, if the SKU is in a limit group.
+    group: Option<u32>,
+    /// Index into `ShardCore::pools`, under a pooled policy.
+    pool: Option<u32>,
+    /// Closed early by [`Command::CloseSale`].
+    closed: bool,
     held: u32,
+    cold: Box<SkuCold>,
+}
+
+/// The part of a SKU's state that decisions other than confirmations do not read.
+#[derive(Debug, Clone, Default)]
+struct SkuCold {
+    stock: u32,
     sold: u32,
+    hold_ns: Option<u64>,
     expired: u64,
     cancelled: u64,
     restocked: u64,
     reduced: u64,
     waitlist_filled: u64,
-    limit_per_buyer: u32,
-    opens_at_ns: u64,
-    closes_at_ns: u64,
-    /// Closed early by [`Command::CloseSale`].
-    closed: bool,
-    /// Index into `ShardCore::group_limits`, if the SKU is in a limit group.
-    group: Option<u32>,
-    /// Index into `ShardCore::pools`, under a pooled policy.
-    pool: Option<u32>,
-    hold_ns: Option<u64>,
-    waitlist_capacity: u32,
     waiters: VecDeque<Waiter>,
 }
 
@@ -333,6 +343,33 @@ enum OrderState {
     Sold,
     Cancelled,
     Expired,
+}
+
+/// Every confirmed order, by number. A clone keeps the room made up front (as the order
+/// book's tables do), so that a cloned core does not reallocate on the hot path.
+#[derive(Debug)]
+struct OrderLog(Vec<OrderRecord>);
+
+impl Clone for OrderLog {
+    fn clone(&self) -> Self {
+        let mut orders = Vec::with_capacity(self.0.capacity());
+        orders.extend_from_slice(&self.0);
+        Self(orders)
+    }
+}
+
+impl core::ops::Deref for OrderLog {
+    type Target = Vec<OrderRecord>;
+
+    fn deref(&self) -> &Vec<OrderRecord> {
+        &self.0
+    }
+}
+
+impl core::ops::DerefMut for OrderLog {
+    fn deref_mut(&mut self) -> &mut Vec<OrderRecord> {
+        &mut self.0
+    }
 }
 
 /// A confirmed order, by its number, for payments, cancellations and expiry.
@@ -366,7 +403,7 @@ pub struct ShardCore {
     /// Orders confirmed so far (the next order's number).
     orders_confirmed: u64,
     /// Every confirmed order, by number.
-    orders: Vec<OrderRecord>,
+    orders: OrderLog,
     /// The shard's clock: the largest instant applied so far.
     now_ns: u64,
     /// The earliest instant at which something falls due (`u64::MAX`: nothing pending).
@@ -472,24 +509,20 @@ impl ShardCore {
             stock_total += u64::from(spec.stock);
             skus.push(SkuState {
                 id: spec.id,
-                stock: spec.stock,
                 available: spec.stock,
                 held: 0,
-                sold: 0,
-                expired: 0,
-                cancelled: 0,
-                restocked: 0,
-                reduced: 0,
-                waitlist_filled: 0,
                 limit_per_buyer: spec.limit_per_buyer,
                 opens_at_ns: spec.window.opens_at_ns,
                 closes_at_ns: spec.window.closes_at_ns,
                 closed: false,
                 group,
                 pool,
-                hold_ns: spec.hold_ns,
                 waitlist_capacity: spec.waitlist,
-                waiters: VecDeque::new(),
+                cold: Box::new(SkuCold {
+                    stock: spec.stock,
+                    hold_ns: spec.hold_ns,
+                    ..SkuCold::default()
+                }),
             });
         }
         let orders_max =
@@ -503,7 +536,7 @@ impl ShardCore {
             book: OrderBook::with_room_for(orders_max),
             sequence_next: 0,
             orders_confirmed: 0,
-            orders: Vec::with_capacity(orders_max),
+            orders: OrderLog(Vec::with_capacity(orders_max)),
             now_ns: 0,
             next_due_ns: u64::MAX,
             deadlines: BinaryHeap::new(),
@@ -555,6 +588,7 @@ impl ShardCore {
     /// Applies a buy intent naming its SKU by id ([`Command::Buy`]). A SKU this shard does
     /// not own is rejected as [`RejectReason::UnknownSku`] (and still takes a sequence
     /// number).
+    #[inline]
     pub fn buy(&mut self, intent: &Intent, arrival_ns: u64) -> Applied {
         let local = self.local_index(intent.sku).unwrap_or(u32::MAX);
         self.buy_at(local, intent, arrival_ns, false)
@@ -589,6 +623,27 @@ impl ShardCore {
         if !owned {
             return Applied::Decided(rejected(RejectReason::UnknownSku, sequence));
         }
+        if wait || self.skus[local as usize].pool.is_some() {
+            return self.buy_pooled_or_waiting(local, intent, arrival_ns, wait, sequence);
+        }
+        Applied::Decided(outcome_of(
+            self.decide(local, intent, arrival_ns, sequence),
+            sequence,
+        ))
+    }
+
+    /// [`buy_at`](Self::buy_at) for an intent that may wait: it asked to, or its product
+    /// has a pool. Out of line, so that the plain first-come path stays short.
+    #[cold]
+    #[inline(never)]
+    fn buy_pooled_or_waiting(
+        &mut self,
+        local: u32,
+        intent: &Intent,
+        arrival_ns: u64,
+        wait: bool,
+        sequence: u64,
+    ) -> Applied {
         if let Some(pool) = self.skus[local as usize].pool
             && !self.pools[pool as usize].served
         {
@@ -607,6 +662,8 @@ impl ShardCore {
 
     /// Puts a buy on its SKU's waitlist, or rejects it as `WaitlistFull`; the outcome is
     /// the command's own (`origin == sequence`) or deferred.
+    #[cold]
+    #[inline(never)]
     fn wait_or_refuse(
         &mut self,
         local: u32,
@@ -615,11 +672,11 @@ impl ShardCore {
         sequence: u64,
     ) -> Applied {
         let sku = &mut self.skus[local as usize];
-        if sku.waiters.len() >= sku.waitlist_capacity as usize {
+        if sku.cold.waiters.len() >= sku.waitlist_capacity as usize {
             let outcome = rejected(RejectReason::WaitlistFull, sequence);
             return self.answer(origin, intent, outcome, sequence);
         }
-        sku.waiters.push_back(Waiter {
+        sku.cold.waiters.push_back(Waiter {
             origin,
             intent: *intent,
         });
@@ -642,6 +699,8 @@ impl ShardCore {
         }
     }
 
+    #[cold]
+    #[inline(never)]
     fn enter_pool(
         &mut self,
         pool: u32,
@@ -681,6 +740,8 @@ impl ShardCore {
     }
 
     /// Applies a command other than a buy.
+    #[cold]
+    #[inline(never)]
     fn control(&mut self, command: &Command) -> Applied {
         let sequence = self.next_sequence();
         self.advance(command.time_ns(), sequence);
@@ -726,7 +787,7 @@ impl ShardCore {
         self.orders[number].state = OrderState::Sold;
         let sku = &mut self.skus[record.sku_local as usize];
         sku.held -= record.units;
-        sku.sold += record.units;
+        sku.cold.sold += record.units;
         Ok(())
     }
 
@@ -749,8 +810,8 @@ impl ShardCore {
         sku.held -= record.units;
         sku.available += record.units;
         match state {
-            OrderState::Cancelled => sku.cancelled += u64::from(record.units),
-            _ => sku.expired += u64::from(record.units),
+            OrderState::Cancelled => sku.cold.cancelled += u64::from(record.units),
+            _ => sku.cold.expired += u64::from(record.units),
         }
         self.levels_version += 1;
         self.serve_waitlist(local, sequence);
@@ -764,12 +825,13 @@ impl ShardCore {
         let local = self.owned(sku)?;
         let state = &mut self.skus[local as usize];
         let stock = state
+            .cold
             .stock
             .checked_add(units)
             .ok_or(ControlError::StockOverflow)?;
-        state.stock = stock;
+        state.cold.stock = stock;
         state.available += units;
-        state.restocked += u64::from(units);
+        state.cold.restocked += u64::from(units);
         self.levels_version += 1;
         self.serve_waitlist(local, sequence);
         Ok(())
@@ -783,9 +845,9 @@ impl ShardCore {
                 available: state.available,
             });
         }
-        state.stock -= units;
+        state.cold.stock -= units;
         state.available -= units;
-        state.reduced += u64::from(units);
+        state.cold.reduced += u64::from(units);
         self.levels_version += 1;
         Ok(())
     }
@@ -844,7 +906,7 @@ impl ShardCore {
 
     /// Rejects every intent on a SKU's waitlist as `Closed`.
     fn close_waitlist(&mut self, local: u32, sequence: u64) {
-        let waiters = std::mem::take(&mut self.skus[local as usize].waiters);
+        let waiters = std::mem::take(&mut self.skus[local as usize].cold.waiters);
         for waiter in waiters {
             self.deferred.push(Deferred {
                 origin: waiter.origin,
@@ -855,7 +917,7 @@ impl ShardCore {
     }
 
     /// Moves the shard's clock to `time_ns` (never back) and runs what fell due.
-    #[inline]
+    #[inline(always)]
     fn advance(&mut self, time_ns: u64, sequence: u64) {
         if time_ns > self.now_ns {
             self.now_ns = time_ns;
@@ -872,7 +934,7 @@ impl ShardCore {
         let now = self.now_ns;
         for local in 0..self.skus.len() as u32 {
             let sku = &self.skus[local as usize];
-            if !sku.waiters.is_empty() && sku.closed_at(now) {
+            if !sku.cold.waiters.is_empty() && sku.closed_at(now) {
                 self.close_waitlist(local, sequence);
             }
         }
@@ -909,7 +971,7 @@ impl ShardCore {
         let close = self
             .skus
             .iter()
-            .filter(|sku| !sku.waiters.is_empty())
+            .filter(|sku| !sku.cold.waiters.is_empty())
             .map(|sku| if sku.closed { 0 } else { sku.closes_at_ns })
             .min()
             .unwrap_or(u64::MAX);
@@ -921,10 +983,10 @@ impl ShardCore {
     /// that asks for more than is left keeps its place.
     fn serve_waitlist(&mut self, local: u32, sequence: u64) {
         let sku = &self.skus[local as usize];
-        if sku.waiters.is_empty() || sku.available == 0 || sku.closed_at(self.now_ns) {
+        if sku.cold.waiters.is_empty() || sku.available == 0 || sku.closed_at(self.now_ns) {
             return;
         }
-        let mut waiters = std::mem::take(&mut self.skus[local as usize].waiters);
+        let mut waiters = std::mem::take(&mut self.skus[local as usize].cold.waiters);
         let mut kept = VecDeque::with_capacity(waiters.len());
         while let Some(waiter) = waiters.pop_front() {
             if self.skus[local as usize].available == 0 {
@@ -938,7 +1000,7 @@ impl ShardCore {
                 }
                 result => {
                     if result.is_ok() {
-                        self.skus[local as usize].waitlist_filled += 1;
+                        self.skus[local as usize].cold.waitlist_filled += 1;
                     }
                     self.deferred.push(Deferred {
                         origin: waiter.origin,
@@ -948,7 +1010,7 @@ impl ShardCore {
                 }
             }
         }
-        self.skus[local as usize].waiters = kept;
+        self.skus[local as usize].cold.waiters = kept;
     }
 
     /// Serves a pool whose window closed: by its policy, every ticket gets its outcome (or
@@ -1082,7 +1144,7 @@ impl ShardCore {
     }
 
     /// The key a SKU's per-buyer units are counted under: its limit group, or itself.
-    #[inline]
+    #[inline(always)]
     fn limit_key(&self, local: u32) -> u64 {
         match self.skus[local as usize].group {
             Some(group) => u64::from(group),
@@ -1098,7 +1160,7 @@ impl ShardCore {
 
     /// The rules, in their documented order: quantity, window, then
     /// [`allocate`](Self::allocate).
-    #[inline]
+    #[inline(always)]
     fn decide(
         &mut self,
         local: u32,
@@ -1137,7 +1199,7 @@ impl ShardCore {
         self.limits(local, intent.quantity, of_sku, of_group)
     }
 
-    #[inline]
+    #[inline(always)]
     fn limits(
         &self,
         local: u32,
@@ -1160,7 +1222,7 @@ impl ShardCore {
 
     /// Idempotency, limits (for the intent's quantity) and stock (for `units`, which is
     /// the intent's quantity except for a one-each-first partial grant); confirms `units`.
-    #[inline]
+    #[inline(always)]
     fn allocate(
         &mut self,
         local: u32,
@@ -1191,17 +1253,33 @@ impl ShardCore {
         if sku.available < units {
             return Err(RejectReason::InsufficientStock);
         }
-        // Confirm. Limits are at least 1 and quantities fit the limit checked above, so the
+        Ok(self.confirm(local, intent, units, sequence, places))
+    }
+
+    /// Records a confirmation that [`allocate`](Self::allocate) checked. Out of line: the
+    /// rush is mostly rejections, which then stay a short loop.
+    #[inline(never)]
+    fn confirm(
+        &mut self,
+        local: u32,
+        intent: &Intent,
+        units: u32,
+        sequence: u64,
+        places: Option<book::Places>,
+    ) -> Order {
+        let limit_key = self.limit_key(local);
+        let (user, client_key) = (intent.user.0, intent.client_key);
+        // Limits are at least 1 and quantities fit the limit checked before, so the
         // counters below cannot overflow.
         let now_ns = self.now_ns;
         let sku = &mut self.skus[local as usize];
         sku.available -= units;
         sku.held += units;
-        debug_assert_eq!(sku.available + sku.held + sku.sold, sku.stock);
+        debug_assert_eq!(sku.available + sku.held + sku.cold.sold, sku.cold.stock);
         let number = self.orders_confirmed;
         let id = OrderId::new(self.shard, number);
         self.orders_confirmed += 1;
-        if let Some(hold_ns) = sku.hold_ns {
+        if let Some(hold_ns) = sku.cold.hold_ns {
             let deadline = now_ns.saturating_add(hold_ns);
             self.deadlines.push(Reverse((deadline, number)));
             self.next_due_ns = self.next_due_ns.min(deadline);
@@ -1232,13 +1310,13 @@ impl ShardCore {
             },
         );
         self.buyers.insert(intent.user.0);
-        Ok(Order {
+        Order {
             id,
             user: intent.user,
             sku: intent.sku,
             quantity: units,
             sequence,
-        })
+        }
     }
 
     /// The shard this core decides for.
@@ -1266,16 +1344,16 @@ impl ShardCore {
     pub fn levels(&self) -> impl ExactSizeIterator<Item = SkuLevels> + '_ {
         self.skus.iter().map(|sku| SkuLevels {
             id: sku.id,
-            stock: sku.stock,
+            stock: sku.cold.stock,
             available: sku.available,
             held: sku.held,
-            sold: sku.sold,
-            expired: sku.expired,
-            cancelled: sku.cancelled,
-            restocked: sku.restocked,
-            reduced: sku.reduced,
-            waiting: sku.waiters.len() as u32,
-            waitlist_filled: sku.waitlist_filled,
+            sold: sku.cold.sold,
+            expired: sku.cold.expired,
+            cancelled: sku.cold.cancelled,
+            restocked: sku.cold.restocked,
+            reduced: sku.cold.reduced,
+            waiting: sku.cold.waiters.len() as u32,
+            waitlist_filled: sku.cold.waitlist_filled,
         })
     }
 
