@@ -434,7 +434,7 @@ impl ShardCore {
     /// Like [`new`](Self::new), making room for `orders` confirmed orders up front instead
     /// of the default: the shard's stock, capped at [`ORDER_CAPACITY_DEFAULT_MAX`]. Every
     /// order takes at least one unit, so the stock bounds the orders; past the room made,
-    /// the order book doubles on the hot path (one slow decision). Costs 144 bytes per order
+    /// the order book doubles on the hot path (one slow decision). Costs 152 bytes per order
     /// of room, allocated and faulted in here.
     ///
     /// # Panics
