@@ -16,7 +16,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-targets=(shard_vs_model catalog engine_threads)
+targets=(shard_vs_model catalog engine_threads journal_reader)
 cargo +nightly fuzz build
 for target in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$target"

@@ -61,6 +61,7 @@ pub mod clock;
 pub mod core;
 mod engine;
 mod hash;
+pub mod journal;
 mod prefetch;
 #[cfg(feature = "reference")]
 pub mod reference;
