@@ -72,6 +72,8 @@ pub struct LifecycleJson {
     pub cancelled_orders: u64,
     /// Payments refused because the hold had expired.
     pub payments_refused_hold_expired: u64,
+    /// Pay or cancel calls refused for any other reason (none expected).
+    pub control_calls_refused_otherwise: u64,
     /// Round trip of the desk's pay and cancel calls.
     pub control_call_ns: LatencyJson,
 }
@@ -174,6 +176,7 @@ impl RunJson {
                     paid_orders: result.desk.paid_orders,
                     cancelled_orders: result.desk.cancelled_orders,
                     payments_refused_hold_expired: result.desk.refused_hold_expired,
+                    control_calls_refused_otherwise: result.desk.unexpected,
                     control_call_ns: LatencySummary::from_histogram(&result.desk.call_latency_ns)
                         .into(),
                 }
@@ -211,7 +214,8 @@ impl RunJson {
 
     pub fn all_invariants_hold(&self) -> bool {
         let checks = &self.invariants;
-        checks.one_outcome_per_intent
+        self.lifecycle.control_calls_refused_otherwise == 0
+            && checks.one_outcome_per_intent
             && checks.no_oversell
             && checks.no_undersell
             && checks.limits_held
@@ -304,6 +308,13 @@ impl RunJson {
                 life.payments_refused_hold_expired,
                 Nanos(life.control_call_ns.p50),
                 Nanos(life.control_call_ns.p99)
+            );
+        }
+        if life.control_calls_refused_otherwise > 0 {
+            let _ = writeln!(
+                out,
+                "VIOLATED: {} pay or cancel calls refused for a reason other than an expired hold",
+                life.control_calls_refused_otherwise
             );
         }
         for pool in self.pools.iter().take(4) {

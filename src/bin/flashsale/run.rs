@@ -140,6 +140,8 @@ pub struct DeskTally {
     pub cancelled_units: u64,
     /// Payments refused because the order's hold had expired.
     pub refused_hold_expired: u64,
+    /// Calls answered with any other error (each order gets one call, so none should be).
+    pub unexpected: u64,
     /// Orders whose units went back on sale (cancelled, or found expired).
     pub released: HashSet<u64>,
     /// Round trip of each pay or cancel call, ns.
@@ -154,6 +156,7 @@ impl DeskTally {
             cancelled_orders: 0,
             cancelled_units: 0,
             refused_hold_expired: 0,
+            unexpected: 0,
             released: HashSet::new(),
             call_latency_ns: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
                 .expect("constant bounds"),
@@ -328,8 +331,8 @@ fn desk_loop(control: &Control, tasks: &Receiver<DeskTask>) -> DeskTally {
                     tally.refused_hold_expired += 1;
                     tally.released.insert(task.order);
                 }
-                // Nothing else can happen to a held order here; count it as refused.
-                Err(_) => tally.refused_hold_expired += 0,
+                // Each order gets one call, so nothing else should come back.
+                Err(_) => tally.unexpected += 1,
             }
         }
         if producers_done && due.is_empty() {
