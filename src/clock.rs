@@ -17,6 +17,8 @@ pub struct EngineClock {
     /// Miri cannot run quanta's CPU probing (inline assembly); it gets the OS clock.
     #[cfg(miri)]
     start: std::time::Instant,
+    /// Added to every reading: where a recovered engine's clock resumes.
+    offset_ns: u64,
 }
 
 impl EngineClock {
@@ -26,11 +28,25 @@ impl EngineClock {
         {
             let clock = quanta::Clock::new();
             let start_raw = clock.raw();
-            Self { clock, start_raw }
+            Self {
+                clock,
+                start_raw,
+                offset_ns: 0,
+            }
         }
         #[cfg(miri)]
         Self {
             start: std::time::Instant::now(),
+            offset_ns: 0,
+        }
+    }
+
+    /// A clock that reads `offset_ns` now and counts on from there (a recovered engine's
+    /// clock resumes after the last instant its journal holds).
+    pub fn start_at(offset_ns: u64) -> Self {
+        Self {
+            offset_ns,
+            ..Self::start()
         }
     }
 
@@ -38,12 +54,9 @@ impl EngineClock {
     #[inline]
     pub fn now_ns(&self) -> u64 {
         #[cfg(not(miri))]
-        {
-            self.clock.delta_as_nanos(self.start_raw, self.clock.raw())
-        }
+        let elapsed = self.clock.delta_as_nanos(self.start_raw, self.clock.raw());
         #[cfg(miri)]
-        {
-            self.start.elapsed().as_nanos() as u64
-        }
+        let elapsed = self.start.elapsed().as_nanos() as u64;
+        elapsed.saturating_add(self.offset_ns)
     }
 }

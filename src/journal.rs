@@ -1,8 +1,8 @@
 //! The journal's on-disk format: an append-only file per shard of length-prefixed,
 //! checksummed records, one per command the shard applied, in its order.
 //!
-//! This module is the format and its reader and writer; the engine does not journal yet
-//! (group commit, output gating, recovery and snapshots are the rest of the journal work).
+//! This module is the format and its reader and writer; the engine journals through it when
+//! built with [`EngineBuilder::journal`](crate::EngineBuilder::journal).
 //!
 //! # Format, version 1
 //!

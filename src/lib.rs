@@ -76,8 +76,8 @@ pub use catalog::{
 };
 pub use core::{Applied, Command, Deferred, PoolLevels, ShardCore, SkuLevels};
 pub use engine::{
-    Control, Engine, EngineBuilder, EngineError, LiveCounts, OrderSink, Producer, SubmitError,
-    Submitted, WaitStrategy,
+    Control, Engine, EngineBuilder, EngineError, JournalConfig, LiveCounts, OrderSink, Producer,
+    SubmitError, Submitted, WaitStrategy,
 };
 pub use report::{LatencySummary, Report};
 pub use types::{

@@ -133,6 +133,8 @@ pub(crate) struct ShardReport {
     pub(crate) levels: Vec<SkuLevels>,
     pub(crate) pools: Vec<PoolLevels>,
     pub(crate) commands_applied: u64,
+    pub(crate) recovered_commands: u64,
+    pub(crate) journal_commits: u64,
     pub(crate) latency_ns: Histogram<u64>,
 }
 
@@ -146,6 +148,8 @@ impl ShardReport {
             levels: Vec::new(),
             pools: Vec::new(),
             commands_applied: 0,
+            recovered_commands: 0,
+            journal_commits: 0,
             latency_ns: Histogram::new(3).expect("3 significant figures is valid"),
         }
     }
@@ -167,8 +171,12 @@ pub struct Report {
     pub answered_at_submit: u64,
     /// Refused submits.
     pub refusals: Refusals,
-    /// Commands the shards applied (their sequence numbers used).
+    /// Commands the shards applied (their sequence numbers used), recovered ones included.
     pub commands_applied: u64,
+    /// Commands replayed from the journals at start-up (0 without a journal).
+    pub recovered_commands: u64,
+    /// Group commits of the journals (0 without a journal).
+    pub journal_commits: u64,
     /// Per SKU, in catalog order.
     pub skus: Vec<SkuReport>,
     /// The pools of pooled products (opening draws, one-each-first), by shard.
@@ -198,6 +206,8 @@ impl Report {
         let mut confirmed_orders = 0;
         let mut confirmed_units = 0;
         let mut commands_applied = 0;
+        let mut recovered_commands = 0;
+        let mut journal_commits = 0;
         let mut failed_shards = Vec::new();
         let mut levels_of_shard = Vec::with_capacity(shard_reports.len());
         for report in &shard_reports {
@@ -207,6 +217,8 @@ impl Report {
             confirmed_orders += report.counts[CONFIRMED_ORDERS];
             confirmed_units += report.counts[CONFIRMED_UNITS];
             commands_applied += report.commands_applied;
+            recovered_commands += report.recovered_commands;
+            journal_commits += report.journal_commits;
             if report.failed {
                 failed_shards.push(report.shard);
             }
@@ -262,6 +274,8 @@ impl Report {
                 shard_failed: producer_counts[REFUSED_SHARD_FAILED],
             },
             commands_applied,
+            recovered_commands,
+            journal_commits,
             skus,
             failed_shards,
             latency: LatencySummary::from_histogram(&latency_histogram),

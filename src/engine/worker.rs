@@ -20,9 +20,10 @@ use hdrhistogram::Histogram;
 
 use rustc_hash::FxHashMap;
 
-use super::control::ControlRequest;
+use super::control::{ControlRequest, ReplySlot};
 use super::{EngineShared, OrderSink, WaitStrategy};
 use crate::core::{Applied, Command, Deferred, ShardCore};
+use crate::journal::JournalWriter;
 use crate::report::ShardReport;
 use crate::ring;
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
@@ -93,6 +94,49 @@ pub(crate) struct WorkerLane {
     pub(crate) deferred: Arc<DeferredQueue>,
 }
 
+/// A shard's journal and the outputs held back until it is committed: nothing the shard
+/// decided reaches a producer, the order sink or a control caller before the journal holds
+/// the commands that decided it (written, and synced if so configured).
+pub(crate) struct Journaling {
+    writer: JournalWriter,
+    sync: bool,
+    group_commands: usize,
+    group_delay_ns: u64,
+    /// Commands appended since the last commit, and when the first of them was.
+    uncommitted: usize,
+    first_uncommitted_ns: u64,
+    /// Replies to write to their lane's completion ring, with the request's arrival stamp.
+    held: Vec<(usize, Reply, u64)>,
+    held_orders: Vec<Order>,
+    held_deferred: Vec<(Arc<DeferredQueue>, Completion)>,
+    held_replies: Vec<(Arc<ReplySlot>, Result<(), ControlError>)>,
+    commits: u64,
+    recovered: u64,
+}
+
+impl Journaling {
+    pub(crate) fn new(
+        writer: JournalWriter,
+        config: &super::JournalConfig,
+        recovered: u64,
+    ) -> Self {
+        Self {
+            writer,
+            sync: config.sync,
+            group_commands: config.group_commands.max(1),
+            group_delay_ns: u64::try_from(config.group_delay.as_nanos()).unwrap_or(u64::MAX),
+            uncommitted: 0,
+            first_uncommitted_ns: 0,
+            held: Vec::new(),
+            held_orders: Vec::new(),
+            held_deferred: Vec::new(),
+            held_replies: Vec::new(),
+            commits: 0,
+            recovered,
+        }
+    }
+}
+
 /// Where the outcome of a buy that waits goes.
 struct Pending {
     deferred: Arc<DeferredQueue>,
@@ -150,6 +194,7 @@ pub(crate) struct Context {
     /// The core's levels version last published to the gate and the live levels.
     levels_version_seen: u64,
     deferred: Vec<Deferred>,
+    journal: Option<Journaling>,
 }
 
 /// Spins before the first yield, and yields before the first park, when idle. Under loom
@@ -164,6 +209,7 @@ impl Context {
         sink: Option<Box<dyn OrderSink>>,
         wait: WaitStrategy,
         batch_max: usize,
+        journal: Option<Journaling>,
     ) -> Self {
         let shard = core.shard();
         let catalog_index_of: Vec<usize> = shared
@@ -196,6 +242,7 @@ impl Context {
             pending: FxHashMap::default(),
             levels_version_seen: 0,
             deferred: Vec::new(),
+            journal,
             shared,
         }
     }
@@ -218,6 +265,8 @@ impl Context {
             levels: self.core.levels().collect(),
             pools: self.core.pools().collect(),
             commands_applied: self.core.commands_applied(),
+            recovered_commands: self.journal.as_ref().map_or(0, |j| j.recovered),
+            journal_commits: self.journal.as_ref().map_or(0, |j| j.commits),
             latency_ns: self.latency_ns,
         }
     }
@@ -238,6 +287,7 @@ impl Context {
                 work += self.serve_lane(index);
             }
             work += self.tick_if_due();
+            self.commit_if_due(work == 0);
             if work > 0 {
                 self.counts_publish();
                 idle_steps = 0;
@@ -248,12 +298,138 @@ impl Context {
                 // every accepted intent was applied. Those still waiting (pooled or on a
                 // waitlist) are answered `Closed`, as the sale ends with the engine.
                 self.close_every_sale();
+                self.commit_if_due(true);
                 self.counts_publish();
                 return;
             }
             self.lanes
                 .retain_mut(|lane| !(lane.requests.is_abandoned() && lane.requests.is_empty()));
             idle_steps = self.idle(idle_steps);
+        }
+    }
+
+    /// Journals a command the core is about to apply (with the sequence it will get).
+    #[inline]
+    fn journal(&mut self, command: &Command) {
+        if let Some(journal) = self.journal.as_mut() {
+            journal.writer.append(self.core.commands_applied(), command);
+            journal.uncommitted += 1;
+            if journal.uncommitted == 1 {
+                journal.first_uncommitted_ns = self.shared.clock.now_ns();
+            }
+        }
+    }
+
+    /// Commits the journal when the group is due: the shard is idle, or the group is full,
+    /// or its first command has waited the configured delay; then releases what was held.
+    fn commit_if_due(&mut self, idle: bool) {
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        let holding = journal.uncommitted > 0
+            || !journal.held.is_empty()
+            || !journal.held_orders.is_empty()
+            || !journal.held_deferred.is_empty()
+            || !journal.held_replies.is_empty();
+        if !holding {
+            return;
+        }
+        let due = idle
+            || journal.uncommitted >= journal.group_commands
+            || self
+                .shared
+                .clock
+                .now_ns()
+                .saturating_sub(journal.first_uncommitted_ns)
+                >= journal.group_delay_ns;
+        if due {
+            self.commit_journal();
+        }
+    }
+
+    /// Commits the journal and releases the outputs held behind it. If the journal cannot
+    /// be written, nothing it should have held is released as decided: the held outcomes
+    /// are answered `ShardFailed` and the shard fails (it cannot promise durability).
+    fn commit_journal(&mut self) {
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        let committed = journal.writer.commit(journal.sync).is_ok();
+        if committed {
+            journal.commits += 1;
+        }
+        journal.uncommitted = 0;
+        let held = std::mem::take(&mut journal.held);
+        let orders = std::mem::take(&mut journal.held_orders);
+        let deferred = std::mem::take(&mut journal.held_deferred);
+        let replies = std::mem::take(&mut journal.held_replies);
+        let failed = |completion: Completion| Completion {
+            outcome: Outcome::Rejected {
+                reason: RejectReason::ShardFailed,
+                sequence: None,
+            },
+            ..completion
+        };
+        if !committed {
+            for (_, reply, _) in &held {
+                if let Reply::Done(Completion {
+                    outcome: Outcome::Confirmed(order),
+                    ..
+                }) = reply
+                {
+                    self.counts[CONFIRMED_ORDERS] -= 1;
+                    self.counts[CONFIRMED_UNITS] -= u64::from(order.quantity);
+                    self.counts[RejectReason::ShardFailed.index()] += 1;
+                }
+            }
+        }
+        let now_ns = self.shared.clock.now_ns();
+        let mut touched: Vec<usize> = Vec::new();
+        for (lane, reply, arrival_ns) in held {
+            let reply = match reply {
+                Reply::Done(completion) if !committed => Reply::Done(failed(completion)),
+                other => other,
+            };
+            let written = self.lanes[lane].completions.write(reply);
+            assert!(
+                written.is_ok(),
+                "completion ring overflow: in-flight bound broken"
+            );
+            if !touched.contains(&lane) {
+                touched.push(lane);
+            }
+            self.latency_ns
+                .saturating_record(now_ns.saturating_sub(arrival_ns).max(1));
+        }
+        for lane in touched {
+            // Completion rings are never closed, so publishing cannot fail.
+            let _ = self.lanes[lane].completions.publish();
+        }
+        for (queue, completion) in deferred {
+            if committed {
+                queue.push(completion);
+                continue;
+            }
+            if let Outcome::Confirmed(order) = completion.outcome {
+                self.counts[CONFIRMED_ORDERS] -= 1;
+                self.counts[CONFIRMED_UNITS] -= u64::from(order.quantity);
+                self.counts[RejectReason::ShardFailed.index()] += 1;
+            }
+            queue.push(failed(completion));
+        }
+        for (reply, result) in replies {
+            reply.fulfil(if committed {
+                result
+            } else {
+                Err(ControlError::ShardFailed)
+            });
+        }
+        if committed {
+            for order in orders {
+                self.sink_order(&order);
+            }
+        } else if !self.failed {
+            self.mark_failed();
         }
     }
 
@@ -299,6 +475,7 @@ impl Context {
             let result = if self.failed {
                 Err(ControlError::ShardFailed)
             } else {
+                self.journal(&request.command);
                 match self.core.apply(&request.command) {
                     Applied::Refused { error, .. } => Err(error),
                     _ => Ok(()),
@@ -306,7 +483,10 @@ impl Context {
             };
             // Outcomes and levels first, so that the caller sees the command's effects.
             self.after_apply();
-            request.reply.fulfil(result);
+            match self.journal.as_mut() {
+                Some(journal) => journal.held_replies.push((request.reply, result)),
+                None => request.reply.fulfil(result),
+            }
         }
     }
 
@@ -322,7 +502,9 @@ impl Context {
                 if due > now_ns {
                     return 0;
                 }
-                self.core.apply(&Command::Tick { now_ns });
+                let tick = Command::Tick { now_ns };
+                self.journal(&tick);
+                self.core.apply(&tick);
                 self.after_apply();
                 1
             }
@@ -337,7 +519,9 @@ impl Context {
             let at_ns = self.shared.clock.now_ns();
             let skus: Vec<_> = self.core.levels().map(|sku| sku.id).collect();
             for sku in skus {
-                self.core.apply(&Command::CloseSale { sku, at_ns });
+                let close = Command::CloseSale { sku, at_ns };
+                self.journal(&close);
+                self.core.apply(&close);
                 self.after_apply();
             }
         }
@@ -364,9 +548,8 @@ impl Context {
 
     /// Sends a waiting buy's outcome to its producer (if it is still there).
     fn deliver(&mut self, decided: Deferred) {
-        let Some(pending) = self.pending.remove(&decided.origin) else {
-            return;
-        };
+        // Counted, and a confirmation sunk, even when nobody waits for it any more (its
+        // producer is gone, or it waited before a recovery).
         match &decided.outcome {
             Outcome::Confirmed(order) => {
                 self.counts[CONFIRMED_ORDERS] += 1;
@@ -376,17 +559,23 @@ impl Context {
             }
             Outcome::Rejected { reason, .. } => self.counts[reason.index()] += 1,
         }
-        self.send(pending, decided.outcome);
+        if let Some(pending) = self.pending.remove(&decided.origin) {
+            self.send(pending, decided.outcome);
+        }
     }
 
     fn send(&mut self, pending: Pending, outcome: Outcome) {
         // A producer that is gone drops its end; the outcome then has nobody to go to.
-        pending.deferred.push(Completion {
+        let completion = Completion {
             intent: pending.intent,
             outcome,
             ticket: pending.ticket,
             waited: true,
-        });
+        };
+        match self.journal.as_mut() {
+            Some(journal) => journal.held_deferred.push((pending.deferred, completion)),
+            None => pending.deferred.push(completion),
+        }
     }
 
     /// Answers every buy still waiting with `reason` (a failed shard, or one whose sales
@@ -458,6 +647,10 @@ impl Context {
                 }),
                 None => Reply::Parked,
             };
+            if let Some(journal) = self.journal.as_mut() {
+                journal.held.push((index, reply, request.arrival_ns));
+                continue;
+            }
             let written = self.lanes[index].completions.write(reply);
             // The producer keeps at most `capacity` intents in flight per lane, counting
             // those whose completion it has not taken yet, so there is always a free slot.
@@ -465,6 +658,10 @@ impl Context {
                 written.is_ok(),
                 "completion ring overflow: in-flight bound broken"
             );
+        }
+        if self.journal.is_some() {
+            // Published, and their latency recorded, when the journal is committed.
+            return taken;
         }
         // Completion rings are never closed, so publishing cannot fail.
         let _ = self.lanes[index].completions.publish();
@@ -486,6 +683,14 @@ impl Context {
             return Some(Outcome::Rejected {
                 reason: RejectReason::ShardFailed,
                 sequence: None,
+            });
+        }
+        if self.journal.is_some() {
+            let (intent, arrival_ns) = (request.intent, request.arrival_ns);
+            self.journal(&if request.wait {
+                Command::BuyOrWait { intent, arrival_ns }
+            } else {
+                Command::Buy { intent, arrival_ns }
             });
         }
         let applied = self.core.buy_at(
@@ -536,6 +741,14 @@ impl Context {
         if available == 0 {
             gate.raise(self.catalog_index_of[local as usize]);
         }
+        match self.journal.as_mut() {
+            Some(journal) => journal.held_orders.push(*order),
+            None => self.sink_order(order),
+        }
+    }
+
+    /// Hands a confirmed order to the sink; a panic there fails the shard.
+    fn sink_order(&mut self, order: &Order) {
         if let Some(sink) = self.sink.as_mut()
             && catch_unwind(AssertUnwindSafe(|| sink.on_confirmed(order))).is_err()
         {

@@ -1,0 +1,332 @@
+//! The journaled engine: it restarts exactly where it stopped, and a process killed with
+//! SIGKILL mid-sale loses no order it reported confirmed.
+//!
+//! The crash test runs this test binary again as a child (`crash_child`, which does nothing
+//! unless `FLASHSALE_CRASH_DIR` is set): the child sells with a durable journal and prints
+//! every confirmation its producers receive; the parent kills it at a chosen moment, replays
+//! the journal and checks every printed order is there. `FLASHSALE_CRASH_RUNS=N` (or the
+//! ignored `crash_many_times`) repeats it at N kill points.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flashsale::journal;
+use flashsale::{
+    Catalog, Engine, GroupId, Intent, JournalConfig, OrderId, Outcome, Placement, RejectReason,
+    ShardCore, ShardId, SkuId, SkuSpec, Submitted, UserId,
+};
+
+fn catalog() -> Catalog {
+    Catalog::builder()
+        .group(GroupId(1), 4)
+        .sku(SkuSpec::new(SkuId(1), 300_000).limit(3).group(GroupId(1)))
+        .sku(SkuSpec::new(SkuId(2), 300_000).limit(3).group(GroupId(1)))
+        .sku(
+            SkuSpec::new(SkuId(3), 50)
+                .limit(1)
+                .waitlist(10)
+                .hold(3_000_000),
+        )
+        .build()
+        .unwrap()
+}
+
+const SHARDS: usize = 2;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("flashsale-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn intent(user: u64, key: u64, sku: u32, quantity: u32) -> Intent {
+    Intent {
+        user: UserId(user),
+        client_key: key,
+        sku: SkuId(sku),
+        quantity,
+    }
+}
+
+#[test]
+fn a_journaled_engine_restarts_where_it_stopped() {
+    let dir = scratch("restart");
+    let config = JournalConfig::durable(&dir);
+    let start = || {
+        Engine::builder(catalog())
+            .shards(SHARDS)
+            .journal(config.clone())
+            .start()
+            .unwrap()
+    };
+    let engine = start();
+    let control = engine.control();
+    let mut producer = engine.producer();
+    let mut orders = Vec::new();
+    for user in 0..2_000u64 {
+        let sku = 1 + (user % 3) as u32;
+        if let Outcome::Confirmed(order) = producer.buy(intent(user, 1, sku, 1)).unwrap() {
+            orders.push((user, sku, order));
+        }
+    }
+    for (user, _, order) in orders.iter().filter(|(user, ..)| user % 4 == 0) {
+        let paid = control.pay(order.id);
+        assert!(paid.is_ok() || *user % 3 == 2, "{paid:?}");
+    }
+    let first = engine.shutdown();
+    assert_eq!(first.recovered_commands, 0);
+    assert!(first.journal_commits > 0);
+
+    let engine = start();
+    let mut producer = engine.producer();
+    // A retry of a confirmed order still gets its order back, even for the sold-out SKU 3
+    // whose flag the producer checks first: the recovered keys were remembered.
+    for (user, sku, order) in orders.iter().take(30) {
+        let retry = producer.buy(intent(*user, 1, *sku, 1)).unwrap();
+        assert_eq!(retry.reason(), Some(RejectReason::Duplicate(order.id)));
+    }
+    // New intents carry on: order numbers continue, nothing is sold twice.
+    let next = producer.buy(intent(99_999, 1, 1, 1)).unwrap();
+    let next_id = next.order().expect("stock is left").id;
+    assert!(orders.iter().all(|(_, _, order)| order.id != next_id));
+    let second = engine.shutdown();
+    assert_eq!(second.recovered_commands, first.commands_applied);
+    for (before, after) in first.skus.iter().zip(&second.skus) {
+        let bought_again = u32::from(before.id == SkuId(1));
+        assert_eq!(after.held, before.held + bought_again, "{:?}", before.id);
+        assert_eq!(after.sold, before.sold);
+        assert_eq!(after.available + bought_again, before.available);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Output gating, checked deterministically: whenever the order sink or a producer sees an
+/// outcome, the journal file already holds the command that decided it.
+#[test]
+fn outputs_are_released_only_after_the_journal_holds_them() {
+    let dir = scratch("gating");
+    let config = JournalConfig {
+        sync: false,
+        ..JournalConfig::durable(&dir)
+    };
+    let path = config.path_of(ShardId(0));
+    let journaled = move |path: &Path, sequence: u64| {
+        journal::read(path)
+            .map(|scanned| scanned.records.iter().any(|(s, _)| *s == sequence))
+            .unwrap_or(false)
+    };
+    let sink_path = path.clone();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let engine = Engine::builder(
+        Catalog::builder()
+            .sku(SkuSpec::new(SkuId(1), 100).limit(1))
+            .build()
+            .unwrap(),
+    )
+    .journal(config)
+    .sold_out_gate(false)
+    .order_sink(move |_| {
+        let path = sink_path.clone();
+        let seen_tx = seen_tx.clone();
+        move |order: &flashsale::Order| {
+            seen_tx.send(journaled(&path, order.sequence)).unwrap();
+        }
+    })
+    .start()
+    .unwrap();
+    let mut producer = engine.producer();
+    for user in 0..200 {
+        let outcome = producer.buy(intent(user, 0, 1, 1)).unwrap();
+        let sequence = outcome.sequence().expect("decided by the shard");
+        assert!(
+            journaled(&path, sequence),
+            "outcome {outcome:?} released before its command was journaled"
+        );
+    }
+    engine.shutdown();
+    let sunk: Vec<bool> = seen_rx.try_iter().collect();
+    assert_eq!(sunk.len(), 100);
+    assert!(
+        sunk.iter().all(|&journaled| journaled),
+        "the sink saw an order first"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The child side of the crash test: sells until killed, printing every confirmation a
+/// producer received as `C user key sku order` (after the journal held it).
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var("FLASHSALE_CRASH_DIR") else {
+        return;
+    };
+    // Long groups (up to 5 ms), so that a kill often lands between a decision and its
+    // commit: a shard that released outcomes before committing would be caught.
+    let config = JournalConfig {
+        group_commands: 1 << 20,
+        group_delay: Duration::from_millis(5),
+        ..JournalConfig::durable(&dir)
+    };
+    let engine = Engine::builder(catalog())
+        .shards(SHARDS)
+        .journal(config)
+        .start()
+        .unwrap();
+    let control = engine.control();
+    let mut producer = engine.producer();
+    let stdout = std::io::stdout();
+    let mut paid = 0u64;
+    for press in 0..u64::MAX {
+        let user = press % 250_000;
+        let wanted = intent(user, press / 250_000, 1 + (press % 3) as u32, 1);
+        let submitted = loop {
+            match producer.submit(wanted) {
+                Err(flashsale::SubmitError::Busy(_)) => {
+                    std::thread::yield_now();
+                    let _ = producer.poll(|_| {});
+                }
+                other => break other.unwrap(),
+            }
+        };
+        let mut out = stdout.lock();
+        if let Submitted::Answered(_) = submitted {
+            continue;
+        }
+        producer.poll(|completion| {
+            if let Outcome::Confirmed(order) = completion.outcome {
+                let i = completion.intent;
+                writeln!(
+                    out,
+                    "C {} {} {} {}",
+                    i.user.0, i.client_key, i.sku.0, order.id.0
+                )
+                .unwrap();
+                // Pay a few, so that payments are journaled and replayed too.
+                if order.id.0 % 7 == 0 {
+                    paid += 1;
+                }
+            }
+        });
+        out.flush().unwrap();
+        if paid > 0 && press % 64 == 0 {
+            // A payment of an order of the shard's; any answer is fine here.
+            let _ = control.pay(OrderId::new(ShardId((press % 2) as u16), press % 100));
+        }
+    }
+}
+
+/// Replays the journals in `dir` into fresh cores.
+fn replay(dir: &Path) -> Vec<ShardCore> {
+    let catalog = catalog();
+    let placement = Placement::new(&catalog, SHARDS).unwrap();
+    (0..SHARDS)
+        .map(|shard| {
+            let shard = ShardId(shard as u16);
+            let mut core = ShardCore::new(&catalog, &placement, shard);
+            let path = JournalConfig::durable(dir).path_of(shard);
+            if path.exists() {
+                let scanned = journal::read(&path).unwrap();
+                for (sequence, command) in &scanned.records {
+                    assert_eq!(*sequence, core.commands_applied());
+                    core.apply(command);
+                    core.take_deferred().for_each(drop);
+                }
+            }
+            core
+        })
+        .collect()
+}
+
+/// Runs the child, kills it after `after`, and checks the journal against what it printed.
+/// Returns how many confirmations the child had printed.
+fn crash_once(after: Duration, run: usize) -> usize {
+    let dir = scratch(&format!("crash-{run}"));
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .env("FLASHSALE_CRASH_DIR", &dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut confirmed = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let fields: Vec<u64> = line
+                .strip_prefix("C ")
+                .map(|rest| rest.split(' ').filter_map(|f| f.parse().ok()).collect())
+                .unwrap_or_default();
+            if fields.len() == 4 {
+                confirmed.push((fields[0], fields[1], fields[2] as u32, fields[3]));
+            }
+        }
+        confirmed
+    });
+    // Wait for the sale to be under way, then let it run `after` more.
+    let started = Instant::now();
+    while !dir.join("shard-00000.fsj").exists() && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(after);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let confirmed = reader.join().unwrap();
+    let cores = replay(&dir);
+    let catalog = catalog();
+    for &(user, key, sku, order) in &confirmed {
+        let shard = catalog
+            .index_of(SkuId(sku))
+            .map(|index| Placement::new(&catalog, SHARDS).unwrap().route(index).0)
+            .unwrap();
+        assert_eq!(
+            cores[usize::from(shard.0)].order_for_key(user, key, SkuId(sku)),
+            Some(OrderId(order)),
+            "run {run}: order {order} of user {user} reported confirmed, missing after recovery"
+        );
+    }
+    for core in &cores {
+        for levels in core.levels() {
+            let spec = catalog.sku(levels.id).unwrap();
+            assert!(
+                levels.held + levels.sold <= spec.stock,
+                "oversold {levels:?}"
+            );
+            assert_eq!(levels.available + levels.held + levels.sold, levels.stock);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    confirmed.len()
+}
+
+#[test]
+fn killed_mid_sale_loses_no_confirmed_order() {
+    let runs: usize = std::env::var("FLASHSALE_CRASH_RUNS")
+        .ok()
+        .and_then(|runs| runs.parse().ok())
+        .unwrap_or(4);
+    let mut printed = 0;
+    for run in 0..runs {
+        // Kill points spread over the first 200 ms of the sale.
+        let after = Duration::from_millis(5 + (run as u64 * 37) % 200);
+        printed += crash_once(after, run);
+    }
+    eprintln!("{printed} confirmations printed over {runs} runs");
+    assert!(
+        printed > 0,
+        "the children confirmed nothing before being killed"
+    );
+}
+
+#[test]
+#[ignore = "100 kills, about a minute: cargo test --release --test durability -- --ignored"]
+fn crash_many_times() {
+    for run in 0..100 {
+        crash_once(
+            Duration::from_millis(3 + (run as u64 * 53) % 300),
+            1000 + run,
+        );
+    }
+}
