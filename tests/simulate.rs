@@ -219,6 +219,36 @@ fn a_draw_with_payments_holds_and_a_waitlist_accounts_for_every_unit() {
     );
 }
 
+/// `--journal DIR` runs the scenario in memory and journaled; the journaled run commits and
+/// keeps every invariant; a directory that already holds something is refused.
+#[test]
+fn a_journaled_run_sits_beside_the_in_memory_one() {
+    let dir = std::env::temp_dir().join(format!("flashsale-sim-journal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut args = SMALL.to_vec();
+    let dir_arg = dir.to_str().unwrap().to_string();
+    args.extend(["--json", "--journal", &dir_arg]);
+    let output = simulate(&args);
+    assert!(output.status.success(), "{}", stderr_line(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["in_memory"]["journal_commits"], 0);
+    assert!(report["journaled"]["journal_commits"].as_u64().unwrap() > 0);
+    for run in ["in_memory", "journaled"] {
+        assert_eq!(report[run]["confirmed_units"], 5_000, "{run}");
+        assert_eq!(report[run]["invariants"]["no_oversell"], true, "{run}");
+    }
+    assert!(dir.join("shard-00000.fsj").exists());
+    // Again into the same directory: refused, naming the field.
+    let again = simulate(&["--journal", &dir_arg]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        stderr_line(&again).starts_with("error: journal:"),
+        "{}",
+        stderr_line(&again)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn closed_loop_and_rate_sweep_run() {
     let mut args = SMALL.to_vec();
@@ -316,6 +346,18 @@ fn compare_without_the_redis_peer_says_how_to_get_it() {
     let output = compare(&["--redis", "127.0.0.1:1", "--skip", "engine,mutex,crossbeam"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr_line(&output).contains("redis-peer"));
+}
+
+#[test]
+fn fsync_probe_measures_the_disk() {
+    let output = flashsale(
+        "fsync",
+        &["--dir", env!("CARGO_TARGET_TMPDIR"), "--count", "20"],
+    );
+    assert!(output.status.success(), "{}", stderr_line(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("fdatasync"));
+    let output = flashsale("fsync", &["--count", "0"]);
+    assert_eq!(output.status.code(), Some(2));
 }
 
 #[test]

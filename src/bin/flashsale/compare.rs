@@ -183,7 +183,7 @@ pub fn compare(args: &CompareArgs) -> Result<bool, String> {
         say("running flashsale engine ...");
         let plan = Plan::new(&scenario)?;
         let presses = plan.presses;
-        let result = run::run(&scenario, plan, |_| {})?;
+        let result = run::run(&scenario, plan, None, |_| {})?;
         peers.push(PeerJson::new(
             "engine",
             format!("flashsale engine ({:?} wait)", scenario.wait).to_lowercase(),

@@ -2,6 +2,7 @@
 //! against the engine and prints a report a capacity planner can act on.
 
 mod compare;
+mod fsync;
 mod hiccups;
 mod output;
 mod plan;
@@ -43,6 +44,8 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Measure how long this machine pauses a spinning thread (the floor under any tail).
     Hiccups(hiccups::HiccupArgs),
+    /// Measure how long this machine's disk takes to make an append durable.
+    Fsync(fsync::FsyncArgs),
 }
 
 /// Scenario knobs shared by `simulate` and `compare`.
@@ -128,6 +131,13 @@ struct SimulateArgs {
     /// Scenario ms after each opening at which the sale closes (answers everyone waiting).
     #[arg(long)]
     close_after_ms: Option<u64>,
+    /// Run the scenario twice, in memory and with a durable journal in this (new or empty)
+    /// directory, and print them side by side.
+    #[arg(long)]
+    journal: Option<PathBuf>,
+    /// With `--journal`: write each group commit without waiting for the disk.
+    #[arg(long, requires = "journal")]
+    no_fsync: bool,
 }
 
 /// Parses `1M`, `2.5m`, `250k`, `1000`.
@@ -242,9 +252,19 @@ fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
 }
 
 fn run_once(scenario: &Scenario, quiet: bool) -> Result<(RunJson, Histogram<u64>), String> {
+    run_with(scenario, quiet, None)
+}
+
+fn run_with(
+    scenario: &Scenario,
+    quiet: bool,
+    journal: Option<flashsale::JournalConfig>,
+) -> Result<(RunJson, Histogram<u64>), String> {
     let plan = Plan::new(scenario)?;
     let bar = progress_bar(plan.presses, quiet);
-    let result = run::run(scenario, plan, |outcomes| bar.set_position(outcomes))?;
+    let result = run::run(scenario, plan, journal, |outcomes| {
+        bar.set_position(outcomes)
+    })?;
     bar.finish_and_clear();
     Ok((RunJson::new(scenario, &result), result.latency_ns))
 }
@@ -280,6 +300,9 @@ fn simulate(args: &SimulateArgs) -> Result<bool, String> {
         }
         return Ok(all_hold);
     }
+    if let Some(dir) = &args.journal {
+        return simulate_journaled(args, &scenario, dir);
+    }
     let (run, latency_ns) = run_once(&scenario, args.knobs.quiet)?;
     if let Some(path) = &args.plot {
         plot::draw(path, &run, &latency_ns)
@@ -297,12 +320,55 @@ fn simulate(args: &SimulateArgs) -> Result<bool, String> {
     Ok(run.all_invariants_hold())
 }
 
+/// `simulate --journal DIR`: the scenario in memory, then with a journal, side by side.
+fn simulate_journaled(
+    args: &SimulateArgs,
+    scenario: &Scenario,
+    dir: &std::path::Path,
+) -> Result<bool, String> {
+    let not_empty = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
+    if not_empty {
+        return Err(format!(
+            "journal: {} is not empty (a journal there would be recovered into this run)",
+            dir.display()
+        ));
+    }
+    let config = flashsale::JournalConfig {
+        sync: !args.no_fsync,
+        ..flashsale::JournalConfig::durable(dir)
+    };
+    let (memory, _) = run_once(scenario, args.knobs.quiet)?;
+    let (journaled, _) = run_with(scenario, args.knobs.quiet, Some(config.clone()))?;
+    let all_hold = memory.all_invariants_hold() && journaled.all_invariants_hold();
+    if args.knobs.json {
+        let both = serde_json::json!({ "in_memory": memory, "journaled": journaled });
+        let text = serde_json::to_string_pretty(&both).map_err(|error| error.to_string())?;
+        println!("{text}");
+        return Ok(all_hold);
+    }
+    println!(
+        "scenario {}: in memory, then journaled to {} ({}; groups of up to {} commands or {} µs)",
+        scenario.name,
+        dir.display(),
+        if config.sync {
+            "fdatasync per group"
+        } else {
+            "written, not synced"
+        },
+        config.group_commands,
+        config.group_delay.as_micros()
+    );
+    print!("{}", output::durability_table(&memory, &journaled));
+    Ok(all_hold)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Simulate(args) => simulate(args),
         Command::Compare(args) => compare::compare(args),
         Command::Hiccups(args) => hiccups::hiccups(args),
+        Command::Fsync(args) => fsync::fsync(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -118,6 +118,8 @@ pub struct RunJson {
     pub wait_latency_ns: LatencyJson,
     pub lifecycle: LifecycleJson,
     pub pools: Vec<PoolJson>,
+    /// Group commits of the journal (0 in memory).
+    pub journal_commits: u64,
     pub peak_memory_bytes: Option<u64>,
     pub skus: Vec<SkuJson>,
     pub timeline: Vec<TimelinePoint>,
@@ -164,6 +166,7 @@ impl RunJson {
             },
             latency_ns: LatencySummary::from_histogram(&result.latency_ns).into(),
             engine_latency_ns: result.engine.latency.into(),
+            journal_commits: result.engine.journal_commits,
             wait_latency_ns: LatencySummary::from_histogram(&result.wait_latency_ns).into(),
             lifecycle: {
                 let skus = &result.engine.skus;
@@ -404,5 +407,36 @@ pub fn rate_table(rates: &[RateJson]) -> String {
             Nanos(l.max).to_string()
         );
     }
+    out
+}
+
+/// `simulate --journal`: the in-memory and the journaled run of one scenario.
+pub fn durability_table(memory: &RunJson, journaled: &RunJson) -> String {
+    let mut out = String::from(
+        "run           intents/s  engine p50  engine p99  p99.9     max        commits/s  invariants\n",
+    );
+    for (name, run) in [("in memory", memory), ("journaled", journaled)] {
+        let l = &run.engine_latency_ns;
+        let _ = writeln!(
+            out,
+            "{name:<12}{:>10.2}M {:>11} {:>11} {:>9} {:>9} {:>12.0}  {}",
+            run.intents_per_s / 1e6,
+            Nanos(l.p50).to_string(),
+            Nanos(l.p99).to_string(),
+            Nanos(l.p99_9).to_string(),
+            Nanos(l.max).to_string(),
+            run.journal_commits as f64 / run.elapsed_s,
+            if run.all_invariants_hold() {
+                "ok"
+            } else {
+                "VIOLATED"
+            }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "journaled/in-memory throughput: {:.2}; shard-side latency (stamp to outcome published)",
+        journaled.intents_per_s / memory.intents_per_s
+    );
     out
 }

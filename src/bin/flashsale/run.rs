@@ -190,15 +190,21 @@ struct Shared {
 pub fn run(
     scenario: &Scenario,
     plan: Plan,
+    journal: Option<flashsale::JournalConfig>,
     mut on_progress: impl FnMut(u64),
 ) -> Result<RunResult, String> {
-    let engine = Engine::builder(plan.catalog.clone())
+    let mut builder = Engine::builder(plan.catalog.clone())
         .shards(scenario.shards as usize)
         .ring_capacity(scenario.ring_capacity as usize)
         .wait_strategy(scenario.wait.into())
-        .max_quantity(scenario.limit_per_buyer.max(2))
-        .start()
-        .map_err(|error| format!("shards: {error}"))?;
+        .max_quantity(scenario.limit_per_buyer.max(2));
+    if let Some(config) = journal {
+        builder = builder.journal(config);
+    }
+    let engine = builder.start().map_err(|error| match error {
+        flashsale::EngineError::Journal(error) => format!("journal: {error}"),
+        other => format!("shards: {other}"),
+    })?;
     let scaled = |ms: u64| (ms as f64 * 1e6 / scenario.speed) as u64;
     let shared = Arc::new(Shared {
         catalog: plan.catalog.clone(),
