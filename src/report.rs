@@ -135,6 +135,7 @@ pub(crate) struct ShardReport {
     pub(crate) commands_applied: u64,
     pub(crate) recovered_commands: u64,
     pub(crate) journal_commits: u64,
+    pub(crate) snapshots: u64,
     pub(crate) latency_ns: Histogram<u64>,
 }
 
@@ -150,6 +151,7 @@ impl ShardReport {
             commands_applied: 0,
             recovered_commands: 0,
             journal_commits: 0,
+            snapshots: 0,
             latency_ns: Histogram::new(3).expect("3 significant figures is valid"),
         }
     }
@@ -173,10 +175,13 @@ pub struct Report {
     pub refusals: Refusals,
     /// Commands the shards applied (their sequence numbers used), recovered ones included.
     pub commands_applied: u64,
-    /// Commands replayed from the journals at start-up (0 without a journal).
+    /// Commands replayed from the journals at start-up, after the snapshot each shard was
+    /// restored from (0 without a journal).
     pub recovered_commands: u64,
     /// Group commits of the journals (0 without a journal).
     pub journal_commits: u64,
+    /// Snapshots written.
+    pub snapshots: u64,
     /// Per SKU, in catalog order.
     pub skus: Vec<SkuReport>,
     /// The pools of pooled products (opening draws, one-each-first), by shard.
@@ -208,6 +213,7 @@ impl Report {
         let mut commands_applied = 0;
         let mut recovered_commands = 0;
         let mut journal_commits = 0;
+        let mut snapshots = 0;
         let mut failed_shards = Vec::new();
         let mut levels_of_shard = Vec::with_capacity(shard_reports.len());
         for report in &shard_reports {
@@ -219,6 +225,7 @@ impl Report {
             commands_applied += report.commands_applied;
             recovered_commands += report.recovered_commands;
             journal_commits += report.journal_commits;
+            snapshots += report.snapshots;
             if report.failed {
                 failed_shards.push(report.shard);
             }
@@ -276,6 +283,7 @@ impl Report {
             commands_applied,
             recovered_commands,
             journal_commits,
+            snapshots,
             skus,
             failed_shards,
             latency: LatencySummary::from_histogram(&latency_histogram),

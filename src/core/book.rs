@@ -261,6 +261,67 @@ impl OrderBook {
         self.scan_holdings(user, sku_local, limit_key).0
     }
 
+    /// Both tables, for a snapshot: capacity, entry count, then each used slot's index and
+    /// words (a table is mostly free slots; their positions are kept, so probing finds
+    /// every entry where it was).
+    pub(super) fn write_to(&self, out: &mut dyn FnMut(u64)) {
+        for (table, used) in [
+            (&self.keys, USED_WORD_KEYS),
+            (&self.holdings, USED_WORD_HOLDINGS),
+        ] {
+            out(table.slots.len() as u64);
+            out(table.len as u64);
+            for (index, slot) in table.slots.iter().enumerate() {
+                if slot[used] != 0 {
+                    out(index as u64);
+                    slot.iter().for_each(|&word| out(word));
+                }
+            }
+        }
+    }
+
+    /// A book from [`write_to`](Self::write_to)'s words; `None` if they do not make one.
+    pub(super) fn read_from(input: &mut dyn FnMut() -> Option<u64>) -> Option<Self> {
+        let mut read_table = |used: usize| -> Option<Table> {
+            let capacity = usize::try_from(input()?).ok()?;
+            let len = usize::try_from(input()?).ok()?;
+            if !capacity.is_power_of_two() || capacity < 16 || len * 2 > capacity {
+                return None;
+            }
+            let mut slots = SlotTable::zeroed(capacity);
+            for _ in 0..len {
+                let index = usize::try_from(input()?).ok().filter(|&i| i < capacity)?;
+                let slot = &mut slots[index];
+                if slot[used] != 0 {
+                    return None;
+                }
+                for word in slot.iter_mut() {
+                    *word = input()?;
+                }
+                if slot[used] == 0 {
+                    return None;
+                }
+            }
+            Some(Table {
+                slots,
+                mask: capacity - 1,
+                len,
+            })
+        };
+        let keys = read_table(USED_WORD_KEYS)?;
+        let holdings = read_table(USED_WORD_HOLDINGS)?;
+        Some(Self { keys, holdings })
+    }
+
+    /// `(user, client_key)` of every order recorded.
+    pub(super) fn keys(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.keys
+            .slots
+            .iter()
+            .filter(|slot| slot[USED_WORD_KEYS] != 0)
+            .map(|slot| (slot[0], slot[1]))
+    }
+
     /// Orders recorded.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {

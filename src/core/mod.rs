@@ -10,6 +10,7 @@ mod book;
 mod table;
 
 mod pool;
+mod snapshot;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -19,6 +20,7 @@ use rustc_hash::FxHashMap;
 use book::{Confirmed, OrderBook, SKU_LIMIT_KEY, Standing};
 use pool::{Pool, Ticket};
 pub use pool::{PoolLevels, pool_seed, shuffle};
+pub use snapshot::{SNAPSHOT_MAGIC, SnapshotError};
 
 use crate::catalog::{Catalog, Placement, Policy, SaleWindow};
 use crate::types::{ControlError, Intent, Order, OrderId, Outcome, RejectReason, ShardId, SkuId};

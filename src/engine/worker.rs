@@ -112,6 +112,11 @@ pub(crate) struct Journaling {
     held_replies: Vec<(Arc<ReplySlot>, Result<(), ControlError>)>,
     commits: u64,
     recovered: u64,
+    dir: std::path::PathBuf,
+    snapshot_every: Option<u64>,
+    /// The sequence of the newest snapshot (or where recovery started).
+    snapshot_at: u64,
+    snapshots: u64,
 }
 
 impl Journaling {
@@ -119,6 +124,7 @@ impl Journaling {
         writer: JournalWriter,
         config: &super::JournalConfig,
         recovered: u64,
+        snapshot_at: u64,
     ) -> Self {
         Self {
             writer,
@@ -133,6 +139,10 @@ impl Journaling {
             held_replies: Vec::new(),
             commits: 0,
             recovered,
+            dir: config.dir.clone(),
+            snapshot_every: config.snapshot_every,
+            snapshot_at,
+            snapshots: 0,
         }
     }
 }
@@ -267,6 +277,7 @@ impl Context {
             commands_applied: self.core.commands_applied(),
             recovered_commands: self.journal.as_ref().map_or(0, |j| j.recovered),
             journal_commits: self.journal.as_ref().map_or(0, |j| j.commits),
+            snapshots: self.journal.as_ref().map_or(0, |j| j.snapshots),
             latency_ns: self.latency_ns,
         }
     }
@@ -428,8 +439,50 @@ impl Context {
             for order in orders {
                 self.sink_order(&order);
             }
+            self.snapshot_if_due();
         } else if !self.failed {
             self.mark_failed();
+        }
+    }
+
+    /// Writes a snapshot of the core when enough commands were applied since the last:
+    /// to a temporary file, synced, then renamed into place; the two newest are kept. A
+    /// snapshot that cannot be written is skipped (the journal alone still recovers).
+    fn snapshot_if_due(&mut self) {
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        let at = self.core.commands_applied();
+        let Some(every) = journal.snapshot_every else {
+            return;
+        };
+        if at < journal.snapshot_at.saturating_add(every.max(1)) || self.core.has_deferred() {
+            return;
+        }
+        let config = super::JournalConfig {
+            snapshot_every: journal.snapshot_every,
+            ..super::JournalConfig::durable(journal.dir.clone())
+        };
+        let bytes = self.core.snapshot();
+        let path = config.snapshot_path(self.shard, at);
+        let temporary = path.with_extension("tmp");
+        let written = std::fs::File::create(&temporary)
+            .and_then(|mut file| {
+                std::io::Write::write_all(&mut file, &bytes)?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&temporary, &path))
+            .and_then(|()| std::fs::File::open(&journal.dir)?.sync_all());
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temporary);
+            return;
+        }
+        journal.snapshot_at = at;
+        journal.snapshots += 1;
+        let mut older = config.snapshots_of(self.shard);
+        older.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
+        for (_, stale) in older.into_iter().skip(2) {
+            let _ = std::fs::remove_file(stale);
         }
     }
 

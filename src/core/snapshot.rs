@@ -1,0 +1,334 @@
+//! Snapshots of a shard core: its whole mutable state as bytes, to bound replay at
+//! recovery (restore the newest snapshot, then replay only the journal after it).
+//!
+//! Format (little-endian): magic `FLASHSNP`, version u32 = 1, shard u16, 2 reserved bytes,
+//! the sequence number the snapshot was taken at (u64: the next command's), the payload
+//! length (u64) and its CRC-32, then the payload: the core's counters, every SKU's state
+//! and waitlist, the buyer filter, both order-book tables, the order log, the hold
+//! deadlines and the pools. The catalog-derived parts (SKU ids, limits, groups, policies)
+//! are not stored: a snapshot restores into a core built from the same catalog and
+//! placement, and a mismatch is refused.
+
+use std::collections::BinaryHeap;
+
+use super::pool::Ticket;
+use super::{OrderRecord, OrderState, ShardCore, Waiter};
+use crate::catalog::{Catalog, Placement};
+use crate::types::{Intent, ShardId, SkuId, UserId};
+
+/// The file's first 8 bytes.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"FLASHSNP";
+const VERSION: u32 = 1;
+const HEADER_LEN: usize = 8 + 4 + 2 + 2 + 8 + 8 + 4;
+
+/// Why a snapshot could not be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// Not a version-1 snapshot, or cut short.
+    #[error("not a complete version-1 snapshot")]
+    BadHeader,
+    /// The payload does not match its checksum.
+    #[error("checksum mismatch")]
+    Checksum,
+    /// Taken of another shard.
+    #[error("snapshot of shard {0}")]
+    WrongShard(u16),
+    /// The payload does not fit this catalog and placement (or is damaged consistently
+    /// with its checksum, which the checksum makes unlikely).
+    #[error("the snapshot does not fit this catalog: {0}")]
+    Mismatch(&'static str),
+}
+
+struct Out(Vec<u8>);
+
+impl Out {
+    fn u64(&mut self, value: u64) {
+        self.0.extend_from_slice(&value.to_le_bytes());
+    }
+    fn u32(&mut self, value: u32) {
+        self.0.extend_from_slice(&value.to_le_bytes());
+    }
+    fn u8(&mut self, value: u8) {
+        self.0.push(value);
+    }
+    fn intent(&mut self, intent: &Intent) {
+        self.u64(intent.user.0);
+        self.u64(intent.client_key);
+        self.u32(intent.sku.0);
+        self.u32(intent.quantity);
+    }
+}
+
+struct In<'a>(&'a [u8]);
+
+impl In<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], SnapshotError> {
+        let (head, rest) = self
+            .0
+            .split_first_chunk::<N>()
+            .ok_or(SnapshotError::Mismatch("cut short"))?;
+        self.0 = rest;
+        Ok(*head)
+    }
+    fn u64(&mut self) -> Result<u64, SnapshotError> {
+        self.take::<8>().map(u64::from_le_bytes)
+    }
+    fn u32(&mut self) -> Result<u32, SnapshotError> {
+        self.take::<4>().map(u32::from_le_bytes)
+    }
+    fn u8(&mut self) -> Result<u8, SnapshotError> {
+        self.take::<1>().map(|[byte]| byte)
+    }
+    fn len(&mut self, max: usize) -> Result<usize, SnapshotError> {
+        let len = self.u64()?;
+        usize::try_from(len)
+            .ok()
+            .filter(|&len| len <= max)
+            .ok_or(SnapshotError::Mismatch("a length is out of range"))
+    }
+    fn intent(&mut self) -> Result<Intent, SnapshotError> {
+        Ok(Intent {
+            user: UserId(self.u64()?),
+            client_key: self.u64()?,
+            sku: SkuId(self.u32()?),
+            quantity: self.u32()?,
+        })
+    }
+}
+
+impl ShardCore {
+    /// The core's state as a snapshot file's bytes (header included). Take it between
+    /// commands, after [`take_deferred`](Self::take_deferred).
+    ///
+    /// # Panics
+    /// If deferred outcomes are still waiting to be taken (a caller bug: they would be
+    /// lost).
+    pub fn snapshot(&self) -> Vec<u8> {
+        assert!(
+            self.deferred.is_empty(),
+            "take the deferred outcomes before a snapshot"
+        );
+        let mut out = Out(Vec::with_capacity(1 << 16));
+        out.u64(self.sequence_next);
+        out.u64(self.orders_confirmed);
+        out.u64(self.now_ns);
+        out.u64(self.levels_version);
+        out.u64(self.skus.len() as u64);
+        for sku in &self.skus {
+            out.u32(sku.id.0);
+            out.u32(sku.available);
+            out.u32(sku.held);
+            out.u64(sku.opens_at_ns);
+            out.u64(sku.closes_at_ns);
+            out.u8(u8::from(sku.closed));
+            let cold = &sku.cold;
+            out.u32(cold.stock);
+            out.u32(cold.sold);
+            for counter in [
+                cold.expired,
+                cold.cancelled,
+                cold.restocked,
+                cold.reduced,
+                cold.waitlist_filled,
+            ] {
+                out.u64(counter);
+            }
+            out.u64(cold.waiters.len() as u64);
+            for waiter in &cold.waiters {
+                out.u64(waiter.origin);
+                out.intent(&waiter.intent);
+            }
+        }
+        out.u64(self.buyers.words.len() as u64);
+        for &word in self.buyers.words.iter() {
+            out.u64(word);
+        }
+        self.book.write_to(&mut |word| out.u64(word));
+        out.u64(self.orders.len() as u64);
+        for order in self.orders.iter() {
+            out.u64(order.user);
+            out.u32(order.sku_local);
+            out.u32(order.units);
+            out.u8(order.state as u8);
+        }
+        let deadlines = self.deadlines.clone().into_sorted_vec();
+        out.u64(deadlines.len() as u64);
+        for std::cmp::Reverse((deadline, number)) in deadlines {
+            out.u64(deadline);
+            out.u64(number);
+        }
+        out.u64(self.pools.len() as u64);
+        for pool in &self.pools {
+            out.u64(pool.serve_at_ns);
+            out.u8(u8::from(pool.served));
+            out.u64(pool.tickets_taken);
+            out.u64(pool.tickets.len() as u64);
+            for ticket in &pool.tickets {
+                out.u64(ticket.origin);
+                out.intent(&ticket.intent);
+                out.u32(ticket.local);
+                out.u8(u8::from(ticket.wait));
+            }
+        }
+        let payload = out.0;
+        let mut file = Vec::with_capacity(HEADER_LEN + payload.len());
+        file.extend_from_slice(&SNAPSHOT_MAGIC);
+        file.extend_from_slice(&VERSION.to_le_bytes());
+        file.extend_from_slice(&self.shard.0.to_le_bytes());
+        file.extend_from_slice(&[0, 0]);
+        file.extend_from_slice(&self.sequence_next.to_le_bytes());
+        file.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        file.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        file.extend_from_slice(&payload);
+        file
+    }
+
+    /// The sequence number a snapshot file was taken at (the next command's), if its
+    /// header is whole.
+    pub fn snapshot_sequence(bytes: &[u8]) -> Option<u64> {
+        let header = bytes.get(..HEADER_LEN)?;
+        (header[..8] == SNAPSHOT_MAGIC && header[8..12] == VERSION.to_le_bytes())
+            .then(|| u64::from_le_bytes(header[16..24].try_into().expect("8 bytes")))
+    }
+
+    /// Rebuilds shard `shard`'s core from a [`snapshot`](Self::snapshot).
+    ///
+    /// # Errors
+    /// [`SnapshotError`]: damaged, another shard's, or taken under another catalog.
+    pub fn restore(
+        catalog: &Catalog,
+        placement: &Placement,
+        shard: ShardId,
+        orders: Option<usize>,
+        bytes: &[u8],
+    ) -> Result<Self, SnapshotError> {
+        let header = bytes.get(..HEADER_LEN).ok_or(SnapshotError::BadHeader)?;
+        if header[..8] != SNAPSHOT_MAGIC || header[8..12] != VERSION.to_le_bytes() {
+            return Err(SnapshotError::BadHeader);
+        }
+        let found = u16::from_le_bytes([header[12], header[13]]);
+        if found != shard.0 {
+            return Err(SnapshotError::WrongShard(found));
+        }
+        let length = u64::from_le_bytes(header[24..32].try_into().expect("8 bytes"));
+        let checksum = u32::from_le_bytes(header[32..36].try_into().expect("4 bytes"));
+        let payload = usize::try_from(length)
+            .ok()
+            .and_then(|length| bytes.get(HEADER_LEN..HEADER_LEN.checked_add(length)?))
+            .ok_or(SnapshotError::BadHeader)?;
+        if crc32fast::hash(payload) != checksum {
+            return Err(SnapshotError::Checksum);
+        }
+        let mut core = Self::with_order_capacity(catalog, placement, shard, orders);
+        let mut input = In(payload);
+        core.sequence_next = input.u64()?;
+        core.orders_confirmed = input.u64()?;
+        core.now_ns = input.u64()?;
+        core.levels_version = input.u64()?;
+        if input.len(usize::MAX)? != core.skus.len() {
+            return Err(SnapshotError::Mismatch("SKU count"));
+        }
+        for sku in core.skus.iter_mut() {
+            if input.u32()? != sku.id.0 {
+                return Err(SnapshotError::Mismatch("SKU ids"));
+            }
+            sku.available = input.u32()?;
+            sku.held = input.u32()?;
+            sku.opens_at_ns = input.u64()?;
+            sku.closes_at_ns = input.u64()?;
+            sku.closed = input.u8()? != 0;
+            let cold = &mut sku.cold;
+            cold.stock = input.u32()?;
+            cold.sold = input.u32()?;
+            cold.expired = input.u64()?;
+            cold.cancelled = input.u64()?;
+            cold.restocked = input.u64()?;
+            cold.reduced = input.u64()?;
+            cold.waitlist_filled = input.u64()?;
+            let waiters = input.len(sku.waitlist_capacity as usize)?;
+            for _ in 0..waiters {
+                let origin = input.u64()?;
+                let intent = input.intent()?;
+                cold.waiters.push_back(Waiter { origin, intent });
+            }
+        }
+        if input.len(usize::MAX)? != core.buyers.words.len() {
+            return Err(SnapshotError::Mismatch("buyer filter size"));
+        }
+        for word in core.buyers.words.iter_mut() {
+            *word = input.u64()?;
+        }
+        core.book = super::book::OrderBook::read_from(&mut || input.u64().ok())
+            .ok_or(SnapshotError::Mismatch("order book"))?;
+        let orders = input.len(core.orders_confirmed as usize)?;
+        if orders as u64 != core.orders_confirmed {
+            return Err(SnapshotError::Mismatch("order count"));
+        }
+        for _ in 0..orders {
+            let user = input.u64()?;
+            let sku_local = input.u32()?;
+            let units = input.u32()?;
+            let state = match input.u8()? {
+                0 => OrderState::Held,
+                1 => OrderState::Sold,
+                2 => OrderState::Cancelled,
+                3 => OrderState::Expired,
+                _ => return Err(SnapshotError::Mismatch("order state")),
+            };
+            if sku_local as usize >= core.skus.len() {
+                return Err(SnapshotError::Mismatch("order SKU"));
+            }
+            core.orders.push(OrderRecord {
+                user,
+                sku_local,
+                units,
+                state,
+            });
+        }
+        let deadlines = input.len(orders)?;
+        let mut heap = Vec::with_capacity(deadlines);
+        for _ in 0..deadlines {
+            let deadline = input.u64()?;
+            let number = input.u64()?;
+            if number >= core.orders_confirmed {
+                return Err(SnapshotError::Mismatch("deadline order"));
+            }
+            heap.push(std::cmp::Reverse((deadline, number)));
+        }
+        core.deadlines = BinaryHeap::from(heap);
+        if input.len(usize::MAX)? != core.pools.len() {
+            return Err(SnapshotError::Mismatch("pool count"));
+        }
+        let capacity = core.pool_capacity as usize;
+        for pool in core.pools.iter_mut() {
+            pool.serve_at_ns = input.u64()?;
+            pool.served = input.u8()? != 0;
+            pool.tickets_taken = input.u64()?;
+            let tickets = input.len(capacity)?;
+            for _ in 0..tickets {
+                let origin = input.u64()?;
+                let intent = input.intent()?;
+                let local = input.u32()?;
+                let wait = input.u8()? != 0;
+                pool.buyers.insert(intent.user.0);
+                pool.tickets.push(Ticket {
+                    origin,
+                    intent,
+                    local,
+                    wait,
+                });
+            }
+        }
+        if !input.0.is_empty() {
+            return Err(SnapshotError::Mismatch("trailing bytes"));
+        }
+        core.next_due_ns = core.compute_next_due();
+        Ok(core)
+    }
+
+    /// `(user, client_key)` of every order confirmed (to rebuild the gate's key filter
+    /// after a recovery).
+    pub fn confirmed_keys(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.book.keys()
+    }
+}
