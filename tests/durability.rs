@@ -12,10 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::intent;
 use flashsale::journal;
 use flashsale::{
-    Catalog, Engine, GroupId, Intent, JournalConfig, OrderId, Outcome, Placement, RejectReason,
-    ShardCore, ShardId, SkuId, SkuSpec, Submitted, UserId,
+    Catalog, Engine, GroupId, JournalConfig, OrderId, Outcome, Placement, RejectReason, ShardCore,
+    ShardId, SkuId, SkuSpec, Submitted,
 };
 
 fn catalog() -> Catalog {
@@ -44,15 +47,6 @@ fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("flashsale-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
-}
-
-fn intent(user: u64, key: u64, sku: u32, quantity: u32) -> Intent {
-    Intent {
-        user: UserId(user),
-        client_key: key,
-        sku: SkuId(sku),
-        quantity,
-    }
 }
 
 #[test]
@@ -390,7 +384,7 @@ fn killed_mid_sale_loses_no_confirmed_order() {
 }
 
 #[test]
-#[ignore = "100 kills, about a minute: cargo test --release --test durability -- --ignored"]
+#[ignore = "100 kills, about 25 s: cargo test --release --test durability -- --ignored"]
 fn crash_many_times() {
     for run in 0..100 {
         crash_once(

@@ -21,6 +21,18 @@ fn stderr_line(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).trim().to_string()
 }
 
+/// Every invariant the simulator checks held in this JSON report.
+fn assert_invariants_hold(report: &serde_json::Value) {
+    for check in [
+        "one_outcome_per_intent",
+        "no_oversell",
+        "no_undersell",
+        "limits_held",
+    ] {
+        assert_eq!(report["invariants"][check], true, "{check}");
+    }
+}
+
 /// A sneaker drop shrunk to 20,000 viewers, so that it runs in well under a second.
 const SMALL: [&str; 4] = ["--viewers", "20000", "--speed", "10"];
 
@@ -121,14 +133,7 @@ fn small_run_accounts_for_every_intent_and_keeps_json_keys() {
         "every intent has exactly one outcome"
     );
     assert_eq!(report["latency_ns"]["samples"].as_u64().unwrap(), intents);
-    for check in [
-        "one_outcome_per_intent",
-        "no_oversell",
-        "no_undersell",
-        "limits_held",
-    ] {
-        assert_eq!(report["invariants"][check], true, "{check}");
-    }
+    assert_invariants_hold(&report);
     // 20,000 viewers chase 5,000 pairs: all sell, to the unit.
     assert_eq!(report["confirmed_units"].as_u64().unwrap(), 5_000);
     let skus = report["skus"].as_array().unwrap();
@@ -166,14 +171,7 @@ fn a_draw_with_payments_holds_and_a_waitlist_accounts_for_every_unit() {
     let output = simulate(&args);
     assert!(output.status.success(), "{}", stderr_line(&output));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    for check in [
-        "one_outcome_per_intent",
-        "no_oversell",
-        "no_undersell",
-        "limits_held",
-    ] {
-        assert_eq!(report["invariants"][check], true, "{check}");
-    }
+    assert_invariants_hold(&report);
     let pools = report["pools"].as_array().unwrap();
     assert_eq!(pools.len(), 1);
     assert_eq!(pools[0]["policy"], "opening-draw");
