@@ -57,6 +57,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod catalog;
+#[cfg(not(loom))]
+pub mod client;
 pub mod clock;
 pub mod core;
 mod engine;
@@ -74,6 +76,8 @@ pub use catalog::{
     Catalog, CatalogBuilder, CatalogError, GroupSpec, Placement, PlacementError, Policy,
     SaleWindow, SkuSpec,
 };
+#[cfg(not(loom))]
+pub use client::{AsyncClient, Buy};
 pub use core::{Applied, Command, Deferred, PoolLevels, ShardCore, SkuLevels};
 pub use engine::{
     Control, Engine, EngineBuilder, EngineError, JournalConfig, LiveCounts, OrderSink, Producer,

@@ -27,6 +27,8 @@ pub use control::Control;
 pub use producer::{Producer, SubmitError, Submitted};
 
 use gate::SoldOutGate;
+#[cfg(not(loom))]
+pub(crate) use worker::Notify;
 pub(crate) use worker::{CONFIRMED_ORDERS, CONFIRMED_UNITS, COUNTER_SLOTS};
 use worker::{Counters, WorkerLane};
 
@@ -591,6 +593,12 @@ impl Engine {
     /// refused with [`SubmitError::ShutDown`].
     pub fn producer(&self) -> Producer {
         Producer::new(self.shared.clone())
+    }
+
+    /// A producer whose lanes wake `notify` when outcomes arrive (the async client's).
+    #[cfg(not(loom))]
+    pub(crate) fn producer_notifying(&self, notify: Arc<Notify>) -> Producer {
+        Producer::with_notify(self.shared.clone(), Some(notify))
     }
 
     /// A handle for payments, cancellations and stock changes (see [`Control`]).

@@ -91,6 +91,14 @@ impl fmt::Debug for Producer {
 
 impl Producer {
     pub(super) fn new(shared: Arc<EngineShared>) -> Self {
+        Self::with_notify(shared, None)
+    }
+
+    /// A producer whose lanes wake `notify` when outcomes arrive.
+    pub(crate) fn with_notify(
+        shared: Arc<EngineShared>,
+        notify: Option<Arc<super::worker::Notify>>,
+    ) -> Self {
         let lanes = shared
             .shards
             .iter()
@@ -99,7 +107,7 @@ impl Producer {
                     .expect("the capacity was validated when the engine started");
                 let (worker_completions, completions) = ring::channel(shared.ring_capacity)
                     .expect("the capacity was validated when the engine started");
-                let deferred = Arc::new(DeferredQueue::default());
+                let deferred = Arc::new(DeferredQueue::with_notify(notify.clone()));
                 let mut worker_lane = WorkerLane {
                     requests: worker_requests,
                     completions: worker_completions,
@@ -392,6 +400,16 @@ impl Producer {
             .expect("only queued intents, whose SKU is known, get here");
         let (ShardId(shard), _) = self.shared.placement.route(index);
         usize::from(shard)
+    }
+
+    /// Whether a [`poll`](Self::poll) would hand something out now.
+    #[cfg(not(loom))]
+    pub(crate) fn has_arrivals(&mut self) -> bool {
+        !self.stash.is_empty()
+            || self
+                .lanes
+                .iter_mut()
+                .any(|lane| lane.completions.has_published() || lane.deferred.is_ready())
     }
 
     /// Intents submitted and queued whose completion has not been handed out yet

@@ -63,13 +63,58 @@ pub(crate) struct DeferredQueue {
     /// Raised (Release) by the worker after it pushed; lowered by the producer before it
     /// takes them all, so that a push it misses raises it again.
     ready: AtomicBool,
+    /// Who to wake when outcomes arrive for this lane (an async client's pump), if anyone.
+    pub(crate) notify: Option<Arc<Notify>>,
+}
+
+/// A thread that sleeps until outcomes arrive on its lanes: the worker wakes it after it
+/// publishes to one (the same store-buffering protocol as a shard's own parking: the
+/// sleeper raises `sleeping`, fences, then looks for arrivals; the worker publishes,
+/// fences, then looks at `sleeping`).
+#[derive(Debug)]
+pub(crate) struct Notify {
+    pub(crate) sleeping: AtomicBool,
+    pub(crate) thread: crate::sync::thread::Thread,
+}
+
+impl Notify {
+    /// Worker side, after publishing: wakes the sleeper if it sleeps or is about to.
+    pub(crate) fn wake(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) {
+            self.thread.unpark();
+        }
+    }
 }
 
 impl DeferredQueue {
+    /// An empty queue that wakes `notify` when outcomes arrive.
+    pub(crate) fn with_notify(notify: Option<Arc<Notify>>) -> Self {
+        Self {
+            notify,
+            ..Self::default()
+        }
+    }
+
     /// Worker side.
     fn push(&self, completion: Completion) {
         self.completions.lock().push(completion);
         self.ready.store(true, Ordering::Release);
+        self.signal();
+    }
+
+    /// Worker side: outcomes were published for this lane.
+    #[inline]
+    pub(crate) fn signal(&self) {
+        if let Some(notify) = &self.notify {
+            notify.wake();
+        }
+    }
+
+    /// Producer side: whether outcomes are waiting to be taken.
+    #[cfg(not(loom))]
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 
     /// Producer side: hands every completion that has arrived to `f`; returns how many.
@@ -415,6 +460,7 @@ impl Context {
         for lane in touched {
             // Completion rings are never closed, so publishing cannot fail.
             let _ = self.lanes[lane].completions.publish();
+            self.lanes[lane].deferred.signal();
         }
         for (queue, completion) in deferred {
             if committed {
@@ -718,6 +764,7 @@ impl Context {
         }
         // Completion rings are never closed, so publishing cannot fail.
         let _ = self.lanes[index].completions.publish();
+        self.lanes[index].deferred.signal();
         let now_ns = self.shared.clock.now_ns();
         for request in self.batch.iter() {
             self.latency_ns

@@ -1,0 +1,143 @@
+//! The async client: 10,000 concurrent tokio tasks buying through one cloned handle, every
+//! outcome checked against the invariants; futures dropped after their first poll are
+//! still decided exactly once and sunk; and a hand-written executor (no tokio) drives it.
+#![cfg(not(loom))]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+
+mod common;
+
+use common::{check_invariants, intent};
+use flashsale::{AsyncClient, Catalog, Completion, Engine, GroupId, Order, SkuId, SkuSpec, Ticket};
+
+fn catalog() -> Catalog {
+    Catalog::builder()
+        .group(GroupId(1), 2)
+        .sku(SkuSpec::new(SkuId(1), 3_000).limit(2).group(GroupId(1)))
+        .sku(SkuSpec::new(SkuId(2), 1_000).limit(2).group(GroupId(1)))
+        .sku(SkuSpec::new(SkuId(3), 500).limit(1))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn ten_thousand_tasks_buy_through_one_client() {
+    let catalog = catalog();
+    let engine = Engine::builder(catalog.clone())
+        .shards(2)
+        .ring_capacity(256)
+        .start()
+        .unwrap();
+    let client = AsyncClient::new(&engine, 4).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .build()
+        .unwrap();
+    let completions: Vec<Completion> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..10_000u64)
+            .map(|task| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let wanted = intent(task % 4_000, task / 4_000, 1 + (task % 3) as u32, 1);
+                    let outcome = client.buy(wanted).await.expect("not refused");
+                    Completion {
+                        intent: wanted,
+                        outcome,
+                        ticket: Ticket(0),
+                        waited: false,
+                    }
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            all.push(task.await.unwrap());
+        }
+        all
+    });
+    drop(client);
+    let report = engine.shutdown();
+    assert_eq!(completions.len(), 10_000);
+    assert_eq!(report.outcomes(), 10_000);
+    check_invariants(&catalog, &completions, &report);
+}
+
+/// Wakes nobody: for polling a future once by hand.
+struct Noop;
+impl Wake for Noop {
+    fn wake(self: Arc<Self>) {}
+}
+
+#[test]
+fn a_dropped_future_is_still_decided_once_and_sunk() {
+    let sunk = Arc::new(AtomicU64::new(0));
+    let counter = sunk.clone();
+    let engine = Engine::builder(catalog())
+        .order_sink(move |_| {
+            let counter = counter.clone();
+            move |_: &Order| {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .start()
+        .unwrap();
+    let client = AsyncClient::new(&engine, 2).unwrap();
+    let waker = Waker::from(Arc::new(Noop));
+    let mut context = Context::from_waker(&waker);
+    let mut submitted = 0;
+    for user in 0..2_000 {
+        let mut buy = client.buy(intent(user, 0, 1, 1));
+        // One poll submits it; then the future is dropped before its outcome.
+        match std::pin::Pin::new(&mut buy).poll(&mut context) {
+            Poll::Pending => submitted += 1,
+            Poll::Ready(outcome) => {
+                outcome.unwrap();
+                submitted += 1;
+            }
+        }
+        drop(buy);
+    }
+    drop(client);
+    let report = engine.shutdown();
+    assert_eq!(report.outcomes(), submitted);
+    assert_eq!(report.confirmed_orders, 2_000);
+    assert_eq!(sunk.load(Ordering::Relaxed), report.confirmed_orders);
+}
+
+/// Parks the thread until woken: an executor in ten lines, so nothing here needs tokio.
+struct Unpark(std::thread::Thread);
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut context = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
+
+#[test]
+fn any_executor_drives_it() {
+    let engine = Engine::builder(catalog()).start().unwrap();
+    let client = AsyncClient::new(&engine, 1).unwrap();
+    for user in 0..500 {
+        let outcome = block_on(client.buy(intent(user, 0, 3, 1))).unwrap();
+        assert!(outcome.order().is_some(), "{outcome:?}");
+    }
+    let sold_out = block_on(client.buy(intent(9_999, 0, 3, 1))).unwrap();
+    assert_eq!(sold_out.reason(), Some(flashsale::RejectReason::SoldOut));
+    drop(client);
+    engine.shutdown();
+}
+
+use std::future::Future as _;
