@@ -226,6 +226,49 @@ fn crossbeam_case(stock: u32) -> impl FnMut(u64) -> Duration {
     }
 }
 
+/// The async client on a one-thread tokio runtime (as one request thread): `TASKS` tasks,
+/// each awaiting its buys one after another, `E2E_INTENTS` in all. Runs with the runtime
+/// thread, the client's pump and the shard thread: 3 threads on this 2-vCPU machine.
+fn async_case(stock: u32, gate: bool) -> impl FnMut(u64) -> Duration {
+    const TASKS: u64 = 256;
+    move |iterations| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iterations {
+            let engine = Engine::builder(single_sku_catalog(stock))
+                .sold_out_gate(gate)
+                .ring_capacity(4096)
+                .start()
+                .expect("benchmark engine starts");
+            let client = flashsale::AsyncClient::new(&engine, 1).expect("pump thread");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            let start = Instant::now();
+            runtime.block_on(async {
+                let tasks: Vec<_> = (0..TASKS)
+                    .map(|task| {
+                        let client = client.clone();
+                        tokio::spawn(async move {
+                            let mut index = task;
+                            while index < E2E_INTENTS {
+                                black_box(client.buy(single_sku_intent(index)).await.ok());
+                                index += TASKS;
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.expect("bench task");
+                }
+            });
+            total += start.elapsed();
+            drop(client);
+            drop(engine);
+        }
+        total
+    }
+}
+
 fn mutex_case(stock: u32) -> impl FnMut(u64) -> Duration {
     move |iterations| {
         let mut total = Duration::ZERO;
@@ -255,6 +298,12 @@ fn end_to_end(c: &mut Criterion) {
     });
     group.bench_function("burst/engine_gate_off_park", |b| {
         b.iter_custom(engine_case(BURST_STOCK, false, WaitStrategy::Park))
+    });
+    group.bench_function("burst/async_client_gate_on", |b| {
+        b.iter_custom(async_case(BURST_STOCK, true))
+    });
+    group.bench_function("burst/async_client_gate_off", |b| {
+        b.iter_custom(async_case(BURST_STOCK, false))
     });
     group.bench_function("burst/baseline_crossbeam_channel", |b| {
         b.iter_custom(crossbeam_case(BURST_STOCK))
