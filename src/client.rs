@@ -77,7 +77,11 @@ impl Drop for Owner {
         self.inner.stop.store(true, Ordering::SeqCst);
         self.inner.notify.thread.unpark();
         if let Some(pump) = self.pump.lock().take() {
-            let _ = pump.join();
+            // An executor may drop the last handle inside a `wake()` the pump called: the
+            // pump cannot join itself, and stops on its own once this returns.
+            if pump.thread().id() != std::thread::current().id() {
+                let _ = pump.join();
+            }
         }
     }
 }
