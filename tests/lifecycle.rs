@@ -367,31 +367,12 @@ fn buyers_and_a_payment_desk_at_once() {
                     let user = (press * 7 + thread * 13) % 500;
                     let intent =
                         intent(user, press, 1 + (press % 4) as u32, 1 + (press % 2) as u32);
-                    loop {
-                        let result = if press % 2 == 0 {
-                            producer.submit_or_wait(intent)
-                        } else {
-                            producer.submit(intent)
-                        };
-                        match result {
-                            Ok(Submitted::Queued(_)) => break,
-                            Ok(Submitted::Answered(outcome)) => {
-                                completions.push(Completion {
-                                    intent,
-                                    outcome,
-                                    ticket: flashsale::Ticket(u32::MAX),
-                                    waited: false,
-                                });
-                                break;
-                            }
-                            Err(flashsale::SubmitError::Busy(_)) => {
-                                if producer.poll(|c| completions.push(c)) == 0 {
-                                    std::thread::yield_now();
-                                }
-                            }
-                            Err(other) => panic!("refused: {other:?}"),
-                        }
-                    }
+                    common::submit_one_with(
+                        &mut producer,
+                        intent,
+                        press % 2 == 0,
+                        &mut completions,
+                    );
                     submitted += 1;
                     producer.poll(|c| completions.push(c));
                 }

@@ -23,12 +23,27 @@ pub fn intent(user: u64, key: u64, sku: u32, quantity: u32) -> Intent {
 /// Panics on any refusal other than `Busy`.
 pub fn submit_one(
     producer: &mut Producer,
+    intent: Intent,
+    completions: &mut Vec<Completion>,
+) -> u64 {
+    submit_one_with(producer, intent, false, completions)
+}
+
+/// [`submit_one`], through `submit_or_wait` when `wait`.
+pub fn submit_one_with(
+    producer: &mut Producer,
     mut intent: Intent,
+    wait: bool,
     completions: &mut Vec<Completion>,
 ) -> u64 {
     let mut busy = 0;
     loop {
-        match producer.submit(intent) {
+        let result = if wait {
+            producer.submit_or_wait(intent)
+        } else {
+            producer.submit(intent)
+        };
+        match result {
             Ok(Submitted::Queued(_)) => return busy,
             Ok(Submitted::Answered(outcome)) => {
                 completions.push(Completion {
