@@ -230,7 +230,7 @@ fn crossbeam_case(stock: u32) -> impl FnMut(u64) -> Duration {
 /// each awaiting its buys one after another, `E2E_INTENTS` in all. Runs with the runtime
 /// thread, the client's pump and the shard thread: 3 threads on this 2-vCPU machine.
 fn async_case(stock: u32, gate: bool) -> impl FnMut(u64) -> Duration {
-    const TASKS: u64 = 256;
+    const TASKS: u64 = 4096;
     move |iterations| {
         let mut total = Duration::ZERO;
         for _ in 0..iterations {

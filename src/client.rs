@@ -1,8 +1,11 @@
 //! The async client: a cloneable `Send + Sync` handle that any task can `buy` through,
 //! without a producer of its own.
 //!
-//! Inside: a fixed set of producer lanes (each a [`Producer`] behind a lock), taken round
-//! robin, and one *pump* thread. A task submits on a lane and parks its future with its
+//! Inside: a fixed set of producer lanes (each a [`Producer`] behind a lock) and one *pump*
+//! thread. Each thread has a home lane (threads are spread over the lanes as they first
+//! buy) and moves to another only when its home is locked by another thread. An intent the
+//! engine answers without queueing (malformed, unknown SKU, turned away by the sold-out
+//! gate) is answered at the first poll without taking any lock. A task submits on a lane and parks its future with its
 //! ticket; the pump takes the lanes' completions and wakes each future through its
 //! [`Waker`]. The pump sleeps (parks) when nothing has arrived, and the shard workers wake
 //! it after they publish to one of its lanes (the store-buffering protocol the workers
@@ -17,13 +20,17 @@ use core::fmt;
 use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context, Poll, Waker};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Weak};
+use std::thread::ThreadId;
 
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
-use crate::engine::{Engine, Notify, Producer, SubmitError, Submitted};
+use crate::engine::{
+    Engine, EngineShared, Notify, Producer, ProducerCounters, Route, SubmitError, Submitted,
+};
 use crate::types::{Intent, Outcome, Ticket};
 
 /// An outcome not yet taken by its future, and who to wake.
@@ -59,11 +66,78 @@ impl LaneState {
     }
 }
 
+/// A lane: its state, and the counters every submit through it is counted in (by any
+/// thread, so with atomic adds; the lane's producer itself never counts).
+struct Lane {
+    state: Mutex<LaneState>,
+    counters: Arc<ProducerCounters>,
+}
+
 struct Inner {
-    lanes: Box<[Mutex<LaneState>]>,
-    next: AtomicUsize,
+    /// Tells this client's counters from another's in a thread's cache.
+    id: u64,
+    shared: Arc<EngineShared>,
+    lanes: Box<[Lane]>,
+    /// Each thread's counters for the answers given at screening (see `count_early`).
+    threads: Mutex<FxHashMap<ThreadId, Arc<ProducerCounters>>>,
     notify: Arc<Notify>,
     stop: AtomicBool,
+}
+
+/// Hands out home lanes: each thread takes the next number the first time it buys.
+static NEXT_HOME: AtomicUsize = AtomicUsize::new(0);
+
+/// Numbers clients.
+static NEXT_CLIENT: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static HOME: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// The counters this thread last counted early answers in, and their client's id.
+    static MINE: RefCell<Option<(u64, Arc<ProducerCounters>)>> = const { RefCell::new(None) };
+}
+
+impl Inner {
+    /// Counts an answer given at screening (no lane, no lock) in this thread's own counters
+    /// for this client: one writer per counters, so no locked instruction, and the report
+    /// sums them with every producer's. A thread's counters are made the first time it
+    /// buys through this client, and last as long as the engine.
+    #[inline]
+    fn count_early(&self, early: &Result<Submitted, SubmitError>) {
+        let counted = MINE.try_with(|mine| {
+            let mut mine = mine.borrow_mut();
+            if let Some((id, counters)) = &*mine
+                && *id == self.id
+            {
+                counters.count(early, false);
+                return;
+            }
+            let counters = self
+                .threads
+                .lock()
+                .entry(std::thread::current().id())
+                .or_insert_with(|| self.shared.new_counters())
+                .clone();
+            counters.count(early, false);
+            *mine = Some((self.id, counters));
+        });
+        if counted.is_err() {
+            // This thread is being torn down: count in a lane's, with an atomic add.
+            self.lanes[0].counters.count(early, true);
+        }
+    }
+}
+
+/// This thread's home lane number (before `% lanes`).
+#[inline]
+fn home() -> usize {
+    HOME.with(|home| {
+        let mut number = home.get();
+        if number == usize::MAX {
+            number = NEXT_HOME.fetch_add(1, Ordering::Relaxed);
+            home.set(number);
+        }
+        number
+    })
 }
 
 /// Stops the pump when the last client handle goes.
@@ -127,16 +201,22 @@ impl AsyncClient {
         });
         let lanes = (0..lanes.max(1))
             .map(|_| {
-                Mutex::new(LaneState {
-                    producer: engine.producer_notifying(notify.clone()),
-                    slots: FxHashMap::default(),
-                    room: Vec::new(),
-                })
+                let producer = engine.producer_notifying(notify.clone());
+                Lane {
+                    counters: producer.counters().clone(),
+                    state: Mutex::new(LaneState {
+                        producer,
+                        slots: FxHashMap::default(),
+                        room: Vec::new(),
+                    }),
+                }
             })
             .collect();
         let inner = Arc::new(Inner {
+            id: NEXT_CLIENT.fetch_add(1, Ordering::Relaxed),
+            shared: engine.shared().clone(),
             lanes,
-            next: AtomicUsize::new(0),
+            threads: Mutex::new(FxHashMap::default()),
             notify,
             stop: AtomicBool::new(false),
         });
@@ -151,24 +231,27 @@ impl AsyncClient {
 
     /// Buys: resolves to the intent's outcome, or the refusal (`ShutDown`,
     /// `ShardFailed`; a lane that is `Busy` makes the future wait for room instead).
-    pub fn buy(&self, intent: Intent) -> Buy {
+    ///
+    /// The future borrows the client; to spawn it, move a clone into the task:
+    /// `let client = client.clone(); tokio::spawn(async move { client.buy(intent).await })`.
+    #[inline]
+    pub fn buy(&self, intent: Intent) -> Buy<'_> {
         self.buy_with(intent, false)
     }
 
     /// As [`buy`](Self::buy), for an intent that would rather wait for a unit than be
     /// rejected as sold out (see [`Producer::submit_or_wait`]).
-    pub fn buy_or_wait(&self, intent: Intent) -> Buy {
+    pub fn buy_or_wait(&self, intent: Intent) -> Buy<'_> {
         self.buy_with(intent, true)
     }
 
-    fn buy_with(&self, intent: Intent, wait: bool) -> Buy {
-        let inner = &self.owner.inner;
-        let lane = inner.next.fetch_add(1, Ordering::Relaxed) % inner.lanes.len();
+    #[inline]
+    fn buy_with(&self, intent: Intent, wait: bool) -> Buy<'_> {
         Buy {
-            client: self.clone(),
+            inner: &self.owner.inner,
             intent,
             wait,
-            lane,
+            lane: 0,
             ticket: None,
             done: false,
         }
@@ -181,7 +264,7 @@ fn pump(inner: &Inner) {
     loop {
         let mut taken = 0;
         for lane in inner.lanes.iter() {
-            taken += lane.lock().take_arrivals(&mut wake);
+            taken += lane.state.lock().take_arrivals(&mut wake);
         }
         for waker in wake.drain(..) {
             waker.wake();
@@ -197,7 +280,7 @@ fn pump(inner: &Inner) {
         let arrived = inner
             .lanes
             .iter()
-            .any(|lane| lane.lock().producer.has_arrivals());
+            .any(|lane| lane.state.lock().producer.has_arrivals());
         if !arrived && !inner.stop.load(Ordering::SeqCst) {
             std::thread::park();
         }
@@ -205,18 +288,19 @@ fn pump(inner: &Inner) {
     }
 }
 
-/// The future of one [`AsyncClient::buy`].
-pub struct Buy {
-    client: AsyncClient,
+/// The future of one [`AsyncClient::buy`]; it borrows the client.
+pub struct Buy<'a> {
+    inner: &'a Inner,
     intent: Intent,
     wait: bool,
+    /// The lane it was queued on (once `ticket` is set).
     lane: usize,
     /// Set once submitted and queued.
     ticket: Option<Ticket>,
     done: bool,
 }
 
-impl fmt::Debug for Buy {
+impl fmt::Debug for Buy<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Buy")
             .field("intent", &self.intent)
@@ -225,45 +309,85 @@ impl fmt::Debug for Buy {
     }
 }
 
-impl Future for Buy {
+impl Buy<'_> {
+    /// The first poll (and any after every lane was `Busy`): queues on the home lane, or
+    /// on the first other lane that is neither locked nor full right now; failing those,
+    /// waits for the home lane's lock, and for room there if it is full.
+    fn submit(&mut self, route: Route, cx: &Context<'_>) -> Poll<Result<Outcome, SubmitError>> {
+        let inner = self.inner;
+        let count = inner.lanes.len();
+        let home = home() % count;
+        for step in 0..count {
+            let index = (home + step) % count;
+            if let Some(mut lane) = inner.lanes[index].state.try_lock() {
+                match lane.producer.queue(self.intent, self.wait, route) {
+                    Err(SubmitError::Busy(_)) => continue,
+                    queued => return self.queued(index, &mut lane, queued, cx),
+                }
+            }
+        }
+        let mut lane = inner.lanes[home].state.lock();
+        let queued = lane.producer.queue(self.intent, self.wait, route);
+        self.queued(home, &mut lane, queued, cx)
+    }
+
+    /// Records what became of a queue attempt on lane `index` (whose lock is held).
+    fn queued(
+        &mut self,
+        index: usize,
+        lane: &mut LaneState,
+        queued: Result<Submitted, SubmitError>,
+        cx: &Context<'_>,
+    ) -> Poll<Result<Outcome, SubmitError>> {
+        self.inner.lanes[index].counters.count(&queued, true);
+        match queued {
+            Ok(Submitted::Queued(ticket)) => {
+                self.lane = index;
+                self.ticket = Some(ticket);
+                lane.slots.insert(
+                    ticket,
+                    Slot {
+                        outcome: None,
+                        waker: Some(cx.waker().clone()),
+                    },
+                );
+                Poll::Pending
+            }
+            Ok(Submitted::Answered(outcome)) => {
+                self.done = true;
+                Poll::Ready(Ok(outcome))
+            }
+            Err(SubmitError::Busy(_)) => {
+                // Under the lane's lock: the pump's next take from this lane wakes it.
+                lane.room.push(cx.waker().clone());
+                Poll::Pending
+            }
+            Err(refused) => {
+                self.done = true;
+                Poll::Ready(Err(refused))
+            }
+        }
+    }
+}
+
+impl Future for Buy<'_> {
     type Output = Result<Outcome, SubmitError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let inner = &this.client.owner.inner;
-        let mut lane = inner.lanes[this.lane].lock();
+        let inner = this.inner;
         let Some(ticket) = this.ticket else {
-            let submitted = if this.wait {
-                lane.producer.submit_or_wait(this.intent)
-            } else {
-                lane.producer.submit(this.intent)
-            };
-            return match submitted {
-                Ok(Submitted::Answered(outcome)) => {
+            return match inner.shared.screen(&this.intent, this.wait) {
+                Ok(route) => this.submit(route, cx),
+                Err(early) => {
+                    inner.count_early(&early.map(Submitted::Answered));
                     this.done = true;
-                    Poll::Ready(Ok(outcome))
-                }
-                Ok(Submitted::Queued(ticket)) => {
-                    this.ticket = Some(ticket);
-                    lane.slots.insert(
-                        ticket,
-                        Slot {
-                            outcome: None,
-                            waker: Some(cx.waker().clone()),
-                        },
-                    );
-                    Poll::Pending
-                }
-                Err(SubmitError::Busy(_)) => {
-                    lane.room.push(cx.waker().clone());
-                    Poll::Pending
-                }
-                Err(refused) => {
-                    this.done = true;
-                    Poll::Ready(Err(refused))
+                    Poll::Ready(early)
                 }
             };
         };
+        let mut lane = inner.lanes[this.lane].state.lock();
         let slot = lane
             .slots
             .get_mut(&ticket)
@@ -284,11 +408,13 @@ impl Future for Buy {
     }
 }
 
-impl Drop for Buy {
+impl Drop for Buy<'_> {
+    #[inline]
     fn drop(&mut self) {
         if let (Some(ticket), false) = (self.ticket, self.done) {
             // Decided anyway (and counted, and sunk if confirmed); nobody takes it.
-            self.client.owner.inner.lanes[self.lane]
+            self.inner.lanes[self.lane]
+                .state
                 .lock()
                 .slots
                 .remove(&ticket);

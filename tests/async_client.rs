@@ -74,7 +74,9 @@ impl Wake for Noop {
 fn a_dropped_future_is_still_decided_once_and_sunk() {
     let sunk = Arc::new(AtomicU64::new(0));
     let counter = sunk.clone();
+    // Room for every submit in flight at once, so no first poll is left waiting (`Busy`).
     let engine = Engine::builder(catalog())
+        .ring_capacity(4096)
         .order_sink(move |_| {
             let counter = counter.clone();
             move |_: &Order| {

@@ -24,6 +24,8 @@ use crate::sync::{Arc, Mutex};
 use crate::types::{Order, ShardId, SkuId};
 
 pub use control::Control;
+#[cfg(not(loom))]
+pub(crate) use producer::Route;
 pub use producer::{Producer, SubmitError, Submitted};
 
 use gate::SoldOutGate;
@@ -53,6 +55,28 @@ impl ProducerCounters {
     pub fn bump(&self, slot: usize) {
         let counter = &self.slots[slot];
         counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// Counts what became of one submit (nothing for one queued: its shard counts it).
+    /// `shared`: whether other threads may count here at the same time (they may not,
+    /// for a producer's own counters).
+    #[inline]
+    pub(crate) fn count(&self, result: &Result<Submitted, SubmitError>, shared: bool) {
+        let slot = match result {
+            Ok(Submitted::Queued(_)) => return,
+            Ok(Submitted::Answered(outcome)) => match outcome.reason() {
+                Some(reason) => reason.index(),
+                None => return,
+            },
+            Err(SubmitError::Busy(_)) => REFUSED_BUSY,
+            Err(SubmitError::ShutDown(_)) => REFUSED_SHUT_DOWN,
+            Err(SubmitError::ShardFailed(_)) => REFUSED_SHARD_FAILED,
+        };
+        if shared {
+            self.slots[slot].fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.bump(slot);
+        }
     }
 
     /// Adds the counts, as last stored, to `totals`.
@@ -483,6 +507,13 @@ impl EngineShared {
     pub(crate) fn shard(&self, shard: ShardId) -> &ShardShared {
         &self.shards[usize::from(shard.0)]
     }
+
+    /// New counters, summed into the report with every producer's.
+    pub(crate) fn new_counters(&self) -> Arc<ProducerCounters> {
+        let counters = Arc::new(ProducerCounters::default());
+        self.producers.lock().push(counters.clone());
+        counters
+    }
 }
 
 /// The control-plane side of one shard: registration of new producers, its status flags
@@ -593,6 +624,12 @@ impl Engine {
     /// refused with [`SubmitError::ShutDown`].
     pub fn producer(&self) -> Producer {
         Producer::new(self.shared.clone())
+    }
+
+    /// What every producer shares (the async client screens intents against it).
+    #[cfg(not(loom))]
+    pub(crate) fn shared(&self) -> &Arc<EngineShared> {
+        &self.shared
     }
 
     /// A producer whose lanes wake `notify` when outcomes arrive (the async client's).

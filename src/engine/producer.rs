@@ -4,9 +4,7 @@ use core::fmt;
 use std::collections::VecDeque;
 
 use super::worker::{DeferredQueue, Reply, Request, WorkerLane};
-use super::{
-    EngineShared, ProducerCounters, REFUSED_BUSY, REFUSED_SHARD_FAILED, REFUSED_SHUT_DOWN,
-};
+use super::{EngineShared, ProducerCounters};
 use crate::ring::{self, PushError};
 use crate::sync::Arc;
 use crate::sync::atomic::Ordering;
@@ -45,6 +43,52 @@ impl SubmitError {
         match self {
             Self::Busy(intent) | Self::ShutDown(intent) | Self::ShardFailed(intent) => intent,
         }
+    }
+}
+
+/// Where a screened intent is queued: its shard, and its local index there.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Route {
+    shard: usize,
+    local: u32,
+}
+
+impl EngineShared {
+    /// The checks a submit makes before it queues, in order: refused if the engine is shut
+    /// down or the SKU's shard failed; answered at once if the quantity is not in
+    /// `1..=max_quantity`, the SKU is unknown, or the sold-out gate turns it away. Reads
+    /// shared state only, so any thread may screen. Uncounted.
+    #[inline]
+    pub(crate) fn screen(
+        &self,
+        intent: &Intent,
+        wait: bool,
+    ) -> Result<Route, Result<Outcome, SubmitError>> {
+        if self.shutdown.load(Ordering::Acquire) {
+            return Err(Err(SubmitError::ShutDown(*intent)));
+        }
+        if intent.quantity == 0 || intent.quantity > self.max_quantity {
+            return Err(Ok(Outcome::rejected_by_producer(
+                RejectReason::InvalidQuantity,
+            )));
+        }
+        let Some(catalog_index) = self.catalog.index_of(intent.sku) else {
+            return Err(Ok(Outcome::rejected_by_producer(RejectReason::UnknownSku)));
+        };
+        let (ShardId(shard), local) = self.placement.route(catalog_index);
+        let shard = usize::from(shard);
+        if self.shards[shard].failed.load(Ordering::Acquire) {
+            return Err(Err(SubmitError::ShardFailed(*intent)));
+        }
+        if self.gate_enabled
+            && !wait
+            && self
+                .gate
+                .turns_away(catalog_index, shard, intent.user.0, intent.client_key)
+        {
+            return Err(Ok(Outcome::rejected_by_producer(RejectReason::SoldOut)));
+        }
+        Ok(Route { shard, local })
     }
 }
 
@@ -132,8 +176,7 @@ impl Producer {
                 }
             })
             .collect();
-        let counters = Arc::new(ProducerCounters::default());
-        shared.producers.lock().push(counters.clone());
+        let counters = shared.new_counters();
         Self {
             shared,
             lanes,
@@ -179,61 +222,32 @@ impl Producer {
 
     #[inline]
     fn submit_with(&mut self, intent: Intent, wait: bool) -> Result<Submitted, SubmitError> {
-        let result = self.submit_uncounted(intent, wait);
-        match &result {
-            Ok(Submitted::Queued(_)) => {}
-            Ok(Submitted::Answered(outcome)) => {
-                if let Some(reason) = outcome.reason() {
-                    self.counters.bump(reason.index());
-                }
-            }
-            Err(SubmitError::Busy(_)) => self.counters.bump(REFUSED_BUSY),
-            Err(SubmitError::ShutDown(_)) => self.counters.bump(REFUSED_SHUT_DOWN),
-            Err(SubmitError::ShardFailed(_)) => self.counters.bump(REFUSED_SHARD_FAILED),
-        }
+        let result = match self.shared.screen(&intent, wait) {
+            Ok(route) => self.queue(intent, wait, route),
+            Err(early) => early.map(Submitted::Answered),
+        };
+        self.counters.count(&result, false);
         result
     }
 
+    /// Queues a screened intent on its shard's ring, unless this producer has
+    /// `ring_capacity` in flight there. Uncounted.
     #[inline]
-    fn submit_uncounted(&mut self, intent: Intent, wait: bool) -> Result<Submitted, SubmitError> {
+    pub(crate) fn queue(
+        &mut self,
+        intent: Intent,
+        wait: bool,
+        route: Route,
+    ) -> Result<Submitted, SubmitError> {
         let shared = &*self.shared;
-        if shared.shutdown.load(Ordering::Acquire) {
-            return Err(SubmitError::ShutDown(intent));
-        }
-        if intent.quantity == 0 || intent.quantity > shared.max_quantity {
-            return Ok(Submitted::Answered(Outcome::rejected_by_producer(
-                RejectReason::InvalidQuantity,
-            )));
-        }
-        let Some(catalog_index) = shared.catalog.index_of(intent.sku) else {
-            return Ok(Submitted::Answered(Outcome::rejected_by_producer(
-                RejectReason::UnknownSku,
-            )));
-        };
-        let (shard, local) = shared.placement.route(catalog_index);
-        let shard_index = usize::from(shard.0);
-        let shard_shared = &shared.shards[shard_index];
-        if shard_shared.failed.load(Ordering::Acquire) {
-            return Err(SubmitError::ShardFailed(intent));
-        }
-        if shared.gate_enabled
-            && !wait
-            && shared
-                .gate
-                .turns_away(catalog_index, shard_index, intent.user.0, intent.client_key)
-        {
-            return Ok(Submitted::Answered(Outcome::rejected_by_producer(
-                RejectReason::SoldOut,
-            )));
-        }
-        let lane = &mut self.lanes[shard_index];
+        let lane = &mut self.lanes[route.shard];
         if lane.in_flight == shared.ring_capacity {
             return Err(SubmitError::Busy(intent));
         }
         let request = Request {
             intent,
             arrival_ns: shared.clock.now_ns(),
-            local,
+            local: route.local,
             wait,
             ticket: Ticket(self.ticket_next),
         };
@@ -242,7 +256,7 @@ impl Producer {
                 self.ticket_next = self.ticket_next.wrapping_add(1);
                 lane.in_flight += 1;
                 if shared.parking {
-                    shard_shared.wake_if_sleeping();
+                    shared.shards[route.shard].wake_if_sleeping();
                 }
                 Ok(Submitted::Queued(request.ticket))
             }
@@ -250,6 +264,12 @@ impl Producer {
             // Unreachable while `in_flight <= capacity`; refused rather than trusted.
             Err(PushError::Full(_)) => Err(SubmitError::Busy(intent)),
         }
+    }
+
+    /// The counters this producer's submits are counted in.
+    #[cfg(not(loom))]
+    pub(crate) fn counters(&self) -> &Arc<ProducerCounters> {
+        &self.counters
     }
 
     /// Hands every completion that has arrived to `f`, without blocking (or allocating,
