@@ -245,12 +245,36 @@ impl AsyncClient {
         self.buy_with(intent, true)
     }
 
+    /// As [`buy`](Self::buy), but where every lane is full (`ring_capacity` intents in
+    /// flight to the SKU's shard on each), resolves to [`SubmitError::Busy`] at once instead
+    /// of waiting for room: for servers that shed load (e.g. answer HTTP 429).
+    #[inline]
+    pub fn try_buy(&self, intent: Intent) -> Buy<'_> {
+        Buy {
+            refuse_busy: true,
+            ..self.buy_with(intent, false)
+        }
+    }
+
+    /// Intents in flight on each lane: submitted, not yet handed to their future (those
+    /// waiting at a shard included). Each lane's is at most `ring_capacity` per shard, plus
+    /// its waiting intents.
+    pub fn in_flight(&self) -> Vec<usize> {
+        self.owner
+            .inner
+            .lanes
+            .iter()
+            .map(|lane| lane.state.lock().producer.in_flight())
+            .collect()
+    }
+
     #[inline]
     fn buy_with(&self, intent: Intent, wait: bool) -> Buy<'_> {
         Buy {
             inner: &self.owner.inner,
             intent,
             wait,
+            refuse_busy: false,
             lane: 0,
             ticket: None,
             done: false,
@@ -293,6 +317,8 @@ pub struct Buy<'a> {
     inner: &'a Inner,
     intent: Intent,
     wait: bool,
+    /// Resolve to `Busy` rather than wait for room.
+    refuse_busy: bool,
     /// The lane it was queued on (once `ticket` is set).
     lane: usize,
     /// Set once submitted and queued.
@@ -356,6 +382,10 @@ impl Buy<'_> {
             Ok(Submitted::Answered(outcome)) => {
                 self.done = true;
                 Poll::Ready(Ok(outcome))
+            }
+            Err(SubmitError::Busy(intent)) if self.refuse_busy => {
+                self.done = true;
+                Poll::Ready(Err(SubmitError::Busy(intent)))
             }
             Err(SubmitError::Busy(_)) => {
                 // Under the lane's lock: the pump's next take from this lane wakes it.
