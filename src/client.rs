@@ -21,7 +21,7 @@ use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context, Poll, Waker};
 use std::cell::{Cell, RefCell};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::ThreadId;
 
@@ -149,7 +149,7 @@ struct Owner {
 impl Drop for Owner {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::SeqCst);
-        self.inner.notify.thread.unpark();
+        self.inner.notify.unpark();
         if let Some(pump) = self.pump.lock().take() {
             // An executor may drop the last handle inside a `wake()` the pump called: the
             // pump cannot join itself, and stops on its own once this returns.
@@ -195,10 +195,7 @@ impl AsyncClient {
                     pump(&inner);
                 }
             })?;
-        let notify = Arc::new(Notify {
-            sleeping: crate::sync::atomic::AtomicBool::new(false),
-            thread: pump.thread().clone(),
-        });
+        let notify = Arc::new(Notify::new(pump.thread().clone()));
         let lanes = (0..lanes.max(1))
             .map(|_| {
                 let producer = engine.producer_notifying(notify.clone());
@@ -299,16 +296,13 @@ fn pump(inner: &Inner) {
         if inner.stop.load(Ordering::SeqCst) {
             return;
         }
-        inner.notify.sleeping.store(true, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        let arrived = inner
-            .lanes
-            .iter()
-            .any(|lane| lane.state.lock().producer.has_arrivals());
-        if !arrived && !inner.stop.load(Ordering::SeqCst) {
-            std::thread::park();
-        }
-        inner.notify.sleeping.store(false, Ordering::Relaxed);
+        inner.notify.sleep_unless(|| {
+            inner.stop.load(Ordering::SeqCst)
+                || inner
+                    .lanes
+                    .iter()
+                    .any(|lane| lane.state.lock().producer.has_arrivals())
+        });
     }
 }
 

@@ -100,6 +100,19 @@ pub struct ReadmeDoctests;
 #[doc(hidden)]
 pub mod loom_internals {
     pub use crate::engine::gate::SoldOutGate;
-    pub use crate::engine::worker::{COUNTER_SLOTS, Counters};
+    pub use crate::engine::worker::{COUNTER_SLOTS, Counters, Notify};
     pub use crate::engine::{PRODUCER_SLOTS, ProducerCounters};
+
+    /// A producer whose lanes wake `notify` when outcomes arrive (the async client's).
+    pub fn producer_notifying(
+        engine: &crate::Engine,
+        notify: crate::sync::Arc<Notify>,
+    ) -> crate::Producer {
+        engine.producer_notifying(notify)
+    }
+
+    /// Whether a poll of `producer` would hand something out now (the pump's check).
+    pub fn has_arrivals(producer: &mut crate::Producer) -> bool {
+        producer.has_arrivals()
+    }
 }

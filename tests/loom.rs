@@ -16,10 +16,13 @@
 //! | `engine_sink_panic_fails_the_shard` | shard `failed` flag (Release/Acquire): a racing submit is answered `ShardFailed` or refused, never lost or decided |
 //! | `engine_control_races_shutdown` | control plane: command posted under the registry lock, generation bump, worker wake-up, reply slot and caller park/unpark, vs shutdown closing the registry |
 //! | `engine_cancel_serves_a_waiting_buy` | a waiting buy's outcome delivered to its producer's lane by another thread's cancel; gate flag lowered (Release) when the unit comes back |
+//! | `pump_sleeps_until_its_outcome_is_published` | async-client pump `sleeping` flag (store, SeqCst fence, check / publish, SeqCst fence, load): the worker's completion on the ring wakes a pump that parked |
+//! | `pump_wakes_for_a_deferred_outcome` | the same flag for the deferred queue: a waiting buy served by another thread's cancel wakes the pump |
 #![cfg(loom)]
 
 use flashsale::loom_internals::{
-    COUNTER_SLOTS, Counters, PRODUCER_SLOTS, ProducerCounters, SoldOutGate,
+    COUNTER_SLOTS, Counters, Notify, PRODUCER_SLOTS, ProducerCounters, SoldOutGate, has_arrivals,
+    producer_notifying,
 };
 use flashsale::ring::{self, PushError};
 use flashsale::{
@@ -372,5 +375,81 @@ fn engine_cancel_serves_a_waiting_buy() {
         let report = engine.shutdown();
         assert_eq!(report.confirmed_orders, 2);
         assert_eq!(report.skus[0].cancelled, 1);
+    });
+}
+
+/// The async client's pump, as `client.rs` runs it, on a thread of its own (as in the
+/// client; also, loom's `join` does not tolerate the stray unparks a pump may receive):
+/// submits with `submit`, then takes what arrived; if nothing, sleeps unless a check after
+/// raising the flag finds something. A lost wake-up leaves the pump parked for ever,
+/// which loom reports as a deadlock. Returns the engine and the completion.
+fn pump_thread(
+    engine: Engine,
+    submit: fn(&mut flashsale::Producer) -> Result<Submitted, SubmitError>,
+) -> thread::JoinHandle<(Engine, flashsale::Completion)> {
+    thread::spawn(move || {
+        let notify = loom::sync::Arc::new(Notify::new(thread::current()));
+        let mut producer = producer_notifying(&engine, notify.clone());
+        let Ok(Submitted::Queued(ticket)) = submit(&mut producer) else {
+            panic!("queued");
+        };
+        loop {
+            let mut mine = None;
+            producer.poll(|completion| {
+                if completion.ticket == ticket {
+                    mine = Some(completion);
+                }
+            });
+            if let Some(completion) = mine {
+                drop(producer);
+                return (engine, completion);
+            }
+            notify.sleep_unless(|| has_arrivals(&mut producer));
+        }
+    })
+}
+
+#[test]
+fn pump_sleeps_until_its_outcome_is_published() {
+    loom::model(|| {
+        let pump = pump_thread(one_unit_engine(true), |producer| {
+            producer.submit(intent(1, 1))
+        });
+        let (engine, completion) = pump.join().unwrap();
+        assert!(completion.outcome.order().is_some());
+        assert_eq!(engine.shutdown().confirmed_orders, 1);
+    });
+}
+
+#[test]
+fn pump_wakes_for_a_deferred_outcome() {
+    loom::model(|| {
+        let catalog = Catalog::builder()
+            .sku(SkuSpec::new(SkuId(1), 1).waitlist(1))
+            .build()
+            .unwrap();
+        let engine = Engine::builder(catalog)
+            .ring_capacity(2)
+            .wait_strategy(WaitStrategy::Park)
+            .start()
+            .unwrap();
+        let control = engine.control();
+        let order = engine
+            .producer()
+            .buy(intent(1, 1))
+            .unwrap()
+            .order()
+            .unwrap()
+            .id;
+        let pump = pump_thread(engine, |producer| producer.submit_or_wait(intent(2, 2)));
+        assert_eq!(control.cancel(order), Ok(()));
+        let (engine, completion) = pump.join().unwrap();
+        // Whether the cancel was applied before the buy reached the waitlist (the unit
+        // was back on sale) or after (it waited, and was served), the buyer ends with it.
+        assert_eq!(
+            completion.outcome.order().map(|order| order.user),
+            Some(UserId(2))
+        );
+        assert_eq!(engine.shutdown().confirmed_orders, 2);
     });
 }

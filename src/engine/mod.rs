@@ -29,7 +29,6 @@ pub(crate) use producer::Route;
 pub use producer::{Producer, SubmitError, Submitted};
 
 use gate::SoldOutGate;
-#[cfg(not(loom))]
 pub(crate) use worker::Notify;
 pub(crate) use worker::{CONFIRMED_ORDERS, CONFIRMED_UNITS, COUNTER_SLOTS};
 use worker::{Counters, WorkerLane};
@@ -633,7 +632,6 @@ impl Engine {
     }
 
     /// A producer whose lanes wake `notify` when outcomes arrive (the async client's).
-    #[cfg(not(loom))]
     pub(crate) fn producer_notifying(&self, notify: Arc<Notify>) -> Producer {
         Producer::with_notify(self.shared.clone(), Some(notify))
     }

@@ -423,7 +423,6 @@ impl Producer {
     }
 
     /// Whether a [`poll`](Self::poll) would hand something out now.
-    #[cfg(not(loom))]
     pub(crate) fn has_arrivals(&mut self) -> bool {
         !self.stash.is_empty()
             || self

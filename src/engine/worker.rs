@@ -72,18 +72,44 @@ pub(crate) struct DeferredQueue {
 /// sleeper raises `sleeping`, fences, then looks for arrivals; the worker publishes,
 /// fences, then looks at `sleeping`).
 #[derive(Debug)]
-pub(crate) struct Notify {
-    pub(crate) sleeping: AtomicBool,
-    pub(crate) thread: crate::sync::thread::Thread,
+pub struct Notify {
+    sleeping: AtomicBool,
+    thread: crate::sync::thread::Thread,
 }
 
 impl Notify {
+    /// Wakes `thread`, which sleeps with [`sleep_unless`](Self::sleep_unless).
+    pub fn new(thread: crate::sync::thread::Thread) -> Self {
+        Self {
+            sleeping: AtomicBool::new(false),
+            thread,
+        }
+    }
+
     /// Worker side, after publishing: wakes the sleeper if it sleeps or is about to.
-    pub(crate) fn wake(&self) {
+    pub fn wake(&self) {
         fence(Ordering::SeqCst);
         if self.sleeping.load(Ordering::Relaxed) {
             self.thread.unpark();
         }
+    }
+
+    /// Sleeper side (on the notified thread): raises `sleeping`, fences, then parks unless
+    /// `arrived()` finds something. A publish the check missed is followed by a
+    /// [`wake`](Self::wake) that sees the flag, so no arrival is slept through; parking
+    /// may also return spuriously, so callers loop.
+    pub fn sleep_unless(&self, arrived: impl FnOnce() -> bool) {
+        self.sleeping.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if !arrived() {
+            crate::sync::thread::park();
+        }
+        self.sleeping.store(false, Ordering::Relaxed);
+    }
+
+    /// Unparks the thread whatever it is doing (e.g. to make it see a stop flag).
+    pub fn unpark(&self) {
+        self.thread.unpark();
     }
 }
 
@@ -112,7 +138,6 @@ impl DeferredQueue {
     }
 
     /// Producer side: whether outcomes are waiting to be taken.
-    #[cfg(not(loom))]
     pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }

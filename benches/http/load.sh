@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# HTTP load test: the example shop server (examples/shop_server) driven by wrk.
+#
+#   bash benches/http/load.sh
+#   DURATION=5 CONNECTIONS=128 SERVER_THREADS=2 bash benches/http/load.sh
+#
+# Installs Debian's wrk if it is missing (apt-get; needs root or sudo), builds the server,
+# then runs three scenarios, each on a fresh server bound to 127.0.0.1 on a free port, for
+# DURATION seconds (default 10), stopping the server after each (also on failure or
+# Ctrl-C):
+#   selling   POST /sales/1/buy, stock for every request: each buy goes to the shard.
+#   sold-out  POST /sales/1/buy, 1,000 units: sold out at once; then the sold-out gate
+#             answers 409 without queueing.
+#   http-only GET /sales/1 (reads the SKU's published stock; no engine round trip): the cost
+#             of HTTP and JSON alone, the baseline for the two above.
+# For each it prints wrk's requests/s and latency percentiles (the whole HTTP round trip)
+# next to the server's own figure for the engine's part of each buy (submit to outcome,
+# from GET /metrics), and the answers by status.
+#
+# wrk and the server share this machine's cores: with 2 vCPUs, wrk's thread, the runtime
+# threads, the client pump and the shard thread oversubscribe them; the figures say so.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION="${DURATION:-10}"
+CONNECTIONS="${CONNECTIONS:-64}"
+WRK_THREADS="${WRK_THREADS:-1}"
+SERVER_THREADS="${SERVER_THREADS:-1}"
+
+if ! command -v wrk >/dev/null; then
+    echo "load.sh: installing wrk from Debian packages" >&2
+    sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
+
+cargo build --release --quiet --example shop_server
+server_bin="target/release/examples/shop_server"
+
+port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+dir="$(mktemp -d)"
+pid=""
+stop_server() {
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    fi
+    pid=""
+}
+cleanup() {
+    stop_server
+    rm -rf "$dir"
+}
+trap cleanup EXIT INT TERM
+
+# start_server STOCK: starts a server on a free port; sets $pid and $port.
+start_server() {
+    for _ in $(seq 1 20); do
+        port=$((20000 + RANDOM % 20000))
+        port_is_free "$port" || continue
+        "$server_bin" --addr "127.0.0.1:$port" --stock "$1" --threads "$SERVER_THREADS" \
+            2>"$dir/server.log" &
+        pid=$!
+        for _ in $(seq 1 100); do
+            if curl -sf "http://127.0.0.1:$port/sales/1" >/dev/null 2>&1; then
+                return 0
+            fi
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.05
+        done
+        stop_server
+    done
+    echo "load.sh: could not start the shop server on a free port" >&2
+    cat "$dir/server.log" >&2
+    exit 1
+}
+
+# The engine's part of each buy, from the server's metrics: p50 / p90 / p99 in µs.
+engine_percentiles() {
+    awk -F'[{}" ]+' '
+        /^flashsale_engine_buy_seconds\{quantile=/ { q[$3] = $4 * 1e6 }
+        END { printf "p50 %.1f µs | p90 %.1f µs | p99 %.1f µs", q["0.5"], q["0.9"], q["0.99"] }
+    ' "$1"
+}
+
+# Answers by status, from the server's metrics.
+answers() {
+    awk -F'[{}" ,]+' '
+        /^flashsale_http_buy_answers_total\{/ { n[$3] += $NF }
+        END { for (s in n) if (n[s] > 0) printf "%s: %d  ", s, n[s] }
+    ' "$1"
+}
+
+# scenario NAME STOCK PATH [wrk args...]
+scenario() {
+    local name="$1" stock="$2" path="$3"
+    shift 3
+    start_server "$stock"
+    timeout $((DURATION + 30)) wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+        "$@" "http://127.0.0.1:$port$path" >"$dir/wrk.txt"
+    timeout 10 curl -sf "http://127.0.0.1:$port/metrics" >"$dir/metrics.txt"
+    stop_server
+    local rps p50 p90 p99 errors
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' "$dir/wrk.txt")
+    p50=$(awk '$1 == "50%" { print $2 }' "$dir/wrk.txt")
+    p90=$(awk '$1 == "90%" { print $2 }' "$dir/wrk.txt")
+    p99=$(awk '$1 == "99%" { print $2 }' "$dir/wrk.txt")
+    errors=$(awk '/Socket errors|Non-2xx/ { $1 = $1; print }' "$dir/wrk.txt" | paste -sd ';' -)
+    printf '\n%-9s  HTTP %10s req/s   round trip p50 %s | p90 %s | p99 %s\n' \
+        "$name" "$rps" "$p50" "$p90" "$p99"
+    if [ "$name" != "http-only" ]; then
+        printf '           engine part of each buy (server-side): %s\n' \
+            "$(engine_percentiles "$dir/metrics.txt")"
+        printf '           answers: %s\n' "$(answers "$dir/metrics.txt")"
+        grep -E '^submit-to-outcome' "$dir/server.log" |
+            sed 's/^submit-to-outcome latency:/           shard part (engine report, arrival to outcome of the buys queued):/' || true
+    fi
+    if [ -n "$errors" ]; then
+        printf '           wrk: %s\n' "$errors"
+    fi
+}
+
+echo "load.sh: wrk $WRK_THREADS thread(s), $CONNECTIONS connections, ${DURATION} s per scenario;" \
+    "server: $SERVER_THREADS runtime thread(s) + client pump + 1 shard thread; $(nproc) CPUs"
+scenario selling 1000000000 "" -s benches/http/buy.lua
+scenario sold-out 1000 "" -s benches/http/buy.lua
+scenario http-only 1000 /sales/1
