@@ -342,36 +342,13 @@ impl Buy<'_> {
             if let Some(mut lane) = inner.lanes[index].state.try_lock() {
                 match lane.producer.queue(self.intent, self.wait, route) {
                     Err(SubmitError::Busy(_)) => continue,
-                    queued => {
-                        let poll = self.queued(index, &mut lane, queued, cx);
-                        return self.help_pump(lane, poll);
-                    }
+                    queued => return self.queued(index, &mut lane, queued, cx),
                 }
             }
         }
         let mut lane = inner.lanes[home].state.lock();
         let queued = lane.producer.queue(self.intent, self.wait, route);
-        let poll = self.queued(home, &mut lane, queued, cx);
-        self.help_pump(lane, poll)
-    }
-
-    /// Once queued (the lane still locked): takes what has arrived on the lane and wakes
-    /// its futures from this thread, so that a busy executor thread keeps outcomes moving
-    /// without waiting for the pump (and, for most executors, wakes its tasks more cheaply
-    /// than the pump could from its own thread).
-    #[inline]
-    fn help_pump(
-        &self,
-        mut lane: parking_lot::MutexGuard<'_, LaneState>,
-        poll: Poll<Result<Outcome, SubmitError>>,
-    ) -> Poll<Result<Outcome, SubmitError>> {
-        if poll.is_pending() && self.ticket.is_some() {
-            let mut wake = WAKE.with(|buffer| buffer.take());
-            lane.take_arrivals(&mut wake);
-            drop(lane);
-            wake_all(wake);
-        }
-        poll
+        self.queued(home, &mut lane, queued, cx)
     }
 
     /// Records what became of a queue attempt on lane `index` (whose lock is held).
@@ -439,54 +416,20 @@ impl Future for Buy<'_> {
             .slots
             .get_mut(&ticket)
             .expect("a queued future keeps its slot until it completes");
-        if let Some(outcome) = slot.outcome.take() {
-            lane.slots.remove(&ticket);
-            this.done = true;
-            return Poll::Ready(Ok(outcome));
-        }
-        // Not here yet: help the pump. Take what has arrived on this lane (its futures
-        // are woken from this thread, which for most executors is cheaper than from the
-        // pump's), ours perhaps among it; our waker is out of the slot meanwhile, so we
-        // do not wake ourselves.
-        let mut waker = slot.waker.take();
-        let mut wake = WAKE.with(|buffer| buffer.take());
-        lane.take_arrivals(&mut wake);
-        let slot = lane
-            .slots
-            .get_mut(&ticket)
-            .expect("a queued future keeps its slot until it completes");
-        let poll = match slot.outcome.take() {
+        match slot.outcome.take() {
             Some(outcome) => {
                 lane.slots.remove(&ticket);
                 this.done = true;
                 Poll::Ready(Ok(outcome))
             }
             None => {
-                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    waker = Some(cx.waker().clone());
+                if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    slot.waker = Some(cx.waker().clone());
                 }
-                slot.waker = waker;
                 Poll::Pending
             }
-        };
-        drop(lane);
-        wake_all(wake);
-        poll
+        }
     }
-}
-
-thread_local! {
-    /// Wakers to call once a lane's lock is released; taken out while in use, so a wake
-    /// that polls a future on this thread finds an empty one.
-    static WAKE: Cell<Vec<Waker>> = const { Cell::new(Vec::new()) };
-}
-
-/// Wakes every waker in `wake`, then gives the (empty) buffer back to this thread.
-fn wake_all(mut wake: Vec<Waker>) {
-    for waker in wake.drain(..) {
-        waker.wake();
-    }
-    let _ = WAKE.try_with(|buffer| buffer.set(wake));
 }
 
 impl Drop for Buy<'_> {
