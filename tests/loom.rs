@@ -347,18 +347,23 @@ fn engine_control_races_shutdown() {
     });
 }
 
+/// One unit with a waitlist of one; the shard parks.
+fn waitlist_engine() -> Engine {
+    let catalog = Catalog::builder()
+        .sku(SkuSpec::new(SkuId(1), 1).waitlist(1))
+        .build()
+        .unwrap();
+    Engine::builder(catalog)
+        .ring_capacity(2)
+        .wait_strategy(WaitStrategy::Park)
+        .start()
+        .unwrap()
+}
+
 #[test]
 fn engine_cancel_serves_a_waiting_buy() {
     loom::model(|| {
-        let catalog = Catalog::builder()
-            .sku(SkuSpec::new(SkuId(1), 1).waitlist(1))
-            .build()
-            .unwrap();
-        let engine = Engine::builder(catalog)
-            .ring_capacity(2)
-            .wait_strategy(WaitStrategy::Park)
-            .start()
-            .unwrap();
+        let engine = waitlist_engine();
         let control = engine.control();
         let mut first = engine.producer();
         let mut second = engine.producer();
@@ -424,15 +429,7 @@ fn pump_sleeps_until_its_outcome_is_published() {
 #[test]
 fn pump_wakes_for_a_deferred_outcome() {
     loom::model(|| {
-        let catalog = Catalog::builder()
-            .sku(SkuSpec::new(SkuId(1), 1).waitlist(1))
-            .build()
-            .unwrap();
-        let engine = Engine::builder(catalog)
-            .ring_capacity(2)
-            .wait_strategy(WaitStrategy::Park)
-            .start()
-            .unwrap();
+        let engine = waitlist_engine();
         let control = engine.control();
         let order = engine
             .producer()

@@ -58,6 +58,10 @@ async fn post(http: &reqwest::Client, url: &str, body: &str) -> (StatusCode, Val
     (status, response.json().await.unwrap())
 }
 
+async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 fn buy_body(user: u64, qty: u32, key: u64) -> String {
     json!({ "user": user, "qty": qty, "key": key }).to_string()
 }
@@ -88,49 +92,29 @@ async fn every_answer_over_http() {
     let order_id = order["order"].as_u64().expect("an order id");
 
     // 409: a retry with the same key names the existing order; others are sold out or
-    // over their limit.
-    let (status, body) = post(&http, &buy("1"), &buy_body(7, 1, 100)).await;
-    assert_eq!(
-        (status, body["reason"].as_str()),
-        (StatusCode::CONFLICT, Some("duplicate"))
-    );
-    assert_eq!(body["order"].as_u64(), Some(order_id));
-    let (status, body) = post(&http, &buy("1"), &buy_body(8, 1, 101)).await;
-    assert_eq!(
-        (status, body["reason"].as_str()),
-        (StatusCode::CONFLICT, Some("sold_out"))
-    );
-    let (status, body) = post(&http, &buy("2"), &buy_body(7, 2, 102)).await;
-    assert_eq!(
-        (status, body["reason"].as_str()),
-        (StatusCode::CONFLICT, Some("user_limit"))
-    );
-    let (status, body) = post(&http, &buy("2"), &buy_body(8, 501, 103)).await;
-    // 501 is above the engine's max_quantity (100): the quantity is named.
-    assert_eq!(
-        (status, body["field"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("qty"))
-    );
-
-    // 425 (with how long until it opens) and 403.
-    let (status, body) = post(&http, &buy("3"), &buy_body(7, 1, 104)).await;
-    assert_eq!(
-        (status, body["reason"].as_str()),
-        (StatusCode::TOO_EARLY, Some("not_open_yet"))
-    );
-    assert!(body["opens_in_ms"].as_u64().unwrap() > 3_000_000, "{body}");
-    let (status, body) = post(&http, &buy("4"), &buy_body(7, 1, 105)).await;
-    assert_eq!(
-        (status, body["reason"].as_str()),
-        (StatusCode::FORBIDDEN, Some("closed"))
-    );
-
-    // 404: no such SKU.
-    let (status, body) = post(&http, &buy("99"), &buy_body(7, 1, 106)).await;
-    assert_eq!(
-        (status, body["reason"].as_str()),
-        (StatusCode::NOT_FOUND, Some("unknown_sku"))
-    );
+    // over their limit. 400 for a quantity above the engine's max_quantity (100). 425
+    // (with how long until it opens), 403, 404.
+    let mut answers = Vec::new();
+    for (sku, (user, qty, key), status, field, value) in [
+        ("1", (7, 1, 100), 409, "reason", "duplicate"),
+        ("1", (8, 1, 101), 409, "reason", "sold_out"),
+        ("2", (7, 2, 102), 409, "reason", "user_limit"),
+        ("2", (8, 501, 103), 400, "field", "qty"),
+        ("3", (7, 1, 104), 425, "reason", "not_open_yet"),
+        ("4", (7, 1, 105), 403, "reason", "closed"),
+        ("99", (7, 1, 106), 404, "reason", "unknown_sku"),
+    ] {
+        let body = buy_body(user, qty, key);
+        let (got, answer) = post(&http, &buy(sku), &body).await;
+        assert_eq!(
+            (got.as_u16(), answer[field].as_str()),
+            (status, Some(value)),
+            "{body}: {answer}"
+        );
+        answers.push(answer);
+    }
+    assert_eq!(answers[0]["order"].as_u64(), Some(order_id));
+    assert!(answers[4]["opens_in_ms"].as_u64().unwrap() > 3_000_000);
 
     // 400, naming the field.
     for (sku, body, field) in [
@@ -160,36 +144,15 @@ async fn every_answer_over_http() {
     }
 
     // GET /sales/{sku}: stock and state.
-    let sale: Value = http
-        .get(format!("{base}/sales/1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sale = get_json(&http, &format!("{base}/sales/1")).await;
     assert_eq!(
         (sale["stock"].as_u64(), sale["available"].as_u64()),
         (Some(1), Some(0))
     );
     assert_eq!(sale["state"].as_str(), Some("sold_out"));
-    let sale: Value = http
-        .get(format!("{base}/sales/3"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sale = get_json(&http, &format!("{base}/sales/3")).await;
     assert_eq!(sale["state"].as_str(), Some("upcoming"));
-    let sale: Value = http
-        .get(format!("{base}/sales/4"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sale = get_json(&http, &format!("{base}/sales/4")).await;
     assert_eq!(sale["state"].as_str(), Some("closed"));
     let missing = http.get(format!("{base}/sales/99")).send().await.unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
@@ -300,14 +263,7 @@ async fn a_full_engine_answers_429_with_retry_after() {
     release_tx.send(()).unwrap();
     let (status, order) = post(&http, &url, &buy_body(2, 1, 2)).await;
     assert_eq!((status, order["user"].as_u64()), (StatusCode::OK, Some(2)));
-    let sale: Value = http
-        .get(format!("{base}/sales/1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sale = get_json(&http, &format!("{base}/sales/1")).await;
     assert_eq!(sale["available"].as_u64(), Some(8));
     drop(http);
     let report = served.shut_down(shop).await;
