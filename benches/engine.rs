@@ -251,7 +251,12 @@ fn async_case(stock: u32, gate: bool) -> impl FnMut(u64) -> Duration {
                         tokio::spawn(async move {
                             let mut index = task;
                             while index < E2E_INTENTS {
-                                black_box(client.buy(single_sku_intent(index)).await.ok());
+                                // As the producer bench: the outcome to black_box, a
+                                // refusal a failed benchmark.
+                                match client.buy(single_sku_intent(index)).await {
+                                    Ok(outcome) => black_box(outcome),
+                                    Err(refused) => panic!("benchmark engine refused: {refused}"),
+                                };
                                 index += TASKS;
                             }
                         })
