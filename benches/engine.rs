@@ -9,6 +9,9 @@
 //!   the same `ShardCore` fed through `crossbeam-channel` (bounded, both directions), and
 //!   the `Mutex<HashMap>` allocator called straight from the producer thread. The engine
 //!   makes room for all 10M orders at start-up (`order_capacity`), outside the timing.
+//!   The async client runs `burst` from 4,096 tokio tasks; `floor_async_remote_wake` is
+//!   the same tasks awaiting futures another thread wakes, with no engine: the floor under
+//!   any client that completes a task's buy from another thread.
 //!
 //! Run: `cargo bench --bench engine` (about 5 minutes). Figures swing with where the host
 //! puts the two vCPUs; compare rows of the same run, not runs.
@@ -274,6 +277,114 @@ fn async_case(stock: u32, gate: bool) -> impl FnMut(u64) -> Duration {
     }
 }
 
+/// What any async client pays before it does any work: the same runtime and tasks as
+/// `async_case`, each awaiting `E2E_INTENTS / TASKS` futures that another thread completes
+/// (wakes) in batches, the way the client's pump does, with no engine at all. The waking
+/// thread parks when it has nothing to wake, and a future that registers unparks it.
+fn wake_floor_case() -> impl FnMut(u64) -> Duration {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Waker};
+
+    const TASKS: u64 = 4096;
+    #[derive(Default)]
+    struct Waiting {
+        wakers: Vec<Waker>,
+        sleeping: bool,
+        stop: bool,
+    }
+    struct Shared {
+        waiting: Mutex<Waiting>,
+        waker_thread: std::thread::Thread,
+    }
+    /// Pending once (registering its waker with the waking thread), then ready.
+    struct Remote<'a> {
+        shared: &'a Shared,
+        registered: bool,
+    }
+    impl Future for Remote<'_> {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.registered {
+                return Poll::Ready(());
+            }
+            self.registered = true;
+            let mut waiting = self.shared.waiting.lock().expect("not poisoned");
+            waiting.wakers.push(cx.waker().clone());
+            let sleeping = std::mem::take(&mut waiting.sleeping);
+            drop(waiting);
+            if sleeping {
+                self.shared.waker_thread.unpark();
+            }
+            Poll::Pending
+        }
+    }
+
+    move |iterations| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iterations {
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Arc<Shared>>();
+            let waker = std::thread::spawn(move || {
+                let shared = ready_rx.recv().expect("shared state");
+                let mut batch = Vec::new();
+                loop {
+                    let mut waiting = shared.waiting.lock().expect("not poisoned");
+                    std::mem::swap(&mut batch, &mut waiting.wakers);
+                    if batch.is_empty() {
+                        if waiting.stop {
+                            return;
+                        }
+                        waiting.sleeping = true;
+                        drop(waiting);
+                        std::thread::park();
+                        continue;
+                    }
+                    drop(waiting);
+                    for waker in batch.drain(..) {
+                        waker.wake();
+                    }
+                }
+            });
+            let shared = Arc::new(Shared {
+                waiting: Mutex::new(Waiting::default()),
+                waker_thread: waker.thread().clone(),
+            });
+            ready_tx.send(shared.clone()).expect("waking thread");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            let start = Instant::now();
+            runtime.block_on(async {
+                let tasks: Vec<_> = (0..TASKS)
+                    .map(|task| {
+                        let shared = shared.clone();
+                        tokio::spawn(async move {
+                            let mut index = task;
+                            while index < E2E_INTENTS {
+                                Remote {
+                                    shared: &shared,
+                                    registered: false,
+                                }
+                                .await;
+                                index += TASKS;
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.expect("bench task");
+                }
+            });
+            total += start.elapsed();
+            shared.waiting.lock().expect("not poisoned").stop = true;
+            waker.thread().unpark();
+            waker.join().expect("waking thread");
+        }
+        total
+    }
+}
+
 fn mutex_case(stock: u32) -> impl FnMut(u64) -> Duration {
     move |iterations| {
         let mut total = Duration::ZERO;
@@ -309,6 +420,9 @@ fn end_to_end(c: &mut Criterion) {
     });
     group.bench_function("burst/async_client_gate_off", |b| {
         b.iter_custom(async_case(BURST_STOCK, false))
+    });
+    group.bench_function("burst/floor_async_remote_wake", |b| {
+        b.iter_custom(wake_floor_case())
     });
     group.bench_function("burst/baseline_crossbeam_channel", |b| {
         b.iter_custom(crossbeam_case(BURST_STOCK))
