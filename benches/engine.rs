@@ -229,11 +229,42 @@ fn crossbeam_case(stock: u32) -> impl FnMut(u64) -> Duration {
     }
 }
 
+/// Tasks on the async benches' runtime: as many as the producer bench keeps in flight.
+const TASKS: u64 = 4096;
+
+/// Times `TASKS` tokio tasks on a one-thread runtime, task `t` running `$each` for the
+/// indexes `t, t + TASKS, ...` below `E2E_INTENTS`, each with its own clone of `$state`.
+macro_rules! time_tasks {
+    ($state:expr, |$name:ident, $index:ident| $each:block) => {{
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let start = Instant::now();
+        runtime.block_on(async {
+            let tasks: Vec<_> = (0..TASKS)
+                .map(|task| {
+                    let $name = $state.clone();
+                    tokio::spawn(async move {
+                        let mut $index = task;
+                        while $index < E2E_INTENTS {
+                            $each
+                            $index += TASKS;
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("bench task");
+            }
+        });
+        start.elapsed()
+    }};
+}
+
 /// The async client on a one-thread tokio runtime (as one request thread): `TASKS` tasks,
 /// each awaiting its buys one after another, `E2E_INTENTS` in all. Runs with the runtime
 /// thread, the client's pump and the shard thread: 3 threads on this 2-vCPU machine.
 fn async_case(stock: u32, gate: bool) -> impl FnMut(u64) -> Duration {
-    const TASKS: u64 = 4096;
     move |iterations| {
         let mut total = Duration::ZERO;
         for _ in 0..iterations {
@@ -243,33 +274,14 @@ fn async_case(stock: u32, gate: bool) -> impl FnMut(u64) -> Duration {
                 .start()
                 .expect("benchmark engine starts");
             let client = flashsale::AsyncClient::new(&engine, 1).expect("pump thread");
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .expect("runtime");
-            let start = Instant::now();
-            runtime.block_on(async {
-                let tasks: Vec<_> = (0..TASKS)
-                    .map(|task| {
-                        let client = client.clone();
-                        tokio::spawn(async move {
-                            let mut index = task;
-                            while index < E2E_INTENTS {
-                                // As the producer bench: the outcome to black_box, a
-                                // refusal a failed benchmark.
-                                match client.buy(single_sku_intent(index)).await {
-                                    Ok(outcome) => black_box(outcome),
-                                    Err(refused) => panic!("benchmark engine refused: {refused}"),
-                                };
-                                index += TASKS;
-                            }
-                        })
-                    })
-                    .collect();
-                for task in tasks {
-                    task.await.expect("bench task");
-                }
+            total += time_tasks!(client, |client, index| {
+                // As the producer bench: the outcome to black_box, a refusal a failed
+                // benchmark.
+                match client.buy(single_sku_intent(index)).await {
+                    Ok(outcome) => black_box(outcome),
+                    Err(refused) => panic!("benchmark engine refused: {refused}"),
+                };
             });
-            total += start.elapsed();
             drop(client);
             drop(engine);
         }
@@ -287,7 +299,6 @@ fn wake_floor_case() -> impl FnMut(u64) -> Duration {
     use std::sync::{Arc, Mutex};
     use std::task::{Context, Poll, Waker};
 
-    const TASKS: u64 = 4096;
     #[derive(Default)]
     struct Waiting {
         wakers: Vec<Waker>,
@@ -351,32 +362,13 @@ fn wake_floor_case() -> impl FnMut(u64) -> Duration {
                 waker_thread: waker.thread().clone(),
             });
             ready_tx.send(shared.clone()).expect("waking thread");
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .expect("runtime");
-            let start = Instant::now();
-            runtime.block_on(async {
-                let tasks: Vec<_> = (0..TASKS)
-                    .map(|task| {
-                        let shared = shared.clone();
-                        tokio::spawn(async move {
-                            let mut index = task;
-                            while index < E2E_INTENTS {
-                                Remote {
-                                    shared: &shared,
-                                    registered: false,
-                                }
-                                .await;
-                                index += TASKS;
-                            }
-                        })
-                    })
-                    .collect();
-                for task in tasks {
-                    task.await.expect("bench task");
+            total += time_tasks!(shared, |shared, _index| {
+                Remote {
+                    shared: &shared,
+                    registered: false,
                 }
+                .await;
             });
-            total += start.elapsed();
             shared.waiting.lock().expect("not poisoned").stop = true;
             waker.thread().unpark();
             waker.join().expect("waking thread");
