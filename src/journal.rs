@@ -1,25 +1,31 @@
-//! The journal's on-disk format: an append-only file per shard of length-prefixed,
-//! checksummed records, one per command the shard applied, in its order.
+//! The journal's on-disk format: an append-only file per shard of self-checking records,
+//! one per command the shard applied, in its order.
 //!
 //! This module is the format and its reader and writer; the engine journals through it when
 //! built with [`EngineBuilder::journal`](crate::EngineBuilder::journal).
 //!
-//! # Format, version 1
+//! # Format, version 2
 //!
 //! All integers little-endian.
 //!
 //! ```text
-//! header (16 bytes):  magic "FLASHJNL" | version u32 = 1 | shard u16 | reserved u16 = 0
-//! record:             length u32 | crc32 u32 | payload (length bytes)
+//! header (16 bytes):  magic "FLASHJNL" | version u32 = 2 | shard u16 | reserved u16 = 0
+//! record:             frame (16 bytes) | payload (length bytes)
+//! frame:              frame_crc u32 | payload_crc u32 | length u32 | unsynced u32
 //! payload:            sequence u64 | kind u8 | body
 //! ```
 //!
-//! `crc32` is CRC-32 (IEEE, as zlib) of the payload. `sequence` is the shard's sequence
-//! number of the command: the first record has the sequence the journal starts at, and
-//! each next record the one after. Bodies by `kind`:
+//! `frame_crc` is CRC-32 (IEEE, as zlib) of the frame's other 12 bytes, `payload_crc` that
+//! of the payload, so a damaged length is caught before it is trusted. `unsynced` is how
+//! many bytes of the file before this record were not yet known to be on the disk
+//! (`fdatasync`ed) when it was written: the writer's proof, carried forward, of what was
+//! durable (saturating at `u32::MAX`, which only ever claims less). `sequence` is the
+//! shard's sequence number of the command: the first record has the sequence the journal
+//! starts at, and each next record the one after. Bodies by `kind`:
 //!
 //! | kind | command | body |
 //! |---|---|---|
+//! | 0 | *seal*: no command; everything before it was synced | none (`sequence` is the next command's) |
 //! | 1 | `Buy` | user u64, client_key u64, sku u32, quantity u32, arrival_ns u64 |
 //! | 2 | `BuyOrWait` | as `Buy` |
 //! | 3 | `Pay` | order u64, at_ns u64 |
@@ -30,14 +36,26 @@
 //! | 8 | `SetWindow` | sku u32, opens_at_ns u64, closes_at_ns u64, at_ns u64 |
 //! | 9 | `CloseSale` | sku u32, at_ns u64 |
 //!
-//! # Reading: torn tails and corruption
+//! # Reading: torn tails and damage
 //!
-//! A crash mid-append leaves a *torn* last record: cut short, or written in full length
-//! with bytes that do not match its checksum (a file extended before its data reached the
-//! disk reads as zeros). [`scan`] reports the valid prefix and [`Tail::Torn`]; the writer
-//! truncates the file there before appending. A record that fails its checksum or does not
-//! decode *with more data after it*, or a sequence that skips or repeats, is corruption:
-//! [`JournalError::Corrupt`] names the offset, and nothing after it is read.
+//! A crash can only spoil bytes that were written after the last sync: a record cut short,
+//! zeros where the file was extended before its data reached the disk, or a hole inside the
+//! last group with later records of the same group whole. Everything before a sync is
+//! settled, and every record written after that sync says so in its `unsynced` field.
+//!
+//! So when [`scan`] meets a record that does not check out at offset `h`, it searches the
+//! rest of the file for a whole record (both checksums and the encoding valid) that proves
+//! `h` was synced: its own offset minus its `unsynced` lies past `h`. If one exists, the
+//! bytes at `h` were damaged after they were durable, which is [`JournalError::Corrupt`]
+//! naming the file and `h`, never a truncation. If none does, the spoiled bytes were never
+//! synced, so no outcome decided by them was ever released: the valid prefix is kept and
+//! [`Tail::Torn`] reported, and the writer truncates the file there before appending. A
+//! record that checks out but whose sequence skips or repeats is `Corrupt` too.
+//!
+//! The one case no reader can settle: damage at rest inside the *last* group written before
+//! a crash looks exactly like a torn write of that group. A clean close writes and syncs a
+//! seal after the last group ([`JournalWriter::seal`]), so after a clean shutdown every
+//! record is covered; after a crash, the last group (at most one group commit) is.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -50,13 +68,17 @@ use crate::types::{Intent, OrderId, ShardId, SkuId, UserId};
 /// The file's first 8 bytes.
 pub const MAGIC: [u8; 8] = *b"FLASHJNL";
 /// The format version this code writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 16;
-/// Record framing (length and checksum) in bytes.
-const FRAME_LEN: usize = 8;
+/// Record framing (two checksums, length, unsynced bytes) in bytes.
+pub const FRAME_LEN: usize = 16;
 /// The largest payload: a `Buy` (8 + 1 + 8 + 8 + 4 + 4 + 8 bytes).
 const PAYLOAD_MAX: usize = 41;
+/// The smallest payload: a seal (sequence and kind).
+const PAYLOAD_MIN: usize = 9;
+/// The kind byte of a seal.
+const KIND_SEAL: u8 = 0;
 
 /// Why a journal could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -69,11 +91,19 @@ pub enum JournalError {
         /// The OS error.
         source: io::Error,
     },
-    /// The file does not start with a version-1 journal header.
+    /// The file does not start with a flashsale journal header.
     #[error("{path}: not a flashsale journal (bad header)")]
     BadHeader {
         /// The file.
         path: PathBuf,
+    },
+    /// The file is a flashsale journal of another format version.
+    #[error("{path}: journal format version {found}; this build reads version {VERSION}")]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version in its header.
+        found: u32,
     },
     /// The journal is for another shard than the one asked for.
     #[error("{path}: journal of shard {found}, expected shard {expected}")]
@@ -85,8 +115,9 @@ pub enum JournalError {
         /// The shard asked for.
         expected: u16,
     },
-    /// A record before the tail is damaged, or the sequence skips or repeats; nothing from
-    /// `offset` on was read.
+    /// A record that was already durable is damaged, or the sequence skips or repeats;
+    /// nothing from `offset` on was read. Recovery refuses to go on: truncating here would
+    /// drop orders that were confirmed.
     #[error("{path}: corrupt record at byte {offset}: {what}")]
     Corrupt {
         /// The file (empty when scanning bytes in memory).
@@ -103,8 +134,9 @@ pub enum JournalError {
 pub enum Tail {
     /// The last record is whole.
     Clean,
-    /// The last record was torn by a crash mid-append; the valid data ends at
-    /// `valid_len` and the `torn_bytes` after it are to be discarded.
+    /// Bytes written after the last sync were spoiled by a crash (and no later record
+    /// proves them synced); the valid data ends at `valid_len` and the `torn_bytes` after
+    /// it are to be discarded.
     Torn {
         /// Length of the valid prefix, bytes.
         valid_len: u64,
@@ -118,14 +150,17 @@ pub enum Tail {
 pub struct Scanned {
     /// The shard the journal belongs to.
     pub shard: ShardId,
-    /// Every valid record: `(sequence, command)`, in order.
+    /// Every valid record: `(sequence, command)`, in order (seals are not commands).
     pub records: Vec<(u64, Command)>,
-    /// Whether the last record was torn.
+    /// Whether the journal ends in spoiled, never-synced bytes.
     pub tail: Tail,
+    /// Whether the last entry is a seal: the journal was closed cleanly.
+    pub sealed: bool,
 }
 
-/// Encodes a command's record (framing included) onto `out`.
-pub fn encode(sequence: u64, command: &Command, out: &mut Vec<u8>) {
+/// Encodes a command's record (framing included) onto `out`. `unsynced` is how many bytes
+/// of the file before this record were not known to be synced when it was written.
+pub fn encode(sequence: u64, unsynced: u32, command: &Command, out: &mut Vec<u8>) {
     let mut payload = [0u8; PAYLOAD_MAX];
     let mut at = 0;
     let mut put = |bytes: &[u8]| {
@@ -188,9 +223,27 @@ pub fn encode(sequence: u64, command: &Command, out: &mut Vec<u8>) {
             put(&at_ns.to_le_bytes());
         }
     }
-    let payload = &payload[..at];
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    frame(&payload[..at], unsynced, out);
+}
+
+/// Encodes a seal (framing included) onto `out`: no command, written right after a sync,
+/// so it vouches for every byte before it. `next_sequence` is the sequence of the command
+/// after it.
+pub fn encode_seal(next_sequence: u64, out: &mut Vec<u8>) {
+    let mut payload = [0u8; PAYLOAD_MIN];
+    payload[..8].copy_from_slice(&next_sequence.to_le_bytes());
+    payload[8] = KIND_SEAL;
+    frame(&payload, 0, out);
+}
+
+/// Appends the frame and the payload.
+fn frame(payload: &[u8], unsynced: u32, out: &mut Vec<u8>) {
+    let mut checked = [0u8; FRAME_LEN - 4];
+    checked[..4].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    checked[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    checked[8..].copy_from_slice(&unsynced.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&checked).to_le_bytes());
+    out.extend_from_slice(&checked);
     out.extend_from_slice(payload);
 }
 
@@ -217,8 +270,9 @@ impl Fields<'_> {
     }
 }
 
-/// Decodes one payload; `None` if it is not a valid one.
-fn decode(payload: &[u8]) -> Option<(u64, Command)> {
+/// Decodes one payload: its sequence and its command (`None` for a seal); `None` overall
+/// if it is not a valid payload.
+fn decode(payload: &[u8]) -> Option<(u64, Option<Command>)> {
     let mut fields = Fields(payload);
     let sequence = fields.u64()?;
     let kind = fields.u8()?;
@@ -239,51 +293,105 @@ fn decode(payload: &[u8]) -> Option<(u64, Command)> {
         ))
     };
     let command = match kind {
+        KIND_SEAL => None,
         1 => {
             let (intent, arrival_ns) = intent(&mut fields)?;
-            Command::Buy { intent, arrival_ns }
+            Some(Command::Buy { intent, arrival_ns })
         }
         2 => {
             let (intent, arrival_ns) = intent(&mut fields)?;
-            Command::BuyOrWait { intent, arrival_ns }
+            Some(Command::BuyOrWait { intent, arrival_ns })
         }
-        3 => Command::Pay {
+        3 => Some(Command::Pay {
             order: OrderId(fields.u64()?),
             at_ns: fields.u64()?,
-        },
-        4 => Command::Cancel {
+        }),
+        4 => Some(Command::Cancel {
             order: OrderId(fields.u64()?),
             at_ns: fields.u64()?,
-        },
-        5 => Command::Tick {
+        }),
+        5 => Some(Command::Tick {
             now_ns: fields.u64()?,
-        },
-        6 => Command::Restock {
+        }),
+        6 => Some(Command::Restock {
             sku: SkuId(fields.u32()?),
             units: fields.u32()?,
             at_ns: fields.u64()?,
-        },
-        7 => Command::Reduce {
+        }),
+        7 => Some(Command::Reduce {
             sku: SkuId(fields.u32()?),
             units: fields.u32()?,
             at_ns: fields.u64()?,
-        },
-        8 => Command::SetWindow {
+        }),
+        8 => Some(Command::SetWindow {
             sku: SkuId(fields.u32()?),
             window: SaleWindow {
                 opens_at_ns: fields.u64()?,
                 closes_at_ns: fields.u64()?,
             },
             at_ns: fields.u64()?,
-        },
-        9 => Command::CloseSale {
+        }),
+        9 => Some(Command::CloseSale {
             sku: SkuId(fields.u32()?),
             at_ns: fields.u64()?,
-        },
+        }),
         _ => return None,
     };
     // Trailing bytes make it invalid: one payload, one encoding.
     fields.0.is_empty().then_some((sequence, command))
+}
+
+/// One whole entry read at an offset.
+struct Entry {
+    sequence: u64,
+    /// `None` for a seal.
+    command: Option<Command>,
+    /// Where the entry ends.
+    end: usize,
+    /// Where the synced prefix ended when it was written (its offset minus `unsynced`).
+    synced_before: usize,
+}
+
+/// The entry at `at`, if both checksums and the encoding check out.
+fn entry_at(bytes: &[u8], at: usize) -> Option<Entry> {
+    let frame = bytes.get(at..at.checked_add(FRAME_LEN)?)?;
+    let word = |index: usize| {
+        let start = index * 4;
+        u32::from_le_bytes([
+            frame[start],
+            frame[start + 1],
+            frame[start + 2],
+            frame[start + 3],
+        ])
+    };
+    if crc32fast::hash(&frame[4..]) != word(0) {
+        return None;
+    }
+    let length = word(2) as usize;
+    if !(PAYLOAD_MIN..=PAYLOAD_MAX).contains(&length) {
+        return None;
+    }
+    let end = at + FRAME_LEN + length;
+    let payload = bytes.get(at + FRAME_LEN..end)?;
+    if crc32fast::hash(payload) != word(1) {
+        return None;
+    }
+    let (sequence, command) = decode(payload)?;
+    Some(Entry {
+        sequence,
+        command,
+        end,
+        synced_before: at.saturating_sub(word(3) as usize),
+    })
+}
+
+/// Whether some whole entry after `hole` proves the bytes at `hole` were synced before it
+/// was written. Runs only on a damaged or torn journal: at most one pass over the rest of
+/// the file, trying each offset.
+fn proven_durable(bytes: &[u8], hole: usize) -> bool {
+    (hole + 1..bytes.len().saturating_sub(FRAME_LEN + PAYLOAD_MIN - 1))
+        .filter_map(|at| entry_at(bytes, at))
+        .any(|entry| entry.synced_before > hole)
 }
 
 /// The header of a journal for `shard`.
@@ -298,19 +406,23 @@ pub fn header(shard: ShardId) -> [u8; HEADER_LEN] {
 /// Reads a whole journal held in memory (`path` only names it in errors).
 ///
 /// # Errors
-/// [`JournalError::BadHeader`] or [`JournalError::Corrupt`]; a torn last record is not an
-/// error (see [`Tail`]).
+/// [`JournalError::BadHeader`], [`JournalError::UnsupportedVersion`] or
+/// [`JournalError::Corrupt`]; spoiled bytes that were never synced are not an error (see
+/// [`Tail`] and the [module docs](self)).
 pub fn scan(bytes: &[u8], path: &Path) -> Result<Scanned, JournalError> {
     let header = bytes
         .get(..HEADER_LEN)
-        .filter(|header| {
-            header[..8] == MAGIC
-                && header[8..12] == VERSION.to_le_bytes()
-                && header[14..16] == [0, 0]
-        })
+        .filter(|header| header[..8] == MAGIC && header[14..16] == [0, 0])
         .ok_or_else(|| JournalError::BadHeader {
             path: path.to_path_buf(),
         })?;
+    let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    if version != VERSION {
+        return Err(JournalError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found: version,
+        });
+    }
     let shard = ShardId(u16::from_le_bytes([header[12], header[13]]));
     let corrupt = |offset: usize, what| JournalError::Corrupt {
         path: path.to_path_buf(),
@@ -318,56 +430,52 @@ pub fn scan(bytes: &[u8], path: &Path) -> Result<Scanned, JournalError> {
         what,
     };
     let mut records: Vec<(u64, Command)> = Vec::new();
+    // The sequence the next entry must carry, once the first has set it.
+    let mut next: Option<u64> = None;
+    let mut sealed = false;
     let mut at = HEADER_LEN;
-    let torn = |at: usize| Tail::Torn {
-        valid_len: at as u64,
-        torn_bytes: (bytes.len() - at) as u64,
-    };
     while at < bytes.len() {
-        let Some(frame) = bytes.get(at..at + FRAME_LEN) else {
-            return Ok(Scanned {
-                shard,
-                records,
-                tail: torn(at),
-            });
-        };
-        let length = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
-        let checksum = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        let end = at + FRAME_LEN + length;
-        let Some(payload) = bytes.get(at + FRAME_LEN..end) else {
-            // Cut short by the end of the file: torn, whatever the length says.
-            return Ok(Scanned {
-                shard,
-                records,
-                tail: torn(at),
-            });
-        };
-        let decoded = (crc32fast::hash(payload) == checksum)
-            .then(|| decode(payload))
-            .flatten();
-        let Some((sequence, command)) = decoded else {
-            if end == bytes.len() {
-                // The last record, whole in length but not in content.
-                return Ok(Scanned {
-                    shard,
-                    records,
-                    tail: torn(at),
-                });
+        let Some(entry) = entry_at(bytes, at) else {
+            if proven_durable(bytes, at) {
+                return Err(corrupt(
+                    at,
+                    "damaged record in data that a later record shows was synced",
+                ));
             }
-            return Err(corrupt(at, "checksum or encoding does not match"));
+            let tail = Tail::Torn {
+                valid_len: at as u64,
+                torn_bytes: (bytes.len() - at) as u64,
+            };
+            return Ok(Scanned {
+                shard,
+                records,
+                tail,
+                sealed: false,
+            });
         };
-        if let Some(&(previous, _)) = records.last()
-            && previous.checked_add(1) != Some(sequence)
-        {
+        if next.is_some_and(|next| next != entry.sequence) {
             return Err(corrupt(at, "sequence number skips or repeats"));
         }
-        records.push((sequence, command));
-        at = end;
+        sealed = entry.command.is_none();
+        match entry.command {
+            Some(command) => {
+                records.push((entry.sequence, command));
+                next = Some(
+                    entry
+                        .sequence
+                        .checked_add(1)
+                        .ok_or_else(|| corrupt(at, "sequence number at its maximum"))?,
+                );
+            }
+            None => next = Some(entry.sequence),
+        }
+        at = entry.end;
     }
     Ok(Scanned {
         shard,
         records,
         tail: Tail::Clean,
+        sealed,
     })
 }
 
@@ -395,12 +503,17 @@ pub struct JournalWriter {
     path: PathBuf,
     buffer: Vec<u8>,
     next_sequence: u64,
+    /// Bytes in the file (written, not necessarily synced).
+    written_len: u64,
+    /// Bytes of the file known to be on the disk: `HEADER_LEN ..= written_len`.
+    synced_len: u64,
 }
 
 impl JournalWriter {
     /// Opens `path` for appending, creating it with a header for `shard` if it does not
-    /// exist. An existing journal is read first: a torn tail is truncated away, and
-    /// appends continue after its last sequence number.
+    /// exist. An existing journal is read first: a torn tail is truncated away, the file is
+    /// synced (so everything kept is durable from here on), and appends continue after its
+    /// last sequence number.
     ///
     /// # Errors
     /// [`JournalError`]: unreadable, corrupt, or another shard's journal.
@@ -420,7 +533,6 @@ impl JournalWriter {
         file.read_to_end(&mut bytes).map_err(io)?;
         if bytes.is_empty() {
             file.write_all(&header(shard)).map_err(io)?;
-            file.sync_all().map_err(io)?;
             bytes.extend_from_slice(&header(shard));
         }
         let scanned = scan(&bytes, path)?;
@@ -435,10 +547,12 @@ impl JournalWriter {
             Tail::Clean => bytes.len() as u64,
             Tail::Torn { valid_len, .. } => {
                 file.set_len(valid_len).map_err(io)?;
-                file.sync_all().map_err(io)?;
                 valid_len
             }
         };
+        // What survived a crash may still sit in the page cache only: make it durable, so
+        // that the records written next can vouch for it.
+        file.sync_all().map_err(io)?;
         file.seek(SeekFrom::Start(end)).map_err(io)?;
         let next_sequence = scanned.records.last().map_or(0, |&(last, _)| last + 1);
         Ok((
@@ -447,6 +561,8 @@ impl JournalWriter {
                 path: path.to_path_buf(),
                 buffer: Vec::with_capacity(64 << 10),
                 next_sequence,
+                written_len: end,
+                synced_len: end,
             },
             scanned,
         ))
@@ -455,6 +571,12 @@ impl JournalWriter {
     /// The sequence number the next appended command must carry.
     pub fn next_sequence(&self) -> u64 {
         self.next_sequence
+    }
+
+    /// Bytes before the next buffered record that are not known to be synced.
+    fn unsynced(&self) -> u32 {
+        let offset = self.written_len + self.buffer.len() as u64;
+        u32::try_from(offset - self.synced_len).unwrap_or(u32::MAX)
     }
 
     /// Buffers a command's record. Commands must come in sequence order: the first with
@@ -468,7 +590,7 @@ impl JournalWriter {
             sequence, self.next_sequence,
             "journal records must come in sequence order"
         );
-        encode(sequence, command, &mut self.buffer);
+        encode(sequence, self.unsynced(), command, &mut self.buffer);
         self.next_sequence += 1;
     }
 
@@ -491,11 +613,33 @@ impl JournalWriter {
             source,
         };
         self.file.write_all(&self.buffer).map_err(io)?;
+        self.written_len += self.buffer.len() as u64;
         self.buffer.clear();
         if sync {
             self.file.sync_data().map_err(io)?;
+            self.synced_len = self.written_len;
         }
         Ok(true)
+    }
+
+    /// Closes the journal cleanly: commits what is buffered, syncs, and appends a synced
+    /// seal that vouches for every record before it (see the [module docs](self)).
+    ///
+    /// # Errors
+    /// [`JournalError::Io`].
+    pub fn seal(&mut self) -> Result<(), JournalError> {
+        self.commit(true)?;
+        if self.synced_len < self.written_len {
+            let io = |source| JournalError::Io {
+                path: self.path.clone(),
+                source,
+            };
+            self.file.sync_data().map_err(io)?;
+            self.synced_len = self.written_len;
+        }
+        encode_seal(self.next_sequence, &mut self.buffer);
+        self.commit(true)?;
+        Ok(())
     }
 }
 
@@ -553,12 +697,25 @@ mod tests {
         ]
     }
 
-    fn journal(commands: &[Command], first: u64) -> Vec<u8> {
+    /// A journal written as the writer would, in groups of `group` records, each group
+    /// synced before the next is written; also returns each record's offset.
+    fn journal_in_groups(commands: &[Command], first: u64, group: usize) -> (Vec<u8>, Vec<usize>) {
         let mut bytes = header(ShardId(3)).to_vec();
-        for (offset, command) in commands.iter().enumerate() {
-            encode(first + offset as u64, command, &mut bytes);
+        let mut offsets = Vec::new();
+        let mut synced = bytes.len();
+        for (index, command) in commands.iter().enumerate() {
+            if index % group == 0 {
+                synced = bytes.len();
+            }
+            offsets.push(bytes.len());
+            let unsynced = (bytes.len() - synced) as u32;
+            encode(first + index as u64, unsynced, command, &mut bytes);
         }
-        bytes
+        (bytes, offsets)
+    }
+
+    fn journal(commands: &[Command], first: u64) -> Vec<u8> {
+        journal_in_groups(commands, first, 1).0
     }
 
     #[test]
@@ -568,6 +725,7 @@ mod tests {
         let scanned = scan(&bytes, Path::new("")).unwrap();
         assert_eq!(scanned.shard, ShardId(3));
         assert_eq!(scanned.tail, Tail::Clean);
+        assert!(!scanned.sealed);
         let expected: Vec<(u64, Command)> = (40..).zip(commands).collect();
         assert_eq!(scanned.records, expected);
     }
@@ -590,35 +748,61 @@ mod tests {
         }
         // A last record of the right length but zeros (extended, never written): torn.
         let mut zeroed = whole.clone();
-        zeroed[before_last + FRAME_LEN..].fill(0);
+        zeroed[before_last..].fill(0);
         let scanned = scan(&zeroed, Path::new("")).unwrap();
         assert!(matches!(scanned.tail, Tail::Torn { .. }));
     }
 
+    /// Flips every bit of every record: before the last group, each flip is an error
+    /// naming the damaged record's offset (never a truncation); inside the last group,
+    /// which no later record vouches for, it is a torn tail at the damaged record, with
+    /// every record before it kept.
     #[test]
-    fn damage_before_the_tail_is_an_error_naming_the_offset() {
-        let commands = every_kind();
-        let bytes = journal(&commands, 0);
-        let second = journal(&commands[..1], 0).len();
-        for position in second..second + FRAME_LEN + 9 {
-            let mut damaged = bytes.clone();
-            damaged[position] ^= 0x40;
-            match scan(&damaged, Path::new("j")) {
-                Err(JournalError::Corrupt { offset, .. }) => {
-                    assert_eq!(offset, second as u64, "flip at {position}");
+    fn every_flipped_bit_before_the_tail_is_an_error_naming_the_offset() {
+        let commands: Vec<Command> = every_kind().into_iter().cycle().take(20).collect();
+        let group = 3;
+        let (bytes, offsets) = journal_in_groups(&commands, 0, group);
+        let last_group = (commands.len() - 1) / group * group;
+        for (index, &start) in offsets.iter().enumerate() {
+            let end = offsets.get(index + 1).copied().unwrap_or(bytes.len());
+            for position in start..end {
+                for bit in 0..8 {
+                    let mut damaged = bytes.clone();
+                    damaged[position] ^= 1 << bit;
+                    let result = scan(&damaged, Path::new("j"));
+                    if index < last_group {
+                        match result {
+                            Err(JournalError::Corrupt { offset, .. }) => {
+                                assert_eq!(offset, start as u64, "record {index} byte {position}");
+                            }
+                            other => {
+                                panic!("record {index}, byte {position}, bit {bit}: {other:?}")
+                            }
+                        }
+                    } else {
+                        let scanned = result.unwrap();
+                        assert_eq!(scanned.records.len(), index, "record {index}");
+                        assert_eq!(
+                            scanned.tail,
+                            Tail::Torn {
+                                valid_len: start as u64,
+                                torn_bytes: (bytes.len() - start) as u64
+                            }
+                        );
+                    }
                 }
-                // A flipped length can make the record run to (or past) the end: torn.
-                Ok(scanned) => {
-                    assert_eq!(scanned.records.len(), 1, "flip at {position}");
-                    assert!(matches!(scanned.tail, Tail::Torn { .. }));
-                }
-                Err(other) => panic!("{other}"),
             }
         }
+        // A hole inside the last group, with later records of that group whole: torn at
+        // the hole (a crash that wrote the group's pages out of order).
+        let mut holed = bytes.clone();
+        holed[offsets[last_group]..offsets[last_group + 1]].fill(0);
+        let scanned = scan(&holed, Path::new("j")).unwrap();
+        assert_eq!(scanned.records.len(), last_group);
         // A sequence that skips is corruption too.
         let mut skipping = journal(&commands[..1], 0);
-        encode(5, &commands[1], &mut skipping);
-        encode(6, &commands[2], &mut skipping);
+        encode(5, 0, &commands[1], &mut skipping);
+        encode(6, 0, &commands[2], &mut skipping);
         assert!(matches!(
             scan(&skipping, Path::new("j")),
             Err(JournalError::Corrupt { .. })
@@ -626,6 +810,36 @@ mod tests {
         assert!(matches!(
             scan(b"NOTAJOURNAL-----", Path::new("j")),
             Err(JournalError::BadHeader { .. })
+        ));
+        let mut old = header(ShardId(3));
+        old[8..12].copy_from_slice(&1u32.to_le_bytes());
+        assert!(matches!(
+            scan(&old, Path::new("j")),
+            Err(JournalError::UnsupportedVersion { found: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn a_seal_vouches_for_the_last_group() {
+        let commands = every_kind();
+        // One group, never synced before the seal.
+        let (mut bytes, offsets) = journal_in_groups(&commands, 0, commands.len());
+        encode_seal(commands.len() as u64, &mut bytes);
+        let scanned = scan(&bytes, Path::new("j")).unwrap();
+        assert!(scanned.sealed);
+        assert_eq!(scanned.records.len(), commands.len());
+        let mut damaged = bytes.clone();
+        damaged[offsets[4] + 9] ^= 0x80;
+        assert!(matches!(
+            scan(&damaged, Path::new("j")),
+            Err(JournalError::Corrupt { offset, .. }) if offset == offsets[4] as u64
+        ));
+        // A seal that repeats the sequence of a command before it is corrupt.
+        let mut wrong = journal(&commands[..2], 0);
+        encode_seal(1, &mut wrong);
+        assert!(matches!(
+            scan(&wrong, Path::new("j")),
+            Err(JournalError::Corrupt { .. })
         ));
     }
 
@@ -646,7 +860,7 @@ mod tests {
         drop(writer);
         // A crash mid-append: half a record at the end.
         let mut half = Vec::new();
-        encode(commands.len() as u64, &commands[0], &mut half);
+        encode(commands.len() as u64, 0, &commands[0], &mut half);
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(&half[..half.len() / 2]).unwrap();
         drop(file);
@@ -656,9 +870,18 @@ mod tests {
         assert_eq!(writer.next_sequence(), commands.len() as u64);
         writer.append(commands.len() as u64, &commands[4]);
         writer.commit(true).unwrap();
+        writer.seal().unwrap();
         let reread = read(&path).unwrap();
         assert_eq!(reread.tail, Tail::Clean);
+        assert!(reread.sealed);
         assert_eq!(reread.records.len(), commands.len() + 1);
+        // Appends after a seal go on from the sequence it names.
+        let (mut writer, _) = JournalWriter::open(&path, ShardId(3)).unwrap();
+        writer.append(commands.len() as u64 + 1, &commands[5]);
+        writer.commit(false).unwrap();
+        let reread = read(&path).unwrap();
+        assert!(!reread.sealed);
+        assert_eq!(reread.records.len(), commands.len() + 2);
         assert!(matches!(
             JournalWriter::open(&path, ShardId(4)),
             Err(JournalError::WrongShard { found: 3, .. })

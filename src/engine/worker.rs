@@ -380,6 +380,7 @@ impl Context {
                 // waitlist) are answered `Closed`, as the sale ends with the engine.
                 self.close_every_sale();
                 self.commit_if_due(true);
+                self.seal_journal();
                 self.counts_publish();
                 return;
             }
@@ -513,6 +514,20 @@ impl Context {
             self.snapshot_if_due();
         } else if !self.failed {
             self.mark_failed();
+        }
+    }
+
+    /// Seals the journal at a clean shutdown, so that recovery can tell damage in its last
+    /// group from a torn write. A failed shard's journal is left as it is: what it holds
+    /// is all that was committed.
+    fn seal_journal(&mut self) {
+        if self.failed {
+            return;
+        }
+        if let Some(journal) = self.journal.as_mut() {
+            // Nothing is held any more; a seal that cannot be written only leaves the last
+            // group unvouched for, as after a crash.
+            let _ = journal.writer.seal();
         }
     }
 
