@@ -39,7 +39,7 @@
 //! ([`RejectReason::AlreadyPooled`]), then a full pool ([`RejectReason::PoolFull`]); else
 //! the intent is the buyer's ticket. When served, a ticket is judged on the window at that
 //! moment (not open yet, closed), then as a buy from rule 5 on: an opening draw takes the
-//! tickets in the order of [`shuffle`] with the pool's seed, each for its full quantity;
+//! tickets in its draw order (see [`draw_order`]), each for its full quantity;
 //! one-each-first takes them in arrival order, grants units one per ticket per round
 //! while stock lasts, and confirms each ticket for what it was granted.
 //!
@@ -47,13 +47,15 @@
 //! each waiting intent that fits is confirmed, one now refused by rule 5 or 6 is rejected,
 //! one asking for more than is left keeps its place.
 //!
+//! The draw order is stated here on its own, from the documented algorithm, not taken from
+//! the core: a change to the core's shuffle or its generator makes the two disagree.
+//!
 //! [`ShardCore`]: crate::ShardCore
-//! [`shuffle`]: crate::core::shuffle
 
 use std::collections::HashMap;
 
 use crate::catalog::{Catalog, Placement, Policy, SaleWindow};
-use crate::core::{Applied, Command, Deferred, SkuLevels, pool_seed, shuffle};
+use crate::core::{Applied, Command, Deferred, SkuLevels};
 use crate::types::{
     ControlError, GroupId, Intent, Order, OrderId, Outcome, RejectReason, ShardId, SkuId, UserId,
 };
@@ -216,7 +218,7 @@ impl Model {
                         Product::Sku(sku) => 1 << 32 | u64::from(sku.0),
                     };
                     let seed = match policy {
-                        Policy::OpeningDraw { seed, .. } => pool_seed(seed, id),
+                        Policy::OpeningDraw { seed, .. } => draw_seed(seed, id),
                         _ => 0,
                     };
                     pools.push(ModelPool {
@@ -506,8 +508,8 @@ impl Model {
         match self.pools[pool].policy {
             Policy::FirstCome => unreachable!("first-come products have no pool"),
             Policy::OpeningDraw { .. } => {
-                shuffle(&mut tickets, self.pools[pool].seed);
-                for (origin, intent, wait) in tickets {
+                let order = draw_order(tickets.len(), self.pools[pool].seed);
+                for (origin, intent, wait) in order.into_iter().map(|index| tickets[index]) {
                     let result = window(&self.skus[&intent.sku])
                         .and_then(|()| self.take(intent, intent.quantity, sequence));
                     self.settle(origin, intent, wait, result, sequence);
@@ -764,5 +766,83 @@ impl Model {
     /// Units `user` holds or bought across a limit group.
     pub fn held_of_group(&self, user: UserId, group: GroupId) -> u32 {
         self.held_of_group.get(&(user, group)).copied().unwrap_or(0)
+    }
+}
+
+/// The seed of a product's draw: the policy's seed, XOR the product's id (`group id`, or
+/// `1 << 32 | sku id` for an ungrouped SKU) times `0xD6E8_FEB8_6659_FD93`, modulo 2^64.
+pub fn draw_seed(policy_seed: u64, product: u64) -> u64 {
+    let mixed = (u128::from(product) * 0xD6E8_FEB8_6659_FD93) % (1u128 << 64);
+    policy_seed ^ mixed as u64
+}
+
+/// The outputs of SplitMix64 started at `seed` (Steele, Lea and Flood's generator): the
+/// state advances by the golden gamma `0x9E37_79B9_7F4A_7C15`; each output is the state
+/// through the "variant 13" mix (shifts 30, 27, 31; multipliers `0xBF58_476D_1CE4_E5B9`
+/// and `0x94D0_49BB_1331_11EB`).
+fn splitmix64(seed: u64) -> impl Iterator<Item = u64> {
+    (1u64..).map(move |step| {
+        let state = seed.wrapping_add(step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let a = (state ^ (state >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let b = (a ^ (a >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        b ^ (b >> 31)
+    })
+}
+
+/// The draw order of `tickets` tickets (indexes into the pool's arrival order): a
+/// Fisher-Yates shuffle from the back. For each position `i` from the last down to 1, the
+/// next SplitMix64 output `x` picks position `j = floor(x * (i + 1) / 2^64)` in `0..=i`,
+/// and the tickets at `i` and `j` trade places.
+pub fn draw_order(tickets: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..tickets).collect();
+    let positions = (1..tickets).rev();
+    for (i, x) in positions.zip(splitmix64(seed)) {
+        let j = (u128::from(x) * (i as u128 + 1)) >> 64;
+        order.swap(i, j as usize);
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitmix64_gives_its_published_outputs() {
+        // The reference implementation's outputs for seed 1234567.
+        let first: Vec<u64> = splitmix64(1_234_567).take(5).collect();
+        assert_eq!(
+            first,
+            [
+                6_457_827_717_110_365_317,
+                3_203_168_211_198_807_973,
+                9_817_491_932_198_370_423,
+                4_593_380_528_125_082_431,
+                16_408_922_859_458_223_821,
+            ]
+        );
+    }
+
+    /// The model's draw and the core's, written apart, agree on every size and seed tried
+    /// (the model tests then compare whole sales through them).
+    #[test]
+    fn the_model_draws_as_the_core_does() {
+        for tickets in [0, 1, 2, 3, 10, 257, 5_000] {
+            for seed in [0, 1, 7, u64::MAX, 0x1234_5678_9ABC_DEF0] {
+                let mut core: Vec<usize> = (0..tickets).collect();
+                crate::core::shuffle(&mut core, seed);
+                assert_eq!(
+                    draw_order(tickets, seed),
+                    core,
+                    "{tickets} tickets, seed {seed}"
+                );
+                let mut sorted = core.clone();
+                sorted.sort_unstable();
+                assert_eq!(sorted, (0..tickets).collect::<Vec<_>>());
+            }
+        }
+        for product in [1, 2, 1 << 32 | 9, u64::MAX] {
+            assert_eq!(draw_seed(42, product), crate::core::pool_seed(42, product));
+        }
     }
 }
