@@ -494,7 +494,7 @@ impl Model {
 
     fn serve_pool(&mut self, pool: usize, sequence: u64) {
         self.pools[pool].served = true;
-        let mut tickets = std::mem::take(&mut self.pools[pool].tickets);
+        let tickets = std::mem::take(&mut self.pools[pool].tickets);
         let now = self.now_ns;
         let window = |sku: &ModelSku| {
             if now < sku.opens_at_ns {
