@@ -273,14 +273,20 @@ fn shutdown_racing_many_submitters_loses_nothing() {
         .start()
         .unwrap();
     let producers: Vec<_> = (0..3).map(|_| engine.producer()).collect();
+    // Every submitter has had intents accepted before the shutdown starts (a barrier on
+    // counts, not a sleep): the race is with submitters in full flow.
+    const ACCEPTED_BEFORE_SHUTDOWN: u64 = 1_000;
+    let under_way = std::sync::Arc::new(std::sync::Barrier::new(4));
     let threads: Vec<_> = producers
         .into_iter()
         .enumerate()
         .map(|(thread, mut producer)| {
+            let under_way = under_way.clone();
             std::thread::spawn(move || {
                 let mut accepted = 0u64;
                 let mut answered = 0u64;
                 let mut key = 0u64;
+                let mut reached = false;
                 loop {
                     let next = intent(thread as u64, key, 1, 1);
                     match producer.submit(next) {
@@ -295,6 +301,13 @@ fn shutdown_racing_many_submitters_loses_nothing() {
                     }
                     key += 1;
                     answered += producer.poll(|_| {}) as u64;
+                    if key == ACCEPTED_BEFORE_SHUTDOWN * 1_000 {
+                        panic!("{accepted} accepted of {key} submits: the shard is stuck");
+                    }
+                    if accepted == ACCEPTED_BEFORE_SHUTDOWN && !reached {
+                        reached = true;
+                        under_way.wait();
+                    }
                 }
                 answered += producer.drain(|_| {}) as u64;
                 assert_eq!(
@@ -305,9 +318,10 @@ fn shutdown_racing_many_submitters_loses_nothing() {
             })
         })
         .collect();
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    under_way.wait();
     let report = engine.shutdown();
     let accepted: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(accepted >= 3 * ACCEPTED_BEFORE_SHUTDOWN, "{accepted}");
     assert_eq!(report.commands_applied, accepted);
     assert_eq!(report.confirmed_orders, accepted);
 }

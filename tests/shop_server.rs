@@ -117,29 +117,66 @@ async fn every_answer_over_http() {
     assert!(answers[4]["opens_in_ms"].as_u64().unwrap() > 3_000_000);
 
     // 400, naming the field.
-    for (sku, body, field) in [
-        ("2", r#"{"user": 1, "qty": 1}"#, "key"),
-        ("2", r#"{"qty": 1, "key": 1}"#, "user"),
-        ("2", r#"{"user": 1, "qty": "two", "key": 1}"#, "qty"),
-        ("2", r#"{"user": -1, "qty": 1, "key": 1}"#, "user"),
-        ("2", r#"{"user": 1, "qty": 4294967296, "key": 1}"#, "qty"),
-        ("2", r#"{"user": 1, "qty": 0, "key": 1}"#, "qty"),
+    // Each answer names the field, and its message says what is wrong with it.
+    for (sku, body, field, says) in [
+        (
+            "2",
+            r#"{"user": 1, "qty": 1}"#,
+            "key",
+            r#"missing field "key""#,
+        ),
+        (
+            "2",
+            r#"{"qty": 1, "key": 1}"#,
+            "user",
+            r#"missing field "user""#,
+        ),
+        (
+            "2",
+            r#"{"user": 1, "qty": "two", "key": 1}"#,
+            "qty",
+            r#""qty" must be"#,
+        ),
+        (
+            "2",
+            r#"{"user": -1, "qty": 1, "key": 1}"#,
+            "user",
+            r#""user" must be"#,
+        ),
+        (
+            "2",
+            r#"{"user": 1, "qty": 4294967296, "key": 1}"#,
+            "qty",
+            r#""qty" must be"#,
+        ),
+        (
+            "2",
+            r#"{"user": 1, "qty": 0, "key": 1}"#,
+            "qty",
+            "qty must be at least 1",
+        ),
         (
             "2",
             r#"{"user": 1, "qty": 1, "key": 1, "coupon": 5}"#,
             "body",
+            r#"unknown field "coupon""#,
         ),
-        ("2", r#"[1, 1, 1]"#, "body"),
-        ("2", "user=1&qty=1", "body"),
-        ("two", r#"{"user": 1, "qty": 1, "key": 1}"#, "sku"),
+        ("2", r#"[1, 1, 1]"#, "body", "must be a JSON object"),
+        ("2", "user=1&qty=1", "body", "not JSON"),
+        (
+            "two",
+            r#"{"user": 1, "qty": 1, "key": 1}"#,
+            "sku",
+            r#"not "two""#,
+        ),
     ] {
         let (status, answer) = post(&http, &buy(sku), body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
         assert_eq!(answer["field"].as_str(), Some(field), "{body}: {answer}");
+        let message = answer["error"].as_str().unwrap_or_default();
         assert!(
-            answer["error"]
-                .as_str()
-                .is_some_and(|error| !error.is_empty())
+            message.contains(says),
+            "{body}: {message:?} should say {says:?}"
         );
     }
 

@@ -33,9 +33,12 @@ pub struct ProducerTally {
     /// Confirmed units and the latest confirmation (run ns), per catalog index.
     confirmed_units: Vec<u64>,
     last_confirmed_ns: Vec<u64>,
-    /// Per catalog index: saw a SoldOut / InsufficientStock rejection.
-    sold_out_seen: Vec<bool>,
-    insufficient_seen: Vec<bool>,
+    /// Per catalog index: the earliest shard sequence of a SoldOut rejection, and of an
+    /// InsufficientStock or WaitlistFull one (with the quantity it asked for).
+    sold_out_first: Vec<Option<u64>>,
+    insufficient_first: Vec<Option<(u64, u32)>>,
+    /// Every confirmation's (catalog index, shard sequence, units), for the undersell check.
+    confirmed_at: Vec<(u32, u64, u32)>,
     /// Every confirmed order's (user, product group, units, order id), to check limits
     /// after the run. An append-only list rather than a map: a map's rehash, or the page
     /// faults of a large pre-sized one, stalled the producer for tens of ms, which an open
@@ -60,8 +63,9 @@ impl ProducerTally {
             timeline: vec![0; buckets],
             confirmed_units: vec![0; skus],
             last_confirmed_ns: vec![0; skus],
-            sold_out_seen: vec![false; skus],
-            insufficient_seen: vec![false; skus],
+            sold_out_first: vec![None; skus],
+            insufficient_first: vec![None; skus],
+            confirmed_at: Vec::with_capacity(orders_max),
             orders: Vec::with_capacity(orders_max),
             confirmed_orders: 0,
             rejections: [0; RejectReason::ALL.len()],
@@ -84,9 +88,18 @@ impl ProducerTally {
             self.confirmed_units[index] += other.confirmed_units[index];
             self.last_confirmed_ns[index] =
                 self.last_confirmed_ns[index].max(other.last_confirmed_ns[index]);
-            self.sold_out_seen[index] |= other.sold_out_seen[index];
-            self.insufficient_seen[index] |= other.insufficient_seen[index];
+            self.sold_out_first[index] = earliest(
+                self.sold_out_first[index],
+                other.sold_out_first[index],
+                |&sequence| sequence,
+            );
+            self.insufficient_first[index] = earliest(
+                self.insufficient_first[index],
+                other.insufficient_first[index],
+                |&(sequence, _)| sequence,
+            );
         }
+        self.confirmed_at.extend(other.confirmed_at);
         self.orders.extend(other.orders);
         self.confirmed_orders += other.confirmed_orders;
         for (mine, theirs) in self.rejections.iter_mut().zip(other.rejections) {
@@ -541,13 +554,26 @@ fn record_outcome(
             tally
                 .orders
                 .push((order.user.0, group, order.quantity, order.id.0));
+            tally
+                .confirmed_at
+                .push((index as u32, order.sequence, order.quantity));
         }
-        Outcome::Rejected { reason, .. } => {
+        Outcome::Rejected { reason, sequence } => {
             tally.rejections[reason.index()] += 1;
-            if let Some(index) = catalog.index_of(intent.sku) {
+            if let (Some(index), Some(sequence)) = (catalog.index_of(intent.sku), sequence) {
                 match reason {
-                    RejectReason::SoldOut => tally.sold_out_seen[index] = true,
-                    RejectReason::InsufficientStock => tally.insufficient_seen[index] = true,
+                    RejectReason::SoldOut => {
+                        tally.sold_out_first[index] =
+                            earliest(tally.sold_out_first[index], Some(sequence), |&s| s);
+                    }
+                    // A full waitlist is only met by a buy the stock rule refused.
+                    RejectReason::InsufficientStock | RejectReason::WaitlistFull => {
+                        tally.insufficient_first[index] = earliest(
+                            tally.insufficient_first[index],
+                            Some((sequence, intent.quantity)),
+                            |&(s, _)| s,
+                        );
+                    }
                     _ => {}
                 }
             }
@@ -606,6 +632,14 @@ fn summarize(
     }
 }
 
+/// The one of two optional records with the smaller key.
+fn earliest<T: Copy>(a: Option<T>, b: Option<T>, key: impl Fn(&T) -> u64) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if key(&b) < key(&a) { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
 /// What [`check`] found.
 pub struct Checked {
     pub skus: Vec<SkuResult>,
@@ -627,6 +661,7 @@ pub fn check(
     let products = scenario.products_per_seller as usize;
     let mut no_oversell = true;
     let mut no_undersell = true;
+    tally.confirmed_at.sort_unstable();
     let skus = levels
         .iter()
         .enumerate()
@@ -638,15 +673,27 @@ pub fn check(
             no_oversell &= taken <= u64::from(sku.stock)
                 && confirmed == taken + sku.expired + sku.cancelled
                 && sku.held + sku.sold + sku.available == sku.stock;
-            // A SoldOut answer means nothing was left when it was decided; without units
-            // coming back (expired, cancelled, restocked) stock only falls, so nothing may
-            // be left now (InsufficientStock: fewer than the largest quantity asked).
-            let units_came_back = sku.expired + sku.cancelled + sku.restocked > 0;
-            if tally.sold_out_seen[index] && !units_came_back {
-                no_undersell &= sku.available == 0;
+            // A SoldOut decided at sequence s means nothing was available at s. Available
+            // at s = initial + restocked − reduced + returned − confirmed (all up to s), so
+            // confirmed up to s ≥ initial − reduced = stock − restocked, whatever came back
+            // (InsufficientStock or WaitlistFull for q units: available < q, so confirmed
+            // > that − q).
+            let floor = i128::from(sku.stock) - i128::from(sku.restocked);
+            let confirmed_by = |sequence: u64| -> i128 {
+                let mine = tally
+                    .confirmed_at
+                    .partition_point(|&(i, _, _)| (i as usize) < index);
+                tally.confirmed_at[mine..]
+                    .iter()
+                    .take_while(|&&(i, s, _)| i as usize == index && s <= sequence)
+                    .map(|&(_, _, units)| i128::from(units))
+                    .sum()
+            };
+            if let Some(sequence) = tally.sold_out_first[index] {
+                no_undersell &= confirmed_by(sequence) >= floor;
             }
-            if tally.insufficient_seen[index] && !units_came_back {
-                no_undersell &= sku.available < scenario.limit_per_buyer.max(2);
+            if let Some((sequence, quantity)) = tally.insufficient_first[index] {
+                no_undersell &= confirmed_by(sequence) > floor - i128::from(quantity);
             }
             let product = (index / variants) % products;
             let sold_out_after_open_ms = (sku.available == 0).then(|| {
