@@ -78,6 +78,7 @@ pub use catalog::{
 };
 #[cfg(not(loom))]
 pub use client::{AsyncClient, Buy};
+pub use clock::ManualClock;
 pub use core::{Applied, Command, Deferred, PoolLevels, ShardCore, SkuLevels};
 pub use engine::{
     Control, Engine, EngineBuilder, EngineError, JournalConfig, LiveCounts, OrderSink, Producer,

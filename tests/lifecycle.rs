@@ -9,8 +9,8 @@ mod common;
 
 use common::intent;
 use flashsale::{
-    Catalog, Completion, ControlError, Engine, Outcome, Policy, RejectReason, SaleWindow, SkuId,
-    SkuSpec, Submitted,
+    Catalog, Completion, ControlError, Engine, ManualClock, Outcome, Policy, RejectReason,
+    SaleWindow, SkuId, SkuSpec, Submitted,
 };
 
 fn confirmed(outcome: Outcome) -> flashsale::Order {
@@ -86,17 +86,31 @@ fn pay_cancel_and_their_refusals() {
     assert_eq!(control.pay(second.id), Err(ControlError::ShutDown));
 }
 
+/// On a manual clock: nothing expires until the clock passes the deadline, so the test
+/// races no real time (a second order's 20 ms hold survives however slow the machine).
 #[test]
 fn an_unpaid_hold_expires_and_its_payment_is_refused() {
     let catalog = Catalog::builder()
         .sku(SkuSpec::new(SkuId(1), 1).hold(20_000_000))
         .build()
         .unwrap();
-    let engine = Engine::builder(catalog).start().unwrap();
+    let clock = ManualClock::new(1_000);
+    let engine = Engine::builder(catalog)
+        .manual_clock(clock.clone())
+        .start()
+        .unwrap();
     let control = engine.control();
     let mut producer = engine.producer();
     let order = confirmed(producer.buy(intent(1, 1, 1, 1)).unwrap());
-    // The shard expires it by itself (it sleeps until the deadline, then ticks).
+    assert_eq!(order.sequence, 0);
+    // One ns before the deadline: still held, whatever the wall clock did meanwhile.
+    clock.advance(20_000_000 - 1);
+    assert_eq!(
+        producer.buy(intent(9, 1, 1, 1)).unwrap().reason(),
+        Some(RejectReason::SoldOut)
+    );
+    // At the deadline the shard expires it by itself (woken by the clock, it ticks).
+    clock.advance(1);
     let start = Instant::now();
     while engine.available(SkuId(1)) != Some(1) {
         assert!(start.elapsed() < Duration::from_secs(10), "never expired");
@@ -233,8 +247,14 @@ fn an_opening_draw_runs_inside_the_engine() {
         )
         .build()
         .unwrap();
-    // Four ring slots per producer: pooled intents give theirs back while they wait.
-    let engine = Engine::builder(catalog).ring_capacity(4).start().unwrap();
+    // Four ring slots per producer: pooled intents give theirs back while they wait. On a
+    // manual clock the window stays open until every press is in, however slow they are.
+    let clock = ManualClock::new(0);
+    let engine = Engine::builder(catalog)
+        .ring_capacity(4)
+        .manual_clock(clock.clone())
+        .start()
+        .unwrap();
     let mut producers: Vec<_> = (0..2).map(|_| engine.producer()).collect();
     let mut answered_at_once = Vec::new();
     for user in 0..BUYERS {
@@ -252,6 +272,8 @@ fn an_opening_draw_runs_inside_the_engine() {
             producer.in_flight()
         );
     }
+    // The window closes: the pool is drawn.
+    clock.advance(200_000_000);
     let mut all = answered_at_once;
     for producer in &mut producers {
         producer.drain(|completion| all.push(completion));

@@ -235,6 +235,7 @@ pub struct EngineBuilder {
     order_capacity: Option<usize>,
     sink_factory: Option<SinkFactory>,
     journal: Option<JournalConfig>,
+    manual_clock: Option<crate::clock::ManualClock>,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -250,6 +251,7 @@ impl fmt::Debug for EngineBuilder {
             .field("order_capacity", &self.order_capacity)
             .field("order_sink", &self.sink_factory.is_some())
             .field("journal", &self.journal)
+            .field("manual_clock", &self.manual_clock)
             .finish()
     }
 }
@@ -329,6 +331,15 @@ impl EngineBuilder {
         self
     }
 
+    /// Runs the engine on a clock that moves only when advanced (arrival stamps, holds,
+    /// sale windows and draws all read it), for tests and replays that must not race real
+    /// time. A journaled engine that resumes moves it on to just after the last journaled
+    /// instant, as it does its own clock.
+    pub fn manual_clock(mut self, clock: crate::clock::ManualClock) -> Self {
+        self.manual_clock = Some(clock);
+        self
+    }
+
     /// Validates the configuration and starts the shard threads.
     ///
     /// # Errors
@@ -391,10 +402,11 @@ impl EngineBuilder {
             gate_enabled: self.gate,
             parking: self.wait == WaitStrategy::Park,
             gate,
-            clock: if resume_ns == 0 {
-                EngineClock::start()
-            } else {
-                EngineClock::start_at(resume_ns + 1)
+            clock: match (self.manual_clock, resume_ns) {
+                (Some(manual), 0) => EngineClock::manual(manual, 0),
+                (Some(manual), resume_ns) => EngineClock::manual(manual, resume_ns + 1),
+                (None, 0) => EngineClock::start(),
+                (None, resume_ns) => EngineClock::start_at(resume_ns + 1),
             },
             shutdown: CachePadded::new(AtomicBool::new(false)),
             shards,
@@ -616,6 +628,7 @@ impl Engine {
             order_capacity: None,
             sink_factory: None,
             journal: None,
+            manual_clock: None,
         }
     }
 

@@ -331,6 +331,9 @@ impl Context {
     /// caught where the sink is called) marks the shard failed and the loop resumes in
     /// failed mode, so every intent still gets an outcome.
     pub(crate) fn run(mut self) -> ShardReport {
+        if let Some(manual) = self.shared.clock.manual_clock() {
+            manual.wake_on_advance(crate::sync::thread::current());
+        }
         loop {
             match catch_unwind(AssertUnwindSafe(|| self.serve_until_stopped())) {
                 Ok(()) => break,
@@ -958,6 +961,10 @@ impl Context {
         if !work_waiting {
             match self.core.next_due_ns() {
                 // Something falls due: sleep until then at most.
+                // A manual clock moves only when advanced, and wakes this thread then.
+                Some(_) if self.shared.clock.manual_clock().is_some() => {
+                    crate::sync::thread::park();
+                }
                 Some(due) => {
                     let wait_ns = due.saturating_sub(self.shared.clock.now_ns());
                     crate::sync::thread::park_timeout(core::time::Duration::from_nanos(wait_ns));
