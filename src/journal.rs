@@ -57,12 +57,13 @@
 //! seal after the last group ([`JournalWriter::seal`]), so after a clean shutdown every
 //! record is covered; after a crash, the last group (at most one group commit) is.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use crate::catalog::SaleWindow;
 use crate::core::Command;
+use crate::storage::{FileStorage, Storage, StorageFile};
 use crate::types::{Intent, OrderId, ShardId, SkuId, UserId};
 
 /// The file's first 8 bytes.
@@ -499,7 +500,7 @@ pub fn read(path: &Path) -> Result<Scanned, JournalError> {
 /// per [`commit`](Self::commit): the unit of group commit.
 #[derive(Debug)]
 pub struct JournalWriter {
-    file: File,
+    file: Box<dyn StorageFile>,
     path: PathBuf,
     buffer: Vec<u8>,
     next_sequence: u64,
@@ -518,21 +519,26 @@ impl JournalWriter {
     /// # Errors
     /// [`JournalError`]: unreadable, corrupt, or another shard's journal.
     pub fn open(path: &Path, shard: ShardId) -> Result<(Self, Scanned), JournalError> {
+        Self::open_in(&FileStorage, path, shard)
+    }
+
+    /// As [`open`](Self::open), through `storage` rather than plain files.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_in(
+        storage: &dyn Storage,
+        path: &Path,
+        shard: ShardId,
+    ) -> Result<(Self, Scanned), JournalError> {
         let io = |source| JournalError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io)?;
+        let mut file = storage.open(path).map_err(io)?;
+        let mut bytes = file.read_all().map_err(io)?;
         if bytes.is_empty() {
-            file.write_all(&header(shard)).map_err(io)?;
+            file.append(&header(shard)).map_err(io)?;
             bytes.extend_from_slice(&header(shard));
         }
         let scanned = scan(&bytes, path)?;
@@ -546,14 +552,13 @@ impl JournalWriter {
         let end = match scanned.tail {
             Tail::Clean => bytes.len() as u64,
             Tail::Torn { valid_len, .. } => {
-                file.set_len(valid_len).map_err(io)?;
+                file.truncate(valid_len).map_err(io)?;
                 valid_len
             }
         };
         // What survived a crash may still sit in the page cache only: make it durable, so
         // that the records written next can vouch for it.
-        file.sync_all().map_err(io)?;
-        file.seek(SeekFrom::Start(end)).map_err(io)?;
+        file.sync().map_err(io)?;
         let next_sequence = scanned.records.last().map_or(0, |&(last, _)| last + 1);
         Ok((
             Self {
@@ -612,11 +617,11 @@ impl JournalWriter {
             path: self.path.clone(),
             source,
         };
-        self.file.write_all(&self.buffer).map_err(io)?;
+        self.file.append(&self.buffer).map_err(io)?;
         self.written_len += self.buffer.len() as u64;
         self.buffer.clear();
         if sync {
-            self.file.sync_data().map_err(io)?;
+            self.file.sync().map_err(io)?;
             self.synced_len = self.written_len;
         }
         Ok(true)
@@ -634,7 +639,7 @@ impl JournalWriter {
                 path: self.path.clone(),
                 source,
             };
-            self.file.sync_data().map_err(io)?;
+            self.file.sync().map_err(io)?;
             self.synced_len = self.written_len;
         }
         encode_seal(self.next_sequence, &mut self.buffer);
@@ -645,6 +650,9 @@ impl JournalWriter {
 
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
+    use std::io::Write;
+
     use super::*;
 
     fn every_kind() -> Vec<Command> {

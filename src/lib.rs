@@ -69,6 +69,7 @@ mod prefetch;
 pub mod reference;
 pub mod report;
 pub mod ring;
+pub mod storage;
 mod sync;
 mod types;
 

@@ -11,12 +11,14 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 mod common;
 
 use common::intent;
 use flashsale::journal;
+use flashsale::storage::{FileStorage, Storage, StorageFile};
 use flashsale::{
     Catalog, Engine, GroupId, JournalConfig, OrderId, Outcome, Placement, RejectReason, ShardCore,
     ShardId, SkuId, SkuSpec, Submitted,
@@ -267,23 +269,139 @@ fn restarts_from_snapshots_replay_only_the_tail() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Output gating, checked deterministically: whenever the order sink or a producer sees an
-/// outcome, the journal file already holds the command that decided it.
+/// A disk whose syncs wait for the test: each sync blocks until the test lets it through,
+/// so the test can look at what the engine released while its journal was not yet durable.
+#[derive(Debug, Default)]
+struct SyncGate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// Syncs begun, and how many of them may complete (`u64::MAX`: every one).
+    entered: u64,
+    allowed: u64,
+    completed: u64,
+}
+
+impl SyncGate {
+    fn open() -> Arc<Self> {
+        let gate = Arc::new(Self::default());
+        gate.state.lock().unwrap().allowed = u64::MAX;
+        gate
+    }
+
+    /// Lets no sync through from now on.
+    fn close(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.allowed = state.entered;
+    }
+
+    /// Waits (at most 10 s) until a sync is blocked at the gate.
+    fn await_blocked_sync(&self) {
+        let state = self.state.lock().unwrap();
+        let (state, timeout) = self
+            .changed
+            .wait_timeout_while(state, Duration::from_secs(10), |state| {
+                state.entered <= state.allowed
+            })
+            .unwrap();
+        assert!(!timeout.timed_out(), "no sync began: {state:?}");
+    }
+
+    fn allow_one(&self) {
+        self.state.lock().unwrap().allowed += 1;
+        self.changed.notify_all();
+    }
+
+    fn completed(&self) -> u64 {
+        self.state.lock().unwrap().completed
+    }
+
+    /// Lets every sync through, now and later.
+    fn open_for_good(&self) {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.allowed = u64::MAX;
+        self.changed.notify_all();
+    }
+}
+
+/// Opens the gate when dropped, so that a failing test does not leave a shard blocked in
+/// a sync (and the engine's drop waiting for it).
+struct OpenOnDrop(Arc<SyncGate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open_for_good();
+    }
+}
+
+#[derive(Debug)]
+struct GatedStorage(Arc<SyncGate>);
+
+#[derive(Debug)]
+struct GatedFile {
+    file: Box<dyn StorageFile>,
+    gate: Arc<SyncGate>,
+}
+
+impl Storage for GatedStorage {
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn StorageFile>> {
+        Ok(Box::new(GatedFile {
+            file: FileStorage.open(path)?,
+            gate: self.0.clone(),
+        }))
+    }
+}
+
+impl StorageFile for GatedFile {
+    fn read_all(&mut self) -> std::io::Result<Vec<u8>> {
+        self.file.read_all()
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.append(bytes)
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        let mut state = self.gate.state.lock().unwrap();
+        state.entered += 1;
+        let ticket = state.entered;
+        self.gate.changed.notify_all();
+        let mut state = self
+            .gate
+            .changed
+            .wait_while(state, |state| state.allowed < ticket)
+            .unwrap();
+        self.file.sync()?;
+        state.completed += 1;
+        Ok(())
+    }
+
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.file.truncate(len)
+    }
+}
+
+/// Output gating, checked deterministically through a disk whose syncs wait for the test:
+/// while the sync of a group is held, no producer has the group's outcomes, the order sink
+/// has seen none of its orders and no control caller has its answer. A shard that released
+/// anything before its sync returned would have done so before the sync began, on its own
+/// thread, so the check cannot miss it.
 #[test]
-fn outputs_are_released_only_after_the_journal_holds_them() {
+fn outputs_are_released_only_after_the_journal_is_synced() {
     let dir = scratch("gating");
+    let gate = SyncGate::open();
     let config = JournalConfig {
-        sync: false,
+        storage: Arc::new(GatedStorage(gate.clone())),
         ..JournalConfig::durable(&dir)
     };
-    let path = config.path_of(ShardId(0));
-    let journaled = move |path: &Path, sequence: u64| {
-        journal::read(path)
-            .map(|scanned| scanned.records.iter().any(|(s, _)| *s == sequence))
-            .unwrap_or(false)
-    };
-    let sink_path = path.clone();
-    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let (sunk_tx, sunk_rx) = std::sync::mpsc::channel();
+    let sink_gate = gate.clone();
     let engine = Engine::builder(
         Catalog::builder()
             .sku(SkuSpec::new(SkuId(1), 100).limit(1))
@@ -293,30 +411,61 @@ fn outputs_are_released_only_after_the_journal_holds_them() {
     .journal(config)
     .sold_out_gate(false)
     .order_sink(move |_| {
-        let path = sink_path.clone();
-        let seen_tx = seen_tx.clone();
-        move |order: &flashsale::Order| {
-            seen_tx.send(journaled(&path, order.sequence)).unwrap();
-        }
+        let (sunk_tx, gate) = (sunk_tx.clone(), sink_gate.clone());
+        // The sink records how many syncs had completed when it saw each order.
+        move |order: &flashsale::Order| sunk_tx.send((order.id, gate.completed())).unwrap()
     })
     .start()
     .unwrap();
+    // Declared after the engine, so dropped (opened) before it on the way out of a panic.
+    let _open_on_drop = OpenOnDrop(gate.clone());
+    gate.close();
+    let control = engine.control();
     let mut producer = engine.producer();
-    for user in 0..200 {
-        let outcome = producer.buy(intent(user, 0, 1, 1)).unwrap();
-        let sequence = outcome.sequence().expect("decided by the shard");
-        assert!(
-            journaled(&path, sequence),
-            "outcome {outcome:?} released before its command was journaled"
+    let mut orders = Vec::new();
+    for user in 0..50 {
+        let Submitted::Queued(_) = producer.submit(intent(user, 0, 1, 1)).unwrap() else {
+            panic!("the gate is off: every buy is queued");
+        };
+        gate.await_blocked_sync();
+        let synced = gate.completed();
+        assert_eq!(
+            producer.poll(|_| {}),
+            0,
+            "buy {user}: released before its sync"
         );
+        assert!(
+            sunk_rx.try_recv().is_err(),
+            "buy {user}: sunk before its sync"
+        );
+        gate.allow_one();
+        let mut outcome = None;
+        producer.drain(|completion| outcome = Some(completion.outcome));
+        let order = *outcome
+            .as_ref()
+            .and_then(Outcome::order)
+            .expect("confirmed");
+        let (sunk, completed) = sunk_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(sunk, order.id);
+        assert!(completed > synced, "sunk before its sync completed");
+        orders.push(order.id);
     }
-    engine.shutdown();
-    let sunk: Vec<bool> = seen_rx.try_iter().collect();
-    assert_eq!(sunk.len(), 100);
+    // A control command's answer waits for its sync too.
+    let payer = {
+        let control = control.clone();
+        let order = orders[0];
+        std::thread::spawn(move || control.pay(order))
+    };
+    gate.await_blocked_sync();
+    std::thread::sleep(Duration::from_millis(20));
     assert!(
-        sunk.iter().all(|&journaled| journaled),
-        "the sink saw an order first"
+        !payer.is_finished(),
+        "the payment was answered before its sync"
     );
+    gate.allow_one();
+    assert_eq!(payer.join().unwrap(), Ok(()));
+    gate.open_for_good();
+    engine.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
 

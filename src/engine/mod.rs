@@ -157,7 +157,7 @@ pub enum EngineError {
 
 /// Where and how the shards journal the commands they apply (see
 /// [`EngineBuilder::journal`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct JournalConfig {
     /// The directory of the journals: `shard-00000.fsj`, one per shard.
     pub dir: std::path::PathBuf,
@@ -176,7 +176,29 @@ pub struct JournalConfig {
     /// each), the waiting intents and the buyer filter (up to 512 KiB). The two newest are
     /// kept.
     pub snapshot_every: Option<u64>,
+    /// What the journals are written through: plain files ([`FileStorage`]) unless a test
+    /// puts an observing or faulty disk there. Snapshots are plain files either way.
+    ///
+    /// [`FileStorage`]: crate::storage::FileStorage
+    pub storage: std::sync::Arc<dyn crate::storage::Storage>,
 }
+
+/// Equal when every setting is, and both write through the same storage object.
+impl PartialEq for JournalConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.dir == other.dir
+            && self.sync == other.sync
+            && self.group_commands == other.group_commands
+            && self.group_delay == other.group_delay
+            && self.snapshot_every == other.snapshot_every
+            && std::ptr::addr_eq(
+                std::sync::Arc::as_ptr(&self.storage),
+                std::sync::Arc::as_ptr(&other.storage),
+            )
+    }
+}
+
+impl Eq for JournalConfig {}
 
 impl JournalConfig {
     /// Durable group commit in `dir`: synced, up to 4,096 commands or 200 µs per group.
@@ -187,6 +209,7 @@ impl JournalConfig {
             group_commands: 4096,
             group_delay: core::time::Duration::from_micros(200),
             snapshot_every: None,
+            storage: std::sync::Arc::new(crate::storage::FileStorage),
         }
     }
 
@@ -452,7 +475,8 @@ fn recover(
     gate: &SoldOutGate,
 ) -> Result<worker::Journaling, EngineError> {
     let shard = core.shard();
-    let (writer, scanned) = crate::journal::JournalWriter::open(&config.path_of(shard), shard)?;
+    let (writer, scanned) =
+        crate::journal::JournalWriter::open_in(&*config.storage, &config.path_of(shard), shard)?;
     let journaled = scanned.records.len() as u64;
     // The newest snapshot that restores and that the journal reaches, if any.
     let mut snapshots = config.snapshots_of(shard);
