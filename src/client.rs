@@ -21,12 +21,12 @@ use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context, Poll, Waker};
 use std::cell::{Cell, RefCell};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
-use std::thread::ThreadId;
 
-use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
+
+use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::thread::{self, JoinHandle, ThreadId};
+use crate::sync::{Arc, Mutex};
 
 use crate::engine::{
     Engine, EngineShared, Notify, Producer, ProducerCounters, Route, SubmitError, Submitted,
@@ -84,16 +84,27 @@ struct Inner {
     stop: AtomicBool,
 }
 
-/// Hands out home lanes: each thread takes the next number the first time it buys.
-static NEXT_HOME: AtomicUsize = AtomicUsize::new(0);
+/// Hands out home lanes: each thread takes the next number the first time it buys. A
+/// plain `std` atomic, also under loom: it only numbers, and orders nothing (loom's atomics
+/// cannot be statics).
+static NEXT_HOME: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Numbers clients.
-static NEXT_CLIENT: AtomicU64 = AtomicU64::new(0);
+/// Numbers clients (a `std` atomic for the same reason).
+static NEXT_CLIENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-thread_local! {
+/// The counters a thread last counted early answers in, and their client's id.
+type Mine = RefCell<Option<(u64, Arc<ProducerCounters>)>>;
+
+#[cfg(not(loom))]
+std::thread_local! {
     static HOME: Cell<usize> = const { Cell::new(usize::MAX) };
-    /// The counters this thread last counted early answers in, and their client's id.
-    static MINE: RefCell<Option<(u64, Arc<ProducerCounters>)>> = const { RefCell::new(None) };
+    static MINE: Mine = const { RefCell::new(None) };
+}
+
+#[cfg(loom)]
+loom::thread_local! {
+    static HOME: Cell<usize> = Cell::new(usize::MAX);
+    static MINE: Mine = RefCell::new(None);
 }
 
 impl Inner {
@@ -114,7 +125,7 @@ impl Inner {
             let counters = self
                 .threads
                 .lock()
-                .entry(std::thread::current().id())
+                .entry(thread::current().id())
                 .or_insert_with(|| self.shared.new_counters())
                 .clone();
             counters.count(early, false);
@@ -133,7 +144,7 @@ fn home() -> usize {
     HOME.with(|home| {
         let mut number = home.get();
         if number == usize::MAX {
-            number = NEXT_HOME.fetch_add(1, Ordering::Relaxed);
+            number = NEXT_HOME.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             home.set(number);
         }
         number
@@ -143,7 +154,7 @@ fn home() -> usize {
 /// Stops the pump when the last client handle goes.
 struct Owner {
     inner: Arc<Inner>,
-    pump: Mutex<Option<std::thread::JoinHandle<()>>>,
+    pump: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for Owner {
@@ -153,7 +164,7 @@ impl Drop for Owner {
         if let Some(pump) = self.pump.lock().take() {
             // An executor may drop the last handle inside a `wake()` the pump called: the
             // pump cannot join itself, and stops on its own once this returns.
-            if pump.thread().id() != std::thread::current().id() {
+            if pump.thread().id() != thread::current().id() {
                 let _ = pump.join();
             }
         }
@@ -183,18 +194,22 @@ impl AsyncClient {
     /// # Errors
     /// The OS refused the pump thread.
     pub fn new(engine: &Engine, lanes: usize) -> std::io::Result<Self> {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Weak<Inner>>();
         // The pump's thread handle goes into the lanes' notify, so it starts first and
-        // waits for its lanes.
-        let pump = std::thread::Builder::new()
-            .name("flashsale-client-pump".into())
-            .spawn(move || {
-                if let Ok(inner) = ready_rx.recv()
-                    && let Some(inner) = inner.upgrade()
-                {
-                    pump(&inner);
+        // waits (parked) until its client is handed over in `slot`.
+        let slot: Arc<Mutex<Option<Arc<Inner>>>> = Arc::new(Mutex::new(None));
+        let pump = {
+            let slot = slot.clone();
+            thread::spawn_named("flashsale-client-pump".into(), move || {
+                loop {
+                    let handed = slot.lock().take();
+                    if let Some(inner) = handed {
+                        drop(slot);
+                        return pump(&inner);
+                    }
+                    thread::park();
                 }
-            })?;
+            })?
+        };
         let notify = Arc::new(Notify::new(pump.thread().clone()));
         let lanes = (0..lanes.max(1))
             .map(|_| {
@@ -217,7 +232,9 @@ impl AsyncClient {
             notify,
             stop: AtomicBool::new(false),
         });
-        let _ = ready_tx.send(Arc::downgrade(&inner));
+        // Nothing from the spawn on can fail, so the pump always gets its client.
+        *slot.lock() = Some(inner.clone());
+        pump.thread().unpark();
         Ok(Self {
             owner: Arc::new(Owner {
                 inner,

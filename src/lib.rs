@@ -57,7 +57,6 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod catalog;
-#[cfg(not(loom))]
 pub mod client;
 pub mod clock;
 pub mod core;
@@ -77,7 +76,6 @@ pub use catalog::{
     Catalog, CatalogBuilder, CatalogError, GroupSpec, Placement, PlacementError, Policy,
     SaleWindow, SkuSpec,
 };
-#[cfg(not(loom))]
 pub use client::{AsyncClient, Buy};
 pub use clock::ManualClock;
 pub use core::{Applied, Command, Deferred, PoolLevels, ShardCore, SkuLevels};
@@ -102,19 +100,6 @@ pub struct ReadmeDoctests;
 #[doc(hidden)]
 pub mod loom_internals {
     pub use crate::engine::gate::SoldOutGate;
-    pub use crate::engine::worker::{COUNTER_SLOTS, Counters, Notify};
+    pub use crate::engine::worker::{COUNTER_SLOTS, Counters};
     pub use crate::engine::{PRODUCER_SLOTS, ProducerCounters};
-
-    /// A producer whose lanes wake `notify` when outcomes arrive (the async client's).
-    pub fn producer_notifying(
-        engine: &crate::Engine,
-        notify: crate::sync::Arc<Notify>,
-    ) -> crate::Producer {
-        engine.producer_notifying(notify)
-    }
-
-    /// Whether a poll of `producer` would hand something out now (the pump's check).
-    pub fn has_arrivals(producer: &mut crate::Producer) -> bool {
-        producer.has_arrivals()
-    }
 }

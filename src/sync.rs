@@ -14,7 +14,7 @@ pub(crate) mod atomic {
 }
 #[cfg(loom)]
 pub(crate) mod thread {
-    pub(crate) use loom::thread::{JoinHandle, Thread, current, park, spawn, yield_now};
+    pub(crate) use loom::thread::{JoinHandle, Thread, ThreadId, current, park, spawn, yield_now};
 
     /// loom has no timed park; the models set no timers, so a plain park is the same.
     pub(crate) fn park_timeout(_timeout: core::time::Duration) {
@@ -41,7 +41,9 @@ pub(crate) mod atomic {
 }
 #[cfg(not(loom))]
 pub(crate) mod thread {
-    pub(crate) use std::thread::{JoinHandle, Thread, current, park, park_timeout, yield_now};
+    pub(crate) use std::thread::{
+        JoinHandle, Thread, ThreadId, current, park, park_timeout, yield_now,
+    };
 
     /// Spawns a named thread (the name shows in debuggers and `top -H`).
     pub(crate) fn spawn_named<F, T>(name: String, f: F) -> std::io::Result<JoinHandle<T>>
@@ -79,6 +81,22 @@ impl<T> Mutex<T> {
         match self.0.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The lock if no one holds it now.
+    #[cfg(not(loom))]
+    pub(crate) fn try_lock(&self) -> Option<parking_lot::MutexGuard<'_, T>> {
+        self.0.try_lock()
+    }
+
+    /// The lock if no one holds it now.
+    #[cfg(loom)]
+    pub(crate) fn try_lock(&self) -> Option<loom::sync::MutexGuard<'_, T>> {
+        match self.0.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
         }
     }
 }

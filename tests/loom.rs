@@ -16,19 +16,21 @@
 //! | `engine_sink_panic_fails_the_shard` | shard `failed` flag (Release/Acquire): a racing submit is answered `ShardFailed` or refused, never lost or decided |
 //! | `engine_control_races_shutdown` | control plane: command posted under the registry lock, generation bump, worker wake-up, reply slot and caller park/unpark, vs shutdown closing the registry |
 //! | `engine_cancel_serves_a_waiting_buy` | a waiting buy's outcome delivered to its producer's lane by another thread's cancel; gate flag lowered (Release) when the unit comes back |
-//! | `pump_sleeps_until_its_outcome_is_published` | async-client pump `sleeping` flag (store, SeqCst fence, check / publish, SeqCst fence, load): the worker's completion on the ring wakes a pump that parked |
-//! | `pump_wakes_for_a_deferred_outcome` | the same flag for the deferred queue: a waiting buy served by another thread's cancel wakes the pump |
+//! | `client_buy_resolves_through_the_pump` | the `AsyncClient` itself, under a runtime-free executor: its pump's start-up hand-over, lane lock and slot, the pump's `sleeping` flag (store, SeqCst fence, check / publish, SeqCst fence, load) woken by the worker's completion on the ring, and the future's waker |
+//! | `client_wait_is_served_by_a_cancel` | the same for the deferred queue: a queued `buy_or_wait` served by a cancel wakes the pump, which wakes the future (its waker replaced on the second poll) |
+//! | `a_clock_advance_wakes_the_worker_to_expire_a_hold` | a `ManualClock` advance unparks a worker parked with a deadline ahead; the hold expires and the waiting buy is served |
 #![cfg(loom)]
 
 use flashsale::loom_internals::{
-    COUNTER_SLOTS, Counters, Notify, PRODUCER_SLOTS, ProducerCounters, SoldOutGate, has_arrivals,
-    producer_notifying,
+    COUNTER_SLOTS, Counters, PRODUCER_SLOTS, ProducerCounters, SoldOutGate,
 };
 use flashsale::ring::{self, PushError};
 use flashsale::{
-    Catalog, ControlError, Engine, Intent, Order, RejectReason, ShardId, SkuId, SkuSpec,
-    SubmitError, Submitted, UserId, WaitStrategy,
+    AsyncClient, Catalog, ControlError, Engine, Intent, ManualClock, Order, RejectReason, ShardId,
+    SkuId, SkuSpec, SubmitError, Submitted, UserId, WaitStrategy,
 };
+use std::future::Future;
+
 use loom::thread;
 
 fn intent(user: u64, key: u64) -> Intent {
@@ -381,51 +383,77 @@ fn engine_cancel_serves_a_waiting_buy() {
     });
 }
 
-/// The async client's pump, as `client.rs` runs it, on a thread of its own (as in the
-/// client; also, loom's `join` does not tolerate the stray unparks a pump may receive):
-/// submits with `submit`, then takes what arrived; if nothing, sleeps unless a check after
-/// raising the flag finds something. A lost wake-up leaves the pump parked for ever,
-/// which loom reports as a deadlock. Returns the engine and the completion.
-fn pump_thread(
-    engine: Engine,
-    submit: fn(&mut flashsale::Producer) -> Result<Submitted, SubmitError>,
-) -> thread::JoinHandle<(Engine, flashsale::Completion)> {
-    thread::spawn(move || {
-        let notify = loom::sync::Arc::new(Notify::new(thread::current()));
-        let mut producer = producer_notifying(&engine, notify.clone());
-        let Ok(Submitted::Queued(ticket)) = submit(&mut producer) else {
-            panic!("queued");
-        };
-        loop {
-            let mut mine = None;
-            producer.poll(|completion| {
-                if completion.ticket == ticket {
-                    mine = Some(completion);
-                }
-            });
-            if let Some(completion) = mine {
-                drop(producer);
-                return (engine, completion);
-            }
-            notify.sleep_unless(|| has_arrivals(&mut producer));
+/// A runtime-free executor on the current (loom) thread: polls the future, and parks
+/// between polls; its waker unparks the thread. Stray unparks only cause another poll.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
         }
-    })
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(thread::current())));
+    let mut context = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        thread::park();
+    }
 }
 
+/// The async client itself (its lanes, its pump thread and its `Notify`), not a copy:
+/// a buy's future resolves once the pump takes the worker's completion and wakes it. A
+/// lost wake-up anywhere on the way (worker → pump, pump → future) leaves a thread parked
+/// for ever, which loom reports as a deadlock.
 #[test]
-fn pump_sleeps_until_its_outcome_is_published() {
+fn client_buy_resolves_through_the_pump() {
     loom::model(|| {
-        let pump = pump_thread(one_unit_engine(true), |producer| {
-            producer.submit(intent(1, 1))
-        });
-        let (engine, completion) = pump.join().unwrap();
-        assert!(completion.outcome.order().is_some());
+        let engine = one_unit_engine(false);
+        let client = AsyncClient::new(&engine, 1).unwrap();
+        let outcome = block_on(client.buy(intent(1, 1))).unwrap();
+        assert!(outcome.order().is_some());
+        drop(client); // stops and joins the pump
         assert_eq!(engine.shutdown().confirmed_orders, 1);
     });
 }
 
+/// A hold expiry on a manual clock: the worker, parked with a deadline ahead, is woken by
+/// the clock's advance, ticks, and serves the waiting buyer the unit that came back. (On
+/// the real clock the worker sleeps with a timeout, which loom cannot model; the manual
+/// clock's wake-up is the part that can be lost, and is checked here.)
 #[test]
-fn pump_wakes_for_a_deferred_outcome() {
+fn a_clock_advance_wakes_the_worker_to_expire_a_hold() {
+    loom::model(|| {
+        let catalog = Catalog::builder()
+            .sku(SkuSpec::new(SkuId(1), 1).hold(10).waitlist(1))
+            .build()
+            .unwrap();
+        let clock = ManualClock::new(0);
+        let engine = Engine::builder(catalog)
+            .ring_capacity(2)
+            .wait_strategy(WaitStrategy::Park)
+            .manual_clock(clock.clone())
+            .start()
+            .unwrap();
+        let mut first = engine.producer();
+        let mut second = engine.producer();
+        assert!(first.buy(intent(1, 1)).unwrap().order().is_some());
+        let waiter = thread::spawn(move || second.buy_or_wait(intent(2, 2)).unwrap());
+        clock.advance(10);
+        let served = waiter.join().unwrap();
+        assert_eq!(served.order().map(|order| order.user), Some(UserId(2)));
+        let report = engine.shutdown();
+        assert_eq!((report.skus[0].expired, report.confirmed_orders), (1, 2));
+    });
+}
+
+/// The real client's pump woken for a deferred outcome: a `buy_or_wait` is queued (first
+/// poll), then this thread cancels the only order, whose unit goes to the waiting buy (or
+/// back on sale, if the buy had not reached the waitlist yet), and the future resolves.
+#[test]
+fn client_wait_is_served_by_a_cancel() {
     loom::model(|| {
         let engine = waitlist_engine();
         let control = engine.control();
@@ -436,15 +464,17 @@ fn pump_wakes_for_a_deferred_outcome() {
             .order()
             .unwrap()
             .id;
-        let pump = pump_thread(engine, |producer| producer.submit_or_wait(intent(2, 2)));
-        assert_eq!(control.cancel(order), Ok(()));
-        let (engine, completion) = pump.join().unwrap();
-        // Whether the cancel was applied before the buy reached the waitlist (the unit
-        // was back on sale) or after (it waited, and was served), the buyer ends with it.
-        assert_eq!(
-            completion.outcome.order().map(|order| order.user),
-            Some(UserId(2))
-        );
+        let client = AsyncClient::new(&engine, 1).unwrap();
+        let outcome = {
+            let mut buy = std::pin::pin!(client.buy_or_wait(intent(2, 2)));
+            let noop = std::task::Waker::noop();
+            let first = buy.as_mut().poll(&mut std::task::Context::from_waker(noop));
+            assert!(first.is_pending(), "queued, not answered at once");
+            assert_eq!(control.cancel(order), Ok(()));
+            block_on(buy).unwrap()
+        };
+        assert_eq!(outcome.order().map(|order| order.user), Some(UserId(2)));
+        drop(client);
         assert_eq!(engine.shutdown().confirmed_orders, 2);
     });
 }

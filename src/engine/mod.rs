@@ -24,7 +24,6 @@ use crate::sync::{Arc, Mutex};
 use crate::types::{Order, ShardId, SkuId};
 
 pub use control::Control;
-#[cfg(not(loom))]
 pub(crate) use producer::Route;
 pub use producer::{Producer, SubmitError, Submitted};
 
@@ -663,7 +662,6 @@ impl Engine {
     }
 
     /// What every producer shares (the async client screens intents against it).
-    #[cfg(not(loom))]
     pub(crate) fn shared(&self) -> &Arc<EngineShared> {
         &self.shared
     }

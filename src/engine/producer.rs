@@ -267,7 +267,6 @@ impl Producer {
     }
 
     /// The counters this producer's submits are counted in.
-    #[cfg(not(loom))]
     pub(crate) fn counters(&self) -> &Arc<ProducerCounters> {
         &self.counters
     }
