@@ -1,20 +1,25 @@
 //! The engine against its baselines, in the same run.
 //!
 //! - `core`: the decision core alone on one thread: 1 hot SKU + 999 cold SKUs, 10M distinct
-//!   users, per-buyer limit on. Baseline: the same rules on std `HashMap` (SipHash) behind
-//!   a `Mutex`.
+//!   users, per-buyer limit on. Baseline: the reference model (the same rules, on Fx hash
+//!   maps, pre-sized) behind a `Mutex`; like for like against `shard_core_by_sku_id`, which
+//!   also looks each SKU up by id (`shard_core_by_local_index` is the engine worker's path,
+//!   whose lookup the producer already did).
 //! - `e2e_1p1s`: one producer thread submitting to one shard thread and taking every
 //!   outcome back. Workloads: `burst` (10,000 units, 10M intents from distinct users) with
 //!   the sold-out gate on and off, and `all_confirmed` (stock never runs out). Baselines:
 //!   the same `ShardCore` fed through `crossbeam-channel` (bounded, both directions), and
-//!   the `Mutex<HashMap>` allocator called straight from the producer thread. The engine
-//!   makes room for all 10M orders at start-up (`order_capacity`), outside the timing.
+//!   the `Mutex<Model>` baseline called straight from the producer thread. Every peer makes
+//!   room for all 10M orders up front, outside the timing (the engine with
+//!   `order_capacity`), so none grows mid-run.
 //!   The async client runs `burst` from 4,096 tokio tasks; `floor_async_remote_wake` is
 //!   the same tasks awaiting futures another thread wakes, with no engine: the floor under
 //!   any client that completes a task's buy from another thread.
 //!
-//! Run: `cargo bench --bench engine` (about 5 minutes). Figures swing with where the host
-//! puts the two vCPUs; compare rows of the same run, not runs.
+//! Run: `cargo bench --bench engine` (about 5 minutes), then
+//! `cargo run --release --example bench_ratios` for the like-for-like ratios of that run,
+//! computed from criterion's estimates. Figures swing with where the host puts the two
+//! vCPUs; compare rows of the same run, not runs.
 // criterion_group! generates an undocumented `pub fn`.
 #![allow(missing_docs)]
 
@@ -26,11 +31,11 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use crossbeam_channel::{TryRecvError, TrySendError, bounded};
 use flashsale::{
-    Completion, Engine, Intent, Outcome, ShardCore, SubmitError, Submitted, WaitStrategy,
+    Completion, Engine, Intent, Placement, ShardCore, ShardId, SubmitError, Submitted, WaitStrategy,
 };
 
 use common::{
-    MutexAllocator, hot_and_cold_catalog, hot_and_cold_intents, single_sku_catalog,
+    hot_and_cold_catalog, hot_and_cold_intents, mutex_buy, mutex_model, single_sku_catalog,
     single_sku_intent,
 };
 
@@ -38,6 +43,8 @@ use common::{
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const CORE_INTENTS: u64 = 10_000_000;
+/// The hot-and-cold catalog's stock: at most this many orders.
+const CORE_ORDERS_MAX: usize = 10_000 + 999 * 100;
 const E2E_INTENTS: u64 = 10_000_000;
 const BURST_STOCK: u32 = 10_000;
 /// Above the intent count: every intent is confirmed.
@@ -95,14 +102,14 @@ fn core(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
-    group.bench_function("baseline_mutex_std_hashmap", |b| {
+    group.bench_function("baseline_mutex_model", |b| {
         b.iter_batched(
-            || MutexAllocator::new(&catalog),
-            |allocator| {
+            || mutex_model(&catalog, CORE_ORDERS_MAX),
+            |model| {
                 for intent in &intents {
-                    black_box(allocator.buy(intent));
+                    black_box(mutex_buy(&model, intent));
                 }
-                allocator
+                model
             },
             BatchSize::PerIteration,
         )
@@ -170,8 +177,15 @@ fn crossbeam_case(stock: u32) -> impl FnMut(u64) -> Duration {
             let catalog = single_sku_catalog(stock);
             let (request_tx, request_rx) = bounded::<Intent>(4096);
             let (outcome_tx, outcome_rx) = bounded::<Completion>(4096);
+            // Sized as the engine's cores are, outside the timing.
+            let placement = Placement::new(&catalog, 1).expect("one shard");
+            let mut core = ShardCore::with_order_capacity(
+                &catalog,
+                &placement,
+                ShardId(0),
+                Some(E2E_INTENTS as usize),
+            );
             let shard = std::thread::spawn(move || {
-                let mut core = ShardCore::whole(&catalog);
                 for intent in request_rx {
                     let outcome = core.buy(&intent, 0).outcome().expect("first come");
                     if outcome_tx
@@ -381,11 +395,10 @@ fn mutex_case(stock: u32) -> impl FnMut(u64) -> Duration {
     move |iterations| {
         let mut total = Duration::ZERO;
         for _ in 0..iterations {
-            let allocator = MutexAllocator::new(&single_sku_catalog(stock));
+            let model = mutex_model(&single_sku_catalog(stock), E2E_INTENTS as usize);
             let start = Instant::now();
             for index in 0..E2E_INTENTS {
-                let outcome: Outcome = allocator.buy(&single_sku_intent(index));
-                black_box(outcome);
+                black_box(mutex_buy(&model, &single_sku_intent(index)));
             }
             total += start.elapsed();
         }
@@ -419,7 +432,7 @@ fn end_to_end(c: &mut Criterion) {
     group.bench_function("burst/baseline_crossbeam_channel", |b| {
         b.iter_custom(crossbeam_case(BURST_STOCK))
     });
-    group.bench_function("burst/baseline_mutex_std_hashmap", |b| {
+    group.bench_function("burst/baseline_mutex_model", |b| {
         b.iter_custom(mutex_case(BURST_STOCK))
     });
     group.bench_function("all_confirmed/engine_spin", |b| {
@@ -431,7 +444,7 @@ fn end_to_end(c: &mut Criterion) {
     group.bench_function("all_confirmed/baseline_crossbeam_channel", |b| {
         b.iter_custom(crossbeam_case(ALL_CONFIRMED_STOCK))
     });
-    group.bench_function("all_confirmed/baseline_mutex_std_hashmap", |b| {
+    group.bench_function("all_confirmed/baseline_mutex_model", |b| {
         b.iter_custom(mutex_case(ALL_CONFIRMED_STOCK))
     });
     group.finish();

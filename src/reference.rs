@@ -1,8 +1,8 @@
 //! The reference model: a deliberately simple, sequential statement of a shard's rules.
 //!
-//! Plain `std` collections, one `if` per rule, no tricks and no attention to speed. It
-//! exists to be obviously correct, so that machines can check the fast [`ShardCore`]
-//! against it: the property tests and the `shard_vs_model` fuzzer demand that both give
+//! Plain collections (hash maps with the fast Fx hasher, so that it is an honest baseline),
+//! one `if` per rule, no tricks. It exists to be obviously correct, so that machines can
+//! check the fast [`ShardCore`] against it: the property tests and the `shard_vs_model` fuzzer demand that both give
 //! the same result for every command (and the same deferred outcomes), and the concurrent
 //! tests replay each shard's applied order through it. `Mutex<Model>` is also the "obvious
 //! implementation" baseline that the benchmarks and `flashsale compare` measure the engine
@@ -52,7 +52,7 @@
 //!
 //! [`ShardCore`]: crate::ShardCore
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::catalog::{Catalog, Placement, Policy, SaleWindow};
 use crate::core::{Applied, Command, Deferred, SkuLevels};
@@ -172,6 +172,16 @@ impl Model {
         Self::with_skus(catalog, ShardId(0), 0..catalog.skus().len())
     }
 
+    /// As [`whole`](Self::whole), with room made up front for `orders` orders (and as many
+    /// buyers and keys), so that a baseline run never rehashes mid-sale.
+    pub fn whole_with_capacity(catalog: &Catalog, orders: usize) -> Self {
+        let mut model = Self::whole(catalog);
+        model.keys.reserve(orders);
+        model.held_of_sku.reserve(orders);
+        model.orders.reserve(orders);
+        model
+    }
+
     /// The model of shard `shard` under `placement`: it owns the SKUs placed there and
     /// answers [`RejectReason::UnknownSku`] for the rest.
     pub fn for_shard(catalog: &Catalog, placement: &Placement, shard: ShardId) -> Self {
@@ -181,9 +191,9 @@ impl Model {
 
     fn with_skus(catalog: &Catalog, shard: ShardId, owned: impl Iterator<Item = usize>) -> Self {
         let mut order = Vec::new();
-        let mut skus = HashMap::new();
+        let mut skus = HashMap::default();
         let mut pools: Vec<ModelPool> = Vec::new();
-        let mut pool_of = HashMap::new();
+        let mut pool_of = HashMap::default();
         for index in owned {
             let spec = &catalog.skus()[index];
             order.push(spec.id);
@@ -243,9 +253,9 @@ impl Model {
             order,
             skus,
             group_limits,
-            keys: HashMap::new(),
-            held_of_sku: HashMap::new(),
-            held_of_group: HashMap::new(),
+            keys: HashMap::default(),
+            held_of_sku: HashMap::default(),
+            held_of_group: HashMap::default(),
             orders: Vec::new(),
             deadlines: Vec::new(),
             pools,
@@ -301,7 +311,8 @@ impl Model {
 
     fn run_due(&mut self, sequence: u64) {
         let now = self.now_ns;
-        for id in self.order.clone() {
+        for index in 0..self.order.len() {
+            let id = self.order[index];
             let sku = &self.skus[&id];
             if !sku.waiters.is_empty() && sku.is_closed(now) {
                 self.close_waitlist(id, sequence);

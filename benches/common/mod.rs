@@ -1,10 +1,10 @@
 //! Workloads and baselines shared by the benches.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
-use flashsale::{Catalog, Intent, OrderId, Outcome, RejectReason, ShardId, SkuId, SkuSpec, UserId};
+use flashsale::reference::Model;
+use flashsale::{Catalog, Intent, Outcome, SkuId, SkuSpec, UserId};
 
 /// xorshift64*: a tiny deterministic generator for workloads.
 pub struct Rng(u64);
@@ -74,78 +74,20 @@ pub fn single_sku_intent(index: u64) -> Intent {
     }
 }
 
-/// The obvious baseline: the same rules (idempotency, per-SKU limit, stock) on std
-/// collections behind one `Mutex`, called straight from the submitting threads.
-pub struct MutexAllocator {
-    inner: Mutex<MutexAllocatorState>,
+/// The obvious baseline: the reference model (the same rules as the engine, stated
+/// simply, on Fx hash maps) behind one `Mutex`, with room for `orders` orders made up front
+/// (outside any timing), called straight from the submitting threads.
+pub fn mutex_model(catalog: &Catalog, orders: usize) -> Mutex<Model> {
+    Mutex::new(Model::whole_with_capacity(catalog, orders))
 }
 
-struct MutexAllocatorState {
-    index: HashMap<SkuId, usize>,
-    available: Vec<u32>,
-    limits: Vec<u32>,
-    orders: HashMap<(UserId, u64), OrderId>,
-    held: HashMap<(UserId, SkuId), u32>,
-    orders_confirmed: u64,
-}
-
-impl MutexAllocator {
-    pub fn new(catalog: &Catalog) -> Self {
-        Self {
-            inner: Mutex::new(MutexAllocatorState {
-                index: catalog
-                    .skus()
-                    .iter()
-                    .enumerate()
-                    .map(|(index, sku)| (sku.id, index))
-                    .collect(),
-                available: catalog.skus().iter().map(|sku| sku.stock).collect(),
-                limits: catalog
-                    .skus()
-                    .iter()
-                    .map(|sku| sku.limit_per_buyer)
-                    .collect(),
-                orders: HashMap::new(),
-                held: HashMap::new(),
-                orders_confirmed: 0,
-            }),
-        }
-    }
-
-    pub fn buy(&self, intent: &Intent) -> Outcome {
-        let mut state = self.inner.lock().expect("no panics while held");
-        let rejected = |reason| Outcome::Rejected {
-            reason,
-            sequence: None,
-        };
-        let Some(&index) = state.index.get(&intent.sku) else {
-            return rejected(RejectReason::UnknownSku);
-        };
-        if let Some(&id) = state.orders.get(&(intent.user, intent.client_key)) {
-            return rejected(RejectReason::Duplicate(id));
-        }
-        let held = state
-            .held
-            .get(&(intent.user, intent.sku))
-            .copied()
-            .unwrap_or(0);
-        if held + intent.quantity > state.limits[index] {
-            return rejected(RejectReason::UserLimit);
-        }
-        if state.available[index] < intent.quantity {
-            return rejected(RejectReason::SoldOut);
-        }
-        state.available[index] -= intent.quantity;
-        *state.held.entry((intent.user, intent.sku)).or_insert(0) += intent.quantity;
-        let id = OrderId::new(ShardId(0), state.orders_confirmed);
-        state.orders_confirmed += 1;
-        state.orders.insert((intent.user, intent.client_key), id);
-        Outcome::Confirmed(flashsale::Order {
-            id,
-            user: intent.user,
-            sku: intent.sku,
-            quantity: intent.quantity,
-            sequence: 0,
-        })
-    }
+/// One buy through the Mutex baseline.
+#[inline]
+pub fn mutex_buy(model: &Mutex<Model>, intent: &Intent) -> Outcome {
+    model
+        .lock()
+        .expect("no panics while held")
+        .buy(intent, 0)
+        .outcome()
+        .expect("first-come: decided at once")
 }

@@ -7,8 +7,9 @@
 //! compare figures taken minutes apart on the same machine.
 //!
 //! - `flashsale engine`: the engine, as `simulate --mode closed` runs it.
-//! - `Mutex<model>`: the obvious implementation: the reference model (`std` `HashMap`s)
-//!   behind one `Mutex`, called straight from the producer threads.
+//! - `Mutex<model>`: the obvious implementation: the reference model (the same rules on Fx
+//!   hash maps, sized for every order up front) behind one `Mutex`, called straight from
+//!   the producer threads.
 //! - `crossbeam-channel`: the engine's shard cores, fed through bounded crossbeam
 //!   channels (one MPSC request channel per shard, one reply channel per producer) instead
 //!   of the engine's SPSC rings: the transport baseline.
@@ -385,7 +386,14 @@ fn finish(
 
 fn mutex_peer(scenario: &Scenario) -> Result<PeerJson, String> {
     let plan = Plan::new(scenario)?;
-    let model = Mutex::new(Model::whole(&plan.catalog));
+    // Room for every order the sale can make, up front, as the engine's cores have.
+    let stock: usize = plan
+        .catalog
+        .skus()
+        .iter()
+        .map(|sku| sku.stock as usize)
+        .sum();
+    let model = Mutex::new(Model::whole_with_capacity(&plan.catalog, stock));
     let clock = EngineClock::start();
     let max_quantity = max_quantity(scenario);
     let ran = on_threads(plan, |_, schedule, catalog| {
@@ -410,7 +418,7 @@ fn mutex_peer(scenario: &Scenario) -> Result<PeerJson, String> {
     let decided = ran.0.outcomes;
     Ok(finish(
         "mutex",
-        "Mutex<reference model, std HashMap>".into(),
+        "Mutex<reference model>".into(),
         format!("{} producers", scenario.producers),
         scenario,
         ran,
