@@ -151,6 +151,8 @@ pub struct Model {
     now_ns: u64,
     deferred: Vec<Deferred>,
     next_sequence: u64,
+    /// False only when no SKU has a waiting buy.
+    may_have_waiters: bool,
 }
 
 fn product_of(sku: SkuId, group: Option<GroupId>) -> Product {
@@ -264,6 +266,7 @@ impl Model {
             now_ns: 0,
             deferred: Vec::new(),
             next_sequence: 0,
+            may_have_waiters: false,
         }
     }
 
@@ -311,12 +314,19 @@ impl Model {
 
     fn run_due(&mut self, sequence: u64) {
         let now = self.now_ns;
-        for index in 0..self.order.len() {
-            let id = self.order[index];
-            let sku = &self.skus[&id];
-            if !sku.waiters.is_empty() && sku.is_closed(now) {
-                self.close_waitlist(id, sequence);
+        // Only a waiting buy can be due here; with none anywhere, skip the walk over every
+        // SKU (the flag is raised whenever a buy starts waiting).
+        if self.may_have_waiters {
+            let mut waiting = false;
+            for index in 0..self.order.len() {
+                let id = self.order[index];
+                let sku = &self.skus[&id];
+                if !sku.waiters.is_empty() && sku.is_closed(now) {
+                    self.close_waitlist(id, sequence);
+                }
+                waiting |= !self.skus[&id].waiters.is_empty();
             }
+            self.may_have_waiters = waiting;
         }
         loop {
             let due = self
@@ -419,6 +429,7 @@ impl Model {
             self.defer(origin, intent, outcome);
         } else {
             sku.waiters.push((origin, intent));
+            self.may_have_waiters = true;
         }
         Applied::Waiting { sequence }
     }
