@@ -10,8 +10,9 @@
 //!   the sold-out gate on and off, and `all_confirmed` (stock never runs out). Baselines:
 //!   the same `ShardCore` fed through `crossbeam-channel` (bounded, both directions), and
 //!   the `Mutex<Model>` baseline called straight from the producer thread. Every peer makes
-//!   room for all 10M orders up front, outside the timing (the engine with
-//!   `order_capacity`), so none grows mid-run.
+//!   room up front, outside the timing, for the orders the sale can confirm (10,000 in
+//!   `burst`, 10M in `all_confirmed`; the engine with `order_capacity`), so none grows
+//!   mid-run.
 //!   The async client runs `burst` from 4,096 tokio tasks; `floor_async_remote_wake` is
 //!   the same tasks awaiting futures another thread wakes, with no engine: the floor under
 //!   any client that completes a task's buy from another thread.
@@ -117,6 +118,12 @@ fn core(c: &mut Criterion) {
     group.finish();
 }
 
+/// The most orders a single-SKU run can confirm: every peer is sized for exactly that, up
+/// front (a table sized for all 10M intents when 10,000 can sell makes every lookup miss).
+fn orders_max(stock: u32) -> usize {
+    (stock as usize).min(E2E_INTENTS as usize)
+}
+
 /// One producer submits `count` intents, polling outcomes as it goes; returns the time
 /// from the first submit to the last outcome.
 fn run_engine(engine: &Engine, count: u64) -> Duration {
@@ -156,9 +163,10 @@ fn engine_case(stock: u32, gate: bool, wait: WaitStrategy) -> impl FnMut(u64) ->
                 .sold_out_gate(gate)
                 .wait_strategy(wait)
                 .ring_capacity(4096)
-                // Room for every order up front, as the docs advise for big sales (the
-                // default caps the room at 4M orders, and growing mid-run costs a rehash).
-                .order_capacity(E2E_INTENTS as usize)
+                // Room for every order the sale can make, up front, as the docs advise for
+                // big sales (the default caps the room at 4M orders, and growing mid-run
+                // costs a rehash).
+                .order_capacity(orders_max(stock))
                 .start()
                 .expect("valid engine");
             total += run_engine(&engine, E2E_INTENTS);
@@ -183,7 +191,7 @@ fn crossbeam_case(stock: u32) -> impl FnMut(u64) -> Duration {
                 &catalog,
                 &placement,
                 ShardId(0),
-                Some(E2E_INTENTS as usize),
+                Some(orders_max(stock)),
             );
             let shard = std::thread::spawn(move || {
                 for intent in request_rx {
@@ -395,7 +403,7 @@ fn mutex_case(stock: u32) -> impl FnMut(u64) -> Duration {
     move |iterations| {
         let mut total = Duration::ZERO;
         for _ in 0..iterations {
-            let model = mutex_model(&single_sku_catalog(stock), E2E_INTENTS as usize);
+            let model = mutex_model(&single_sku_catalog(stock), orders_max(stock));
             let start = Instant::now();
             for index in 0..E2E_INTENTS {
                 black_box(mutex_buy(&model, &single_sku_intent(index)));

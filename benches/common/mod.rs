@@ -22,7 +22,7 @@ impl Rng {
     }
 }
 
-/// The core workload: 1 hot SKU (id 0, 10,000 units) and 999 cold SKUs (ids
+/// The core workload: 1 hot SKU (id 0, 10,000 units) and 999 cold SKUs (ids
 /// 1..=999, 100 units each), per-buyer limit 2 on all.
 pub fn hot_and_cold_catalog() -> Catalog {
     Catalog::builder()
