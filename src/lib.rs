@@ -94,6 +94,27 @@ pub use types::{
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+/// The code blocks of the book in `docs/`, compiled and run as doc tests too.
+#[cfg(doctest)]
+pub mod docs_doctests {
+    #[doc = include_str!("../docs/async.md")]
+    pub struct Async;
+    #[doc = include_str!("../docs/fairness.md")]
+    pub struct Fairness;
+    #[doc = include_str!("../docs/durability.md")]
+    pub struct Durability;
+    #[doc = include_str!("../docs/http.md")]
+    pub struct Http;
+    #[doc = include_str!("../docs/simulator.md")]
+    pub struct Simulator;
+    #[doc = include_str!("../docs/architecture.md")]
+    pub struct Architecture;
+    #[doc = include_str!("../docs/verification.md")]
+    pub struct Verification;
+    #[doc = include_str!("../docs/benchmarks.md")]
+    pub struct Benchmarks;
+}
+
 /// Internals the loom models in `tests/loom.rs` drive directly. Only built under
 /// `--cfg loom`; not part of the API.
 #[cfg(loom)]

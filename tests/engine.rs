@@ -1,6 +1,7 @@
 //! End-to-end tests of the engine through its public API: one per rejection reason and
 //! engine error, shutdown, idempotency across the sold-out gate, sink failure, and a
-//! many-thread stress test that checks DESIGN.md's invariants 1-5 on every outcome.
+//! many-thread stress test that checks the invariants (no oversell, no undersell, one outcome
+//! per accepted intent, buyer limits, idempotency) on every outcome.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -438,7 +439,8 @@ fn same_commands_give_identical_outcomes() {
     assert_eq!(run(), run());
 }
 
-/// Invariants 1-5 of DESIGN.md, checked on every outcome of a many-thread run.
+/// The invariants (no oversell, one outcome per accepted intent, limits, idempotency),
+/// checked on every outcome of a many-thread run.
 #[test]
 fn stress_many_producers_tiny_stock_invariants_hold() {
     const PRODUCERS: u64 = 4;

@@ -66,7 +66,7 @@ pub fn submit_one_with(
     }
 }
 
-/// DESIGN.md's invariants 1-5 on every outcome of a run: no oversell (and units conserved),
+/// The invariants, on every outcome of a run: no oversell (and units conserved),
 /// no undersell (replaying each shard's decisions in sequence order), limits per SKU and
 /// group, one order per key (a Duplicate names it), gate answers only for sold-out SKUs.
 pub fn check_invariants(catalog: &Catalog, all: &[Completion], report: &flashsale::Report) {
