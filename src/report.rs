@@ -9,6 +9,31 @@ use crate::catalog::{Catalog, Placement};
 use crate::core::{PoolLevels, SkuLevels};
 use crate::types::{RejectReason, ShardId, SkuId};
 
+// The layouts of the counts the engine keeps and this report reads. They live here, with
+// their one reader, so that the report depends on nothing of the engine's.
+
+/// A shard's count slots: one per [`RejectReason`], then confirmed orders, then confirmed
+/// units.
+pub const COUNTER_SLOTS: usize = RejectReason::ALL.len() + 2;
+pub(crate) const CONFIRMED_ORDERS: usize = RejectReason::ALL.len();
+pub(crate) const CONFIRMED_UNITS: usize = RejectReason::ALL.len() + 1;
+
+/// A producer's count slots: one per [`RejectReason`] answered at submit, then the three
+/// kinds of refusal.
+pub const PRODUCER_SLOTS: usize = RejectReason::ALL.len() + 3;
+pub(crate) const REFUSED_BUSY: usize = RejectReason::ALL.len();
+pub(crate) const REFUSED_SHUT_DOWN: usize = RejectReason::ALL.len() + 1;
+pub(crate) const REFUSED_SHARD_FAILED: usize = RejectReason::ALL.len() + 2;
+
+/// The largest latency any of the crate's histograms records, ns (one hour); longer ones
+/// saturate to it.
+pub const LATENCY_NS_MAX: u64 = 3_600_000_000_000;
+
+/// An empty latency histogram: 1 ns to [`LATENCY_NS_MAX`], 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("constant bounds are valid")
+}
+
 /// Latency percentiles, in nanoseconds, read off an HDR histogram (3 significant digits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LatencySummary {
@@ -129,7 +154,7 @@ pub struct Refusals {
 pub(crate) struct ShardReport {
     pub(crate) shard: ShardId,
     pub(crate) failed: bool,
-    pub(crate) counts: [u64; crate::engine::COUNTER_SLOTS],
+    pub(crate) counts: [u64; COUNTER_SLOTS],
     pub(crate) levels: Vec<SkuLevels>,
     pub(crate) pools: Vec<PoolLevels>,
     pub(crate) commands_applied: u64,
@@ -145,7 +170,7 @@ impl ShardReport {
         Self {
             shard,
             failed: true,
-            counts: [0; crate::engine::COUNTER_SLOTS],
+            counts: [0; COUNTER_SLOTS],
             levels: Vec::new(),
             pools: Vec::new(),
             commands_applied: 0,
@@ -199,14 +224,9 @@ impl Report {
         catalog: &Catalog,
         placement: &Placement,
         shard_reports: Vec<ShardReport>,
-        producer_counts: &[u64; crate::engine::PRODUCER_SLOTS],
+        producer_counts: &[u64; PRODUCER_SLOTS],
     ) -> Self {
-        use crate::engine::{
-            CONFIRMED_ORDERS, CONFIRMED_UNITS, REFUSED_BUSY, REFUSED_SHARD_FAILED,
-            REFUSED_SHUT_DOWN,
-        };
-        let mut latency_histogram =
-            Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("constant bounds");
+        let mut latency_histogram = latency_histogram();
         let mut rejections = [0u64; RejectReason::ALL.len()];
         let mut confirmed_orders = 0;
         let mut confirmed_units = 0;

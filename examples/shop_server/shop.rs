@@ -65,9 +65,7 @@ impl Shop {
             engine,
             client,
             answers: std::array::from_fn(|_| AtomicU64::new(0)),
-            latency: Mutex::new(
-                Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
-            ),
+            latency: Mutex::new(flashsale::report::latency_histogram()),
         }))
     }
 

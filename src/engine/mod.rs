@@ -29,15 +29,11 @@ pub use producer::{Producer, SubmitError, Submitted};
 
 use gate::SoldOutGate;
 pub(crate) use worker::Notify;
-pub(crate) use worker::{CONFIRMED_ORDERS, CONFIRMED_UNITS, COUNTER_SLOTS};
+pub(crate) use worker::{CONFIRMED_ORDERS, CONFIRMED_UNITS};
 use worker::{Counters, WorkerLane};
 
-/// Producer count slots: one per [`RejectReason`](crate::RejectReason) answered at submit,
-/// then the three kinds of refusal.
-pub const PRODUCER_SLOTS: usize = crate::RejectReason::ALL.len() + 3;
-pub(crate) const REFUSED_BUSY: usize = crate::RejectReason::ALL.len();
-pub(crate) const REFUSED_SHUT_DOWN: usize = crate::RejectReason::ALL.len() + 1;
-pub(crate) const REFUSED_SHARD_FAILED: usize = crate::RejectReason::ALL.len() + 2;
+pub use crate::report::PRODUCER_SLOTS;
+pub(crate) use crate::report::{REFUSED_BUSY, REFUSED_SHARD_FAILED, REFUSED_SHUT_DOWN};
 
 /// One producer's counts of what it answered or refused itself. Single writer (its
 /// producer), so a Relaxed load and store count without a locked instruction; padded so

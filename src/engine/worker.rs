@@ -224,10 +224,8 @@ struct Pending {
     intent: Intent,
 }
 
-/// Count slots: one per [`RejectReason`], then confirmed orders, then confirmed units.
-pub const COUNTER_SLOTS: usize = RejectReason::ALL.len() + 2;
-pub(crate) const CONFIRMED_ORDERS: usize = RejectReason::ALL.len();
-pub(crate) const CONFIRMED_UNITS: usize = RejectReason::ALL.len() + 1;
+pub use crate::report::COUNTER_SLOTS;
+pub(crate) use crate::report::{CONFIRMED_ORDERS, CONFIRMED_UNITS};
 
 /// Live counters a worker publishes after each batch (single writer, Relaxed stores).
 #[derive(Debug, Default)]
@@ -316,8 +314,7 @@ impl Context {
             catalog_index_of,
             failed: false,
             counts: [0; COUNTER_SLOTS],
-            latency_ns: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
-                .expect("constant bounds are valid"),
+            latency_ns: crate::report::latency_histogram(),
             batch: Vec::with_capacity(batch_max),
             pending: FxHashMap::default(),
             levels_version_seen: 0,

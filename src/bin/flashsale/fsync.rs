@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use clap::Args;
 use flashsale::report::Nanos;
-use hdrhistogram::Histogram;
 
 /// `flashsale fsync` arguments.
 #[derive(Args)]
@@ -34,7 +33,7 @@ pub fn fsync(args: &FsyncArgs) -> Result<bool, String> {
     let failed = |error: std::io::Error| format!("dir: {}: {error}", args.dir.display());
     let mut file = std::fs::File::create(&path).map_err(failed)?;
     let block = vec![0x5Au8; args.bytes];
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+    let mut latency = flashsale::report::latency_histogram();
     let started = Instant::now();
     let result = (|| {
         for _ in 0..args.count {

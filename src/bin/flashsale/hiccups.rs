@@ -33,7 +33,7 @@ pub fn hiccups(args: &HiccupArgs) -> Result<bool, String> {
     let threads: Vec<_> = (0..args.threads)
         .map(|_| std::thread::spawn(move || spin(span)))
         .collect();
-    let mut gaps = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+    let mut gaps = flashsale::report::latency_histogram();
     for thread in threads {
         let theirs = thread
             .join()
@@ -69,7 +69,7 @@ pub fn hiccups(args: &HiccupArgs) -> Result<bool, String> {
 
 fn spin(span: Duration) -> Histogram<u64> {
     let clock = quanta::Clock::new();
-    let mut gaps = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+    let mut gaps = flashsale::report::latency_histogram();
     let start = clock.raw();
     let end_ns = span.as_nanos() as u64;
     let mut last = start;

@@ -56,10 +56,8 @@ impl ProducerTally {
     /// for them up front (faulted in page by page as it fills, in order).
     pub fn new(skus: usize, buckets: usize, orders_max: usize) -> Self {
         Self {
-            latency_ns: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
-                .expect("constant bounds"),
-            wait_latency_ns: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
-                .expect("constant bounds"),
+            latency_ns: flashsale::report::latency_histogram(),
+            wait_latency_ns: flashsale::report::latency_histogram(),
             timeline: vec![0; buckets],
             confirmed_units: vec![0; skus],
             last_confirmed_ns: vec![0; skus],
@@ -171,8 +169,7 @@ impl DeskTally {
             refused_hold_expired: 0,
             unexpected: 0,
             released: HashSet::new(),
-            call_latency_ns: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
-                .expect("constant bounds"),
+            call_latency_ns: flashsale::report::latency_histogram(),
         }
     }
 }
