@@ -121,6 +121,7 @@ pub mod docs_doctests {
 #[doc(hidden)]
 pub mod loom_internals {
     pub use crate::engine::gate::SoldOutGate;
-    pub use crate::engine::worker::{COUNTER_SLOTS, Counters};
+    pub use crate::engine::shared::Counters;
     pub use crate::engine::{PRODUCER_SLOTS, ProducerCounters};
+    pub use crate::report::COUNTER_SLOTS;
 }

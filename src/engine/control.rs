@@ -11,43 +11,13 @@
 
 use core::fmt;
 
-use super::EngineShared;
+use super::lane::{ControlRequest, ReplySlot};
+use super::shared::EngineShared;
 use crate::catalog::SaleWindow;
 use crate::core::Command;
+use crate::sync::Arc;
 use crate::sync::atomic::Ordering;
-use crate::sync::thread::Thread;
-use crate::sync::{Arc, Mutex};
 use crate::types::{ControlError, OrderId, ShardId, SkuId};
-
-/// Where the worker writes one command's answer.
-pub(crate) struct ReplySlot {
-    result: Mutex<Option<Result<(), ControlError>>>,
-    waiter: Thread,
-}
-
-impl ReplySlot {
-    /// Worker side: answers and wakes the caller.
-    pub(crate) fn fulfil(&self, result: Result<(), ControlError>) {
-        *self.result.lock() = Some(result);
-        self.waiter.unpark();
-    }
-
-    /// Caller side: waits for the answer.
-    fn wait(&self) -> Result<(), ControlError> {
-        loop {
-            if let Some(result) = self.result.lock().take() {
-                return result;
-            }
-            crate::sync::thread::park();
-        }
-    }
-}
-
-/// A command waiting for its shard's worker.
-pub(crate) struct ControlRequest {
-    pub(crate) command: Command,
-    pub(crate) reply: Arc<ReplySlot>,
-}
 
 /// A handle for payments, cancellations and stock changes; from
 /// [`Engine::control`](super::Engine::control). `Clone`, `Send` and `Sync`: share it with
@@ -165,10 +135,7 @@ impl Control {
         if shard.failed.load(Ordering::Acquire) {
             return Err(ControlError::ShardFailed);
         }
-        let reply = Arc::new(ReplySlot {
-            result: Mutex::new(None),
-            waiter: crate::sync::thread::current(),
-        });
+        let reply = Arc::new(ReplySlot::new(crate::sync::thread::current()));
         {
             let mut registry = shard.registry.lock();
             if registry.closed {

@@ -1,11 +1,28 @@
 //! The concurrent shell around the decision cores: shard worker threads, producer handles,
 //! the rings between them, the sold-out gate, shutdown and reports.
 //!
-//! Arrows point one way: this module depends on [`crate::core`], never the reverse.
+//! Arrows point one way: this module depends on [`crate::core`], never the reverse, and
+//! inside it every file depends only on those below it:
+//!
+//! | file | what | depends on |
+//! |---|---|---|
+//! | `mod.rs` | [`Engine`], [`EngineBuilder`]: start-up, shutdown, reports | all below |
+//! | `worker.rs` | the shard thread: batches, decisions, releases, parking | durability, shared, lane |
+//! | `producer.rs` | [`Producer`]: screening, submit, poll | shared, lane |
+//! | `control.rs` | [`Control`]: pay, cancel, stock and window changes | shared, lane |
+//! | `durability.rs` | [`JournalConfig`], recovery, a worker's journal and snapshots | error, gate, lane |
+//! | `shared.rs` | what the threads share; counters, [`OrderSink`], [`WaitStrategy`] | gate, lane |
+//! | `lane.rs` | the hand-offs: ring items, deferred queues, `Notify`, control replies | nothing of the engine |
+//! | `gate.rs` | the sold-out gate and its key filter | nothing of the engine |
+//! | `error.rs` | [`EngineError`] | nothing of the engine |
 
 mod control;
+mod durability;
+mod error;
 pub(crate) mod gate;
+pub(crate) mod lane;
 mod producer;
+pub(crate) mod shared;
 pub(crate) mod worker;
 
 use core::fmt;
@@ -13,231 +30,28 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crossbeam_utils::CachePadded;
 
-use crate::catalog::{Catalog, Placement, PlacementError};
+use crate::catalog::{Catalog, Placement};
 use crate::clock::EngineClock;
 use crate::core::ShardCore;
-use crate::report::{Report, ShardReport};
+use crate::report::{CONFIRMED_ORDERS, CONFIRMED_UNITS, Report, ShardReport};
 use crate::ring;
-use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
-use crate::sync::thread::{JoinHandle, Thread};
+use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::thread::JoinHandle;
 use crate::sync::{Arc, Mutex};
-use crate::types::{Order, ShardId, SkuId};
+use crate::types::{ShardId, SkuId};
 
 pub use control::Control;
+pub use durability::JournalConfig;
+pub use error::EngineError;
+pub(crate) use lane::Notify;
 pub(crate) use producer::Route;
 pub use producer::{Producer, SubmitError, Submitted};
+pub(crate) use shared::{EngineShared, ShardShared};
+pub use shared::{OrderSink, ProducerCounters, WaitStrategy};
 
 use gate::SoldOutGate;
-pub(crate) use worker::Notify;
-pub(crate) use worker::{CONFIRMED_ORDERS, CONFIRMED_UNITS};
-use worker::{Counters, WorkerLane};
 
 pub use crate::report::PRODUCER_SLOTS;
-pub(crate) use crate::report::{REFUSED_BUSY, REFUSED_SHARD_FAILED, REFUSED_SHUT_DOWN};
-
-/// One producer's counts of what it answered or refused itself. Single writer (its
-/// producer), so a Relaxed load and store count without a locked instruction; padded so
-/// that producers on different cores do not share a line.
-#[derive(Debug, Default)]
-pub struct ProducerCounters {
-    slots: CachePadded<[AtomicU64; PRODUCER_SLOTS]>,
-}
-
-impl ProducerCounters {
-    /// Adds one to `slot` (its producer only).
-    #[inline]
-    pub fn bump(&self, slot: usize) {
-        let counter = &self.slots[slot];
-        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-    }
-
-    /// Counts what became of one submit (nothing for one queued: its shard counts it).
-    /// `shared`: whether other threads may count here at the same time (they may not,
-    /// for a producer's own counters).
-    #[inline]
-    pub(crate) fn count(&self, result: &Result<Submitted, SubmitError>, shared: bool) {
-        let slot = match result {
-            Ok(Submitted::Queued(_)) => return,
-            Ok(Submitted::Answered(outcome)) => match outcome.reason() {
-                Some(reason) => reason.index(),
-                None => return,
-            },
-            Err(SubmitError::Busy(_)) => REFUSED_BUSY,
-            Err(SubmitError::ShutDown(_)) => REFUSED_SHUT_DOWN,
-            Err(SubmitError::ShardFailed(_)) => REFUSED_SHARD_FAILED,
-        };
-        if shared {
-            self.slots[slot].fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.bump(slot);
-        }
-    }
-
-    /// Adds the counts, as last stored, to `totals`.
-    pub fn add_to(&self, totals: &mut [u64; PRODUCER_SLOTS]) {
-        for (total, counter) in totals.iter_mut().zip(self.slots.iter()) {
-            *total += counter.load(Ordering::Relaxed);
-        }
-    }
-}
-
-/// Receives every confirmed order on its shard's thread, right after the decision, e.g. to
-/// create the payment order. One instance per shard (see [`EngineBuilder::order_sink`]).
-///
-/// A sink that panics marks its shard failed: the order it was given is still confirmed to
-/// its producer, but the shard decides nothing more; every later intent for it is answered
-/// [`RejectReason::ShardFailed`](crate::RejectReason::ShardFailed) (or refused at submit
-/// with [`SubmitError::ShardFailed`]). The other shards go on.
-pub trait OrderSink: Send {
-    /// Called once per confirmed order, in the shard's order. Keep it short: the shard
-    /// decides nothing else meanwhile.
-    fn on_confirmed(&mut self, order: &Order);
-}
-
-impl<F: FnMut(&Order) + Send> OrderSink for F {
-    fn on_confirmed(&mut self, order: &Order) {
-        self(order);
-    }
-}
-
-/// How an idle shard worker waits for intents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WaitStrategy {
-    /// Busy-spin: lowest latency, burns a core per shard. Use with one shard per core and
-    /// nothing else on those cores.
-    Spin,
-    /// Spin briefly, then `yield` to the OS scheduler in a loop: low latency, shares a core
-    /// politely, but never sleeps.
-    Yield,
-    /// Spin, then yield, then park the thread until a producer publishes (the default). A
-    /// producer wakes a parked shard with one unpark; the cost on the submit path while the
-    /// shard is awake is one load of a flag.
-    #[default]
-    Park,
-}
-
-/// Why an engine could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    /// The SKUs cannot be spread over the requested shards.
-    #[error(transparent)]
-    Placement(#[from] PlacementError),
-    /// The ring capacity is 0 or too large.
-    #[error("ring capacity: {0}")]
-    RingCapacity(#[from] ring::CapacityError),
-    /// `max_quantity` is 0, so every intent would be malformed.
-    #[error("max_quantity must be at least 1")]
-    ZeroMaxQuantity,
-    /// `batch_max` is 0, so a shard could never take an intent.
-    #[error("batch_max must be at least 1")]
-    ZeroBatch,
-    /// The OS refused a shard thread.
-    #[error("could not spawn a shard thread: {0}")]
-    Spawn(#[from] std::io::Error),
-    /// A journal could not be opened, read or replayed.
-    #[error("journal: {0}")]
-    Journal(#[from] crate::journal::JournalError),
-    /// A journal's records do not continue its shard's sequence (another catalog's, or
-    /// another shard count's, journal directory).
-    #[error("journal of shard {shard}: record {found} where {expected} was due")]
-    JournalSequence {
-        /// The shard.
-        shard: u16,
-        /// The sequence number found.
-        found: u64,
-        /// The one due.
-        expected: u64,
-    },
-}
-
-/// Where and how the shards journal the commands they apply (see
-/// [`EngineBuilder::journal`]).
-#[derive(Debug, Clone)]
-pub struct JournalConfig {
-    /// The directory of the journals: `shard-00000.fsj`, one per shard.
-    pub dir: std::path::PathBuf,
-    /// Whether each group commit waits for the disk (`fdatasync`): survives a power loss.
-    /// Without it a commit is a `write` to the OS, which survives the process, not the
-    /// machine.
-    pub sync: bool,
-    /// The most commands in one group commit (1: every command is committed on its own).
-    pub group_commands: usize,
-    /// How long the first command of a group may wait for others before the commit. A
-    /// shard with nothing more to do commits at once.
-    pub group_delay: core::time::Duration,
-    /// Write a snapshot of each shard after this many commands (none: recovery replays
-    /// the whole journal). A snapshot is written (and synced) by the shard's thread, which
-    /// decides nothing meanwhile; its size grows with the orders confirmed (about 100 bytes
-    /// each), the waiting intents and the buyer filter (up to 512 KiB). The two newest are
-    /// kept.
-    pub snapshot_every: Option<u64>,
-    /// What the journals are written through: plain files ([`FileStorage`]) unless a test
-    /// puts an observing or faulty disk there. Snapshots are plain files either way.
-    ///
-    /// [`FileStorage`]: crate::storage::FileStorage
-    pub storage: std::sync::Arc<dyn crate::storage::Storage>,
-}
-
-/// Equal when every setting is, and both write through the same storage object.
-impl PartialEq for JournalConfig {
-    fn eq(&self, other: &Self) -> bool {
-        self.dir == other.dir
-            && self.sync == other.sync
-            && self.group_commands == other.group_commands
-            && self.group_delay == other.group_delay
-            && self.snapshot_every == other.snapshot_every
-            && std::ptr::addr_eq(
-                std::sync::Arc::as_ptr(&self.storage),
-                std::sync::Arc::as_ptr(&other.storage),
-            )
-    }
-}
-
-impl Eq for JournalConfig {}
-
-impl JournalConfig {
-    /// Durable group commit in `dir`: synced, up to 4,096 commands or 200 µs per group.
-    pub fn durable(dir: impl Into<std::path::PathBuf>) -> Self {
-        Self {
-            dir: dir.into(),
-            sync: true,
-            group_commands: 4096,
-            group_delay: core::time::Duration::from_micros(200),
-            snapshot_every: None,
-            storage: std::sync::Arc::new(crate::storage::FileStorage),
-        }
-    }
-
-    /// The journal file of one shard.
-    pub fn path_of(&self, shard: ShardId) -> std::path::PathBuf {
-        self.dir.join(format!("shard-{:05}.fsj", shard.0))
-    }
-
-    /// The snapshot file of one shard taken at `sequence`.
-    pub fn snapshot_path(&self, shard: ShardId, sequence: u64) -> std::path::PathBuf {
-        self.dir
-            .join(format!("shard-{:05}-{sequence:020}.fss", shard.0))
-    }
-
-    /// A shard's snapshot files in the directory, with the sequence each was taken at.
-    pub fn snapshots_of(&self, shard: ShardId) -> Vec<(u64, std::path::PathBuf)> {
-        let prefix = format!("shard-{:05}-", shard.0);
-        std::fs::read_dir(&self.dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name().into_string().ok()?;
-                let sequence = name
-                    .strip_prefix(&prefix)?
-                    .strip_suffix(".fss")?
-                    .parse()
-                    .ok()?;
-                Some((sequence, entry.path()))
-            })
-            .collect()
-    }
-}
 
 type SinkFactory = Box<dyn FnMut(ShardId) -> Box<dyn OrderSink>>;
 
@@ -397,7 +211,7 @@ impl EngineBuilder {
                 }
             })?;
             for core in &mut cores {
-                journals.push(Some(recover(
+                journals.push(Some(durability::recover(
                     core,
                     config,
                     &self.catalog,
@@ -457,152 +271,6 @@ impl EngineBuilder {
         }
         Ok(engine)
     }
-}
-
-/// Opens a shard's journal and replays it into its core; remembers the keys of the orders it
-/// confirmed in the gate, so that their retries still reach the shard.
-fn recover(
-    core: &mut ShardCore,
-    config: &JournalConfig,
-    catalog: &Catalog,
-    placement: &Placement,
-    orders: Option<usize>,
-    gate: &SoldOutGate,
-) -> Result<worker::Journaling, EngineError> {
-    let shard = core.shard();
-    let (writer, scanned) =
-        crate::journal::JournalWriter::open_in(&*config.storage, &config.path_of(shard), shard)?;
-    let journaled = scanned.records.len() as u64;
-    // The newest snapshot that restores and that the journal reaches, if any.
-    let mut snapshots = config.snapshots_of(shard);
-    snapshots.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
-    let mut from = 0;
-    for (sequence, path) in snapshots {
-        if sequence > journaled {
-            continue;
-        }
-        let restored = std::fs::read(&path)
-            .ok()
-            .and_then(|bytes| ShardCore::restore(catalog, placement, shard, orders, &bytes).ok());
-        if let Some(restored) = restored {
-            *core = restored;
-            from = sequence;
-            break;
-        }
-    }
-    for &(sequence, ref command) in &scanned.records[from as usize..] {
-        let expected = core.commands_applied();
-        if sequence != expected {
-            return Err(EngineError::JournalSequence {
-                shard: shard.0,
-                found: sequence,
-                expected,
-            });
-        }
-        core.apply(command);
-        core.take_deferred().for_each(drop);
-    }
-    // Retries of every order confirmed before must still reach the shard.
-    for (user, client_key) in core.confirmed_keys() {
-        gate.remember(usize::from(shard.0), user, client_key);
-    }
-    Ok(worker::Journaling::new(
-        writer,
-        config,
-        journaled - from,
-        from,
-    ))
-}
-
-/// What the engine's threads share. Read-mostly; the hot fields are padded apart.
-pub(crate) struct EngineShared {
-    pub(crate) catalog: Catalog,
-    pub(crate) placement: Placement,
-    pub(crate) ring_capacity: usize,
-    pub(crate) max_quantity: u32,
-    pub(crate) gate_enabled: bool,
-    /// Whether workers may park, so producers must run their side of the park protocol.
-    pub(crate) parking: bool,
-    pub(crate) gate: SoldOutGate,
-    pub(crate) clock: EngineClock,
-    /// Raised once by [`Engine::shutdown`]; producers refuse submits from then on, workers
-    /// close their rings and drain them.
-    pub(crate) shutdown: CachePadded<AtomicBool>,
-    pub(crate) shards: Box<[ShardShared]>,
-    /// Every producer's counters, for reports (control plane).
-    pub(crate) producers: Mutex<Vec<Arc<ProducerCounters>>>,
-}
-
-impl EngineShared {
-    pub(crate) fn shard(&self, shard: ShardId) -> &ShardShared {
-        &self.shards[usize::from(shard.0)]
-    }
-
-    /// New counters, summed into the report with every producer's.
-    pub(crate) fn new_counters(&self) -> Arc<ProducerCounters> {
-        let counters = Arc::new(ProducerCounters::default());
-        self.producers.lock().push(counters.clone());
-        counters
-    }
-}
-
-/// The control-plane side of one shard: registration of new producers, its status flags
-/// and its published counters.
-pub(crate) struct ShardShared {
-    /// Raised by the worker when its order sink panicked; producers refuse submits to it.
-    pub(crate) failed: CachePadded<AtomicBool>,
-    /// Raised by the worker just before it parks (see the park protocol in `worker`).
-    pub(crate) sleeping: CachePadded<AtomicBool>,
-    /// The worker thread, for unparking it.
-    pub(crate) thread: Mutex<Option<Thread>>,
-    /// Lanes of producers created since the worker last looked.
-    pub(crate) registry: Mutex<Registry>,
-    /// Bumped (Release) after each registration; the worker compares it once per pass, and
-    /// before parking.
-    pub(crate) registry_generation: AtomicU64,
-    /// Live per-SKU available units (local index), stored by the worker after each change.
-    pub(crate) available: Box<[AtomicU32]>,
-    /// Live outcome counters, stored by the worker after each batch.
-    pub(crate) counters: Counters,
-}
-
-impl ShardShared {
-    fn new(skus: usize) -> Self {
-        Self {
-            failed: CachePadded::new(AtomicBool::new(false)),
-            sleeping: CachePadded::new(AtomicBool::new(false)),
-            thread: Mutex::new(None),
-            registry: Mutex::new(Registry::default()),
-            registry_generation: AtomicU64::new(0),
-            available: (0..skus).map(|_| AtomicU32::new(0)).collect(),
-            counters: Counters::default(),
-        }
-    }
-
-    /// Producer side of the park protocol (see `worker`): after publishing, wakes the
-    /// worker if it is parked or about to park.
-    #[inline]
-    pub(crate) fn wake_if_sleeping(&self) {
-        fence(Ordering::SeqCst);
-        if self.sleeping.load(Ordering::Relaxed) {
-            self.unpark();
-        }
-    }
-
-    pub(crate) fn unpark(&self) {
-        if let Some(thread) = self.thread.lock().as_ref() {
-            thread.unpark();
-        }
-    }
-}
-
-#[derive(Default)]
-pub(crate) struct Registry {
-    pub(crate) new_lanes: Vec<WorkerLane>,
-    /// Payments, cancellations and stock changes posted since the worker last looked.
-    pub(crate) controls: Vec<control::ControlRequest>,
-    /// Set by the worker when it stops: lanes registered after it are born closed.
-    pub(crate) closed: bool,
 }
 
 /// Counts read from a running engine (see [`Engine::live`]).

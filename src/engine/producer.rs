@@ -3,8 +3,9 @@
 use core::fmt;
 use std::collections::VecDeque;
 
-use super::worker::{DeferredQueue, Reply, Request, WorkerLane};
-use super::{EngineShared, ProducerCounters};
+use super::lane::{DeferredQueue, Notify, Reply, Request, WorkerLane};
+use super::shared::{EngineShared, ProducerCounters};
+use crate::report::{REFUSED_BUSY, REFUSED_SHARD_FAILED, REFUSED_SHUT_DOWN};
 use crate::ring::{self, PushError};
 use crate::sync::Arc;
 use crate::sync::atomic::Ordering;
@@ -139,10 +140,7 @@ impl Producer {
     }
 
     /// A producer whose lanes wake `notify` when outcomes arrive.
-    pub(crate) fn with_notify(
-        shared: Arc<EngineShared>,
-        notify: Option<Arc<super::worker::Notify>>,
-    ) -> Self {
+    pub(crate) fn with_notify(shared: Arc<EngineShared>, notify: Option<Arc<Notify>>) -> Self {
         let lanes = shared
             .shards
             .iter()
@@ -456,4 +454,28 @@ fn pause(step: u32) -> u32 {
         core::hint::spin_loop();
     }
     step.saturating_add(1)
+}
+
+impl ProducerCounters {
+    /// Counts what became of one submit (nothing for one queued: its shard counts it).
+    /// `shared`: whether other threads may count here at the same time (they may not,
+    /// for a producer's own counters).
+    #[inline]
+    pub(crate) fn count(&self, result: &Result<Submitted, SubmitError>, shared: bool) {
+        let slot = match result {
+            Ok(Submitted::Queued(_)) => return,
+            Ok(Submitted::Answered(outcome)) => match outcome.reason() {
+                Some(reason) => reason.index(),
+                None => return,
+            },
+            Err(SubmitError::Busy(_)) => REFUSED_BUSY,
+            Err(SubmitError::ShutDown(_)) => REFUSED_SHUT_DOWN,
+            Err(SubmitError::ShardFailed(_)) => REFUSED_SHARD_FAILED,
+        };
+        if shared {
+            self.slots[slot].fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.bump(slot);
+        }
+    }
 }

@@ -20,231 +20,23 @@ use hdrhistogram::Histogram;
 
 use rustc_hash::FxHashMap;
 
-use super::control::{ControlRequest, ReplySlot};
-use super::{EngineShared, OrderSink, WaitStrategy};
+use super::durability::Journaling;
+use super::lane::{ControlRequest, DeferredQueue, Reply, Request, WorkerLane};
+use super::shared::{EngineShared, OrderSink, WaitStrategy};
 use crate::core::{Applied, Command, Deferred, ShardCore};
-use crate::journal::JournalWriter;
 use crate::report::ShardReport;
-use crate::ring;
-use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
-use crate::sync::{Arc, Mutex};
+use crate::report::{CONFIRMED_ORDERS, CONFIRMED_UNITS, COUNTER_SLOTS};
+use crate::sync::Arc;
+use crate::sync::atomic::{Ordering, fence};
 use crate::types::{
     Completion, ControlError, Intent, Order, Outcome, RejectReason, ShardId, Ticket,
 };
-
-/// An intent on its way to a shard: stamped, and with its SKU resolved to the shard's
-/// local index so the shard skips the id lookup.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Request {
-    pub(crate) intent: Intent,
-    pub(crate) arrival_ns: u64,
-    pub(crate) local: u32,
-    /// [`Command::BuyOrWait`] rather than [`Command::Buy`].
-    pub(crate) wait: bool,
-    /// The producer's number for this submit, handed back with its completion.
-    pub(crate) ticket: Ticket,
-}
-
-/// What the worker sends back on a completion ring.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Reply {
-    /// The intent's outcome.
-    Done(Completion),
-    /// The intent waits (pooled, or on a waitlist): its ring slot is free again, and its
-    /// outcome will come through the lane's [`Deferred`](DeferredQueue) queue.
-    Parked,
-}
-
-/// Outcomes of a lane's waiting intents, decided later. Unbounded, but its length is
-/// bounded by the pools' and waitlists' capacities: it holds only intents that waited.
-#[derive(Default)]
-pub(crate) struct DeferredQueue {
-    completions: Mutex<Vec<Completion>>,
-    /// Raised (Release) by the worker after it pushed; lowered by the producer before it
-    /// takes them all, so that a push it misses raises it again.
-    ready: AtomicBool,
-    /// Who to wake when outcomes arrive for this lane (an async client's pump), if anyone.
-    pub(crate) notify: Option<Arc<Notify>>,
-}
-
-/// A thread that sleeps until outcomes arrive on its lanes: the worker wakes it after it
-/// publishes to one (the same store-buffering protocol as a shard's own parking: the
-/// sleeper raises `sleeping`, fences, then looks for arrivals; the worker publishes,
-/// fences, then looks at `sleeping`).
-#[derive(Debug)]
-pub struct Notify {
-    sleeping: AtomicBool,
-    thread: crate::sync::thread::Thread,
-}
-
-impl Notify {
-    /// Wakes `thread`, which sleeps with [`sleep_unless`](Self::sleep_unless).
-    pub fn new(thread: crate::sync::thread::Thread) -> Self {
-        Self {
-            sleeping: AtomicBool::new(false),
-            thread,
-        }
-    }
-
-    /// Worker side, after publishing: wakes the sleeper if it sleeps or is about to.
-    pub fn wake(&self) {
-        fence(Ordering::SeqCst);
-        if self.sleeping.load(Ordering::Relaxed) {
-            self.thread.unpark();
-        }
-    }
-
-    /// Sleeper side (on the notified thread): raises `sleeping`, fences, then parks unless
-    /// `arrived()` finds something. A publish the check missed is followed by a
-    /// [`wake`](Self::wake) that sees the flag, so no arrival is slept through; parking
-    /// may also return spuriously, so callers loop.
-    pub fn sleep_unless(&self, arrived: impl FnOnce() -> bool) {
-        self.sleeping.store(true, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        if !arrived() {
-            crate::sync::thread::park();
-        }
-        self.sleeping.store(false, Ordering::Relaxed);
-    }
-
-    /// Unparks the thread whatever it is doing (e.g. to make it see a stop flag).
-    pub fn unpark(&self) {
-        self.thread.unpark();
-    }
-}
-
-impl DeferredQueue {
-    /// An empty queue that wakes `notify` when outcomes arrive.
-    pub(crate) fn with_notify(notify: Option<Arc<Notify>>) -> Self {
-        Self {
-            notify,
-            ..Self::default()
-        }
-    }
-
-    /// Worker side.
-    fn push(&self, completion: Completion) {
-        self.completions.lock().push(completion);
-        self.ready.store(true, Ordering::Release);
-        self.signal();
-    }
-
-    /// Worker side: outcomes were published for this lane.
-    #[inline]
-    pub(crate) fn signal(&self) {
-        if let Some(notify) = &self.notify {
-            notify.wake();
-        }
-    }
-
-    /// Producer side: whether outcomes are waiting to be taken.
-    pub(crate) fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    /// Producer side: hands every completion that has arrived to `f`; returns how many.
-    pub(crate) fn take(&self, mut f: impl FnMut(Completion)) -> usize {
-        if !self.ready.load(Ordering::Acquire) {
-            return 0;
-        }
-        self.ready.store(false, Ordering::Relaxed);
-        let taken = std::mem::take(&mut *self.completions.lock());
-        let count = taken.len();
-        for completion in taken {
-            f(completion);
-        }
-        count
-    }
-}
-
-/// The worker's end of the two rings it shares with one producer.
-pub(crate) struct WorkerLane {
-    pub(crate) requests: ring::Reader<Request>,
-    pub(crate) completions: ring::Writer<Reply>,
-    pub(crate) deferred: Arc<DeferredQueue>,
-}
-
-/// A shard's journal and the outputs held back until it is committed: nothing the shard
-/// decided reaches a producer, the order sink or a control caller before the journal holds
-/// the commands that decided it (written, and synced if so configured).
-pub(crate) struct Journaling {
-    writer: JournalWriter,
-    sync: bool,
-    group_commands: usize,
-    group_delay_ns: u64,
-    /// Commands appended since the last commit, and when the first of them was.
-    uncommitted: usize,
-    first_uncommitted_ns: u64,
-    /// Replies to write to their lane's completion ring, with the request's arrival stamp.
-    held: Vec<(usize, Reply, u64)>,
-    held_orders: Vec<Order>,
-    held_deferred: Vec<(Arc<DeferredQueue>, Completion)>,
-    held_replies: Vec<(Arc<ReplySlot>, Result<(), ControlError>)>,
-    commits: u64,
-    recovered: u64,
-    dir: std::path::PathBuf,
-    snapshot_every: Option<u64>,
-    /// The sequence of the newest snapshot (or where recovery started).
-    snapshot_at: u64,
-    snapshots: u64,
-}
-
-impl Journaling {
-    pub(crate) fn new(
-        writer: JournalWriter,
-        config: &super::JournalConfig,
-        recovered: u64,
-        snapshot_at: u64,
-    ) -> Self {
-        Self {
-            writer,
-            sync: config.sync,
-            group_commands: config.group_commands.max(1),
-            group_delay_ns: u64::try_from(config.group_delay.as_nanos()).unwrap_or(u64::MAX),
-            uncommitted: 0,
-            first_uncommitted_ns: 0,
-            held: Vec::new(),
-            held_orders: Vec::new(),
-            held_deferred: Vec::new(),
-            held_replies: Vec::new(),
-            commits: 0,
-            recovered,
-            dir: config.dir.clone(),
-            snapshot_every: config.snapshot_every,
-            snapshot_at,
-            snapshots: 0,
-        }
-    }
-}
 
 /// Where the outcome of a buy that waits goes.
 struct Pending {
     deferred: Arc<DeferredQueue>,
     ticket: Ticket,
     intent: Intent,
-}
-
-pub use crate::report::COUNTER_SLOTS;
-pub(crate) use crate::report::{CONFIRMED_ORDERS, CONFIRMED_UNITS};
-
-/// Live counters a worker publishes after each batch (single writer, Relaxed stores).
-#[derive(Debug, Default)]
-pub struct Counters {
-    slots: [AtomicU64; COUNTER_SLOTS],
-}
-
-impl Counters {
-    /// Stores the worker's counts (its worker only).
-    pub fn publish(&self, local: &[u64; COUNTER_SLOTS]) {
-        for (slot, &value) in self.slots.iter().zip(local) {
-            slot.store(value, Ordering::Relaxed);
-        }
-    }
-
-    /// The counts as last published.
-    pub fn read(&self) -> [u64; COUNTER_SLOTS] {
-        core::array::from_fn(|index| self.slots[index].load(Ordering::Relaxed))
-    }
 }
 
 /// Everything a worker thread owns.
@@ -511,64 +303,19 @@ impl Context {
             for order in orders {
                 self.sink_order(&order);
             }
-            self.snapshot_if_due();
+            if let Some(journal) = self.journal.as_mut() {
+                journal.snapshot_if_due(&self.core);
+            }
         } else if !self.failed {
             self.mark_failed();
         }
     }
 
-    /// Seals the journal at a clean shutdown, so that recovery can tell damage in its last
-    /// group from a torn write. A failed shard's journal is left as it is: what it holds
-    /// is all that was committed.
+    /// Seals the journal at a clean shutdown (see [`Journaling::seal`]). A failed shard's
+    /// journal is left as it is: what it holds is all that was committed.
     fn seal_journal(&mut self) {
-        if self.failed {
-            return;
-        }
-        if let Some(journal) = self.journal.as_mut() {
-            // Nothing is held any more; a seal that cannot be written only leaves the last
-            // group unvouched for, as after a crash.
-            let _ = journal.writer.seal();
-        }
-    }
-
-    /// Writes a snapshot of the core when enough commands were applied since the last:
-    /// to a temporary file, synced, then renamed into place; the two newest are kept. A
-    /// snapshot that cannot be written is skipped (the journal alone still recovers).
-    fn snapshot_if_due(&mut self) {
-        let Some(journal) = self.journal.as_mut() else {
-            return;
-        };
-        let at = self.core.commands_applied();
-        let Some(every) = journal.snapshot_every else {
-            return;
-        };
-        if at < journal.snapshot_at.saturating_add(every.max(1)) || self.core.has_deferred() {
-            return;
-        }
-        let config = super::JournalConfig {
-            snapshot_every: journal.snapshot_every,
-            ..super::JournalConfig::durable(journal.dir.clone())
-        };
-        let bytes = self.core.snapshot();
-        let path = config.snapshot_path(self.shard, at);
-        let temporary = path.with_extension("tmp");
-        let written = std::fs::File::create(&temporary)
-            .and_then(|mut file| {
-                std::io::Write::write_all(&mut file, &bytes)?;
-                file.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&temporary, &path))
-            .and_then(|()| std::fs::File::open(&journal.dir)?.sync_all());
-        if written.is_err() {
-            let _ = std::fs::remove_file(&temporary);
-            return;
-        }
-        journal.snapshot_at = at;
-        journal.snapshots += 1;
-        let mut older = config.snapshots_of(self.shard);
-        older.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
-        for (_, stale) in older.into_iter().skip(2) {
-            let _ = std::fs::remove_file(stale);
+        if let (Some(journal), false) = (self.journal.as_mut(), self.failed) {
+            journal.seal();
         }
     }
 

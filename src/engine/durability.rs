@@ -1,0 +1,249 @@
+//! Durability: where and how shards journal what they apply ([`JournalConfig`]), recovery
+//! at start-up (snapshot, then the journal after it), and each worker's journal: group
+//! commit state, the outputs held until a commit, snapshots written behind it, and the seal
+//! at a clean shutdown. The journal's format is [`crate::journal`]; the disk is reached
+//! through [`crate::storage`].
+
+use super::error::EngineError;
+use super::gate::SoldOutGate;
+use super::lane::{DeferredQueue, Reply, ReplySlot};
+use crate::catalog::{Catalog, Placement};
+use crate::core::ShardCore;
+use crate::journal::JournalWriter;
+use crate::sync::Arc;
+use crate::types::{Completion, ControlError, Order, ShardId};
+
+/// Where and how the shards journal the commands they apply (see
+/// [`EngineBuilder::journal`](crate::EngineBuilder::journal)).
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// The directory of the journals: `shard-00000.fsj`, one per shard.
+    pub dir: std::path::PathBuf,
+    /// Whether each group commit waits for the disk (`fdatasync`): survives a power loss.
+    /// Without it a commit is a `write` to the OS, which survives the process, not the
+    /// machine.
+    pub sync: bool,
+    /// The most commands in one group commit (1: every command is committed on its own).
+    pub group_commands: usize,
+    /// How long the first command of a group may wait for others before the commit. A
+    /// shard with nothing more to do commits at once.
+    pub group_delay: core::time::Duration,
+    /// Write a snapshot of each shard after this many commands (none: recovery replays
+    /// the whole journal). A snapshot is written (and synced) by the shard's thread, which
+    /// decides nothing meanwhile; its size grows with the orders confirmed (about 100 bytes
+    /// each), the waiting intents and the buyer filter (up to 512 KiB). The two newest are
+    /// kept.
+    pub snapshot_every: Option<u64>,
+    /// What the journals are written through: plain files ([`FileStorage`]) unless a test
+    /// puts an observing or faulty disk there. Snapshots are plain files either way.
+    ///
+    /// [`FileStorage`]: crate::storage::FileStorage
+    pub storage: std::sync::Arc<dyn crate::storage::Storage>,
+}
+
+/// Equal when every setting is, and both write through the same storage object.
+impl PartialEq for JournalConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.dir == other.dir
+            && self.sync == other.sync
+            && self.group_commands == other.group_commands
+            && self.group_delay == other.group_delay
+            && self.snapshot_every == other.snapshot_every
+            && std::ptr::addr_eq(
+                std::sync::Arc::as_ptr(&self.storage),
+                std::sync::Arc::as_ptr(&other.storage),
+            )
+    }
+}
+
+impl Eq for JournalConfig {}
+
+impl JournalConfig {
+    /// Durable group commit in `dir`: synced, up to 4,096 commands or 200 µs per group.
+    pub fn durable(dir: impl Into<std::path::PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            sync: true,
+            group_commands: 4096,
+            group_delay: core::time::Duration::from_micros(200),
+            snapshot_every: None,
+            storage: std::sync::Arc::new(crate::storage::FileStorage),
+        }
+    }
+
+    /// The journal file of one shard.
+    pub fn path_of(&self, shard: ShardId) -> std::path::PathBuf {
+        self.dir.join(format!("shard-{:05}.fsj", shard.0))
+    }
+
+    /// The snapshot file of one shard taken at `sequence`.
+    pub fn snapshot_path(&self, shard: ShardId, sequence: u64) -> std::path::PathBuf {
+        self.dir
+            .join(format!("shard-{:05}-{sequence:020}.fss", shard.0))
+    }
+
+    /// A shard's snapshot files in the directory, with the sequence each was taken at.
+    pub fn snapshots_of(&self, shard: ShardId) -> Vec<(u64, std::path::PathBuf)> {
+        let prefix = format!("shard-{:05}-", shard.0);
+        std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                let sequence = name
+                    .strip_prefix(&prefix)?
+                    .strip_suffix(".fss")?
+                    .parse()
+                    .ok()?;
+                Some((sequence, entry.path()))
+            })
+            .collect()
+    }
+}
+
+/// Opens a shard's journal and replays it into its core; remembers the keys of the orders it
+/// confirmed in the gate, so that their retries still reach the shard.
+pub(crate) fn recover(
+    core: &mut ShardCore,
+    config: &JournalConfig,
+    catalog: &Catalog,
+    placement: &Placement,
+    orders: Option<usize>,
+    gate: &SoldOutGate,
+) -> Result<Journaling, EngineError> {
+    let shard = core.shard();
+    let (writer, scanned) =
+        crate::journal::JournalWriter::open_in(&*config.storage, &config.path_of(shard), shard)?;
+    let journaled = scanned.records.len() as u64;
+    // The newest snapshot that restores and that the journal reaches, if any.
+    let mut snapshots = config.snapshots_of(shard);
+    snapshots.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
+    let mut from = 0;
+    for (sequence, path) in snapshots {
+        if sequence > journaled {
+            continue;
+        }
+        let restored = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| ShardCore::restore(catalog, placement, shard, orders, &bytes).ok());
+        if let Some(restored) = restored {
+            *core = restored;
+            from = sequence;
+            break;
+        }
+    }
+    for &(sequence, ref command) in &scanned.records[from as usize..] {
+        let expected = core.commands_applied();
+        if sequence != expected {
+            return Err(EngineError::JournalSequence {
+                shard: shard.0,
+                found: sequence,
+                expected,
+            });
+        }
+        core.apply(command);
+        core.take_deferred().for_each(drop);
+    }
+    // Retries of every order confirmed before must still reach the shard.
+    for (user, client_key) in core.confirmed_keys() {
+        gate.remember(usize::from(shard.0), user, client_key);
+    }
+    Ok(Journaling::new(writer, config, journaled - from, from))
+}
+
+/// A shard's journal and the outputs held back until it is committed: nothing the shard
+/// decided reaches a producer, the order sink or a control caller before the journal holds
+/// the commands that decided it (written, and synced if so configured).
+pub(crate) struct Journaling {
+    pub(crate) writer: JournalWriter,
+    pub(crate) sync: bool,
+    pub(crate) group_commands: usize,
+    pub(crate) group_delay_ns: u64,
+    /// Commands appended since the last commit, and when the first of them was.
+    pub(crate) uncommitted: usize,
+    pub(crate) first_uncommitted_ns: u64,
+    /// Replies to write to their lane's completion ring, with the request's arrival stamp.
+    pub(crate) held: Vec<(usize, Reply, u64)>,
+    pub(crate) held_orders: Vec<Order>,
+    pub(crate) held_deferred: Vec<(Arc<DeferredQueue>, Completion)>,
+    pub(crate) held_replies: Vec<(Arc<ReplySlot>, Result<(), ControlError>)>,
+    pub(crate) commits: u64,
+    pub(crate) recovered: u64,
+    /// Where its journal and snapshots live, and when snapshots are due.
+    config: JournalConfig,
+    /// The sequence of the newest snapshot (or where recovery started).
+    pub(crate) snapshot_at: u64,
+    pub(crate) snapshots: u64,
+}
+
+impl Journaling {
+    pub(crate) fn new(
+        writer: JournalWriter,
+        config: &JournalConfig,
+        recovered: u64,
+        snapshot_at: u64,
+    ) -> Self {
+        Self {
+            writer,
+            sync: config.sync,
+            group_commands: config.group_commands.max(1),
+            group_delay_ns: u64::try_from(config.group_delay.as_nanos()).unwrap_or(u64::MAX),
+            uncommitted: 0,
+            first_uncommitted_ns: 0,
+            held: Vec::new(),
+            held_orders: Vec::new(),
+            held_deferred: Vec::new(),
+            held_replies: Vec::new(),
+            commits: 0,
+            recovered,
+            config: config.clone(),
+            snapshot_at,
+            snapshots: 0,
+        }
+    }
+}
+
+impl Journaling {
+    /// Writes a snapshot of `core` when enough commands were applied since the last: to a
+    /// temporary file, synced, then renamed into place; the two newest are kept. A
+    /// snapshot that cannot be written is skipped (the journal alone still recovers).
+    pub(crate) fn snapshot_if_due(&mut self, core: &ShardCore) {
+        let at = core.commands_applied();
+        let Some(every) = self.config.snapshot_every else {
+            return;
+        };
+        if at < self.snapshot_at.saturating_add(every.max(1)) || core.has_deferred() {
+            return;
+        }
+        let shard = core.shard();
+        let bytes = core.snapshot();
+        let path = self.config.snapshot_path(shard, at);
+        let temporary = path.with_extension("tmp");
+        let written = std::fs::File::create(&temporary)
+            .and_then(|mut file| {
+                std::io::Write::write_all(&mut file, &bytes)?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&temporary, &path))
+            .and_then(|()| std::fs::File::open(&self.config.dir)?.sync_all());
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temporary);
+            return;
+        }
+        self.snapshot_at = at;
+        self.snapshots += 1;
+        let mut older = self.config.snapshots_of(shard);
+        older.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
+        for (_, stale) in older.into_iter().skip(2) {
+            let _ = std::fs::remove_file(stale);
+        }
+    }
+
+    /// Seals the journal at a clean shutdown, so that recovery can tell damage in its last
+    /// group from a torn write. Nothing is held any more; a seal that cannot be written
+    /// only leaves the last group unvouched for, as after a crash.
+    pub(crate) fn seal(&mut self) {
+        let _ = self.writer.seal();
+    }
+}

@@ -1,0 +1,182 @@
+//! The hand-offs between the engine's threads: what a producer sends a shard worker and
+//! what comes back (the request and completion rings' items, a lane's deferred queue and
+//! the sleeper it wakes), and a control command with the slot its answer comes back in.
+//! Plain data and their small synchronisation; every thread-facing module depends on it,
+//! and it on none of them.
+
+use crate::core::Command;
+use crate::ring;
+use crate::sync::atomic::{AtomicBool, Ordering, fence};
+use crate::sync::thread::Thread;
+use crate::sync::{Arc, Mutex};
+use crate::types::{Completion, ControlError, Intent, Ticket};
+
+/// An intent on its way to a shard: stamped, and with its SKU resolved to the shard's
+/// local index so the shard skips the id lookup.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Request {
+    pub(crate) intent: Intent,
+    pub(crate) arrival_ns: u64,
+    pub(crate) local: u32,
+    /// [`Command::BuyOrWait`] rather than [`Command::Buy`].
+    pub(crate) wait: bool,
+    /// The producer's number for this submit, handed back with its completion.
+    pub(crate) ticket: Ticket,
+}
+
+/// What the worker sends back on a completion ring.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Reply {
+    /// The intent's outcome.
+    Done(Completion),
+    /// The intent waits (pooled, or on a waitlist): its ring slot is free again, and its
+    /// outcome will come through the lane's [`Deferred`](DeferredQueue) queue.
+    Parked,
+}
+
+/// Outcomes of a lane's waiting intents, decided later. Unbounded, but its length is
+/// bounded by the pools' and waitlists' capacities: it holds only intents that waited.
+#[derive(Default)]
+pub(crate) struct DeferredQueue {
+    completions: Mutex<Vec<Completion>>,
+    /// Raised (Release) by the worker after it pushed; lowered by the producer before it
+    /// takes them all, so that a push it misses raises it again.
+    ready: AtomicBool,
+    /// Who to wake when outcomes arrive for this lane (an async client's pump), if anyone.
+    pub(crate) notify: Option<Arc<Notify>>,
+}
+
+/// A thread that sleeps until outcomes arrive on its lanes: the worker wakes it after it
+/// publishes to one (the same store-buffering protocol as a shard's own parking: the
+/// sleeper raises `sleeping`, fences, then looks for arrivals; the worker publishes,
+/// fences, then looks at `sleeping`).
+#[derive(Debug)]
+pub struct Notify {
+    sleeping: AtomicBool,
+    thread: crate::sync::thread::Thread,
+}
+
+impl Notify {
+    /// Wakes `thread`, which sleeps with [`sleep_unless`](Self::sleep_unless).
+    pub fn new(thread: crate::sync::thread::Thread) -> Self {
+        Self {
+            sleeping: AtomicBool::new(false),
+            thread,
+        }
+    }
+
+    /// Worker side, after publishing: wakes the sleeper if it sleeps or is about to.
+    pub fn wake(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) {
+            self.thread.unpark();
+        }
+    }
+
+    /// Sleeper side (on the notified thread): raises `sleeping`, fences, then parks unless
+    /// `arrived()` finds something. A publish the check missed is followed by a
+    /// [`wake`](Self::wake) that sees the flag, so no arrival is slept through; parking
+    /// may also return spuriously, so callers loop.
+    pub fn sleep_unless(&self, arrived: impl FnOnce() -> bool) {
+        self.sleeping.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if !arrived() {
+            crate::sync::thread::park();
+        }
+        self.sleeping.store(false, Ordering::Relaxed);
+    }
+
+    /// Unparks the thread whatever it is doing (e.g. to make it see a stop flag).
+    pub fn unpark(&self) {
+        self.thread.unpark();
+    }
+}
+
+impl DeferredQueue {
+    /// An empty queue that wakes `notify` when outcomes arrive.
+    pub(crate) fn with_notify(notify: Option<Arc<Notify>>) -> Self {
+        Self {
+            notify,
+            ..Self::default()
+        }
+    }
+
+    /// Worker side.
+    pub(crate) fn push(&self, completion: Completion) {
+        self.completions.lock().push(completion);
+        self.ready.store(true, Ordering::Release);
+        self.signal();
+    }
+
+    /// Worker side: outcomes were published for this lane.
+    #[inline]
+    pub(crate) fn signal(&self) {
+        if let Some(notify) = &self.notify {
+            notify.wake();
+        }
+    }
+
+    /// Producer side: whether outcomes are waiting to be taken.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Producer side: hands every completion that has arrived to `f`; returns how many.
+    pub(crate) fn take(&self, mut f: impl FnMut(Completion)) -> usize {
+        if !self.ready.load(Ordering::Acquire) {
+            return 0;
+        }
+        self.ready.store(false, Ordering::Relaxed);
+        let taken = std::mem::take(&mut *self.completions.lock());
+        let count = taken.len();
+        for completion in taken {
+            f(completion);
+        }
+        count
+    }
+}
+
+/// The worker's end of the two rings it shares with one producer.
+pub(crate) struct WorkerLane {
+    pub(crate) requests: ring::Reader<Request>,
+    pub(crate) completions: ring::Writer<Reply>,
+    pub(crate) deferred: Arc<DeferredQueue>,
+}
+
+/// Where the worker writes one command's answer.
+pub(crate) struct ReplySlot {
+    result: Mutex<Option<Result<(), ControlError>>>,
+    waiter: Thread,
+}
+
+impl ReplySlot {
+    /// An empty slot whose answer wakes `waiter`.
+    pub(crate) fn new(waiter: Thread) -> Self {
+        Self {
+            result: Mutex::new(None),
+            waiter,
+        }
+    }
+
+    /// Worker side: answers and wakes the caller.
+    pub(crate) fn fulfil(&self, result: Result<(), ControlError>) {
+        *self.result.lock() = Some(result);
+        self.waiter.unpark();
+    }
+
+    /// Caller side: waits for the answer.
+    pub(crate) fn wait(&self) -> Result<(), ControlError> {
+        loop {
+            if let Some(result) = self.result.lock().take() {
+                return result;
+            }
+            crate::sync::thread::park();
+        }
+    }
+}
+
+/// A command waiting for its shard's worker.
+pub(crate) struct ControlRequest {
+    pub(crate) command: Command,
+    pub(crate) reply: Arc<ReplySlot>,
+}
