@@ -29,7 +29,8 @@ use crate::sync::thread::{self, JoinHandle, ThreadId};
 use crate::sync::{Arc, Mutex};
 
 use crate::engine::{
-    Engine, EngineShared, Notify, Producer, ProducerCounters, Route, SubmitError, Submitted,
+    Engine, EngineShared, Notify, Producer, ProducerCounters, Route, Screened, SubmitError,
+    Submitted,
 };
 use crate::types::{Intent, Outcome, Ticket};
 
@@ -68,7 +69,7 @@ impl LaneState {
 
 /// A lane: its state, and the counters every submit through it is counted in (by any
 /// thread, so with atomic adds; the lane's producer itself never counts).
-struct Lane {
+struct ClientLane {
     state: Mutex<LaneState>,
     counters: Arc<ProducerCounters>,
 }
@@ -77,7 +78,7 @@ struct Inner {
     /// Tells this client's counters from another's in a thread's cache.
     id: u64,
     shared: Arc<EngineShared>,
-    lanes: Box<[Lane]>,
+    lanes: Box<[ClientLane]>,
     /// Each thread's counters for the answers given at screening (see `count_early`).
     threads: Mutex<FxHashMap<ThreadId, Arc<ProducerCounters>>>,
     notify: Arc<Notify>,
@@ -214,7 +215,7 @@ impl AsyncClient {
         let lanes = (0..lanes.max(1))
             .map(|_| {
                 let producer = engine.producer_notifying(notify.clone());
-                Lane {
+                ClientLane {
                     counters: producer.counters().clone(),
                     state: Mutex::new(LaneState {
                         producer,
@@ -419,14 +420,14 @@ impl Future for Buy<'_> {
         let this = self.get_mut();
         let inner = this.inner;
         let Some(ticket) = this.ticket else {
-            return match inner.shared.screen(&this.intent, this.wait) {
-                Ok(route) => this.submit(route, cx),
-                Err(early) => {
-                    inner.count_early(&early.map(Submitted::Answered));
-                    this.done = true;
-                    Poll::Ready(early)
-                }
+            let early = match inner.shared.screen(&this.intent, this.wait) {
+                Screened::Queue(route) => return this.submit(route, cx),
+                Screened::Answered(outcome) => Ok(outcome),
+                Screened::Refused(refused) => Err(refused),
             };
+            inner.count_early(&early.map(Submitted::Answered));
+            this.done = true;
+            return Poll::Ready(early);
         };
         let mut lane = inner.lanes[this.lane].state.lock();
         let slot = lane

@@ -30,7 +30,23 @@
 //! - `reference` (feature `reference`): the reference model, a plain sequential statement
 //!   of the shard rules that tests and fuzzers check [`ShardCore`] against.
 //!
-//! Dependencies point one way: the shell depends on the core, never the reverse.
+//! - [`journal`], [`storage`]: the journal's format, and the seam between it and the disk;
+//!   the engine's durability (group commit, snapshots, recovery) sits in the shell.
+//! - [`client`]: [`AsyncClient`], a cloneable handle whose `buy` is a future.
+//!
+//! Dependencies point one way: the shell depends on the core, never the reverse; no module
+//! imports from one that imports it.
+//!
+//! ## Glossary: what happened to an intent
+//!
+//! | type | who makes it | what it says |
+//! |---|---|---|
+//! | [`Outcome`] | the core (or the producer, for what it answers at once) | the decision: [`Outcome::Confirmed`] with its [`Order`], or [`Outcome::Rejected`] with its [`RejectReason`] |
+//! | [`Applied`] | [`ShardCore::apply`] | what one command did: a buy decided (its `Outcome`), a buy that waits (pooled or on a waitlist), a control command done or refused |
+//! | [`Deferred`] | [`ShardCore::take_deferred`] | the outcome of a buy that waited, decided later by another command, with the sequence of the command that brought it |
+//! | [`Submitted`] | [`Producer::submit`] | the intent was queued (its [`Ticket`]) or answered at once (its `Outcome`) |
+//! | [`Completion`] | [`Producer::poll`] | a queued intent's outcome, with the intent and its `Ticket` |
+//! | `Reply` (internal) | a shard worker, on a completion ring | a `Completion`, or a note that the intent waits and its outcome will come on the lane's deferred queue |
 //!
 //! ## Example
 //!

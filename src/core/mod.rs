@@ -18,7 +18,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use rustc_hash::FxHashMap;
 
 use book::{Confirmed, OrderBook, SKU_LIMIT_KEY, Standing};
-use pool::{Pool, Ticket};
+use pool::{Pool, PoolTicket};
 pub use pool::{PoolLevels, pool_seed, shuffle};
 pub use snapshot::{SNAPSHOT_MAGIC, SnapshotError};
 
@@ -726,7 +726,7 @@ impl ShardCore {
             } else {
                 pool.buyers.insert(intent.user.0);
                 pool.tickets_taken += 1;
-                pool.tickets.push(Ticket {
+                pool.tickets.push(PoolTicket {
                     origin: sequence,
                     intent: *intent,
                     local,
@@ -887,9 +887,10 @@ impl ShardCore {
         if let Some(pool) = self.skus[local as usize].pool {
             let pool = &mut self.pools[pool as usize];
             if !pool.served {
-                let (closed, kept): (Vec<Ticket>, Vec<Ticket>) = std::mem::take(&mut pool.tickets)
-                    .into_iter()
-                    .partition(|ticket| ticket.local == local);
+                let (closed, kept): (Vec<PoolTicket>, Vec<PoolTicket>) =
+                    std::mem::take(&mut pool.tickets)
+                        .into_iter()
+                        .partition(|ticket| ticket.local == local);
                 pool.tickets = kept;
                 for ticket in &closed {
                     pool.buyers.remove(&ticket.intent.user.0);
@@ -1097,7 +1098,7 @@ impl ShardCore {
     /// and got no unit.
     fn settle_ticket(
         &mut self,
-        ticket: &Ticket,
+        ticket: &PoolTicket,
         result: Result<Order, RejectReason>,
         sequence: u64,
     ) {

@@ -13,7 +13,7 @@ use crate::types::Intent;
 
 /// One buyer's ticket: their first intent in the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Ticket {
+pub(super) struct PoolTicket {
     /// Sequence number of the command that brought it.
     pub(super) origin: u64,
     pub(super) intent: Intent,
@@ -33,7 +33,7 @@ pub(super) struct Pool {
     /// When it is served: the earliest opening of its SKUs plus the policy's window.
     pub(super) serve_at_ns: u64,
     pub(super) served: bool,
-    pub(super) tickets: Vec<Ticket>,
+    pub(super) tickets: Vec<PoolTicket>,
     pub(super) buyers: FxHashSet<u64>,
     /// Tickets taken in all (kept after serving, for reports).
     pub(super) tickets_taken: u64,

@@ -11,7 +11,7 @@
 
 use std::collections::BinaryHeap;
 
-use super::pool::Ticket;
+use super::pool::PoolTicket;
 use super::{OrderRecord, OrderState, ShardCore, Waiter};
 use crate::catalog::{Catalog, Placement};
 use crate::types::{Intent, ShardId, SkuId, UserId};
@@ -311,7 +311,7 @@ impl ShardCore {
                 let local = input.u32()?;
                 let wait = input.u8()? != 0;
                 pool.buyers.insert(intent.user.0);
-                pool.tickets.push(Ticket {
+                pool.tickets.push(PoolTicket {
                     origin,
                     intent,
                     local,

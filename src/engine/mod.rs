@@ -44,8 +44,8 @@ pub use control::Control;
 pub use durability::JournalConfig;
 pub use error::EngineError;
 pub(crate) use lane::Notify;
-pub(crate) use producer::Route;
 pub use producer::{Producer, SubmitError, Submitted};
+pub(crate) use producer::{Route, Screened};
 pub(crate) use shared::{EngineShared, ShardShared};
 pub use shared::{OrderSink, ProducerCounters, WaitStrategy};
 
@@ -253,7 +253,7 @@ impl EngineBuilder {
             let shard = core.shard();
             let sink = self.sink_factory.as_mut().map(|factory| factory(shard));
             let journal = journals.next().flatten();
-            let context = worker::Context::new(
+            let context = worker::Worker::new(
                 shared.clone(),
                 core,
                 sink,

@@ -60,26 +60,22 @@ impl EngineShared {
     /// `1..=max_quantity`, the SKU is unknown, or the sold-out gate turns it away. Reads
     /// shared state only, so any thread may screen. Uncounted.
     #[inline]
-    pub(crate) fn screen(
-        &self,
-        intent: &Intent,
-        wait: bool,
-    ) -> Result<Route, Result<Outcome, SubmitError>> {
+    pub(crate) fn screen(&self, intent: &Intent, wait: bool) -> Screened {
         if self.shutdown.load(Ordering::Acquire) {
-            return Err(Err(SubmitError::ShutDown(*intent)));
+            return Screened::Refused(SubmitError::ShutDown(*intent));
         }
         if intent.quantity == 0 || intent.quantity > self.max_quantity {
-            return Err(Ok(Outcome::rejected_by_producer(
+            return Screened::Answered(Outcome::rejected_by_producer(
                 RejectReason::InvalidQuantity,
-            )));
+            ));
         }
         let Some(catalog_index) = self.catalog.index_of(intent.sku) else {
-            return Err(Ok(Outcome::rejected_by_producer(RejectReason::UnknownSku)));
+            return Screened::Answered(Outcome::rejected_by_producer(RejectReason::UnknownSku));
         };
         let (ShardId(shard), local) = self.placement.route(catalog_index);
         let shard = usize::from(shard);
         if self.shards[shard].failed.load(Ordering::Acquire) {
-            return Err(Err(SubmitError::ShardFailed(*intent)));
+            return Screened::Refused(SubmitError::ShardFailed(*intent));
         }
         if self.gate_enabled
             && !wait
@@ -87,14 +83,36 @@ impl EngineShared {
                 .gate
                 .turns_away(catalog_index, shard, intent.user.0, intent.client_key)
         {
-            return Err(Ok(Outcome::rejected_by_producer(RejectReason::SoldOut)));
+            return Screened::Answered(Outcome::rejected_by_producer(RejectReason::SoldOut));
         }
-        Ok(Route { shard, local })
+        Screened::Queue(Route { shard, local })
     }
 }
 
+/// What screening made of an intent.
+#[derive(Debug)]
+pub(crate) enum Screened {
+    /// It passed: queue it on this route.
+    Queue(Route),
+    /// Answered at once: malformed, an unknown SKU, or turned away by the sold-out gate.
+    Answered(Outcome),
+    /// Refused: the engine is shut down, or the SKU's shard failed.
+    Refused(SubmitError),
+}
+
+/// What one look at a lane's completion ring found.
+#[derive(Debug, PartialEq)]
+enum Taken {
+    /// The completion asked for.
+    Mine(Completion),
+    /// Another one (now in the stash), or a note that an intent waits at the shard.
+    Other,
+    /// Nothing had arrived.
+    Nothing,
+}
+
 /// The producer's end of the two rings it shares with one shard.
-struct Lane {
+struct ProducerLane {
     requests: ring::Writer<Request>,
     completions: ring::Reader<Reply>,
     /// Outcomes of this producer's intents that waited at the shard.
@@ -116,7 +134,7 @@ struct Lane {
 /// shard in the order it submitted them.
 pub struct Producer {
     shared: Arc<EngineShared>,
-    lanes: Box<[Lane]>,
+    lanes: Box<[ProducerLane]>,
     /// Completions taken off a ring by [`buy`](Self::buy) while it waited for its own,
     /// handed out by the next [`poll`](Self::poll). At most the number in flight.
     stash: VecDeque<Completion>,
@@ -165,7 +183,7 @@ impl Producer {
                     shard.registry_generation.fetch_add(1, Ordering::Release);
                 }
                 drop(registry);
-                Lane {
+                ProducerLane {
                     requests,
                     completions,
                     deferred,
@@ -221,8 +239,9 @@ impl Producer {
     #[inline]
     fn submit_with(&mut self, intent: Intent, wait: bool) -> Result<Submitted, SubmitError> {
         let result = match self.shared.screen(&intent, wait) {
-            Ok(route) => self.queue(intent, wait, route),
-            Err(early) => early.map(Submitted::Answered),
+            Screened::Queue(route) => self.queue(intent, wait, route),
+            Screened::Answered(outcome) => Ok(Submitted::Answered(outcome)),
+            Screened::Refused(refused) => Err(refused),
         };
         self.counters.count(&result, false);
         result
@@ -345,7 +364,7 @@ impl Producer {
                 Ok(Submitted::Queued(ticket)) => break ticket,
                 Err(SubmitError::Busy(_)) => {
                     let shard = self.shard_of(&intent);
-                    if self.stash_one(shard, None).is_some() {
+                    if self.stash_one(shard, None) != Taken::Nothing {
                         idle = 0;
                     } else {
                         idle = pause(idle);
@@ -359,12 +378,12 @@ impl Producer {
         idle = 0;
         loop {
             match self.stash_one(shard, Some(ticket)) {
-                Some(Some(completion)) => {
+                Taken::Mine(completion) => {
                     debug_assert_eq!(completion.intent, intent);
                     return Ok(completion.outcome);
                 }
-                Some(None) => idle = 0,
-                None => {
+                Taken::Other => idle = 0,
+                Taken::Nothing => {
                     // Parked at the shard: its outcome comes on the lane's deferred queue.
                     let lane = &mut self.lanes[shard];
                     let before = self.stash.len();
@@ -391,20 +410,22 @@ impl Producer {
     }
 
     /// Takes one completion from a shard's lane, if one has arrived: returned if it is
-    /// the submit numbered `mine`, else moved to the stash (`Some(None)`).
-    fn stash_one(&mut self, shard: usize, mine: Option<Ticket>) -> Option<Option<Completion>> {
+    /// the submit numbered `mine`, else moved to the stash.
+    fn stash_one(&mut self, shard: usize, mine: Option<Ticket>) -> Taken {
         let lane = &mut self.lanes[shard];
-        let reply = lane.completions.pop()?;
+        let Some(reply) = lane.completions.pop() else {
+            return Taken::Nothing;
+        };
         lane.in_flight -= 1;
         match reply {
-            Reply::Done(completion) if Some(completion.ticket) == mine => Some(Some(completion)),
+            Reply::Done(completion) if Some(completion.ticket) == mine => Taken::Mine(completion),
             Reply::Done(completion) => {
                 self.stash.push_back(completion);
-                Some(None)
+                Taken::Other
             }
             Reply::Parked => {
                 lane.waiting += 1;
-                Some(None)
+                Taken::Other
             }
         }
     }

@@ -40,7 +40,7 @@ struct Pending {
 }
 
 /// Everything a worker thread owns.
-pub(crate) struct Context {
+pub(crate) struct Worker {
     shared: Arc<EngineShared>,
     shard: ShardId,
     core: ShardCore,
@@ -72,7 +72,7 @@ pub(crate) struct Context {
 const IDLE_SPINS: u32 = if cfg!(loom) { 1 } else { 64 };
 const IDLE_YIELDS: u32 = if cfg!(loom) { 1 } else { 64 };
 
-impl Context {
+impl Worker {
     pub(crate) fn new(
         shared: Arc<EngineShared>,
         core: ShardCore,

@@ -428,10 +428,10 @@ fn mutex_peer(scenario: &Scenario) -> Result<PeerJson, String> {
 }
 
 /// A shard's answer to a request, on the crossbeam peer.
-type Reply = (Request, Outcome);
+type PeerReply = (PeerRequest, Outcome);
 
 /// A request on the crossbeam peer: who sent it, what, and when.
-struct Request {
+struct PeerRequest {
     producer: u16,
     intent: Intent,
     sent_ns: u64,
@@ -447,10 +447,10 @@ fn crossbeam_peer(scenario: &Scenario) -> Result<PeerJson, String> {
     let clock = EngineClock::start();
     let max_quantity = max_quantity(scenario);
     // Per shard: one MPSC request channel, as deep as the engine's rings into that shard.
-    let (request_tx, request_rx): (Vec<Sender<Request>>, Vec<Receiver<Request>>) =
+    let (request_tx, request_rx): (Vec<Sender<PeerRequest>>, Vec<Receiver<PeerRequest>>) =
         (0..shards).map(|_| bounded(capacity * producers)).unzip();
     // Per producer: one reply channel, as deep as the engine's rings back.
-    let (reply_tx, reply_rx): (Vec<Sender<Reply>>, Vec<Receiver<Reply>>) =
+    let (reply_tx, reply_rx): (Vec<Sender<PeerReply>>, Vec<Receiver<PeerReply>>) =
         (0..producers).map(|_| bounded(capacity * shards)).unzip();
     let workers: Vec<_> = request_rx
         .into_iter()
@@ -480,7 +480,7 @@ fn crossbeam_peer(scenario: &Scenario) -> Result<PeerJson, String> {
         let senders = request_tx.clone();
         let mut tally = tally_for(catalog, schedule);
         let mut in_flight = 0u64;
-        let take = |tally: &mut ProducerTally, (request, outcome): Reply| {
+        let take = |tally: &mut ProducerTally, (request, outcome): PeerReply| {
             let now = clock.now_ns();
             run::record(
                 tally,
@@ -499,7 +499,7 @@ fn crossbeam_peer(scenario: &Scenario) -> Result<PeerJson, String> {
                 take(
                     &mut tally,
                     (
-                        Request {
+                        PeerRequest {
                             producer: index as u16,
                             intent: press.intent,
                             sent_ns,
@@ -511,7 +511,7 @@ fn crossbeam_peer(scenario: &Scenario) -> Result<PeerJson, String> {
             }
             let catalog_index = catalog.index_of(press.intent.sku).expect("validated");
             let (shard, _) = placement.route(catalog_index);
-            let mut request = Request {
+            let mut request = PeerRequest {
                 producer: index as u16,
                 intent: press.intent,
                 sent_ns,

@@ -32,11 +32,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: CliCommand,
 }
 
 #[derive(Subcommand)]
-enum Command {
+enum CliCommand {
     /// Run a scenario (default: sneaker-drop) and print its report.
     Simulate(SimulateArgs),
     /// Run one scenario, closed loop, through the engine and its peers (Mutex<HashMap>,
@@ -365,10 +365,10 @@ fn simulate_journaled(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Simulate(args) => simulate(args),
-        Command::Compare(args) => compare::compare(args),
-        Command::Hiccups(args) => hiccups::hiccups(args),
-        Command::Fsync(args) => fsync::fsync(args),
+        CliCommand::Simulate(args) => simulate(args),
+        CliCommand::Compare(args) => compare::compare(args),
+        CliCommand::Hiccups(args) => hiccups::hiccups(args),
+        CliCommand::Fsync(args) => fsync::fsync(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
