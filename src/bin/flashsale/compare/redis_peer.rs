@@ -1,0 +1,251 @@
+//! The Redis + Lua peer (feature `redis-peer`), and what `--redis` says without it.
+
+#[cfg(not(feature = "redis-peer"))]
+pub use absent::run;
+#[cfg(feature = "redis-peer")]
+pub use real::run;
+
+#[cfg(feature = "redis-peer")]
+mod real {
+    //! The Redis + Lua peer.
+
+    use super::super::*;
+
+    /// Check the key, then the buyer's units of the SKU and of its group, then the stock
+    /// (all four read with one `MGET`: a `redis.call` costs more than a key read);
+    /// confirm by taking the units and recording the order. Replies `{code, order}`:
+    /// 0 confirmed, 1 duplicate, 2 over the limit, 3 sold out, 4 insufficient stock.
+    const SCRIPT: &str = r#"
+local now = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+if now[1] then return {1, tonumber(now[1])} end
+local quantity = tonumber(ARGV[1])
+if tonumber(now[2] or '0') + quantity > tonumber(ARGV[2]) then return {2, 0} end
+local group_limit = tonumber(ARGV[3])
+if group_limit > 0 and tonumber(now[3] or '0') + quantity > group_limit then return {2, 0} end
+local stock = tonumber(now[4] or '0')
+if stock == 0 then return {3, 0} end
+if stock < quantity then return {4, 0} end
+redis.call('DECRBY', KEYS[4], quantity)
+redis.call('INCRBY', KEYS[2], quantity)
+if group_limit > 0 then redis.call('INCRBY', KEYS[3], quantity) end
+local order = redis.call('INCR', KEYS[5])
+redis.call('SET', KEYS[1], order)
+return {0, order}
+"#;
+
+    fn connect(address: &str) -> Result<redis::Connection, String> {
+        let client = redis::Client::open(format!("redis://{address}/"))
+            .map_err(|error| format!("redis: {address}: {error}"))?;
+        client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .map_err(|error| format!("redis: {address}: {error}"))
+    }
+
+    pub fn run(
+        scenario: &Scenario,
+        address: &str,
+        connections: u32,
+        pipeline: u32,
+    ) -> Result<PeerJson, String> {
+        let mut scenario = scenario.clone();
+        // One client thread per connection; the plan splits buyers over them.
+        scenario.producers = connections;
+        let plan = Plan::new(&scenario)?;
+        let mut setup = connect(address)?;
+        let failed = |error: redis::RedisError| format!("redis: {error}");
+        let version: String = redis::cmd("INFO")
+            .arg("server")
+            .query::<String>(&mut setup)
+            .map_err(failed)?
+            .lines()
+            .find_map(|line| line.strip_prefix("redis_version:"))
+            .unwrap_or("?")
+            .trim()
+            .to_string();
+        redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query::<()>(&mut setup)
+            .map_err(failed)?;
+        let sha: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(SCRIPT)
+            .query(&mut setup)
+            .map_err(failed)?;
+        // A fresh namespace per run, so runs never see each other's keys.
+        let prefix = format!(
+            "flashsale:{}:{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_nanos())
+        );
+        let catalog = &plan.catalog;
+        let mut stock_setup = redis::pipe();
+        for sku in catalog.skus() {
+            stock_setup
+                .cmd("SET")
+                .arg(format!("{prefix}:stock:{}", sku.id.0))
+                .arg(sku.stock)
+                .ignore();
+        }
+        stock_setup.query::<()>(&mut setup).map_err(failed)?;
+        let clock = EngineClock::start();
+        let max_quantity = max_quantity(&scenario);
+        let errors = Mutex::new(Vec::new());
+        let ran = on_threads(plan, |_, schedule, catalog| {
+            let mut tally = tally_for(catalog, schedule);
+            let mut connection = match connect(address) {
+                Ok(connection) => connection,
+                Err(error) => {
+                    errors.lock().expect("no panics while held").push(error);
+                    return tally;
+                }
+            };
+            let mut batch: Vec<Intent> = Vec::with_capacity(pipeline as usize);
+            for chunk in schedule.chunks(pipeline as usize) {
+                let sent = clock.now_ns();
+                let mut pipe = redis::pipe();
+                batch.clear();
+                for press in chunk {
+                    tally.submitted += 1;
+                    let intent = press.intent;
+                    if let Some(outcome) = validate(&intent, catalog, max_quantity) {
+                        run::record(&mut tally, catalog, 0, intent, outcome, sent, sent);
+                        continue;
+                    }
+                    let sku = &catalog.skus()[catalog.index_of(intent.sku).expect("validated")];
+                    let group = sku.group.map_or(0, |group| group.0);
+                    // Keys are scoped to a product, as the engine's are.
+                    let product = sku.group.map_or(format!("sku{}", intent.sku.0), |group| {
+                        format!("g{}", group.0)
+                    });
+                    let group_limit = sku
+                        .group
+                        .and_then(|group| catalog.group(group))
+                        .map_or(0, |group| group.limit_per_buyer);
+                    let user = intent.user.0;
+                    pipe.cmd("EVALSHA")
+                        .arg(&sha)
+                        .arg(5)
+                        .arg(format!(
+                            "{prefix}:order:{user}:{}:{product}",
+                            intent.client_key
+                        ))
+                        .arg(format!("{prefix}:held:{user}:sku:{}", intent.sku.0))
+                        .arg(format!("{prefix}:held:{user}:group:{group}"))
+                        .arg(format!("{prefix}:stock:{}", intent.sku.0))
+                        .arg(format!("{prefix}:orders"))
+                        .arg(intent.quantity)
+                        .arg(sku.limit_per_buyer)
+                        .arg(group_limit);
+                    batch.push(intent);
+                }
+                if batch.is_empty() {
+                    continue;
+                }
+                let replies: Vec<(i64, i64)> = match pipe.query(&mut connection) {
+                    Ok(replies) => replies,
+                    Err(error) => {
+                        errors
+                            .lock()
+                            .expect("no panics while held")
+                            .push(format!("redis: {error}"));
+                        return tally;
+                    }
+                };
+                let now = clock.now_ns();
+                for (intent, (code, order)) in batch.iter().zip(replies) {
+                    let rejected = |reason| Outcome::Rejected {
+                        reason,
+                        sequence: None,
+                    };
+                    let outcome = match code {
+                        0 => Outcome::Confirmed(flashsale::Order {
+                            id: flashsale::OrderId(order as u64),
+                            user: intent.user,
+                            sku: intent.sku,
+                            quantity: intent.quantity,
+                            sequence: 0,
+                        }),
+                        1 => rejected(RejectReason::Duplicate(flashsale::OrderId(order as u64))),
+                        2 => rejected(RejectReason::UserLimit),
+                        3 => rejected(RejectReason::SoldOut),
+                        _ => rejected(RejectReason::InsufficientStock),
+                    };
+                    run::record(&mut tally, catalog, 0, *intent, outcome, sent, now);
+                }
+            }
+            tally
+        })?;
+        if let Some(error) = errors.into_inner().expect("no panics while held").pop() {
+            return Err(error);
+        }
+        let catalog = &ran.2.catalog;
+        let mut read_back = redis::pipe();
+        for sku in catalog.skus() {
+            read_back
+                .cmd("GET")
+                .arg(format!("{prefix}:stock:{}", sku.id.0));
+        }
+        let left: Vec<i64> = read_back.query(&mut setup).map_err(failed)?;
+        let levels: Vec<SkuLevels> = catalog
+            .skus()
+            .iter()
+            .zip(left)
+            .map(|(sku, left)| {
+                // A negative count would be an oversell; it fails the check as a level
+                // that does not add up.
+                let available = u32::try_from(left).unwrap_or(u32::MAX);
+                SkuLevels {
+                    id: sku.id,
+                    stock: sku.stock,
+                    available,
+                    held: sku.stock.saturating_sub(available),
+                    sold: 0,
+                    expired: 0,
+                    cancelled: 0,
+                    restocked: 0,
+                    reduced: 0,
+                    waiting: 0,
+                    waitlist_filled: 0,
+                }
+            })
+            .collect();
+        let decided = ran.0.outcomes;
+        // The server's own time per script call, to tell a slow client from a slow server.
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut setup)
+            .map_err(failed)?;
+        let per_call = stats
+            .lines()
+            .find(|line| line.starts_with("cmdstat_evalsha:"))
+            .and_then(|line| line.split("usec_per_call=").nth(1))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(String::new(), |usec| format!(", server {usec} µs/call"));
+        Ok(finish(
+            "redis",
+            format!("Redis {version} + Lua ({connections} conns, pipeline {pipeline}{per_call})"),
+            format!("{connections} client threads"),
+            &scenario,
+            ran,
+            &levels,
+            decided,
+        ))
+    }
+}
+
+#[cfg(not(feature = "redis-peer"))]
+mod absent {
+    //! Without the `redis-peer` feature, `--redis` explains how to get it.
+
+    use super::super::*;
+
+    pub fn run(_: &Scenario, _: &str, _: u32, _: u32) -> Result<PeerJson, String> {
+        Err(
+            "redis: this build has no Redis peer; build with `--features redis-peer` \
+             (benches/peers/redis.sh does)"
+                .into(),
+        )
+    }
+}
