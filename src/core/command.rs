@@ -15,7 +15,7 @@ use crate::types::{ControlError, Intent, Order, OrderId, Outcome, RejectReason, 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Command {
     /// A buy intent, stamped with its arrival on the engine clock; rejected if it cannot
-    /// be confirmed (unless pooled, see [`Policy`]).
+    /// be confirmed (unless pooled, see [`Policy`](crate::Policy)).
     Buy {
         /// The intent.
         intent: Intent,
