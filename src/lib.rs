@@ -73,7 +73,6 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod catalog;
-pub mod client;
 pub mod clock;
 pub mod core;
 mod engine;
@@ -92,9 +91,9 @@ pub use catalog::{
     Catalog, CatalogBuilder, CatalogError, GroupSpec, Placement, PlacementError, Policy,
     SaleWindow, SkuSpec,
 };
-pub use client::{AsyncClient, Buy};
 pub use clock::ManualClock;
 pub use core::{Applied, Command, Deferred, PoolLevels, ShardCore, SkuLevels};
+pub use engine::client::{self, AsyncClient, Buy};
 pub use engine::{
     Control, Engine, EngineBuilder, EngineError, JournalConfig, LiveCounts, OrderSink, Producer,
     SubmitError, Submitted, WaitStrategy,
@@ -136,8 +135,9 @@ pub mod docs_doctests {
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod loom_internals {
+    pub use crate::engine::PRODUCER_SLOTS;
     pub use crate::engine::gate::SoldOutGate;
     pub use crate::engine::shared::Counters;
-    pub use crate::engine::{PRODUCER_SLOTS, ProducerCounters};
+    pub use crate::engine::shared::ProducerCounters;
     pub use crate::report::COUNTER_SLOTS;
 }

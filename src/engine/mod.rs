@@ -6,6 +6,7 @@
 //!
 //! | file | what | depends on |
 //! |---|---|---|
+//! | `client.rs` | [`AsyncClient`](client::AsyncClient): lanes of producers, a pump, futures | mod.rs, producer, shared, lane |
 //! | `mod.rs` | [`Engine`], [`EngineBuilder`]: start-up, shutdown, reports | all below |
 //! | `worker.rs` | the shard thread: batches, decisions, releases, parking | durability, shared, lane |
 //! | `producer.rs` | [`Producer`]: screening, submit, poll | shared, lane |
@@ -16,6 +17,7 @@
 //! | `gate.rs` | the sold-out gate and its key filter | nothing of the engine |
 //! | `error.rs` | [`EngineError`] | nothing of the engine |
 
+pub mod client;
 mod control;
 mod durability;
 mod error;
@@ -45,9 +47,8 @@ pub use durability::JournalConfig;
 pub use error::EngineError;
 pub(crate) use lane::Notify;
 pub use producer::{Producer, SubmitError, Submitted};
-pub(crate) use producer::{Route, Screened};
 pub(crate) use shared::{EngineShared, ShardShared};
-pub use shared::{OrderSink, ProducerCounters, WaitStrategy};
+pub use shared::{OrderSink, WaitStrategy};
 
 use gate::SoldOutGate;
 

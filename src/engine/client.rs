@@ -28,10 +28,10 @@ use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::thread::{self, JoinHandle, ThreadId};
 use crate::sync::{Arc, Mutex};
 
-use crate::engine::{
-    Engine, EngineShared, Notify, Producer, ProducerCounters, Route, Screened, SubmitError,
-    Submitted,
-};
+use super::lane::Notify;
+use super::producer::{Route, Screened};
+use super::shared::{EngineShared, ProducerCounters};
+use super::{Engine, Producer, SubmitError, Submitted};
 use crate::types::{Intent, Outcome, Ticket};
 
 /// An outcome not yet taken by its future, and who to wake.
