@@ -45,6 +45,9 @@ pub(crate) struct Worker {
     shard: ShardId,
     core: ShardCore,
     sink: Option<Box<dyn OrderSink>>,
+    /// The number of the last order confirmed (debug builds check the shard's order).
+    #[cfg(debug_assertions)]
+    last_order_number: Option<u64>,
     wait: WaitStrategy,
     batch_max: usize,
     lanes: Vec<WorkerLane>,
@@ -99,6 +102,8 @@ impl Worker {
             shard,
             core,
             sink,
+            #[cfg(debug_assertions)]
+            last_order_number: None,
             wait,
             batch_max,
             lanes: Vec::new(),
@@ -603,6 +608,12 @@ impl Worker {
                 unreachable!("a buy is decided or waits")
             }
         };
+        // Rare: the buy's command first ran something that fell due (an expired hold whose
+        // units filled a waitlist, a pool's window). What that decided was numbered before
+        // the buy's own order, so it goes out first: the sink sees the shard's order.
+        if self.core.has_deferred() || self.core.levels_version() != self.levels_version_seen {
+            self.after_apply();
+        }
         match &outcome {
             Some(Outcome::Confirmed(order)) => {
                 self.counts[CONFIRMED_ORDERS] += 1;
@@ -612,14 +623,23 @@ impl Worker {
             Some(Outcome::Rejected { reason, .. }) => self.counts[reason.index()] += 1,
             None => {}
         }
-        // Rare: the buy ran something that fell due, or decided an earlier waiting buy.
-        if self.core.has_deferred() || self.core.levels_version() != self.levels_version_seen {
-            self.after_apply();
-        }
         outcome
     }
 
+    /// Every confirmed order passes here, in the order the core numbered them (the sink's
+    /// promise rests on it).
     fn on_confirmed(&mut self, local: u32, client_key: u64, order: &Order) {
+        #[cfg(debug_assertions)]
+        {
+            assert!(
+                self.last_order_number
+                    .is_none_or(|last| order.id.number() > last),
+                "order {} confirmed out of the shard's order (after number {:?})",
+                order.id,
+                self.last_order_number
+            );
+            self.last_order_number = Some(order.id.number());
+        }
         let shard = self.shared.shard(self.shard);
         let gate = &self.shared.gate;
         gate.remember(usize::from(self.shard.0), order.user.0, client_key);
