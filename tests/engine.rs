@@ -175,28 +175,30 @@ fn gate_off_sends_everything_to_the_shard() {
 fn engine_errors_are_named() {
     let err = |builder: flashsale::EngineBuilder| builder.start().unwrap_err();
     assert!(matches!(
-        err(Engine::builder(one_sku(1, 1)).shards(0)),
-        EngineError::Placement(PlacementError::ZeroShards)
-    ));
-    assert!(matches!(
         err(Engine::builder(one_sku(1, 1)).shards(2)),
         EngineError::Placement(PlacementError::MoreShardsThanUnits {
             shards: 2,
             units: 1
         })
     ));
-    assert!(matches!(
-        err(Engine::builder(one_sku(1, 1)).ring_capacity(0)),
-        EngineError::RingCapacity(flashsale::ring::CapacityError::Zero)
-    ));
-    assert!(matches!(
-        err(Engine::builder(one_sku(1, 1)).max_quantity(0)),
-        EngineError::ZeroMaxQuantity
-    ));
-    assert!(matches!(
-        err(Engine::builder(one_sku(1, 1)).batch_max(0)),
-        EngineError::ZeroBatch
-    ));
+    // Every size is range-checked by one rule (see tests/limits.rs for the whole table).
+    for (builder, named) in [
+        (Engine::builder(one_sku(1, 1)).shards(0), "shards"),
+        (
+            Engine::builder(one_sku(1, 1)).ring_capacity(0),
+            "ring_capacity",
+        ),
+        (
+            Engine::builder(one_sku(1, 1)).max_quantity(0),
+            "max_quantity",
+        ),
+        (Engine::builder(one_sku(1, 1)).batch_max(0), "batch_max"),
+    ] {
+        assert!(matches!(
+            err(builder),
+            EngineError::OutOfRange { setting, .. } if setting == named
+        ));
+    }
 }
 
 #[test]
@@ -274,10 +276,11 @@ fn shutdown_racing_many_submitters_loses_nothing() {
         .start()
         .unwrap();
     let producers: Vec<_> = (0..3).map(|_| engine.producer()).collect();
-    // Every submitter has had intents accepted before the shutdown starts (a barrier on
-    // counts, not a sleep): the race is with submitters in full flow.
+    // Every submitter has had intents accepted before the shutdown starts (a count, not a
+    // sleep): the race is with submitters in full flow. A submitter that panics is seen
+    // by the wait below (its thread finished), so the test fails rather than hangs.
     const ACCEPTED_BEFORE_SHUTDOWN: u64 = 1_000;
-    let under_way = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let under_way = std::sync::Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = producers
         .into_iter()
         .enumerate()
@@ -287,13 +290,24 @@ fn shutdown_racing_many_submitters_loses_nothing() {
                 let mut accepted = 0u64;
                 let mut answered = 0u64;
                 let mut key = 0u64;
+                let mut last_progress = std::time::Instant::now();
                 let mut reached = false;
                 loop {
                     let next = intent(thread as u64, key, 1, 1);
                     match producer.submit(next) {
-                        Ok(Submitted::Queued(_)) => accepted += 1,
+                        Ok(Submitted::Queued(_)) => {
+                            accepted += 1;
+                            last_progress = std::time::Instant::now();
+                        }
                         Ok(Submitted::Answered(_)) => unreachable!("gate is off"),
-                        Err(SubmitError::Busy(_)) => {}
+                        Err(SubmitError::Busy(_)) => {
+                            // On 2 shared cores the shard may be descheduled for a while;
+                            // only a shard that takes nothing for 30 s is stuck.
+                            assert!(
+                                last_progress.elapsed() < std::time::Duration::from_secs(30),
+                                "{accepted} accepted, then nothing for 30 s: the shard is stuck"
+                            );
+                        }
                         Err(SubmitError::ShutDown(back)) => {
                             assert_eq!(back, next);
                             break;
@@ -302,12 +316,9 @@ fn shutdown_racing_many_submitters_loses_nothing() {
                     }
                     key += 1;
                     answered += producer.poll(|_| {}) as u64;
-                    if key == ACCEPTED_BEFORE_SHUTDOWN * 1_000 {
-                        panic!("{accepted} accepted of {key} submits: the shard is stuck");
-                    }
-                    if accepted == ACCEPTED_BEFORE_SHUTDOWN && !reached {
+                    if accepted >= ACCEPTED_BEFORE_SHUTDOWN && !reached {
                         reached = true;
-                        under_way.wait();
+                        under_way.fetch_add(1, Ordering::Release);
                     }
                 }
                 answered += producer.drain(|_| {}) as u64;
@@ -319,7 +330,13 @@ fn shutdown_racing_many_submitters_loses_nothing() {
             })
         })
         .collect();
-    under_way.wait();
+    while under_way.load(Ordering::Acquire) < threads.len() {
+        assert!(
+            !threads.iter().any(|t| t.is_finished()),
+            "a submitter stopped before the shutdown"
+        );
+        std::thread::yield_now();
+    }
     let report = engine.shutdown();
     let accepted: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert!(accepted >= 3 * ACCEPTED_BEFORE_SHUTDOWN, "{accepted}");

@@ -23,16 +23,18 @@ pub struct JournalConfig {
     /// Without it a commit is a `write` to the OS, which survives the process, not the
     /// machine.
     pub sync: bool,
-    /// The most commands in one group commit (1: every command is committed on its own).
+    /// The most commands in one group commit (1: every command is committed on its own; at
+    /// most [`EngineBuilder::GROUP_COMMANDS_MAX`](crate::EngineBuilder::GROUP_COMMANDS_MAX)).
     pub group_commands: usize,
     /// How long the first command of a group may wait for others before the commit. A
-    /// shard with nothing more to do commits at once.
+    /// shard with nothing more to do commits at once. At most
+    /// [`EngineBuilder::GROUP_DELAY_MAX`](crate::EngineBuilder::GROUP_DELAY_MAX).
     pub group_delay: core::time::Duration,
     /// Write a snapshot of each shard after this many commands (none: recovery replays
     /// the whole journal). A snapshot is written (and synced) by the shard's thread, which
     /// decides nothing meanwhile; its size grows with the orders confirmed (about 100 bytes
     /// each), the waiting intents and the buyer filter (up to 512 KiB). The two newest are
-    /// kept.
+    /// kept. `Some(0)` is refused.
     pub snapshot_every: Option<u64>,
     /// What the journals are written through: plain files ([`FileStorage`]) unless a test
     /// puts an observing or faulty disk there. Snapshots are plain files either way.
@@ -187,7 +189,7 @@ impl Journaling {
         Self {
             writer,
             sync: config.sync,
-            group_commands: config.group_commands.max(1),
+            group_commands: config.group_commands,
             group_delay_ns: u64::try_from(config.group_delay.as_nanos()).unwrap_or(u64::MAX),
             uncommitted: 0,
             first_uncommitted_ns: 0,

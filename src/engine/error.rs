@@ -1,7 +1,6 @@
 //! Why an engine could not start.
 
 use crate::catalog::PlacementError;
-use crate::ring;
 
 /// Why an engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -9,15 +8,19 @@ pub enum EngineError {
     /// The SKUs cannot be spread over the requested shards.
     #[error(transparent)]
     Placement(#[from] PlacementError),
-    /// The ring capacity is 0 or too large.
-    #[error("ring capacity: {0}")]
-    RingCapacity(#[from] ring::CapacityError),
-    /// `max_quantity` is 0, so every intent would be malformed.
-    #[error("max_quantity must be at least 1")]
-    ZeroMaxQuantity,
-    /// `batch_max` is 0, so a shard could never take an intent.
-    #[error("batch_max must be at least 1")]
-    ZeroBatch,
+    /// A setting is outside the range the engine supports (see the bounds on
+    /// [`EngineBuilder`](crate::EngineBuilder)): refused before anything is allocated.
+    #[error("{setting} = {value} is outside the supported range {min}..={max}")]
+    OutOfRange {
+        /// The setting, as the builder (or [`JournalConfig`](crate::JournalConfig)) names it.
+        setting: &'static str,
+        /// The value given (durations in nanoseconds).
+        value: u128,
+        /// The smallest value accepted.
+        min: u128,
+        /// The largest value accepted.
+        max: u128,
+    },
     /// The OS refused a shard thread.
     #[error("could not spawn a shard thread: {0}")]
     Spawn(#[from] std::io::Error),

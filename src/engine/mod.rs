@@ -36,7 +36,6 @@ use crate::catalog::{Catalog, Placement};
 use crate::clock::EngineClock;
 use crate::core::ShardCore;
 use crate::report::{CONFIRMED_ORDERS, CONFIRMED_UNITS, Report, ShardReport};
-use crate::ring;
 use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::thread::JoinHandle;
 use crate::sync::{Arc, Mutex};
@@ -91,7 +90,7 @@ impl fmt::Debug for EngineBuilder {
 
 impl EngineBuilder {
     /// Number of shard threads (default 1). Each limit group and each ungrouped SKU goes
-    /// whole to one shard (see [`Placement`]).
+    /// whole to one shard (see [`Placement`]). At most [`SHARDS_MAX`](Self::SHARDS_MAX).
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = shards;
         self
@@ -99,14 +98,16 @@ impl EngineBuilder {
 
     /// Slots per ring (default 1024, rounded up to a power of two). Each producer has one
     /// ring to each shard and one back; it may have at most this many intents in flight
-    /// per shard before [`SubmitError::Busy`].
+    /// per shard before [`SubmitError::Busy`]. At most
+    /// [`RING_CAPACITY_MAX`](Self::RING_CAPACITY_MAX).
     pub fn ring_capacity(mut self, ring_capacity: usize) -> Self {
         self.ring_capacity = ring_capacity;
         self
     }
 
     /// Most intents a shard takes from one ring before looking at the next (default 256):
-    /// a bound on how long one busy producer delays the others.
+    /// a bound on how long one busy producer delays the others. At most
+    /// [`BATCH_MAX_MAX`](Self::BATCH_MAX_MAX).
     pub fn batch_max(mut self, batch_max: usize) -> Self {
         self.batch_max = batch_max;
         self
@@ -135,7 +136,9 @@ impl EngineBuilder {
     /// Orders each shard makes room for at start-up (default: its stock, capped at
     /// [`ORDER_CAPACITY_DEFAULT_MAX`](crate::core::ORDER_CAPACITY_DEFAULT_MAX)); see
     /// [`ShardCore::with_order_capacity`]. Raise it for sales of more than 4M units per
-    /// shard, so that the order book never grows mid-sale.
+    /// shard, so that the order book never grows mid-sale. At most
+    /// [`ORDER_CAPACITY_MAX`](Self::ORDER_CAPACITY_MAX) (0: no room made, the book grows
+    /// as orders come).
     pub fn order_capacity(mut self, orders_per_shard: usize) -> Self {
         self.order_capacity = Some(orders_per_shard);
         self
@@ -173,20 +176,103 @@ impl EngineBuilder {
         self
     }
 
-    /// Validates the configuration and starts the shard threads.
+    /// Most shard threads an engine runs.
+    pub const SHARDS_MAX: usize = 1024;
+    /// Largest [`ring_capacity`](Self::ring_capacity): 2^20 slots (a ring of intents is
+    /// then about 64 MiB, and a producer has one to each shard).
+    pub const RING_CAPACITY_MAX: usize = 1 << 20;
+    /// Largest [`batch_max`](Self::batch_max) (a shard reserves room for one batch).
+    pub const BATCH_MAX_MAX: usize = 1 << 16;
+    /// Largest [`order_capacity`](Self::order_capacity): 2^26 orders a shard, about
+    /// 10 GiB of order book room (152 bytes an order), allocated at start-up.
+    pub const ORDER_CAPACITY_MAX: usize = 1 << 26;
+    /// Largest [`JournalConfig::group_commands`].
+    pub const GROUP_COMMANDS_MAX: usize = 1 << 24;
+    /// Longest [`JournalConfig::group_delay`]: one second.
+    pub const GROUP_DELAY_MAX: core::time::Duration = core::time::Duration::from_secs(1);
+
+    /// Checks every setting against its supported range (the bounds above; a shard
+    /// count also against the catalog, see [`Placement`]) without allocating or starting
+    /// anything. [`start`](Self::start) does this first.
+    ///
+    /// # Errors
+    /// [`EngineError::OutOfRange`] naming the first setting out of range, or
+    /// [`EngineError::Placement`].
+    pub fn validate(&self) -> Result<(), EngineError> {
+        fn within(
+            setting: &'static str,
+            value: u128,
+            min: u128,
+            max: u128,
+        ) -> Result<(), EngineError> {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(EngineError::OutOfRange {
+                    setting,
+                    value,
+                    min,
+                    max,
+                })
+            }
+        }
+        let size = |n: usize| n as u128;
+        within("shards", size(self.shards), 1, size(Self::SHARDS_MAX))?;
+        within(
+            "ring_capacity",
+            size(self.ring_capacity),
+            1,
+            size(Self::RING_CAPACITY_MAX),
+        )?;
+        within(
+            "batch_max",
+            size(self.batch_max),
+            1,
+            size(Self::BATCH_MAX_MAX),
+        )?;
+        within(
+            "max_quantity",
+            u128::from(self.max_quantity),
+            1,
+            u128::from(u32::MAX),
+        )?;
+        if let Some(orders) = self.order_capacity {
+            within(
+                "order_capacity",
+                size(orders),
+                0,
+                size(Self::ORDER_CAPACITY_MAX),
+            )?;
+        }
+        if let Some(journal) = &self.journal {
+            within(
+                "group_commands",
+                size(journal.group_commands),
+                1,
+                size(Self::GROUP_COMMANDS_MAX),
+            )?;
+            within(
+                "group_delay",
+                journal.group_delay.as_nanos(),
+                0,
+                Self::GROUP_DELAY_MAX.as_nanos(),
+            )?;
+            if let Some(every) = journal.snapshot_every {
+                within("snapshot_every", u128::from(every), 1, u128::from(u64::MAX))?;
+            }
+        }
+        Placement::new(&self.catalog, self.shards)?;
+        Ok(())
+    }
+
+    /// Validates the configuration (see [`validate`](Self::validate)) and starts the
+    /// shard threads.
     ///
     /// # Errors
     /// See [`EngineError`].
     pub fn start(mut self) -> Result<Engine, EngineError> {
+        self.validate()?;
         let placement = Placement::new(&self.catalog, self.shards)?;
-        // Validate the capacity once here, so that producer() cannot fail later.
-        drop(ring::channel::<u8>(self.ring_capacity)?);
-        if self.max_quantity == 0 {
-            return Err(EngineError::ZeroMaxQuantity);
-        }
-        if self.batch_max == 0 {
-            return Err(EngineError::ZeroBatch);
-        }
         let mut cores: Vec<ShardCore> = (0..placement.shards())
             .map(|shard| {
                 ShardCore::with_order_capacity(
