@@ -358,10 +358,7 @@ impl fmt::Display for Report {
             "sku", "product / variant", "stock", "held", "sold", "expired", "left"
         )?;
         for sku in &self.skus {
-            let label: String = format!("{} {}", sku.product, sku.variant)
-                .chars()
-                .take(23)
-                .collect();
+            let label = fit_words(&format!("{} {}", sku.product, sku.variant), 23);
             writeln!(
                 f,
                 "{:>8}  {:<24}{:>10}{:>10}{:>10}{:>10}{:>10}",
@@ -379,5 +376,50 @@ impl fmt::Display for Report {
             )?;
         }
         Ok(())
+    }
+}
+
+/// `text` in at most `width` characters: whole when it fits, else cut after the last whole
+/// word that fits with an ellipsis (or mid-word only when one word is wider than that).
+fn fit_words(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let room = width.saturating_sub(1);
+    let mut fitted = String::new();
+    for word in text.split_whitespace() {
+        let needed =
+            fitted.chars().count() + usize::from(!fitted.is_empty()) + word.chars().count();
+        if needed > room {
+            break;
+        }
+        if !fitted.is_empty() {
+            fitted.push(' ');
+        }
+        fitted.push_str(word);
+    }
+    if fitted.is_empty() {
+        fitted = text.chars().take(room).collect();
+    }
+    fitted.push('…');
+    fitted
+}
+
+#[cfg(test)]
+mod fit_tests {
+    use super::fit_words;
+
+    #[test]
+    fn labels_are_cut_between_words() {
+        assert_eq!(
+            fit_words("seller 0 product 1 variant 2", 40),
+            "seller 0 product 1 variant 2"
+        );
+        assert_eq!(
+            fit_words("seller 0 product 1 variant 2", 23),
+            "seller 0 product 1…"
+        );
+        assert_eq!(fit_words("Supercalifragilistic-shoe", 10), "Supercali…");
+        assert!(fit_words("a b c d e f g h i j k l m n", 9).chars().count() <= 9);
     }
 }

@@ -379,3 +379,249 @@ fn hiccups_measures_and_refuses_bad_knobs() {
         assert!(stderr_line(&output).contains(field));
     }
 }
+
+/// One knob of a subcommand and its range; `refused_at_max` names the knob an estimate
+/// blames when the maximum alone is more than a run may take.
+struct Knob {
+    subcommand: &'static str,
+    flag: &'static str,
+    field: &'static str,
+    min: u64,
+    max: u64,
+    type_max: u64,
+    extra: &'static [&'static str],
+    refused_at_max: Option<&'static str>,
+    /// In range, run it for real rather than only checking (`simulate --estimate`).
+    run_in_range: bool,
+}
+
+/// Every size and time knob of every subcommand at 0, 1, its maximum, its maximum + 1 and
+/// its type's maximum: in range it passes every check (for `simulate`, `--estimate` checks
+/// the knobs and the run's memory and time estimates and runs nothing); out of range the
+/// command exits 2 with one line that starts with the knob, before allocating what it
+/// asked for (a run that tried would abort, hang or be killed instead).
+#[test]
+fn every_knob_is_bounded_and_refused_by_name() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let week_ms = 7 * 24 * 3_600 * 1_000;
+    let (u32_max, u64_max) = (u64::from(u32::MAX), u64::MAX);
+    let simulate_knob = |flag, field, min, max, type_max, extra| Knob {
+        subcommand: "simulate",
+        flag,
+        field,
+        min,
+        max,
+        type_max,
+        extra,
+        refused_at_max: None,
+        run_in_range: false,
+    };
+    let knobs = [
+        simulate_knob("--producers", "producers", 1, 256, u32_max, &[]),
+        simulate_knob(
+            "--shards",
+            "shards",
+            1,
+            256,
+            u32_max,
+            &["--scenario", "micro-shows"],
+        ),
+        simulate_knob("--ring-capacity", "ring_capacity", 1, 1 << 20, u32_max, &[]),
+        simulate_knob("--intents", "intents", 1, 200_000_000, u64_max, &[]),
+        Knob {
+            refused_at_max: Some("viewers_max"),
+            ..simulate_knob("--viewers", "viewers_max", 1, 1_000_000_000, u64_max, &[])
+        },
+        simulate_knob("--waitlist", "waitlist", 0, 10_000_000, u32_max, &[]),
+        simulate_knob(
+            "--draw-window-ms",
+            "draw_window_ms",
+            0,
+            week_ms,
+            u64_max,
+            &["--policy", "opening-draw", "--speed", "1000"],
+        ),
+        simulate_knob(
+            "--pay-delay-ms",
+            "pay_delay_ms",
+            0,
+            week_ms,
+            u64_max,
+            &["--pay-rate", "0.5", "--speed", "1000"],
+        ),
+        simulate_knob(
+            "--hold-ms",
+            "hold_ms",
+            1,
+            week_ms,
+            u64_max,
+            &["--speed", "1000"],
+        ),
+        simulate_knob(
+            "--close-after-ms",
+            "close_after_ms",
+            1,
+            week_ms,
+            u64_max,
+            &["--waitlist", "5", "--speed", "1000"],
+        ),
+        Knob {
+            subcommand: "hiccups",
+            flag: "--threads",
+            field: "threads",
+            min: 1,
+            max: cpus,
+            type_max: u32_max,
+            extra: &["--seconds", "0.05"],
+            refused_at_max: None,
+            run_in_range: true,
+        },
+        Knob {
+            subcommand: "fsync",
+            flag: "--bytes",
+            field: "bytes",
+            min: 1,
+            max: 64 << 20,
+            type_max: u64_max,
+            extra: &["--count", "1", "--dir", env!("CARGO_TARGET_TMPDIR")],
+            refused_at_max: None,
+            run_in_range: true,
+        },
+        // 100,000 fdatasyncs at the maximum would take minutes: checked out of range only.
+        Knob {
+            subcommand: "fsync",
+            flag: "--count",
+            field: "count",
+            min: 1,
+            max: 100_000,
+            type_max: u32_max,
+            extra: &["--dir", env!("CARGO_TARGET_TMPDIR")],
+            refused_at_max: None,
+            run_in_range: false,
+        },
+        Knob {
+            subcommand: "compare",
+            flag: "--redis-connections",
+            field: "redis-connections",
+            min: 1,
+            max: 1_024,
+            type_max: u32_max,
+            extra: &[],
+            refused_at_max: None,
+            run_in_range: false,
+        },
+        Knob {
+            subcommand: "compare",
+            flag: "--redis-pipeline",
+            field: "redis-pipeline",
+            min: 1,
+            max: 65_536,
+            type_max: u32_max,
+            extra: &[],
+            refused_at_max: None,
+            run_in_range: false,
+        },
+    ];
+    for knob in &knobs {
+        let mut values = vec![0, 1, knob.max, knob.max.saturating_add(1), knob.type_max];
+        values.dedup();
+        for value in values {
+            let text = value.to_string();
+            let in_range = (knob.min..=knob.max).contains(&value);
+            let expected = match (in_range, value == knob.max) {
+                (true, true) => knob.refused_at_max.map(|field| field.to_string()),
+                (true, false) => None,
+                (false, _) => Some(knob.field.to_string()),
+            };
+            if expected.is_none() && !knob.run_in_range && knob.subcommand != "simulate" {
+                continue;
+            }
+            let mut args: Vec<&str> = vec![knob.flag, &text];
+            args.extend(knob.extra);
+            if knob.subcommand == "simulate" {
+                args.extend(["--quiet", "--estimate"]);
+            }
+            let output = flashsale(knob.subcommand, &args);
+            let message = stderr_line(&output);
+            match expected {
+                None => assert!(
+                    output.status.success(),
+                    "{} {args:?} is in range: {message}",
+                    knob.subcommand
+                ),
+                Some(field) => {
+                    assert_eq!(output.status.code(), Some(2), "{args:?}: {message}");
+                    assert_eq!(message.lines().count(), 1, "{args:?}: {message}");
+                    let named = message
+                        .strip_prefix("error: ")
+                        .is_some_and(|rest| rest.starts_with(&field));
+                    assert!(named, "{args:?} names {field}: {message}");
+                }
+            }
+        }
+    }
+}
+
+/// Run and memory estimates name the knob that makes them too large.
+#[test]
+fn runs_too_long_or_too_large_are_refused_before_they_start() {
+    for (args, field) in [
+        (vec!["--rate", "1e-9", "--intents", "10"], "rate"),
+        (vec!["--speed", "1e-300"], "speed"),
+    ] {
+        let output = simulate(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let message = stderr_line(&output);
+        assert!(
+            message.starts_with(&format!("error: {field}:")),
+            "{message}"
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("flashsale-knobs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (body, field) in [
+        (
+            "variants_per_product = 4294967295\nstock_per_product = 4294967295\n",
+            "variants_per_product",
+        ),
+        ("countdown_ms = 18446744073709551615\n", "countdown_ms"),
+        (
+            "policy = \"opening-draw\"\ndraw_window_ms = 18446744073709551615\n",
+            "draw_window_ms",
+        ),
+        (
+            "wave_interval_ms = 604800000\nproducts_per_seller = 10\n",
+            "wave_interval_ms",
+        ),
+    ] {
+        let file = dir.join("knob.toml");
+        std::fs::write(&file, body).unwrap();
+        let output = simulate(&["--file", file.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(2), "{body}");
+        let message = stderr_line(&output);
+        assert!(
+            message.starts_with(&format!("error: {field}:")),
+            "{body}: {message}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Flags that cannot apply together are refused (exit 2) rather than silently ignored.
+#[test]
+fn flags_that_would_be_ignored_are_refused() {
+    for args in [
+        vec!["--rates", "1M", "--plot", "sweep.svg"],
+        vec!["--rates", "1M", "--journal", "/tmp/flashsale-never"],
+        vec!["--rates", "1M", "--mode", "closed"],
+        vec!["--rates", "1M", "--rate", "2M"],
+        vec!["--journal", "/tmp/flashsale-never", "--plot", "run.svg"],
+        vec!["--plot", "run.png"],
+    ] {
+        let output = simulate(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+    }
+    let output = compare(&["--skip", "engine,mutex,crossbeam"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr_line(&output).starts_with("error: skip:"));
+}

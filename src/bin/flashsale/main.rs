@@ -94,7 +94,13 @@ struct SimulateArgs {
     #[arg(long, value_parser = parse_rate)]
     rate: Option<f64>,
     /// Sweep offered rates, e.g. 1M,2M,5M: one open-loop run per rate, a latency table.
-    #[arg(long, value_delimiter = ',', value_parser = parse_rate)]
+    /// (Open loop and in memory: not with --mode, --journal, --plot or --rate.)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = parse_rate,
+        conflicts_with_all = ["rate", "mode", "journal", "plot"]
+    )]
     rates: Option<Vec<f64>>,
     /// Open loop (scheduled sends, latency from the schedule) or closed (as fast as taken).
     #[arg(long, value_enum)]
@@ -102,8 +108,9 @@ struct SimulateArgs {
     /// Scenario time runs this many times faster than wall time.
     #[arg(long)]
     speed: Option<f64>,
-    /// Draw the latency percentile curve and intents/s over time to this SVG file.
-    #[arg(long)]
+    /// Draw the latency percentile curve and intents/s over time to this SVG file (the
+    /// name must end in .svg).
+    #[arg(long, value_parser = parse_svg_path)]
     plot: Option<PathBuf>,
     /// Allocation policy of every product.
     #[arg(long, value_enum)]
@@ -132,12 +139,25 @@ struct SimulateArgs {
     #[arg(long)]
     close_after_ms: Option<u64>,
     /// Run the scenario twice, in memory and with a durable journal in this (new or empty)
-    /// directory, and print them side by side.
-    #[arg(long)]
+    /// directory, and print them side by side (no --plot: there are two runs).
+    #[arg(long, conflicts_with = "plot")]
     journal: Option<PathBuf>,
     /// With `--journal`: write each group commit without waiting for the disk.
     #[arg(long, requires = "journal")]
     no_fsync: bool,
+    /// Check the knobs and print the run's estimated presses, memory and wall time, then
+    /// exit without running (every run checks the same estimates before it starts).
+    #[arg(long)]
+    estimate: bool,
+}
+
+/// A plot's path: SVG is what is written, so the name must say so.
+fn parse_svg_path(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    match path.extension().and_then(|ext| ext.to_str()) {
+        Some(ext) if ext.eq_ignore_ascii_case("svg") => Ok(path),
+        _ => Err(format!("'{text}': the plot is SVG; name the file .svg")),
+    }
 }
 
 /// Parses `1M`, `2.5m`, `250k`, `1000`.
@@ -271,6 +291,28 @@ fn run_with(
 
 fn simulate(args: &SimulateArgs) -> Result<bool, String> {
     let scenario = simulate_scenario(args)?;
+    if args.estimate {
+        let memory: f64 = scenario.memory_bytes().iter().map(|(_, bytes)| bytes).sum();
+        let text = serde_json::json!({
+            "presses": scenario.presses_sent().round(),
+            "presses_generated": scenario.presses_generated().round(),
+            "memory_bytes_at_most": memory.round(),
+            "wall_seconds_at_most": scenario.wall_seconds(),
+        });
+        if args.knobs.json {
+            println!("{text:#}");
+        } else {
+            println!(
+                "scenario {}: about {:.0} presses, at most {:.1} MiB of memory, {:.1} s of \
+                 schedule and timers (a closed loop adds the time to send them); knobs ok",
+                scenario.name,
+                scenario.presses_sent(),
+                memory / f64::from(1u32 << 20),
+                scenario.wall_seconds()
+            );
+        }
+        return Ok(true);
+    }
     if let Some(rates) = &args.rates {
         let mut lines = Vec::new();
         let mut all_hold = true;
@@ -281,12 +323,7 @@ fn simulate(args: &SimulateArgs) -> Result<bool, String> {
             at_rate.validate()?;
             let (run, _) = run_once(&at_rate, args.knobs.quiet)?;
             all_hold &= run.all_invariants_hold();
-            lines.push(RateJson {
-                offered_per_s: rate,
-                achieved_per_s: run.intents_per_s,
-                invariants_hold: run.all_invariants_hold(),
-                latency_ns: run.latency_ns,
-            });
+            lines.push(RateJson::of(rate, &run));
         }
         if args.knobs.json {
             let text = serde_json::to_string_pretty(&lines).map_err(|error| error.to_string())?;

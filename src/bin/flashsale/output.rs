@@ -10,7 +10,7 @@ use crate::run::{BUCKET_NS, RunResult};
 use crate::scenario::Scenario;
 
 /// Latency percentiles in ns.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct LatencyJson {
     pub samples: u64,
     pub p50: u64,
@@ -99,10 +99,24 @@ pub struct TimelinePoint {
 /// One run, as `--json` prints it. Keys are stable: tests read them back.
 #[derive(Debug, Serialize)]
 pub struct RunJson {
+    /// One line: what the engine sustained against what was offered, and at what tail.
+    pub headline: String,
     pub scenario: Scenario,
     pub elapsed_s: f64,
     pub intents: u64,
+    /// Outcomes over the whole run's wall time (thread start-up and the wait for the first
+    /// press included).
     pub intents_per_s: f64,
+    /// Open loop: presses per second the schedule offered, on average and in its busiest
+    /// 10 ms (null in a closed loop, which offers as fast as the engine takes).
+    pub offered_per_s: Option<f64>,
+    pub peak_offered_per_s: Option<f64>,
+    /// Outcomes per second from the run's start to its last outcome, on average and in
+    /// the busiest 10 ms.
+    pub achieved_per_s: f64,
+    pub peak_achieved_per_s: f64,
+    /// Open loop: whether the engine fell behind (achieved below 95% of offered).
+    pub saturated: Option<bool>,
     pub confirmed_orders: u64,
     pub confirmed_units: u64,
     /// Rejections by reason name.
@@ -133,6 +147,48 @@ pub fn peak_memory_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// An open loop whose answers fall below this share of the offered rate fell behind.
+pub const SATURATED_BELOW: f64 = 0.95;
+
+/// Millions, for a headline.
+fn millions(per_s: f64) -> String {
+    if per_s >= 1e5 {
+        format!("{:.2}M", per_s / 1e6)
+    } else {
+        format!("{:.1}k", per_s / 1e3)
+    }
+}
+
+/// The run in one line: what was sustained, against what was offered, at what tail.
+fn headline(
+    scenario: &Scenario,
+    achieved_per_s: f64,
+    offered_per_s: Option<f64>,
+    saturated: Option<bool>,
+    p99_ns: u64,
+) -> String {
+    match (offered_per_s, saturated) {
+        (Some(offered), Some(saturated)) => format!(
+            "sustained {} intents/s of {} offered; p99 {} from intended send{}",
+            millions(achieved_per_s),
+            millions(offered),
+            Nanos(p99_ns),
+            if saturated {
+                " (SATURATED: fell behind the offered load)"
+            } else {
+                ""
+            }
+        ),
+        _ => format!(
+            "sustained {} intents/s in a closed loop ({} producers sending as fast as \
+             answered); p99 {} from submit",
+            millions(achieved_per_s),
+            scenario.producers,
+            Nanos(p99_ns)
+        ),
+    }
+}
+
 impl RunJson {
     pub fn new(scenario: &Scenario, result: &RunResult) -> Self {
         let elapsed_s = result.elapsed.as_secs_f64();
@@ -149,11 +205,37 @@ impl RunJson {
                 intents_per_s: count as f64 * 1e9 / BUCKET_NS as f64,
             })
             .collect();
+        let active_buckets = result
+            .timeline
+            .iter()
+            .rposition(|&count| count > 0)
+            .map_or(1, |last| last + 1);
+        let per_bucket = 1e9 / BUCKET_NS as f64;
+        let achieved_per_s = result.outcomes as f64 / active_buckets as f64 * per_bucket;
+        let peak_achieved_per_s =
+            result.timeline.iter().copied().max().unwrap_or(0) as f64 * per_bucket;
+        let saturated = result
+            .offered
+            .map(|offered| achieved_per_s < SATURATED_BELOW * offered.mean_per_s);
+        let latency: LatencyJson = LatencySummary::from_histogram(&result.latency_ns).into();
+        let headline = headline(
+            scenario,
+            achieved_per_s,
+            result.offered.map(|offered| offered.mean_per_s),
+            saturated,
+            latency.p99,
+        );
         Self {
+            headline,
             scenario: scenario.clone(),
             elapsed_s,
             intents: result.presses,
             intents_per_s: result.outcomes as f64 / elapsed_s,
+            offered_per_s: result.offered.map(|offered| offered.mean_per_s),
+            peak_offered_per_s: result.offered.map(|offered| offered.peak_per_s),
+            achieved_per_s,
+            peak_achieved_per_s,
+            saturated,
             confirmed_orders: result.confirmed_orders,
             confirmed_units: result.engine.confirmed_units,
             rejections,
@@ -164,7 +246,7 @@ impl RunJson {
                 no_undersell: result.invariants.no_undersell,
                 limits_held: result.invariants.limits_held,
             },
-            latency_ns: LatencySummary::from_histogram(&result.latency_ns).into(),
+            latency_ns: latency,
             engine_latency_ns: result.engine.latency.into(),
             journal_commits: result.engine.journal_commits,
             wait_latency_ns: LatencySummary::from_histogram(&result.wait_latency_ns).into(),
@@ -247,6 +329,7 @@ impl RunJson {
             s.producers,
             s.shards
         );
+        let _ = writeln!(out, "{}", self.headline);
         let _ = writeln!(
             out,
             "{} intents in {:.2} s: {:.2} M intents/s; {} orders, {} units",
@@ -269,7 +352,11 @@ impl RunJson {
         let latency = &self.latency_ns;
         let _ = writeln!(
             out,
-            "latency (from intended send): p50 {} | p90 {} | p99 {} | p99.9 {} | p99.99 {} | max {}",
+            "latency (from {}): p50 {} | p90 {} | p99 {} | p99.9 {} | p99.99 {} | max {}",
+            match s.mode {
+                crate::scenario::Mode::Open => "intended send",
+                crate::scenario::Mode::Closed => "submit",
+            },
             Nanos(latency.p50),
             Nanos(latency.p90),
             Nanos(latency.p99),
@@ -384,8 +471,23 @@ impl RunJson {
 pub struct RateJson {
     pub offered_per_s: f64,
     pub achieved_per_s: f64,
+    /// Achieved below 95% of offered: the engine fell behind at this rate.
+    pub saturated: bool,
     pub latency_ns: LatencyJson,
     pub invariants_hold: bool,
+}
+
+impl RateJson {
+    /// The sweep's line for one open-loop run at `offered_per_s`.
+    pub fn of(offered_per_s: f64, run: &RunJson) -> Self {
+        Self {
+            offered_per_s,
+            achieved_per_s: run.achieved_per_s,
+            saturated: run.achieved_per_s < SATURATED_BELOW * offered_per_s,
+            invariants_hold: run.all_invariants_hold(),
+            latency_ns: run.latency_ns,
+        }
+    }
 }
 
 pub fn rate_table(rates: &[RateJson]) -> String {
@@ -396,7 +498,7 @@ pub fn rate_table(rates: &[RateJson]) -> String {
         let l = &rate.latency_ns;
         let _ = writeln!(
             out,
-            "{:>9.2}M {:>11.2}M {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "{:>9.2}M {:>11.2}M {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}{}{}",
             rate.offered_per_s / 1e6,
             rate.achieved_per_s / 1e6,
             Nanos(l.p50).to_string(),
@@ -404,8 +506,28 @@ pub fn rate_table(rates: &[RateJson]) -> String {
             Nanos(l.p99).to_string(),
             Nanos(l.p99_9).to_string(),
             Nanos(l.p99_99).to_string(),
-            Nanos(l.max).to_string()
+            Nanos(l.max).to_string(),
+            if rate.saturated { "  saturated" } else { "" },
+            if rate.invariants_hold {
+                ""
+            } else {
+                "  INVARIANTS VIOLATED"
+            }
         );
+    }
+    let violated: Vec<String> = rates
+        .iter()
+        .filter(|rate| !rate.invariants_hold)
+        .map(|rate| format!("{:.2}M/s", rate.offered_per_s / 1e6))
+        .collect();
+    if violated.is_empty() {
+        let _ = writeln!(
+            out,
+            "invariants (one outcome per intent, no oversell, no undersell, limits): held at \
+             every rate"
+        );
+    } else {
+        let _ = writeln!(out, "invariants VIOLATED at {}", violated.join(", "));
     }
     out
 }

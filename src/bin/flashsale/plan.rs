@@ -48,6 +48,39 @@ pub struct Plan {
     /// When the last press is scheduled, ns after the run's start.
     pub last_press_ns: u64,
     pub presses: u64,
+    /// What an open loop offers: presses per second over the schedule, on average and in
+    /// its busiest 10 ms.
+    pub offered: Offered,
+}
+
+/// The load a schedule offers (meaningful for an open loop; a closed one offers as fast
+/// as the engine takes).
+#[derive(Debug, Clone, Copy)]
+pub struct Offered {
+    pub mean_per_s: f64,
+    pub peak_per_s: f64,
+}
+
+impl Offered {
+    /// From presses sorted by time.
+    fn of(presses: &[Press]) -> Self {
+        const WINDOW_NS: u64 = 10_000_000;
+        let span_ns = presses.last().map_or(0, |press| press.at_ns).max(WINDOW_NS);
+        let (mut peak, mut count, mut window) = (0u64, 0u64, 0u64);
+        for press in presses {
+            let this = press.at_ns / WINDOW_NS;
+            if this != window {
+                peak = peak.max(count);
+                (count, window) = (0, this);
+            }
+            count += 1;
+        }
+        peak = peak.max(count);
+        Self {
+            mean_per_s: presses.len() as f64 / (span_ns as f64 / 1e9),
+            peak_per_s: peak as f64 * (1e9 / WINDOW_NS as f64),
+        }
+    }
 }
 
 /// Lead time between engine start and the first scheduled press, for thread start-up.
@@ -229,6 +262,7 @@ impl Plan {
             return Err("press_fraction: the scenario produced no presses".into());
         }
         let last_press_ns = presses.last().map_or(0, |press| press.at_ns);
+        let offered = Offered::of(&presses);
         let producers = scenario.producers as usize;
         let mut schedules: Vec<Vec<Press>> = (0..producers)
             .map(|_| Vec::with_capacity(presses.len() / producers + 1))
@@ -248,6 +282,7 @@ impl Plan {
             opens_ns,
             last_press_ns,
             presses: total,
+            offered,
         })
     }
 }

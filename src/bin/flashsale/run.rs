@@ -130,6 +130,8 @@ pub struct Invariants {
 /// Everything a run produced.
 pub struct RunResult {
     pub elapsed: Duration,
+    /// What the schedule offered (an open loop's; a closed loop sends as fast as taken).
+    pub offered: Option<crate::plan::Offered>,
     pub presses: u64,
     pub outcomes: u64,
     pub confirmed_orders: u64,
@@ -237,6 +239,7 @@ pub fn run(
     let wait = scenario.waitlist > 0;
     let buckets = (plan.last_press_ns / BUCKET_NS + 2) as usize;
     let stock = plan.catalog.total_stock();
+    let offered = (scenario.mode == Mode::Open).then_some(plan.offered);
     let wall_start = Instant::now();
     let threads: Vec<_> = plan
         .schedules
@@ -290,15 +293,18 @@ pub fn run(
         None => DeskTally::new(),
     };
     let report = engine.shutdown();
-    Ok(summarize(
-        scenario,
-        &plan.opens_ns,
-        tally,
-        report,
-        elapsed,
-        plan.presses,
-        desk,
-    ))
+    Ok(RunResult {
+        offered,
+        ..summarize(
+            scenario,
+            &plan.opens_ns,
+            tally,
+            report,
+            elapsed,
+            plan.presses,
+            desk,
+        )
+    })
 }
 
 /// The payment desk's thread: acts on each order when it falls due.
@@ -614,6 +620,7 @@ fn summarize(
         &desk.released,
     );
     RunResult {
+        offered: None,
         wait_latency_ns: tally.wait_latency_ns.clone(),
         desk,
         elapsed,

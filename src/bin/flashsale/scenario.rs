@@ -299,13 +299,15 @@ impl Scenario {
             * u64::from(self.variants_per_product)
     }
 
-    /// Checks every knob; the error names the field.
+    /// Checks every knob against its range, then estimates the run's memory and wall
+    /// time, all before anything is allocated or slept; the error is one line that starts
+    /// with the knob to change.
     pub fn validate(&self) -> Result<(), String> {
-        let positive = |field: &str, value: u64| {
-            if value == 0 {
-                Err(format!("{field}: must be at least 1"))
-            } else {
+        let within = |field: &str, value: u64, min: u64, max: u64| {
+            if (min..=max).contains(&value) {
                 Ok(())
+            } else {
+                Err(format!("{field}: must be {min}..={max}, got {value}"))
             }
         };
         let fraction = |field: &str, value: f64| {
@@ -315,14 +317,53 @@ impl Scenario {
                 Err(format!("{field}: must be between 0 and 1, got {value}"))
             }
         };
-        positive("sellers", self.sellers.into())?;
-        positive("products_per_seller", self.products_per_seller.into())?;
-        positive("variants_per_product", self.variants_per_product.into())?;
-        positive("limit_per_buyer", self.limit_per_buyer.into())?;
-        positive("viewers_min", self.viewers_min)?;
-        positive("producers", self.producers.into())?;
-        positive("shards", self.shards.into())?;
-        positive("ring_capacity", self.ring_capacity.into())?;
+        within("sellers", self.sellers.into(), 1, SELLERS_MAX)?;
+        within(
+            "products_per_seller",
+            self.products_per_seller.into(),
+            1,
+            PRODUCTS_PER_SELLER_MAX,
+        )?;
+        within(
+            "variants_per_product",
+            self.variants_per_product.into(),
+            1,
+            VARIANTS_MAX,
+        )?;
+        within(
+            "limit_per_buyer",
+            self.limit_per_buyer.into(),
+            1,
+            u32::MAX.into(),
+        )?;
+        within("viewers_max", self.viewers_max, 1, VIEWERS_MAX)?;
+        within("viewers_min", self.viewers_min, 1, VIEWERS_MAX)?;
+        within("producers", self.producers.into(), 1, PRODUCERS_MAX)?;
+        within("shards", self.shards.into(), 1, SHARDS_MAX)?;
+        within(
+            "ring_capacity",
+            self.ring_capacity.into(),
+            1,
+            flashsale::EngineBuilder::RING_CAPACITY_MAX as u64,
+        )?;
+        within("waitlist", self.waitlist.into(), 0, WAITLIST_MAX)?;
+        for (field, ms) in [
+            ("countdown_ms", Some(self.countdown_ms)),
+            ("burst_ms", Some(self.burst_ms)),
+            ("wave_interval_ms", Some(self.wave_interval_ms)),
+            ("draw_window_ms", Some(self.draw_window_ms)),
+            ("pay_delay_ms", Some(self.pay_delay_ms)),
+            ("hold_ms", self.hold_ms),
+            ("close_after_ms", self.close_after_ms),
+        ] {
+            if let Some(ms) = ms {
+                let min = u64::from(matches!(field, "hold_ms" | "close_after_ms"));
+                within(field, ms, min, SCENARIO_MS_MAX)?;
+            }
+        }
+        if let Some(intents) = self.intents {
+            within("intents", intents, 1, PRESSES_MAX)?;
+        }
         if self.viewers_max < self.viewers_min {
             return Err(format!(
                 "viewers_max: {} is below viewers_min {}",
@@ -347,15 +388,9 @@ impl Scenario {
                 self.pay_rate, self.cancel_rate
             ));
         }
-        if self.hold_ms == Some(0) {
-            return Err("hold_ms: a payment window must be at least 1 ms".into());
-        }
-        if self.close_after_ms == Some(0) {
-            return Err("close_after_ms: must be at least 1 ms".into());
-        }
-        if !(self.zipf_exponent.is_finite() && self.zipf_exponent >= 0.0) {
+        if !(self.zipf_exponent.is_finite() && (0.0..=ZIPF_MAX).contains(&self.zipf_exponent)) {
             return Err(format!(
-                "zipf_exponent: must be a number >= 0, got {}",
+                "zipf_exponent: must be a number from 0 to {ZIPF_MAX}, got {}",
                 self.zipf_exponent
             ));
         }
@@ -367,11 +402,12 @@ impl Scenario {
         {
             return Err(format!("rate: must be above 0 intents/s, got {rate}"));
         }
-        if self.intents == Some(0) {
-            return Err("intents: must be at least 1".into());
-        }
-        if self.skus() > u64::from(u32::MAX) {
-            return Err(format!("sellers: {} SKUs in all is too many", self.skus()));
+        if self.skus() > SKUS_MAX {
+            return Err(format!(
+                "sellers: {} SKUs in all (sellers x products_per_seller x variants_per_product) \
+                 is above {SKUS_MAX}",
+                self.skus()
+            ));
         }
         // Limit groups (one per product) are the unit of placement.
         let products = u64::from(self.sellers) * u64::from(self.products_per_seller);
@@ -382,19 +418,217 @@ impl Scenario {
                 self.shards
             ));
         }
-        let presses = u64::from(self.sellers) as f64
+        self.check_estimates()
+    }
+
+    /// Presses the plan generates before the `intents` cap applies (it keeps the first
+    /// ones by schedule, so it makes them all), at most.
+    pub fn presses_generated(&self) -> f64 {
+        u64::from(self.sellers) as f64
             * self.viewers_max as f64
             * u64::from(self.products_per_seller) as f64
             * self.press_fraction
-            * (1.0 + self.retry_fraction);
-        let presses = self.intents.map_or(presses, |cap| presses.min(cap as f64));
-        if presses > 200_000_000.0 {
+            * (1.0 + self.retry_fraction)
+    }
+
+    /// The presses sent, at most.
+    pub fn presses_sent(&self) -> f64 {
+        let generated = self.presses_generated();
+        self.intents
+            .map_or(generated, |cap| generated.min(cap as f64))
+    }
+
+    /// Scenario time from the start to the last thing that can happen (the last press,
+    /// retry, payment, expiry, draw or closing), in ms.
+    pub fn span_ms(&self) -> f64 {
+        let last_opening = self.countdown_ms as f64
+            + f64::from(self.products_per_seller.saturating_sub(1)) * self.wave_interval_ms as f64;
+        let after_opening = [
+            self.pay_delay_ms as f64 + self.hold_ms.unwrap_or(0) as f64,
+            self.closes_after_ms().unwrap_or(0) as f64,
+            if self.policy == PolicyKind::FirstCome {
+                0.0
+            } else {
+                self.draw_window_ms as f64
+            },
+        ]
+        .into_iter()
+        .fold(0.0, f64::max);
+        match (self.mode, self.rate) {
+            // As fast as the engine takes them: only the timers take scenario time.
+            (Mode::Closed, _) => after_opening,
+            // Evenly spaced at the rate (in wall time), every sale open from the start.
+            (Mode::Open, Some(rate)) => {
+                self.presses_sent() / rate * 1e3 * self.speed + after_opening
+            }
+            (Mode::Open, None) => {
+                last_opening + (self.burst_ms as f64 + RETRY_DELAY_MS_MAX).max(after_opening)
+            }
+        }
+    }
+
+    /// The wall-clock seconds a run takes at most (closed loop: its timers only).
+    pub fn wall_seconds(&self) -> f64 {
+        self.span_ms() / self.speed / 1e3
+    }
+
+    /// Bytes the run holds at most, by the knob that drives each part: the presses (made,
+    /// then split into schedules), the rings (one each way per producer and shard), the
+    /// catalog and order books, and each producer's per-10 ms rate buckets.
+    pub fn memory_bytes(&self) -> [(&'static str, f64); 5] {
+        // The press list grows by doubling (up to twice its length), then is split into
+        // schedules; plus the process itself (threads, allocator, histograms).
+        let presses = self.presses_generated() * PRESS_BYTES * 3.0 + PROCESS_BYTES;
+        let rings = f64::from(self.producers)
+            * f64::from(self.shards)
+            * f64::from(self.ring_capacity.next_power_of_two())
+            * RING_SLOT_BYTES;
+        let skus = self.skus() as f64 * SKU_BYTES;
+        let stock = (u64::from(self.sellers) * u64::from(self.products_per_seller)) as f64
+            * f64::from(self.stock_per_product);
+        let orders = stock.min(self.presses_sent()) * ORDER_BYTES;
+        let buckets = f64::from(self.producers) * self.wall_seconds() * 100.0 * BUCKET_BYTES;
+        [
+            ("viewers_max", presses),
+            ("ring_capacity", rings),
+            ("variants_per_product", skus),
+            ("stock_per_product", orders),
+            ("speed", buckets),
+        ]
+    }
+
+    /// Refuses a run that would not fit in memory or would take too long, naming the knob
+    /// that makes it so.
+    fn check_estimates(&self) -> Result<(), String> {
+        let generated = self.presses_generated();
+        if generated > PRESSES_MAX as f64 {
             return Err(format!(
-                "viewers_max: about {presses:.0} presses would not fit in memory; \
-                 lower viewers, press_fraction or set intents"
+                "viewers_max: about {generated:.3e} presses would be generated (the intents cap \
+                 keeps the first ones by schedule, so all are made); at most {PRESSES_MAX}: \
+                 lower viewers, products or press_fraction"
+            ));
+        }
+        let wall = self.wall_seconds();
+        if wall.is_nan() || wall > WALL_SECONDS_MAX {
+            return Err(format!(
+                "{}: the run would last about {} s of wall time (scenario {} s at speed {}); \
+                 at most {WALL_SECONDS_MAX} s",
+                self.slowest_knob(),
+                short(wall),
+                short(self.span_ms() / 1e3),
+                short(self.speed)
+            ));
+        }
+        let budget = memory_budget_bytes();
+        let parts = self.memory_bytes();
+        let memory: f64 = parts.iter().map(|(_, bytes)| bytes).sum();
+        if memory.is_nan() || memory > budget {
+            let (field, largest) = parts
+                .into_iter()
+                .fold(("viewers_max", 0.0), |a, b| if b.1 > a.1 { b } else { a });
+            return Err(format!(
+                "{field}: the run would need about {} of memory ({} of it for this knob's \
+                 part); at most {} (half of this machine's) is used",
+                gib(memory),
+                gib(largest),
+                gib(budget)
             ));
         }
         Ok(())
+    }
+
+    /// The knob that makes the run longest: the rate, the speed (when the scenario itself
+    /// would fit at speed 1), or the longest of the time knobs.
+    fn slowest_knob(&self) -> &'static str {
+        if let Some(rate) = self.rate
+            && self.presses_sent() / rate > WALL_SECONDS_MAX
+        {
+            return "rate";
+        }
+        if self.span_ms() / 1e3 / self.speed.max(1.0) <= WALL_SECONDS_MAX {
+            return "speed";
+        }
+        let waves =
+            f64::from(self.products_per_seller.saturating_sub(1)) * self.wave_interval_ms as f64;
+        [
+            ("countdown_ms", self.countdown_ms as f64),
+            ("burst_ms", self.burst_ms as f64),
+            ("wave_interval_ms", waves),
+            ("draw_window_ms", self.draw_window_ms as f64),
+            ("pay_delay_ms", self.pay_delay_ms as f64),
+            ("hold_ms", self.hold_ms.unwrap_or(0) as f64),
+            ("close_after_ms", self.close_after_ms.unwrap_or(0) as f64),
+        ]
+        .into_iter()
+        .fold(("speed", 0.0), |longest, knob| {
+            if knob.1 > longest.1 { knob } else { longest }
+        })
+        .0
+    }
+}
+
+/// Most sellers, products per seller, variants per product and SKUs in all.
+pub const SELLERS_MAX: u64 = 100_000;
+/// See [`SELLERS_MAX`].
+pub const PRODUCTS_PER_SELLER_MAX: u64 = 10_000;
+/// See [`SELLERS_MAX`].
+pub const VARIANTS_MAX: u64 = 1_000;
+/// See [`SELLERS_MAX`].
+pub const SKUS_MAX: u64 = 1_000_000;
+/// Most viewers per seller.
+pub const VIEWERS_MAX: u64 = 1_000_000_000;
+/// Most presses a run generates (and so the most `intents`).
+pub const PRESSES_MAX: u64 = 200_000_000;
+/// Most request threads and shard threads.
+pub const PRODUCERS_MAX: u64 = 256;
+/// See [`PRODUCERS_MAX`].
+pub const SHARDS_MAX: u64 = 256;
+/// Most waitlist places per SKU.
+pub const WAITLIST_MAX: u64 = 10_000_000;
+/// Longest scenario time knob: a week.
+pub const SCENARIO_MS_MAX: u64 = 7 * 24 * 3_600 * 1_000;
+/// Longest run, in wall seconds (estimated before it starts).
+pub const WALL_SECONDS_MAX: f64 = 3_600.0;
+/// Steepest variant popularity.
+pub const ZIPF_MAX: f64 = 10.0;
+/// A retry comes up to this long after its press.
+const RETRY_DELAY_MS_MAX: f64 = 1_000.0;
+/// Estimated bytes per press, per ring slot (a request one way, a completion back), per
+/// SKU (catalog, core, report), per order (book, log, producer's list) and per rate bucket.
+const PRESS_BYTES: f64 = 40.0;
+const RING_SLOT_BYTES: f64 = 112.0;
+const SKU_BYTES: f64 = 600.0;
+const ORDER_BYTES: f64 = 250.0;
+const BUCKET_BYTES: f64 = 16.0;
+const PROCESS_BYTES: f64 = 64.0 * 1024.0 * 1024.0;
+
+/// Half of this machine's physical memory (8 GiB where it cannot be read).
+fn memory_budget_bytes() -> f64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|line| line.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        });
+    total_kib.map_or(8.0 * f64::from(1u32 << 30), |kib| kib * 1024.0 / 2.0)
+}
+
+/// A number for a one-line message: plain when moderate, in e-notation when not.
+fn short(x: f64) -> String {
+    if x == 0.0 || (1e-3..1e7).contains(&x.abs()) {
+        let text = format!("{x:.3}");
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        format!("{x:.2e}")
+    }
+}
+
+fn gib(bytes: f64) -> String {
+    let gib = bytes / f64::from(1u32 << 30);
+    if gib < 1e6 {
+        format!("{gib:.1} GiB")
+    } else {
+        format!("{gib:.1e} GiB")
     }
 }
 

@@ -162,11 +162,17 @@ pub fn compare(args: &CompareArgs) -> Result<bool, String> {
                 .into(),
         );
     }
-    if args.redis_connections == 0 {
-        return Err("redis-connections: must be at least 1".into());
+    if !(1..=1_024).contains(&args.redis_connections) {
+        return Err(format!(
+            "redis-connections: must be 1..=1024, got {}",
+            args.redis_connections
+        ));
     }
-    if args.redis_pipeline == 0 {
-        return Err("redis-pipeline: must be at least 1".into());
+    if !(1..=65_536).contains(&args.redis_pipeline) {
+        return Err(format!(
+            "redis-pipeline: must be 1..=65536, got {}",
+            args.redis_pipeline
+        ));
     }
     for name in &args.skip {
         if !["engine", "mutex", "crossbeam"].contains(&name.as_str()) {
@@ -176,6 +182,13 @@ pub fn compare(args: &CompareArgs) -> Result<bool, String> {
         }
     }
     let skipped = |name: &str| args.skip.iter().any(|skip| skip == name);
+    if args.redis.is_none()
+        && ["engine", "mutex", "crossbeam"]
+            .iter()
+            .all(|name| skipped(name))
+    {
+        return Err("skip: every peer is skipped, so there is nothing to compare".into());
+    }
     let say = |line: &str| {
         if !args.knobs.quiet {
             eprintln!("{line}");
