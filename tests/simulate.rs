@@ -108,8 +108,30 @@ fn small_run_accounts_for_every_intent_and_keeps_json_keys() {
         "wait_latency_ns",
         "lifecycle",
         "pools",
+        "headline",
+        "offered_per_s",
+        "peak_offered_per_s",
+        "achieved_per_s",
+        "peak_achieved_per_s",
+        "saturated",
+        "opens_at_run_ms",
     ] {
         assert!(report.get(key).is_some(), "missing key {key}");
+    }
+    // The headline puts what was sustained beside what was offered.
+    let headline = report["headline"].as_str().unwrap();
+    assert!(
+        headline.starts_with("sustained ") && headline.contains("offered; p99 "),
+        "{headline}"
+    );
+    // Every timeline point splits its outcomes into confirmed and rejected.
+    let mut confirmed_in_timeline = 0.0;
+    for point in report["timeline"].as_array().unwrap() {
+        let all = point["intents_per_s"].as_f64().unwrap();
+        let confirmed = point["confirmed_per_s"].as_f64().unwrap();
+        let rejected = point["rejected_per_s"].as_f64().unwrap();
+        assert!((confirmed + rejected - all).abs() < 1e-6, "{point}");
+        confirmed_in_timeline += confirmed / 100.0;
     }
     for key in [
         "samples", "p50", "p90", "p99", "p99_9", "p99_99", "max", "mean",
@@ -133,6 +155,7 @@ fn small_run_accounts_for_every_intent_and_keeps_json_keys() {
         "every intent has exactly one outcome"
     );
     assert_eq!(report["latency_ns"]["samples"].as_u64().unwrap(), intents);
+    assert_eq!(confirmed_in_timeline.round() as u64, confirmed);
     assert_invariants_hold(&report);
     // 20,000 viewers chase 5,000 pairs: all sell, to the unit.
     assert_eq!(report["confirmed_units"].as_u64().unwrap(), 5_000);
@@ -624,4 +647,46 @@ fn flags_that_would_be_ignored_are_refused() {
     let output = compare(&["--skip", "engine,mutex,crossbeam"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr_line(&output).starts_with("error: skip:"));
+}
+
+/// The plot (SVG) names the scenario, seed and loop, says where latency is measured from,
+/// splits confirmed from rejected outcomes and marks the opening and the sell-outs; a
+/// closed-loop plot measures from the submit and its time axis ends with the run.
+#[test]
+fn the_plot_says_what_it_shows() {
+    let dir = std::env::temp_dir().join(format!("flashsale-plot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let open = dir.join("open.svg");
+    let mut args = SMALL.to_vec();
+    args.extend(["--plot", open.to_str().unwrap()]);
+    let output = simulate(&args);
+    assert!(output.status.success(), "{}", stderr_line(&output));
+    let svg = std::fs::read_to_string(&open).unwrap();
+    for text in [
+        "sneaker-drop (seed 42, open loop)",
+        "from intended send",
+        "confirmed",
+        "rejected",
+        "sale opens",
+        "a SKU sells out (12)",
+    ] {
+        assert!(svg.contains(text), "the open-loop plot lacks {text:?}");
+    }
+    assert!(!svg.contains("100000.0"), "axis labels are written for people");
+    let closed = dir.join("closed.svg");
+    let mut args = SMALL.to_vec();
+    args.extend(["--mode", "closed", "--plot", closed.to_str().unwrap()]);
+    let output = simulate(&args);
+    assert!(output.status.success(), "{}", stderr_line(&output));
+    let svg = std::fs::read_to_string(&closed).unwrap();
+    assert!(svg.contains("closed loop") && svg.contains("from submit"));
+    assert!(!svg.contains("intended send"));
+    // 20,000 presses in a closed loop end within a second: the axis is in ms, not the
+    // schedule's seconds.
+    let labels: Vec<&str> = svg.lines().map(str::trim).collect();
+    assert!(
+        labels.contains(&"0 ms") && !labels.contains(&"4 s"),
+        "time axis scaled to the run"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -400,6 +400,14 @@ fn simulate_journaled(
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` and the like: end quietly when the reader goes away, as
+    // other command-line tools do, rather than panic on the failed write.
+    #[cfg(target_os = "linux")]
+    // SAFETY: restoring a signal's default action has no preconditions; it runs before
+    // any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         CliCommand::Simulate(args) => simulate(args),

@@ -45,6 +45,8 @@ pub struct SkuJson {
     pub remaining: u32,
     /// Scenario ms after the sale opened when the last unit went; null if not sold out.
     pub sold_out_after_open_ms: Option<f64>,
+    /// The same instant in run time (ms since the run's start), as the timeline counts.
+    pub sold_out_at_run_ms: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,7 +95,10 @@ pub struct PoolJson {
 pub struct TimelinePoint {
     /// Run time, ms.
     pub t_ms: u64,
+    /// Outcomes per second in this 10 ms, and the confirmed and rejected among them.
     pub intents_per_s: f64,
+    pub confirmed_per_s: f64,
+    pub rejected_per_s: f64,
 }
 
 /// One run, as `--json` prints it. Keys are stable: tests read them back.
@@ -136,6 +141,8 @@ pub struct RunJson {
     pub journal_commits: u64,
     pub peak_memory_bytes: Option<u64>,
     pub skus: Vec<SkuJson>,
+    /// When each product's sale opened, ms since the run's start (distinct instants).
+    pub opens_at_run_ms: Vec<f64>,
     pub timeline: Vec<TimelinePoint>,
 }
 
@@ -196,21 +203,30 @@ impl RunJson {
             .iter()
             .map(|reason| (reason.name(), result.rejections[reason.index()]))
             .collect();
-        let timeline = result
-            .timeline
-            .iter()
-            .enumerate()
-            .map(|(bucket, &count)| TimelinePoint {
-                t_ms: bucket as u64 * BUCKET_NS / 1_000_000,
-                intents_per_s: count as f64 * 1e9 / BUCKET_NS as f64,
-            })
-            .collect();
+        // The run ends with its last outcome: buckets sized for the schedule beyond it
+        // (a closed loop finishes long before its schedule would have) are left out.
         let active_buckets = result
             .timeline
             .iter()
             .rposition(|&count| count > 0)
             .map_or(1, |last| last + 1);
         let per_bucket = 1e9 / BUCKET_NS as f64;
+        let timeline = result
+            .timeline
+            .iter()
+            .zip(&result.confirmed_timeline)
+            .take(active_buckets)
+            .enumerate()
+            .map(|(bucket, (&count, &confirmed))| TimelinePoint {
+                t_ms: bucket as u64 * BUCKET_NS / 1_000_000,
+                intents_per_s: count as f64 * per_bucket,
+                confirmed_per_s: confirmed as f64 * per_bucket,
+                rejected_per_s: (count - confirmed) as f64 * per_bucket,
+            })
+            .collect();
+        let mut opens_at_run_ms: Vec<f64> =
+            result.opens_ns.iter().map(|&ns| ns as f64 / 1e6).collect();
+        opens_at_run_ms.dedup();
         let achieved_per_s = result.outcomes as f64 / active_buckets as f64 * per_bucket;
         let peak_achieved_per_s =
             result.timeline.iter().copied().max().unwrap_or(0) as f64 * per_bucket;
@@ -291,8 +307,10 @@ impl RunJson {
                     sold: sku.sold,
                     remaining: sku.remaining,
                     sold_out_after_open_ms: sku.sold_out_after_open_ms,
+                    sold_out_at_run_ms: sku.sold_out_at_run_ms,
                 })
                 .collect(),
+            opens_at_run_ms,
             timeline,
         }
     }

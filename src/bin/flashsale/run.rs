@@ -28,8 +28,9 @@ pub struct ProducerTally {
     pub latency_ns: Histogram<u64>,
     /// The same for presses that waited (pooled for a draw, or on a waitlist).
     pub wait_latency_ns: Histogram<u64>,
-    /// Outcomes per `BUCKET_NS` of run time.
+    /// Outcomes, and confirmations among them, per `BUCKET_NS` of run time.
     timeline: Vec<u64>,
+    confirmed_timeline: Vec<u64>,
     /// Confirmed units and the latest confirmation (run ns), per catalog index.
     confirmed_units: Vec<u64>,
     last_confirmed_ns: Vec<u64>,
@@ -59,6 +60,7 @@ impl ProducerTally {
             latency_ns: flashsale::report::latency_histogram(),
             wait_latency_ns: flashsale::report::latency_histogram(),
             timeline: vec![0; buckets],
+            confirmed_timeline: vec![0; buckets],
             confirmed_units: vec![0; skus],
             last_confirmed_ns: vec![0; skus],
             sold_out_first: vec![None; skus],
@@ -76,11 +78,16 @@ impl ProducerTally {
     pub fn merge(&mut self, other: Self) {
         let _ = self.latency_ns.add(&other.latency_ns);
         let _ = self.wait_latency_ns.add(&other.wait_latency_ns);
-        if self.timeline.len() < other.timeline.len() {
-            self.timeline.resize(other.timeline.len(), 0);
-        }
-        for (mine, theirs) in self.timeline.iter_mut().zip(&other.timeline) {
-            *mine += theirs;
+        for (mine, theirs) in [
+            (&mut self.timeline, &other.timeline),
+            (&mut self.confirmed_timeline, &other.confirmed_timeline),
+        ] {
+            if mine.len() < theirs.len() {
+                mine.resize(theirs.len(), 0);
+            }
+            for (mine, theirs) in mine.iter_mut().zip(theirs) {
+                *mine += theirs;
+            }
         }
         for index in 0..self.confirmed_units.len() {
             self.confirmed_units[index] += other.confirmed_units[index];
@@ -117,6 +124,8 @@ pub struct SkuResult {
     pub remaining: u32,
     /// When its last unit was confirmed, ms after its sale opened (if it sold out).
     pub sold_out_after_open_ms: Option<f64>,
+    /// The same instant in run time, ms (for the plot).
+    pub sold_out_at_run_ms: Option<f64>,
 }
 
 /// Invariants checked on the run's outcomes.
@@ -138,6 +147,9 @@ pub struct RunResult {
     pub rejections: [u64; RejectReason::ALL.len()],
     pub latency_ns: Histogram<u64>,
     pub timeline: Vec<u64>,
+    pub confirmed_timeline: Vec<u64>,
+    /// When each product's sale opened, ns of run time.
+    pub opens_ns: Vec<u64>,
     pub skus: Vec<SkuResult>,
     pub invariants: Invariants,
     pub engine: Report,
@@ -545,11 +557,13 @@ fn record_outcome(
     let bucket = (run_ns / BUCKET_NS) as usize;
     if bucket >= tally.timeline.len() {
         tally.timeline.resize(bucket + 1, 0);
+        tally.confirmed_timeline.resize(bucket + 1, 0);
     }
     tally.timeline[bucket] += 1;
     match outcome {
         Outcome::Confirmed(order) => {
             tally.confirmed_orders += 1;
+            tally.confirmed_timeline[bucket] += 1;
             let index = catalog.index_of(order.sku).expect("confirmed: known");
             tally.confirmed_units[index] += u64::from(order.quantity);
             tally.last_confirmed_ns[index] = tally.last_confirmed_ns[index].max(run_ns);
@@ -630,6 +644,8 @@ fn summarize(
         rejections: tally.rejections,
         latency_ns: tally.latency_ns,
         timeline: tally.timeline,
+        confirmed_timeline: tally.confirmed_timeline,
+        opens_ns: opens_ns.to_vec(),
         skus: checked.skus,
         invariants: checked.invariants,
         engine,
@@ -710,6 +726,8 @@ pub fn check(
                 sold: sku.held + sku.sold,
                 remaining: sku.available,
                 sold_out_after_open_ms,
+                sold_out_at_run_ms: (sku.available == 0)
+                    .then(|| tally.last_confirmed_ns[index] as f64 / 1e6),
             }
         })
         .collect();
