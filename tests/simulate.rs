@@ -291,6 +291,47 @@ fn closed_loop_and_rate_sweep_run() {
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[1]["offered_per_s"].as_f64().unwrap(), 200_000.0);
     assert!(rows.iter().all(|row| row["invariants_hold"] == true));
+    // Each row says whether the engine kept up, by the rule the table states.
+    for row in rows {
+        let (offered, achieved) = (
+            row["offered_per_s"].as_f64().unwrap(),
+            row["achieved_per_s"].as_f64().unwrap(),
+        );
+        assert_eq!(row["saturated"], achieved < 0.95 * offered, "{row}");
+    }
+    let output = simulate(&[
+        "--scenario",
+        "steady",
+        "--intents",
+        "20000",
+        "--rates",
+        "100k",
+    ]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("held at every rate"), "{text}");
+}
+
+/// `fsync` removes its scratch file from the directory as soon as it is open, so a run
+/// stopped by SIGTERM (or anything) leaves nothing behind.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_killed_fsync_probe_leaves_no_file() {
+    let dir = std::env::temp_dir().join(format!("flashsale-fsync-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args(["fsync", "--count", "100000", "--dir", dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Let it start appending (or finish, on a very fast disk: then the file is gone too).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn compare(args: &[&str]) -> Output {
@@ -672,7 +713,10 @@ fn the_plot_says_what_it_shows() {
     ] {
         assert!(svg.contains(text), "the open-loop plot lacks {text:?}");
     }
-    assert!(!svg.contains("100000.0"), "axis labels are written for people");
+    assert!(
+        !svg.contains("100000.0"),
+        "axis labels are written for people"
+    );
     let closed = dir.join("closed.svg");
     let mut args = SMALL.to_vec();
     args.extend(["--mode", "closed", "--plot", closed.to_str().unwrap()]);
