@@ -28,7 +28,9 @@
 //!   threads, so that `--cfg loom` model-checks the production code.
 //! - [`report`]: counts, per-SKU levels, latency percentiles.
 //! - `reference` (feature `reference`): the reference model, a plain sequential statement
-//!   of the shard rules that tests and fuzzers check [`ShardCore`] against.
+//!   of the shard rules that tests and fuzzers check [`ShardCore`] against; and
+//!   `workload`, the one seeded generator behind the simulator's presses, the benches'
+//!   intents and the tests' random command mixes.
 //!
 //! - [`journal`], [`storage`]: the journal's format, and the seam between it and the disk;
 //!   the engine's durability (group commit, snapshots, recovery) sits in the shell.
@@ -86,6 +88,8 @@ pub mod ring;
 pub mod storage;
 mod sync;
 mod types;
+#[cfg(feature = "reference")]
+pub mod workload;
 
 pub use catalog::{
     Catalog, CatalogBuilder, CatalogError, GroupSpec, Placement, PlacementError, Policy,

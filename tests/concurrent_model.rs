@@ -12,25 +12,11 @@
 #![cfg(feature = "reference")]
 
 use flashsale::reference::Model;
+use flashsale::workload::Rng;
 use flashsale::{
     Catalog, Command, Completion, Engine, GroupId, Intent, Outcome, RejectReason, ShardId, SkuId,
     SkuSpec, SubmitError, Submitted, UserId, WaitStrategy,
 };
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-}
 
 /// 8 SKUs: two 3-variant products with a group limit, two loose SKUs; small stocks so
 /// that some sell out during the run and some do not.
@@ -95,7 +81,7 @@ fn run(producers: usize, per_producer: u64, shards: usize, gate: bool, wait: Wai
                 let mut producer = engine.producer();
                 let shard_of = &shard_of;
                 scope.spawn(move || {
-                    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((index as u64 + 1) * 0x1234_5678));
+                    let mut rng = Rng::new(index as u64 + 1);
                     let mut seen = Seen {
                         queued: vec![Vec::new(); shards],
                         answered: vec![Vec::new(); shards],

@@ -33,7 +33,7 @@ fn catalog() -> Catalog {
         .unwrap()
 }
 
-/// A deterministic mix of every command (xorshift), with payments and cancellations of
+/// A deterministic mix of every command (the workload generator), with payments and cancellations of
 /// orders confirmed so far.
 fn commands(
     core: &mut ShardCore,
@@ -41,13 +41,8 @@ fn commands(
     path: &std::path::Path,
 ) -> Vec<(Applied, Vec<Deferred>)> {
     let (mut writer, _) = JournalWriter::open(path, ShardId(0)).unwrap();
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = flashsale::workload::Rng::new(1);
+    let mut next = move || rng.next_u64();
     let mut orders: Vec<OrderId> = Vec::new();
     let mut results = Vec::new();
     for step in 0..count {

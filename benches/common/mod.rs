@@ -6,21 +6,7 @@ use std::sync::Mutex;
 use flashsale::reference::Model;
 use flashsale::{Catalog, Intent, Outcome, SkuId, SkuSpec, UserId};
 
-/// xorshift64*: a tiny deterministic generator for workloads.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed | 1)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
+pub use flashsale::workload::Rng;
 
 /// The core workload: 1 hot SKU (id 0, 10,000 units) and 999 cold SKUs (ids
 /// 1..=999, 100 units each), per-buyer limit 2 on all.
@@ -38,7 +24,7 @@ pub fn hot_and_cold_intents(count: u64) -> Vec<Intent> {
     let mut rng = Rng::new(42);
     (0..count)
         .map(|user| {
-            let random = rng.next();
+            let random = rng.next_u64();
             let sku = if random % 10 == 0 {
                 1 + (random >> 8) as u32 % 999
             } else {

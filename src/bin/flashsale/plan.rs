@@ -4,30 +4,7 @@ use flashsale::{Catalog, GroupId, GroupSpec, Intent, SaleWindow, SkuId, SkuSpec,
 
 use crate::scenario::{Mode, Scenario};
 
-/// xorshift64*: small, fast, deterministic.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    pub fn below(&mut self, bound: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
-    }
-}
+pub use flashsale::workload::Rng;
 
 /// One press: when it should be sent (ns after the run's start) and what it asks.
 #[derive(Debug, Clone, Copy)]
