@@ -116,6 +116,15 @@ pub enum JournalError {
         /// The shard asked for.
         expected: u16,
     },
+    /// An earlier write or sync of this writer failed, so what the file holds past its
+    /// last successful sync is unknown (and after a failed `fdatasync` a retry proves
+    /// nothing): the writer refuses every later commit. Reopen the journal (recovery) to
+    /// go on from what is on the disk.
+    #[error("{path}: an earlier write or sync failed; reopen the journal to recover")]
+    Failed {
+        /// The file.
+        path: PathBuf,
+    },
     /// A record that was already durable is damaged, or the sequence skips or repeats;
     /// nothing from `offset` on was read. Recovery refuses to go on: truncating here would
     /// drop orders that were confirmed.
@@ -508,6 +517,8 @@ pub struct JournalWriter {
     written_len: u64,
     /// Bytes of the file known to be on the disk: `HEADER_LEN ..= written_len`.
     synced_len: u64,
+    /// A write or sync failed: every later commit is refused ([`JournalError::Failed`]).
+    failed: bool,
 }
 
 impl JournalWriter {
@@ -537,9 +548,19 @@ impl JournalWriter {
         };
         let mut file = storage.open(path).map_err(io)?;
         let mut bytes = file.read_all().map_err(io)?;
-        if bytes.is_empty() {
+        // A journal is born by writing its header and syncing it, before any record. A
+        // file no longer than a header that is not one is a birth cut short by a crash (a
+        // torn or partly written header): it holds no record, so nothing decided from it
+        // was ever released, and it starts again.
+        let unborn = bytes.len() < HEADER_LEN
+            || (bytes.len() == HEADER_LEN
+                && matches!(scan(&bytes, path), Err(JournalError::BadHeader { .. })));
+        if unborn {
+            if !bytes.is_empty() {
+                file.truncate(0).map_err(io)?;
+            }
             file.append(&header(shard)).map_err(io)?;
-            bytes.extend_from_slice(&header(shard));
+            bytes = header(shard).to_vec();
         }
         let scanned = scan(&bytes, path)?;
         if scanned.shard != shard {
@@ -568,6 +589,7 @@ impl JournalWriter {
                 next_sequence,
                 written_len: end,
                 synced_len: end,
+                failed: false,
             },
             scanned,
         ))
@@ -608,11 +630,26 @@ impl JournalWriter {
     /// (`fdatasync`). Returns whether anything was written.
     ///
     /// # Errors
-    /// [`JournalError::Io`]; the buffered records are kept, to retry.
+    /// [`JournalError::Io`] when the write or the sync fails; from then on every commit
+    /// is refused with [`JournalError::Failed`], since how much of the file reached the
+    /// disk is unknown (a partial write, or dirty pages dropped by a failed sync). What
+    /// was committed before stays committed; recover by reopening.
     pub fn commit(&mut self, sync: bool) -> Result<bool, JournalError> {
+        if self.failed {
+            return Err(JournalError::Failed {
+                path: self.path.clone(),
+            });
+        }
         if self.buffer.is_empty() {
             return Ok(false);
         }
+        let result = self.write_buffer(sync);
+        self.failed = result.is_err();
+        result.map(|()| true)
+    }
+
+    /// Appends the buffer and syncs if asked.
+    fn write_buffer(&mut self, sync: bool) -> Result<(), JournalError> {
         let io = |source| JournalError::Io {
             path: self.path.clone(),
             source,
@@ -624,7 +661,7 @@ impl JournalWriter {
             self.file.sync().map_err(io)?;
             self.synced_len = self.written_len;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Closes the journal cleanly: commits what is buffered, syncs, and appends a synced
@@ -635,11 +672,14 @@ impl JournalWriter {
     pub fn seal(&mut self) -> Result<(), JournalError> {
         self.commit(true)?;
         if self.synced_len < self.written_len {
-            let io = |source| JournalError::Io {
-                path: self.path.clone(),
-                source,
-            };
-            self.file.sync().map_err(io)?;
+            let synced = self.file.sync();
+            if let Err(source) = synced {
+                self.failed = true;
+                return Err(JournalError::Io {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
             self.synced_len = self.written_len;
         }
         encode_seal(self.next_sequence, &mut self.buffer);
