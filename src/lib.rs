@@ -100,7 +100,7 @@ pub use core::{Applied, Command, Deferred, PoolLevels, ShardCore, SkuLevels};
 pub use engine::client::{self, AsyncClient, Buy};
 pub use engine::{
     Control, Engine, EngineBuilder, EngineError, JournalConfig, LiveCounts, OrderSink, Producer,
-    SubmitError, Submitted, WaitStrategy,
+    RecoveredShard, SubmitError, Submitted, WaitStrategy,
 };
 pub use report::{LatencySummary, Report};
 pub use types::{

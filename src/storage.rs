@@ -1,8 +1,9 @@
 //! The seam between the journal and the disk.
 //!
-//! The journal writer and recovery reach their files only through [`Storage`], so that a
-//! test can put an observing or faulty disk under the real journaling code (one that
-//! blocks a sync to check that nothing is released before it returns, or fails one).
+//! The journal writer, the snapshot writer and recovery reach their files only through
+//! [`Storage`], so that a test can put an observing or faulty disk under the real
+//! durability code (one that blocks a sync to check that nothing is released before it
+//! returns, or the fault simulator's, which fails, tears and rots what it holds).
 //! [`FileStorage`], the default, is plain files: a commit is one `write` and, when synced,
 //! one `fdatasync`, as before the seam; the trait object costs one indirect call per
 //! commit, not per command.
@@ -12,13 +13,69 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-/// Opens the files durability writes through.
+/// Opens the files durability writes through: the journals (appended to) and the
+/// snapshots (written whole, renamed into place, listed, read back, removed). Every method
+/// but [`open`](Self::open) defaults to plain files, so a storage that only watches the
+/// journal need not say more.
 pub trait Storage: Send + Sync + fmt::Debug {
     /// Opens the file at `path` for reading and appending, creating it empty if missing.
     ///
     /// # Errors
     /// The OS error.
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>>;
+
+    /// Writes `bytes` as the whole file at `path` (created, or replaced) and syncs it.
+    ///
+    /// # Errors
+    /// The OS error; the file may then hold any part of `bytes`.
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let mut file = File::create(path)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    }
+
+    /// Every byte of the file at `path`.
+    ///
+    /// # Errors
+    /// The OS error (`NotFound` if there is none).
+    fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    /// Renames `from` to `to` (replacing it) and syncs the directory, so that the rename
+    /// survives a crash.
+    ///
+    /// # Errors
+    /// The OS error; the rename may then have happened or not.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)?;
+        match to.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+            _ => Ok(()),
+        }
+    }
+
+    /// The paths of the files in `dir` (none if it does not exist).
+    ///
+    /// # Errors
+    /// The OS error.
+    fn list(&self, dir: &Path) -> io::Result<Vec<std::path::PathBuf>> {
+        match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .map(|entry| entry.map(|entry| entry.path()))
+                .collect(),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Removes the file at `path`.
+    ///
+    /// # Errors
+    /// The OS error.
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
 }
 
 /// One open file: read whole, appended to, synced, cut short.

@@ -87,21 +87,132 @@ impl JournalConfig {
     /// A shard's snapshot files in the directory, with the sequence each was taken at.
     pub fn snapshots_of(&self, shard: ShardId) -> Vec<(u64, std::path::PathBuf)> {
         let prefix = format!("shard-{:05}-", shard.0);
-        std::fs::read_dir(&self.dir)
+        self.storage
+            .list(&self.dir)
+            .unwrap_or_default()
             .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name().into_string().ok()?;
+            .filter_map(|path| {
+                let name = path.file_name()?.to_str()?;
                 let sequence = name
                     .strip_prefix(&prefix)?
                     .strip_suffix(".fss")?
                     .parse()
                     .ok()?;
-                Some((sequence, entry.path()))
+                Some((sequence, path))
             })
             .collect()
     }
+
+    /// Recovers one shard from this directory, as the engine does at start-up: opens its
+    /// journal (truncating a torn tail, see [`JournalWriter::open_in`]), restores the
+    /// newest snapshot that checks out and that the journal reaches, and replays the
+    /// journal after it. The writer continues the journal.
+    ///
+    /// # Errors
+    /// [`EngineError::Journal`] for a journal that cannot be read or is corrupt;
+    /// [`EngineError::JournalSequence`] for one that does not continue its sequence.
+    pub fn recover_shard(
+        &self,
+        catalog: &Catalog,
+        placement: &Placement,
+        shard: ShardId,
+        orders: Option<usize>,
+    ) -> Result<RecoveredShard, EngineError> {
+        let fresh = ShardCore::with_order_capacity(catalog, placement, shard, orders);
+        self.recover_into(fresh, catalog, placement, orders)
+    }
+
+    /// [`recover_shard`](Self::recover_shard), starting from `fresh` (the shard's core as
+    /// built, so that its room for orders is not allocated twice) when no snapshot
+    /// restores.
+    pub(crate) fn recover_into(
+        &self,
+        fresh: ShardCore,
+        catalog: &Catalog,
+        placement: &Placement,
+        orders: Option<usize>,
+    ) -> Result<RecoveredShard, EngineError> {
+        let shard = fresh.shard();
+        let (writer, scanned) =
+            JournalWriter::open_in(&*self.storage, &self.path_of(shard), shard)?;
+        let journaled = scanned.records.len() as u64;
+        let mut snapshots = self.snapshots_of(shard);
+        snapshots.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
+        let mut core = None;
+        let mut from = 0;
+        for (sequence, path) in snapshots {
+            if sequence > journaled {
+                continue;
+            }
+            let restored = self.storage.read_file(&path).ok().and_then(|bytes| {
+                ShardCore::restore(catalog, placement, shard, orders, &bytes).ok()
+            });
+            if restored.is_some() {
+                core = restored;
+                from = sequence;
+                break;
+            }
+        }
+        let mut core = core.unwrap_or(fresh);
+        for &(sequence, ref command) in &scanned.records[from as usize..] {
+            let expected = core.commands_applied();
+            if sequence != expected {
+                return Err(EngineError::JournalSequence {
+                    shard: shard.0,
+                    found: sequence,
+                    expected,
+                });
+            }
+            core.apply(command);
+            core.take_deferred().for_each(drop);
+        }
+        Ok(RecoveredShard {
+            core,
+            writer,
+            replayed: journaled - from,
+            snapshot_at: from,
+        })
+    }
+
+    /// Writes a snapshot of `core` as the engine does: to a temporary file, synced, then
+    /// renamed into place (the rename synced); then removes all but the two newest of the
+    /// shard's snapshots. A snapshot is only ever read whole and checksummed, so one cut
+    /// short by a crash is passed over at recovery.
+    ///
+    /// # Errors
+    /// The storage's error; the temporary file is removed, and older snapshots stay.
+    pub fn write_snapshot(&self, core: &ShardCore) -> std::io::Result<()> {
+        let shard = core.shard();
+        let path = self.snapshot_path(shard, core.commands_applied());
+        let temporary = path.with_extension("tmp");
+        let written = self
+            .storage
+            .write_file(&temporary, &core.snapshot())
+            .and_then(|()| self.storage.rename(&temporary, &path));
+        if let Err(error) = written {
+            let _ = self.storage.remove(&temporary);
+            return Err(error);
+        }
+        let mut older = self.snapshots_of(shard);
+        older.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
+        for (_, stale) in older.into_iter().skip(2) {
+            let _ = self.storage.remove(&stale);
+        }
+        Ok(())
+    }
+}
+
+/// A shard recovered from its journal directory (see [`JournalConfig::recover_shard`]).
+#[derive(Debug)]
+pub struct RecoveredShard {
+    /// The shard's state after every journaled command.
+    pub core: ShardCore,
+    /// The shard's journal, open for the commands that come next.
+    pub writer: JournalWriter,
+    /// Commands replayed from the journal (after the snapshot, if one was restored).
+    pub replayed: u64,
+    /// The sequence of the snapshot restored (0: none, the whole journal was replayed).
+    pub snapshot_at: u64,
 }
 
 /// Opens a shard's journal and replays it into its core; remembers the keys of the orders it
@@ -115,43 +226,22 @@ pub(crate) fn recover(
     gate: &SoldOutGate,
 ) -> Result<Journaling, EngineError> {
     let shard = core.shard();
-    let (writer, scanned) =
-        crate::journal::JournalWriter::open_in(&*config.storage, &config.path_of(shard), shard)?;
-    let journaled = scanned.records.len() as u64;
-    // The newest snapshot that restores and that the journal reaches, if any.
-    let mut snapshots = config.snapshots_of(shard);
-    snapshots.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
-    let mut from = 0;
-    for (sequence, path) in snapshots {
-        if sequence > journaled {
-            continue;
-        }
-        let restored = std::fs::read(&path)
-            .ok()
-            .and_then(|bytes| ShardCore::restore(catalog, placement, shard, orders, &bytes).ok());
-        if let Some(restored) = restored {
-            *core = restored;
-            from = sequence;
-            break;
-        }
-    }
-    for &(sequence, ref command) in &scanned.records[from as usize..] {
-        let expected = core.commands_applied();
-        if sequence != expected {
-            return Err(EngineError::JournalSequence {
-                shard: shard.0,
-                found: sequence,
-                expected,
-            });
-        }
-        core.apply(command);
-        core.take_deferred().for_each(drop);
-    }
+    // The core as built moves in and the recovered one comes back; the placeholder left
+    // meanwhile has no room reserved for orders.
+    let placeholder = ShardCore::with_order_capacity(catalog, placement, shard, Some(0));
+    let fresh = std::mem::replace(core, placeholder);
+    let recovered = config.recover_into(fresh, catalog, placement, orders)?;
+    *core = recovered.core;
     // Retries of every order confirmed before must still reach the shard.
     for (user, client_key) in core.confirmed_keys() {
         gate.remember(usize::from(shard.0), user, client_key);
     }
-    Ok(Journaling::new(writer, config, journaled - from, from))
+    Ok(Journaling::new(
+        recovered.writer,
+        config,
+        recovered.replayed,
+        recovered.snapshot_at,
+    ))
 }
 
 /// A shard's journal and the outputs held back until it is committed: nothing the shard
@@ -218,28 +308,12 @@ impl Journaling {
         if at < self.snapshot_at.saturating_add(every.max(1)) || core.has_deferred() {
             return;
         }
-        let shard = core.shard();
-        let bytes = core.snapshot();
-        let path = self.config.snapshot_path(shard, at);
-        let temporary = path.with_extension("tmp");
-        let written = std::fs::File::create(&temporary)
-            .and_then(|mut file| {
-                std::io::Write::write_all(&mut file, &bytes)?;
-                file.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&temporary, &path))
-            .and_then(|()| std::fs::File::open(&self.config.dir)?.sync_all());
-        if written.is_err() {
-            let _ = std::fs::remove_file(&temporary);
+        if self.config.write_snapshot(core).is_err() {
+            // Skipped: the journal alone still recovers.
             return;
         }
         self.snapshot_at = at;
         self.snapshots += 1;
-        let mut older = self.config.snapshots_of(shard);
-        older.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
-        for (_, stale) in older.into_iter().skip(2) {
-            let _ = std::fs::remove_file(stale);
-        }
     }
 
     /// Seals the journal at a clean shutdown, so that recovery can tell damage in its last

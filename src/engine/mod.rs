@@ -42,7 +42,7 @@ use crate::sync::{Arc, Mutex};
 use crate::types::{ShardId, SkuId};
 
 pub use control::Control;
-pub use durability::JournalConfig;
+pub use durability::{JournalConfig, RecoveredShard};
 pub use error::EngineError;
 pub(crate) use lane::Notify;
 pub use producer::{Producer, SubmitError, Submitted};
