@@ -32,11 +32,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use flashsale::journal::{HEADER_LEN, JournalError, JournalWriter};
+use flashsale::journal::{HEADER_LEN, JournalError};
 use flashsale::storage::{Storage, StorageFile};
 use flashsale::workload::Rng;
 use flashsale::{
-    Catalog, Command, GroupId, Intent, OrderId, ShardCore, ShardId, SkuId, SkuSpec, UserId,
+    Catalog, Command, EngineError, GroupId, GroupSpec, Intent, JournalConfig, OrderId, Placement,
+    Policy, ShardCore, ShardId, SkuId, SkuSpec, UserId,
 };
 
 /// A sector: the unit a crash keeps or loses of unsynced data.
@@ -49,8 +50,11 @@ struct Faults {
     sync_error: f64,
     /// The disk is full past this many bytes (freed again at each restart).
     capacity: usize,
-    /// Per crash: a bit flips in synced data that a later record vouches for.
+    /// Per crash: a bit flips in synced data that a later record vouches for, and (apart)
+    /// one in a snapshot file.
     rot: f64,
+    /// Most simulated ns a sync takes (the shard's clock moves on meanwhile).
+    slow_sync_ns: u64,
 }
 
 /// One file on the simulated disk.
@@ -66,17 +70,25 @@ struct FileState {
 
 #[derive(Debug)]
 struct Disk {
+    /// Files appended to (the journal).
     files: Mutex<HashMap<PathBuf, FileState>>,
+    /// Files written whole (snapshots): durable once written and synced; one whose write
+    /// failed holds part of its bytes, and a crash keeps a random prefix of those.
+    whole: Mutex<HashMap<PathBuf, (Vec<u8>, bool)>>,
     rng: Mutex<Rng>,
     faults: Mutex<Faults>,
+    /// Simulated ns spent in syncs since the shard last looked.
+    sync_ns: Mutex<u64>,
 }
 
 impl Disk {
     fn new(seed: u64, faults: Faults) -> Arc<Self> {
         Arc::new(Self {
             files: Mutex::default(),
+            whole: Mutex::default(),
             rng: Mutex::new(Rng::new(seed ^ 0xD15C)),
             faults: Mutex::new(faults),
+            sync_ns: Mutex::new(0),
         })
     }
 
@@ -116,9 +128,27 @@ impl Disk {
             state.durable.extend_from_slice(&survived);
             state.volatile.clear();
         }
+        let mut whole = self.whole.lock().unwrap();
+        for (bytes, durable) in whole.values_mut() {
+            if !*durable {
+                let kept = self.below(bytes.len() as u64 + 1) as usize;
+                bytes.truncate(kept);
+                *durable = true;
+            } else if !bytes.is_empty() && self.roll(faults.rot) {
+                // Rot in a snapshot: recovery must pass over it (the journal still holds
+                // every command).
+                let at = self.below(bytes.len() as u64) as usize;
+                bytes[at] ^= 1 << self.below(8);
+            }
+        }
         // An operator freed some space before the restart.
         self.faults.lock().unwrap().capacity += 64 << 10;
         flipped
+    }
+
+    /// Simulated time spent in syncs since the last call.
+    fn take_sync_ns(&self) -> u64 {
+        std::mem::take(&mut *self.sync_ns.lock().unwrap())
     }
 }
 
@@ -138,6 +168,65 @@ impl Storage for SimStorage {
             disk: self.0.clone(),
             path: path.to_path_buf(),
         }))
+    }
+
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let faults = *self.0.faults.lock().unwrap();
+        let failed = self.0.roll(faults.write_error) || self.0.roll(faults.sync_error);
+        let kept = if failed {
+            self.0.below(bytes.len() as u64) as usize
+        } else {
+            bytes.len()
+        };
+        self.0
+            .whole
+            .lock()
+            .unwrap()
+            .insert(path.to_path_buf(), (bytes[..kept].to_vec(), !failed));
+        if failed {
+            return Err(io::Error::from_raw_os_error(5));
+        }
+        *self.0.sync_ns.lock().unwrap() += self.0.below(faults.slow_sync_ns + 1);
+        Ok(())
+    }
+
+    fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.0
+            .whole
+            .lock()
+            .unwrap()
+            .get(path)
+            .map(|(bytes, _)| bytes.clone())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let faults = *self.0.faults.lock().unwrap();
+        if self.0.roll(faults.write_error) {
+            return Err(io::Error::from_raw_os_error(5));
+        }
+        let mut whole = self.0.whole.lock().unwrap();
+        let file = whole
+            .remove(from)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        whole.insert(to.to_path_buf(), file);
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let whole = self.0.whole.lock().unwrap();
+        let files = self.0.files.lock().unwrap();
+        Ok(whole
+            .keys()
+            .chain(files.keys())
+            .filter(|path| path.parent() == Some(dir))
+            .cloned()
+            .collect())
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.0.whole.lock().unwrap().remove(path);
+        Ok(())
     }
 }
 
@@ -182,6 +271,7 @@ impl StorageFile for SimFile {
             // The unsynced bytes stay where a crash may or may not keep them.
             return Err(io::Error::from_raw_os_error(5));
         }
+        *self.disk.sync_ns.lock().unwrap() += self.disk.below(faults.slow_sync_ns + 1);
         self.with(|state| {
             let volatile = std::mem::take(&mut state.volatile);
             if !volatile.is_empty() {
@@ -205,7 +295,8 @@ impl StorageFile for SimFile {
     }
 }
 
-/// Two sizes of a trainer sharing a limit of 2 (short holds, a waitlist), and a lipstick.
+/// Two sizes of a trainer sharing a limit of 2 (short holds, a waitlist), a lipstick, and
+/// a drop sold by an opening draw.
 fn catalog() -> Catalog {
     Catalog::builder()
         .group(GroupId(1), 2)
@@ -217,6 +308,12 @@ fn catalog() -> Catalog {
         )
         .sku(SkuSpec::new(SkuId(2), 4).group(GroupId(1)).hold(9_000))
         .sku(SkuSpec::new(SkuId(3), 30).limit(3))
+        // A drop decided by an opening draw: presses in its first 20 µs are pooled.
+        .group_spec(GroupSpec::new(GroupId(2), 1).policy(Policy::OpeningDraw {
+            window_ns: 20_000,
+            seed: 7,
+        }))
+        .sku(SkuSpec::new(SkuId(4), 5).group(GroupId(2)))
         .build()
         .unwrap()
 }
@@ -246,7 +343,7 @@ fn next_command(
                 _ => Intent {
                     user: UserId(rng.below(25)),
                     client_key: rng.below(4),
-                    sku: SkuId(1 + rng.below(3) as u32),
+                    sku: SkuId(1 + rng.below(4) as u32),
                     quantity: 1 + rng.below(2) as u32,
                 },
             };
@@ -283,8 +380,12 @@ fn next_command(
 /// How one seed's run ended.
 #[derive(Debug, PartialEq, Eq)]
 enum Ended {
-    /// Every crash recovered with every check holding.
-    Recovered { crashes: u32, released: usize },
+    /// Every crash recovered with every check holding (some from a snapshot).
+    Recovered {
+        crashes: u32,
+        released: usize,
+        from_snapshots: u64,
+    },
     /// Recovery refused the journal as damaged at rest (where the bit flipped).
     ReportedRot,
 }
@@ -297,10 +398,16 @@ fn run_seed(seed: u64) -> Result<Ended, String> {
         sync_error: [0.0, 0.01, 0.05][rng.below(3) as usize],
         capacity: 4_096 + rng.below(64 << 10) as usize,
         rot: [0.0, 0.2][rng.below(2) as usize],
+        slow_sync_ns: [0, 5_000, 50_000][rng.below(3) as usize],
     };
     let disk = Disk::new(seed, faults);
     let catalog = catalog();
-    let path = PathBuf::from("shard-00000.fsj");
+    let placement = Placement::new(&catalog, 1).unwrap();
+    let config = JournalConfig {
+        storage: Arc::new(SimStorage(disk.clone())),
+        ..JournalConfig::durable("sim")
+    };
+    let path = config.path_of(ShardId(0));
     // Every command applied, in order, since the start (the truth a recovery is held to),
     // and the summary of every command whose outcomes were released, by sequence.
     let mut applied: Vec<Command> = Vec::new();
@@ -308,19 +415,21 @@ fn run_seed(seed: u64) -> Result<Ended, String> {
     let mut now = 0u64;
     let mut crashes = 0;
     let mut flipped: Option<usize> = None;
+    let mut from_snapshots = 0;
     for _life in 0..1 + rng.below(6) {
-        // Restart: open (recover) the journal and replay it.
+        // Restart: recover as the engine does (the newest snapshot that checks out, then
+        // the journal after it).
         let mut attempts = 0;
-        let (mut writer, scanned) = loop {
+        let recovered = loop {
             attempts += 1;
-            match JournalWriter::open_in(&SimStorage(disk.clone()), &path, ShardId(0)) {
-                Ok(opened) => break opened,
+            match config.recover_shard(&catalog, &placement, ShardId(0), None) {
+                Ok(recovered) => break recovered,
                 // The disk failed the restart itself (its header write or its sync): the
                 // process stops, and is started again.
-                Err(JournalError::Io { .. }) if attempts < 100 => {
+                Err(EngineError::Journal(JournalError::Io { .. })) if attempts < 100 => {
                     flipped = flipped.or(disk.crash());
                 }
-                Err(JournalError::Corrupt { offset, .. }) => {
+                Err(EngineError::Journal(JournalError::Corrupt { offset, .. })) => {
                     let Some(at) = flipped else {
                         return Err(format!("Corrupt at {offset} with no bit flipped"));
                     };
@@ -338,20 +447,27 @@ fn run_seed(seed: u64) -> Result<Ended, String> {
                 "a bit flipped at {flipped:?} in vouched-for data, and recovery read past it"
             ));
         }
-        let survived = scanned.records.len();
+        from_snapshots += u64::from(recovered.snapshot_at > 0);
+        // What the journal holds now (its torn tail cut away), read back from the disk.
+        let bytes = disk.files.lock().unwrap()[&path].durable.clone();
+        let records = flashsale::journal::scan(&bytes, &path)
+            .map_err(|error| format!("the recovered journal does not read back: {error}"))?
+            .records;
+        let survived = records.len();
         if survived > applied.len() {
             return Err(format!(
                 "{survived} records but only {} applied",
                 applied.len()
             ));
         }
-        let mut core = ShardCore::whole(&catalog);
+        // From scratch: every surviving command replayed, each released one checked.
+        let mut scratch = ShardCore::whole(&catalog);
         let mut orders = Vec::new();
-        for (index, (sequence, command)) in scanned.records.iter().enumerate() {
+        for (index, (sequence, command)) in records.iter().enumerate() {
             if *sequence != index as u64 || *command != applied[index] {
                 return Err(format!("record {index} is not the command applied there"));
             }
-            let summary = applied_summary(&mut core, command);
+            let summary = applied_summary(&mut scratch, command);
             if let Some(was) = released.get(sequence)
                 && *was != summary
             {
@@ -366,9 +482,19 @@ fn run_seed(seed: u64) -> Result<Ended, String> {
                 "sequence {lost} was released but only {survived} commands survived"
             ));
         }
+        // The recovered core (snapshot plus tail) is the from-scratch one, byte for byte.
+        let mut core = recovered.core;
+        if core.snapshot() != scratch.snapshot() {
+            return Err(format!(
+                "the core recovered from the snapshot at {} differs from a replay of the \
+                 {survived} surviving commands",
+                recovered.snapshot_at
+            ));
+        }
         check_levels(&core, &catalog)?;
         applied.truncate(survived);
         now = now.max(core.now_ns());
+        let mut writer = recovered.writer;
         // Live: apply and journal commands, commit in groups, release what committed.
         let mut held: Vec<(u64, String)> = Vec::new();
         let mut last = None;
@@ -390,10 +516,17 @@ fn run_seed(seed: u64) -> Result<Ended, String> {
                 // reached the disk is unknown). The engine fails the shard instead; either
                 // way nothing held goes out, and a restart follows.
                 let committed = writer.commit(true).is_ok() || writer.commit(true).is_ok();
+                now += disk.take_sync_ns();
                 if !committed {
                     break;
                 }
                 released.extend(held.drain(..));
+                // Now and then a snapshot, after a commit as the engine takes them; one
+                // that fails is skipped.
+                if rng.below(10) == 0 {
+                    let _ = config.write_snapshot(&core);
+                    now += disk.take_sync_ns();
+                }
             }
         }
         // The crash comes wherever the loop stopped (mid-group, or after a failure).
@@ -404,6 +537,7 @@ fn run_seed(seed: u64) -> Result<Ended, String> {
     Ok(Ended::Recovered {
         crashes,
         released: released.len(),
+        from_snapshots,
     })
 }
 
@@ -446,21 +580,28 @@ fn check(seed: u64) -> Ended {
 #[test]
 fn thousands_of_seeds_recover_everything_released() {
     let seeds: u64 = if cfg!(miri) { 5 } else { 2_000 };
-    let (mut recovered, mut rot, mut released) = (0, 0, 0);
+    let (mut recovered, mut rot, mut released, mut from_snapshots) = (0, 0, 0, 0);
     for seed in 0..seeds {
         match check(seed) {
-            Ended::Recovered { released: n, .. } => {
+            Ended::Recovered {
+                released: n,
+                from_snapshots: s,
+                ..
+            } => {
                 recovered += 1;
                 released += n;
+                from_snapshots += s;
             }
             Ended::ReportedRot => rot += 1,
         }
     }
     eprintln!(
         "{seeds} seeds: {recovered} recovered after every crash ({released} released \
-         commands checked), {rot} refused bit rot by offset"
+         commands checked, {from_snapshots} restarts from a snapshot), {rot} refused bit \
+         rot by offset"
     );
     assert!(recovered > 0 && rot > 0, "both endings were exercised");
+    assert!(from_snapshots > 0, "recovery from snapshots was exercised");
     assert!(
         released > seeds as usize * 50,
         "seeds released work to check"
