@@ -1,26 +1,33 @@
-//! A deterministic fault simulator for the journal, in the manner of TigerBeetle's VOPR:
-//! the real shard core and the real journal writer and reader run single-threaded against
-//! a simulated disk that fails as disks do, every fault drawn from one seed, so that any
+//! A deterministic fault simulator for durability, in the manner of TigerBeetle's VOPR:
+//! the real shard core, journal writer, snapshot writer and recovery (the engine's own,
+//! `JournalConfig::recover_shard` and `write_snapshot`) run single-threaded against a
+//! simulated disk that fails as disks do, every fault drawn from one seed, so that any
 //! failure replays exactly from its seed.
 //!
 //! The disk: writes that fail after writing part of their bytes, a full disk, syncs that
-//! fail (after which the unsynced bytes may or may not be on the disk), crashes that keep
-//! what was synced plus a random prefix of the unsynced bytes with some of its sectors
-//! never written (torn), and bit flips in synced data (bit rot at rest).
+//! fail (after which the unsynced bytes may or may not be on the disk), slow syncs (the
+//! shard's clock moves on meanwhile, so holds fall due), snapshot writes and renames that
+//! fail, crashes that keep what was synced plus a random prefix of the unsynced bytes with
+//! some of its sectors never written (torn), and bit flips in synced data (bit rot at rest,
+//! in the journal and in snapshot files).
 //!
-//! The shard: commands from a generator (buys, retries, buys that wait, payments,
-//! cancellations, restocks, ticks) applied to a `ShardCore` and appended to the journal;
-//! committed (and synced) in groups as the engine's group commit does; each command's
-//! outcomes released only once its group's commit returned. A failed commit is retried
-//! once, as a naive caller would (the writer must refuse the retry), then stops the shard
-//! (as the engine fails it); a crash comes then, or at any other point.
+//! The shard: commands from a generator (buys, retries, buys that wait, presses pooled for
+//! an opening draw, payments, cancellations, restocks, ticks) applied to a `ShardCore` and
+//! appended to the journal; committed (and synced) in groups as the engine's group commit
+//! does, with a snapshot now and then after a commit; each command's outcomes released
+//! only once its group's commit returned. A failed commit is retried once, as a naive
+//! caller would (the writer must refuse the retry), then stops the shard (as the engine
+//! fails it); a crash comes then, or at any other point.
 //!
-//! After every crash, recovery (reopening the journal and replaying it) must:
-//! - refuse with `Corrupt`, naming the offset, when bits flipped in data a later record
-//!   vouches was synced, and never otherwise; or else
+//! After every crash, recovery must:
+//! - refuse with `Corrupt`, naming the offset, when bits flipped in journal data a later
+//!   record vouches was synced, and never otherwise (a rotten snapshot is passed over); or
+//!   else
 //! - keep exactly a prefix of the commands that were applied, in order and unaltered;
 //! - hold every command whose outcomes were released (nothing was released that was not
 //!   durable), and give each of them, replayed, exactly the outcomes that were released;
+//! - agree, command by command, with the reference model replaying the same commands;
+//! - equal, byte for byte, a from-scratch replay (whether it started from a snapshot);
 //! - conserve units (available + held + sold = stock + restocked) and keep every limit.
 //!
 //! `cargo test` runs 2,000 seeds. `cargo test --release --test fault_sim -- --ignored`
@@ -33,12 +40,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use flashsale::journal::{HEADER_LEN, JournalError};
+use flashsale::reference::Model;
 use flashsale::storage::{Storage, StorageFile};
 use flashsale::workload::Rng;
 use flashsale::{
     Catalog, Command, EngineError, GroupId, GroupSpec, Intent, JournalConfig, OrderId, Placement,
     Policy, ShardCore, ShardId, SkuId, SkuSpec, UserId,
 };
+
+/// Buyers in the simulation (few, so that limits and retries bite).
+const USERS: u64 = 25;
 
 /// A sector: the unit a crash keeps or loses of unsynced data.
 const SECTOR: usize = 512;
@@ -341,7 +352,7 @@ fn next_command(
             let intent = match last {
                 Some(intent) if rng.below(5) == 0 => *intent,
                 _ => Intent {
-                    user: UserId(rng.below(25)),
+                    user: UserId(rng.below(USERS)),
                     client_key: rng.below(4),
                     sku: SkuId(1 + rng.below(4) as u32),
                     quantity: 1 + rng.below(2) as u32,
@@ -460,14 +471,22 @@ fn run_seed(seed: u64) -> Result<Ended, String> {
                 applied.len()
             ));
         }
-        // From scratch: every surviving command replayed, each released one checked.
+        // From scratch: every surviving command replayed, each released one checked, and
+        // the reference model (the rules stated plainly) agreeing on every one.
         let mut scratch = ShardCore::whole(&catalog);
+        let mut model = Model::whole(&catalog);
         let mut orders = Vec::new();
         for (index, (sequence, command)) in records.iter().enumerate() {
             if *sequence != index as u64 || *command != applied[index] {
                 return Err(format!("record {index} is not the command applied there"));
             }
             let summary = applied_summary(&mut scratch, command);
+            let by_model = format!("{:?} {:?}", model.apply(command), model.take_deferred());
+            if by_model != summary {
+                return Err(format!(
+                    "sequence {sequence}: core {summary}, model {by_model}"
+                ));
+            }
             if let Some(was) = released.get(sequence)
                 && *was != summary
             {
@@ -492,6 +511,7 @@ fn run_seed(seed: u64) -> Result<Ended, String> {
             ));
         }
         check_levels(&core, &catalog)?;
+        check_limits(&model)?;
         applied.truncate(survived);
         now = now.max(core.now_ns());
         let mut writer = recovered.writer;
@@ -552,8 +572,7 @@ fn summary_orders(summary: &str) -> Vec<OrderId> {
         .collect()
 }
 
-/// Units conserved per SKU; nobody over a limit is checked by the core's own rules and
-/// the replay comparison (a replayed outcome equals the released one).
+/// Units conserved per SKU.
 fn check_levels(core: &ShardCore, catalog: &Catalog) -> Result<(), String> {
     for (spec, level) in catalog.skus().iter().zip(core.levels()) {
         let total = u64::from(level.available) + u64::from(level.held) + u64::from(level.sold);
@@ -562,6 +581,22 @@ fn check_levels(core: &ShardCore, catalog: &Catalog) -> Result<(), String> {
             return Err(format!(
                 "{:?}: {total} units where {stock} are owed",
                 spec.id
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// No buyer holds more than a limit allows: 2 across the trainer's sizes, 3 lipsticks,
+/// 1 of the drawn drop (as the model counts what each buyer holds and bought).
+fn check_limits(model: &Model) -> Result<(), String> {
+    for user in (0..USERS).map(UserId) {
+        let trainer = model.held_of_group(user, GroupId(1));
+        let lipstick = model.held_by(user, SkuId(3));
+        let drop = model.held_of_group(user, GroupId(2));
+        if trainer > 2 || lipstick > 3 || drop > 1 {
+            return Err(format!(
+                "{user:?} holds {trainer} trainers, {lipstick} lipsticks, {drop} drops"
             ));
         }
     }
