@@ -940,4 +940,82 @@ mod tests {
         ));
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A disk in memory whose next sync fails once.
+    #[derive(Debug, Default)]
+    struct FailingSync {
+        bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+        fail_next_sync: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl crate::storage::Storage for FailingSync {
+        fn open(&self, _: &Path) -> io::Result<Box<dyn crate::storage::StorageFile>> {
+            Ok(Box::new(FailingSyncFile {
+                bytes: self.bytes.clone(),
+                fail_next_sync: self.fail_next_sync.clone(),
+            }))
+        }
+    }
+
+    #[derive(Debug)]
+    struct FailingSyncFile {
+        bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+        fail_next_sync: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl crate::storage::StorageFile for FailingSyncFile {
+        fn read_all(&mut self) -> io::Result<Vec<u8>> {
+            Ok(self.bytes.lock().unwrap().clone())
+        }
+        fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+            self.bytes.lock().unwrap().extend_from_slice(bytes);
+            Ok(())
+        }
+        fn sync(&mut self) -> io::Result<()> {
+            if self
+                .fail_next_sync
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                return Err(io::Error::from_raw_os_error(5));
+            }
+            Ok(())
+        }
+        fn truncate(&mut self, len: u64) -> io::Result<()> {
+            self.bytes.lock().unwrap().truncate(len as usize);
+            Ok(())
+        }
+    }
+
+    /// After a failed sync a retry would prove nothing (the kernel may have dropped the
+    /// dirty pages): the writer refuses every later commit and seal, until reopened.
+    #[test]
+    fn a_failed_sync_ends_the_writer_until_it_is_reopened() {
+        let storage = FailingSync::default();
+        let path = Path::new("shard-00000.fsj");
+        let (mut writer, _) = JournalWriter::open_in(&storage, path, ShardId(0)).unwrap();
+        let commands = every_kind();
+        writer.append(0, &commands[0]);
+        assert!(writer.commit(true).unwrap());
+        writer.append(1, &commands[1]);
+        storage
+            .fail_next_sync
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(matches!(writer.commit(true), Err(JournalError::Io { .. })));
+        // The sync would succeed now; the writer still refuses, with or without records.
+        assert!(matches!(
+            writer.commit(true),
+            Err(JournalError::Failed { .. })
+        ));
+        writer.append(2, &commands[2]);
+        assert!(matches!(
+            writer.commit(true),
+            Err(JournalError::Failed { .. })
+        ));
+        assert!(matches!(writer.seal(), Err(JournalError::Failed { .. })));
+        // Reopened, it goes on from what is on the disk.
+        let (mut reopened, scanned) = JournalWriter::open_in(&storage, path, ShardId(0)).unwrap();
+        assert_eq!(scanned.records.len(), 2);
+        reopened.append(2, &commands[2]);
+        assert!(reopened.commit(true).unwrap());
+    }
 }
