@@ -415,6 +415,27 @@ impl Catalog {
         self.sku_index.get(&sku).map(|&index| index as usize)
     }
 
+    /// The rule every intent passes before anything decides it, wherever it is decided
+    /// (the producer's screen, and the baselines it is compared with): a quantity in
+    /// `1..=max_quantity` (else [`InvalidQuantity`](crate::RejectReason::InvalidQuantity))
+    /// of a SKU in the catalog (else [`UnknownSku`](crate::RejectReason::UnknownSku)).
+    /// Returns the SKU's catalog index.
+    ///
+    /// # Errors
+    /// The reason the intent is malformed.
+    #[inline]
+    pub fn admit(
+        &self,
+        intent: &crate::Intent,
+        max_quantity: u32,
+    ) -> Result<usize, crate::RejectReason> {
+        if intent.quantity == 0 || intent.quantity > max_quantity {
+            return Err(crate::RejectReason::InvalidQuantity);
+        }
+        self.index_of(intent.sku)
+            .ok_or(crate::RejectReason::UnknownSku)
+    }
+
     /// The SKU with this id.
     pub fn sku(&self, sku: SkuId) -> Option<&SkuSpec> {
         self.index_of(sku).map(|index| &self.skus[index])

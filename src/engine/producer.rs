@@ -64,13 +64,9 @@ impl EngineShared {
         if self.shutdown.load(Ordering::Acquire) {
             return Screened::Refused(SubmitError::ShutDown(*intent));
         }
-        if intent.quantity == 0 || intent.quantity > self.max_quantity {
-            return Screened::Answered(Outcome::rejected_by_producer(
-                RejectReason::InvalidQuantity,
-            ));
-        }
-        let Some(catalog_index) = self.catalog.index_of(intent.sku) else {
-            return Screened::Answered(Outcome::rejected_by_producer(RejectReason::UnknownSku));
+        let catalog_index = match self.catalog.admit(intent, self.max_quantity) {
+            Ok(index) => index,
+            Err(reason) => return Screened::Answered(Outcome::rejected_by_producer(reason)),
         };
         let (ShardId(shard), local) = self.placement.route(catalog_index);
         let shard = usize::from(shard);

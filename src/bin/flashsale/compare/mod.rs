@@ -305,19 +305,13 @@ fn table(report: &CompareJson) -> String {
     out
 }
 
-/// A peer's verdict on one intent, before counting.
+/// A peer's verdict on a malformed intent, by the engine's own rule ([`Catalog::admit`]).
 fn validate(intent: &Intent, catalog: &Catalog, max_quantity: u32) -> Option<Outcome> {
-    let rejected = |reason| Outcome::Rejected {
+    let reason = catalog.admit(intent, max_quantity).err()?;
+    Some(Outcome::Rejected {
         reason,
         sequence: None,
-    };
-    if intent.quantity == 0 || intent.quantity > max_quantity {
-        return Some(rejected(RejectReason::InvalidQuantity));
-    }
-    if catalog.index_of(intent.sku).is_none() {
-        return Some(rejected(RejectReason::UnknownSku));
-    }
-    None
+    })
 }
 
 /// The engine's `max_quantity` as `run` sets it.
