@@ -59,6 +59,29 @@ impl Out {
     }
 }
 
+/// The checked payload of a snapshot file of `shard`: its header's magic, version and
+/// shard, its length within the file, and its checksum.
+fn payload_of(bytes: &[u8], shard: ShardId) -> Result<&[u8], SnapshotError> {
+    let header = bytes.get(..HEADER_LEN).ok_or(SnapshotError::BadHeader)?;
+    if header[..8] != SNAPSHOT_MAGIC || header[8..12] != VERSION.to_le_bytes() {
+        return Err(SnapshotError::BadHeader);
+    }
+    let found = u16::from_le_bytes([header[12], header[13]]);
+    if found != shard.0 {
+        return Err(SnapshotError::WrongShard(found));
+    }
+    let length = u64::from_le_bytes(header[24..32].try_into().expect("8 bytes"));
+    let checksum = u32::from_le_bytes(header[32..36].try_into().expect("4 bytes"));
+    let payload = usize::try_from(length)
+        .ok()
+        .and_then(|length| bytes.get(HEADER_LEN..HEADER_LEN.checked_add(length)?))
+        .ok_or(SnapshotError::BadHeader)?;
+    if crc32fast::hash(payload) != checksum {
+        return Err(SnapshotError::Checksum);
+    }
+    Ok(payload)
+}
+
 struct In<'a>(&'a [u8]);
 
 impl In<'_> {
@@ -113,6 +136,29 @@ impl ShardCore {
         out.u64(self.orders_confirmed);
         out.u64(self.now_ns);
         out.u64(self.levels_version);
+        self.write_skus(&mut out);
+        out.u64(self.buyers.words.len() as u64);
+        for &word in self.buyers.words.iter() {
+            out.u64(word);
+        }
+        self.book.write_to(&mut |word| out.u64(word));
+        self.write_orders(&mut out);
+        self.write_pools(&mut out);
+        let payload = out.0;
+        let mut file = Vec::with_capacity(HEADER_LEN + payload.len());
+        file.extend_from_slice(&SNAPSHOT_MAGIC);
+        file.extend_from_slice(&VERSION.to_le_bytes());
+        file.extend_from_slice(&self.shard.0.to_le_bytes());
+        file.extend_from_slice(&[0, 0]);
+        file.extend_from_slice(&self.sequence_next.to_le_bytes());
+        file.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        file.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        file.extend_from_slice(&payload);
+        file
+    }
+
+    /// Each SKU's levels, window, counters and waitlist.
+    fn write_skus(&self, out: &mut Out) {
         out.u64(self.skus.len() as u64);
         for sku in &self.skus {
             out.u32(sku.id.0);
@@ -139,11 +185,11 @@ impl ShardCore {
                 out.intent(&waiter.intent);
             }
         }
-        out.u64(self.buyers.words.len() as u64);
-        for &word in self.buyers.words.iter() {
-            out.u64(word);
-        }
-        self.book.write_to(&mut |word| out.u64(word));
+    }
+
+    /// The order log, then the payment deadlines (sorted, so that equal cores write equal
+    /// bytes).
+    fn write_orders(&self, out: &mut Out) {
         out.u64(self.orders.len() as u64);
         for order in self.orders.iter() {
             out.u64(order.user);
@@ -157,6 +203,10 @@ impl ShardCore {
             out.u64(deadline);
             out.u64(number);
         }
+    }
+
+    /// Each pool and its tickets.
+    fn write_pools(&self, out: &mut Out) {
         out.u64(self.pools.len() as u64);
         for pool in &self.pools {
             out.u64(pool.serve_at_ns);
@@ -170,17 +220,6 @@ impl ShardCore {
                 out.u8(u8::from(ticket.wait));
             }
         }
-        let payload = out.0;
-        let mut file = Vec::with_capacity(HEADER_LEN + payload.len());
-        file.extend_from_slice(&SNAPSHOT_MAGIC);
-        file.extend_from_slice(&VERSION.to_le_bytes());
-        file.extend_from_slice(&self.shard.0.to_le_bytes());
-        file.extend_from_slice(&[0, 0]);
-        file.extend_from_slice(&self.sequence_next.to_le_bytes());
-        file.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        file.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        file.extend_from_slice(&payload);
-        file
     }
 
     /// The sequence number a snapshot file was taken at (the next command's), if its
@@ -202,33 +241,37 @@ impl ShardCore {
         orders: Option<usize>,
         bytes: &[u8],
     ) -> Result<Self, SnapshotError> {
-        let header = bytes.get(..HEADER_LEN).ok_or(SnapshotError::BadHeader)?;
-        if header[..8] != SNAPSHOT_MAGIC || header[8..12] != VERSION.to_le_bytes() {
-            return Err(SnapshotError::BadHeader);
-        }
-        let found = u16::from_le_bytes([header[12], header[13]]);
-        if found != shard.0 {
-            return Err(SnapshotError::WrongShard(found));
-        }
-        let length = u64::from_le_bytes(header[24..32].try_into().expect("8 bytes"));
-        let checksum = u32::from_le_bytes(header[32..36].try_into().expect("4 bytes"));
-        let payload = usize::try_from(length)
-            .ok()
-            .and_then(|length| bytes.get(HEADER_LEN..HEADER_LEN.checked_add(length)?))
-            .ok_or(SnapshotError::BadHeader)?;
-        if crc32fast::hash(payload) != checksum {
-            return Err(SnapshotError::Checksum);
-        }
+        let payload = payload_of(bytes, shard)?;
         let mut core = Self::with_order_capacity(catalog, placement, shard, orders);
         let mut input = In(payload);
         core.sequence_next = input.u64()?;
         core.orders_confirmed = input.u64()?;
         core.now_ns = input.u64()?;
         core.levels_version = input.u64()?;
-        if input.len(usize::MAX)? != core.skus.len() {
+        core.read_skus(&mut input)?;
+        if input.len(usize::MAX)? != core.buyers.words.len() {
+            return Err(SnapshotError::Mismatch("buyer filter size"));
+        }
+        for word in core.buyers.words.iter_mut() {
+            *word = input.u64()?;
+        }
+        core.book = super::book::OrderBook::read_from(&mut || input.u64().ok())
+            .ok_or(SnapshotError::Mismatch("order book"))?;
+        core.read_orders(&mut input)?;
+        core.read_pools(&mut input)?;
+        if !input.0.is_empty() {
+            return Err(SnapshotError::Mismatch("trailing bytes"));
+        }
+        core.next_due_ns = core.compute_next_due();
+        Ok(core)
+    }
+
+    /// Reads what [`write_skus`](Self::write_skus) wrote into this core's SKUs.
+    fn read_skus(&mut self, input: &mut In<'_>) -> Result<(), SnapshotError> {
+        if input.len(usize::MAX)? != self.skus.len() {
             return Err(SnapshotError::Mismatch("SKU count"));
         }
-        for sku in core.skus.iter_mut() {
+        for sku in self.skus.iter_mut() {
             if input.u32()? != sku.id.0 {
                 return Err(SnapshotError::Mismatch("SKU ids"));
             }
@@ -252,16 +295,14 @@ impl ShardCore {
                 cold.waiters.push_back(Waiter { origin, intent });
             }
         }
-        if input.len(usize::MAX)? != core.buyers.words.len() {
-            return Err(SnapshotError::Mismatch("buyer filter size"));
-        }
-        for word in core.buyers.words.iter_mut() {
-            *word = input.u64()?;
-        }
-        core.book = super::book::OrderBook::read_from(&mut || input.u64().ok())
-            .ok_or(SnapshotError::Mismatch("order book"))?;
-        let orders = input.len(core.orders_confirmed as usize)?;
-        if orders as u64 != core.orders_confirmed {
+        Ok(())
+    }
+
+    /// Reads what [`write_orders`](Self::write_orders) wrote: the order log (as many
+    /// orders as the shard confirmed) and the payment deadlines.
+    fn read_orders(&mut self, input: &mut In<'_>) -> Result<(), SnapshotError> {
+        let orders = input.len(self.orders_confirmed as usize)?;
+        if orders as u64 != self.orders_confirmed {
             return Err(SnapshotError::Mismatch("order count"));
         }
         for _ in 0..orders {
@@ -275,10 +316,10 @@ impl ShardCore {
                 3 => OrderState::Expired,
                 _ => return Err(SnapshotError::Mismatch("order state")),
             };
-            if sku_local as usize >= core.skus.len() {
+            if sku_local as usize >= self.skus.len() {
                 return Err(SnapshotError::Mismatch("order SKU"));
             }
-            core.orders.push(OrderRecord {
+            self.orders.push(OrderRecord {
                 user,
                 sku_local,
                 units,
@@ -290,17 +331,22 @@ impl ShardCore {
         for _ in 0..deadlines {
             let deadline = input.u64()?;
             let number = input.u64()?;
-            if number >= core.orders_confirmed {
+            if number >= self.orders_confirmed {
                 return Err(SnapshotError::Mismatch("deadline order"));
             }
             heap.push(std::cmp::Reverse((deadline, number)));
         }
-        core.deadlines = BinaryHeap::from(heap);
-        if input.len(usize::MAX)? != core.pools.len() {
+        self.deadlines = BinaryHeap::from(heap);
+        Ok(())
+    }
+
+    /// Reads what [`write_pools`](Self::write_pools) wrote into this core's pools.
+    fn read_pools(&mut self, input: &mut In<'_>) -> Result<(), SnapshotError> {
+        if input.len(usize::MAX)? != self.pools.len() {
             return Err(SnapshotError::Mismatch("pool count"));
         }
-        let capacity = core.pool_capacity as usize;
-        for pool in core.pools.iter_mut() {
+        let capacity = self.pool_capacity as usize;
+        for pool in self.pools.iter_mut() {
             pool.serve_at_ns = input.u64()?;
             pool.served = input.u8()? != 0;
             pool.tickets_taken = input.u64()?;
@@ -319,11 +365,7 @@ impl ShardCore {
                 });
             }
         }
-        if !input.0.is_empty() {
-            return Err(SnapshotError::Mismatch("trailing bytes"));
-        }
-        core.next_due_ns = core.compute_next_due();
-        Ok(core)
+        Ok(())
     }
 
     /// `(user, client_key)` of every order confirmed (to rebuild the gate's key filter
