@@ -244,6 +244,27 @@ pub(crate) fn recover(
     ))
 }
 
+/// Everything a shard decided and holds back until the journal holds the commands that
+/// decided it: completions for the producers' lanes, outcomes of buys that waited, answers
+/// to control calls, and orders for the sink.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    /// Replies to write to their lane's completion ring, with the request's arrival stamp.
+    pub(crate) completions: Vec<(usize, Reply, u64)>,
+    pub(crate) deferred: Vec<(Arc<DeferredQueue>, Completion)>,
+    pub(crate) replies: Vec<(Arc<ReplySlot>, Result<(), ControlError>)>,
+    pub(crate) orders: Vec<Order>,
+}
+
+impl Outbox {
+    fn is_empty(&self) -> bool {
+        self.completions.is_empty()
+            && self.deferred.is_empty()
+            && self.replies.is_empty()
+            && self.orders.is_empty()
+    }
+}
+
 /// A shard's journal and the outputs held back until it is committed: nothing the shard
 /// decided reaches a producer, the order sink or a control caller before the journal holds
 /// the commands that decided it (written, and synced if so configured).
@@ -255,11 +276,8 @@ pub(crate) struct Journaling {
     /// Commands appended since the last commit, and when the first of them was.
     pub(crate) uncommitted: usize,
     pub(crate) first_uncommitted_ns: u64,
-    /// Replies to write to their lane's completion ring, with the request's arrival stamp.
-    pub(crate) held: Vec<(usize, Reply, u64)>,
-    pub(crate) held_orders: Vec<Order>,
-    pub(crate) held_deferred: Vec<(Arc<DeferredQueue>, Completion)>,
-    pub(crate) held_replies: Vec<(Arc<ReplySlot>, Result<(), ControlError>)>,
+    /// What the shard decided since the last commit, held until the next one.
+    pub(crate) held: Outbox,
     pub(crate) commits: u64,
     pub(crate) recovered: u64,
     /// Where its journal and snapshots live, and when snapshots are due.
@@ -283,10 +301,7 @@ impl Journaling {
             group_delay_ns: u64::try_from(config.group_delay.as_nanos()).unwrap_or(u64::MAX),
             uncommitted: 0,
             first_uncommitted_ns: 0,
-            held: Vec::new(),
-            held_orders: Vec::new(),
-            held_deferred: Vec::new(),
-            held_replies: Vec::new(),
+            held: Outbox::default(),
             commits: 0,
             recovered,
             config: config.clone(),
@@ -297,6 +312,29 @@ impl Journaling {
 }
 
 impl Journaling {
+    /// Whether the group is due for its commit at `now_ns`: something is held, and the
+    /// shard is idle, or the group is full, or its first command has waited the
+    /// configured delay.
+    pub(crate) fn commit_due(&self, idle: bool, now_ns: u64) -> bool {
+        let holding = self.uncommitted > 0 || !self.held.is_empty();
+        holding
+            && (idle
+                || self.uncommitted >= self.group_commands
+                || now_ns.saturating_sub(self.first_uncommitted_ns) >= self.group_delay_ns)
+    }
+
+    /// Commits the group: returns whether the journal now holds it (written, and synced if
+    /// so configured), and everything that was held behind it, for the caller to release
+    /// as decided if it does, or as failed if it does not.
+    pub(crate) fn commit(&mut self) -> (bool, Outbox) {
+        let committed = self.writer.commit(self.sync).is_ok();
+        if committed {
+            self.commits += 1;
+        }
+        self.uncommitted = 0;
+        (committed, std::mem::take(&mut self.held))
+    }
+
     /// Writes a snapshot of `core` when enough commands were applied since the last: to a
     /// temporary file, synced, then renamed into place; the two newest are kept. A
     /// snapshot that cannot be written is skipped (the journal alone still recovers).

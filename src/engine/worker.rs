@@ -199,28 +199,13 @@ impl Worker {
         }
     }
 
-    /// Commits the journal when the group is due: the shard is idle, or the group is full,
-    /// or its first command has waited the configured delay; then releases what was held.
+    /// Commits the journal when the group is due (see [`Journaling::commit_due`]), then
+    /// releases what was held.
     fn commit_if_due(&mut self, idle: bool) {
-        let Some(journal) = self.journal.as_mut() else {
-            return;
-        };
-        let holding = journal.uncommitted > 0
-            || !journal.held.is_empty()
-            || !journal.held_orders.is_empty()
-            || !journal.held_deferred.is_empty()
-            || !journal.held_replies.is_empty();
-        if !holding {
-            return;
-        }
-        let due = idle
-            || journal.uncommitted >= journal.group_commands
-            || self
-                .shared
-                .clock
-                .now_ns()
-                .saturating_sub(journal.first_uncommitted_ns)
-                >= journal.group_delay_ns;
+        let due = self
+            .journal
+            .as_ref()
+            .is_some_and(|journal| journal.commit_due(idle, self.shared.clock.now_ns()));
         if due {
             self.commit_journal();
         }
@@ -233,40 +218,44 @@ impl Worker {
         let Some(journal) = self.journal.as_mut() else {
             return;
         };
-        let committed = journal.writer.commit(journal.sync).is_ok();
-        if committed {
-            journal.commits += 1;
-        }
-        journal.uncommitted = 0;
-        let held = std::mem::take(&mut journal.held);
-        let orders = std::mem::take(&mut journal.held_orders);
-        let deferred = std::mem::take(&mut journal.held_deferred);
-        let replies = std::mem::take(&mut journal.held_replies);
-        let failed = |completion: Completion| Completion {
-            outcome: Outcome::Rejected {
-                reason: RejectReason::ShardFailed,
-                sequence: None,
-            },
-            ..completion
-        };
-        if !committed {
-            for (_, reply, _) in &held {
-                if let Reply::Done(Completion {
-                    outcome: Outcome::Confirmed(order),
-                    ..
-                }) = reply
-                {
-                    self.counts[CONFIRMED_ORDERS] -= 1;
-                    self.counts[CONFIRMED_UNITS] -= u64::from(order.quantity);
-                    self.counts[RejectReason::ShardFailed.index()] += 1;
-                }
+        let (committed, outbox) = journal.commit();
+        self.release_completions(outbox.completions, committed);
+        for (queue, completion) in outbox.deferred {
+            if committed {
+                queue.push(completion);
+            } else {
+                queue.push(self.failed_instead(completion));
             }
         }
+        for (reply, result) in outbox.replies {
+            reply.fulfil(if committed {
+                result
+            } else {
+                Err(ControlError::ShardFailed)
+            });
+        }
+        if committed {
+            for order in outbox.orders {
+                self.sink_order(&order);
+            }
+            if let Some(journal) = self.journal.as_mut() {
+                journal.snapshot_if_due(&self.core);
+            }
+        } else if !self.failed {
+            self.mark_failed();
+        }
+    }
+
+    /// Writes held completions to their lanes (answered `ShardFailed` if the journal did
+    /// not commit them) and publishes each lane touched once; records their latency.
+    fn release_completions(&mut self, held: Vec<(usize, Reply, u64)>, committed: bool) {
         let now_ns = self.shared.clock.now_ns();
         let mut touched: Vec<usize> = Vec::new();
         for (lane, reply, arrival_ns) in held {
             let reply = match reply {
-                Reply::Done(completion) if !committed => Reply::Done(failed(completion)),
+                Reply::Done(completion) if !committed => {
+                    Reply::Done(self.failed_instead(completion))
+                }
                 other => other,
             };
             let written = self.lanes[lane].completions.write(reply);
@@ -285,34 +274,22 @@ impl Worker {
             let _ = self.lanes[lane].completions.publish();
             self.lanes[lane].deferred.signal();
         }
-        for (queue, completion) in deferred {
-            if committed {
-                queue.push(completion);
-                continue;
-            }
-            if let Outcome::Confirmed(order) = completion.outcome {
-                self.counts[CONFIRMED_ORDERS] -= 1;
-                self.counts[CONFIRMED_UNITS] -= u64::from(order.quantity);
-                self.counts[RejectReason::ShardFailed.index()] += 1;
-            }
-            queue.push(failed(completion));
+    }
+
+    /// A held completion the journal did not commit: answered `ShardFailed`, and a
+    /// confirmation it carried taken back out of the counts.
+    fn failed_instead(&mut self, completion: Completion) -> Completion {
+        if let Outcome::Confirmed(order) = completion.outcome {
+            self.counts[CONFIRMED_ORDERS] -= 1;
+            self.counts[CONFIRMED_UNITS] -= u64::from(order.quantity);
+            self.counts[RejectReason::ShardFailed.index()] += 1;
         }
-        for (reply, result) in replies {
-            reply.fulfil(if committed {
-                result
-            } else {
-                Err(ControlError::ShardFailed)
-            });
-        }
-        if committed {
-            for order in orders {
-                self.sink_order(&order);
-            }
-            if let Some(journal) = self.journal.as_mut() {
-                journal.snapshot_if_due(&self.core);
-            }
-        } else if !self.failed {
-            self.mark_failed();
+        Completion {
+            outcome: Outcome::Rejected {
+                reason: RejectReason::ShardFailed,
+                sequence: None,
+            },
+            ..completion
         }
     }
 
@@ -375,7 +352,7 @@ impl Worker {
             // Outcomes and levels first, so that the caller sees the command's effects.
             self.after_apply();
             match self.journal.as_mut() {
-                Some(journal) => journal.held_replies.push((request.reply, result)),
+                Some(journal) => journal.held.replies.push((request.reply, result)),
                 None => request.reply.fulfil(result),
             }
         }
@@ -464,7 +441,7 @@ impl Worker {
             waited: true,
         };
         match self.journal.as_mut() {
-            Some(journal) => journal.held_deferred.push((pending.deferred, completion)),
+            Some(journal) => journal.held.deferred.push((pending.deferred, completion)),
             None => pending.deferred.push(completion),
         }
     }
@@ -539,7 +516,10 @@ impl Worker {
                 None => Reply::Parked,
             };
             if let Some(journal) = self.journal.as_mut() {
-                journal.held.push((index, reply, request.arrival_ns));
+                journal
+                    .held
+                    .completions
+                    .push((index, reply, request.arrival_ns));
                 continue;
             }
             let written = self.lanes[index].completions.write(reply);
@@ -649,7 +629,7 @@ impl Worker {
             gate.raise(self.catalog_index_of[local as usize]);
         }
         match self.journal.as_mut() {
-            Some(journal) => journal.held_orders.push(*order),
+            Some(journal) => journal.held.orders.push(*order),
             None => self.sink_order(order),
         }
     }
