@@ -135,41 +135,14 @@ impl ShardCore {
             });
             let policy = catalog.policy_of(spec);
             let pool = policy.window_ns().map(|window_ns| {
-                let serve_at_ns = spec.window.opens_at_ns.saturating_add(window_ns);
-                let existing = group_index.and_then(|g| pool_of_group.get(&g).copied());
-                match existing {
-                    Some(index) => {
-                        let pool = &mut pools[index as usize];
-                        pool.skus.push(local);
-                        pool.serve_at_ns = pool.serve_at_ns.min(serve_at_ns);
-                        index
-                    }
-                    None => {
-                        let product = match spec.group {
-                            Some(group) => u64::from(group.0),
-                            None => 1 << 32 | u64::from(spec.id.0),
-                        };
-                        let seed = match policy {
-                            Policy::OpeningDraw { seed, .. } => pool_seed(seed, product),
-                            _ => 0,
-                        };
-                        pools.push(Pool {
-                            policy,
-                            shuffle_seed: seed,
-                            skus: vec![local],
-                            serve_at_ns,
-                            served: false,
-                            tickets: Vec::new(),
-                            buyers: Default::default(),
-                            tickets_taken: 0,
-                        });
-                        let index = (pools.len() - 1) as u32;
-                        if let Some(g) = group_index {
-                            pool_of_group.insert(g, index);
-                        }
-                        index
-                    }
-                }
+                join_pool(
+                    &mut pools,
+                    &mut pool_of_group,
+                    spec,
+                    (policy, window_ns),
+                    group_index,
+                    local,
+                )
             });
             local_index.insert(spec.id, local);
             stock_total += u64::from(spec.stock);
@@ -395,6 +368,50 @@ fn outcome_of(result: Result<Order, RejectReason>, sequence: u64) -> Outcome {
         Ok(order) => Outcome::Confirmed(order),
         Err(reason) => rejected(reason, sequence),
     }
+}
+
+/// Puts a pooled SKU (at local index `local`, under `policy` with its window) in its
+/// product's pool: the pool of its limit group if the group has one on this shard already
+/// (served at the group's earliest opening plus the window), else a new one, seeded for
+/// its product. Returns the pool's index.
+fn join_pool(
+    pools: &mut Vec<Pool>,
+    pool_of_group: &mut FxHashMap<u32, u32>,
+    spec: &crate::catalog::SkuSpec,
+    (policy, window_ns): (Policy, u64),
+    group_index: Option<u32>,
+    local: u32,
+) -> u32 {
+    let serve_at_ns = spec.window.opens_at_ns.saturating_add(window_ns);
+    if let Some(index) = group_index.and_then(|g| pool_of_group.get(&g).copied()) {
+        let pool = &mut pools[index as usize];
+        pool.skus.push(local);
+        pool.serve_at_ns = pool.serve_at_ns.min(serve_at_ns);
+        return index;
+    }
+    let product = match spec.group {
+        Some(group) => u64::from(group.0),
+        None => 1 << 32 | u64::from(spec.id.0),
+    };
+    let seed = match policy {
+        Policy::OpeningDraw { seed, .. } => pool_seed(seed, product),
+        _ => 0,
+    };
+    pools.push(Pool {
+        policy,
+        shuffle_seed: seed,
+        skus: vec![local],
+        serve_at_ns,
+        served: false,
+        tickets: Vec::new(),
+        buyers: Default::default(),
+        tickets_taken: 0,
+    });
+    let index = (pools.len() - 1) as u32;
+    if let Some(g) = group_index {
+        pool_of_group.insert(g, index);
+    }
+    index
 }
 
 #[cfg(test)]

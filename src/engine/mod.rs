@@ -270,7 +270,7 @@ impl EngineBuilder {
     ///
     /// # Errors
     /// See [`EngineError`].
-    pub fn start(mut self) -> Result<Engine, EngineError> {
+    pub fn start(self) -> Result<Engine, EngineError> {
         self.validate()?;
         let placement = Placement::new(&self.catalog, self.shards)?;
         let mut cores: Vec<ShardCore> = (0..placement.shards())
@@ -289,25 +289,7 @@ impl EngineBuilder {
                 .iter()
                 .map(|core| core.levels().map(|sku| u64::from(sku.stock)).sum()),
         );
-        let mut journals = Vec::new();
-        if let Some(config) = &self.journal {
-            std::fs::create_dir_all(&config.dir).map_err(|source| {
-                crate::journal::JournalError::Io {
-                    path: config.dir.clone(),
-                    source,
-                }
-            })?;
-            for core in &mut cores {
-                journals.push(Some(durability::recover(
-                    core,
-                    config,
-                    &self.catalog,
-                    &placement,
-                    self.order_capacity,
-                    &gate,
-                )?));
-            }
-        }
+        let journals = self.recover(&mut cores, &placement, &gate)?;
         let resume_ns = cores.iter().map(ShardCore::now_ns).max().unwrap_or(0);
         let shards = cores
             .iter()
@@ -331,33 +313,71 @@ impl EngineBuilder {
             shards,
             producers: Mutex::new(Vec::new()),
         });
-        let mut engine = Engine {
-            shared: shared.clone(),
-            workers: Vec::with_capacity(cores.len()),
-        };
-        let mut journals = journals.into_iter();
-        for core in cores {
-            let shard = core.shard();
-            let sink = self.sink_factory.as_mut().map(|factory| factory(shard));
-            let journal = journals.next().flatten();
-            let context = worker::Worker::new(
-                shared.clone(),
-                core,
-                sink,
-                self.wait,
-                self.batch_max,
-                journal,
-            );
-            // On error, `engine` drops here and stops the shards already started.
-            let handle = crate::sync::thread::spawn_named(
-                format!("flashsale-shard-{}", shard.0),
-                move || context.run(),
-            )?;
-            *shared.shard(shard).thread.lock() = Some(handle.thread().clone());
-            engine.workers.push(handle);
-        }
-        Ok(engine)
+        let (wait, batch_max) = (self.wait, self.batch_max);
+        spawn_workers(shared, cores, journals, self.sink_factory, wait, batch_max)
     }
+
+    /// With a journal: recovers every shard from its directory into `cores` (see
+    /// [`JournalConfig::recover_shard`]); one journal per shard, or none without.
+    fn recover(
+        &self,
+        cores: &mut [ShardCore],
+        placement: &Placement,
+        gate: &SoldOutGate,
+    ) -> Result<Vec<durability::Journaling>, EngineError> {
+        let Some(config) = &self.journal else {
+            return Ok(Vec::new());
+        };
+        std::fs::create_dir_all(&config.dir).map_err(|source| {
+            crate::journal::JournalError::Io {
+                path: config.dir.clone(),
+                source,
+            }
+        })?;
+        cores
+            .iter_mut()
+            .map(|core| {
+                durability::recover(
+                    core,
+                    config,
+                    &self.catalog,
+                    placement,
+                    self.order_capacity,
+                    gate,
+                )
+            })
+            .collect()
+    }
+}
+
+/// Starts one named worker thread per core; on error the shards already started are
+/// stopped (the engine built so far drops).
+fn spawn_workers(
+    shared: Arc<EngineShared>,
+    cores: Vec<ShardCore>,
+    journals: Vec<durability::Journaling>,
+    mut sink_factory: Option<SinkFactory>,
+    wait: WaitStrategy,
+    batch_max: usize,
+) -> Result<Engine, EngineError> {
+    let mut engine = Engine {
+        shared: shared.clone(),
+        workers: Vec::with_capacity(cores.len()),
+    };
+    let mut journals = journals.into_iter();
+    for core in cores {
+        let shard = core.shard();
+        let sink = sink_factory.as_mut().map(|factory| factory(shard));
+        let context =
+            worker::Worker::new(shared.clone(), core, sink, wait, batch_max, journals.next());
+        let handle =
+            crate::sync::thread::spawn_named(format!("flashsale-shard-{}", shard.0), move || {
+                context.run()
+            })?;
+        *shared.shard(shard).thread.lock() = Some(handle.thread().clone());
+        engine.workers.push(handle);
+    }
+    Ok(engine)
 }
 
 /// Counts read from a running engine (see [`Engine::live`]).
