@@ -91,6 +91,31 @@ struct ModelSku {
 }
 
 impl ModelSku {
+    /// A SKU as its spec starts it: all its stock available, nothing held or sold.
+    fn new(spec: &crate::catalog::SkuSpec) -> Self {
+        Self {
+            stock: spec.stock,
+            available: spec.stock,
+            held: 0,
+            sold: 0,
+            expired: 0,
+            cancelled: 0,
+            restocked: 0,
+            reduced: 0,
+            waitlist_filled: 0,
+            limit_per_buyer: spec.limit_per_buyer,
+            opens_at_ns: spec.window.opens_at_ns,
+            closes_at_ns: spec.window.closes_at_ns,
+            closed_early: false,
+            group: spec.group,
+            hold_ns: spec.hold_ns,
+            waitlist_capacity: spec.waitlist as usize,
+            waiters: Vec::new(),
+        }
+    }
+}
+
+impl ModelSku {
     fn is_closed(&self, now_ns: u64) -> bool {
         self.closed_early || now_ns >= self.closes_at_ns
     }
@@ -199,28 +224,7 @@ impl Model {
         for index in owned {
             let spec = &catalog.skus()[index];
             order.push(spec.id);
-            skus.insert(
-                spec.id,
-                ModelSku {
-                    stock: spec.stock,
-                    available: spec.stock,
-                    held: 0,
-                    sold: 0,
-                    expired: 0,
-                    cancelled: 0,
-                    restocked: 0,
-                    reduced: 0,
-                    waitlist_filled: 0,
-                    limit_per_buyer: spec.limit_per_buyer,
-                    opens_at_ns: spec.window.opens_at_ns,
-                    closes_at_ns: spec.window.closes_at_ns,
-                    closed_early: false,
-                    group: spec.group,
-                    hold_ns: spec.hold_ns,
-                    waitlist_capacity: spec.waitlist as usize,
-                    waiters: Vec::new(),
-                },
-            );
+            skus.insert(spec.id, ModelSku::new(spec));
             let policy = catalog.policy_of(spec);
             if policy != Policy::FirstCome {
                 let product = product_of(spec.id, spec.group);

@@ -267,21 +267,7 @@ impl Report {
                 let levels = levels_of_shard
                     .get(usize::from(shard.0))
                     .and_then(|levels| levels.get(local as usize));
-                SkuReport {
-                    id: spec.id,
-                    product: spec.product.clone(),
-                    variant: spec.variant.clone(),
-                    shard,
-                    stock: spec.stock,
-                    held: levels.map_or(0, |levels| levels.held),
-                    available: levels.map_or(0, |levels| levels.available),
-                    sold: levels.map_or(0, |levels| levels.sold),
-                    expired: levels.map_or(0, |levels| levels.expired),
-                    cancelled: levels.map_or(0, |levels| levels.cancelled),
-                    restocked: levels.map_or(0, |levels| levels.restocked),
-                    reduced: levels.map_or(0, |levels| levels.reduced),
-                    waitlist_filled: levels.map_or(0, |levels| levels.waitlist_filled),
-                }
+                SkuReport::of(spec, shard, levels)
             })
             .collect();
         let pools = shard_reports
@@ -319,6 +305,29 @@ impl Report {
     /// All outcomes: confirmed orders plus rejections.
     pub fn outcomes(&self) -> u64 {
         self.confirmed_orders + self.rejections.iter().sum::<u64>()
+    }
+}
+
+impl SkuReport {
+    /// A SKU's line: its spec, and the levels its shard reported (zeros if the shard's
+    /// report was lost).
+    fn of(spec: &crate::catalog::SkuSpec, shard: ShardId, levels: Option<&SkuLevels>) -> Self {
+        let level = |read: fn(&SkuLevels) -> u64| levels.map_or(0, read);
+        Self {
+            id: spec.id,
+            product: spec.product.clone(),
+            variant: spec.variant.clone(),
+            shard,
+            stock: spec.stock,
+            held: levels.map_or(0, |levels| levels.held),
+            available: levels.map_or(0, |levels| levels.available),
+            sold: levels.map_or(0, |levels| levels.sold),
+            expired: level(|levels| levels.expired),
+            cancelled: level(|levels| levels.cancelled),
+            restocked: level(|levels| levels.restocked),
+            reduced: level(|levels| levels.reduced),
+            waitlist_filled: level(|levels| levels.waitlist_filled),
+        }
     }
 }
 

@@ -41,7 +41,7 @@ pub use command::{Applied, Command, Deferred};
 use pool::{Pool, PoolTicket};
 pub use pool::{PoolLevels, pool_seed, shuffle};
 pub use snapshot::{SNAPSHOT_MAGIC, SnapshotError};
-use state::{BuyerFilter, OrderLog, OrderRecord, OrderState, SkuCold, SkuState, Waiter};
+use state::{BuyerFilter, OrderLog, OrderRecord, OrderState, SkuState, Waiter};
 pub use state::{ORDER_CAPACITY_DEFAULT_MAX, SkuLevels};
 
 use crate::catalog::{Catalog, Placement, Policy, SaleWindow};
@@ -146,23 +146,7 @@ impl ShardCore {
             });
             local_index.insert(spec.id, local);
             stock_total += u64::from(spec.stock);
-            skus.push(SkuState {
-                id: spec.id,
-                available: spec.stock,
-                held: 0,
-                limit_per_buyer: spec.limit_per_buyer,
-                opens_at_ns: spec.window.opens_at_ns,
-                closes_at_ns: spec.window.closes_at_ns,
-                closed: false,
-                group,
-                pool,
-                waitlist_capacity: spec.waitlist,
-                cold: Box::new(SkuCold {
-                    stock: spec.stock,
-                    hold_ns: spec.hold_ns,
-                    ..SkuCold::default()
-                }),
-            });
+            skus.push(SkuState::new(spec, group, pool));
         }
         let orders_max =
             orders.unwrap_or(stock_total.min(ORDER_CAPACITY_DEFAULT_MAX as u64) as usize);

@@ -130,6 +130,32 @@ pub(super) struct SkuCold {
 }
 
 impl SkuState {
+    /// A SKU as its spec starts it: all its stock available, its window as set, in limit
+    /// group `group` and pool `pool` (local indexes) if it has them.
+    pub(super) fn new(
+        spec: &crate::catalog::SkuSpec,
+        group: Option<u32>,
+        pool: Option<u32>,
+    ) -> Self {
+        Self {
+            id: spec.id,
+            available: spec.stock,
+            held: 0,
+            limit_per_buyer: spec.limit_per_buyer,
+            opens_at_ns: spec.window.opens_at_ns,
+            closes_at_ns: spec.window.closes_at_ns,
+            closed: false,
+            group,
+            pool,
+            waitlist_capacity: spec.waitlist,
+            cold: Box::new(SkuCold {
+                stock: spec.stock,
+                hold_ns: spec.hold_ns,
+                ..SkuCold::default()
+            }),
+        }
+    }
+
     /// Whether the sale is over at `now_ns`.
     pub(super) fn closed_at(&self, now_ns: u64) -> bool {
         self.closed || now_ns >= self.closes_at_ns

@@ -124,25 +124,7 @@ impl ShardCore {
                         Ok(ticket.intent.quantity)
                     })
                     .collect();
-                let mut left: Vec<u32> = self.skus.iter().map(|sku| sku.available).collect();
-                let mut granted = vec![0u32; tickets.len()];
-                loop {
-                    let mut progress = false;
-                    for (index, ticket) in tickets.iter().enumerate() {
-                        let local = ticket.local as usize;
-                        if let Ok(want) = wanted[index]
-                            && granted[index] < want
-                            && left[local] > 0
-                        {
-                            granted[index] += 1;
-                            left[local] -= 1;
-                            progress = true;
-                        }
-                    }
-                    if !progress {
-                        break;
-                    }
-                }
+                let granted = self.one_each_first(&tickets, &wanted);
                 for (index, ticket) in tickets.iter().enumerate() {
                     let result = match std::mem::replace(&mut wanted[index], Ok(0)) {
                         Err(reason) => Err(reason),
@@ -153,6 +135,35 @@ impl ShardCore {
                     };
                     self.settle_ticket(ticket, result, sequence);
                 }
+            }
+        }
+    }
+
+    /// One-each-first rounds: every ticket that may take units gets one per round, in
+    /// ticket order, while its SKU has units left and it wants more. Returns the units
+    /// each ticket gets.
+    fn one_each_first(
+        &self,
+        tickets: &[PoolTicket],
+        wanted: &[Result<u32, RejectReason>],
+    ) -> Vec<u32> {
+        let mut left: Vec<u32> = self.skus.iter().map(|sku| sku.available).collect();
+        let mut granted = vec![0u32; tickets.len()];
+        loop {
+            let mut progress = false;
+            for (index, ticket) in tickets.iter().enumerate() {
+                let local = ticket.local as usize;
+                if let Ok(want) = wanted[index]
+                    && granted[index] < want
+                    && left[local] > 0
+                {
+                    granted[index] += 1;
+                    left[local] -= 1;
+                    progress = true;
+                }
+            }
+            if !progress {
+                return granted;
             }
         }
     }
