@@ -666,3 +666,174 @@ fn crash_many_times() {
         );
     }
 }
+
+/// Plain files that fail on demand: the next append writes half its bytes and fails, or
+/// the next sync fails (after the write went to the file).
+#[derive(Debug, Default)]
+struct FailingDisk {
+    fail_append: std::sync::atomic::AtomicBool,
+    fail_sync: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug)]
+struct FailingFile {
+    file: Box<dyn StorageFile>,
+    disk: Arc<FailingDisk>,
+}
+
+#[derive(Debug)]
+struct FailingStorage(Arc<FailingDisk>);
+
+impl Storage for FailingStorage {
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn StorageFile>> {
+        Ok(Box::new(FailingFile {
+            file: FileStorage.open(path)?,
+            disk: self.0.clone(),
+        }))
+    }
+}
+
+impl StorageFile for FailingFile {
+    fn read_all(&mut self) -> std::io::Result<Vec<u8>> {
+        self.file.read_all()
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.disk.fail_append.swap(false, Relaxed) {
+            self.file.append(&bytes[..bytes.len() / 2])?;
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        self.file.append(bytes)
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        if self
+            .disk
+            .fail_sync
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        self.file.sync()
+    }
+
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.file.truncate(len)
+    }
+}
+
+/// Sells from two producers until the journal fails under the engine, then checks that
+/// the shard failed closed: every order a producer was told is confirmed is in the journal
+/// (recovered from the directory afterwards), and intents after the failure are answered
+/// `ShardFailed`, never confirmed. `arm` breaks the disk after 2,000 buys (a full disk
+/// needs no arming).
+fn sell_until_the_disk_fails(config: JournalConfig, arm: impl FnOnce()) {
+    let catalog = Catalog::builder()
+        .sku(SkuSpec::new(SkuId(1), 1_000_000).limit(u32::MAX))
+        .build()
+        .unwrap();
+    let engine = Engine::builder(catalog.clone())
+        .journal(config.clone())
+        .start()
+        .unwrap();
+    let mut producer = engine.producer();
+    let mut confirmed = Vec::new();
+    let mut failed = 0;
+    let mut arm = Some(arm);
+    for user in 0..20_000u64 {
+        if user == 2_000
+            && let Some(arm) = arm.take()
+        {
+            arm();
+        }
+        match producer.buy(intent(user, 1, 1, 1)) {
+            Ok(Outcome::Confirmed(order)) => {
+                assert_eq!(failed, 0, "a confirmation after the shard failed");
+                confirmed.push((user, order.id));
+            }
+            Ok(Outcome::Rejected {
+                reason: RejectReason::ShardFailed,
+                ..
+            }) => failed += 1,
+            Err(flashsale::SubmitError::ShardFailed(_)) => failed += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let report = engine.shutdown();
+    assert!(failed > 0, "the disk failure reached the shard");
+    assert_eq!(report.failed_shards, vec![ShardId(0)]);
+    assert!(confirmed.len() >= 2_000, "{} confirmed", confirmed.len());
+    // Every confirmation a producer saw is durable: the directory recovers it.
+    let recovered = JournalConfig::durable(&config.dir)
+        .recover_shard(
+            &catalog,
+            &Placement::new(&catalog, 1).unwrap(),
+            ShardId(0),
+            None,
+        )
+        .unwrap();
+    for (user, id) in confirmed {
+        assert_eq!(
+            recovered.core.order_for_key(user, 1, SkuId(1)),
+            Some(id),
+            "order {id} was confirmed to its buyer and lost"
+        );
+    }
+}
+
+#[test]
+fn a_failed_write_or_sync_fails_the_shard_closed() {
+    for fail_sync in [false, true] {
+        let dir = scratch(if fail_sync {
+            "failed-sync"
+        } else {
+            "failed-write"
+        });
+        let disk = Arc::new(FailingDisk::default());
+        let config = JournalConfig {
+            storage: Arc::new(FailingStorage(disk.clone())),
+            ..JournalConfig::durable(&dir)
+        };
+        sell_until_the_disk_fails(config, || {
+            let flag = if fail_sync {
+                &disk.fail_sync
+            } else {
+                &disk.fail_append
+            };
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// A real full disk: a 256 KiB tmpfs mounted by the test (it needs root; without it, or
+/// off Linux, the test says why and passes).
+#[test]
+fn a_full_disk_fails_the_shard_closed() {
+    let dir = scratch("full-disk");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = cfg!(target_os = "linux")
+        && Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(&dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root on Linux)");
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    // Unmounted also when the checks fail.
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unmount = Unmount(dir.clone());
+    // 20,000 records of about 60 bytes do not fit in 256 KiB: the disk fills mid-sale.
+    sell_until_the_disk_fails(JournalConfig::durable(&dir), || {});
+}
