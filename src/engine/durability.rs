@@ -312,15 +312,16 @@ impl Journaling {
 }
 
 impl Journaling {
-    /// Whether the group is due for its commit at `now_ns`: something is held, and the
-    /// shard is idle, or the group is full, or its first command has waited the
-    /// configured delay.
-    pub(crate) fn commit_due(&self, idle: bool, now_ns: u64) -> bool {
+    /// Whether the group is due for its commit: something is held, and the shard is idle,
+    /// or the group is full, or its first command has waited the configured delay (the
+    /// clock, `now_ns`, is read only when that is the question left).
+    #[inline]
+    pub(crate) fn commit_due(&self, idle: bool, now_ns: impl FnOnce() -> u64) -> bool {
         let holding = self.uncommitted > 0 || !self.held.is_empty();
         holding
             && (idle
                 || self.uncommitted >= self.group_commands
-                || now_ns.saturating_sub(self.first_uncommitted_ns) >= self.group_delay_ns)
+                || now_ns().saturating_sub(self.first_uncommitted_ns) >= self.group_delay_ns)
     }
 
     /// Commits the group: returns whether the journal now holds it (written, and synced if

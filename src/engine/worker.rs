@@ -202,10 +202,11 @@ impl Worker {
     /// Commits the journal when the group is due (see [`Journaling::commit_due`]), then
     /// releases what was held.
     fn commit_if_due(&mut self, idle: bool) {
+        let clock = &self.shared.clock;
         let due = self
             .journal
             .as_ref()
-            .is_some_and(|journal| journal.commit_due(idle, self.shared.clock.now_ns()));
+            .is_some_and(|journal| journal.commit_due(idle, || clock.now_ns()));
         if due {
             self.commit_journal();
         }
