@@ -85,7 +85,11 @@ fuzz_target!(|input: Input| {
     }
     // A shard core can be made for every shard (with little room, to keep runs fast).
     for shard in 0..placement.shards().min(4) {
-        let core = ShardCore::with_order_capacity(&catalog, &placement, ShardId(shard as u16), Some(16));
-        assert_eq!(core.levels().count(), placement.skus_of(ShardId(shard as u16)).len());
+        let core =
+            ShardCore::with_order_capacity(&catalog, &placement, ShardId(shard as u16), Some(16));
+        assert_eq!(
+            core.levels().count(),
+            placement.skus_of(ShardId(shard as u16)).len()
+        );
     }
 });

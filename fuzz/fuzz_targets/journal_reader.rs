@@ -30,9 +30,13 @@ fuzz_target!(|bytes: &[u8]| {
             valid_len as usize
         }
     };
-    let again = journal::scan(&input[..valid_len], Path::new("fuzz")).expect("the valid prefix reads");
+    let again =
+        journal::scan(&input[..valid_len], Path::new("fuzz")).expect("the valid prefix reads");
     assert_eq!(again.tail, Tail::Clean);
-    assert_eq!(again.records, scanned.records, "the valid prefix reads the same");
+    assert_eq!(
+        again.records, scanned.records,
+        "the valid prefix reads the same"
+    );
     // Re-encoding the records (each claiming everything before it synced) reads the same.
     let mut encoded = journal::header(scanned.shard).to_vec();
     for (sequence, command) in &scanned.records {
