@@ -41,21 +41,16 @@ return {0, order}
             .map_err(|error| format!("redis: {address}: {error}"))
     }
 
-    pub fn run(
-        scenario: &Scenario,
-        address: &str,
-        connections: u32,
-        pipeline: u32,
-    ) -> Result<PeerJson, String> {
-        let mut scenario = scenario.clone();
-        // One client thread per connection; the plan splits buyers over them.
-        scenario.producers = connections;
-        let plan = Plan::new(&scenario)?;
-        let mut setup = connect(address)?;
-        let failed = |error: redis::RedisError| format!("redis: {error}");
+    fn failed(error: redis::RedisError) -> String {
+        format!("redis: {error}")
+    }
+
+    /// The server's version, after resetting its statistics and loading the script;
+    /// returns the version and the script's SHA.
+    fn prepare(setup: &mut redis::Connection) -> Result<(String, String), String> {
         let version: String = redis::cmd("INFO")
             .arg("server")
-            .query::<String>(&mut setup)
+            .query::<String>(setup)
             .map_err(failed)?
             .lines()
             .find_map(|line| line.strip_prefix("redis_version:"))
@@ -64,131 +59,134 @@ return {0, order}
             .to_string();
         redis::cmd("CONFIG")
             .arg("RESETSTAT")
-            .query::<()>(&mut setup)
+            .query::<()>(setup)
             .map_err(failed)?;
         let sha: String = redis::cmd("SCRIPT")
             .arg("LOAD")
             .arg(SCRIPT)
-            .query(&mut setup)
+            .query(setup)
             .map_err(failed)?;
-        // A fresh namespace per run, so runs never see each other's keys.
-        let prefix = format!(
-            "flashsale:{}:{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| since.as_nanos())
-        );
-        let catalog = &plan.catalog;
-        let mut stock_setup = redis::pipe();
-        for sku in catalog.skus() {
-            stock_setup
-                .cmd("SET")
-                .arg(format!("{prefix}:stock:{}", sku.id.0))
-                .arg(sku.stock)
-                .ignore();
+        Ok((version, sha))
+    }
+
+    /// What one connection's thread needs to build its script calls.
+    struct Calls<'a> {
+        sha: &'a str,
+        prefix: &'a str,
+        max_quantity: u32,
+    }
+
+    impl Calls<'_> {
+        /// Adds the script call for `intent` to `pipe`.
+        fn push(&self, pipe: &mut redis::Pipeline, catalog: &Catalog, intent: &Intent) {
+            let prefix = self.prefix;
+            let sku = &catalog.skus()[catalog.index_of(intent.sku).expect("validated")];
+            let group = sku.group.map_or(0, |group| group.0);
+            // Keys are scoped to a product, as the engine's are.
+            let product = sku.group.map_or(format!("sku{}", intent.sku.0), |group| {
+                format!("g{}", group.0)
+            });
+            let group_limit = sku
+                .group
+                .and_then(|group| catalog.group(group))
+                .map_or(0, |group| group.limit_per_buyer);
+            let user = intent.user.0;
+            pipe.cmd("EVALSHA")
+                .arg(self.sha)
+                .arg(5)
+                .arg(format!(
+                    "{prefix}:order:{user}:{}:{product}",
+                    intent.client_key
+                ))
+                .arg(format!("{prefix}:held:{user}:sku:{}", intent.sku.0))
+                .arg(format!("{prefix}:held:{user}:group:{group}"))
+                .arg(format!("{prefix}:stock:{}", intent.sku.0))
+                .arg(format!("{prefix}:orders"))
+                .arg(intent.quantity)
+                .arg(sku.limit_per_buyer)
+                .arg(group_limit);
         }
-        stock_setup.query::<()>(&mut setup).map_err(failed)?;
-        let clock = EngineClock::start();
-        let max_quantity = max_quantity(&scenario);
-        let errors = Mutex::new(Vec::new());
-        let ran = on_threads(plan, |_, schedule, catalog| {
-            let mut tally = tally_for(catalog, schedule);
-            let mut connection = match connect(address) {
-                Ok(connection) => connection,
-                Err(error) => {
-                    errors.lock().expect("no panics while held").push(error);
-                    return tally;
-                }
-            };
-            let mut batch: Vec<Intent> = Vec::with_capacity(pipeline as usize);
-            for chunk in schedule.chunks(pipeline as usize) {
+
+        /// One connection's buyers: their presses in pipelines of `pipeline` script calls.
+        fn drive(
+            &self,
+            connection: &mut redis::Connection,
+            schedule: &[Press],
+            catalog: &Catalog,
+            (clock, pipeline): (&EngineClock, usize),
+            tally: &mut ProducerTally,
+        ) -> Result<(), String> {
+            let mut batch: Vec<Intent> = Vec::with_capacity(pipeline);
+            for chunk in schedule.chunks(pipeline) {
                 let sent = clock.now_ns();
                 let mut pipe = redis::pipe();
                 batch.clear();
                 for press in chunk {
                     tally.submitted += 1;
                     let intent = press.intent;
-                    if let Some(outcome) = validate(&intent, catalog, max_quantity) {
-                        run::record(&mut tally, catalog, 0, intent, outcome, sent, sent);
+                    if let Some(outcome) = validate(&intent, catalog, self.max_quantity) {
+                        run::record(tally, catalog, 0, intent, outcome, sent, sent);
                         continue;
                     }
-                    let sku = &catalog.skus()[catalog.index_of(intent.sku).expect("validated")];
-                    let group = sku.group.map_or(0, |group| group.0);
-                    // Keys are scoped to a product, as the engine's are.
-                    let product = sku.group.map_or(format!("sku{}", intent.sku.0), |group| {
-                        format!("g{}", group.0)
-                    });
-                    let group_limit = sku
-                        .group
-                        .and_then(|group| catalog.group(group))
-                        .map_or(0, |group| group.limit_per_buyer);
-                    let user = intent.user.0;
-                    pipe.cmd("EVALSHA")
-                        .arg(&sha)
-                        .arg(5)
-                        .arg(format!(
-                            "{prefix}:order:{user}:{}:{product}",
-                            intent.client_key
-                        ))
-                        .arg(format!("{prefix}:held:{user}:sku:{}", intent.sku.0))
-                        .arg(format!("{prefix}:held:{user}:group:{group}"))
-                        .arg(format!("{prefix}:stock:{}", intent.sku.0))
-                        .arg(format!("{prefix}:orders"))
-                        .arg(intent.quantity)
-                        .arg(sku.limit_per_buyer)
-                        .arg(group_limit);
+                    self.push(&mut pipe, catalog, &intent);
                     batch.push(intent);
                 }
                 if batch.is_empty() {
                     continue;
                 }
-                let replies: Vec<(i64, i64)> = match pipe.query(&mut connection) {
-                    Ok(replies) => replies,
-                    Err(error) => {
-                        errors
-                            .lock()
-                            .expect("no panics while held")
-                            .push(format!("redis: {error}"));
-                        return tally;
-                    }
-                };
+                let replies: Vec<(i64, i64)> = pipe.query(connection).map_err(failed)?;
                 let now = clock.now_ns();
                 for (intent, (code, order)) in batch.iter().zip(replies) {
-                    let rejected = |reason| Outcome::Rejected {
-                        reason,
-                        sequence: None,
-                    };
-                    let outcome = match code {
-                        0 => Outcome::Confirmed(flashsale::Order {
-                            id: flashsale::OrderId(order as u64),
-                            user: intent.user,
-                            sku: intent.sku,
-                            quantity: intent.quantity,
-                            sequence: 0,
-                        }),
-                        1 => rejected(RejectReason::Duplicate(flashsale::OrderId(order as u64))),
-                        2 => rejected(RejectReason::UserLimit),
-                        3 => rejected(RejectReason::SoldOut),
-                        _ => rejected(RejectReason::InsufficientStock),
-                    };
-                    run::record(&mut tally, catalog, 0, *intent, outcome, sent, now);
+                    run::record(
+                        tally,
+                        catalog,
+                        0,
+                        *intent,
+                        outcome(intent, code, order),
+                        sent,
+                        now,
+                    );
                 }
             }
-            tally
-        })?;
-        if let Some(error) = errors.into_inner().expect("no panics while held").pop() {
-            return Err(error);
+            Ok(())
         }
-        let catalog = &ran.2.catalog;
+    }
+
+    /// The script's reply `{code, order}` as an outcome.
+    fn outcome(intent: &Intent, code: i64, order: i64) -> Outcome {
+        let rejected = |reason| Outcome::Rejected {
+            reason,
+            sequence: None,
+        };
+        match code {
+            0 => Outcome::Confirmed(flashsale::Order {
+                id: flashsale::OrderId(order as u64),
+                user: intent.user,
+                sku: intent.sku,
+                quantity: intent.quantity,
+                sequence: 0,
+            }),
+            1 => rejected(RejectReason::Duplicate(flashsale::OrderId(order as u64))),
+            2 => rejected(RejectReason::UserLimit),
+            3 => rejected(RejectReason::SoldOut),
+            _ => rejected(RejectReason::InsufficientStock),
+        }
+    }
+
+    /// The stock left per SKU, read back from the server, as levels.
+    fn levels_left(
+        setup: &mut redis::Connection,
+        catalog: &Catalog,
+        prefix: &str,
+    ) -> Result<Vec<SkuLevels>, String> {
         let mut read_back = redis::pipe();
         for sku in catalog.skus() {
             read_back
                 .cmd("GET")
                 .arg(format!("{prefix}:stock:{}", sku.id.0));
         }
-        let left: Vec<i64> = read_back.query(&mut setup).map_err(failed)?;
-        let levels: Vec<SkuLevels> = catalog
+        let left: Vec<i64> = read_back.query(setup).map_err(failed)?;
+        Ok(catalog
             .skus()
             .iter()
             .zip(left)
@@ -210,19 +208,77 @@ return {0, order}
                     waitlist_filled: 0,
                 }
             })
-            .collect();
-        let decided = ran.0.outcomes;
-        // The server's own time per script call, to tell a slow client from a slow server.
+            .collect())
+    }
+
+    /// The server's own time per script call (to tell a slow client from a slow server),
+    /// as a phrase for the label, or nothing if it does not say.
+    fn server_time_per_call(setup: &mut redis::Connection) -> Result<String, String> {
         let stats: String = redis::cmd("INFO")
             .arg("commandstats")
-            .query(&mut setup)
+            .query(setup)
             .map_err(failed)?;
-        let per_call = stats
+        Ok(stats
             .lines()
             .find(|line| line.starts_with("cmdstat_evalsha:"))
             .and_then(|line| line.split("usec_per_call=").nth(1))
             .and_then(|rest| rest.split(',').next())
-            .map_or(String::new(), |usec| format!(", server {usec} µs/call"));
+            .map_or(String::new(), |usec| format!(", server {usec} µs/call")))
+    }
+
+    pub fn run(
+        scenario: &Scenario,
+        address: &str,
+        connections: u32,
+        pipeline: u32,
+    ) -> Result<PeerJson, String> {
+        let mut scenario = scenario.clone();
+        // One client thread per connection; the plan splits buyers over them.
+        scenario.producers = connections;
+        let plan = Plan::new(&scenario)?;
+        let mut setup = connect(address)?;
+        let (version, sha) = prepare(&mut setup)?;
+        // A fresh namespace per run, so runs never see each other's keys.
+        let prefix = format!(
+            "flashsale:{}:{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_nanos())
+        );
+        let mut stock_setup = redis::pipe();
+        for sku in plan.catalog.skus() {
+            stock_setup
+                .cmd("SET")
+                .arg(format!("{prefix}:stock:{}", sku.id.0))
+                .arg(sku.stock)
+                .ignore();
+        }
+        stock_setup.query::<()>(&mut setup).map_err(failed)?;
+        let clock = EngineClock::start();
+        let calls = Calls {
+            sha: &sha,
+            prefix: &prefix,
+            max_quantity: max_quantity(&scenario),
+        };
+        let errors = Mutex::new(Vec::new());
+        let ran = on_threads(plan, |_, schedule, catalog| {
+            let mut tally = tally_for(catalog, schedule);
+            let driven = connect(address).and_then(|mut connection| {
+                let timing = (&clock, pipeline as usize);
+                calls.drive(&mut connection, schedule, catalog, timing, &mut tally)
+            });
+            if let Err(error) = driven {
+                errors.lock().expect("no panics while held").push(error);
+            }
+            tally
+        })?;
+        if let Some(error) = errors.into_inner().expect("no panics while held").pop() {
+            return Err(error);
+        }
+        let levels = levels_left(&mut setup, &ran.2.catalog, &prefix)?;
+        let decided = ran.0.outcomes;
+        let per_call = server_time_per_call(&mut setup)?;
         Ok(finish(
             "redis",
             format!("Redis {version} + Lua ({connections} conns, pipeline {pipeline}{per_call})"),
