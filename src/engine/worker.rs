@@ -360,7 +360,10 @@ impl Worker {
     }
 
     /// Applies a clock tick if something fell due (a hold deadline, a pool window, a
-    /// closing with intents waiting). Returns 1 if it did.
+    /// closing with intents waiting). Requests already in the rings were stamped before
+    /// the clock was read, so they are decided first: a press stamped inside a draw's
+    /// window joins its pool even if the window ended while it sat in its ring. Returns
+    /// the requests decided, plus 1 for the tick.
     fn tick_if_due(&mut self) -> usize {
         if self.failed {
             return 0;
@@ -371,11 +374,24 @@ impl Worker {
                 if due > now_ns {
                     return 0;
                 }
+                let mut decided = 0;
+                loop {
+                    let served: usize = (0..self.lanes.len())
+                        .map(|index| self.serve_lane(index))
+                        .sum();
+                    if served == 0 {
+                        break;
+                    }
+                    decided += served;
+                }
+                if self.failed {
+                    return decided;
+                }
                 let tick = Command::Tick { now_ns };
                 self.journal(&tick);
                 self.core.apply(&tick);
                 self.after_apply();
-                1
+                decided + 1
             }
             None => 0,
         }
