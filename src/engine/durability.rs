@@ -8,7 +8,7 @@ use super::error::EngineError;
 use super::gate::SoldOutGate;
 use super::lane::{DeferredQueue, Reply, ReplySlot};
 use crate::catalog::{Catalog, Placement};
-use crate::core::ShardCore;
+use crate::core::{Command, ShardCore};
 use crate::journal::JournalWriter;
 use crate::sync::Arc;
 use crate::types::{Completion, ControlError, Order, ShardId};
@@ -262,6 +262,132 @@ impl Outbox {
             && self.deferred.is_empty()
             && self.replies.is_empty()
             && self.orders.is_empty()
+    }
+}
+
+/// How a shard keeps what it decides: in memory, where every output goes out as soon as it
+/// is decided, or journaled, where outputs are held until the journal holds the commands
+/// that decided them. The worker hands every output to [`hold`](Self::hold_completion)
+/// and releases what it gets back at once; what was held comes back from
+/// [`commit_if_due`](Self::commit_if_due).
+pub(crate) enum Durability {
+    /// No journal: nothing is held.
+    Memory,
+    /// A journal, and what is held behind it.
+    Journal(Box<Journaling>),
+}
+
+impl Durability {
+    /// Appends the command the core is about to apply as `sequence` (journaled only; the
+    /// command is built only then). `now_ns` is read for the group's first command.
+    #[inline]
+    pub(crate) fn append(
+        &mut self,
+        sequence: u64,
+        command: impl FnOnce() -> Command,
+        now_ns: impl FnOnce() -> u64,
+    ) {
+        if let Self::Journal(journal) = self {
+            journal.writer.append(sequence, &command());
+            journal.uncommitted += 1;
+            if journal.uncommitted == 1 {
+                journal.first_uncommitted_ns = now_ns();
+            }
+        }
+    }
+
+    /// A producer's completion: held (`None`), or given back to be written now.
+    #[inline]
+    pub(crate) fn hold_completion(
+        &mut self,
+        completion: (usize, Reply, u64),
+    ) -> Option<(usize, Reply, u64)> {
+        match self {
+            Self::Memory => Some(completion),
+            Self::Journal(journal) => {
+                journal.held.completions.push(completion);
+                None
+            }
+        }
+    }
+
+    /// The outcome of a buy that waited: held, or given back to be delivered now.
+    #[inline]
+    pub(crate) fn hold_deferred(
+        &mut self,
+        deferred: (Arc<DeferredQueue>, Completion),
+    ) -> Option<(Arc<DeferredQueue>, Completion)> {
+        match self {
+            Self::Memory => Some(deferred),
+            Self::Journal(journal) => {
+                journal.held.deferred.push(deferred);
+                None
+            }
+        }
+    }
+
+    /// A control caller's answer: held, or given back to be answered now.
+    #[inline]
+    pub(crate) fn hold_reply(
+        &mut self,
+        reply: (Arc<ReplySlot>, Result<(), ControlError>),
+    ) -> Option<(Arc<ReplySlot>, Result<(), ControlError>)> {
+        match self {
+            Self::Memory => Some(reply),
+            Self::Journal(journal) => {
+                journal.held.replies.push(reply);
+                None
+            }
+        }
+    }
+
+    /// An order for the sink: held, or given back to be sunk now.
+    #[inline]
+    pub(crate) fn hold_order(&mut self, order: Order) -> Option<Order> {
+        match self {
+            Self::Memory => Some(order),
+            Self::Journal(journal) => {
+                journal.held.orders.push(order);
+                None
+            }
+        }
+    }
+
+    /// Commits the journal if its group is due (see [`Journaling::commit_due`]): whether
+    /// it now holds the group, and what was held behind it. `None` when nothing is due
+    /// (always, in memory).
+    #[inline]
+    pub(crate) fn commit_if_due(
+        &mut self,
+        idle: bool,
+        now_ns: impl FnOnce() -> u64,
+    ) -> Option<(bool, Outbox)> {
+        match self {
+            Self::Journal(journal) if journal.commit_due(idle, now_ns) => Some(journal.commit()),
+            _ => None,
+        }
+    }
+
+    /// After a commit that held: a snapshot, if one is due.
+    pub(crate) fn snapshot_if_due(&mut self, core: &ShardCore) {
+        if let Self::Journal(journal) = self {
+            journal.snapshot_if_due(core);
+        }
+    }
+
+    /// Seals the journal at a clean shutdown (see [`Journaling::seal`]).
+    pub(crate) fn seal(&mut self) {
+        if let Self::Journal(journal) = self {
+            journal.seal();
+        }
+    }
+
+    /// Commands recovered at start, groups committed, snapshots written.
+    pub(crate) fn counts(&self) -> (u64, u64, u64) {
+        match self {
+            Self::Memory => (0, 0, 0),
+            Self::Journal(journal) => (journal.recovered, journal.commits, journal.snapshots),
+        }
     }
 }
 

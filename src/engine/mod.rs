@@ -368,8 +368,18 @@ fn spawn_workers(
     for core in cores {
         let shard = core.shard();
         let sink = sink_factory.as_mut().map(|factory| factory(shard));
-        let context =
-            worker::Worker::new(shared.clone(), core, sink, wait, batch_max, journals.next());
+        let context = worker::Worker::new(
+            shared.clone(),
+            core,
+            sink,
+            wait,
+            batch_max,
+            journals
+                .next()
+                .map_or(durability::Durability::Memory, |journal| {
+                    durability::Durability::Journal(Box::new(journal))
+                }),
+        );
         let handle =
             crate::sync::thread::spawn_named(format!("flashsale-shard-{}", shard.0), move || {
                 context.run()

@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 
 use rustc_hash::FxHashMap;
 
-use super::durability::Journaling;
+use super::durability::Durability;
 use super::lane::{ControlRequest, DeferredQueue, Reply, Request, WorkerLane};
 use super::shared::{EngineShared, OrderSink, WaitStrategy};
 use crate::core::{Applied, Command, Deferred, ShardCore};
@@ -67,7 +67,8 @@ pub(crate) struct Worker {
     /// The core's levels version last published to the gate and the live levels.
     levels_version_seen: u64,
     deferred: Vec<Deferred>,
-    journal: Option<Journaling>,
+    /// In memory or journaled: whether outputs go out at once or once durable.
+    durability: Durability,
 }
 
 /// Spins before the first yield, and yields before the first park, when idle. Under loom
@@ -82,7 +83,7 @@ impl Worker {
         sink: Option<Box<dyn OrderSink>>,
         wait: WaitStrategy,
         batch_max: usize,
-        journal: Option<Journaling>,
+        durability: Durability,
     ) -> Self {
         let shard = core.shard();
         let catalog_index_of: Vec<usize> = shared
@@ -116,7 +117,7 @@ impl Worker {
             pending: FxHashMap::default(),
             levels_version_seen: 0,
             deferred: Vec::new(),
-            journal,
+            durability,
             shared,
         }
     }
@@ -135,6 +136,7 @@ impl Worker {
             }
         }
         self.counts_publish();
+        let (recovered_commands, journal_commits, snapshots) = self.durability.counts();
         ShardReport {
             shard: self.shard,
             failed: self.failed,
@@ -142,9 +144,9 @@ impl Worker {
             levels: self.core.levels().collect(),
             pools: self.core.pools().collect(),
             commands_applied: self.core.commands_applied(),
-            recovered_commands: self.journal.as_ref().map_or(0, |j| j.recovered),
-            journal_commits: self.journal.as_ref().map_or(0, |j| j.commits),
-            snapshots: self.journal.as_ref().map_or(0, |j| j.snapshots),
+            recovered_commands,
+            journal_commits,
+            snapshots,
             latency_ns: self.latency_ns,
         }
     }
@@ -187,39 +189,25 @@ impl Worker {
         }
     }
 
-    /// Journals a command the core is about to apply (with the sequence it will get).
+    /// Journals a command the core is about to apply (with the sequence it will get);
+    /// nothing in memory.
     #[inline]
-    fn journal(&mut self, command: &Command) {
-        if let Some(journal) = self.journal.as_mut() {
-            journal.writer.append(self.core.commands_applied(), command);
-            journal.uncommitted += 1;
-            if journal.uncommitted == 1 {
-                journal.first_uncommitted_ns = self.shared.clock.now_ns();
-            }
-        }
+    fn journal(&mut self, command: impl FnOnce() -> Command) {
+        let clock = &self.shared.clock;
+        self.durability
+            .append(self.core.commands_applied(), command, || clock.now_ns());
     }
 
-    /// Commits the journal when the group is due (see [`Journaling::commit_due`]), then
-    /// releases what was held.
+    /// Commits the journal when its group is due (see [`Durability::commit_if_due`]), then
+    /// releases the outputs held behind it. If the journal cannot be written, nothing it
+    /// should have held is released as decided: the held outcomes are answered
+    /// `ShardFailed` and the shard fails (it cannot promise durability).
     fn commit_if_due(&mut self, idle: bool) {
         let clock = &self.shared.clock;
-        let due = self
-            .journal
-            .as_ref()
-            .is_some_and(|journal| journal.commit_due(idle, || clock.now_ns()));
-        if due {
-            self.commit_journal();
-        }
-    }
-
-    /// Commits the journal and releases the outputs held behind it. If the journal cannot
-    /// be written, nothing it should have held is released as decided: the held outcomes
-    /// are answered `ShardFailed` and the shard fails (it cannot promise durability).
-    fn commit_journal(&mut self) {
-        let Some(journal) = self.journal.as_mut() else {
+        let Some((committed, outbox)) = self.durability.commit_if_due(idle, || clock.now_ns())
+        else {
             return;
         };
-        let (committed, outbox) = journal.commit();
         self.release_completions(outbox.completions, committed);
         for (queue, completion) in outbox.deferred {
             if committed {
@@ -239,9 +227,7 @@ impl Worker {
             for order in outbox.orders {
                 self.sink_order(&order);
             }
-            if let Some(journal) = self.journal.as_mut() {
-                journal.snapshot_if_due(&self.core);
-            }
+            self.durability.snapshot_if_due(&self.core);
         } else if !self.failed {
             self.mark_failed();
         }
@@ -297,8 +283,8 @@ impl Worker {
     /// Seals the journal at a clean shutdown (see [`Journaling::seal`]). A failed shard's
     /// journal is left as it is: what it holds is all that was committed.
     fn seal_journal(&mut self) {
-        if let (Some(journal), false) = (self.journal.as_mut(), self.failed) {
-            journal.seal();
+        if !self.failed {
+            self.durability.seal();
         }
     }
 
@@ -344,7 +330,7 @@ impl Worker {
             let result = if self.failed {
                 Err(ControlError::ShardFailed)
             } else {
-                self.journal(&request.command);
+                self.journal(|| request.command);
                 match self.core.apply(&request.command) {
                     Applied::Refused { error, .. } => Err(error),
                     _ => Ok(()),
@@ -352,9 +338,8 @@ impl Worker {
             };
             // Outcomes and levels first, so that the caller sees the command's effects.
             self.after_apply();
-            match self.journal.as_mut() {
-                Some(journal) => journal.held.replies.push((request.reply, result)),
-                None => request.reply.fulfil(result),
+            if let Some((reply, result)) = self.durability.hold_reply((request.reply, result)) {
+                reply.fulfil(result);
             }
         }
     }
@@ -388,7 +373,7 @@ impl Worker {
                     return decided;
                 }
                 let tick = Command::Tick { now_ns };
-                self.journal(&tick);
+                self.journal(|| tick);
                 self.core.apply(&tick);
                 self.after_apply();
                 decided + 1
@@ -405,7 +390,7 @@ impl Worker {
             let skus: Vec<_> = self.core.levels().map(|sku| sku.id).collect();
             for sku in skus {
                 let close = Command::CloseSale { sku, at_ns };
-                self.journal(&close);
+                self.journal(|| close);
                 self.core.apply(&close);
                 self.after_apply();
             }
@@ -457,9 +442,11 @@ impl Worker {
             ticket: pending.ticket,
             waited: true,
         };
-        match self.journal.as_mut() {
-            Some(journal) => journal.held.deferred.push((pending.deferred, completion)),
-            None => pending.deferred.push(completion),
+        if let Some((queue, completion)) = self
+            .durability
+            .hold_deferred((pending.deferred, completion))
+        {
+            queue.push(completion);
         }
     }
 
@@ -521,6 +508,7 @@ impl Worker {
         if taken == 0 {
             return 0;
         }
+        let mut written = false;
         for position in 0..taken {
             let request = self.batch[position];
             let reply = match self.decide(index, &request) {
@@ -532,23 +520,23 @@ impl Worker {
                 }),
                 None => Reply::Parked,
             };
-            if let Some(journal) = self.journal.as_mut() {
-                journal
-                    .held
-                    .completions
-                    .push((index, reply, request.arrival_ns));
+            // Held when journaled: published, and its latency recorded, at the commit.
+            let Some((_, reply, _)) =
+                self.durability
+                    .hold_completion((index, reply, request.arrival_ns))
+            else {
                 continue;
-            }
-            let written = self.lanes[index].completions.write(reply);
+            };
+            let room = self.lanes[index].completions.write(reply);
             // The producer keeps at most `capacity` intents in flight per lane, counting
             // those whose completion it has not taken yet, so there is always a free slot.
             assert!(
-                written.is_ok(),
+                room.is_ok(),
                 "completion ring overflow: in-flight bound broken"
             );
+            written = true;
         }
-        if self.journal.is_some() {
-            // Published, and their latency recorded, when the journal is committed.
+        if !written {
             return taken;
         }
         // Completion rings are never closed, so publishing cannot fail.
@@ -574,14 +562,14 @@ impl Worker {
                 sequence: None,
             });
         }
-        if self.journal.is_some() {
-            let (intent, arrival_ns) = (request.intent, request.arrival_ns);
-            self.journal(&if request.wait {
+        let (intent, arrival_ns) = (request.intent, request.arrival_ns);
+        self.journal(|| {
+            if request.wait {
                 Command::BuyOrWait { intent, arrival_ns }
             } else {
                 Command::Buy { intent, arrival_ns }
-            });
-        }
+            }
+        });
         let applied = self.core.buy_at(
             request.local,
             &request.intent,
@@ -645,9 +633,8 @@ impl Worker {
         if available == 0 {
             gate.raise(self.catalog_index_of[local as usize]);
         }
-        match self.journal.as_mut() {
-            Some(journal) => journal.held.orders.push(*order),
-            None => self.sink_order(order),
+        if let Some(order) = self.durability.hold_order(*order) {
+            self.sink_order(&order);
         }
     }
 
