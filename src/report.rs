@@ -223,36 +223,22 @@ impl Report {
     pub(crate) fn new(
         catalog: &Catalog,
         placement: &Placement,
-        shard_reports: Vec<ShardReport>,
+        mut shard_reports: Vec<ShardReport>,
         producer_counts: &[u64; PRODUCER_SLOTS],
     ) -> Self {
-        let mut latency_histogram = latency_histogram();
-        let mut rejections = [0u64; RejectReason::ALL.len()];
-        let mut confirmed_orders = 0;
-        let mut confirmed_units = 0;
-        let mut commands_applied = 0;
-        let mut recovered_commands = 0;
-        let mut journal_commits = 0;
-        let mut snapshots = 0;
-        let mut failed_shards = Vec::new();
-        let mut levels_of_shard = Vec::with_capacity(shard_reports.len());
-        for report in &shard_reports {
-            for (total, count) in rejections.iter_mut().zip(&report.counts) {
-                *total += count;
-            }
-            confirmed_orders += report.counts[CONFIRMED_ORDERS];
-            confirmed_units += report.counts[CONFIRMED_UNITS];
-            commands_applied += report.commands_applied;
-            recovered_commands += report.recovered_commands;
-            journal_commits += report.journal_commits;
-            snapshots += report.snapshots;
-            if report.failed {
-                failed_shards.push(report.shard);
-            }
-            // Histograms with identical bounds always merge; a lost shard's is empty.
-            let _ = latency_histogram.add(&report.latency_ns);
-            levels_of_shard.push(&report.levels);
-        }
+        let Totals {
+            mut rejections,
+            confirmed_orders,
+            confirmed_units,
+            commands_applied,
+            recovered_commands,
+            journal_commits,
+            snapshots,
+            failed_shards,
+            latency_histogram,
+        } = Totals::of(&mut shard_reports);
+        let levels_of_shard: Vec<&Vec<SkuLevels>> =
+            shard_reports.iter().map(|report| &report.levels).collect();
         let mut answered_at_submit = 0;
         for (total, count) in rejections.iter_mut().zip(producer_counts) {
             *total += count;
@@ -305,6 +291,63 @@ impl Report {
     /// All outcomes: confirmed orders plus rejections.
     pub fn outcomes(&self) -> u64 {
         self.confirmed_orders + self.rejections.iter().sum::<u64>()
+    }
+}
+
+/// The shards' counts summed, and their latency histograms merged.
+struct Totals {
+    rejections: [u64; RejectReason::ALL.len()],
+    confirmed_orders: u64,
+    confirmed_units: u64,
+    commands_applied: u64,
+    recovered_commands: u64,
+    journal_commits: u64,
+    snapshots: u64,
+    failed_shards: Vec<ShardId>,
+    latency_histogram: Histogram<u64>,
+}
+
+impl Totals {
+    fn of(reports: &mut [ShardReport]) -> Self {
+        // The first shard's histogram takes the others' counts (they share their bounds),
+        // rather than allocating one more of about 270 KB.
+        let latency_histogram = match reports.first_mut() {
+            Some(first) => std::mem::replace(
+                &mut first.latency_ns,
+                Histogram::new(1).expect("one significant digit is valid"),
+            ),
+            None => latency_histogram(),
+        };
+        let mut totals = Self {
+            rejections: [0; RejectReason::ALL.len()],
+            confirmed_orders: 0,
+            confirmed_units: 0,
+            commands_applied: 0,
+            recovered_commands: 0,
+            journal_commits: 0,
+            snapshots: 0,
+            failed_shards: Vec::new(),
+            latency_histogram,
+        };
+        for (position, report) in reports.iter().enumerate() {
+            for (total, count) in totals.rejections.iter_mut().zip(&report.counts) {
+                *total += count;
+            }
+            totals.confirmed_orders += report.counts[CONFIRMED_ORDERS];
+            totals.confirmed_units += report.counts[CONFIRMED_UNITS];
+            totals.commands_applied += report.commands_applied;
+            totals.recovered_commands += report.recovered_commands;
+            totals.journal_commits += report.journal_commits;
+            totals.snapshots += report.snapshots;
+            if report.failed {
+                totals.failed_shards.push(report.shard);
+            }
+            if position > 0 {
+                // Histograms with identical bounds always merge; a lost shard's is empty.
+                let _ = totals.latency_histogram.add(&report.latency_ns);
+            }
+        }
+        totals
     }
 }
 
