@@ -203,27 +203,8 @@ impl RunJson {
             .iter()
             .map(|reason| (reason.name(), result.rejections[reason.index()]))
             .collect();
-        // The run ends with its last outcome: buckets sized for the schedule beyond it
-        // (a closed loop finishes long before its schedule would have) are left out.
-        let active_buckets = result
-            .timeline
-            .iter()
-            .rposition(|&count| count > 0)
-            .map_or(1, |last| last + 1);
+        let (timeline, active_buckets) = timeline_of(result);
         let per_bucket = 1e9 / BUCKET_NS as f64;
-        let timeline = result
-            .timeline
-            .iter()
-            .zip(&result.confirmed_timeline)
-            .take(active_buckets)
-            .enumerate()
-            .map(|(bucket, (&count, &confirmed))| TimelinePoint {
-                t_ms: bucket as u64 * BUCKET_NS / 1_000_000,
-                intents_per_s: count as f64 * per_bucket,
-                confirmed_per_s: confirmed as f64 * per_bucket,
-                rejected_per_s: (count - confirmed) as f64 * per_bucket,
-            })
-            .collect();
         let mut opens_at_run_ms: Vec<f64> =
             result.opens_ns.iter().map(|&ns| ns as f64 / 1e6).collect();
         opens_at_run_ms.dedup();
@@ -266,37 +247,8 @@ impl RunJson {
             engine_latency_ns: result.engine.latency.into(),
             journal_commits: result.engine.journal_commits,
             wait_latency_ns: LatencySummary::from_histogram(&result.wait_latency_ns).into(),
-            lifecycle: {
-                let skus = &result.engine.skus;
-                LifecycleJson {
-                    held_units: skus.iter().map(|s| u64::from(s.held)).sum(),
-                    sold_units: skus.iter().map(|s| u64::from(s.sold)).sum(),
-                    expired_units: skus.iter().map(|s| s.expired).sum(),
-                    cancelled_units: skus.iter().map(|s| s.cancelled).sum(),
-                    waitlist_filled: skus.iter().map(|s| s.waitlist_filled).sum(),
-                    paid_orders: result.desk.paid_orders,
-                    cancelled_orders: result.desk.cancelled_orders,
-                    payments_refused_hold_expired: result.desk.refused_hold_expired,
-                    control_calls_refused_otherwise: result.desk.unexpected,
-                    control_call_ns: LatencySummary::from_histogram(&result.desk.call_latency_ns)
-                        .into(),
-                }
-            },
-            pools: result
-                .engine
-                .pools
-                .iter()
-                .map(|pool| PoolJson {
-                    first_sku: pool.first_sku.0,
-                    policy: pool.policy.name(),
-                    seed: match pool.policy {
-                        flashsale::Policy::OpeningDraw { seed, .. } => Some(seed),
-                        _ => None,
-                    },
-                    pooled_buyers: pool.tickets,
-                    served: pool.served,
-                })
-                .collect(),
+            lifecycle: LifecycleJson::of(result),
+            pools: result.engine.pools.iter().map(PoolJson::of).collect(),
             peak_memory_bytes: peak_memory_bytes(),
             skus: result
                 .skus
@@ -327,6 +279,16 @@ impl RunJson {
     /// The human report.
     pub fn table(&self) -> String {
         let mut out = String::new();
+        self.write_summary(&mut out);
+        self.write_latencies(&mut out);
+        self.write_lifecycle(&mut out);
+        self.write_checks(&mut out);
+        self.write_skus(&mut out);
+        out
+    }
+
+    /// The scenario, the headline, the totals and the rejections.
+    fn write_summary(&self, out: &mut String) {
         let s = &self.scenario;
         let _ = writeln!(
             out,
@@ -367,11 +329,15 @@ impl RunJson {
                 let _ = writeln!(out, "  {reason:<20}{count:>12}");
             }
         }
+    }
+
+    /// Latency from the send (or submit), in the engine, and of buys that waited.
+    fn write_latencies(&self, out: &mut String) {
         let latency = &self.latency_ns;
         let _ = writeln!(
             out,
             "latency (from {}): p50 {} | p90 {} | p99 {} | p99.9 {} | p99.99 {} | max {}",
-            match s.mode {
+            match self.scenario.mode {
                 crate::scenario::Mode::Open => "intended send",
                 crate::scenario::Mode::Closed => "submit",
             },
@@ -402,6 +368,10 @@ impl RunJson {
                 Nanos(waited.max)
             );
         }
+    }
+
+    /// Payments, expiries, cancellations and waitlists, and the pools (when any).
+    fn write_lifecycle(&self, out: &mut String) {
         let life = &self.lifecycle;
         if life.sold_units + life.expired_units + life.cancelled_units + life.waitlist_filled > 0 {
             let _ = writeln!(
@@ -440,6 +410,10 @@ impl RunJson {
         if self.pools.len() > 4 {
             let _ = writeln!(out, "  ... {} pools in all", self.pools.len());
         }
+    }
+
+    /// The invariants and the peak memory.
+    fn write_checks(&self, out: &mut String) {
         let check = |ok: bool| if ok { "ok" } else { "VIOLATED" };
         let _ = writeln!(
             out,
@@ -456,6 +430,10 @@ impl RunJson {
                 bytes as f64 / (1 << 20) as f64
             );
         }
+    }
+
+    /// The first SKUs' stock, units taken and sell-out times.
+    fn write_skus(&self, out: &mut String) {
         let shown = self.skus.len().min(12);
         let _ = writeln!(
             out,
@@ -480,7 +458,66 @@ impl RunJson {
                 self.skus.len()
             );
         }
-        out
+    }
+}
+
+/// Outcomes per second in 10 ms buckets, up to the run's last outcome (buckets sized for
+/// the schedule beyond it, as a closed loop finishes long before its schedule would have,
+/// are left out), and how many buckets that is.
+fn timeline_of(result: &RunResult) -> (Vec<TimelinePoint>, usize) {
+    let active_buckets = result
+        .timeline
+        .iter()
+        .rposition(|&count| count > 0)
+        .map_or(1, |last| last + 1);
+    let per_bucket = 1e9 / BUCKET_NS as f64;
+    let timeline = result
+        .timeline
+        .iter()
+        .zip(&result.confirmed_timeline)
+        .take(active_buckets)
+        .enumerate()
+        .map(|(bucket, (&count, &confirmed))| TimelinePoint {
+            t_ms: bucket as u64 * BUCKET_NS / 1_000_000,
+            intents_per_s: count as f64 * per_bucket,
+            confirmed_per_s: confirmed as f64 * per_bucket,
+            rejected_per_s: (count - confirmed) as f64 * per_bucket,
+        })
+        .collect();
+    (timeline, active_buckets)
+}
+
+impl LifecycleJson {
+    /// Units by state, and the payment desk's calls.
+    fn of(result: &RunResult) -> Self {
+        let skus = &result.engine.skus;
+        Self {
+            held_units: skus.iter().map(|s| u64::from(s.held)).sum(),
+            sold_units: skus.iter().map(|s| u64::from(s.sold)).sum(),
+            expired_units: skus.iter().map(|s| s.expired).sum(),
+            cancelled_units: skus.iter().map(|s| s.cancelled).sum(),
+            waitlist_filled: skus.iter().map(|s| s.waitlist_filled).sum(),
+            paid_orders: result.desk.paid_orders,
+            cancelled_orders: result.desk.cancelled_orders,
+            payments_refused_hold_expired: result.desk.refused_hold_expired,
+            control_calls_refused_otherwise: result.desk.unexpected,
+            control_call_ns: LatencySummary::from_histogram(&result.desk.call_latency_ns).into(),
+        }
+    }
+}
+
+impl PoolJson {
+    fn of(pool: &flashsale::PoolLevels) -> Self {
+        Self {
+            first_sku: pool.first_sku.0,
+            policy: pool.policy.name(),
+            seed: match pool.policy {
+                flashsale::Policy::OpeningDraw { seed, .. } => Some(seed),
+                _ => None,
+            },
+            pooled_buyers: pool.tickets,
+            served: pool.served,
+        }
     }
 }
 

@@ -98,20 +98,10 @@ fn split_stock(stock: u32, weights: &[f64]) -> Vec<u32> {
 
 impl Plan {
     pub fn new(scenario: &Scenario) -> Result<Self, String> {
-        let products_per_seller = scenario.products_per_seller;
-        let variants = scenario.variants_per_product;
-        let weights = zipf_weights(variants, scenario.zipf_exponent);
-        let stock_split = split_stock(scenario.stock_per_product, &weights);
-        let cumulative: Vec<f64> = weights
-            .iter()
-            .scan(0.0, |sum, weight| {
-                *sum += weight;
-                Some(*sum)
-            })
-            .collect();
+        let weights = zipf_weights(scenario.variants_per_product, scenario.zipf_exponent);
         let countdown_ns = scaled_ns(scenario, scenario.countdown_ms as f64);
         let timed = scenario.mode == Mode::Open && scenario.rate.is_none();
-        let opens_ns: Vec<u64> = (0..products_per_seller)
+        let opens_ns: Vec<u64> = (0..scenario.products_per_seller)
             .map(|product| {
                 if timed {
                     countdown_ns
@@ -124,107 +114,15 @@ impl Plan {
                 }
             })
             .collect();
-
-        let mut builder = Catalog::builder();
-        let mut skus = Vec::with_capacity(scenario.skus() as usize);
-        let policy = scenario.engine_policy();
-        let hold_ns = scenario
-            .hold_ms
-            .map(|ms| scaled_ns(scenario, ms as f64).max(1));
-        let close_after_ns = scenario
-            .closes_after_ms()
-            .map(|ms| scaled_ns(scenario, ms as f64).max(1));
-        for seller in 0..scenario.sellers {
-            for product in 0..products_per_seller {
-                let group_index = seller * products_per_seller + product;
-                let group = GroupId(group_index + 1);
-                builder = builder
-                    .group_spec(GroupSpec::new(group, scenario.limit_per_buyer).policy(policy));
-                let opens_at_ns = if timed {
-                    LEAD_NS + opens_ns[product as usize]
-                } else {
-                    0
-                };
-                let window = SaleWindow {
-                    opens_at_ns,
-                    closes_at_ns: close_after_ns.map_or(u64::MAX, |after| {
-                        (if timed { opens_at_ns } else { LEAD_NS }) + after
-                    }),
-                };
-                for variant in 0..variants {
-                    let mut spec = SkuSpec::new(
-                        SkuId(group_index * variants + variant + 1),
-                        stock_split[variant as usize],
-                    )
-                    .limit(scenario.limit_per_buyer)
-                    .group(group)
-                    .window(window)
-                    .waitlist(scenario.waitlist)
-                    .labels(
-                        format!("seller {seller} product {product}"),
-                        format!("variant {variant}"),
-                    );
-                    if let Some(hold_ns) = hold_ns {
-                        spec = spec.hold(hold_ns);
-                    }
-                    skus.push(spec);
-                }
-            }
-        }
-        let catalog = builder
-            .skus(skus)
-            .build()
-            .map_err(|error| format!("catalog: {error}"))?;
-
-        let mut rng = Rng::new(scenario.seed);
-        let burst_ns = scaled_ns(scenario, scenario.burst_ms as f64).max(1);
-        let mut presses: Vec<Press> = Vec::new();
-        for seller in 0..scenario.sellers {
-            let viewers =
-                scenario.viewers_min + rng.below(scenario.viewers_max - scenario.viewers_min + 1);
-            for product in 0..products_per_seller {
-                let group_index = seller * products_per_seller + product;
-                let opens = opens_ns[product as usize];
-                for viewer in 0..viewers {
-                    if rng.unit() >= scenario.press_fraction {
-                        continue;
-                    }
-                    let pick = rng.unit();
-                    let variant = cumulative
-                        .iter()
-                        .position(|&edge| pick < edge)
-                        .unwrap_or(variants as usize - 1) as u32;
-                    let roll = rng.unit();
-                    let quantity = if roll < scenario.malformed_fraction {
-                        0
-                    } else if roll < scenario.malformed_fraction + scenario.two_units_fraction {
-                        2
-                    } else {
-                        1
-                    };
-                    // 2% press during the countdown; the rest front-loaded into the burst.
-                    let at_ns = if timed && rng.unit() < 0.02 && countdown_ns > 0 {
-                        opens.saturating_sub((rng.unit() * countdown_ns as f64) as u64)
-                    } else {
-                        opens + (rng.unit().powi(2) * burst_ns as f64) as u64
-                    };
-                    let intent = Intent {
-                        user: UserId((u64::from(seller) << 32) | viewer),
-                        client_key: u64::from(product),
-                        sku: SkuId(group_index * variants + variant + 1),
-                        quantity,
-                    };
-                    presses.push(Press { at_ns, intent });
-                    if rng.unit() < scenario.retry_fraction {
-                        let delay = scaled_ns(scenario, 100.0 + rng.unit() * 900.0);
-                        presses.push(Press {
-                            at_ns: at_ns + delay,
-                            intent,
-                        });
-                    }
-                }
-            }
-        }
+        let catalog = build_catalog(scenario, timed, &opens_ns, &weights)?;
+        let cumulative: Vec<f64> = weights
+            .iter()
+            .scan(0.0, |sum, weight| {
+                *sum += weight;
+                Some(*sum)
+            })
+            .collect();
+        let mut presses = generate_presses(scenario, (timed, countdown_ns), &opens_ns, &cumulative);
         presses.sort_by_key(|press| press.at_ns);
         if let Some(cap) = scenario.intents {
             presses.truncate(cap as usize);
@@ -240,21 +138,10 @@ impl Plan {
         }
         let last_press_ns = presses.last().map_or(0, |press| press.at_ns);
         let offered = Offered::of(&presses);
-        let producers = scenario.producers as usize;
-        let mut schedules: Vec<Vec<Press>> = (0..producers)
-            .map(|_| Vec::with_capacity(presses.len() / producers + 1))
-            .collect();
         let total = presses.len() as u64;
-        for press in presses {
-            // A buyer's presses all go through one producer, as one buyer's requests
-            // would reach one connection.
-            let producer = (press.intent.user.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
-                % producers;
-            schedules[producer].push(press);
-        }
         Ok(Self {
             catalog,
-            schedules,
+            schedules: split_by_buyer(presses, scenario.producers as usize),
             start_ns: LEAD_NS,
             opens_ns,
             last_press_ns,
@@ -262,6 +149,147 @@ impl Plan {
             offered,
         })
     }
+}
+
+/// The scenario's catalog: per seller and product a limit group (with the scenario's
+/// policy) of its variants, stock split over them by `weights`, each product's window
+/// opening at its wave (timed runs) or at once.
+fn build_catalog(
+    scenario: &Scenario,
+    timed: bool,
+    opens_ns: &[u64],
+    weights: &[f64],
+) -> Result<Catalog, String> {
+    let (products_per_seller, variants) =
+        (scenario.products_per_seller, scenario.variants_per_product);
+    let stock_split = split_stock(scenario.stock_per_product, weights);
+    let mut builder = Catalog::builder();
+    let mut skus = Vec::with_capacity(scenario.skus() as usize);
+    let policy = scenario.engine_policy();
+    let hold_ns = scenario
+        .hold_ms
+        .map(|ms| scaled_ns(scenario, ms as f64).max(1));
+    let close_after_ns = scenario
+        .closes_after_ms()
+        .map(|ms| scaled_ns(scenario, ms as f64).max(1));
+    for seller in 0..scenario.sellers {
+        for product in 0..products_per_seller {
+            let group_index = seller * products_per_seller + product;
+            let group = GroupId(group_index + 1);
+            builder =
+                builder.group_spec(GroupSpec::new(group, scenario.limit_per_buyer).policy(policy));
+            let opens_at_ns = if timed {
+                LEAD_NS + opens_ns[product as usize]
+            } else {
+                0
+            };
+            let window = SaleWindow {
+                opens_at_ns,
+                closes_at_ns: close_after_ns.map_or(u64::MAX, |after| {
+                    (if timed { opens_at_ns } else { LEAD_NS }) + after
+                }),
+            };
+            for variant in 0..variants {
+                let mut spec = SkuSpec::new(
+                    SkuId(group_index * variants + variant + 1),
+                    stock_split[variant as usize],
+                )
+                .limit(scenario.limit_per_buyer)
+                .group(group)
+                .window(window)
+                .waitlist(scenario.waitlist)
+                .labels(
+                    format!("seller {seller} product {product}"),
+                    format!("variant {variant}"),
+                );
+                if let Some(hold_ns) = hold_ns {
+                    spec = spec.hold(hold_ns);
+                }
+                skus.push(spec);
+            }
+        }
+    }
+    builder
+        .skus(skus)
+        .build()
+        .map_err(|error| format!("catalog: {error}"))
+}
+
+/// Every viewer's presses, unsorted: per seller a drawn audience, per product and viewer
+/// a press with the scenario's probability (a variant by popularity, a quantity, a time in
+/// the countdown or the burst), and sometimes a retry of it.
+fn generate_presses(
+    scenario: &Scenario,
+    (timed, countdown_ns): (bool, u64),
+    opens_ns: &[u64],
+    cumulative: &[f64],
+) -> Vec<Press> {
+    let (products_per_seller, variants) =
+        (scenario.products_per_seller, scenario.variants_per_product);
+    let mut rng = Rng::new(scenario.seed);
+    let burst_ns = scaled_ns(scenario, scenario.burst_ms as f64).max(1);
+    let mut presses: Vec<Press> = Vec::new();
+    for seller in 0..scenario.sellers {
+        let viewers =
+            scenario.viewers_min + rng.below(scenario.viewers_max - scenario.viewers_min + 1);
+        for product in 0..products_per_seller {
+            let group_index = seller * products_per_seller + product;
+            let opens = opens_ns[product as usize];
+            for viewer in 0..viewers {
+                if rng.unit() >= scenario.press_fraction {
+                    continue;
+                }
+                let pick = rng.unit();
+                let variant = cumulative
+                    .iter()
+                    .position(|&edge| pick < edge)
+                    .unwrap_or(variants as usize - 1) as u32;
+                let roll = rng.unit();
+                let quantity = if roll < scenario.malformed_fraction {
+                    0
+                } else if roll < scenario.malformed_fraction + scenario.two_units_fraction {
+                    2
+                } else {
+                    1
+                };
+                // 2% press during the countdown; the rest front-loaded into the burst.
+                let at_ns = if timed && rng.unit() < 0.02 && countdown_ns > 0 {
+                    opens.saturating_sub((rng.unit() * countdown_ns as f64) as u64)
+                } else {
+                    opens + (rng.unit().powi(2) * burst_ns as f64) as u64
+                };
+                let intent = Intent {
+                    user: UserId((u64::from(seller) << 32) | viewer),
+                    client_key: u64::from(product),
+                    sku: SkuId(group_index * variants + variant + 1),
+                    quantity,
+                };
+                presses.push(Press { at_ns, intent });
+                if rng.unit() < scenario.retry_fraction {
+                    let delay = scaled_ns(scenario, 100.0 + rng.unit() * 900.0);
+                    presses.push(Press {
+                        at_ns: at_ns + delay,
+                        intent,
+                    });
+                }
+            }
+        }
+    }
+    presses
+}
+
+/// The presses split over `producers` schedules, keeping their order. A buyer's presses
+/// all go through one producer, as one buyer's requests would reach one connection.
+fn split_by_buyer(presses: Vec<Press>, producers: usize) -> Vec<Vec<Press>> {
+    let mut schedules: Vec<Vec<Press>> = (0..producers)
+        .map(|_| Vec::with_capacity(presses.len() / producers + 1))
+        .collect();
+    for press in presses {
+        let producer =
+            (press.intent.user.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % producers;
+        schedules[producer].push(press);
+    }
+    schedules
 }
 
 #[cfg(test)]

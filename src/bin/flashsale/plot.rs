@@ -5,6 +5,8 @@
 use std::path::Path;
 
 use hdrhistogram::Histogram;
+use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::output::RunJson;
@@ -68,6 +70,17 @@ pub fn draw(path: &Path, run: &RunJson, latency_ns: &Histogram<u64>) -> Result<(
     let root = SVGBackend::new(path, (1100, 860)).into_drawing_area();
     root.fill(&WHITE).map_err(failed)?;
     let (top, bottom) = root.split_vertically(420);
+    draw_latency(&top, run, latency_ns)?;
+    draw_timeline(&bottom, run)?;
+    root.present().map_err(failed)?;
+    Ok(())
+}
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The top chart: latency by percentile (0 to 5 nines) on a log scale.
+fn draw_latency(top: &Area<'_>, run: &RunJson, latency_ns: &Histogram<u64>) -> Result<(), String> {
     let scenario = &run.scenario;
     let (loop_name, measured_from) = match scenario.mode {
         Mode::Open => ("open loop", "intended send"),
@@ -89,7 +102,7 @@ pub fn draw(path: &Path, run: &RunJson, latency_ns: &Histogram<u64>) -> Result<(
         .fold(f64::MAX, f64::min)
         .max(10.0)
         / 1.5;
-    let mut chart = ChartBuilder::on(&top)
+    let mut chart = ChartBuilder::on(top)
         .caption(
             format!(
                 "{} (seed {}, {loop_name}): latency by percentile, from {measured_from} to outcome",
@@ -117,6 +130,12 @@ pub fn draw(path: &Path, run: &RunJson, latency_ns: &Histogram<u64>) -> Result<(
         .draw_series(LineSeries::new(points, BLUE.stroke_width(2)))
         .map_err(failed)?;
 
+    Ok(())
+}
+
+/// The bottom chart: confirmed and rejected outcomes per second over the run, with the
+/// openings and sell-outs marked.
+fn draw_timeline(bottom: &Area<'_>, run: &RunJson) -> Result<(), String> {
     let t_max_ms = run
         .timeline
         .last()
@@ -130,7 +149,7 @@ pub fn draw(path: &Path, run: &RunJson, latency_ns: &Histogram<u64>) -> Result<(
         .fold(0.0, f64::max)
         .max(1.0)
         * 1.15;
-    let mut chart = ChartBuilder::on(&bottom)
+    let mut chart = ChartBuilder::on(bottom)
         .caption(
             format!(
                 "outcomes per second over run time (10 ms buckets); {} intents, {} orders",
@@ -177,6 +196,24 @@ pub fn draw(path: &Path, run: &RunJson, latency_ns: &Histogram<u64>) -> Result<(
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
     }
+    draw_marks(&mut chart, run, t_max_ms, rate_max)?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(failed)?;
+    Ok(())
+}
+
+/// Openings as vertical lines, sell-outs as triangles.
+fn draw_marks(
+    chart: &mut Chart<'_, '_>,
+    run: &RunJson,
+    t_max_ms: f64,
+    rate_max: f64,
+) -> Result<(), String> {
     // Openings (after the run's start) as vertical lines; with many products opening at
     // once they coincide.
     let openings: Vec<f64> = run
@@ -212,13 +249,5 @@ pub fn draw(path: &Path, run: &RunJson, latency_ns: &Histogram<u64>) -> Result<(
             .label(format!("a SKU sells out ({})", sell_outs.len()))
             .legend(|(x, y)| TriangleMarker::new((x + 10, y), 6, BLACK.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(failed)?;
-    root.present().map_err(failed)?;
     Ok(())
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use flashsale::{
-    Catalog, Completion, Control, ControlError, Engine, OrderId, Outcome, Producer, RejectReason,
-    Report, SkuLevels, SubmitError, Submitted, Ticket,
+    Catalog, Completion, Control, ControlError, Engine, Intent, OrderId, Outcome, Producer,
+    RejectReason, Report, SkuLevels, SubmitError, Submitted, Ticket,
 };
 use hdrhistogram::Histogram;
 use rustc_hash::FxHashMap;
@@ -217,29 +217,8 @@ pub fn run(
     journal: Option<flashsale::JournalConfig>,
     mut on_progress: impl FnMut(u64),
 ) -> Result<RunResult, String> {
-    let mut builder = Engine::builder(plan.catalog.clone())
-        .shards(scenario.shards as usize)
-        .ring_capacity(scenario.ring_capacity as usize)
-        .wait_strategy(scenario.wait.into())
-        .max_quantity(scenario.limit_per_buyer.max(2));
-    if let Some(config) = journal {
-        builder = builder.journal(config);
-    }
-    let engine = builder.start().map_err(|error| match error {
-        flashsale::EngineError::Journal(error) => format!("journal: {error}"),
-        other => format!("shards: {other}"),
-    })?;
-    let scaled = |ms: u64| (ms as f64 * 1e6 / scenario.speed) as u64;
-    let shared = Arc::new(Shared {
-        catalog: plan.catalog.clone(),
-        mode: scenario.mode,
-        start_ns: plan.start_ns,
-        progress: AtomicU64::new(0),
-        pay_rate: scenario.pay_rate,
-        cancel_rate: scenario.cancel_rate,
-        pay_delay_ns: scaled(scenario.pay_delay_ms),
-        hold_ns: scenario.hold_ms.map_or(0, scaled),
-    });
+    let engine = start_engine(scenario, &plan.catalog, journal)?;
+    let shared = Arc::new(Shared::new(scenario, &plan));
     // The payment desk: pays, cancels or pays late every confirmed order, as the
     // scenario says; only when orders have a life after confirmation.
     let (desk_tx, desk_rx) = crossbeam_channel::unbounded::<DeskTask>();
@@ -281,18 +260,7 @@ pub fn run(
     // The producers hold the desk's only senders now: it stops once they are done.
     drop(desk_tx);
     let mut tally = ProducerTally::new(plan.catalog.skus().len(), buckets, 0);
-    let mut finished = Vec::new();
-    for thread in threads {
-        while !thread.is_finished() {
-            on_progress(shared.progress.load(Ordering::Relaxed));
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        finished.push(
-            thread
-                .join()
-                .map_err(|_| "a producer thread panicked".to_string())?,
-        );
-    }
+    let finished = join_producers(threads, &shared, &mut on_progress)?;
     let elapsed = wall_start.elapsed();
     for other in finished {
         tally.merge(other);
@@ -317,6 +285,63 @@ pub fn run(
             desk,
         )
     })
+}
+
+/// The engine the scenario describes, journaled when `journal` is set.
+fn start_engine(
+    scenario: &Scenario,
+    catalog: &flashsale::Catalog,
+    journal: Option<flashsale::JournalConfig>,
+) -> Result<Engine, String> {
+    let mut builder = Engine::builder(catalog.clone())
+        .shards(scenario.shards as usize)
+        .ring_capacity(scenario.ring_capacity as usize)
+        .wait_strategy(scenario.wait.into())
+        .max_quantity(scenario.limit_per_buyer.max(2));
+    if let Some(config) = journal {
+        builder = builder.journal(config);
+    }
+    builder.start().map_err(|error| match error {
+        flashsale::EngineError::Journal(error) => format!("journal: {error}"),
+        other => format!("shards: {other}"),
+    })
+}
+
+impl Shared {
+    fn new(scenario: &Scenario, plan: &Plan) -> Self {
+        let scaled = |ms: u64| (ms as f64 * 1e6 / scenario.speed) as u64;
+        Self {
+            catalog: plan.catalog.clone(),
+            mode: scenario.mode,
+            start_ns: plan.start_ns,
+            progress: AtomicU64::new(0),
+            pay_rate: scenario.pay_rate,
+            cancel_rate: scenario.cancel_rate,
+            pay_delay_ns: scaled(scenario.pay_delay_ms),
+            hold_ns: scenario.hold_ms.map_or(0, scaled),
+        }
+    }
+}
+
+/// Waits for every producer thread, reporting the outcomes so far every 50 ms.
+fn join_producers(
+    threads: Vec<std::thread::JoinHandle<ProducerTally>>,
+    shared: &Shared,
+    on_progress: &mut impl FnMut(u64),
+) -> Result<Vec<ProducerTally>, String> {
+    let mut finished = Vec::new();
+    for thread in threads {
+        while !thread.is_finished() {
+            on_progress(shared.progress.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        finished.push(
+            thread
+                .join()
+                .map_err(|_| "a producer thread panicked".to_string())?,
+        );
+    }
+    Ok(finished)
 }
 
 /// The payment desk's thread: acts on each order when it falls due.
@@ -415,44 +440,14 @@ fn drive(
         }
         let intended_ns = if open { due_ns } else { producer.now_ns() };
         tally.submitted += 1;
-        let mut intent = press.intent;
-        loop {
-            let submitted = if driver.wait {
-                producer.submit_or_wait(intent)
-            } else {
-                producer.submit(intent)
-            };
-            match submitted {
-                Ok(Submitted::Queued(ticket)) => {
-                    queued.insert(ticket, intended_ns);
-                    break;
-                }
-                Ok(Submitted::Answered(outcome)) => {
-                    let now = producer.now_ns();
-                    record(
-                        &mut tally,
-                        &shared.catalog,
-                        shared.start_ns,
-                        intent,
-                        outcome,
-                        intended_ns,
-                        now,
-                    );
-                    break;
-                }
-                Err(SubmitError::Busy(back)) => {
-                    intent = back;
-                    if take_completions(&mut producer, &mut queued, &mut tally, shared, driver) == 0
-                    {
-                        std::thread::yield_now();
-                    }
-                }
-                Err(_) => {
-                    tally.refused += 1;
-                    break;
-                }
-            }
-        }
+        submit_press(
+            &mut producer,
+            (press.intent, intended_ns),
+            &mut queued,
+            &mut tally,
+            shared,
+            driver,
+        );
         if tally.outcomes - reported >= 4096 {
             shared
                 .progress
@@ -469,6 +464,54 @@ fn drive(
         .progress
         .fetch_add(tally.outcomes - reported, Ordering::Relaxed);
     tally
+}
+
+/// Submits one press, taking completions while its lane is busy, and records it when it
+/// was answered at once.
+fn submit_press(
+    producer: &mut Producer,
+    (mut intent, intended_ns): (Intent, u64),
+    queued: &mut FxHashMap<Ticket, u64>,
+    tally: &mut ProducerTally,
+    shared: &Shared,
+    driver: &mut Driver,
+) {
+    loop {
+        let submitted = if driver.wait {
+            producer.submit_or_wait(intent)
+        } else {
+            producer.submit(intent)
+        };
+        match submitted {
+            Ok(Submitted::Queued(ticket)) => {
+                queued.insert(ticket, intended_ns);
+                break;
+            }
+            Ok(Submitted::Answered(outcome)) => {
+                let now = producer.now_ns();
+                record(
+                    tally,
+                    &shared.catalog,
+                    shared.start_ns,
+                    intent,
+                    outcome,
+                    intended_ns,
+                    now,
+                );
+                break;
+            }
+            Err(SubmitError::Busy(back)) => {
+                intent = back;
+                if take_completions(producer, queued, tally, shared, driver) == 0 {
+                    std::thread::yield_now();
+                }
+            }
+            Err(_) => {
+                tally.refused += 1;
+                break;
+            }
+        }
+    }
 }
 
 fn take_completions(
@@ -693,28 +736,7 @@ pub fn check(
             no_oversell &= taken <= u64::from(sku.stock)
                 && confirmed == taken + sku.expired + sku.cancelled
                 && sku.held + sku.sold + sku.available == sku.stock;
-            // A SoldOut decided at sequence s means nothing was available at s. Available
-            // at s = initial + restocked − reduced + returned − confirmed (all up to s), so
-            // confirmed up to s ≥ initial − reduced = stock − restocked, whatever came back
-            // (InsufficientStock or WaitlistFull for q units: available < q, so confirmed
-            // > that − q).
-            let floor = i128::from(sku.stock) - i128::from(sku.restocked);
-            let confirmed_by = |sequence: u64| -> i128 {
-                let mine = tally
-                    .confirmed_at
-                    .partition_point(|&(i, _, _)| (i as usize) < index);
-                tally.confirmed_at[mine..]
-                    .iter()
-                    .take_while(|&&(i, s, _)| i as usize == index && s <= sequence)
-                    .map(|&(_, _, units)| i128::from(units))
-                    .sum()
-            };
-            if let Some(sequence) = tally.sold_out_first[index] {
-                no_undersell &= confirmed_by(sequence) >= floor;
-            }
-            if let Some((sequence, quantity)) = tally.insufficient_first[index] {
-                no_undersell &= confirmed_by(sequence) > floor - i128::from(quantity);
-            }
+            no_undersell &= undersell_checked(tally, index, sku);
             let product = (index / variants) % products;
             let sold_out_after_open_ms = (sku.available == 0).then(|| {
                 tally.last_confirmed_ns[index].saturating_sub(opens_ns[product]) as f64 / 1e6
@@ -731,19 +753,7 @@ pub fn check(
             }
         })
         .collect();
-    // Limits count the units a buyer keeps: orders whose units went back on sale do not.
-    tally.orders.sort_unstable();
-    let limits_held = tally
-        .orders
-        .chunk_by(|a, b| (a.0, a.1) == (b.0, b.1))
-        .all(|orders| {
-            orders
-                .iter()
-                .filter(|order| !released.contains(&order.3))
-                .map(|order| order.2)
-                .sum::<u32>()
-                <= scenario.limit_per_buyer
-        });
+    let limits_held = limits_held(tally, released, scenario.limit_per_buyer);
     Checked {
         skus,
         invariants: Invariants {
@@ -756,4 +766,47 @@ pub fn check(
             limits_held,
         },
     }
+}
+
+/// No undersell for SKU `index`: its first `SoldOut` and first `InsufficientStock` came
+/// only once enough units were confirmed (`confirmed_at` sorted).
+fn undersell_checked(tally: &ProducerTally, index: usize, sku: &SkuLevels) -> bool {
+    // A SoldOut decided at sequence s means nothing was available at s. Available
+    // at s = initial + restocked − reduced + returned − confirmed (all up to s), so
+    // confirmed up to s ≥ initial − reduced = stock − restocked, whatever came back
+    // (InsufficientStock or WaitlistFull for q units: available < q, so confirmed
+    // > that − q).
+    let floor = i128::from(sku.stock) - i128::from(sku.restocked);
+    let confirmed_by = |sequence: u64| -> i128 {
+        let mine = tally
+            .confirmed_at
+            .partition_point(|&(i, _, _)| (i as usize) < index);
+        tally.confirmed_at[mine..]
+            .iter()
+            .take_while(|&&(i, s, _)| i as usize == index && s <= sequence)
+            .map(|&(_, _, units)| i128::from(units))
+            .sum()
+    };
+    let sold_out_holds =
+        tally.sold_out_first[index].is_none_or(|sequence| confirmed_by(sequence) >= floor);
+    let insufficient_holds = tally.insufficient_first[index]
+        .is_none_or(|(sequence, quantity)| confirmed_by(sequence) > floor - i128::from(quantity));
+    sold_out_holds && insufficient_holds
+}
+
+/// No buyer keeps more units of a product than the limit.
+fn limits_held(tally: &mut ProducerTally, released: &HashSet<u64>, limit: u32) -> bool {
+    // Limits count the units a buyer keeps: orders whose units went back on sale do not.
+    tally.orders.sort_unstable();
+    tally
+        .orders
+        .chunk_by(|a, b| (a.0, a.1) == (b.0, b.1))
+        .all(|orders| {
+            orders
+                .iter()
+                .filter(|order| !released.contains(&order.3))
+                .map(|order| order.2)
+                .sum::<u32>()
+                <= limit
+        })
 }

@@ -303,20 +303,15 @@ impl Scenario {
     /// time, all before anything is allocated or slept; the error is one line that starts
     /// with the knob to change.
     pub fn validate(&self) -> Result<(), String> {
-        let within = |field: &str, value: u64, min: u64, max: u64| {
-            if (min..=max).contains(&value) {
-                Ok(())
-            } else {
-                Err(format!("{field}: must be {min}..={max}, got {value}"))
-            }
-        };
-        let fraction = |field: &str, value: f64| {
-            if (0.0..=1.0).contains(&value) {
-                Ok(())
-            } else {
-                Err(format!("{field}: must be between 0 and 1, got {value}"))
-            }
-        };
+        self.validate_counts()?;
+        self.validate_times()?;
+        self.validate_rates()?;
+        self.validate_shape()?;
+        self.check_estimates()
+    }
+
+    /// Every count within its range.
+    fn validate_counts(&self) -> Result<(), String> {
         within("sellers", self.sellers.into(), 1, SELLERS_MAX)?;
         within(
             "products_per_seller",
@@ -347,6 +342,11 @@ impl Scenario {
             flashsale::EngineBuilder::RING_CAPACITY_MAX as u64,
         )?;
         within("waitlist", self.waitlist.into(), 0, WAITLIST_MAX)?;
+        Ok(())
+    }
+
+    /// Every duration within its range, and the intents cap.
+    fn validate_times(&self) -> Result<(), String> {
         for (field, ms) in [
             ("countdown_ms", Some(self.countdown_ms)),
             ("burst_ms", Some(self.burst_ms)),
@@ -364,18 +364,11 @@ impl Scenario {
         if let Some(intents) = self.intents {
             within("intents", intents, 1, PRESSES_MAX)?;
         }
-        if self.viewers_max < self.viewers_min {
-            return Err(format!(
-                "viewers_max: {} is below viewers_min {}",
-                self.viewers_max, self.viewers_min
-            ));
-        }
-        if self.stock_per_product < self.variants_per_product {
-            return Err(format!(
-                "stock_per_product: {} cannot give each of {} variants a unit",
-                self.stock_per_product, self.variants_per_product
-            ));
-        }
+        Ok(())
+    }
+
+    /// Fractions between 0 and 1, and the exponent, speed and rate finite and positive.
+    fn validate_rates(&self) -> Result<(), String> {
         fraction("press_fraction", self.press_fraction)?;
         fraction("retry_fraction", self.retry_fraction)?;
         fraction("malformed_fraction", self.malformed_fraction)?;
@@ -402,6 +395,23 @@ impl Scenario {
         {
             return Err(format!("rate: must be above 0 intents/s, got {rate}"));
         }
+        Ok(())
+    }
+
+    /// What the knobs mean together: audiences, stock per variant, SKUs, shards.
+    fn validate_shape(&self) -> Result<(), String> {
+        if self.viewers_max < self.viewers_min {
+            return Err(format!(
+                "viewers_max: {} is below viewers_min {}",
+                self.viewers_max, self.viewers_min
+            ));
+        }
+        if self.stock_per_product < self.variants_per_product {
+            return Err(format!(
+                "stock_per_product: {} cannot give each of {} variants a unit",
+                self.stock_per_product, self.variants_per_product
+            ));
+        }
         if self.skus() > SKUS_MAX {
             return Err(format!(
                 "sellers: {} SKUs in all (sellers x products_per_seller x variants_per_product) \
@@ -418,7 +428,7 @@ impl Scenario {
                 self.shards
             ));
         }
-        self.check_estimates()
+        Ok(())
     }
 
     /// Presses the plan generates before the `intents` cap applies (it keeps the first
@@ -564,6 +574,24 @@ impl Scenario {
             if knob.1 > longest.1 { knob } else { longest }
         })
         .0
+    }
+}
+
+/// `value` within `min..=max`, or an error naming `field`.
+fn within(field: &str, value: u64, min: u64, max: u64) -> Result<(), String> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{field}: must be {min}..={max}, got {value}"))
+    }
+}
+
+/// `value` between 0 and 1, or an error naming `field`.
+fn fraction(field: &str, value: f64) -> Result<(), String> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{field}: must be between 0 and 1, got {value}"))
     }
 }
 

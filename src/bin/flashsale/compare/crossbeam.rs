@@ -22,112 +22,24 @@ pub(super) fn crossbeam_peer(scenario: &Scenario) -> Result<PeerJson, String> {
     let placement =
         Placement::new(&plan.catalog, shards).map_err(|error| format!("shards: {error}"))?;
     let clock = EngineClock::start();
-    let max_quantity = max_quantity(scenario);
     // Per shard: one MPSC request channel, as deep as the engine's rings into that shard.
     let (request_tx, request_rx): (Vec<Sender<PeerRequest>>, Vec<Receiver<PeerRequest>>) =
         (0..shards).map(|_| bounded(capacity * producers)).unzip();
     // Per producer: one reply channel, as deep as the engine's rings back.
     let (reply_tx, reply_rx): (Vec<Sender<PeerReply>>, Vec<Receiver<PeerReply>>) =
         (0..producers).map(|_| bounded(capacity * shards)).unzip();
-    let workers: Vec<_> = request_rx
-        .into_iter()
-        .enumerate()
-        .map(|(shard, requests)| {
-            let mut core = ShardCore::new(&plan.catalog, &placement, ShardId(shard as u16));
-            let replies = reply_tx.clone();
-            let clock = clock.clone();
-            std::thread::spawn(move || {
-                for request in requests {
-                    let outcome = core
-                        .buy(&request.intent, clock.now_ns())
-                        .outcome()
-                        .expect("compare runs first-come sales: every buy is decided at once");
-                    let producer = usize::from(request.producer);
-                    if replies[producer].send((request, outcome)).is_err() {
-                        break;
-                    }
-                }
-                core
-            })
-        })
-        .collect();
+    let workers = spawn_shards(&plan.catalog, &placement, request_rx, &reply_tx, &clock);
     drop(reply_tx);
     let ran = on_threads(plan, |index, schedule, catalog| {
-        let replies = &reply_rx[index];
-        let senders = request_tx.clone();
-        let mut tally = tally_for(catalog, schedule);
-        let mut in_flight = 0u64;
-        let take = |tally: &mut ProducerTally, (request, outcome): PeerReply| {
-            let now = clock.now_ns();
-            run::record(
-                tally,
-                catalog,
-                0,
-                request.intent,
-                outcome,
-                request.sent_ns,
-                now,
-            );
+        let producer = ChannelProducer {
+            index: index as u16,
+            replies: &reply_rx[index],
+            senders: request_tx.clone(),
+            clock: &clock,
+            placement: &placement,
+            max_quantity: max_quantity(scenario),
         };
-        for press in schedule {
-            tally.submitted += 1;
-            let sent_ns = clock.now_ns();
-            if let Some(outcome) = validate(&press.intent, catalog, max_quantity) {
-                take(
-                    &mut tally,
-                    (
-                        PeerRequest {
-                            producer: index as u16,
-                            intent: press.intent,
-                            sent_ns,
-                        },
-                        outcome,
-                    ),
-                );
-                continue;
-            }
-            let catalog_index = catalog.index_of(press.intent.sku).expect("validated");
-            let (shard, _) = placement.route(catalog_index);
-            let mut request = PeerRequest {
-                producer: index as u16,
-                intent: press.intent,
-                sent_ns,
-            };
-            loop {
-                match senders[usize::from(shard.0)].try_send(request) {
-                    Ok(()) => {
-                        in_flight += 1;
-                        break;
-                    }
-                    Err(TrySendError::Full(back)) => {
-                        request = back;
-                        // Full: take the answers waiting for us (a shard may be blocked
-                        // sending one), or wait for one.
-                        match replies.try_recv() {
-                            Ok(reply) => {
-                                in_flight -= 1;
-                                take(&mut tally, reply);
-                            }
-                            Err(_) => std::thread::yield_now(),
-                        }
-                    }
-                    Err(TrySendError::Disconnected(_)) => {
-                        tally.refused += 1;
-                        break;
-                    }
-                }
-            }
-            while let Ok(reply) = replies.try_recv() {
-                in_flight -= 1;
-                take(&mut tally, reply);
-            }
-        }
-        while in_flight > 0 {
-            let Ok(reply) = replies.recv() else { break };
-            in_flight -= 1;
-            take(&mut tally, reply);
-        }
-        tally
+        producer.run(schedule, catalog)
     })?;
     drop(request_tx);
     let cores = workers
@@ -162,4 +74,136 @@ pub(super) fn crossbeam_peer(scenario: &Scenario) -> Result<PeerJson, String> {
         &levels,
         decided,
     ))
+}
+
+/// One thread per shard, deciding the requests of its channel with its own core and
+/// replying on the asking producer's channel; each returns its core when its channel
+/// closes.
+fn spawn_shards(
+    catalog: &Catalog,
+    placement: &Placement,
+    request_rx: Vec<Receiver<PeerRequest>>,
+    reply_tx: &[Sender<PeerReply>],
+    clock: &EngineClock,
+) -> Vec<std::thread::JoinHandle<ShardCore>> {
+    request_rx
+        .into_iter()
+        .enumerate()
+        .map(|(shard, requests)| {
+            let mut core = ShardCore::new(catalog, placement, ShardId(shard as u16));
+            let replies = reply_tx.to_vec();
+            let clock = clock.clone();
+            std::thread::spawn(move || {
+                for request in requests {
+                    let outcome = core
+                        .buy(&request.intent, clock.now_ns())
+                        .outcome()
+                        .expect("compare runs first-come sales: every buy is decided at once");
+                    let producer = usize::from(request.producer);
+                    if replies[producer].send((request, outcome)).is_err() {
+                        break;
+                    }
+                }
+                core
+            })
+        })
+        .collect()
+}
+
+/// A producer thread of the channel peer.
+struct ChannelProducer<'a> {
+    index: u16,
+    replies: &'a Receiver<PeerReply>,
+    senders: Vec<Sender<PeerRequest>>,
+    clock: &'a EngineClock,
+    placement: &'a Placement,
+    max_quantity: u32,
+}
+
+impl ChannelProducer<'_> {
+    /// Sends every press of `schedule` to its shard (answering malformed ones itself),
+    /// taking replies as they come, and waits for the last.
+    fn run(&self, schedule: &[Press], catalog: &Catalog) -> ProducerTally {
+        let mut tally = tally_for(catalog, schedule);
+        let mut in_flight = 0u64;
+        for press in schedule {
+            tally.submitted += 1;
+            let request = PeerRequest {
+                producer: self.index,
+                intent: press.intent,
+                sent_ns: self.clock.now_ns(),
+            };
+            if let Some(outcome) = validate(&press.intent, catalog, self.max_quantity) {
+                self.take(&mut tally, catalog, (request, outcome));
+                continue;
+            }
+            let catalog_index = catalog.index_of(press.intent.sku).expect("validated");
+            let (shard, _) = self.placement.route(catalog_index);
+            if self.send(
+                request,
+                usize::from(shard.0),
+                &mut tally,
+                catalog,
+                &mut in_flight,
+            ) {
+                in_flight += 1;
+            }
+            while let Ok(reply) = self.replies.try_recv() {
+                in_flight -= 1;
+                self.take(&mut tally, catalog, reply);
+            }
+        }
+        while in_flight > 0 {
+            let Ok(reply) = self.replies.recv() else {
+                break;
+            };
+            in_flight -= 1;
+            self.take(&mut tally, catalog, reply);
+        }
+        tally
+    }
+
+    /// Sends one request; while its shard's channel is full, takes the replies waiting
+    /// (a shard may be blocked sending one) or yields. Returns whether it was sent.
+    fn send(
+        &self,
+        mut request: PeerRequest,
+        shard: usize,
+        tally: &mut ProducerTally,
+        catalog: &Catalog,
+        in_flight: &mut u64,
+    ) -> bool {
+        loop {
+            match self.senders[shard].try_send(request) {
+                Ok(()) => return true,
+                Err(TrySendError::Full(back)) => {
+                    request = back;
+                    match self.replies.try_recv() {
+                        Ok(reply) => {
+                            *in_flight -= 1;
+                            self.take(tally, catalog, reply);
+                        }
+                        Err(_) => std::thread::yield_now(),
+                    }
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    tally.refused += 1;
+                    return false;
+                }
+            }
+        }
+    }
+
+    fn take(&self, tally: &mut ProducerTally, catalog: &Catalog, (request, outcome): PeerReply) {
+        let now = self.clock.now_ns();
+        run::record(
+            tally,
+            catalog,
+            0,
+            request.intent,
+            outcome,
+            request.sent_ns,
+            now,
+        );
+    }
 }

@@ -148,83 +148,22 @@ impl PeerJson {
 
 /// Runs the comparison; `Ok(false)` if a peer broke an invariant.
 pub fn compare(args: &CompareArgs) -> Result<bool, String> {
-    let mut scenario = crate::scenario_of(&args.knobs)?;
-    scenario.mode = Mode::Closed;
-    scenario.rate = None;
-    scenario.validate()?;
-    if scenario.policy != crate::scenario::PolicyKind::FirstCome
-        || scenario.has_lifecycle()
-        || scenario.waitlist > 0
-    {
-        return Err(
-            "policy: compare runs first-come sales without payments or waitlists (the peers \
-             implement only those); use simulate for the rest"
-                .into(),
-        );
-    }
-    if !(1..=1_024).contains(&args.redis_connections) {
-        return Err(format!(
-            "redis-connections: must be 1..=1024, got {}",
-            args.redis_connections
-        ));
-    }
-    if !(1..=65_536).contains(&args.redis_pipeline) {
-        return Err(format!(
-            "redis-pipeline: must be 1..=65536, got {}",
-            args.redis_pipeline
-        ));
-    }
-    for name in &args.skip {
-        if !["engine", "mutex", "crossbeam"].contains(&name.as_str()) {
-            return Err(format!(
-                "skip: unknown peer '{name}' (one of: engine, mutex, crossbeam)"
-            ));
-        }
-    }
-    let skipped = |name: &str| args.skip.iter().any(|skip| skip == name);
-    if args.redis.is_none()
-        && ["engine", "mutex", "crossbeam"]
-            .iter()
-            .all(|name| skipped(name))
-    {
-        return Err("skip: every peer is skipped, so there is nothing to compare".into());
-    }
+    let scenario = checked_scenario(args)?;
     let say = |line: &str| {
         if !args.knobs.quiet {
             eprintln!("{line}");
         }
     };
-    let threads = format!(
-        "{} producers, {} shards",
-        scenario.producers, scenario.shards
-    );
     let mut peers = Vec::new();
-    if !skipped("engine") {
+    if !args.skipped("engine") {
         say("running flashsale engine ...");
-        let plan = Plan::new(&scenario)?;
-        let presses = plan.presses;
-        let result = run::run(&scenario, plan, None, |_| {})?;
-        peers.push(PeerJson::new(
-            "engine",
-            format!("flashsale engine ({:?} wait)", scenario.wait).to_lowercase(),
-            threads.clone(),
-            Counted {
-                outcomes: result.outcomes,
-                confirmed_orders: result.confirmed_orders,
-                rejections: &result.rejections,
-                latency_ns: &result.latency_ns,
-                skus: &result.skus,
-                invariants: &result.invariants,
-            },
-            result.elapsed,
-            presses,
-        ));
+        peers.push(engine_peer(&scenario)?);
     }
-    if !skipped("mutex") {
+    if !args.skipped("mutex") {
         say("running Mutex<model> ...");
         peers.push(mutex_peer(&scenario)?);
     }
-    if !skipped("crossbeam") {
+    if !args.skipped("crossbeam") {
         say("running crossbeam-channel ...");
         peers.push(crossbeam_peer(&scenario)?);
     }
@@ -259,6 +198,84 @@ pub fn compare(args: &CompareArgs) -> Result<bool, String> {
         print!("{}", table(&report));
     }
     Ok(all_hold)
+}
+
+impl CompareArgs {
+    fn skipped(&self, name: &str) -> bool {
+        self.skip.iter().any(|skip| skip == name)
+    }
+}
+
+/// The scenario as compare runs it (closed loop, no pacing), refused where the peers
+/// cannot run it, with the peer knobs checked.
+fn checked_scenario(args: &CompareArgs) -> Result<Scenario, String> {
+    let mut scenario = crate::scenario_of(&args.knobs)?;
+    scenario.mode = Mode::Closed;
+    scenario.rate = None;
+    scenario.validate()?;
+    if scenario.policy != crate::scenario::PolicyKind::FirstCome
+        || scenario.has_lifecycle()
+        || scenario.waitlist > 0
+    {
+        return Err(
+            "policy: compare runs first-come sales without payments or waitlists (the peers \
+             implement only those); use simulate for the rest"
+                .into(),
+        );
+    }
+    if !(1..=1_024).contains(&args.redis_connections) {
+        return Err(format!(
+            "redis-connections: must be 1..=1024, got {}",
+            args.redis_connections
+        ));
+    }
+    if !(1..=65_536).contains(&args.redis_pipeline) {
+        return Err(format!(
+            "redis-pipeline: must be 1..=65536, got {}",
+            args.redis_pipeline
+        ));
+    }
+    for name in &args.skip {
+        if !["engine", "mutex", "crossbeam"].contains(&name.as_str()) {
+            return Err(format!(
+                "skip: unknown peer '{name}' (one of: engine, mutex, crossbeam)"
+            ));
+        }
+    }
+    if args.redis.is_none()
+        && ["engine", "mutex", "crossbeam"]
+            .iter()
+            .all(|name| args.skipped(name))
+    {
+        return Err("skip: every peer is skipped, so there is nothing to compare".into());
+    }
+    Ok(scenario)
+}
+
+/// The engine's row: the simulator's own run of the scenario.
+fn engine_peer(scenario: &Scenario) -> Result<PeerJson, String> {
+    let threads = format!(
+        "{} producers, {} shards",
+        scenario.producers, scenario.shards
+    );
+    let plan = Plan::new(scenario)?;
+    let presses = plan.presses;
+    let result = run::run(scenario, plan, None, |_| {})?;
+    Ok(PeerJson::new(
+        "engine",
+        format!("flashsale engine ({:?} wait)", scenario.wait).to_lowercase(),
+        threads,
+        Counted {
+            outcomes: result.outcomes,
+            confirmed_orders: result.confirmed_orders,
+            rejections: &result.rejections,
+            latency_ns: &result.latency_ns,
+            skus: &result.skus,
+            invariants: &result.invariants,
+        },
+        result.elapsed,
+        presses,
+    ))
 }
 
 fn table(report: &CompareJson) -> String {
