@@ -129,6 +129,17 @@ pub enum Applied {
     },
 }
 
+/// What a command left for its driver besides its [`Applied`]: whether outcomes of waiting
+/// buys are ready ([`ShardCore::take_deferred`](super::ShardCore::take_deferred)), the
+/// levels version (it changes when units came back on sale or were taken off it other than
+/// by a confirmation), and, for a buy, the units its SKU has left.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Effects {
+    pub(crate) deferred: bool,
+    pub(crate) levels_version: u64,
+    pub(crate) available: u32,
+}
+
 impl Applied {
     /// The outcome, for a buy decided now.
     pub fn outcome(&self) -> Option<Outcome> {

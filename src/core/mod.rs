@@ -37,6 +37,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use rustc_hash::FxHashMap;
 
 use book::{Confirmed, OrderBook, SKU_LIMIT_KEY, Standing};
+pub(crate) use command::Effects;
 pub use command::{Applied, Command, Deferred};
 use pool::{Pool, PoolTicket};
 pub use pool::{PoolLevels, pool_seed, shuffle};
@@ -206,6 +207,37 @@ impl ShardCore {
             Command::BuyOrWait { intent, arrival_ns } => self.buy_or_wait(&intent, arrival_ns),
             ref control => self.control(control),
         }
+    }
+
+    /// [`buy_at`](Self::buy_at), with what its driver needs next (see [`Effects`]), so
+    /// that the engine's worker does not ask the core again after each decision.
+    #[inline]
+    pub(crate) fn buy_noting(
+        &mut self,
+        local: u32,
+        intent: &Intent,
+        arrival_ns: u64,
+        wait: bool,
+    ) -> (Applied, Effects) {
+        let applied = self.buy_at(local, intent, arrival_ns, wait);
+        let effects = Effects {
+            deferred: !self.deferred.is_empty(),
+            levels_version: self.levels_version,
+            available: self.skus.get(local as usize).map_or(0, |sku| sku.available),
+        };
+        (applied, effects)
+    }
+
+    /// [`apply`](Self::apply), with what its driver needs next (see [`Effects`];
+    /// `available` is 0: a control command or a tick names no one SKU).
+    pub(crate) fn apply_noting(&mut self, command: &Command) -> (Applied, Effects) {
+        let applied = self.apply(command);
+        let effects = Effects {
+            deferred: !self.deferred.is_empty(),
+            levels_version: self.levels_version,
+            available: 0,
+        };
+        (applied, effects)
     }
 
     /// Applies a buy intent naming its SKU by id ([`Command::Buy`]). A SKU this shard does

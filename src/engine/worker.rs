@@ -23,7 +23,7 @@ use rustc_hash::FxHashMap;
 use super::durability::Durability;
 use super::lane::{ControlRequest, DeferredQueue, Reply, Request, WorkerLane};
 use super::shared::{EngineShared, OrderSink, WaitStrategy};
-use crate::core::{Applied, Command, Deferred, ShardCore};
+use crate::core::{Applied, Command, Deferred, Effects, ShardCore};
 use crate::report::ShardReport;
 use crate::report::{CONFIRMED_ORDERS, CONFIRMED_UNITS, COUNTER_SLOTS};
 use crate::sync::Arc;
@@ -331,13 +331,14 @@ impl Worker {
                 Err(ControlError::ShardFailed)
             } else {
                 self.journal(|| request.command);
-                match self.core.apply(&request.command) {
+                let (applied, effects) = self.core.apply_noting(&request.command);
+                // Outcomes and levels first, so that the caller sees the command's effects.
+                self.after_apply(effects);
+                match applied {
                     Applied::Refused { error, .. } => Err(error),
                     _ => Ok(()),
                 }
             };
-            // Outcomes and levels first, so that the caller sees the command's effects.
-            self.after_apply();
             if let Some((reply, result)) = self.durability.hold_reply((request.reply, result)) {
                 reply.fulfil(result);
             }
@@ -374,8 +375,8 @@ impl Worker {
                 }
                 let tick = Command::Tick { now_ns };
                 self.journal(|| tick);
-                self.core.apply(&tick);
-                self.after_apply();
+                let (_, effects) = self.core.apply_noting(&tick);
+                self.after_apply(effects);
                 decided + 1
             }
             None => 0,
@@ -391,8 +392,8 @@ impl Worker {
             for sku in skus {
                 let close = Command::CloseSale { sku, at_ns };
                 self.journal(|| close);
-                self.core.apply(&close);
-                self.after_apply();
+                let (_, effects) = self.core.apply_noting(&close);
+                self.after_apply(effects);
             }
         }
         self.answer_pending(RejectReason::ShardFailed);
@@ -400,8 +401,8 @@ impl Worker {
 
     /// Delivers the outcomes the last command decided for buys that waited, and
     /// republishes the levels if units came back or left other than by a confirmation.
-    fn after_apply(&mut self) {
-        if self.core.has_deferred() {
+    fn after_apply(&mut self, effects: Effects) {
+        if effects.deferred {
             let mut deferred = std::mem::take(&mut self.deferred);
             deferred.extend(self.core.take_deferred());
             for decided in deferred.drain(..) {
@@ -409,9 +410,8 @@ impl Worker {
             }
             self.deferred = deferred;
         }
-        let version = self.core.levels_version();
-        if version != self.levels_version_seen {
-            self.levels_version_seen = version;
+        if effects.levels_version != self.levels_version_seen {
+            self.levels_version_seen = effects.levels_version;
             self.publish_levels();
         }
     }
@@ -424,8 +424,11 @@ impl Worker {
             Outcome::Confirmed(order) => {
                 self.counts[CONFIRMED_ORDERS] += 1;
                 self.counts[CONFIRMED_UNITS] += u64::from(order.quantity);
+                // A waiting buy's confirmation (off the hot path): its SKU's place and
+                // units left come from the core.
                 let local = self.core.local_index(order.sku).unwrap_or(0);
-                self.on_confirmed(local, decided.intent.client_key, order);
+                let available = self.core.available_local(local);
+                self.on_confirmed((local, decided.intent.client_key, available), order);
             }
             Outcome::Rejected { reason, .. } => self.counts[reason.index()] += 1,
         }
@@ -570,7 +573,7 @@ impl Worker {
                 Command::Buy { intent, arrival_ns }
             }
         });
-        let applied = self.core.buy_at(
+        let (applied, effects) = self.core.buy_noting(
             request.local,
             &request.intent,
             request.arrival_ns,
@@ -596,14 +599,15 @@ impl Worker {
         // Rare: the buy's command first ran something that fell due (an expired hold whose
         // units filled a waitlist, a pool's window). What that decided was numbered before
         // the buy's own order, so it goes out first: the sink sees the shard's order.
-        if self.core.has_deferred() || self.core.levels_version() != self.levels_version_seen {
-            self.after_apply();
+        if effects.deferred || effects.levels_version != self.levels_version_seen {
+            self.after_apply(effects);
         }
         match &outcome {
             Some(Outcome::Confirmed(order)) => {
                 self.counts[CONFIRMED_ORDERS] += 1;
                 self.counts[CONFIRMED_UNITS] += u64::from(order.quantity);
-                self.on_confirmed(request.local, request.intent.client_key, order);
+                let confirmed = (request.local, request.intent.client_key, effects.available);
+                self.on_confirmed(confirmed, order);
             }
             Some(Outcome::Rejected { reason, .. }) => self.counts[reason.index()] += 1,
             None => {}
@@ -612,8 +616,9 @@ impl Worker {
     }
 
     /// Every confirmed order passes here, in the order the core numbered them (the sink's
-    /// promise rests on it).
-    fn on_confirmed(&mut self, local: u32, client_key: u64, order: &Order) {
+    /// promise rests on it), with its SKU's local index, its client key and the units its
+    /// SKU has left.
+    fn on_confirmed(&mut self, (local, client_key, available): (u32, u64, u32), order: &Order) {
         #[cfg(debug_assertions)]
         {
             assert!(
@@ -628,7 +633,6 @@ impl Worker {
         let shard = self.shared.shard(self.shard);
         let gate = &self.shared.gate;
         gate.remember(usize::from(self.shard.0), order.user.0, client_key);
-        let available = self.core.available_local(local);
         shard.available[local as usize].store(available, Ordering::Relaxed);
         if available == 0 {
             gate.raise(self.catalog_index_of[local as usize]);
