@@ -3,6 +3,10 @@
 //! never a panic; what is accepted is consistent.
 #![no_main]
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use arbitrary::Arbitrary;
 use flashsale::{Catalog, GroupId, Placement, SaleWindow, ShardCore, ShardId, SkuId, SkuSpec};
 use libfuzzer_sys::fuzz_target;

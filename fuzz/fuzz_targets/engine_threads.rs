@@ -5,8 +5,9 @@
 //! cancellations of the orders it was given, restocks, reductions and early closes.
 //!
 //! Afterwards:
-//! - every intent was answered exactly once, and every operator call got an answer (never
-//!   `ShutDown` or `ShardFailed`: nothing failed);
+//! - every intent was answered exactly once (buys still waiting at the end are answered
+//!   `Closed` by the shutdown), and every operator call got an answer (never `ShutDown` or
+//!   `ShardFailed`: nothing failed);
 //! - each SKU conserves its units (available + held + sold = stock + restocked - reduced);
 //! - with a journal, each shard's journal replays, through the reference model, to the
 //!   levels the engine reported, and every order a buyer was given is one the replay
@@ -14,6 +15,10 @@
 //!   not in the journal, nothing decided differently); recovery from the journal and the
 //!   snapshots gives the same levels.
 #![no_main]
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -27,7 +32,7 @@ use arbitrary::Arbitrary;
 use flashsale::reference::Model;
 use flashsale::{
     Catalog, Completion, ControlError, Engine, GroupId, Intent, JournalConfig, Order, OrderId,
-    Outcome, Policy, ShardId, SkuId, SkuSpec, UserId, WaitStrategy,
+    Outcome, Policy, Producer, ShardId, SkuId, SkuSpec, UserId, WaitStrategy,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -128,8 +133,10 @@ fn answered(result: Result<(), ControlError>) {
     }
 }
 
-/// One thread's steps; returns the completions of its buys and how many it submitted.
-fn run_thread(engine: &Engine, steps: &[Step]) -> (Vec<Completion>, usize) {
+/// One thread's steps; returns its producer (buys that wait may still be waiting: a
+/// waitlist is served only when units come back, or answered `Closed` at shutdown), the
+/// completions taken so far and how many buys it submitted.
+fn run_thread(engine: &Engine, steps: &[Step]) -> (Producer, Vec<Completion>, usize) {
     let mut producer = engine.producer();
     let control = engine.control();
     let mut seen: Vec<Completion> = Vec::new();
@@ -170,8 +177,8 @@ fn run_thread(engine: &Engine, steps: &[Step]) -> (Vec<Completion>, usize) {
             Step::Close { sku } => answered(control.close_sale(SkuId(u32::from(sku % 6)))),
         }
     }
-    producer.drain(|completion| seen.push(completion));
-    (seen, submitted)
+    producer.poll(|completion| seen.push(completion));
+    (producer, seen, submitted)
 }
 
 fuzz_target!(|input: Input| {
@@ -205,20 +212,26 @@ fuzz_target!(|input: Input| {
     let engine = builder.start().expect("engine starts");
     let placement = engine.placement().clone();
     let threads = &input.threads[..input.threads.len().min(3)];
-    let (completions, submitted) = std::thread::scope(|scope| {
+    let ran: Vec<_> = std::thread::scope(|scope| {
         let handles: Vec<_> = threads
             .iter()
             .map(|steps| scope.spawn(|| run_thread(&engine, steps)))
             .collect();
         handles
             .into_iter()
-            .fold((Vec::new(), 0), |(mut all, total), handle| {
-                let (seen, submitted) = handle.join().expect("thread");
-                all.extend(seen);
-                (all, total + submitted)
-            })
+            .map(|handle| handle.join().expect("thread"))
+            .collect()
     });
+    // Shutdown answers every buy still waiting (`Closed`); the producers then take the
+    // last completions.
     let report = engine.shutdown();
+    let mut completions = Vec::new();
+    let mut submitted = 0;
+    for (mut producer, seen, count) in ran {
+        completions.extend(seen);
+        producer.drain(|completion| completions.push(completion));
+        submitted += count;
+    }
     assert_eq!(completions.len(), submitted, "one outcome per intent");
     assert_eq!(report.outcomes(), submitted as u64);
     assert!(report.failed_shards.is_empty(), "no shard failed");

@@ -5,6 +5,10 @@
 //! check's message. `cargo test --test fault_sim` runs the same simulator over fixed seeds.
 #![no_main]
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "../../tests/sim/mod.rs"]
 mod sim;
 

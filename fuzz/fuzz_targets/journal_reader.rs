@@ -3,6 +3,10 @@
 //! is only ever reported where no whole record after it proves the bytes were synced.
 #![no_main]
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::Path;
 
 use flashsale::journal::{self, Tail};

@@ -6,6 +6,10 @@
 //! (`available + held + sold == stock`), and end in the same state.
 #![no_main]
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use arbitrary::Arbitrary;
 use flashsale::reference::Model;
 use flashsale::{
