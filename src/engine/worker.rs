@@ -360,15 +360,19 @@ impl Worker {
                 if due > now_ns {
                     return 0;
                 }
+                // Only what each lane had published when the clock was read (at most its
+                // ring), so that a steady stream of new requests cannot hold the tick off.
                 let mut decided = 0;
-                loop {
-                    let served: usize = (0..self.lanes.len())
-                        .map(|index| self.serve_lane(index))
-                        .sum();
-                    if served == 0 {
-                        break;
+                for index in 0..self.lanes.len() {
+                    let mut waiting = self.lanes[index].requests.len();
+                    while waiting > 0 {
+                        let served = self.serve_lane(index);
+                        if served == 0 {
+                            break;
+                        }
+                        decided += served;
+                        waiting = waiting.saturating_sub(served);
                     }
-                    decided += served;
                 }
                 if self.failed {
                     return decided;
