@@ -506,6 +506,21 @@ impl Placement {
         if shards > usize::from(u16::MAX) + 1 {
             return Err(PlacementError::TooManyShards(shards));
         }
+        // Units of placement (a limit group with SKUs, or an ungrouped SKU), counted before
+        // anything per shard is allocated.
+        let mut group_used = vec![false; catalog.groups().len()];
+        let mut units = 0usize;
+        for sku in catalog.skus() {
+            match sku.group.and_then(|group| catalog.group_index_of(group)) {
+                Some(group) => {
+                    units += usize::from(!std::mem::replace(&mut group_used[group], true))
+                }
+                None => units += 1,
+            }
+        }
+        if units < shards {
+            return Err(PlacementError::MoreShardsThanUnits { shards, units });
+        }
         let mut shard_of_group: Vec<Option<ShardId>> = vec![None; catalog.groups().len()];
         let mut shard_of = Vec::with_capacity(catalog.skus().len());
         let mut local_of = Vec::with_capacity(catalog.skus().len());
@@ -525,9 +540,6 @@ impl Placement {
             local_of.push(list.len() as u32);
             list.push(index as u32);
             shard_of.push(shard);
-        }
-        if units < shards {
-            return Err(PlacementError::MoreShardsThanUnits { shards, units });
         }
         Ok(Self {
             shard_of,

@@ -8,7 +8,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use flashsale::{Catalog, Engine, EngineBuilder, EngineError, JournalConfig, SkuId, SkuSpec};
+use flashsale::{
+    Catalog, Engine, EngineBuilder, EngineError, JournalConfig, Placement, PlacementError, SkuId,
+    SkuSpec,
+};
 
 struct Largest;
 
@@ -201,6 +204,25 @@ fn every_setting_is_bounded_and_refused_by_name() {
             );
         }
     }
+    // A placement over more shards than the catalog has units is refused before anything
+    // per shard is allocated (65,536 empty lists would take 1.5 MiB at once).
+    LARGEST.store(0, Ordering::Relaxed);
+    let refused = Placement::new(&catalog(2), 65_536);
+    let largest = LARGEST.load(Ordering::Relaxed);
+    assert!(
+        matches!(
+            refused,
+            Err(PlacementError::MoreShardsThanUnits {
+                shards: 65_536,
+                units: 2
+            })
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        largest < 1 << 20,
+        "placement refused after allocating {largest} bytes"
+    );
     for dir in ["group-commands", "group-delay", "snapshot-every"] {
         let _ =
             std::fs::remove_dir_all(std::env::temp_dir().join(format!("flashsale-limits-{dir}")));
