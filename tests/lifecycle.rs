@@ -465,6 +465,7 @@ fn the_sink_gets_each_shards_orders_in_their_order() {
     use std::sync::{Arc, Mutex};
     const RUNS: u64 = if cfg!(miri) { 1 } else { 10 };
     const PRESSES: u64 = if cfg!(miri) { 60 } else { 2_000 };
+    let mut filled = 0;
     for run in 0..RUNS {
         let catalog = Catalog::builder()
             .skus((1..=2u32).map(|id| {
@@ -538,9 +539,13 @@ fn the_sink_gets_each_shards_orders_in_their_order() {
                  place of 0-{expected}"
             );
         }
-        assert!(
-            report.skus.iter().map(|s| s.waitlist_filled).sum::<u64>() > 0,
-            "run {run}: waitlists were filled by expired holds"
-        );
+        // Whether expired holds filled waitlists in a run depends on its timing (under
+        // ThreadSanitizer a run can be too slow for any SKU to sell out before its first
+        // holds expire); across the runs they must have.
+        filled += report.skus.iter().map(|s| s.waitlist_filled).sum::<u64>();
     }
+    assert!(
+        filled > 0,
+        "waitlists were filled by expired holds in some run"
+    );
 }
