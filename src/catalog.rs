@@ -382,6 +382,57 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// A 64-bit fingerprint of everything in the catalog that decides outcomes: each SKU's
+    /// id, stock, limit, window, group, policy, hold and waitlist, each group's limit and
+    /// policy, and the pool capacity. Labels (product and variant names) are left out: a
+    /// renamed product sells the same. A journal directory records it (see
+    /// [`JournalConfig`](crate::JournalConfig)), so that a journal is never replayed under
+    /// another catalog.
+    pub fn fingerprint(&self) -> u64 {
+        // FNV-1a over a fixed little-endian encoding: stable across builds and platforms.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |value: u64| {
+            for byte in value.to_le_bytes() {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        fn policy(eat: &mut impl FnMut(u64), policy: Policy) {
+            match policy {
+                Policy::FirstCome => eat(0),
+                Policy::OpeningDraw { window_ns, seed } => {
+                    eat(1);
+                    eat(window_ns);
+                    eat(seed);
+                }
+                Policy::OneEachFirst { window_ns } => {
+                    eat(2);
+                    eat(window_ns);
+                }
+            }
+        }
+        eat(u64::from(self.pool_capacity));
+        eat(self.skus.len() as u64);
+        for sku in &self.skus {
+            eat(u64::from(sku.id.0));
+            eat(u64::from(sku.stock));
+            eat(u64::from(sku.limit_per_buyer));
+            eat(sku.window.opens_at_ns);
+            eat(sku.window.closes_at_ns);
+            eat(sku.group.map_or(u64::MAX, |group| u64::from(group.0)));
+            policy(&mut eat, sku.policy);
+            eat(sku.hold_ns.map_or(u64::MAX, |hold| hold));
+            eat(u64::from(sku.waitlist));
+        }
+        eat(self.groups.len() as u64);
+        for group in &self.groups {
+            eat(u64::from(group.id.0));
+            eat(u64::from(group.limit_per_buyer));
+            policy(&mut eat, group.policy);
+        }
+        hash
+    }
+
     /// The most tickets one pool holds (see [`CatalogBuilder::pool_capacity`]).
     pub fn pool_capacity(&self) -> u32 {
         self.pool_capacity

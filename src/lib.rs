@@ -96,7 +96,10 @@ pub use catalog::{
     SaleWindow, SkuSpec,
 };
 pub use clock::ManualClock;
-pub use core::{Applied, Command, Deferred, PoolLevels, ShardCore, SkuLevels};
+pub use core::{
+    Applied, Command, Deferred, OrderEvent, OrderEventKind, OrderStatus, OrderView, PoolLevels,
+    ShardCore, SkuLevels,
+};
 pub use engine::client::{self, AsyncClient, Buy};
 pub use engine::{
     Control, Engine, EngineBuilder, EngineError, JournalConfig, LiveCounts, OrderSink, Producer,

@@ -233,8 +233,10 @@ impl ShardCore {
         let number = self.orders_confirmed;
         let id = OrderId::new(self.shard, number);
         self.orders_confirmed += 1;
+        let mut pay_by_ns = u64::MAX;
         if let Some(hold_ns) = sku.cold.hold_ns {
             let deadline = now_ns.saturating_add(hold_ns);
+            pay_by_ns = deadline;
             self.deadlines.push(Reverse((deadline, number)));
             self.next_due_ns = self.next_due_ns.min(deadline);
         }
@@ -243,7 +245,9 @@ impl ShardCore {
             sku_local: local,
             units,
             state: OrderState::Held,
+            pay_by_ns,
         });
+        self.event(OrderEventKind::Confirmed, number as usize, sequence);
         let places = match places {
             Some(places) => places,
             // The filter said "no order", so the look-up was skipped; find the places now.

@@ -16,7 +16,7 @@ impl ShardCore {
                 unreachable!("buys are applied by buy_at")
             }
             Command::Tick { .. } => Ok(()),
-            Command::Pay { order, .. } => self.pay(order),
+            Command::Pay { order, .. } => self.pay(order, sequence),
             Command::Cancel { order, .. } => self.cancel(order, sequence),
             Command::Restock { sku, units, .. } => self.restock(sku, units, sequence),
             Command::Reduce { sku, units, .. } => self.reduce(sku, units),
@@ -48,9 +48,11 @@ impl ShardCore {
         }
     }
 
-    pub(super) fn pay(&mut self, order: OrderId) -> Result<(), ControlError> {
+    pub(super) fn pay(&mut self, order: OrderId, sequence: u64) -> Result<(), ControlError> {
         let (number, record) = self.record(order)?;
         self.orders[number].state = OrderState::Sold;
+        self.orders[number].pay_by_ns = u64::MAX;
+        self.event(OrderEventKind::Paid, number, sequence);
         let sku = &mut self.skus[record.sku_local as usize];
         sku.held -= record.units;
         sku.cold.sold += record.units;
@@ -68,6 +70,12 @@ impl ShardCore {
         let record = self.orders[number];
         debug_assert_eq!(record.state, OrderState::Held);
         self.orders[number].state = state;
+        self.orders[number].pay_by_ns = u64::MAX;
+        let kind = match state {
+            OrderState::Cancelled => OrderEventKind::Cancelled,
+            _ => OrderEventKind::Expired,
+        };
+        self.event(kind, number, sequence);
         let local = record.sku_local;
         let limit_key = self.limit_key(local);
         self.book

@@ -15,6 +15,7 @@
 //! | `command.rs` | [`Command`], [`Applied`], [`Deferred`]: what goes in and comes out |
 //! | `state.rs` | per-SKU state and levels, the buyer filter, the log of confirmed orders |
 //! | `buy.rs` | the buy rules, in the order a buy meets them, and the confirmation |
+//! | `events.rs` | order events, and an order's state on request |
 //! | `lifecycle.rs` | payments, cancellations, stock and window changes, expiry, due times |
 //! | `waiting.rs` | pools (the opening draw, one each first) and waitlists |
 //! | `pool.rs` | a pool's state and the draw's shuffle |
@@ -24,6 +25,7 @@
 mod book;
 mod buy;
 mod command;
+mod events;
 mod lifecycle;
 mod pool;
 mod snapshot;
@@ -39,6 +41,7 @@ use rustc_hash::FxHashMap;
 use book::{Confirmed, OrderBook, SKU_LIMIT_KEY, Standing};
 pub(crate) use command::Effects;
 pub use command::{Applied, Command, Deferred};
+pub use events::{OrderEvent, OrderEventKind, OrderStatus, OrderView};
 use pool::{Pool, PoolTicket};
 pub use pool::{PoolLevels, pool_seed, shuffle};
 pub use snapshot::{SNAPSHOT_MAGIC, SnapshotError};
@@ -86,6 +89,8 @@ pub struct ShardCore {
     /// (for the engine, which republishes its sold-out flags then).
     levels_version: u64,
     pool_capacity: u32,
+    /// Order events since the last [`take_events`](Self::take_events), when recording.
+    events: Option<Vec<OrderEvent>>,
 }
 
 impl ShardCore {
@@ -168,6 +173,7 @@ impl ShardCore {
             deferred: Vec::new(),
             levels_version: 0,
             pool_capacity: catalog.pool_capacity(),
+            events: None,
         };
         core.next_due_ns = core.compute_next_due();
         core

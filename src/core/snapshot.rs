@@ -324,6 +324,7 @@ impl ShardCore {
                 sku_local,
                 units,
                 state,
+                pay_by_ns: u64::MAX,
             });
         }
         let deadlines = input.len(orders)?;
@@ -335,6 +336,12 @@ impl ShardCore {
                 return Err(SnapshotError::Mismatch("deadline order"));
             }
             heap.push(std::cmp::Reverse((deadline, number)));
+            // A held order's deadline is its entry here (entries of orders no longer
+            // held stay until they come up, and are not deadlines any more).
+            let record = &mut self.orders[number as usize];
+            if record.state == OrderState::Held {
+                record.pay_by_ns = deadline;
+            }
         }
         self.deadlines = BinaryHeap::from(heap);
         Ok(())

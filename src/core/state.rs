@@ -212,4 +212,6 @@ pub(super) struct OrderRecord {
     pub(super) sku_local: u32,
     pub(super) units: u32,
     pub(super) state: OrderState,
+    /// The payment deadline on the engine clock (`u64::MAX`: none).
+    pub(super) pay_by_ns: u64,
 }

@@ -14,7 +14,7 @@ use core::fmt;
 use super::lane::{ControlRequest, ReplySlot};
 use super::shared::EngineShared;
 use crate::catalog::SaleWindow;
-use crate::core::Command;
+use crate::core::{Command, OrderView, ShardCore, SkuLevels};
 use crate::sync::Arc;
 use crate::sync::atomic::Ordering;
 use crate::types::{ControlError, OrderId, ShardId, SkuId};
@@ -107,6 +107,85 @@ impl Control {
     pub fn close_sale(&self, sku: SkuId) -> Result<(), ControlError> {
         let at_ns = self.shared.clock.now_ns();
         self.post_to_sku(sku, Command::CloseSale { sku, at_ns })
+    }
+
+    /// An order and where it stands (held with its payment deadline, paid, cancelled,
+    /// expired), as of the shard's last durable command: asks the owning shard, changes
+    /// nothing. Blocks like the other calls (a few microseconds; with a journal, up to one
+    /// group commit).
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownOrder`], or the engine's state.
+    pub fn order(&self, order: OrderId) -> Result<OrderView, ControlError> {
+        let ShardId(shard) = order.shard();
+        if usize::from(shard) >= self.shared.shards.len() {
+            return Err(ControlError::UnknownOrder(order));
+        }
+        self.query(usize::from(shard), move |core| core.order(order))?
+            .ok_or(ControlError::UnknownOrder(order))
+    }
+
+    /// A SKU's live levels (stock, available, held, sold, waiting, and what came back or
+    /// left), from its shard, as of its last durable command.
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownSku`], or the engine's state.
+    pub fn levels(&self, sku: SkuId) -> Result<SkuLevels, ControlError> {
+        let index = self
+            .shared
+            .catalog
+            .index_of(sku)
+            .ok_or(ControlError::UnknownSku(sku))?;
+        let (ShardId(shard), _) = self.shared.placement.route(index);
+        self.query(usize::from(shard), move |core| core.levels_of(sku))?
+            .ok_or(ControlError::UnknownSku(sku))
+    }
+
+    /// Every SKU's live levels, in catalog order (one question to each shard).
+    ///
+    /// # Errors
+    /// The engine's state (the first shard that failed or stopped).
+    pub fn all_levels(&self) -> Result<Vec<SkuLevels>, ControlError> {
+        let mut levels = Vec::with_capacity(self.shared.catalog.skus().len());
+        for shard in 0..self.shared.shards.len() {
+            levels.extend(self.query(shard, |core| core.levels().collect::<Vec<_>>())?);
+        }
+        let catalog = &self.shared.catalog;
+        levels.sort_by_key(|sku| catalog.index_of(sku.id));
+        Ok(levels)
+    }
+
+    /// Asks shard `shard` a read-only question and waits for the answer.
+    fn query<T: Send + 'static>(
+        &self,
+        shard: usize,
+        question: impl FnOnce(&ShardCore) -> T + Send + 'static,
+    ) -> Result<T, ControlError> {
+        if self.shared.shutdown.load(Ordering::Acquire) {
+            return Err(ControlError::ShutDown);
+        }
+        let shard = &self.shared.shards[shard];
+        if shard.failed.load(Ordering::Acquire) {
+            return Err(ControlError::ShardFailed);
+        }
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        {
+            let mut registry = shard.registry.lock();
+            if registry.closed {
+                return Err(ControlError::ShutDown);
+            }
+            registry.queries.push(Box::new(move |core| {
+                let _ = answer.send(core.map(question));
+            }));
+            shard.registry_generation.fetch_add(1, Ordering::Release);
+        }
+        shard.unpark();
+        match answered.recv() {
+            Ok(Some(answer)) => Ok(answer),
+            Ok(None) => Err(ControlError::ShardFailed),
+            // Dropped unanswered: the shard stopped first.
+            Err(_) => Err(ControlError::ShutDown),
+        }
     }
 
     fn post_to_order(&self, order: OrderId, command: Command) -> Result<(), ControlError> {

@@ -7,8 +7,9 @@
 use super::error::EngineError;
 use super::gate::SoldOutGate;
 use super::lane::{DeferredQueue, Reply, ReplySlot};
+use super::shared::Query;
 use crate::catalog::{Catalog, Placement};
-use crate::core::{Command, ShardCore};
+use crate::core::{Command, OrderEvent, ShardCore};
 use crate::journal::JournalWriter;
 use crate::sync::Arc;
 use crate::types::{Completion, ControlError, Order, ShardId};
@@ -70,6 +71,75 @@ impl JournalConfig {
             group_delay: core::time::Duration::from_micros(200),
             snapshot_every: None,
             storage: std::sync::Arc::new(crate::storage::FileStorage),
+        }
+    }
+
+    /// The directory's manifest: which catalog (its [`Catalog::fingerprint`]) and how many
+    /// shards wrote the journals in it.
+    pub fn manifest_path(&self) -> std::path::PathBuf {
+        self.dir.join("flashsale.manifest")
+    }
+
+    /// Checks the directory's manifest against `catalog` and `shards`, or writes it if the
+    /// directory has none yet (a new directory, or one written before manifests existed).
+    ///
+    /// # Errors
+    /// [`EngineError::JournalMismatch`] if the manifest names another catalog or shard
+    /// count, or cannot be read as a manifest; [`EngineError::Journal`] if it cannot be
+    /// written.
+    pub fn check_manifest(&self, catalog: &Catalog, shards: usize) -> Result<(), EngineError> {
+        let fingerprint = format!("{:016x}", catalog.fingerprint());
+        let path = self.manifest_path();
+        let mismatch = |what, found: String, expected: String| EngineError::JournalMismatch {
+            dir: self.dir.clone(),
+            what,
+            found,
+            expected,
+        };
+        match self.storage.read_file(&path) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                let field = |name: &str| {
+                    text.lines()
+                        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+                        .map(str::trim)
+                };
+                let (Some(found_catalog), Some(found_shards)) = (field("catalog"), field("shards"))
+                else {
+                    return Err(mismatch(
+                        "manifest",
+                        format!("{} (unreadable)", path.display()),
+                        "a flashsale manifest".into(),
+                    ));
+                };
+                if found_catalog != fingerprint {
+                    return Err(mismatch(
+                        "catalog fingerprint",
+                        found_catalog.into(),
+                        fingerprint,
+                    ));
+                }
+                if found_shards != shards.to_string() {
+                    return Err(mismatch(
+                        "shard count",
+                        found_shards.into(),
+                        shards.to_string(),
+                    ));
+                }
+                Ok(())
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let text = format!(
+                    "flashsale journal directory\ncatalog {fingerprint}\nshards {shards}\n"
+                );
+                let temporary = path.with_extension("tmp");
+                self.storage
+                    .write_file(&temporary, text.as_bytes())
+                    .and_then(|()| self.storage.rename(&temporary, &path))
+                    .map_err(|source| crate::journal::JournalError::Io { path, source })?;
+                Ok(())
+            }
+            Err(source) => Err(crate::journal::JournalError::Io { path, source }.into()),
         }
     }
 
@@ -254,6 +324,9 @@ pub(crate) struct Outbox {
     pub(crate) deferred: Vec<(Arc<DeferredQueue>, Completion)>,
     pub(crate) replies: Vec<(Arc<ReplySlot>, Result<(), ControlError>)>,
     pub(crate) orders: Vec<Order>,
+    pub(crate) events: Vec<OrderEvent>,
+    /// Read-only questions, answered once what came before them is durable.
+    pub(crate) queries: Vec<Query>,
 }
 
 impl Outbox {
@@ -262,6 +335,8 @@ impl Outbox {
             && self.deferred.is_empty()
             && self.replies.is_empty()
             && self.orders.is_empty()
+            && self.events.is_empty()
+            && self.queries.is_empty()
     }
 }
 
@@ -350,6 +425,30 @@ impl Durability {
                 journal.held.orders.push(order);
                 None
             }
+        }
+    }
+
+    /// An order event for the sink: held, or given back to be sunk now.
+    #[inline]
+    pub(crate) fn hold_event(&mut self, event: OrderEvent) -> Option<OrderEvent> {
+        match self {
+            Self::Memory => Some(event),
+            Self::Journal(journal) => {
+                journal.held.events.push(event);
+                None
+            }
+        }
+    }
+
+    /// A read-only question: held until the commands applied so far are durable, or given
+    /// back to be answered now (in memory, or when nothing is waiting for a commit).
+    pub(crate) fn hold_query(&mut self, query: Query) -> Option<Query> {
+        match self {
+            Self::Journal(journal) if journal.uncommitted > 0 => {
+                journal.held.queries.push(query);
+                None
+            }
+            _ => Some(query),
         }
     }
 

@@ -38,4 +38,19 @@ pub enum EngineError {
         /// The one due.
         expected: u64,
     },
+    /// The journal directory was written under another catalog or shard count (its
+    /// manifest says so): replaying it here would decide differently, so it is refused.
+    #[error(
+        "the journal directory {dir} was written for {what} {found}, not this engine's {expected}"
+    )]
+    JournalMismatch {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// `"catalog fingerprint"` or `"shard count"`.
+        what: &'static str,
+        /// What the manifest records.
+        found: String,
+        /// What this engine has.
+        expected: String,
+    },
 }

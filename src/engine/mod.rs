@@ -334,6 +334,7 @@ impl EngineBuilder {
                 source,
             }
         })?;
+        config.check_manifest(&self.catalog, placement.shards())?;
         cores
             .iter_mut()
             .map(|core| {

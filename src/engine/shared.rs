@@ -8,6 +8,7 @@ use super::gate::SoldOutGate;
 use super::lane::{ControlRequest, WorkerLane};
 use crate::catalog::{Catalog, Placement};
 use crate::clock::EngineClock;
+use crate::core::OrderEvent;
 use crate::report::{COUNTER_SLOTS, PRODUCER_SLOTS};
 use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
 use crate::sync::thread::Thread;
@@ -49,6 +50,24 @@ pub trait OrderSink: Send {
     /// Called once per confirmed order, in the shard's order. Keep it short: the shard
     /// decides nothing else meanwhile.
     fn on_confirmed(&mut self, order: &Order);
+
+    /// Whether the sink wants every [`OrderEvent`] (asked once, at start-up; default no).
+    /// The shard then records them as it decides, which costs a little on each
+    /// confirmation.
+    fn wants_events(&self) -> bool {
+        false
+    }
+
+    /// Called once per order event (confirmed, paid, cancelled, expired) in the shard's
+    /// command order, if [`wants_events`](Self::wants_events) said so; with a journal,
+    /// once the journal holds the command it happened in. The events of a journaled
+    /// shard are the same as a replay of its journal through a [`ShardCore`] recording
+    /// events produces, so a consumer can rebuild them after a restart.
+    ///
+    /// [`ShardCore`]: crate::ShardCore
+    fn on_event(&mut self, event: &OrderEvent) {
+        let _ = event;
+    }
 }
 
 impl<F: FnMut(&Order) + Send> OrderSink for F {
@@ -180,6 +199,13 @@ pub(crate) struct Registry {
     pub(crate) new_lanes: Vec<WorkerLane>,
     /// Payments, cancellations and stock changes posted since the worker last looked.
     pub(crate) controls: Vec<ControlRequest>,
+    /// Read-only questions posted since the worker last looked (see [`Query`]).
+    pub(crate) queries: Vec<Query>,
     /// Set by the worker when it stops: lanes registered after it are born closed.
     pub(crate) closed: bool,
 }
+
+/// A read-only question for a shard's worker: called with its core once everything the
+/// shard decided before it is durable, or with `None` if the shard failed. Dropped
+/// unanswered if the shard stops first.
+pub(crate) type Query = Box<dyn FnOnce(Option<&crate::core::ShardCore>) + Send>;

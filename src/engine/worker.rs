@@ -22,8 +22,8 @@ use rustc_hash::FxHashMap;
 
 use super::durability::Durability;
 use super::lane::{ControlRequest, DeferredQueue, Reply, Request, WorkerLane};
-use super::shared::{EngineShared, OrderSink, WaitStrategy};
-use crate::core::{Applied, Command, Deferred, Effects, ShardCore};
+use super::shared::{EngineShared, OrderSink, Query, WaitStrategy};
+use crate::core::{Applied, Command, Deferred, Effects, OrderEvent, ShardCore};
 use crate::report::ShardReport;
 use crate::report::{CONFIRMED_ORDERS, CONFIRMED_UNITS, COUNTER_SLOTS};
 use crate::sync::Arc;
@@ -99,6 +99,8 @@ impl Worker {
                 shared.gate.raise(catalog_index_of[local]);
             }
         }
+        let mut core = core;
+        core.record_events(sink.as_ref().is_some_and(|sink| sink.wants_events()));
         Self {
             shard,
             core,
@@ -227,9 +229,20 @@ impl Worker {
             for order in outbox.orders {
                 self.sink_order(&order);
             }
+            for event in outbox.events {
+                self.sink_event(&event);
+            }
+            for query in outbox.queries {
+                query(Some(&self.core));
+            }
             self.durability.snapshot_if_due(&self.core);
-        } else if !self.failed {
-            self.mark_failed();
+        } else {
+            for query in outbox.queries {
+                query(None);
+            }
+            if !self.failed {
+                self.mark_failed();
+            }
         }
     }
 
@@ -295,10 +308,12 @@ impl Worker {
             let mut registry = shard.registry.lock();
             let mut lanes = std::mem::take(&mut registry.new_lanes);
             let controls = std::mem::take(&mut registry.controls);
+            let queries = std::mem::take(&mut registry.queries);
             self.registry_generation_seen = generation;
             drop(registry);
             self.adopt(&mut lanes);
             self.apply_controls(controls);
+            self.answer_queries(queries);
         }
     }
 
@@ -315,11 +330,25 @@ impl Worker {
         registry.closed = true;
         let mut lanes = std::mem::take(&mut registry.new_lanes);
         let controls = std::mem::take(&mut registry.controls);
+        let queries = std::mem::take(&mut registry.queries);
         drop(registry);
         self.adopt(&mut lanes);
         self.apply_controls(controls);
+        self.answer_queries(queries);
         for lane in &mut self.lanes {
             lane.requests.close();
+        }
+    }
+
+    /// Answers read-only questions: now, or once the commands applied so far are durable
+    /// (so that no answer shows what a crash could still take back).
+    fn answer_queries(&mut self, queries: Vec<Query>) {
+        for query in queries {
+            if self.failed {
+                query(None);
+            } else if let Some(query) = self.durability.hold_query(query) {
+                query(Some(&self.core));
+            }
         }
     }
 
@@ -406,6 +435,9 @@ impl Worker {
     /// Delivers the outcomes the last command decided for buys that waited, and
     /// republishes the levels if units came back or left other than by a confirmation.
     fn after_apply(&mut self, effects: Effects) {
+        if self.core.has_events() {
+            self.forward_events();
+        }
         if effects.deferred {
             let mut deferred = std::mem::take(&mut self.deferred);
             deferred.extend(self.core.take_deferred());
@@ -603,7 +635,10 @@ impl Worker {
         // Rare: the buy's command first ran something that fell due (an expired hold whose
         // units filled a waitlist, a pool's window). What that decided was numbered before
         // the buy's own order, so it goes out first: the sink sees the shard's order.
-        if effects.deferred || effects.levels_version != self.levels_version_seen {
+        if effects.deferred
+            || effects.levels_version != self.levels_version_seen
+            || self.core.has_events()
+        {
             self.after_apply(effects);
         }
         match &outcome {
@@ -643,6 +678,29 @@ impl Worker {
         }
         if let Some(order) = self.durability.hold_order(*order) {
             self.sink_order(&order);
+        }
+    }
+
+    /// Hands the core's order events to the sink, now or once durable.
+    #[cold]
+    fn forward_events(&mut self) {
+        let events: Vec<OrderEvent> = self.core.take_events().collect();
+        for event in events {
+            if let Some(event) = self.durability.hold_event(event) {
+                self.sink_event(&event);
+            }
+        }
+    }
+
+    /// Hands an order event to the sink; a panic there fails the shard.
+    fn sink_event(&mut self, event: &OrderEvent) {
+        if let Some(sink) = self.sink.as_mut()
+            && catch_unwind(AssertUnwindSafe(|| sink.on_event(event))).is_err()
+        {
+            if let Some(sink) = self.sink.take() {
+                std::mem::forget(sink);
+            }
+            self.mark_failed();
         }
     }
 

@@ -1,0 +1,253 @@
+//! What a service asks the engine without changing anything, and what it is told: an
+//! order's state ([`Control::order`](flashsale::Control::order)), live levels, every order
+//! event through the sink (the same events a replay of the journal records), and the
+//! journal directory's manifest refusing another catalog or shard count.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+mod common;
+
+use common::intent;
+use flashsale::{
+    Catalog, ControlError, Engine, EngineError, JournalConfig, ManualClock, Order, OrderEvent,
+    OrderEventKind, OrderSink, OrderStatus, Outcome, ShardCore, ShardId, SkuId, SkuSpec,
+};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("flashsale-q-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn confirmed(outcome: Outcome) -> Order {
+    *outcome
+        .order()
+        .unwrap_or_else(|| panic!("expected an order, got {outcome:?}"))
+}
+
+const HOLD_NS: u64 = 1_000_000;
+
+fn held_catalog(stock: u32) -> Catalog {
+    Catalog::builder()
+        .sku(SkuSpec::new(SkuId(1), stock).limit(4).hold(HOLD_NS))
+        .sku(SkuSpec::new(SkuId(2), 3).limit(4))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn an_order_is_asked_for_without_changing_it() {
+    let clock = ManualClock::new(5_000);
+    let engine = Engine::builder(held_catalog(10))
+        .manual_clock(clock.clone())
+        .start()
+        .unwrap();
+    let control = engine.control();
+    let mut producer = engine.producer();
+    let held = confirmed(producer.buy(intent(1, 1, 1, 2)).unwrap());
+    let view = control.order(held.id).unwrap();
+    assert_eq!(
+        (view.user.0, view.sku, view.quantity),
+        (1, SkuId(1), 2),
+        "{view:?}"
+    );
+    let OrderStatus::Held {
+        pay_by_ns: Some(pay_by),
+    } = view.status
+    else {
+        panic!("a held order with a deadline, got {view:?}");
+    };
+    assert_eq!(
+        pay_by,
+        5_000 + HOLD_NS,
+        "the deadline is the hold after arrival"
+    );
+    assert_eq!(
+        control.order(held.id).unwrap(),
+        view,
+        "asking changes nothing"
+    );
+
+    let unheld = confirmed(producer.buy(intent(2, 1, 2, 1)).unwrap());
+    assert_eq!(
+        control.order(unheld.id).unwrap().status,
+        OrderStatus::Held { pay_by_ns: None },
+        "a SKU without a hold: no deadline"
+    );
+    control.pay(unheld.id).unwrap();
+    assert_eq!(control.order(unheld.id).unwrap().status, OrderStatus::Paid);
+
+    let cancelled = confirmed(producer.buy(intent(3, 1, 1, 1)).unwrap());
+    control.cancel(cancelled.id).unwrap();
+    assert_eq!(
+        control.order(cancelled.id).unwrap().status,
+        OrderStatus::Cancelled
+    );
+
+    clock.advance(2 * HOLD_NS);
+    // Expiry runs with the shard's next command; a restock of another SKU is one.
+    control.restock(SkuId(2), 1).unwrap();
+    assert_eq!(control.order(held.id).unwrap().status, OrderStatus::Expired);
+
+    let unknown = flashsale::OrderId::new(ShardId(0), 99);
+    assert_eq!(
+        control.order(unknown),
+        Err(ControlError::UnknownOrder(unknown))
+    );
+    let other_shard = flashsale::OrderId::new(ShardId(7), 0);
+    assert_eq!(
+        control.order(other_shard),
+        Err(ControlError::UnknownOrder(other_shard))
+    );
+
+    let levels = control.levels(SkuId(1)).unwrap();
+    assert_eq!(
+        (levels.stock, levels.available, levels.held, levels.sold),
+        (10, 10, 0, 0),
+        "both held orders are back on sale: {levels:?}"
+    );
+    let all = control.all_levels().unwrap();
+    assert_eq!(
+        all.iter().map(|sku| sku.id).collect::<Vec<_>>(),
+        [SkuId(1), SkuId(2)]
+    );
+    assert_eq!((all[1].stock, all[1].sold, all[1].available), (4, 1, 3));
+    assert_eq!(
+        control.levels(SkuId(9)),
+        Err(ControlError::UnknownSku(SkuId(9)))
+    );
+    let report = engine.shutdown();
+    assert_eq!(report.confirmed_orders, 3);
+    assert_eq!(control.order(held.id), Err(ControlError::ShutDown));
+}
+
+/// Collects every event its shard hands it.
+struct Events(Arc<Mutex<Vec<OrderEvent>>>);
+
+impl OrderSink for Events {
+    fn on_confirmed(&mut self, _: &Order) {}
+    fn wants_events(&self) -> bool {
+        true
+    }
+    fn on_event(&mut self, event: &OrderEvent) {
+        self.0.lock().unwrap().push(*event);
+    }
+}
+
+#[test]
+fn the_sink_sees_every_event_as_a_replay_of_the_journal_records_them() {
+    let dir = scratch("events");
+    let clock = ManualClock::new(1_000);
+    let catalog = Catalog::builder()
+        .sku(SkuSpec::new(SkuId(1), 2).limit(1).hold(HOLD_NS).waitlist(4))
+        .build()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let engine = {
+        let seen = seen.clone();
+        Engine::builder(catalog.clone())
+            .manual_clock(clock.clone())
+            .journal(JournalConfig::durable(&dir))
+            .order_sink(move |_| Events(seen.clone()))
+            .start()
+            .unwrap()
+    };
+    let control = engine.control();
+    let mut producer = engine.producer();
+    let first = confirmed(producer.buy(intent(1, 1, 1, 1)).unwrap());
+    let second = confirmed(producer.buy(intent(2, 1, 1, 1)).unwrap());
+    let ticket = producer.submit_or_wait(intent(3, 1, 1, 1)).unwrap();
+    assert!(
+        matches!(ticket, flashsale::Submitted::Queued(_)),
+        "{ticket:?}"
+    );
+    control.pay(first.id).unwrap();
+    // The cancelled unit goes to the buyer waiting.
+    control.cancel(second.id).unwrap();
+    clock.advance(2 * HOLD_NS);
+    control.restock(SkuId(1), 1).unwrap();
+    let report = engine.shutdown();
+    assert_eq!(report.confirmed_orders, 3);
+
+    let seen = seen.lock().unwrap().clone();
+    let kinds: Vec<_> = seen
+        .iter()
+        .map(|event| (event.kind, event.order.number()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (OrderEventKind::Confirmed, 0),
+            (OrderEventKind::Confirmed, 1),
+            (OrderEventKind::Paid, 0),
+            (OrderEventKind::Cancelled, 1),
+            (OrderEventKind::Confirmed, 2),
+            (OrderEventKind::Expired, 2),
+        ],
+        "{seen:#?}"
+    );
+    assert!(
+        seen.windows(2)
+            .all(|pair| pair[0].sequence <= pair[1].sequence)
+    );
+
+    let config = JournalConfig::durable(&dir);
+    let journal = flashsale::journal::read(&config.path_of(ShardId(0))).unwrap();
+    let mut core = ShardCore::whole(&catalog);
+    core.record_events(true);
+    let mut replayed = Vec::new();
+    for (_, command) in &journal.records {
+        core.apply(command);
+        replayed.extend(core.take_events());
+    }
+    assert_eq!(replayed, seen, "the journal is the log of the events");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_journal_directory_refuses_another_catalog_or_shard_count() {
+    let dir = scratch("manifest");
+    let two_skus = |stock| {
+        Catalog::builder()
+            .sku(SkuSpec::new(SkuId(1), stock))
+            .sku(SkuSpec::new(SkuId(2), 5))
+            .build()
+            .unwrap()
+    };
+    let engine = Engine::builder(two_skus(5))
+        .journal(JournalConfig::durable(&dir))
+        .start()
+        .unwrap();
+    confirmed(engine.producer().buy(intent(1, 1, 1, 1)).unwrap());
+    engine.shutdown();
+
+    let refused = |builder: flashsale::EngineBuilder| match builder
+        .journal(JournalConfig::durable(&dir))
+        .start()
+    {
+        Err(EngineError::JournalMismatch { what, .. }) => what,
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("started on another catalog's journal"),
+    };
+    assert_eq!(refused(Engine::builder(two_skus(1))), "catalog fingerprint");
+    assert_eq!(
+        refused(Engine::builder(two_skus(5)).shards(2)),
+        "shard count"
+    );
+    let relabelled = Catalog::builder()
+        .sku(SkuSpec::new(SkuId(1), 5).labels("Renamed", "same"))
+        .sku(SkuSpec::new(SkuId(2), 5))
+        .build()
+        .unwrap();
+    let engine = Engine::builder(relabelled)
+        .journal(JournalConfig::durable(&dir))
+        .start()
+        .expect("labels do not decide outcomes");
+    assert_eq!(engine.available(SkuId(1)), Some(4), "recovered");
+    engine.shutdown();
+
+    std::fs::write(dir.join("flashsale.manifest"), "garbage").unwrap();
+    assert_eq!(refused(Engine::builder(two_skus(5))), "manifest");
+    let _ = std::fs::remove_dir_all(&dir);
+}
