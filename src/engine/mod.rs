@@ -68,6 +68,7 @@ pub struct EngineBuilder {
     sink_factory: Option<SinkFactory>,
     journal: Option<JournalConfig>,
     manual_clock: Option<crate::clock::ManualClock>,
+    clock_from_ns: u64,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -173,6 +174,16 @@ impl EngineBuilder {
     /// instant, as it does its own clock.
     pub fn manual_clock(mut self, clock: crate::clock::ManualClock) -> Self {
         self.manual_clock = Some(clock);
+        self
+    }
+
+    /// Starts the engine clock at `now_ns` rather than 0 (or just after the last journaled
+    /// instant, if that is later): for a service whose sale windows are set on a clock of
+    /// its own (e.g. nanoseconds since the sale's first start), so that its windows and
+    /// holds keep their meaning across restarts and downtime. Ignored with a
+    /// [`manual_clock`](Self::manual_clock).
+    pub fn clock_starts_at(mut self, now_ns: u64) -> Self {
+        self.clock_from_ns = now_ns;
         self
     }
 
@@ -306,8 +317,9 @@ impl EngineBuilder {
             clock: match (self.manual_clock, resume_ns) {
                 (Some(manual), 0) => EngineClock::manual(manual, 0),
                 (Some(manual), resume_ns) => EngineClock::manual(manual, resume_ns + 1),
-                (None, 0) => EngineClock::start(),
-                (None, resume_ns) => EngineClock::start_at(resume_ns + 1),
+                (None, 0) if self.clock_from_ns == 0 => EngineClock::start(),
+                (None, 0) => EngineClock::start_at(self.clock_from_ns),
+                (None, resume_ns) => EngineClock::start_at((resume_ns + 1).max(self.clock_from_ns)),
             },
             shutdown: CachePadded::new(AtomicBool::new(false)),
             shards,
@@ -434,6 +446,7 @@ impl Engine {
             sink_factory: None,
             journal: None,
             manual_clock: None,
+            clock_from_ns: 0,
         }
     }
 

@@ -9,6 +9,8 @@ mod plan;
 mod plot;
 mod run;
 mod scenario;
+#[cfg(all(feature = "serve", not(loom)))]
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +48,9 @@ enum CliCommand {
     Hiccups(hiccups::HiccupArgs),
     /// Measure how long this machine's disk takes to make an append durable.
     Fsync(fsync::FsyncArgs),
+    /// Serve a sale over HTTP: buys, payments, the order event feed, operator routes.
+    #[cfg(all(feature = "serve", not(loom)))]
+    Serve(serve::ServeArgs),
 }
 
 /// Scenario knobs shared by `simulate` and `compare`.
@@ -400,6 +405,12 @@ fn simulate_journaled(
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    #[cfg(all(feature = "serve", not(loom)))]
+    if let CliCommand::Serve(args) = cli.command {
+        // A server keeps SIGPIPE ignored: a client that goes away must not end it.
+        return ExitCode::from(serve::run(args));
+    }
     // Output piped into `head` and the like: end quietly when the reader goes away, as
     // other command-line tools do, rather than panic on the failed write.
     #[cfg(target_os = "linux")]
@@ -408,12 +419,13 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
     let result = match &cli.command {
         CliCommand::Simulate(args) => simulate(args),
         CliCommand::Compare(args) => compare::compare(args),
         CliCommand::Hiccups(args) => hiccups::hiccups(args),
         CliCommand::Fsync(args) => fsync::fsync(args),
+        #[cfg(all(feature = "serve", not(loom)))]
+        CliCommand::Serve(_) => unreachable!("served above"),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

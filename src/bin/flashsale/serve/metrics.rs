@@ -1,0 +1,150 @@
+//! `GET /metrics`: Prometheus text format.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use super::Server;
+
+/// One `name{labels} value` line.
+fn line(out: &mut String, name: &str, labels: &str, value: impl std::fmt::Display) {
+    if labels.is_empty() {
+        let _ = writeln!(out, "{name} {value}");
+    } else {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
+}
+
+fn help(out: &mut String, name: &str, kind: &str, text: &str) {
+    let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
+}
+
+/// Answers by status and reason, the engine's part of each buy, lanes in flight, units
+/// available per SKU, orders confirmed, events in the feed.
+pub async fn metrics(State(server): State<Arc<Server>>) -> Response {
+    server.counts.count(200, "ok");
+    let mut out = String::new();
+    help(
+        &mut out,
+        "flashsale_http_answers_total",
+        "counter",
+        "HTTP answers, by status and reason.",
+    );
+    for (status, reason, count) in server.counts.all() {
+        line(
+            &mut out,
+            "flashsale_http_answers_total",
+            &format!(r#"status="{status}",reason="{reason}""#),
+            count,
+        );
+    }
+    help(
+        &mut out,
+        "flashsale_engine_buy_seconds",
+        "summary",
+        "The engine's part of each buy: from the submit to the outcome, HTTP excluded.",
+    );
+    {
+        let latency = server.latency.lock();
+        for quantile in [0.5, 0.9, 0.99, 0.999, 1.0] {
+            line(
+                &mut out,
+                "flashsale_engine_buy_seconds",
+                &format!(r#"quantile="{quantile}""#),
+                latency.value_at_quantile(quantile) as f64 / 1e9,
+            );
+        }
+        line(
+            &mut out,
+            "flashsale_engine_buy_seconds_count",
+            "",
+            latency.len(),
+        );
+    }
+    let Some(running) = server.running.get() else {
+        return text(out);
+    };
+    help(
+        &mut out,
+        "flashsale_client_lane_in_flight",
+        "gauge",
+        "Intents in flight on each async-client lane.",
+    );
+    for (lane, in_flight) in running.client.in_flight().into_iter().enumerate() {
+        line(
+            &mut out,
+            "flashsale_client_lane_in_flight",
+            &format!(r#"lane="{lane}""#),
+            in_flight,
+        );
+    }
+    help(
+        &mut out,
+        "flashsale_sku_available",
+        "gauge",
+        "Units of each SKU available, as its shard last published.",
+    );
+    for spec in server.catalog.skus() {
+        let available = running.engine.available(spec.id).unwrap_or(0);
+        line(
+            &mut out,
+            "flashsale_sku_available",
+            &format!(r#"sku="{}""#, spec.id.0),
+            available,
+        );
+    }
+    let live = running.engine.live();
+    help(
+        &mut out,
+        "flashsale_confirmed_orders_total",
+        "counter",
+        "Orders the engine confirmed since this process started.",
+    );
+    line(
+        &mut out,
+        "flashsale_confirmed_orders_total",
+        "",
+        live.confirmed_orders,
+    );
+    help(
+        &mut out,
+        "flashsale_decided_by_shards_total",
+        "counter",
+        "Intents the shards decided since this process started.",
+    );
+    line(
+        &mut out,
+        "flashsale_decided_by_shards_total",
+        "",
+        live.decided_by_shards,
+    );
+    help(
+        &mut out,
+        "flashsale_order_events",
+        "gauge",
+        "Order events in the feed, per shard (since the sale began).",
+    );
+    for (shard, events) in running.feed.lengths().into_iter().enumerate() {
+        line(
+            &mut out,
+            "flashsale_order_events",
+            &format!(r#"shard="{shard}""#),
+            events,
+        );
+    }
+    text(out)
+}
+
+fn text(out: String) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        out,
+    )
+        .into_response()
+}

@@ -1,0 +1,501 @@
+//! `flashsale serve`: the sale as an HTTP service. A catalog file (or the demo sale), a
+//! data directory that survives restarts (or `--in-memory`), the whole life of an order
+//! over HTTP, an order event feed, operator routes behind a token, buyers identified by a
+//! proxy header or a signed token, and protection against slow and hostile clients.
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | arguments, start-up (recovery while `/readyz` says 503), the accept loop, shutdown |
+//! | `routes.rs` | the routes |
+//! | `catalog_file.rs` | the TOML catalog |
+//! | `feed.rs` | the order event feed |
+//! | `auth.rs` | operators and buyers |
+//! | `answer.rs` | error answers, their reasons, and their counts |
+
+mod answer;
+mod auth;
+pub mod catalog_file;
+mod feed;
+mod metrics;
+mod routes;
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use clap::Args;
+use flashsale::{AsyncClient, Catalog, Engine, JournalConfig, Placement};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{Semaphore, watch};
+
+use feed::Feed;
+
+/// `flashsale serve`'s options.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// The sale's catalog, a TOML file (default: the built-in demo sale).
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// Where the journal, snapshots and the sale's epoch live.
+    #[arg(long, default_value = "./flashsale-data")]
+    data: PathBuf,
+    /// Keep nothing on disk: a restart starts the sale afresh.
+    #[arg(long, conflicts_with = "data")]
+    in_memory: bool,
+    /// Journal group commits are written to the OS without waiting for the disk
+    /// (survives a crash of the process, not of the machine).
+    #[arg(long)]
+    no_sync: bool,
+    /// Snapshot each shard after this many commands (recovery replays only what follows).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_every: u64,
+    /// Engine shards (threads deciding).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    shards: u32,
+    /// Async-client lanes (each holds up to `ring-capacity` intents in flight per shard).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    lanes: u32,
+    /// Ring slots per lane and shard (a power of two).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    ring_capacity: u32,
+    /// HTTP worker threads (default: one per core).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: Option<u32>,
+    /// Operator token for the `/admin` routes (or FLASHSALE_ADMIN_TOKEN); without one
+    /// they are off.
+    #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// How buyers are identified: `demo` (the body's `user`, unchecked: for trying it
+    /// out), `header` (a trusted proxy's header, see --buyer-header), `jwt` (an HS256
+    /// bearer token whose `sub` is the buyer id, see --jwt-secret).
+    #[arg(long, value_enum, default_value = "demo")]
+    auth: AuthMode,
+    /// The header a trusted front proxy puts the authenticated buyer id in.
+    #[arg(long, default_value = "x-buyer-id")]
+    buyer_header: String,
+    /// The HS256 secret buyer tokens are signed with (or FLASHSALE_JWT_SECRET).
+    #[arg(long, env = "FLASHSALE_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Requests per second each buyer may make (a token bucket; 429 beyond).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    rate_per_buyer: u32,
+    /// Requests a buyer may make at once before the rate applies.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..))]
+    burst_per_buyer: u32,
+    /// Longest time a client may take to send a request's headers; also how long an
+    /// idle keep-alive connection stays open.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+    /// Longest time a client may take to send a request's body.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    body_timeout: Duration,
+    /// Largest request body, bytes (413 beyond).
+    #[arg(long, default_value_t = 4096)]
+    body_limit: usize,
+    /// Most connections open at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// On SIGTERM: how long requests in flight may take to finish before every connection
+    /// is closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+}
+
+/// Buyer identification modes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMode {
+    /// The body's `user` field (demo only).
+    Demo,
+    /// A trusted proxy's header.
+    Header,
+    /// A signed HS256 token.
+    Jwt,
+}
+
+/// The engine side, once recovered.
+pub struct Running {
+    pub engine: Engine,
+    pub client: AsyncClient,
+    pub feed: Arc<Feed>,
+}
+
+/// What every request handler shares.
+pub struct Server {
+    pub running: OnceLock<Running>,
+    pub catalog: Catalog,
+    /// The wall-clock time of the engine clock's 0.
+    pub epoch: SystemTime,
+    pub counts: answer::Counts,
+    pub latency: parking_lot::Mutex<hdrhistogram::Histogram<u64>>,
+    pub buyers: auth::Buyers,
+    pub admin_token: Option<String>,
+    pub limiter: governor::DefaultKeyedRateLimiter<u64>,
+    pub body_limit: usize,
+    pub body_timeout: Duration,
+    /// Flips to true when shutdown starts (long polls return).
+    pub stopping: watch::Receiver<bool>,
+}
+
+/// Exit status: 0 after a clean shutdown, 1 when the server could not run, 2 for bad input
+/// (the catalog file, the arguments, a data directory of another sale).
+pub fn run(args: ServeArgs) -> u8 {
+    match start(args) {
+        Ok(()) => 0,
+        Err((code, message)) => {
+            eprintln!("flashsale serve: {message}");
+            code
+        }
+    }
+}
+
+type Failure = (u8, String);
+
+fn start(args: ServeArgs) -> Result<(), Failure> {
+    let data = (!args.in_memory).then(|| args.data.clone());
+    let epoch = match &data {
+        Some(dir) => epoch_of(dir)?,
+        None => SystemTime::now(),
+    };
+    let catalog = match &args.catalog {
+        Some(path) => catalog_file::load(path, epoch).map_err(|error| (2, error.0))?,
+        None => {
+            catalog_file::parse("the demo sale", DEMO_SALE, epoch).map_err(|error| (1, error.0))?
+        }
+    };
+    let buyers = match args.auth {
+        AuthMode::Demo => auth::Buyers::Demo,
+        AuthMode::Header => auth::Buyers::Header(
+            axum::http::HeaderName::try_from(args.buyer_header.as_str()).map_err(|_| {
+                (
+                    2,
+                    format!(
+                        "--buyer-header {:?} is not a header name",
+                        args.buyer_header
+                    ),
+                )
+            })?,
+        ),
+        AuthMode::Jwt => {
+            let secret = args
+                .jwt_secret
+                .as_deref()
+                .filter(|secret| !secret.is_empty())
+                .ok_or((
+                    2,
+                    "--auth jwt needs --jwt-secret (or FLASHSALE_JWT_SECRET)".to_owned(),
+                ))?;
+            auth::Buyers::jwt(secret.as_bytes())
+        }
+    };
+    let quota = governor::Quota::per_second(
+        NonZeroU32::new(args.rate_per_buyer).unwrap_or(NonZeroU32::MIN),
+    )
+    .allow_burst(NonZeroU32::new(args.burst_per_buyer).unwrap_or(NonZeroU32::MIN));
+    let (stop, stopping) = watch::channel(false);
+    let server = Arc::new(Server {
+        running: OnceLock::new(),
+        catalog: catalog.clone(),
+        epoch,
+        counts: answer::Counts::default(),
+        latency: parking_lot::Mutex::new(flashsale::report::latency_histogram()),
+        buyers,
+        admin_token: args.admin_token.clone().filter(|token| !token.is_empty()),
+        limiter: governor::RateLimiter::keyed(quota),
+        body_limit: args.body_limit,
+        body_timeout: args.body_timeout,
+        stopping,
+    });
+
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = args.threads {
+        runtime.worker_threads(threads as usize);
+    }
+    let runtime = runtime
+        .build()
+        .map_err(|error| (1, format!("cannot start the HTTP runtime: {error}")))?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(args.addr))
+        .map_err(|error| (1, format!("cannot listen on {}: {error}", args.addr)))?;
+    let local = listener
+        .local_addr()
+        .map_err(|error| (1, format!("cannot read the listening address: {error}")))?;
+    let accept = runtime.spawn(accept_loop(
+        listener,
+        server.clone(),
+        stop.subscribe(),
+        Limits::of(&args),
+    ));
+    let signal = runtime.spawn(async move {
+        stopped().await;
+        let _ = stop.send(true);
+    });
+
+    match &server.buyers {
+        auth::Buyers::Demo => eprintln!(
+            "flashsale serve: DEMO MODE: buyers are whoever the body's \"user\" says; use --auth header or --auth jwt in front of real buyers"
+        ),
+        other => eprintln!("flashsale serve: buyers identified by {other:?}"),
+    }
+    if server.admin_token.is_none() {
+        eprintln!("flashsale serve: operator routes (/admin) are off: no --admin-token");
+    }
+    eprintln!("flashsale serve: listening on http://{local} (recovering...)");
+
+    let recovered = recover(&args, data.as_deref(), &catalog, epoch);
+    let running = match recovered {
+        Ok(running) => running,
+        Err(failure) => {
+            signal.abort();
+            accept.abort();
+            return Err(failure);
+        }
+    };
+    let _ = server.running.set(running);
+    eprintln!(
+        "flashsale serve: ready: {} SKUs on {} shard(s), {}; try GET http://{local}/sales",
+        catalog.skus().len(),
+        args.shards,
+        data.as_ref().map_or(
+            "in memory (nothing survives a restart)".to_owned(),
+            |dir| format!("data in {}", dir.display())
+        ),
+    );
+
+    runtime.block_on(async {
+        let _ = signal.await;
+    });
+    eprintln!(
+        "flashsale serve: stopping (up to {:?} for requests in flight)",
+        args.shutdown_grace
+    );
+    runtime.block_on(async {
+        let _ = tokio::time::timeout(args.shutdown_grace + Duration::from_secs(1), accept).await;
+    });
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    let server = Arc::into_inner(server);
+    match server.and_then(|server| server.running.into_inner()) {
+        Some(running) => {
+            drop(running.client);
+            eprintln!("{}", running.engine.shutdown());
+        }
+        None => {
+            eprintln!("flashsale serve: requests still hold the engine; it stops with the process")
+        }
+    }
+    Ok(())
+}
+
+/// The sale's epoch: read from the data directory, or written there on its first start.
+fn epoch_of(dir: &std::path::Path) -> Result<SystemTime, Failure> {
+    std::fs::create_dir_all(dir).map_err(|error| {
+        (
+            1,
+            format!(
+                "cannot create the data directory {}: {error}",
+                dir.display()
+            ),
+        )
+    })?;
+    let path = dir.join("sale.epoch");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let nanos: u64 = text.trim().parse().map_err(|_| {
+                (
+                    2,
+                    format!(
+                        "{}: not a sale epoch (nanoseconds since 1970)",
+                        path.display()
+                    ),
+                )
+            })?;
+            Ok(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let now = SystemTime::now();
+            let temporary = path.with_extension("tmp");
+            std::fs::write(&temporary, format!("{}\n", catalog_file::unix_nanos(now)))
+                .and_then(|()| std::fs::rename(&temporary, &path))
+                .map_err(|error| (1, format!("cannot write {}: {error}", path.display())))?;
+            Ok(now)
+        }
+        Err(error) => Err((1, format!("cannot read {}: {error}", path.display()))),
+    }
+}
+
+/// Rebuilds the event feed from the journals and starts the engine on them.
+fn recover(
+    args: &ServeArgs,
+    data: Option<&std::path::Path>,
+    catalog: &Catalog,
+    epoch: SystemTime,
+) -> Result<Running, Failure> {
+    let shards = args.shards as usize;
+    let placement = Placement::new(catalog, shards)
+        .map_err(|error| (2, format!("--shards {shards}: {error}")))?;
+    let feed = Feed::new(placement.shards());
+    let since_epoch = SystemTime::now()
+        .duration_since(epoch)
+        .unwrap_or_default()
+        .as_nanos();
+    let mut builder = Engine::builder(catalog.clone())
+        .shards(shards)
+        .ring_capacity(args.ring_capacity as usize)
+        .clock_starts_at(u64::try_from(since_epoch).unwrap_or(u64::MAX));
+    if let Some(dir) = data {
+        let config = JournalConfig {
+            sync: !args.no_sync,
+            snapshot_every: Some(args.snapshot_every),
+            ..JournalConfig::durable(dir)
+        };
+        // The manifest first: a directory of another sale is refused before anything is
+        // replayed under this catalog.
+        config
+            .check_manifest(catalog, placement.shards())
+            .map_err(|error| (2, error.to_string()))?;
+        feed.rebuild(&config, catalog, &placement)
+            .map_err(|error| (1, format!("cannot read the journal: {error}")))?;
+        builder = builder.journal(config);
+    }
+    let sinks = feed.clone();
+    let engine = builder
+        .order_sink(move |shard| sinks.sink(shard))
+        .start()
+        .map_err(|error| match error {
+            flashsale::EngineError::JournalMismatch { .. } => (2, error.to_string()),
+            other => (1, other.to_string()),
+        })?;
+    let client = AsyncClient::new(&engine, args.lanes as usize)
+        .map_err(|error| (1, format!("cannot start the async client: {error}")))?;
+    Ok(Running {
+        engine,
+        client,
+        feed,
+    })
+}
+
+/// Connection settings.
+#[derive(Clone, Copy)]
+struct Limits {
+    header_timeout: Duration,
+    max_connections: u32,
+    grace: Duration,
+}
+
+impl Limits {
+    fn of(args: &ServeArgs) -> Self {
+        Self {
+            header_timeout: args.header_timeout,
+            max_connections: args.max_connections,
+            grace: args.shutdown_grace,
+        }
+    }
+}
+
+/// Accepts connections (at most `max_connections` open) until `stop`, then lets requests
+/// in flight finish for up to the grace period and closes every connection.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    server: Arc<Server>,
+    stop: watch::Receiver<bool>,
+    limits: Limits,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let router = routes::router(server.clone());
+    let mut connections = tokio::task::JoinSet::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let prune = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                every.tick().await;
+                server.limiter.retain_recent();
+            }
+        })
+    };
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = until_stopping(stop.clone()) => break,
+        };
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of descriptors and the like: back off a little, go on.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            () = until_stopping(stop.clone()) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = until_stopping(stop) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+        // Reap finished connections so the set does not grow.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    prune.abort();
+    let drained = tokio::time::timeout(limits.grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        eprintln!(
+            "flashsale serve: {} connection(s) still open after the grace period; closing them",
+            connections.len()
+        );
+        connections.shutdown().await;
+    }
+}
+
+/// Resolves once shutdown has started.
+pub async fn until_stopping(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stopping| *stopping).await;
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn stopped() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+/// The demo sale: two sizes of a trainer (at most 2 pairs a buyer across both, 10-minute
+/// payment holds, a waitlist), a hoodie whose sale opens in an hour, and a lipstick sold
+/// by opening draw over its first 30 seconds.
+pub const DEMO_SALE: &str = include_str!("../../../../examples/sales/demo.toml");
