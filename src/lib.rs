@@ -97,8 +97,8 @@ pub use catalog::{
 };
 pub use clock::ManualClock;
 pub use core::{
-    Applied, Command, Deferred, OrderEvent, OrderEventKind, OrderStatus, OrderView, PoolLevels,
-    ShardCore, SkuLevels,
+    Applied, Command, Deferred, LiveSale, OrderEvent, OrderEventKind, OrderStatus, OrderView,
+    PoolLevels, ShardCore, SkuLevels,
 };
 pub use engine::client::{self, AsyncClient, Buy};
 pub use engine::{

@@ -101,20 +101,28 @@ fn an_order_is_asked_for_without_changing_it() {
         Err(ControlError::UnknownOrder(other_shard))
     );
 
-    let levels = control.levels(SkuId(1)).unwrap();
+    let sale = control.sale(SkuId(1)).unwrap();
+    let levels = sale.levels;
     assert_eq!(
         (levels.stock, levels.available, levels.held, levels.sold),
         (10, 10, 0, 0),
         "both held orders are back on sale: {levels:?}"
     );
-    let all = control.all_levels().unwrap();
+    assert_eq!(sale.state(control.now_ns()), "open");
+    control.close_sale(SkuId(1)).unwrap();
+    let closed = control.sale(SkuId(1)).unwrap();
+    assert!(closed.closed_early);
+    assert_eq!(closed.state(control.now_ns()), "closed");
+    let all = control.sales().unwrap();
     assert_eq!(
-        all.iter().map(|sku| sku.id).collect::<Vec<_>>(),
+        all.iter().map(|sale| sale.levels.id).collect::<Vec<_>>(),
         [SkuId(1), SkuId(2)]
     );
-    assert_eq!((all[1].stock, all[1].sold, all[1].available), (4, 1, 3));
+    let other = all[1].levels;
+    assert_eq!((other.stock, other.sold, other.available), (4, 1, 3));
+    assert_eq!(all[1].state(control.now_ns()), "open");
     assert_eq!(
-        control.levels(SkuId(9)),
+        control.sale(SkuId(9)),
         Err(ControlError::UnknownSku(SkuId(9)))
     );
     let report = engine.shutdown();

@@ -96,7 +96,48 @@ pub struct OrderView {
     pub status: OrderStatus,
 }
 
+/// A SKU's sale as its shard has it now: levels, the window (as moved by operators), and
+/// whether it was closed early (see [`ShardCore::live_sale`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveSale {
+    /// Stock, available, held, sold and the rest.
+    pub levels: SkuLevels,
+    /// The sale window now.
+    pub window: crate::catalog::SaleWindow,
+    /// Closed before its window's end (by an operator).
+    pub closed_early: bool,
+}
+
+impl LiveSale {
+    /// `upcoming`, `open`, `sold_out` or `closed`, at `now_ns` on the engine clock.
+    pub fn state(&self, now_ns: u64) -> &'static str {
+        if self.closed_early || now_ns >= self.window.closes_at_ns {
+            "closed"
+        } else if now_ns < self.window.opens_at_ns {
+            "upcoming"
+        } else if self.levels.available == 0 {
+            "sold_out"
+        } else {
+            "open"
+        }
+    }
+}
+
 impl ShardCore {
+    /// A SKU's sale now, if this shard owns it.
+    pub fn live_sale(&self, sku: SkuId) -> Option<LiveSale> {
+        let &local = self.local_index.get(&sku)?;
+        let state = &self.skus[local as usize];
+        Some(LiveSale {
+            levels: self.levels_of(sku)?,
+            window: crate::catalog::SaleWindow {
+                opens_at_ns: state.opens_at_ns,
+                closes_at_ns: state.closes_at_ns,
+            },
+            closed_early: state.closed,
+        })
+    }
+
     /// Starts (or stops) recording [`OrderEvent`]s for [`take_events`](Self::take_events).
     /// Off by default.
     pub fn record_events(&mut self, on: bool) {

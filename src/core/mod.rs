@@ -41,7 +41,7 @@ use rustc_hash::FxHashMap;
 use book::{Confirmed, OrderBook, SKU_LIMIT_KEY, Standing};
 pub(crate) use command::Effects;
 pub use command::{Applied, Command, Deferred};
-pub use events::{OrderEvent, OrderEventKind, OrderStatus, OrderView};
+pub use events::{LiveSale, OrderEvent, OrderEventKind, OrderStatus, OrderView};
 use pool::{Pool, PoolTicket};
 pub use pool::{PoolLevels, pool_seed, shuffle};
 pub use snapshot::{SNAPSHOT_MAGIC, SnapshotError};

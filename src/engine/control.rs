@@ -14,7 +14,7 @@ use core::fmt;
 use super::lane::{ControlRequest, ReplySlot};
 use super::shared::EngineShared;
 use crate::catalog::SaleWindow;
-use crate::core::{Command, OrderView, ShardCore, SkuLevels};
+use crate::core::{Command, LiveSale, OrderView, ShardCore};
 use crate::sync::Arc;
 use crate::sync::atomic::Ordering;
 use crate::types::{ControlError, OrderId, ShardId, SkuId};
@@ -125,34 +125,40 @@ impl Control {
             .ok_or(ControlError::UnknownOrder(order))
     }
 
-    /// A SKU's live levels (stock, available, held, sold, waiting, and what came back or
-    /// left), from its shard, as of its last durable command.
+    /// A SKU's sale now, from its shard, as of its last durable command: its levels
+    /// (stock, available, held, sold, waiting, and what came back or left), its window as
+    /// moved by operators, and whether it was closed early.
     ///
     /// # Errors
     /// [`ControlError::UnknownSku`], or the engine's state.
-    pub fn levels(&self, sku: SkuId) -> Result<SkuLevels, ControlError> {
+    pub fn sale(&self, sku: SkuId) -> Result<LiveSale, ControlError> {
         let index = self
             .shared
             .catalog
             .index_of(sku)
             .ok_or(ControlError::UnknownSku(sku))?;
         let (ShardId(shard), _) = self.shared.placement.route(index);
-        self.query(usize::from(shard), move |core| core.levels_of(sku))?
+        self.query(usize::from(shard), move |core| core.live_sale(sku))?
             .ok_or(ControlError::UnknownSku(sku))
     }
 
-    /// Every SKU's live levels, in catalog order (one question to each shard).
+    /// Every SKU's sale now, in catalog order (one question to each shard).
     ///
     /// # Errors
     /// The engine's state (the first shard that failed or stopped).
-    pub fn all_levels(&self) -> Result<Vec<SkuLevels>, ControlError> {
-        let mut levels = Vec::with_capacity(self.shared.catalog.skus().len());
+    pub fn sales(&self) -> Result<Vec<LiveSale>, ControlError> {
+        let mut sales = Vec::with_capacity(self.shared.catalog.skus().len());
         for shard in 0..self.shared.shards.len() {
-            levels.extend(self.query(shard, |core| core.levels().collect::<Vec<_>>())?);
+            sales.extend(self.query(shard, |core| {
+                let ids: Vec<SkuId> = core.levels().map(|sku| sku.id).collect();
+                ids.into_iter()
+                    .filter_map(|sku| core.live_sale(sku))
+                    .collect::<Vec<_>>()
+            })?);
         }
         let catalog = &self.shared.catalog;
-        levels.sort_by_key(|sku| catalog.index_of(sku.id));
-        Ok(levels)
+        sales.sort_by_key(|sale| catalog.index_of(sale.levels.id));
+        Ok(sales)
     }
 
     /// Asks shard `shard` a read-only question and waits for the answer.

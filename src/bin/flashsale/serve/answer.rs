@@ -16,7 +16,6 @@ pub const REASONS: &[(u16, &str)] = &[
     (400, "bad_request"),
     (400, "invalid_quantity"),
     (401, "unauthorized"),
-    (403, "forbidden"),
     (403, "buyer_mismatch"),
     (403, "not_your_order"),
     (403, "admin_disabled"),

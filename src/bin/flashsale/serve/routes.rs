@@ -3,6 +3,13 @@
 //! systems: `GET /orders/events`. Operators: `POST /admin/sales/{sku}/{restock, reduce,
 //! window, close, reopen}`. Everyone: `GET /healthz`, `GET /readyz`, `GET /metrics`.
 //! Every error answer is JSON with a stable `reason` (see [`super::answer::REASONS`]).
+//!
+//! Checks return `Result<_, Response>`: the error is the answer to send, built once, on a
+//! path far rarer than the request it refuses.
+#![allow(
+    clippy::result_large_err,
+    reason = "the Err of a check is the HTTP answer itself, 128 bytes, on the refusal path"
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,8 +22,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use flashsale::{
-    ControlError, Intent, OrderId, OrderStatus, Outcome, RejectReason, SaleWindow, SkuId,
-    SkuLevels, SubmitError, UserId,
+    ControlError, Intent, LiveSale, OrderId, OrderStatus, Outcome, RejectReason, SaleWindow, SkuId,
+    SubmitError, UserId,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -357,20 +364,12 @@ fn rejected(server: &Server, running: &Running, sku: SkuId, reason: RejectReason
 }
 
 /// A SKU's public state: labels, policy, window, levels.
-fn sale_json(server: &Server, now_ns: u64, levels: &SkuLevels) -> Value {
+fn sale_json(server: &Server, now_ns: u64, sale: &LiveSale) -> Value {
+    let levels = &sale.levels;
     let Some(spec) = server.catalog.sku(levels.id) else {
         return json!({ "sku": levels.id.0 });
     };
-    let window = spec.window;
-    let state = if now_ns < window.opens_at_ns {
-        "upcoming"
-    } else if now_ns >= window.closes_at_ns {
-        "closed"
-    } else if levels.available == 0 {
-        "sold_out"
-    } else {
-        "open"
-    };
+    let window = sale.window;
     let limit = spec
         .group
         .and_then(|group| server.catalog.group(group))
@@ -383,7 +382,7 @@ fn sale_json(server: &Server, now_ns: u64, levels: &SkuLevels) -> Value {
         "product": spec.product,
         "variant": spec.variant,
         "policy": server.catalog.policy_of(spec).name(),
-        "state": state,
+        "state": sale.state(now_ns),
         "stock": levels.stock,
         "available": levels.available,
         "held": levels.held,
@@ -403,7 +402,7 @@ async fn sales(State(server): Shared) -> Response {
     };
     let control = running.engine.control();
     let now_ns = running.engine.now_ns();
-    match blocking(move || control.all_levels()).await {
+    match blocking(move || control.sales()).await {
         Ok(levels) => {
             let sales: Vec<Value> = levels
                 .iter()
@@ -423,7 +422,7 @@ async fn sale(State(server): Shared, Path(sku): Path<String>) -> Response {
         };
     let control = running.engine.control();
     let now_ns = running.engine.now_ns();
-    match blocking(move || control.levels(sku)).await {
+    match blocking(move || control.sale(sku)).await {
         Ok(levels) => ok(&server.counts, sale_json(&server, now_ns, &levels)),
         Err(error) => control_failed(&server, error),
     }
@@ -665,7 +664,6 @@ async fn try_admin(
     let sku = path_sku(server, sku)?;
     let bytes = read_body(server, headers, body).await?;
     let control = running.engine.control();
-    let current = server.catalog.sku(sku).map(|spec| spec.window);
     let instant = |field: &str, text: &str| -> Result<u64, Response> {
         super::catalog_file::instant(text, server.epoch)
             .map_err(|why| bad_request(&server.counts, field, why))
@@ -685,7 +683,12 @@ async fn try_admin(
         }
         _ => {
             let window: Window = parse(server, &bytes)?;
-            let current = current.unwrap_or(SaleWindow::ALWAYS);
+            // The window as it is now (an operator may have moved it).
+            let asking = control.clone();
+            let current = blocking(move || asking.sale(sku))
+                .await
+                .map_err(|error| control_failed(server, error))?
+                .window;
             let opens_at_ns = match &window.opens {
                 Some(text) => instant("opens", text)?,
                 None if action == "reopen" => current.opens_at_ns.min(running.engine.now_ns()),
@@ -712,7 +715,7 @@ async fn try_admin(
         .map_err(|error| control_failed(server, error))?;
     let control = running.engine.control();
     let now_ns = running.engine.now_ns();
-    let levels = blocking(move || control.levels(sku))
+    let levels = blocking(move || control.sale(sku))
         .await
         .map_err(|error| control_failed(server, error))?;
     Ok(ok(&server.counts, sale_json(server, now_ns, &levels)))
@@ -728,7 +731,7 @@ async fn readyz(State(server): Shared) -> Response {
         Err(response) => return response,
     };
     let control = running.engine.control();
-    match blocking(move || control.all_levels()).await {
+    match blocking(move || control.sales()).await {
         Ok(_) => ok(&server.counts, json!({ "status": "ready" })),
         Err(error) => control_failed(&server, error),
     }

@@ -1,0 +1,953 @@
+//! `flashsale serve` as a shop runs it: the real binary on a free port of 127.0.0.1,
+//! driven over real HTTP with reqwest (and raw TCP for slow clients). Every route and
+//! status, slow and malformed clients, SIGTERM while clients hang on, SIGKILL under load
+//! with every answered order intact after the restart, a data directory of another sale
+//! refused, buyer tokens, rate limits, and the event feed resuming across a restart.
+#![cfg(not(loom))]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// A `flashsale serve` process, killed when dropped.
+struct Serve {
+    child: Child,
+    base: String,
+    addr: String,
+    /// Its standard error, line by line, after "ready".
+    lines: mpsc::Receiver<String>,
+}
+
+/// Starts `flashsale serve --addr 127.0.0.1:0 <args>` and waits until it is ready.
+fn serve(args: &[&str]) -> Serve {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flashsale serve starts");
+    let stderr = child.stderr.take().unwrap();
+    let (send, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut addr = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("serve {args:?} did not get ready")
+            });
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            addr = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if line.contains("ready:") {
+            break;
+        }
+    }
+    let addr = addr.expect("the listening address is printed");
+    Serve {
+        child,
+        base: format!("http://{addr}"),
+        addr,
+        lines,
+    }
+}
+
+/// Runs `flashsale serve <args>`, which must fail: its exit code and standard error.
+fn serve_fails(args: &[&str]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+impl Serve {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM, then waits (up to `limit`) for the exit; its status and the rest of its
+    /// standard error.
+    fn terminate(mut self, limit: Duration) -> (ExitStatus, String) {
+        // SAFETY: kill(2) on our own child's pid; it has not been reaped (wait not called).
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let rest: Vec<String> = self.lines.try_iter().collect();
+                return (status, rest.join("\n"));
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("serve did not exit within {limit:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("flashsale-serve-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write_catalog(dir: &Path, text: &str) -> String {
+    let path = dir.join("sale.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+const TEST_SALE: &str = r#"
+[[sku]]
+id = 1
+product = "Trainer"
+variant = "42"
+stock = 3
+limit = 2
+
+[[sku]]
+id = 2
+stock = 10
+opens = "+1h"
+
+[[sku]]
+id = 3
+stock = 5
+limit = 5
+hold = "150ms"
+"#;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// Status and JSON body.
+async fn call(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("a {status} answer that is not JSON: {text:?}"));
+    (status, body)
+}
+
+async fn buy(http: &reqwest::Client, serve: &Serve, sku: &str, body: Value) -> (StatusCode, Value) {
+    call(
+        http.post(serve.url(&format!("/sales/{sku}/buy")))
+            .json(&body),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_and_every_error_is_json_with_a_reason() {
+    let dir = scratch("routes");
+    let catalog = write_catalog(&dir, TEST_SALE);
+    let server = serve(&["--in-memory", "--catalog", &catalog, "--admin-token", "tok"]);
+    let http = client();
+    let admin = |path: &str| http.post(server.url(path)).bearer_auth("tok");
+
+    let (status, first) = buy(&http, &server, "1", json!({"user": 7, "qty": 1, "key": 1})).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["state"], "held");
+    let order = first["order"].as_u64().unwrap();
+    let (status, again) = buy(&http, &server, "1", json!({"user": 7, "qty": 1, "key": 1})).await;
+    assert_eq!(
+        (status, &again["reason"], &again["order"]),
+        (StatusCode::CONFLICT, &json!("duplicate"), &json!(order))
+    );
+    let (status, over) = buy(&http, &server, "1", json!({"user": 7, "qty": 2, "key": 2})).await;
+    assert_eq!(
+        (status, over["reason"].as_str()),
+        (StatusCode::CONFLICT, Some("user_limit"))
+    );
+    assert_eq!(
+        buy(&http, &server, "1", json!({"user": 8, "qty": 2, "key": 1}))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, sold) = buy(&http, &server, "1", json!({"user": 9, "qty": 1, "key": 1})).await;
+    assert_eq!(
+        (status, sold["reason"].as_str()),
+        (StatusCode::CONFLICT, Some("sold_out"))
+    );
+    let (status, early) = buy(&http, &server, "2", json!({"user": 9, "qty": 1, "key": 1})).await;
+    assert_eq!(
+        (status, early["reason"].as_str()),
+        (StatusCode::TOO_EARLY, Some("not_open_yet"))
+    );
+    assert!(early["opens_in_ms"].as_u64().unwrap() > 3_000_000);
+    let (status, unknown) = buy(&http, &server, "9", json!({"user": 9, "qty": 1, "key": 1})).await;
+    assert_eq!(
+        (status, unknown["reason"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_sku"))
+    );
+    let (status, zero) = buy(&http, &server, "3", json!({"user": 9, "qty": 0, "key": 1})).await;
+    assert_eq!(
+        (status, zero["reason"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_quantity"))
+    );
+
+    // Malformed requests: 400 naming the field.
+    for (sku, body, field) in [
+        ("+1", r#"{"user":1,"qty":1,"key":1}"#, "sku"),
+        ("01", r#"{"user":1,"qty":1,"key":1}"#, "sku"),
+        ("4294967296", r#"{"user":1,"qty":1,"key":1}"#, "sku"),
+        ("1", r#"{"user":14,"user":15,"qty":1,"key":1}"#, "user"),
+        ("1", r#"{"user":1,"qty":1,"key":1,"price":0}"#, "price"),
+        ("1", r#"{"user":1,"qty":"1","key":1}"#, "qty"),
+        ("1", r#"{"user":1,"key":1}"#, "qty"),
+        ("1", r#"{"qty":1,"key":1}"#, "user"),
+        ("1", r#"{"user":1,"qty":1,"key":1} {}"#, "body"),
+        ("1", r#"[1,2]"#, "body"),
+        ("1", r#"not json"#, "body"),
+    ] {
+        let (status, answer) = call(
+            http.post(server.url(&format!("/sales/{sku}/buy")))
+                .body(body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{sku} {body}: {answer}");
+        assert_eq!(
+            (answer["reason"].as_str(), answer["field"].as_str()),
+            (Some("bad_request"), Some(field)),
+            "{sku} {body}: {answer}"
+        );
+    }
+    let (status, large) = call(
+        http.post(server.url("/sales/1/buy"))
+            .body(vec![b' '; 100_000]),
+    )
+    .await;
+    assert_eq!(
+        (status, large["reason"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large"))
+    );
+    let (status, missing) = call(http.get(server.url("/nowhere"))).await;
+    assert_eq!(
+        (status, missing["reason"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let (status, wrong) = call(http.delete(server.url("/sales/1"))).await;
+    assert_eq!(
+        (status, wrong["reason"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+    );
+
+    // Sales.
+    let (status, sales) = call(http.get(server.url("/sales"))).await;
+    assert_eq!(status, StatusCode::OK);
+    let sales = sales["sales"].as_array().unwrap();
+    assert_eq!(sales.len(), 3);
+    assert_eq!(
+        (
+            sales[0]["state"].as_str(),
+            sales[0]["held"].as_u64(),
+            sales[0]["available"].as_u64()
+        ),
+        (Some("sold_out"), Some(3), Some(0))
+    );
+    assert_eq!(sales[1]["state"], "upcoming");
+    let (status, one) = call(http.get(server.url("/sales/3"))).await;
+    assert_eq!(
+        (status, one["state"].as_str(), one["stock"].as_u64()),
+        (StatusCode::OK, Some("open"), Some(5))
+    );
+
+    // An order's life.
+    let (status, view) = call(http.get(server.url(&format!("/orders/{order}")))).await;
+    assert_eq!(
+        (status, view["state"].as_str(), view["user"].as_u64()),
+        (StatusCode::OK, Some("held"), Some(7))
+    );
+    let (status, paid) = call(http.post(server.url(&format!("/orders/{order}/pay")))).await;
+    assert_eq!(
+        (status, paid["state"].as_str()),
+        (StatusCode::OK, Some("paid"))
+    );
+    let (status, twice) = call(http.post(server.url(&format!("/orders/{order}/pay")))).await;
+    assert_eq!(
+        (status, twice["reason"].as_str()),
+        (StatusCode::CONFLICT, Some("already_paid"))
+    );
+    let (status, none) = call(http.get(server.url("/orders/12345"))).await;
+    assert_eq!(
+        (status, none["reason"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_order"))
+    );
+    let (status, _) = call(http.get(server.url("/orders/007"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (_, held) = buy(&http, &server, "3", json!({"user": 9, "qty": 2, "key": 1})).await;
+    let expiring = held["order"].as_u64().unwrap();
+    let (_, to_cancel) = buy(&http, &server, "3", json!({"user": 10, "qty": 1, "key": 1})).await;
+    let to_cancel = to_cancel["order"].as_u64().unwrap();
+    let (status, cancelled) =
+        call(http.post(server.url(&format!("/orders/{to_cancel}/cancel")))).await;
+    assert_eq!(
+        (status, cancelled["state"].as_str()),
+        (StatusCode::OK, Some("cancelled"))
+    );
+    let (status, late) = call(http.post(server.url(&format!("/orders/{to_cancel}/pay")))).await;
+    assert_eq!(
+        (status, late["reason"].as_str()),
+        (StatusCode::CONFLICT, Some("cancelled"))
+    );
+    // The hold is 150 ms: the order expires unpaid, by the engine's own tick.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, view) = call(http.get(server.url(&format!("/orders/{expiring}")))).await;
+        if view["state"] == "expired" {
+            break;
+        }
+        assert_eq!(view["state"], "held");
+        assert!(Instant::now() < deadline, "the hold never expired: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, expired) = call(http.post(server.url(&format!("/orders/{expiring}/pay")))).await;
+    assert_eq!(
+        (status, expired["reason"].as_str()),
+        (StatusCode::CONFLICT, Some("hold_expired"))
+    );
+
+    // Operators.
+    let (status, no_token) = call(
+        http.post(server.url("/admin/sales/1/restock"))
+            .json(&json!({"units": 2})),
+    )
+    .await;
+    assert_eq!(
+        (status, no_token["reason"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+    );
+    let (status, bad_token) = call(
+        http.post(server.url("/admin/sales/1/restock"))
+            .bearer_auth("tok2")
+            .json(&json!({"units": 2})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{bad_token}");
+    let (status, restocked) =
+        call(admin("/admin/sales/1/restock").json(&json!({"units": 2}))).await;
+    assert_eq!(
+        (
+            status,
+            restocked["available"].as_u64(),
+            restocked["stock"].as_u64()
+        ),
+        (StatusCode::OK, Some(2), Some(5))
+    );
+    let (status, too_many) = call(admin("/admin/sales/1/reduce").json(&json!({"units": 3}))).await;
+    assert_eq!(
+        (
+            status,
+            too_many["reason"].as_str(),
+            too_many["available"].as_u64()
+        ),
+        (StatusCode::CONFLICT, Some("not_enough_available"), Some(2))
+    );
+    let (status, closed) = call(admin("/admin/sales/1/close")).await;
+    assert_eq!(
+        (status, closed["state"].as_str()),
+        (StatusCode::OK, Some("closed"))
+    );
+    let (status, refused) = buy(&http, &server, "1", json!({"user": 11, "qty": 1, "key": 1})).await;
+    assert_eq!(
+        (status, refused["reason"].as_str()),
+        (StatusCode::FORBIDDEN, Some("closed"))
+    );
+    let (status, reopened) = call(admin("/admin/sales/1/reopen")).await;
+    assert_eq!(
+        (status, reopened["state"].as_str()),
+        (StatusCode::OK, Some("open")),
+        "{reopened}"
+    );
+    assert_eq!(
+        buy(&http, &server, "1", json!({"user": 11, "qty": 1, "key": 1}))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, moved) = call(admin("/admin/sales/2/window").json(&json!({"opens": "+0s"}))).await;
+    assert_eq!(
+        (status, moved["state"].as_str()),
+        (StatusCode::OK, Some("open")),
+        "{moved}"
+    );
+    let (status, inverted) =
+        call(admin("/admin/sales/2/window").json(&json!({"opens": "+2h", "closes": "+1h"}))).await;
+    assert_eq!(
+        (status, inverted["reason"].as_str()),
+        (StatusCode::CONFLICT, Some("window_inverted"))
+    );
+    let (status, nonsense) =
+        call(admin("/admin/sales/2/window").json(&json!({"opens": "soon"}))).await;
+    assert_eq!(
+        (status, nonsense["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("opens"))
+    );
+    let (status, _) = call(admin("/admin/sales/2/explode")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Health and metrics.
+    let (status, up) = call(http.get(server.url("/healthz"))).await;
+    assert_eq!(
+        (status, up["status"].as_str()),
+        (StatusCode::OK, Some("up"))
+    );
+    let (status, ready) = call(http.get(server.url("/readyz"))).await;
+    assert_eq!(
+        (status, ready["status"].as_str()),
+        (StatusCode::OK, Some("ready"))
+    );
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"flashsale_http_answers_total{status="409",reason="sold_out"} 1"#,
+        r#"flashsale_http_answers_total{status="404",reason="not_found"} 2"#,
+        r#"flashsale_http_answers_total{status="405",reason="method_not_allowed"} 1"#,
+        r#"flashsale_http_answers_total{status="413",reason="body_too_large"} 1"#,
+        r#"flashsale_http_answers_total{status="400",reason="bad_request"} 13"#,
+        r#"flashsale_sku_available{sku="1"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    let (status, report) = server.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Reads from `stream` until it closes (or `limit` passes, which fails): what came.
+fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> String {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut got = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => got.extend_from_slice(&buffer[..read]),
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(error) => panic!(
+                "the server kept a slow client's connection open: {error}; got {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn slow_clients_time_out_and_cannot_hold_shutdown() {
+    let server = serve(&[
+        "--in-memory",
+        "--header-timeout",
+        "1s",
+        "--body-timeout",
+        "1s",
+        "--shutdown-grace",
+        "2s",
+    ]);
+    // Half the headers, then nothing: closed at the header timeout.
+    let mut partial = TcpStream::connect(&server.addr).unwrap();
+    partial
+        .write_all(b"POST /sales/1/buy HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    read_until_closed(&mut partial, Duration::from_secs(20));
+    // A body shorter than its Content-Length: 408 at the body timeout, then closed.
+    let mut short = TcpStream::connect(&server.addr).unwrap();
+    short
+        .write_all(
+            b"POST /sales/1/buy HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"user\":1",
+        )
+        .unwrap();
+    let answer = read_until_closed(&mut short, Duration::from_secs(20));
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    // An idle keep-alive connection is closed too.
+    let mut idle = TcpStream::connect(&server.addr).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let answer = read_until_closed(&mut idle, Duration::from_secs(20));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // SIGTERM while clients hang on, mid-headers and mid-body: the server exits anyway.
+    let mut hanging = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(&server.addr).unwrap();
+        stream
+            .write_all(b"POST /sales/1/buy HTTP/1.1\r\nHost: x\r\nContent-Le")
+            .unwrap();
+        hanging.push(stream);
+        let mut stream = TcpStream::connect(&server.addr).unwrap();
+        stream
+            .write_all(b"POST /sales/1/buy HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{")
+            .unwrap();
+        hanging.push(stream);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, rest) = server.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{rest}");
+    assert!(
+        rest.contains("confirmed orders"),
+        "the engine's report is printed: {rest}"
+    );
+    drop(hanging);
+}
+
+#[test]
+fn start_up_errors_are_one_line_and_exit_2() {
+    let dir = scratch("startup");
+    let bad = write_catalog(&dir, "[[sku]]\nid = 1\nstok = 5\n");
+    let (code, stderr) = serve_fails(&["--in-memory", "--catalog", &bad]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("sale.toml: line 3: sku[0]: unknown field `stok`"),
+        "{stderr}"
+    );
+    let bad = write_catalog(
+        &dir,
+        "[[sku]]\nid = 1\nstock = 5\n[[sku]]\nid = 2\nstock = 1\nhold = \"soon\"\n",
+    );
+    let (code, stderr) = serve_fails(&["--in-memory", "--catalog", &bad]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("sku[1] (id 2): field `hold`"), "{stderr}");
+    let bad = write_catalog(
+        &dir,
+        "[[sku]]\nid = 1\nstock = 5\n[[sku]]\nid = 1\nstock = 1\n",
+    );
+    let (code, stderr) = serve_fails(&["--in-memory", "--catalog", &bad]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("sku[1] (id 1): field `id`"), "{stderr}");
+    let (code, stderr) = serve_fails(&["--in-memory", "--threads", "0"]);
+    assert_eq!(code, 2, "{stderr}");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = busy.local_addr().unwrap().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args(["serve", "--in-memory", "--addr", &taken])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot listen on") && !stderr.contains("Os {"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_data_directory_of_another_sale_is_refused() {
+    let dir = scratch("mismatch");
+    let data = dir.join("data");
+    let data = data.to_str().unwrap();
+    let catalog = write_catalog(
+        &dir,
+        "[[sku]]\nid = 1\nstock = 5\n[[sku]]\nid = 2\nstock = 5\n",
+    );
+    let server = serve(&["--data", data, "--catalog", &catalog]);
+    server.terminate(Duration::from_secs(30));
+    let other = dir.join("other.toml");
+    std::fs::write(
+        &other,
+        "[[sku]]\nid = 1\nstock = 1\n[[sku]]\nid = 2\nstock = 5\n",
+    )
+    .unwrap();
+    let (code, stderr) = serve_fails(&["--data", data, "--catalog", other.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("catalog fingerprint"), "{stderr}");
+    let (code, stderr) = serve_fails(&["--data", data, "--catalog", &catalog, "--shards", "2"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("shard count"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn token(secret: &str, sub: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        exp: u64,
+    }
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &Claims { sub, exp },
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyers_are_who_their_token_or_proxy_says() {
+    let server = serve(&["--in-memory", "--auth", "jwt", "--jwt-secret", "k1"]);
+    let http = client();
+    let body = json!({"qty": 1, "key": 1});
+    let post = || http.post(server.url("/sales/1/buy"));
+    let (status, none) = call(post().json(&body)).await;
+    assert_eq!(
+        (status, none["reason"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+    );
+    let (status, _) = call(post().bearer_auth(token("other-secret", "5")).json(&body)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = call(post().bearer_auth(token("k1", "five")).json(&body)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, mismatch) = call(
+        post()
+            .bearer_auth(token("k1", "5"))
+            .json(&json!({"user": 6, "qty": 1, "key": 1})),
+    )
+    .await;
+    assert_eq!(
+        (status, mismatch["reason"].as_str()),
+        (StatusCode::FORBIDDEN, Some("buyer_mismatch"))
+    );
+    let (status, bought) = call(post().bearer_auth(token("k1", "5")).json(&body)).await;
+    assert_eq!((status, bought["user"].as_u64()), (StatusCode::OK, Some(5)));
+    let order = bought["order"].as_u64().unwrap();
+    let (status, theirs) = call(
+        http.get(server.url(&format!("/orders/{order}")))
+            .bearer_auth(token("k1", "6")),
+    )
+    .await;
+    assert_eq!(
+        (status, theirs["reason"].as_str()),
+        (StatusCode::FORBIDDEN, Some("not_your_order"))
+    );
+    let (status, _) = call(
+        http.post(server.url(&format!("/orders/{order}/cancel")))
+            .bearer_auth(token("k1", "6")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, mine) = call(
+        http.post(server.url(&format!("/orders/{order}/pay")))
+            .bearer_auth(token("k1", "5")),
+    )
+    .await;
+    assert_eq!(
+        (status, mine["state"].as_str()),
+        (StatusCode::OK, Some("paid"))
+    );
+    let (status, _) = call(
+        http.get(server.url("/orders/events"))
+            .bearer_auth(token("k1", "5")),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the feed is the operator's"
+    );
+    let (status, off) = call(http.post(server.url("/admin/sales/1/close"))).await;
+    assert_eq!(
+        (status, off["reason"].as_str()),
+        (StatusCode::FORBIDDEN, Some("admin_disabled"))
+    );
+    server.terminate(Duration::from_secs(30));
+
+    let server = serve(&[
+        "--in-memory",
+        "--auth",
+        "header",
+        "--rate-per-buyer",
+        "1",
+        "--burst-per-buyer",
+        "2",
+    ]);
+    let (status, _) = call(http.post(server.url("/sales/1/buy")).json(&body)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = call(
+        http.post(server.url("/sales/1/buy"))
+            .header("x-buyer-id", "+5")
+            .json(&body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let as_five = |key: u64| {
+        http.post(server.url("/sales/1/buy"))
+            .header("x-buyer-id", "5")
+            .json(&json!({"qty": 1, "key": key}))
+    };
+    assert_eq!(call(as_five(1)).await.0, StatusCode::OK);
+    assert_eq!(call(as_five(2)).await.0, StatusCode::OK);
+    let response = as_five(3).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key("retry-after"));
+    let limited: Value = response.json().await.unwrap();
+    assert_eq!(limited["reason"], "rate_limited");
+    server.terminate(Duration::from_secs(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_feed_resumes_across_a_restart() {
+    let dir = scratch("feed");
+    let data = dir.join("data");
+    let data = data.to_str().unwrap();
+    let catalog = write_catalog(&dir, "[[sku]]\nid = 1\nstock = 100\nlimit = 1\n");
+    let args = [
+        "--data",
+        data,
+        "--no-sync",
+        "--catalog",
+        &catalog,
+        "--admin-token",
+        "tok",
+    ];
+    let server = serve(&args);
+    let http = client();
+    let mut orders = Vec::new();
+    for user in 1..=5 {
+        let (status, bought) = buy(
+            &http,
+            &server,
+            "1",
+            json!({"user": user, "qty": 1, "key": 1}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        orders.push(bought["order"].as_u64().unwrap());
+    }
+    let admin = |path: String| http.post(server.url(&path)).bearer_auth("tok");
+    assert_eq!(
+        call(admin(format!("/orders/{}/pay", orders[0]))).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(admin(format!("/orders/{}/cancel", orders[1]))).await.0,
+        StatusCode::OK
+    );
+    let feed = |after: &str| {
+        http.get(server.url(&format!("/orders/events?limit=3&wait_ms=0{after}")))
+            .bearer_auth("tok")
+    };
+    let (status, page) = call(feed("")).await;
+    assert_eq!(status, StatusCode::OK);
+    let kinds = |page: &Value| {
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|event| event["kind"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kinds(&page), ["confirmed"; 3]);
+    let cursor = page["cursor"].as_str().unwrap().to_owned();
+    assert_eq!(cursor, "3");
+    let (status, bad) = call(feed("&after=03")).await;
+    assert_eq!(
+        (status, bad["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("after"))
+    );
+    let (status, _) = call(feed("&after=99")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a cursor past the end");
+    let (status, _) = call(
+        http.get(server.url("/orders/events?after=0&colour=red"))
+            .bearer_auth("tok"),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "unknown parameters are refused"
+    );
+    server.terminate(Duration::from_secs(30));
+
+    let server = serve(&args);
+    let feed = |after: &str| {
+        http.get(server.url(&format!("/orders/events?limit=100&wait_ms=0&after={after}")))
+            .bearer_auth("tok")
+    };
+    let (status, rest) = call(feed(&cursor)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        kinds(&rest),
+        ["confirmed", "confirmed", "paid", "cancelled"],
+        "{rest}"
+    );
+    let events = rest["events"].as_array().unwrap();
+    assert_eq!(
+        (events[2]["order"].as_u64(), events[3]["order"].as_u64()),
+        (Some(orders[0]), Some(orders[1]))
+    );
+    let end = rest["cursor"].as_str().unwrap().to_owned();
+    assert_eq!(end, "7");
+    // A long poll at the end waits for the next event.
+    let waiting = {
+        let http = http.clone();
+        let url = server.url(&format!("/orders/events?wait_ms=20000&after={end}"));
+        tokio::spawn(async move { call(http.get(url).bearer_auth("tok")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        buy(&http, &server, "1", json!({"user": 9, "qty": 1, "key": 1}))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, next) = waiting.await.unwrap();
+    assert_eq!(
+        (status, kinds(&next)),
+        (StatusCode::OK, vec!["confirmed".to_owned()])
+    );
+    assert_eq!(next["events"][0]["user"], 9);
+    assert_eq!(next["cursor"], "8");
+    server.terminate(Duration::from_secs(30));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_under_load_loses_no_answered_order() {
+    let dir = scratch("crash");
+    let data = dir.join("data");
+    let data = data.to_str().unwrap();
+    const STOCK: u64 = 300;
+    let catalog = write_catalog(
+        &dir,
+        &format!("[[sku]]\nid = 1\nstock = {STOCK}\nlimit = 1\n"),
+    );
+    let args = [
+        "--data",
+        data,
+        "--catalog",
+        &catalog,
+        "--admin-token",
+        "tok",
+        "--rate-per-buyer",
+        "1000",
+    ];
+    let http = client();
+    let mut answered: Vec<(u64, u64)> = Vec::new();
+    let mut user = 0u64;
+    for _cycle in 0..3 {
+        let server = serve(&args);
+        let base = server.base.clone();
+        // 16 buyers at a time until 60 orders were answered, then SIGKILL mid-flight.
+        let (send, mut confirmed) = tokio::sync::mpsc::unbounded_channel();
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let http = http.clone();
+            let base = base.clone();
+            let send = send.clone();
+            let first = user;
+            user += 10_000;
+            tasks.push(tokio::spawn(async move {
+                for user in first..first + 10_000 {
+                    let sent = http
+                        .post(format!("{base}/sales/1/buy"))
+                        .json(&json!({"user": user, "qty": 1, "key": 1}))
+                        .send()
+                        .await;
+                    let Ok(response) = sent else { return };
+                    if response.status() == StatusCode::OK {
+                        let Ok(body) = response.json::<Value>().await else {
+                            return;
+                        };
+                        let _ = send.send((body["order"].as_u64().unwrap(), user));
+                    }
+                }
+            }));
+        }
+        drop(send);
+        let mut this_cycle = 0;
+        while this_cycle < 60 {
+            match tokio::time::timeout(Duration::from_secs(30), confirmed.recv()).await {
+                Ok(Some(order)) => {
+                    answered.push(order);
+                    this_cycle += 1;
+                }
+                _ => break,
+            }
+        }
+        server.kill();
+        for task in tasks {
+            let _ = task.await;
+        }
+        while let Ok(order) = confirmed.try_recv() {
+            answered.push(order);
+        }
+    }
+    assert!(
+        answered.len() >= 60,
+        "the load ran: {} orders",
+        answered.len()
+    );
+    let server = serve(&args);
+    for &(order, user) in &answered {
+        let (status, view) = call(http.get(server.url(&format!("/orders/{order}")))).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "order {order} was answered 200 and is gone: {view}"
+        );
+        assert_eq!(view["user"].as_u64(), Some(user), "{view}");
+    }
+    let (_, sale) = call(http.get(server.url("/sales/1"))).await;
+    let held = sale["held"].as_u64().unwrap();
+    let available = sale["available"].as_u64().unwrap();
+    assert_eq!(held + available, STOCK, "never oversold: {sale}");
+    assert!(held >= answered.len() as u64, "{sale}");
+    let (_, feed) = call(
+        http.get(server.url("/orders/events?limit=10000&wait_ms=0"))
+            .bearer_auth("tok"),
+    )
+    .await;
+    assert_eq!(
+        feed["events"].as_array().unwrap().len() as u64,
+        held,
+        "one confirmed event per order"
+    );
+    server.terminate(Duration::from_secs(30));
+    let _ = std::fs::remove_dir_all(&dir);
+}
