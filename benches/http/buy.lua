@@ -1,4 +1,4 @@
--- wrk script for the example shop server: every request is a buy of SKU 1 by a random
+-- wrk script for `flashsale serve`: every request is a buy of SKU 1 by a random
 -- buyer (1..BUYERS, default 10,000,000) with a fresh idempotency key, so the engine sees
 -- a crowd of distinct buyers, some pressing more than once.
 --   wrk -s benches/http/buy.lua http://127.0.0.1:8080

@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# HTTP load test: the example shop server (examples/shop_server) driven by wrk.
+# HTTP load test: `flashsale serve` driven by wrk, with the journal on and off, and the
+# HTTP-only baseline in the same run.
 #
 #   bash benches/http/load.sh
 #   DURATION=5 CONNECTIONS=128 SERVER_THREADS=2 bash benches/http/load.sh
 #
-# Installs Debian's wrk if it is missing (apt-get; needs root or sudo), builds the server,
-# then runs three scenarios, each on a fresh server bound to 127.0.0.1 on a free port, for
+# Installs Debian's wrk if it is missing (apt-get; needs root or sudo), builds the binary,
+# then runs four scenarios, each on a fresh server bound to 127.0.0.1 on a free port, for
 # DURATION seconds (default 10), stopping the server after each (also on failure or
 # Ctrl-C):
-#   selling   POST /sales/1/buy, stock for every request: each buy goes to the shard.
-#   sold-out  POST /sales/1/buy, 1,000 units: sold out at once; then the sold-out gate
-#             answers 409 without queueing.
-#   http-only GET /sales/1 (reads the SKU's published stock; no engine round trip): the cost
-#             of HTTP and JSON alone, the baseline for the two above.
-# For each it prints wrk's requests/s and latency percentiles (the whole HTTP round trip)
-# next to the server's own figure for the engine's part of each buy (submit to outcome,
-# from GET /metrics), and the answers by status, then checks the run (see `check`): any
-# failed check, or a wrk that cannot be installed, exits 1.
+#   http-only  GET /healthz: the cost of HTTP and JSON alone, the baseline for the others.
+#   selling    POST /sales/1/buy, stock for every request, in memory (--in-memory).
+#   journaled  the same with the journal on (a data directory, each group commit synced).
+#   sold-out   POST /sales/1/buy, 1,000 units, in memory: sold out at once; then the
+#              sold-out gate answers 409 without queueing.
+# For each it prints wrk's requests/s (and its ratio to http-only) and latency percentiles
+# (the whole HTTP round trip) next to the server's own figure for the engine's part of
+# each buy (submit to outcome, from GET /metrics), and the answers by status, then checks
+# the run (see `check`): any failed check, or a wrk that cannot be installed, exits 1.
+# Buyers are random among 10 million, so the per-buyer rate limit is set out of the way.
 #
 # wrk and the server share this machine's cores: with 2 vCPUs, wrk's thread, the runtime
 # threads, the client pump and the shard thread oversubscribe them; the figures say so.
@@ -41,8 +43,8 @@ if ! command -v wrk >/dev/null; then
     fi
 fi
 
-cargo build --release --quiet --example shop_server
-server_bin="target/release/examples/shop_server"
+cargo build --release --quiet --bin flashsale
+server_bin="target/release/flashsale"
 
 port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -61,16 +63,24 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# start_server STOCK: starts a server on a free port; sets $pid and $port.
+# start_server STOCK MODE: starts a server (MODE: memory or journal) selling STOCK units of
+# SKU 1 on a free port; sets $pid and $port.
 start_server() {
+    printf '[[sku]]\nid = 1\nproduct = "Load"\nstock = %s\n' "$1" >"$dir/sale.toml"
+    local storage=(--in-memory)
+    if [ "$2" = journal ]; then
+        rm -rf "$dir/data"
+        storage=(--data "$dir/data")
+    fi
     for _ in $(seq 1 20); do
         port=$((20000 + RANDOM % 20000))
         port_is_free "$port" || continue
-        "$server_bin" --addr "127.0.0.1:$port" --stock "$1" --threads "$SERVER_THREADS" \
-            2>"$dir/server.log" &
+        "$server_bin" serve --addr "127.0.0.1:$port" --catalog "$dir/sale.toml" "${storage[@]}" \
+            --threads "$SERVER_THREADS" --rate-per-buyer 1000000 --burst-per-buyer 1000000 \
+            --max-connections 100000 2>"$dir/server.log" &
         pid=$!
         for _ in $(seq 1 100); do
-            if curl -sf "http://127.0.0.1:$port/sales/1" >/dev/null 2>&1; then
+            if curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then
                 return 0
             fi
             kill -0 "$pid" 2>/dev/null || break
@@ -78,7 +88,7 @@ start_server() {
         done
         stop_server
     done
-    echo "load.sh: could not start the shop server on a free port" >&2
+    echo "load.sh: could not start flashsale serve on a free port" >&2
     cat "$dir/server.log" >&2
     exit 1
 }
@@ -94,9 +104,17 @@ engine_percentiles() {
 # Answers by status, from the server's metrics.
 answers() {
     awk -F'[{}" ,]+' '
-        /^flashsale_http_buy_answers_total\{/ { n[$3] += $NF }
+        /^flashsale_http_answers_total\{/ && $5 != "ok" { n[$3] += $NF }
         END { for (s in n) if (n[s] > 0) printf "%s: %d  ", s, n[s] }
     ' "$1"
+}
+
+# Buy answers (every answer but "ok") and 5xx answers in a metrics page.
+buy_answers() {
+    awk -F'[{}" ,=]+' '/^flashsale_http_answers_total\{/ && $5 != "ok" { n += $NF } END { print n + 0 }' "$1"
+}
+server_errors() {
+    awk -F'[{}" ,=]+' '/^flashsale_http_answers_total\{/ && $3 ~ /^5/ { n += $NF } END { print n + 0 }' "$1"
 }
 
 # check NAME STOCK: asserts what a scenario must show, from wrk's output and the server's
@@ -117,12 +135,14 @@ check() {
         printf '           checked: %s requests, all 2xx\n' "$requests"
         return
     fi
-    answered=$(awk -F'[{}" ,=]+' '/^flashsale_http_buy_answers_total\{/ { n += $NF } END { print n + 0 }' "$dir/metrics.txt")
-    server_errors=$(awk -F'[{}" ,=]+' '/^flashsale_http_buy_answers_total\{/ && $3 ~ /^5/ { n += $NF } END { print n + 0 }' "$dir/metrics.txt")
+    # Answers during the run: the counts after it less those before (the readiness polls).
+    answered=$(( $(buy_answers "$dir/metrics.txt") - $(buy_answers "$dir/before.txt") ))
+    server_errors=$(( $(server_errors "$dir/metrics.txt") - $(server_errors "$dir/before.txt") ))
     confirmed=$(awk '/^flashsale_confirmed_orders_total / { print $2 }' "$dir/metrics.txt")
     available=$(awk -F'[{}" =]+' '/^flashsale_sku_available\{sku="1"\}/ { print $NF }' "$dir/metrics.txt")
     [ "$answered" -ge "$requests" ] || fail "the server answered $answered of $requests requests"
-    [ "$server_errors" -eq 0 ] || fail "$server_errors answers with a 5xx status"
+    [ "$server_errors" -eq 0 ] ||
+        fail "$server_errors answers with a 5xx status: $(grep -E '^flashsale_http_answers_total\{status="5' "$dir/metrics.txt" | grep -v ' 0$' | paste -sd ' ' -) (before the run: $(server_errors "$dir/before.txt"))"
     [ "${confirmed:-0}" -gt 0 ] || fail "no order confirmed"
     [ "$confirmed" -le "$stock" ] || fail "oversold: $confirmed orders of 1 unit for $stock units"
     if [ "${available:-1}" -eq 0 ] && [ "$confirmed" -ne "$stock" ]; then
@@ -133,23 +153,30 @@ check() {
         "$([ "${available:-1}" -eq 0 ] && echo ', sold out exactly')"
 }
 
-# scenario NAME STOCK PATH [wrk args...]
+# scenario NAME STOCK MODE PATH [wrk args...]
+baseline=""
 scenario() {
-    local name="$1" stock="$2" path="$3"
-    shift 3
-    start_server "$stock"
+    local name="$1" stock="$2" mode="$3" path="$4"
+    shift 4
+    start_server "$stock" "$mode"
+    timeout 10 curl -sf "http://127.0.0.1:$port/metrics" >"$dir/before.txt"
     timeout $((DURATION + 30)) wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
         "$@" "http://127.0.0.1:$port$path" >"$dir/wrk.txt"
     timeout 10 curl -sf "http://127.0.0.1:$port/metrics" >"$dir/metrics.txt"
     stop_server
-    local rps p50 p90 p99 errors
+    local rps p50 p90 p99 errors ratio=""
     rps=$(awk '/^Requests\/sec:/ { print $2 }' "$dir/wrk.txt")
     p50=$(awk '$1 == "50%" { print $2 }' "$dir/wrk.txt")
     p90=$(awk '$1 == "90%" { print $2 }' "$dir/wrk.txt")
     p99=$(awk '$1 == "99%" { print $2 }' "$dir/wrk.txt")
     errors=$(awk '/Socket errors|Non-2xx/ { $1 = $1; print }' "$dir/wrk.txt" | paste -sd ';' -)
-    printf '\n%-9s  HTTP %10s req/s   round trip p50 %s | p90 %s | p99 %s\n' \
-        "$name" "$rps" "$p50" "$p90" "$p99"
+    if [ "$name" = "http-only" ]; then
+        baseline="$rps"
+    elif [ -n "$baseline" ]; then
+        ratio=$(awk -v a="$rps" -v b="$baseline" 'BEGIN { printf " (%.2f of http-only)", a / b }')
+    fi
+    printf '\n%-10s HTTP %10s req/s%s   round trip p50 %s | p90 %s | p99 %s\n' \
+        "$name" "$rps" "$ratio" "$p50" "$p90" "$p99"
     if [ "$name" != "http-only" ]; then
         printf '           engine part of each buy (server-side): %s\n' \
             "$(engine_percentiles "$dir/metrics.txt")"
@@ -165,6 +192,7 @@ scenario() {
 
 echo "load.sh: wrk $WRK_THREADS thread(s), $CONNECTIONS connections, ${DURATION} s per scenario;" \
     "server: $SERVER_THREADS runtime thread(s) + client pump + 1 shard thread; $(nproc) CPUs"
-scenario selling 1000000000 "" -s benches/http/buy.lua
-scenario sold-out 1000 "" -s benches/http/buy.lua
-scenario http-only 1000 /sales/1
+scenario http-only 1000 memory /healthz
+scenario selling 1000000000 memory "" -s benches/http/buy.lua
+scenario journaled 1000000000 journal "" -s benches/http/buy.lua
+scenario sold-out 1000 memory "" -s benches/http/buy.lua

@@ -14,7 +14,7 @@ use core::fmt;
 use super::lane::{ControlRequest, ReplySlot};
 use super::shared::EngineShared;
 use crate::catalog::SaleWindow;
-use crate::core::{Command, LiveSale, OrderView, ShardCore};
+use crate::core::{Command, LiveSale, OrderView, PoolLevels, ShardCore};
 use crate::sync::Arc;
 use crate::sync::atomic::Ordering;
 use crate::types::{ControlError, OrderId, ShardId, SkuId};
@@ -159,6 +159,19 @@ impl Control {
         let catalog = &self.shared.catalog;
         sales.sort_by_key(|sale| catalog.index_of(sale.levels.id));
         Ok(sales)
+    }
+
+    /// Every pool (opening draws, one-each-first rounds): its product, when it is served,
+    /// whether it was, and the buyers in it (one question to each shard).
+    ///
+    /// # Errors
+    /// The engine's state (the first shard that failed or stopped).
+    pub fn pools(&self) -> Result<Vec<PoolLevels>, ControlError> {
+        let mut pools = Vec::new();
+        for shard in 0..self.shared.shards.len() {
+            pools.extend(self.query(shard, |core| core.pools().collect::<Vec<_>>())?);
+        }
+        Ok(pools)
     }
 
     /// Asks shard `shard` a read-only question and waits for the answer.

@@ -92,7 +92,7 @@ pub fn is_operator(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// Equal, in a time that depends on the lengths only.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

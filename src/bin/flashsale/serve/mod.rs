@@ -9,12 +9,14 @@
 //! | `routes.rs` | the routes |
 //! | `catalog_file.rs` | the TOML catalog |
 //! | `feed.rs` | the order event feed |
+//! | `dashboard.rs`, `page.html` | the operator's live page and its event stream |
 //! | `auth.rs` | operators and buyers |
 //! | `answer.rs` | error answers, their reasons, and their counts |
 
 mod answer;
 mod auth;
 pub mod catalog_file;
+mod dashboard;
 mod feed;
 mod metrics;
 mod routes;

@@ -1,0 +1,177 @@
+//! The operator's live page: `GET /` serves one HTML page (no build step, no CDN: it is in
+//! the binary), which follows the sale through `GET /events`, a server-sent event stream
+//! of snapshots twice a second: units left per SKU, answers by reason (the page turns them
+//! into rates), waitlists and pools, the engine's latency percentiles, the countdown to
+//! each opening. With an operator token, `/events` needs it as `?token=` (an EventSource
+//! cannot send headers); the page takes it from its address's `#token=` fragment, which
+//! browsers do not send to the server.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::Server;
+use super::answer::fail;
+
+/// The page.
+const PAGE: &str = include_str!("page.html");
+
+/// How often a snapshot goes out.
+const EVERY: Duration = Duration::from_millis(500);
+
+/// `GET /`.
+pub async fn page(State(server): State<Arc<Server>>) -> Response {
+    server.counts.count(200, "ok");
+    Html(PAGE).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsParams {
+    token: Option<String>,
+    /// Snapshots to send before the stream ends (default: until the client goes). A
+    /// headless browser that must finish loading the page uses it.
+    limit: Option<u64>,
+}
+
+/// `GET /events`: a snapshot now and every half second, until the client goes or the
+/// server stops.
+pub async fn events(
+    State(server): State<Arc<Server>>,
+    params: Result<Query<EventsParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let (given, limit) = match params {
+        Ok(Query(params)) => (params.token, params.limit.unwrap_or(u64::MAX)),
+        Err(_) => (None, u64::MAX),
+    };
+    if let Some(token) = &server.admin_token {
+        if !given
+            .is_some_and(|given| super::auth::constant_time_eq(given.as_bytes(), token.as_bytes()))
+        {
+            return fail(
+                &server.counts,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                json!({ "error": "the live page needs the operator token: open /#token=..." }),
+            );
+        }
+    }
+    server.counts.count(200, "ok");
+    let stopping = server.stopping.clone();
+    let stream = futures_util::stream::unfold((server, 0u64), move |(server, sent)| {
+        let stopping = stopping.clone();
+        async move {
+            if sent == limit {
+                return None;
+            }
+            if sent > 0 {
+                tokio::select! {
+                    () = tokio::time::sleep(EVERY) => {}
+                    () = super::until_stopping(stopping) => return None,
+                }
+            }
+            if *server.stopping.borrow() {
+                return None;
+            }
+            let snapshot = snapshot(&server).await;
+            let mut event = Event::default()
+                .event("snapshot")
+                .data(snapshot.to_string());
+            if sent + 1 == limit {
+                // The last one: the browser should not reconnect soon.
+                event = event.retry(Duration::from_secs(3600));
+            }
+            Some((Ok::<_, Infallible>(event), (server, sent + 1)))
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// The sale now, as the page shows it.
+pub async fn snapshot(server: &Arc<Server>) -> Value {
+    let mut answers = Map::new();
+    for (status, reason, count) in server.counts.all() {
+        if status != 200 || reason == "confirmed" {
+            answers.insert(reason.to_owned(), json!(count));
+        }
+    }
+    let latency = {
+        let latency = server.latency.lock();
+        let us = |quantile: f64| latency.value_at_quantile(quantile) as f64 / 1e3;
+        json!({
+            "p50": us(0.5), "p90": us(0.9), "p99": us(0.99), "p999": us(0.999),
+            "max": latency.max() as f64 / 1e3, "count": latency.len(),
+        })
+    };
+    let Some(running) = server.running.get() else {
+        return json!({ "state": "recovering", "answers": answers, "latency": latency });
+    };
+    let control = running.engine.control();
+    let now_ns = running.engine.now_ns();
+    let asked = tokio::task::spawn_blocking(move || {
+        Ok::<_, flashsale::ControlError>((control.sales()?, control.pools()?))
+    })
+    .await
+    .unwrap_or(Err(flashsale::ControlError::ShutDown));
+    let (sales, pools) = match asked {
+        Ok(asked) => asked,
+        Err(error) => {
+            return json!({ "state": super::answer::control_error(error).1, "answers": answers, "latency": latency });
+        }
+    };
+    let ms = |ns: u64| ns / 1_000_000;
+    let skus: Vec<Value> = sales
+        .iter()
+        .map(|sale| {
+            let levels = &sale.levels;
+            let spec = server.catalog.sku(levels.id);
+            json!({
+                "sku": levels.id.0,
+                "product": spec.map(|spec| spec.product.as_str()),
+                "variant": spec.map(|spec| spec.variant.as_str()),
+                "policy": spec.map(|spec| server.catalog.policy_of(spec).name()),
+                "state": sale.state(now_ns),
+                "stock": levels.stock,
+                "available": levels.available,
+                "held": levels.held,
+                "sold": levels.sold,
+                "waiting": levels.waiting,
+                "opens_in_ms": ms(sale.window.opens_at_ns.saturating_sub(now_ns)),
+                "closes_in_ms": (sale.window.closes_at_ns != u64::MAX).then(|| ms(sale.window.closes_at_ns.saturating_sub(now_ns))),
+            })
+        })
+        .collect();
+    let pools: Vec<Value> = pools
+        .iter()
+        .map(|pool| {
+            json!({
+                "sku": pool.first_sku.0,
+                "policy": pool.policy.name(),
+                "buyers": pool.tickets,
+                "served": pool.served,
+                "serve_in_ms": ms(pool.serve_at_ns.saturating_sub(now_ns)),
+            })
+        })
+        .collect();
+    let live = running.engine.live();
+    json!({
+        "state": "ready",
+        "now": super::catalog_file::wall_time(server.epoch, now_ns),
+        "at_ms": now_ns as f64 / 1e6,
+        "skus": skus,
+        "pools": pools,
+        "answers": answers,
+        "confirmed": live.confirmed_orders,
+        "latency": latency,
+        "events": running.feed.lengths().iter().sum::<usize>(),
+    })
+}
