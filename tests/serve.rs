@@ -687,8 +687,14 @@ async fn buyers_are_who_their_token_or_proxy_says() {
     .await;
     assert_eq!(
         status,
-        StatusCode::UNAUTHORIZED,
-        "the feed is the operator's"
+        StatusCode::FORBIDDEN,
+        "the feed is the operator's, and there is none"
+    );
+    let (status, _) = call(http.get(server.url("/events"))).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "so is the live page's stream"
     );
     let (status, off) = call(http.post(server.url("/admin/sales/1/close"))).await;
     assert_eq!(
@@ -948,6 +954,102 @@ async fn a_sigkill_under_load_loses_no_answered_order() {
         held,
         "one confirmed event per order"
     );
+    server.terminate(Duration::from_secs(30));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_buyers_and_an_opening_draw_get_their_answers() {
+    let dir = scratch("waiting");
+    let catalog = write_catalog(
+        &dir,
+        r#"
+[[sku]]
+id = 1
+stock = 1
+limit = 1
+waitlist = 5
+
+[[sku]]
+id = 2
+stock = 3
+limit = 1
+policy = "opening-draw"
+window = "3s"
+seed = 9
+"#,
+    );
+    let server = serve(&["--in-memory", "--catalog", &catalog]);
+    let http = client();
+    let (status, first) = buy(&http, &server, "1", json!({"user": 1, "qty": 1, "key": 1})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, sold) = buy(&http, &server, "1", json!({"user": 2, "qty": 1, "key": 1})).await;
+    assert_eq!(
+        (status, sold["reason"].as_str()),
+        (StatusCode::CONFLICT, Some("sold_out"))
+    );
+    // Buyer 2 waits for a unit; the first order's cancellation gives it one.
+    let waiting = {
+        let http = http.clone();
+        let url = server.url("/sales/1/buy");
+        tokio::spawn(async move {
+            call(
+                http.post(url)
+                    .json(&json!({"user": 2, "qty": 1, "key": 2, "wait": true})),
+            )
+            .await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, sale) = call(http.get(server.url("/sales/1"))).await;
+        if sale["waiting"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the buyer never joined the waitlist: {sale}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let order = first["order"].as_u64().unwrap();
+    assert_eq!(
+        call(http.post(server.url(&format!("/orders/{order}/cancel"))))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, filled) = waiting.await.unwrap();
+    assert_eq!(
+        (status, filled["user"].as_u64()),
+        (StatusCode::OK, Some(2)),
+        "{filled}"
+    );
+
+    // Six buyers press inside the draw's window; three win, three are told sold out.
+    let presses: Vec<_> = (10..16)
+        .map(|user| {
+            let http = http.clone();
+            let url = server.url("/sales/2/buy");
+            tokio::spawn(async move {
+                call(
+                    http.post(url)
+                        .json(&json!({"user": user, "qty": 1, "key": 1})),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for press in presses {
+        let (status, answer) = press.await.unwrap();
+        match status {
+            StatusCode::OK => won += 1,
+            StatusCode::CONFLICT => assert_eq!(answer["reason"], "sold_out", "{answer}"),
+            other => panic!("{other}: {answer}"),
+        }
+    }
+    assert_eq!(won, 3, "the draw sells exactly the stock");
     server.terminate(Duration::from_secs(30));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -51,7 +51,16 @@ pub async fn events(
         Ok(Query(params)) => (params.token, params.limit.unwrap_or(u64::MAX)),
         Err(_) => (None, u64::MAX),
     };
-    if let Some(token) = &server.admin_token {
+    let open = matches!(server.buyers, super::auth::Buyers::Demo) && server.admin_token.is_none();
+    if !open {
+        let Some(token) = &server.admin_token else {
+            return fail(
+                &server.counts,
+                StatusCode::FORBIDDEN,
+                "admin_disabled",
+                json!({ "error": "buyers are authenticated: the live page needs --admin-token" }),
+            );
+        };
         if !given
             .is_some_and(|given| super::auth::constant_time_eq(given.as_bytes(), token.as_bytes()))
         {

@@ -541,6 +541,14 @@ async fn events(
         Err(response) => return response,
     };
     let open = matches!(server.buyers, Buyers::Demo) && server.admin_token.is_none();
+    if !open && server.admin_token.is_none() {
+        return fail(
+            &server.counts,
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            json!({ "error": "buyers are authenticated: the event feed needs --admin-token" }),
+        );
+    }
     if !open && !is_operator(&server, &headers) {
         return fail(
             &server.counts,
