@@ -621,6 +621,53 @@ impl JournalWriter {
         self.next_sequence += 1;
     }
 
+    /// Bytes in the file (written, not necessarily synced), and bytes known to be on the
+    /// disk, for a caller that encodes records itself (see
+    /// [`commit_encoded`](Self::commit_encoded)).
+    pub fn lengths(&self) -> (u64, u64) {
+        (self.written_len, self.synced_len)
+    }
+
+    /// Writes records encoded elsewhere (with [`encode`], the sequence numbers following
+    /// [`next_sequence`](Self::next_sequence), and each record's unsynced count no smaller
+    /// than the bytes before it not known to be synced), `records` of them, and syncs if
+    /// asked: a commit whose encoding was done on another thread. Nothing may be buffered
+    /// by [`append`](Self::append) meanwhile.
+    ///
+    /// # Errors
+    /// As [`commit`](Self::commit).
+    pub fn commit_encoded(
+        &mut self,
+        bytes: &[u8],
+        records: u64,
+        sync: bool,
+    ) -> Result<(), JournalError> {
+        debug_assert!(
+            self.buffer.is_empty(),
+            "records appended and encoded at once"
+        );
+        if self.failed {
+            return Err(JournalError::Failed {
+                path: self.path.clone(),
+            });
+        }
+        let io = |source| JournalError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let written = self.file.append(bytes).map_err(io).and_then(|()| {
+            self.written_len += bytes.len() as u64;
+            self.next_sequence += records;
+            if sync {
+                self.file.sync().map_err(io)?;
+                self.synced_len = self.written_len;
+            }
+            Ok(())
+        });
+        self.failed = written.is_err();
+        written
+    }
+
     /// Bytes buffered since the last commit.
     pub fn pending_bytes(&self) -> usize {
         self.buffer.len()

@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 mod common;
 
@@ -466,6 +466,92 @@ fn outputs_are_released_only_after_the_journal_is_synced() {
     assert_eq!(payer.join().unwrap(), Ok(()));
     gate.open_for_good();
     engine.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The shard decides the next group while the previous one is being synced (by its
+/// journal thread), and still releases nothing of either before its own sync: with the
+/// first group's sync held, later buys are decided (the live counts move) but none of
+/// their outcomes arrive; releasing the first sync releases the first group only, and
+/// the second group's outcomes wait for the second sync. A shard that synced on its own
+/// thread decides nothing while a sync is held, and fails the first check.
+#[test]
+fn the_shard_decides_the_next_group_while_the_previous_is_synced() {
+    let dir = scratch("overlap");
+    let gate = SyncGate::open();
+    let config = JournalConfig {
+        storage: Arc::new(GatedStorage(gate.clone())),
+        group_delay: Duration::ZERO,
+        ..JournalConfig::durable(&dir)
+    };
+    let engine = Engine::builder(
+        Catalog::builder()
+            .sku(SkuSpec::new(SkuId(1), 100).limit(1))
+            .build()
+            .unwrap(),
+    )
+    .journal(config)
+    .sold_out_gate(false)
+    .start()
+    .unwrap();
+    let _open_on_drop = OpenOnDrop(gate.clone());
+    gate.close();
+    let mut producer = engine.producer();
+    let Submitted::Queued(_) = producer.submit(intent(0, 0, 1, 1)).unwrap() else {
+        panic!("the gate is off: every buy is queued");
+    };
+    gate.await_blocked_sync();
+    for user in 1..=5 {
+        let Submitted::Queued(_) = producer.submit(intent(user, 0, 1, 1)).unwrap() else {
+            panic!("queued");
+        };
+    }
+    let start = Instant::now();
+    while engine.live().decided_by_shards < 6 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the shard decided {} buys while a sync was held",
+            engine.live().decided_by_shards
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(producer.poll(|_| {}), 0, "released before its sync");
+    gate.allow_one();
+    // The first group's outcome arrives; the other five wait for the second sync.
+    let mut first = Vec::new();
+    while first.is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the first group never came"
+        );
+        producer.poll(|completion| first.push(completion));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(
+        first.len(),
+        1,
+        "only the synced group is released: {first:?}"
+    );
+    gate.await_blocked_sync();
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(
+        producer.poll(|_| {}),
+        0,
+        "the second group released before its sync"
+    );
+    gate.allow_one();
+    let mut rest = 0;
+    while rest < 5 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the second group never came"
+        );
+        rest += producer.poll(|_| {});
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    gate.open_for_good();
+    let report = engine.shutdown();
+    assert_eq!(report.confirmed_orders, 6);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -194,7 +194,10 @@ impl Control {
                 return Err(ControlError::ShutDown);
             }
             registry.queries.push(Box::new(move |core| {
-                let _ = answer.send(core.map(question));
+                let seen = question(core);
+                Box::new(move |durable: bool| {
+                    let _ = answer.send(durable.then_some(seen));
+                })
             }));
             shard.registry_generation.fetch_add(1, Ordering::Release);
         }

@@ -6,8 +6,9 @@
 
 use super::error::EngineError;
 use super::gate::SoldOutGate;
+use super::journal_thread::Pipe;
 use super::lane::{DeferredQueue, Reply, ReplySlot};
-use super::shared::Query;
+use super::shared::Answer;
 use crate::catalog::{Catalog, Placement};
 use crate::core::{Command, OrderEvent, ShardCore};
 use crate::journal::JournalWriter;
@@ -325,8 +326,8 @@ pub(crate) struct Outbox {
     pub(crate) replies: Vec<(Arc<ReplySlot>, Result<(), ControlError>)>,
     pub(crate) orders: Vec<Order>,
     pub(crate) events: Vec<OrderEvent>,
-    /// Read-only questions, answered once what came before them is durable.
-    pub(crate) queries: Vec<Query>,
+    /// Answers to read-only questions, delivered once what came before them is durable.
+    pub(crate) answers: Vec<Answer>,
 }
 
 impl Outbox {
@@ -336,7 +337,17 @@ impl Outbox {
             && self.replies.is_empty()
             && self.orders.is_empty()
             && self.events.is_empty()
-            && self.queries.is_empty()
+            && self.answers.is_empty()
+    }
+
+    /// Appends `later`'s outputs after these.
+    fn extend(&mut self, later: Self) {
+        self.completions.extend(later.completions);
+        self.deferred.extend(later.deferred);
+        self.replies.extend(later.replies);
+        self.orders.extend(later.orders);
+        self.events.extend(later.events);
+        self.answers.extend(later.answers);
     }
 }
 
@@ -363,7 +374,11 @@ impl Durability {
         now_ns: impl FnOnce() -> u64,
     ) {
         if let Self::Journal(journal) = self {
-            journal.writer.append(sequence, &command());
+            match (&mut journal.pipe, &mut journal.writer) {
+                (Some(pipe), _) => pipe.append(sequence, &command()),
+                (None, Some(writer)) => writer.append(sequence, &command()),
+                (None, None) => {}
+            }
             journal.uncommitted += 1;
             if journal.uncommitted == 1 {
                 journal.first_uncommitted_ns = now_ns();
@@ -440,15 +455,69 @@ impl Durability {
         }
     }
 
-    /// A read-only question: held until the commands applied so far are durable, or given
-    /// back to be answered now (in memory, or when nothing is waiting for a commit).
-    pub(crate) fn hold_query(&mut self, query: Query) -> Option<Query> {
+    /// The answer to a read-only question: held until the commands applied so far are
+    /// durable (with the group gathering, or the one in flight), or given back to be
+    /// delivered now (in memory, or when nothing is waiting for the disk).
+    pub(crate) fn hold_answer(&mut self, answer: Answer) -> Option<Answer> {
         match self {
             Self::Journal(journal) if journal.uncommitted > 0 => {
-                journal.held.queries.push(query);
+                journal.held.answers.push(answer);
                 None
             }
-            _ => Some(query),
+            Self::Journal(journal) => {
+                match journal.pipe.as_mut().and_then(Pipe::in_flight_outbox) {
+                    Some(outbox) => {
+                        outbox.answers.push(answer);
+                        None
+                    }
+                    None => Some(answer),
+                }
+            }
+            Self::Memory => Some(answer),
+        }
+    }
+
+    /// On the shard's thread, before its first command: a synced journal moves its writes
+    /// and syncs to a journal thread of its own (see [`Pipe`]), which wakes `shard_thread`
+    /// when a group is durable. If that thread cannot be started, the shard writes and
+    /// syncs itself, as an unsynced journal always does.
+    pub(crate) fn start_journal_thread(
+        &mut self,
+        shard: crate::types::ShardId,
+        shard_thread: crate::sync::thread::Thread,
+    ) {
+        let Self::Journal(journal) = self else {
+            return;
+        };
+        if !journal.sync {
+            return;
+        }
+        if let Some(writer) = journal.writer.take() {
+            match Pipe::start(writer, shard, shard_thread) {
+                Ok(pipe) => journal.pipe = Some(pipe),
+                Err(writer) => journal.writer = Some(writer),
+            }
+        }
+    }
+
+    /// Whether the journal thread has reported a group the shard has not yet released (the
+    /// shard must not sleep then).
+    pub(crate) fn report_waiting(&self) -> bool {
+        match self {
+            Self::Journal(journal) => journal.pipe.as_ref().is_some_and(Pipe::report_waiting),
+            Self::Memory => false,
+        }
+    }
+
+    /// Whether anything is gathered, held or in flight.
+    pub(crate) fn pending(&self) -> bool {
+        match self {
+            Self::Journal(journal) => {
+                journal.uncommitted > 0
+                    || !journal.held.is_empty()
+                    || journal.pipe.as_ref().is_some_and(Pipe::in_flight)
+            }
+            Self::Memory => false,
         }
     }
 
@@ -462,6 +531,7 @@ impl Durability {
         now_ns: impl FnOnce() -> u64,
     ) -> Option<(bool, Outbox)> {
         match self {
+            Self::Journal(journal) if journal.pipe.is_some() => journal.pipe_step(idle, now_ns),
             Self::Journal(journal) if journal.commit_due(idle, now_ns) => Some(journal.commit()),
             _ => None,
         }
@@ -494,7 +564,11 @@ impl Durability {
 /// decided reaches a producer, the order sink or a control caller before the journal holds
 /// the commands that decided it (written, and synced if so configured).
 pub(crate) struct Journaling {
-    pub(crate) writer: JournalWriter,
+    /// The writer, when the shard writes and syncs itself (unsynced journals, or before
+    /// the journal thread starts).
+    pub(crate) writer: Option<JournalWriter>,
+    /// The journal thread, for a synced journal.
+    pub(crate) pipe: Option<Pipe>,
     pub(crate) sync: bool,
     pub(crate) group_commands: usize,
     pub(crate) group_delay_ns: u64,
@@ -520,7 +594,8 @@ impl Journaling {
         snapshot_at: u64,
     ) -> Self {
         Self {
-            writer,
+            writer: Some(writer),
+            pipe: None,
             sync: config.sync,
             group_commands: config.group_commands,
             group_delay_ns: u64::try_from(config.group_delay.as_nanos()).unwrap_or(u64::MAX),
@@ -553,7 +628,10 @@ impl Journaling {
     /// so configured), and everything that was held behind it, for the caller to release
     /// as decided if it does, or as failed if it does not.
     pub(crate) fn commit(&mut self) -> (bool, Outbox) {
-        let committed = self.writer.commit(self.sync).is_ok();
+        let committed = self
+            .writer
+            .as_mut()
+            .is_some_and(|writer| writer.commit(self.sync).is_ok());
         if committed {
             self.commits += 1;
         }
@@ -584,6 +662,43 @@ impl Journaling {
     /// group from a torn write. Nothing is held any more; a seal that cannot be written
     /// only leaves the last group unvouched for, as after a crash.
     pub(crate) fn seal(&mut self) {
-        let _ = self.writer.seal();
+        if let Some(mut pipe) = self.pipe.take() {
+            if pipe.failed() {
+                return;
+            }
+            self.writer = pipe.stop();
+        }
+        if let Some(writer) = &mut self.writer {
+            let _ = writer.seal();
+        }
+    }
+
+    /// With a journal thread: takes in the group it reports, and hands it the next group
+    /// if one is due. Returns what became durable (or failed): the reported group's
+    /// outputs, followed by those of a next group that needed no write.
+    fn pipe_step(&mut self, idle: bool, now_ns: impl FnOnce() -> u64) -> Option<(bool, Outbox)> {
+        let pipe = self.pipe.as_mut()?;
+        let completed = pipe.completed();
+        if matches!(completed, Some((true, _))) {
+            self.commits += 1;
+        }
+        let busy = self.pipe.as_ref().is_some_and(Pipe::in_flight);
+        let mut handed = None;
+        if !busy && self.commit_due(idle, now_ns) {
+            self.uncommitted = 0;
+            let held = std::mem::take(&mut self.held);
+            handed = self.pipe.as_mut().and_then(|pipe| pipe.hand_off(held));
+        }
+        match (completed, handed) {
+            (Some((durable, mut outbox)), Some((later_durable, later))) => {
+                // A next group that needed no write is durable exactly when the reported
+                // one is (a failure fails every later group).
+                debug_assert_eq!(durable, later_durable);
+                outbox.extend(later);
+                Some((durable && later_durable, outbox))
+            }
+            (Some(completed), None) => Some(completed),
+            (None, handed) => handed,
+        }
     }
 }

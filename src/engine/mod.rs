@@ -22,6 +22,7 @@ mod control;
 mod durability;
 mod error;
 pub(crate) mod gate;
+mod journal_thread;
 pub(crate) mod lane;
 mod producer;
 pub(crate) mod shared;

@@ -205,7 +205,11 @@ pub(crate) struct Registry {
     pub(crate) closed: bool,
 }
 
-/// A read-only question for a shard's worker: called with its core once everything the
-/// shard decided before it is durable, or with `None` if the shard failed. Dropped
-/// unanswered if the shard stops first.
-pub(crate) type Query = Box<dyn FnOnce(Option<&crate::core::ShardCore>) + Send>;
+/// A read-only question for a shard's worker: asked of its core when the worker takes it,
+/// and answered (the [`Answer`] delivered) once everything the shard decided before it is
+/// durable. Dropped unanswered if the shard stops first.
+pub(crate) type Query = Box<dyn FnOnce(&crate::core::ShardCore) -> Answer + Send>;
+
+/// A question's answer, delivered with `true`, or with `false` if what it saw could not
+/// be made durable (the shard failed).
+pub(crate) type Answer = Box<dyn FnOnce(bool) + Send>;

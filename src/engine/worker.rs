@@ -131,6 +131,8 @@ impl Worker {
         if let Some(manual) = self.shared.clock.manual_clock() {
             manual.wake_on_advance(crate::sync::thread::current());
         }
+        self.durability
+            .start_journal_thread(self.shard, crate::sync::thread::current());
         loop {
             match catch_unwind(AssertUnwindSafe(|| self.serve_until_stopped())) {
                 Ok(()) => break,
@@ -180,7 +182,7 @@ impl Worker {
                 // every accepted intent was applied. Those still waiting (pooled or on a
                 // waitlist) are answered `Closed`, as the sale ends with the engine.
                 self.close_every_sale();
-                self.commit_if_due(true);
+                self.commit_all();
                 self.seal_journal();
                 self.counts_publish();
                 return;
@@ -232,17 +234,29 @@ impl Worker {
             for event in outbox.events {
                 self.sink_event(&event);
             }
-            for query in outbox.queries {
-                query(Some(&self.core));
+            for answer in outbox.answers {
+                answer(true);
             }
             self.durability.snapshot_if_due(&self.core);
         } else {
-            for query in outbox.queries {
-                query(None);
+            for answer in outbox.answers {
+                answer(false);
             }
             if !self.failed {
                 self.mark_failed();
             }
+        }
+    }
+
+    /// Commits and releases everything gathered, held or in flight (at shutdown).
+    fn commit_all(&mut self) {
+        loop {
+            self.commit_if_due(true);
+            if !self.durability.pending() {
+                return;
+            }
+            // The journal thread wakes this one when its group is done.
+            crate::sync::thread::park_timeout(core::time::Duration::from_millis(1));
         }
     }
 
@@ -344,10 +358,11 @@ impl Worker {
     /// (so that no answer shows what a crash could still take back).
     fn answer_queries(&mut self, queries: Vec<Query>) {
         for query in queries {
+            let answer = query(&self.core);
             if self.failed {
-                query(None);
-            } else if let Some(query) = self.durability.hold_query(query) {
-                query(Some(&self.core));
+                answer(false);
+            } else if let Some(answer) = self.durability.hold_answer(answer) {
+                answer(true);
             }
         }
     }
@@ -771,7 +786,8 @@ impl Worker {
             .iter_mut()
             .any(|lane| lane.requests.has_published())
             || self.shared.shutdown.load(Ordering::Acquire)
-            || shard.registry_generation.load(Ordering::Acquire) != self.registry_generation_seen;
+            || shard.registry_generation.load(Ordering::Acquire) != self.registry_generation_seen
+            || self.durability.report_waiting();
         if !work_waiting {
             match self.core.next_due_ns() {
                 // Something falls due: sleep until then at most.
