@@ -19,14 +19,8 @@ browser=""
 for candidate in chromium chromium-browser google-chrome; do
     if command -v "$candidate" >/dev/null; then browser="$candidate"; break; fi
 done
-if [ -z "$browser" ]; then
-    echo "live-page.sh: installing chromium from Debian packages" >&2
-    sudo=""
-    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
-    { $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ||
-        true
-    if command -v chromium >/dev/null; then browser=chromium; fi
+if [ -z "$browser" ] && bash scripts/apt-install.sh chromium chromium; then
+    browser=chromium
 fi
 if [ -z "$browser" ]; then
     echo "live-page.sh: SKIPPED: chromium is missing and apt-get could not install it"

@@ -30,18 +30,7 @@ CONNECTIONS="${CONNECTIONS:-64}"
 WRK_THREADS="${WRK_THREADS:-1}"
 SERVER_THREADS="${SERVER_THREADS:-1}"
 
-if ! command -v wrk >/dev/null; then
-    echo "load.sh: installing wrk from Debian packages" >&2
-    sudo=""
-    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
-    { $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } ||
-        true
-    if ! command -v wrk >/dev/null; then
-        echo "load.sh: wrk is missing and apt-get could not install it" >&2
-        exit 1
-    fi
-fi
+bash scripts/apt-install.sh wrk wrk || exit 1
 
 cargo build --release --quiet --bin flashsale
 server_bin="target/release/flashsale"

@@ -132,14 +132,20 @@ impl Control {
     /// # Errors
     /// [`ControlError::UnknownSku`], or the engine's state.
     pub fn sale(&self, sku: SkuId) -> Result<LiveSale, ControlError> {
+        let shard = self.shard_of(sku)?;
+        self.query(shard, move |core| core.live_sale(sku))?
+            .ok_or(ControlError::UnknownSku(sku))
+    }
+
+    /// The shard that owns `sku`.
+    fn shard_of(&self, sku: SkuId) -> Result<usize, ControlError> {
         let index = self
             .shared
             .catalog
             .index_of(sku)
             .ok_or(ControlError::UnknownSku(sku))?;
         let (ShardId(shard), _) = self.shared.placement.route(index);
-        self.query(usize::from(shard), move |core| core.live_sale(sku))?
-            .ok_or(ControlError::UnknownSku(sku))
+        Ok(usize::from(shard))
     }
 
     /// Every SKU's sale now, in catalog order (one question to each shard).
@@ -180,28 +186,15 @@ impl Control {
         shard: usize,
         question: impl FnOnce(&ShardCore) -> T + Send + 'static,
     ) -> Result<T, ControlError> {
-        if self.shared.shutdown.load(Ordering::Acquire) {
-            return Err(ControlError::ShutDown);
-        }
-        let shard = &self.shared.shards[shard];
-        if shard.failed.load(Ordering::Acquire) {
-            return Err(ControlError::ShardFailed);
-        }
         let (answer, answered) = std::sync::mpsc::sync_channel(1);
-        {
-            let mut registry = shard.registry.lock();
-            if registry.closed {
-                return Err(ControlError::ShutDown);
-            }
+        self.register(shard, |registry| {
             registry.queries.push(Box::new(move |core| {
                 let seen = question(core);
                 Box::new(move |durable: bool| {
                     let _ = answer.send(durable.then_some(seen));
                 })
             }));
-            shard.registry_generation.fetch_add(1, Ordering::Release);
-        }
-        shard.unpark();
+        })?;
         match answered.recv() {
             Ok(Some(answer)) => Ok(answer),
             Ok(None) => Err(ControlError::ShardFailed),
@@ -219,16 +212,27 @@ impl Control {
     }
 
     fn post_to_sku(&self, sku: SkuId, command: Command) -> Result<(), ControlError> {
-        let index = self
-            .shared
-            .catalog
-            .index_of(sku)
-            .ok_or(ControlError::UnknownSku(sku))?;
-        let (ShardId(shard), _) = self.shared.placement.route(index);
-        self.post(usize::from(shard), command)
+        self.post(self.shard_of(sku)?, command)
     }
 
     fn post(&self, shard: usize, command: Command) -> Result<(), ControlError> {
+        let reply = Arc::new(ReplySlot::new(crate::sync::thread::current()));
+        self.register(shard, |registry| {
+            registry.controls.push(ControlRequest {
+                command,
+                reply: reply.clone(),
+            });
+        })?;
+        reply.wait()
+    }
+
+    /// Puts a request in shard `shard`'s registry (unless the engine or the shard has
+    /// stopped), bumps the generation the worker checks, and wakes it.
+    fn register(
+        &self,
+        shard: usize,
+        push: impl FnOnce(&mut super::shared::Registry),
+    ) -> Result<(), ControlError> {
         if self.shared.shutdown.load(Ordering::Acquire) {
             return Err(ControlError::ShutDown);
         }
@@ -236,19 +240,15 @@ impl Control {
         if shard.failed.load(Ordering::Acquire) {
             return Err(ControlError::ShardFailed);
         }
-        let reply = Arc::new(ReplySlot::new(crate::sync::thread::current()));
         {
             let mut registry = shard.registry.lock();
             if registry.closed {
                 return Err(ControlError::ShutDown);
             }
-            registry.controls.push(ControlRequest {
-                command,
-                reply: reply.clone(),
-            });
+            push(&mut registry);
             shard.registry_generation.fetch_add(1, Ordering::Release);
         }
         shard.unpark();
-        reply.wait()
+        Ok(())
     }
 }

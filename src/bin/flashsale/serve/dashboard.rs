@@ -140,24 +140,7 @@ pub async fn snapshot(server: &Arc<Server>) -> Value {
     let ms = |ns: u64| ns / 1_000_000;
     let skus: Vec<Value> = sales
         .iter()
-        .map(|sale| {
-            let levels = &sale.levels;
-            let spec = server.catalog.sku(levels.id);
-            json!({
-                "sku": levels.id.0,
-                "product": spec.map(|spec| spec.product.as_str()),
-                "variant": spec.map(|spec| spec.variant.as_str()),
-                "policy": spec.map(|spec| server.catalog.policy_of(spec).name()),
-                "state": sale.state(now_ns),
-                "stock": levels.stock,
-                "available": levels.available,
-                "held": levels.held,
-                "sold": levels.sold,
-                "waiting": levels.waiting,
-                "opens_in_ms": ms(sale.window.opens_at_ns.saturating_sub(now_ns)),
-                "closes_in_ms": (sale.window.closes_at_ns != u64::MAX).then(|| ms(sale.window.closes_at_ns.saturating_sub(now_ns))),
-            })
-        })
+        .map(|sale| super::routes::sale_json(server, now_ns, sale))
         .collect();
     let pools: Vec<Value> = pools
         .iter()

@@ -367,7 +367,7 @@ fn rejected(server: &Server, running: &Running, sku: SkuId, reason: RejectReason
 }
 
 /// A SKU's public state: labels, policy, window, levels.
-fn sale_json(server: &Server, now_ns: u64, sale: &LiveSale) -> Value {
+pub(super) fn sale_json(server: &Server, now_ns: u64, sale: &LiveSale) -> Value {
     let levels = &sale.levels;
     let Some(spec) = server.catalog.sku(levels.id) else {
         return json!({ "sku": levels.id.0 });
@@ -395,6 +395,8 @@ fn sale_json(server: &Server, now_ns: u64, sale: &LiveSale) -> Value {
         "opens_at": time(window.opens_at_ns),
         "closes_at": (window.closes_at_ns != u64::MAX).then(|| time(window.closes_at_ns)),
         "opens_in_ms": window.opens_at_ns.saturating_sub(now_ns) / 1_000_000,
+        "closes_in_ms": (window.closes_at_ns != u64::MAX)
+            .then(|| window.closes_at_ns.saturating_sub(now_ns) / 1_000_000),
     })
 }
 
