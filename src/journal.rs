@@ -374,15 +374,17 @@ fn entry_at(bytes: &[u8], at: usize) -> Option<Entry> {
             frame[start + 3],
         ])
     };
-    if crc32fast::hash(&frame[4..]) != word(0) {
-        return None;
-    }
+    // The cheap checks first: a resynchronising scan tries every offset of a damaged
+    // tail, and almost none has a plausible length or fits in the file.
     let length = word(2) as usize;
     if !(PAYLOAD_MIN..=PAYLOAD_MAX).contains(&length) {
         return None;
     }
     let end = at + FRAME_LEN + length;
     let payload = bytes.get(at + FRAME_LEN..end)?;
+    if crc32fast::hash(&frame[4..]) != word(0) {
+        return None;
+    }
     if crc32fast::hash(payload) != word(1) {
         return None;
     }
