@@ -76,6 +76,15 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn remove(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
     }
+
+    /// Creates the directory `dir` and its parents where missing (the engine's journal
+    /// directory, before anything in it is opened).
+    ///
+    /// # Errors
+    /// The OS error.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
 }
 
 /// One open file: read whole, appended to, synced, cut short.

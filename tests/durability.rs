@@ -923,3 +923,96 @@ fn a_full_disk_fails_the_shard_closed() {
     // 20,000 records of about 60 bytes do not fit in 256 KiB: the disk fills mid-sale.
     sell_until_the_disk_fails(JournalConfig::durable(&dir), || {});
 }
+
+/// Files under a root of its own: every path the engine hands it is taken relative to
+/// `root`, so anything the engine touched outside the storage would appear elsewhere.
+#[derive(Debug)]
+struct RootedStorage {
+    root: PathBuf,
+}
+
+impl RootedStorage {
+    fn at(&self, path: &Path) -> PathBuf {
+        self.root.join(path.strip_prefix("/").unwrap_or(path))
+    }
+}
+
+impl Storage for RootedStorage {
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn StorageFile>> {
+        FileStorage.open(&self.at(path))
+    }
+
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        FileStorage.write_file(&self.at(path), bytes)
+    }
+
+    fn read_file(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        FileStorage.read_file(&self.at(path))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        FileStorage.rename(&self.at(from), &self.at(to))
+    }
+
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        let listed = FileStorage.list(&self.at(dir))?;
+        Ok(listed
+            .into_iter()
+            .map(|path| dir.join(path.file_name().unwrap()))
+            .collect())
+    }
+
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        FileStorage.remove(&self.at(path))
+    }
+
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        FileStorage.create_dir_all(&self.at(dir))
+    }
+}
+
+/// The engine reaches the disk only through its storage, the journal's directory included:
+/// a journal at a path nobody may create (under `/proc`) starts, sells, snapshots and
+/// restarts, because the storage puts it elsewhere.
+#[test]
+fn the_engine_reaches_the_disk_only_through_its_storage() {
+    let root = scratch("rooted");
+    std::fs::create_dir_all(&root).unwrap();
+    let config = JournalConfig {
+        storage: Arc::new(RootedStorage { root: root.clone() }),
+        snapshot_every: Some(8),
+        ..JournalConfig::durable("/proc/flashsale-journal")
+    };
+    let catalog = Catalog::builder()
+        .sku(SkuSpec::new(SkuId(1), 50).limit(2))
+        .build()
+        .unwrap();
+    let mut confirmed = 0;
+    for run in 0..2u64 {
+        let engine = Engine::builder(catalog.clone())
+            .journal(config.clone())
+            .start()
+            .expect("the engine starts on its storage alone");
+        let mut producer = engine.producer();
+        for user in 0..20 {
+            let submitted = producer.submit(intent(run * 100 + user, 1, 1, 1));
+            assert!(
+                matches!(submitted, Ok(Submitted::Queued(_))),
+                "{submitted:?}"
+            );
+        }
+        producer.drain(|completion| {
+            confirmed += u64::from(matches!(completion.outcome, Outcome::Confirmed(_)));
+        });
+        let report = engine.shutdown();
+        assert!(report.failed_shards.is_empty());
+        assert_eq!(
+            u64::from(report.skus[0].sold + report.skus[0].held),
+            confirmed
+        );
+    }
+    assert_eq!(confirmed, 40);
+    assert!(!Path::new("/proc/flashsale-journal").exists());
+    assert!(root.join("proc/flashsale-journal").is_dir());
+    let _ = std::fs::remove_dir_all(&root);
+}

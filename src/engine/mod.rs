@@ -341,12 +341,13 @@ impl EngineBuilder {
         let Some(config) = &self.journal else {
             return Ok(Vec::new());
         };
-        std::fs::create_dir_all(&config.dir).map_err(|source| {
-            crate::journal::JournalError::Io {
+        config
+            .storage
+            .create_dir_all(&config.dir)
+            .map_err(|source| crate::journal::JournalError::Io {
                 path: config.dir.clone(),
                 source,
-            }
-        })?;
+            })?;
         config.check_manifest(&self.catalog, placement.shards())?;
         cores
             .iter_mut()

@@ -220,6 +220,11 @@ impl Storage for SimStorage {
         }))
     }
 
+    /// The simulated disk has no directories: every path is a file of its own.
+    fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
     fn write_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         let faults = *self.0.faults.lock().unwrap();
         let failed = self.0.roll(faults.write_error) || self.0.roll(faults.sync_error);
