@@ -1,7 +1,7 @@
 //! Small multi-threaded engine runs shaped by the input: the catalog (stocks, limits, a
 //! limit group, holds, a waitlist, an opening draw), the shard count, ring size, wait
-//! strategy, gate, a journal (group size, snapshots) on the fault simulator's disk (with no
-//! faults), and what each of up to three threads does: buys, buys that wait, payments and
+//! strategy, gate, a journal (group size, synced or not, snapshots) on the fault simulator's
+//! disk (with no faults), and what each of up to three threads does: buys, buys that wait, payments and
 //! cancellations of the orders it was given, restocks, reductions and early closes.
 //!
 //! Afterwards:
@@ -78,7 +78,8 @@ struct Input {
     ring_capacity: u8,
     wait: u8,
     gate: bool,
-    /// Commands per group commit, and a snapshot every so many commands.
+    /// Commands per group commit (and, in the top bit, an unsynced journal), and a
+    /// snapshot every so many commands.
     journal: Option<(u8, Option<u8>)>,
     threads: Vec<Vec<Step>>,
 }
@@ -183,17 +184,24 @@ fn run_thread(engine: &Engine, steps: &[Step]) -> (Producer, Vec<Completion>, us
 
 fuzz_target!(|input: Input| {
     let catalog = catalog(&input);
-    // Mostly parking workers: with three threads and two shards on a two-core machine,
-    // spinning ones mostly measure oversubscription; one run in eight still spins.
-    let wait = match input.wait % 8 {
-        0..=4 => WaitStrategy::Park,
-        5 | 6 => WaitStrategy::Yield,
-        _ => WaitStrategy::Spin,
+    // Mostly parking workers. A worker that spins never sleeps: with up to three producer
+    // threads and two shards on a two-core machine it takes a core from the producers until
+    // the run ends, and such a run costs about seven times a parking or yielding one. The
+    // strategies differ only in how an idle worker waits (the loom models and the engine
+    // tests cover each), so about one run in 64 spins and one in four yields. The bytes
+    // libFuzzer favours (0 and 255; every byte past a short input's end reads as 0) park.
+    let wait = match input.wait % 64 {
+        37 => WaitStrategy::Spin,
+        40..=55 => WaitStrategy::Yield,
+        _ => WaitStrategy::Park,
     };
     let disk = sim::Disk::new(0, sim::Faults::NONE);
     let journal = input.journal.map(|(group, snapshots)| JournalConfig {
         storage: Arc::new(sim::SimStorage(disk.clone())),
         group_commands: usize::from(group % 16).max(1),
+        // Mostly synced (the shard hands each group to its journal thread); with the
+        // group's top bit set, unsynced (the shard writes each group itself).
+        sync: group & 0x80 == 0,
         snapshot_every: snapshots.map(|every| u64::from(every % 64).max(1) * 4),
         ..JournalConfig::durable("fuzz")
     });
