@@ -246,14 +246,15 @@ pub fn run(
                 wait,
             };
             std::thread::spawn(move || {
-                drive(
+                let tally = drive(
                     producer,
                     &schedule,
                     &shared,
                     buckets,
                     orders_max,
                     &mut driver,
-                )
+                );
+                (tally, Instant::now())
             })
         })
         .collect();
@@ -261,8 +262,14 @@ pub fn run(
     drop(desk_tx);
     let mut tally = ProducerTally::new(plan.catalog.skus().len(), buckets, 0);
     let finished = join_producers(threads, &shared, &mut on_progress)?;
-    let elapsed = wall_start.elapsed();
-    for other in finished {
+    // Until the last producer took its last outcome (not until this thread noticed, at
+    // its next progress tick).
+    let elapsed = finished
+        .iter()
+        .map(|(_, done)| done.saturating_duration_since(wall_start))
+        .max()
+        .unwrap_or_default();
+    for (other, _) in finished {
         tally.merge(other);
     }
     on_progress(tally.outcomes);
@@ -323,12 +330,13 @@ impl Shared {
     }
 }
 
-/// Waits for every producer thread, reporting the outcomes so far every 50 ms.
+/// Waits for every producer thread, reporting the outcomes so far every 50 ms; each
+/// thread's tally comes with the instant it finished.
 fn join_producers(
-    threads: Vec<std::thread::JoinHandle<ProducerTally>>,
+    threads: Vec<std::thread::JoinHandle<(ProducerTally, Instant)>>,
     shared: &Shared,
     on_progress: &mut impl FnMut(u64),
-) -> Result<Vec<ProducerTally>, String> {
+) -> Result<Vec<(ProducerTally, Instant)>, String> {
     let mut finished = Vec::new();
     for thread in threads {
         while !thread.is_finished() {
