@@ -4,6 +4,15 @@
 #   bash benches/peers/redis.sh [compare flags...]
 #   e.g. bash benches/peers/redis.sh --scenario sneaker-drop --redis-connections 8
 #
+#   bash benches/peers/redis.sh --sweep [compare flags...]
+#   e.g. bash benches/peers/redis.sh --sweep --file benches/peers/all-confirmed.toml
+#
+# `--sweep` gives Redis its best chance: the scenario through Redis at every connection
+# count in REDIS_CONNECTIONS (default "1 2 4 8 16") and pipeline depth in REDIS_PIPELINES
+# (default "16 64 256 1024"), one row each with the server's own time per script call,
+# then the engine alone, both before and after the sweep, all against the same server
+# in one run; it ends with the best Redis row and the engine's rate over it.
+#
 # Installs Debian's redis-server if it is missing (apt-get; needs root or sudo), starts a
 # throwaway server bound to 127.0.0.1 on a free port with persistence off, runs the
 # comparison against it, and stops the server when done (also on failure or Ctrl-C).
@@ -58,4 +67,53 @@ if [ -z "$started" ]; then
 fi
 echo "redis.sh: redis-server $(redis-server --version | awk '{print $3}') on 127.0.0.1:$port" >&2
 
-cargo run --release --features redis-peer -- compare --redis "127.0.0.1:$port" "$@"
+if [ "${1:-}" != "--sweep" ]; then
+    cargo run --release --features redis-peer -- compare --redis "127.0.0.1:$port" "$@"
+    exit 0
+fi
+shift
+cargo build --release --features redis-peer
+flashsale=target/release/flashsale
+# The rate column of a peer's row: the first field after its label that ends in M.
+rate_of() { grep -E "^$1" | grep -oE '[0-9]+\.[0-9]+M' | head -1 | tr -d M; }
+engine_rates=()
+engine() {
+    local rate
+    rate=$("$flashsale" compare --quiet --skip mutex --skip crossbeam "$@" | rate_of "flashsale engine")
+    echo "engine: ${rate}M intents/s" >&2
+    engine_rates+=("$rate")
+}
+engine "$@"
+best=""
+best_row=""
+for connections in ${REDIS_CONNECTIONS:-1 2 4 8 16}; do
+    for pipeline in ${REDIS_PIPELINES:-16 64 256 1024}; do
+        row=$("$flashsale" compare --quiet --skip engine --skip mutex --skip crossbeam \
+            --redis "127.0.0.1:$port" --redis-connections "$connections" \
+            --redis-pipeline "$pipeline" "$@" | grep -E '^Redis')
+        rate=$(echo "$row" | rate_of Redis)
+        echo "redis: $connections connections, pipeline $pipeline: ${rate}M intents/s ($(echo "$row" | grep -oE 'server [0-9.]+ µs/call'))" >&2
+        if [ -z "$best" ] || awk -v a="$rate" -v b="$best" 'BEGIN { exit !(a > b) }'; then
+            best="$rate"
+            best_row="$connections connections, pipeline $pipeline"
+        fi
+    done
+done
+engine "$@"
+# The server's ceiling for any Lua script on this machine, from Redis's own C client
+# (50 connections, pipeline 64): a script that does nothing, and one that only reads four
+# keys and answers sold out. No client and no script with the sale's rules beats these.
+if command -v redis-benchmark >/dev/null; then
+    for script in "return 1" "local v = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3], KEYS[4]) return {3, 0}"; do
+        keys=0
+        [ "$script" = "return 1" ] || keys="4 ceiling:__rand_int__ ceiling:b ceiling:c ceiling:d"
+        # shellcheck disable=SC2086
+        rps=$(redis-benchmark -h 127.0.0.1 -p "$port" -c 50 -P 64 -n 500000 -q eval "$script" $keys \
+            | tr '\r' '\n' | grep -oE '[0-9.]+ requests per second' | tail -1)
+        echo "ceiling (redis-benchmark, 50 connections, pipeline 64): EVAL \"$script\": $rps"
+    done
+fi
+echo "best Redis row: $best_row, ${best}M intents/s"
+for rate in "${engine_rates[@]}"; do
+    awk -v e="$rate" -v r="$best" 'BEGIN { printf "engine %.3fM intents/s: %.1fx the best Redis row\n", e, e / r }'
+done
