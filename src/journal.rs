@@ -399,11 +399,41 @@ fn entry_at(bytes: &[u8], at: usize) -> Option<Entry> {
 
 /// Whether some whole entry after `hole` proves the bytes at `hole` were synced before it
 /// was written. Runs only on a damaged or torn journal: at most one pass over the rest of
-/// the file, trying each offset.
+/// the file, trying each offset where an entry could start.
+///
+/// An entry's length field (bytes 8..12 of its frame, little-endian) is at most
+/// `PAYLOAD_MAX`, so its top three bytes are zero: eight offsets at a time, one word
+/// operation finds the offsets whose three bytes are all zero, and only those are tried
+/// (almost none, in damaged bytes). The same answer as trying every offset, which a test
+/// checks; a damaged tail is read several times faster.
 fn proven_durable(bytes: &[u8], hole: usize) -> bool {
-    (hole + 1..bytes.len().saturating_sub(FRAME_LEN + PAYLOAD_MIN - 1))
-        .filter_map(|at| entry_at(bytes, at))
-        .any(|entry| entry.synced_before > hole)
+    let end = bytes.len().saturating_sub(FRAME_LEN + PAYLOAD_MIN - 1);
+    let proves = |at: usize| entry_at(bytes, at).is_some_and(|entry| entry.synced_before > hole);
+    let mut at = hole + 1;
+    // Offsets `at..at + 8` need the zero flags of bytes `at + 9 .. at + 19`: 16 are read.
+    while at + 8 <= end {
+        let Some(window) = bytes
+            .get(at + 9..)
+            .and_then(|rest| rest.first_chunk::<16>())
+        else {
+            break;
+        };
+        let word = u128::from_le_bytes(*window);
+        // 0x80 in each byte of `word` that is zero, exactly (no borrow between bytes).
+        const LOW7: u128 = u128::from_le_bytes([0x7f; 16]);
+        let zero = !(((word & LOW7) + LOW7) | word | LOW7);
+        // Byte k set: bytes k, k + 1 and k + 2 are zero, i.e. offset `at + k` may start
+        // an entry. Only k < 8 is this window's.
+        let mut candidates = zero & (zero >> 8) & (zero >> 16) & 0x8080_8080_8080_8080;
+        while candidates != 0 {
+            if proves(at + (candidates.trailing_zeros() / 8) as usize) {
+                return true;
+            }
+            candidates &= candidates - 1;
+        }
+        at += 8;
+    }
+    (at..end).any(proves)
 }
 
 /// The header of a journal for `shard`.
@@ -739,6 +769,62 @@ impl JournalWriter {
 
 #[cfg(test)]
 mod tests {
+    /// [`super::proven_durable`] as it was first written: every offset tried.
+    fn proven_durable_every_offset(bytes: &[u8], hole: usize) -> bool {
+        (hole + 1..bytes.len().saturating_sub(FRAME_LEN + PAYLOAD_MIN - 1))
+            .filter_map(|at| entry_at(bytes, at))
+            .any(|entry| entry.synced_before > hole)
+    }
+
+    /// The word-at-a-time scan finds the same proof as trying every offset: damaged bytes
+    /// (random, zero runs, and whole entries with any claim of what was synced before them)
+    /// at every length, from every hole.
+    #[test]
+    fn the_fast_scan_proves_what_every_offset_proves() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut proved = 0;
+        for _ in 0..4_000 {
+            let mut bytes = Vec::new();
+            let parts = next() % 9;
+            for _ in 0..parts {
+                match next() % 5 {
+                    0 => bytes.extend((0..next() % 40).map(|_| next() as u8)),
+                    1 => bytes.extend(std::iter::repeat_n(0, (next() % 30) as usize)),
+                    // A few zeros just before an entry: candidates in the same word.
+                    2 => bytes.extend(std::iter::repeat_n(0, (next() % 8) as usize)),
+                    3 => encode(
+                        next() % 5,
+                        (next() % 64) as u32,
+                        &Command::Tick {
+                            now_ns: next() % 1_000,
+                        },
+                        &mut bytes,
+                    ),
+                    _ => encode_seal(next() % 5, &mut bytes),
+                }
+            }
+            for hole in 0..bytes.len() {
+                let fast = proven_durable(&bytes, hole);
+                assert_eq!(
+                    fast,
+                    proven_durable_every_offset(&bytes, hole),
+                    "hole {hole} in {bytes:?}"
+                );
+                proved += usize::from(fast);
+            }
+        }
+        assert!(
+            proved > 100,
+            "the inputs prove something often enough ({proved})"
+        );
+    }
+
     use std::fs::OpenOptions;
     use std::io::Write;
 
