@@ -789,7 +789,9 @@ mod tests {
             state
         };
         let mut proved = 0;
-        for _ in 0..4_000 {
+        // Miri runs the lib tests in CI: a few hundred journals there.
+        let journals = if cfg!(miri) { 200 } else { 4_000 };
+        for _ in 0..journals {
             let mut bytes = Vec::new();
             let parts = next() % 9;
             for _ in 0..parts {
@@ -820,7 +822,7 @@ mod tests {
             }
         }
         assert!(
-            proved > 100,
+            proved > journals,
             "the inputs prove something often enough ({proved})"
         );
     }
