@@ -104,7 +104,11 @@ impl Serve {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("serve did not exit within {limit:?} of SIGTERM");
+                let said: Vec<String> = self.lines.try_iter().collect();
+                panic!(
+                    "serve did not exit within {limit:?} of SIGTERM; after \"ready\" it said:\n{}",
+                    said.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -233,8 +233,15 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
         stop.subscribe(),
         Limits::of(&args),
     ));
+    // The signal handlers are in place before anything is printed, so a SIGTERM that
+    // follows "ready" (or comes during recovery) always starts a clean shutdown.
+    let signals = {
+        let _runtime = runtime.enter();
+        Signals::listen()
+            .map_err(|error| (1, format!("cannot listen for SIGTERM and SIGINT: {error}")))?
+    };
     let signal = runtime.spawn(async move {
-        stopped().await;
+        signals.stopped().await;
         let _ = stop.send(true);
     });
 
@@ -481,19 +488,28 @@ pub async fn until_stopping(mut stopping: watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stopping| *stopping).await;
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn stopped() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// SIGTERM and SIGINT (Ctrl-C), listened for from the moment this is made.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the runtime's context).
+    fn listen() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT.
+    async fn stopped(mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
     }
 }
 
