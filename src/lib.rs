@@ -35,6 +35,8 @@
 //! - [`journal`], [`storage`]: the journal's format, and the seam between it and the disk;
 //!   the engine's durability (group commit, snapshots, recovery) sits in the shell.
 //! - [`client`]: [`AsyncClient`], a cloneable handle whose `buy` is a future.
+//! - [`cluster`]: a partition's state rebuilt from a replicated log ([`cluster::Replica`])
+//!   and the log's message format, for running a sale past one machine.
 //!
 //! Dependencies point one way: the shell depends on the core, never the reverse; no module
 //! imports from one that imports it.
@@ -76,6 +78,7 @@
 
 pub mod catalog;
 pub mod clock;
+pub mod cluster;
 pub mod core;
 mod engine;
 mod hash;

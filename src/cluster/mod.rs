@@ -1,0 +1,23 @@
+//! A sale on a replicated log: the pieces that let a partition's state be rebuilt, on any
+//! machine, from an ordered log of messages alone.
+//!
+//! The log (one per partition; a partition is the SKUs one shard owns) is the journal:
+//! gateways append batches of buys, operators append commands, and whoever leads the
+//! partition appends ticks when holds or draws fall due. The log gives each entry its
+//! position and its instant. A [`Replica`] applies entries in position order to a
+//! [`ShardCore`](crate::ShardCore) and answers each request; since the core is
+//! deterministic, every replica that applies the same entries holds the same state and
+//! gives the same answers. That is what makes a standby hot, a snapshot plus the log's tail
+//! equal to the whole log, and two leaders for a moment harmless: they can only say the
+//! same thing twice.
+//!
+//! - [`wire`]: the messages, checksummed, with a named error for every way one can be
+//!   wrong.
+//! - [`Replica`]: the state machine, its snapshot and its restore.
+//!
+//! Nothing here does input or output; the log itself is the caller's.
+
+mod replica;
+pub mod wire;
+
+pub use replica::{Answer, Gap, Replica, ReplicaSnapshotError, Reply, Step};

@@ -1,0 +1,355 @@
+//! A partition's state, built by applying its log in order: a [`ShardCore`] plus what
+//! answering gateways needs (who asked for each buy that waits) and the log position.
+
+use rustc_hash::FxHashMap;
+
+use super::wire::{self, Body, WireError};
+use crate::catalog::{Catalog, Placement};
+use crate::core::{Applied, Command, ShardCore, SnapshotError};
+use crate::types::{Outcome, RejectReason, ShardId};
+
+/// What became of a request, for the gateway that sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Answer {
+    /// What the core did with it (a buy decided now or waiting, an operator command done
+    /// or refused).
+    Applied(Applied),
+    /// A buy refused before the core saw it (its quantity is out of range or its SKU is
+    /// not in the catalog), as an in-process engine's producer refuses it.
+    Screened(RejectReason),
+    /// The outcome of a buy that waited, decided by a later entry.
+    Deferred(Outcome),
+}
+
+/// An answer to one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Reply {
+    /// The gateway that sent the request.
+    pub gateway: u64,
+    /// The gateway's number for it.
+    pub request: u64,
+    /// What became of it.
+    pub answer: Answer,
+}
+
+/// What applying one log entry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Applied: this many commands reached the core.
+    Applied {
+        /// Commands applied (buys screened out are not counted).
+        commands: u32,
+    },
+    /// At or before the last entry applied (a redelivery): nothing changed.
+    AlreadyApplied,
+    /// Not a valid message: nothing of it was applied, but the log position moved past it
+    /// (every replica refuses it alike, so replicas stay identical).
+    Refused(WireError),
+}
+
+/// The log skipped an entry: applying past a hole would decide on a different history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("log entry {got} arrived after {applied}: entries between are missing")]
+pub struct Gap {
+    /// The last entry applied.
+    pub applied: u64,
+    /// The entry offered.
+    pub got: u64,
+}
+
+/// Why a replica snapshot was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicaSnapshotError {
+    /// Not a replica snapshot, cut short, or damaged.
+    #[error("not a whole replica snapshot")]
+    Damaged,
+    /// Taken of another partition.
+    #[error("snapshot of partition {0}")]
+    WrongPartition(u16),
+    /// The core inside it was refused.
+    #[error("its core: {0}")]
+    Core(SnapshotError),
+}
+
+const SNAPSHOT_MAGIC: [u8; 8] = *b"FSREPL01";
+
+/// One partition's state machine on a replicated log. Every replica that applies the same
+/// entries (position, instant, bytes) ends in the same state and gives the same replies:
+/// nothing here reads a clock or depends on when it runs.
+///
+/// An entry's instant is the log's stamp on the sale's clock (ns since the sale's epoch),
+/// clamped so that it never goes back: a log whose leader moves may stamp a later entry
+/// earlier than the one before.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    core: ShardCore,
+    /// The last log position applied (0: none; logs number entries from 1).
+    applied: u64,
+    /// The largest instant applied.
+    clock_ns: u64,
+    max_quantity: u32,
+    /// Per core sequence of a buy that waits: the gateway and request to answer.
+    waiting: FxHashMap<u64, (u64, u64)>,
+}
+
+impl Replica {
+    /// An empty replica of partition `partition` (shard `partition` of `placement`).
+    /// `max_quantity` screens buys as an engine's producers do.
+    ///
+    /// # Panics
+    /// As [`ShardCore::new`].
+    pub fn new(
+        catalog: &Catalog,
+        placement: &Placement,
+        partition: ShardId,
+        max_quantity: u32,
+    ) -> Self {
+        Self {
+            core: ShardCore::new(catalog, placement, partition),
+            applied: 0,
+            clock_ns: 0,
+            max_quantity,
+            waiting: FxHashMap::default(),
+        }
+    }
+
+    /// The last log position applied (0 before the first).
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// The partition's clock: the largest instant applied.
+    pub fn clock_ns(&self) -> u64 {
+        self.clock_ns
+    }
+
+    /// The core, for reads (levels, orders).
+    pub fn core(&self) -> &ShardCore {
+        &self.core
+    }
+
+    /// Buys waiting for an outcome (pooled or on a waitlist).
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// When a tick should next be logged: the earliest instant at which something falls
+    /// due, if anything is pending.
+    pub fn next_due_ns(&self) -> Option<u64> {
+        self.core.next_due_ns()
+    }
+
+    /// Applies log entry `position`, stamped `stamp_ns` on the sale's clock, appending the
+    /// answers it produced to `replies` (in the order the core produced them).
+    ///
+    /// # Errors
+    /// [`Gap`] if `position` is past the next one; nothing changes then.
+    pub fn apply(
+        &mut self,
+        position: u64,
+        stamp_ns: u64,
+        payload: &[u8],
+        replies: &mut Vec<Reply>,
+    ) -> Result<Step, Gap> {
+        if position <= self.applied {
+            return Ok(Step::AlreadyApplied);
+        }
+        if position != self.applied + 1 {
+            return Err(Gap {
+                applied: self.applied,
+                got: position,
+            });
+        }
+        self.applied = position;
+        self.clock_ns = self.clock_ns.max(stamp_ns);
+        let now = self.clock_ns;
+        let message = match wire::decode(payload) {
+            Ok(message) => message,
+            Err(error) => return Ok(Step::Refused(error)),
+        };
+        let gateway = message.sender;
+        let mut commands = 0u32;
+        match message.body {
+            Body::Buys(buys) => {
+                for buy in buys.iter() {
+                    if let Err(reason) = self.screen(&buy.intent) {
+                        replies.push(Reply {
+                            gateway,
+                            request: buy.request,
+                            answer: Answer::Screened(reason),
+                        });
+                        continue;
+                    }
+                    let command = if buy.wait {
+                        Command::BuyOrWait {
+                            intent: buy.intent,
+                            arrival_ns: now,
+                        }
+                    } else {
+                        Command::Buy {
+                            intent: buy.intent,
+                            arrival_ns: now,
+                        }
+                    };
+                    self.run(&command, gateway, buy.request, replies);
+                    commands += 1;
+                }
+            }
+            Body::Control { request, control } => {
+                self.run(&control.at(now), gateway, request, replies);
+                commands = 1;
+            }
+            Body::Tick => {
+                // A tick answers no one but may decide buys that waited.
+                self.core.apply(&Command::Tick { now_ns: now });
+                self.deliver_deferred(replies);
+                commands = 1;
+            }
+        }
+        Ok(Step::Applied { commands })
+    }
+
+    /// The engine producer's screen: quantity in range, SKU in the catalog. A SKU of
+    /// another partition reaches the core, which rejects it as unknown.
+    fn screen(&self, intent: &crate::Intent) -> Result<(), RejectReason> {
+        if intent.quantity == 0 || intent.quantity > self.max_quantity {
+            return Err(RejectReason::InvalidQuantity);
+        }
+        Ok(())
+    }
+
+    /// Applies one command for a request and answers it (and any buy it decided that
+    /// waited).
+    fn run(&mut self, command: &Command, gateway: u64, request: u64, replies: &mut Vec<Reply>) {
+        let applied = self.core.apply(command);
+        if let Applied::Waiting { sequence } = applied {
+            self.waiting.insert(sequence, (gateway, request));
+        }
+        replies.push(Reply {
+            gateway,
+            request,
+            answer: Answer::Applied(applied),
+        });
+        self.deliver_deferred(replies);
+    }
+
+    fn deliver_deferred(&mut self, replies: &mut Vec<Reply>) {
+        if !self.core.has_deferred() {
+            return;
+        }
+        for deferred in self.core.take_deferred() {
+            // A deferred outcome is always of a buy that was answered `Waiting` (the core
+            // decides a waiting buy's own outcome in its `Applied` otherwise).
+            if let Some((gateway, request)) = self.waiting.remove(&deferred.origin) {
+                replies.push(Reply {
+                    gateway,
+                    request,
+                    answer: Answer::Deferred(deferred.outcome),
+                });
+            }
+        }
+    }
+
+    /// The replica's state as checksummed bytes: log position, clock, the waiting buys'
+    /// gateways, and the core's own snapshot.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let core = self.core.snapshot();
+        let mut out = Vec::with_capacity(core.len() + 64 + self.waiting.len() * 24);
+        out.extend_from_slice(&SNAPSHOT_MAGIC);
+        out.extend_from_slice(&self.core.shard().0.to_le_bytes());
+        out.extend_from_slice(&self.applied.to_le_bytes());
+        out.extend_from_slice(&self.clock_ns.to_le_bytes());
+        out.extend_from_slice(&self.max_quantity.to_le_bytes());
+        // In sequence order, so that equal replicas give equal bytes.
+        let mut waiting: Vec<_> = self.waiting.iter().collect();
+        waiting.sort_unstable_by_key(|(sequence, _)| **sequence);
+        out.extend_from_slice(&(waiting.len() as u64).to_le_bytes());
+        for (sequence, (gateway, request)) in waiting {
+            out.extend_from_slice(&sequence.to_le_bytes());
+            out.extend_from_slice(&gateway.to_le_bytes());
+            out.extend_from_slice(&request.to_le_bytes());
+        }
+        out.extend_from_slice(&(core.len() as u64).to_le_bytes());
+        out.extend_from_slice(&core);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// The log position a snapshot was taken at, if its header is whole (to choose where
+    /// to resume reading before restoring).
+    pub fn snapshot_position(bytes: &[u8]) -> Option<u64> {
+        (bytes.get(..8)? == SNAPSHOT_MAGIC)
+            .then(|| bytes.get(10..18))
+            .flatten()
+            .map(|position| u64::from_le_bytes(position.try_into().expect("8 bytes")))
+    }
+
+    /// Rebuilds partition `partition`'s replica from a [`snapshot`](Self::snapshot).
+    ///
+    /// # Errors
+    /// [`ReplicaSnapshotError`]: damaged, another partition's, or taken under another
+    /// catalog.
+    pub fn restore(
+        catalog: &Catalog,
+        placement: &Placement,
+        partition: ShardId,
+        bytes: &[u8],
+    ) -> Result<Self, ReplicaSnapshotError> {
+        use ReplicaSnapshotError::Damaged;
+        let (covered, crc) = bytes.split_last_chunk::<4>().ok_or(Damaged)?;
+        if crc32fast::hash(covered).to_le_bytes() != *crc
+            || covered.get(..8) != Some(&SNAPSHOT_MAGIC[..])
+        {
+            return Err(Damaged);
+        }
+        let mut input = Input(&covered[8..]);
+        let shard = u16::from_le_bytes(input.take()?);
+        if shard != partition.0 {
+            return Err(ReplicaSnapshotError::WrongPartition(shard));
+        }
+        let applied = input.u64()?;
+        let clock_ns = input.u64()?;
+        let max_quantity = u32::from_le_bytes(input.take()?);
+        let count = input.u64()?;
+        let mut waiting = FxHashMap::default();
+        for _ in 0..count {
+            let sequence = input.u64()?;
+            let gateway = input.u64()?;
+            let request = input.u64()?;
+            waiting.insert(sequence, (gateway, request));
+        }
+        let core_len = usize::try_from(input.u64()?).map_err(|_| Damaged)?;
+        if input.0.len() != core_len {
+            return Err(Damaged);
+        }
+        let core_bytes = input.0;
+        let core = ShardCore::restore(catalog, placement, partition, None, core_bytes)
+            .map_err(ReplicaSnapshotError::Core)?;
+        Ok(Self {
+            core,
+            applied,
+            clock_ns,
+            max_quantity,
+            waiting,
+        })
+    }
+}
+
+/// Reads a snapshot's fields; running out is [`ReplicaSnapshotError::Damaged`].
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], ReplicaSnapshotError> {
+        let (head, rest) = self
+            .0
+            .split_first_chunk::<N>()
+            .ok_or(ReplicaSnapshotError::Damaged)?;
+        self.0 = rest;
+        Ok(*head)
+    }
+
+    fn u64(&mut self) -> Result<u64, ReplicaSnapshotError> {
+        self.take().map(u64::from_le_bytes)
+    }
+}

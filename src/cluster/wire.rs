@@ -1,0 +1,554 @@
+//! The messages on a partition's log: a gateway's batch of buys, one operator command, or
+//! a tick. Each is one log entry; its position in the log is its order and the log's stamp
+//! is its instant, so no message carries a time of its own.
+//!
+//! ```text
+//! message  := magic "FSC1" | kind u8 | sender u64 | body | crc32 (of everything before it)
+//! buys     := kind 1, count u16 (1..=BATCH_MAX), count × buy
+//! buy      := request u64 | wait u8 (0 or 1) | user u64 | key u64 | sku u32 | quantity u32
+//! control  := kind 2, request u64 | op u8 | op's fields
+//!             op 1 pay order u64 · 2 cancel order u64 · 3 restock sku u32 units u32 ·
+//!             4 reduce sku u32 units u32 · 5 window sku u32 opens u64 closes u64 · 6 close sku u32
+//! tick     := kind 3 (no body)
+//! ```
+//!
+//! All integers are little-endian. The checksum is the log's second line of defence: a
+//! message damaged in a way the log did not notice is refused whole, never half applied.
+
+use crate::catalog::SaleWindow;
+use crate::core::Command;
+use crate::types::{Intent, OrderId, SkuId, UserId};
+
+/// The first four bytes of every message.
+pub const MAGIC: [u8; 4] = *b"FSC1";
+/// The most buys one message carries.
+pub const BATCH_MAX: usize = 4096;
+/// Bytes of one buy in a batch.
+pub const BUY_LEN: usize = 33;
+/// Bytes of a message before its body (magic, kind, sender).
+const HEAD_LEN: usize = 13;
+const CRC_LEN: usize = 4;
+
+const KIND_BUYS: u8 = 1;
+const KIND_CONTROL: u8 = 2;
+const KIND_TICK: u8 = 3;
+
+/// Why a message was refused; nothing of it is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Shorter than its kind needs, or longer.
+    #[error("a message of {0} bytes does not fit its kind")]
+    Length(usize),
+    /// Does not start with the magic.
+    #[error("not a flashsale log message (bad magic)")]
+    Magic,
+    /// The checksum does not match: damaged after it was written.
+    #[error("checksum mismatch")]
+    Checksum,
+    /// A kind this version does not know.
+    #[error("unknown message kind {0}")]
+    Kind(u8),
+    /// A batch of no buys, or of more than [`BATCH_MAX`].
+    #[error("a batch of {0} buys (1 to 4096 allowed)")]
+    Count(usize),
+    /// A wait flag other than 0 or 1.
+    #[error("wait flag {0} (0 or 1 allowed)")]
+    Flag(u8),
+    /// An operator command this version does not know.
+    #[error("unknown operator command {0}")]
+    Op(u8),
+}
+
+/// One buy in a gateway's batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Buy {
+    /// The gateway's number for the request, echoed in its reply.
+    pub request: u64,
+    /// The intent.
+    pub intent: Intent,
+    /// Whether it waits for units rather than be rejected as sold out
+    /// ([`Command::BuyOrWait`]).
+    pub wait: bool,
+}
+
+/// An operator command (its instant is the log's stamp).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Control {
+    /// [`Command::Pay`].
+    Pay(OrderId),
+    /// [`Command::Cancel`].
+    Cancel(OrderId),
+    /// [`Command::Restock`].
+    Restock {
+        /// The SKU.
+        sku: SkuId,
+        /// Units added.
+        units: u32,
+    },
+    /// [`Command::Reduce`].
+    Reduce {
+        /// The SKU.
+        sku: SkuId,
+        /// Units removed.
+        units: u32,
+    },
+    /// [`Command::SetWindow`].
+    SetWindow {
+        /// The SKU.
+        sku: SkuId,
+        /// The new window.
+        window: SaleWindow,
+    },
+    /// [`Command::CloseSale`].
+    Close(SkuId),
+}
+
+impl Control {
+    /// The command it is at instant `at_ns`.
+    pub fn at(self, at_ns: u64) -> Command {
+        match self {
+            Self::Pay(order) => Command::Pay { order, at_ns },
+            Self::Cancel(order) => Command::Cancel { order, at_ns },
+            Self::Restock { sku, units } => Command::Restock { sku, units, at_ns },
+            Self::Reduce { sku, units } => Command::Reduce { sku, units, at_ns },
+            Self::SetWindow { sku, window } => Command::SetWindow { sku, window, at_ns },
+            Self::Close(sku) => Command::CloseSale { sku, at_ns },
+        }
+    }
+}
+
+/// A decoded message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Message<'a> {
+    /// Who wrote it: the gateway its replies go to (for a tick, the node that published
+    /// it).
+    pub sender: u64,
+    /// What it says.
+    pub body: Body<'a>,
+}
+
+/// What a message says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body<'a> {
+    /// Buys, in the order the gateway received them.
+    Buys(Buys<'a>),
+    /// One operator command.
+    Control {
+        /// The gateway's number for the request.
+        request: u64,
+        /// The command.
+        control: Control,
+    },
+    /// Time passed: whatever fell due by the message's instant runs.
+    Tick,
+}
+
+/// The buys of a batch, checked and decoded one at a time as they are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buys<'a>(&'a [u8]);
+
+impl Buys<'_> {
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.len() / BUY_LEN
+    }
+
+    /// Whether there are none (never, for a decoded batch).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The buys, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Buy> + '_ {
+        self.0.chunks_exact(BUY_LEN).map(|record| {
+            let mut fields = Fields(record);
+            let request = fields.u64();
+            let wait = fields.u8() == 1;
+            Buy {
+                request,
+                intent: Intent {
+                    user: UserId(fields.u64()),
+                    client_key: fields.u64(),
+                    sku: SkuId(fields.u32()),
+                    quantity: fields.u32(),
+                },
+                wait,
+            }
+        })
+    }
+}
+
+/// Reads fields off a slice whose length was checked first.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let (head, rest) = self
+            .0
+            .split_first_chunk::<N>()
+            .expect("lengths are checked before fields are read");
+        self.0 = rest;
+        *head
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.take())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take())
+    }
+    fn u8(&mut self) -> u8 {
+        self.take::<1>()[0]
+    }
+}
+
+/// Decodes and checks a message. Every way a message can be wrong is a [`WireError`];
+/// none panics.
+pub fn decode(bytes: &[u8]) -> Result<Message<'_>, WireError> {
+    if bytes.len() < HEAD_LEN + CRC_LEN {
+        return Err(WireError::Length(bytes.len()));
+    }
+    if bytes[..4] != MAGIC {
+        return Err(WireError::Magic);
+    }
+    let (covered, crc) = bytes.split_at(bytes.len() - CRC_LEN);
+    if crc32fast::hash(covered).to_le_bytes() != crc {
+        return Err(WireError::Checksum);
+    }
+    let mut head = Fields(&covered[4..HEAD_LEN]);
+    let kind = head.u8();
+    let sender = head.u64();
+    let body = &covered[HEAD_LEN..];
+    let length = || WireError::Length(bytes.len());
+    let body = match kind {
+        KIND_BUYS => {
+            let (count, records) = body.split_first_chunk::<2>().ok_or_else(length)?;
+            let count = usize::from(u16::from_le_bytes(*count));
+            if count == 0 || count > BATCH_MAX {
+                return Err(WireError::Count(count));
+            }
+            if records.len() != count * BUY_LEN {
+                return Err(length());
+            }
+            if let Some(flag) = records
+                .chunks_exact(BUY_LEN)
+                .map(|record| record[8])
+                .find(|&flag| flag > 1)
+            {
+                return Err(WireError::Flag(flag));
+            }
+            Body::Buys(Buys(records))
+        }
+        KIND_CONTROL => {
+            let (fixed, rest) = body.split_first_chunk::<9>().ok_or_else(length)?;
+            let mut fields = Fields(fixed);
+            let request = fields.u64();
+            let op = fields.u8();
+            let need = match op {
+                1..=4 => 8,
+                5 => 20,
+                6 => 4,
+                other => return Err(WireError::Op(other)),
+            };
+            if rest.len() != need {
+                return Err(length());
+            }
+            let mut fields = Fields(rest);
+            let control = match op {
+                1 => Control::Pay(OrderId(fields.u64())),
+                2 => Control::Cancel(OrderId(fields.u64())),
+                3 => Control::Restock {
+                    sku: SkuId(fields.u32()),
+                    units: fields.u32(),
+                },
+                4 => Control::Reduce {
+                    sku: SkuId(fields.u32()),
+                    units: fields.u32(),
+                },
+                5 => Control::SetWindow {
+                    sku: SkuId(fields.u32()),
+                    window: SaleWindow {
+                        opens_at_ns: fields.u64(),
+                        closes_at_ns: fields.u64(),
+                    },
+                },
+                _ => Control::Close(SkuId(fields.u32())),
+            };
+            Body::Control { request, control }
+        }
+        KIND_TICK if body.is_empty() => Body::Tick,
+        KIND_TICK => return Err(length()),
+        other => return Err(WireError::Kind(other)),
+    };
+    Ok(Message { sender, body })
+}
+
+/// Starts a message of `kind` from `sender` in `out` (cleared first).
+fn begin(out: &mut Vec<u8>, kind: u8, sender: u64) {
+    out.clear();
+    out.extend_from_slice(&MAGIC);
+    out.push(kind);
+    out.extend_from_slice(&sender.to_le_bytes());
+}
+
+/// Appends the checksum.
+fn seal(out: &mut Vec<u8>) {
+    let crc = crc32fast::hash(out);
+    out.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// Builds a batch of buys in place, one buy at a time, for a gateway that gathers them as
+/// they arrive.
+#[derive(Debug, Clone)]
+pub struct BatchWriter {
+    bytes: Vec<u8>,
+    count: usize,
+}
+
+impl BatchWriter {
+    /// An empty batch from gateway `sender`.
+    pub fn new(sender: u64) -> Self {
+        let mut bytes = Vec::with_capacity(HEAD_LEN + 2 + 64 * BUY_LEN + CRC_LEN);
+        begin(&mut bytes, KIND_BUYS, sender);
+        bytes.extend_from_slice(&[0, 0]);
+        Self { bytes, count: 0 }
+    }
+
+    /// Buys so far.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether no buy was added yet.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Whether the batch holds [`BATCH_MAX`] buys.
+    pub fn is_full(&self) -> bool {
+        self.count == BATCH_MAX
+    }
+
+    /// Adds a buy.
+    ///
+    /// # Panics
+    /// If the batch is full (check [`is_full`](Self::is_full)).
+    pub fn push(&mut self, buy: &Buy) {
+        assert!(!self.is_full(), "a batch holds at most {BATCH_MAX} buys");
+        let intent = &buy.intent;
+        self.bytes.extend_from_slice(&buy.request.to_le_bytes());
+        self.bytes.push(u8::from(buy.wait));
+        self.bytes.extend_from_slice(&intent.user.0.to_le_bytes());
+        self.bytes
+            .extend_from_slice(&intent.client_key.to_le_bytes());
+        self.bytes.extend_from_slice(&intent.sku.0.to_le_bytes());
+        self.bytes.extend_from_slice(&intent.quantity.to_le_bytes());
+        self.count += 1;
+    }
+
+    /// The message's bytes; the writer is left empty, for the next batch.
+    ///
+    /// # Panics
+    /// If no buy was added (an empty batch is not a message).
+    pub fn finish(&mut self) -> Vec<u8> {
+        assert!(self.count > 0, "an empty batch is not a message");
+        let count = (self.count as u16).to_le_bytes();
+        self.bytes[HEAD_LEN..HEAD_LEN + 2].copy_from_slice(&count);
+        let sender = u64::from_le_bytes(self.bytes[5..HEAD_LEN].try_into().expect("8 bytes"));
+        seal(&mut self.bytes);
+        let mut next = Self::new(sender);
+        std::mem::swap(self, &mut next);
+        next.bytes
+    }
+}
+
+/// An operator command's message.
+pub fn encode_control(sender: u64, request: u64, control: &Control) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEAD_LEN + 9 + 20 + CRC_LEN);
+    begin(&mut out, KIND_CONTROL, sender);
+    out.extend_from_slice(&request.to_le_bytes());
+    match *control {
+        Control::Pay(order) => {
+            out.push(1);
+            out.extend_from_slice(&order.0.to_le_bytes());
+        }
+        Control::Cancel(order) => {
+            out.push(2);
+            out.extend_from_slice(&order.0.to_le_bytes());
+        }
+        Control::Restock { sku, units } => {
+            out.push(3);
+            out.extend_from_slice(&sku.0.to_le_bytes());
+            out.extend_from_slice(&units.to_le_bytes());
+        }
+        Control::Reduce { sku, units } => {
+            out.push(4);
+            out.extend_from_slice(&sku.0.to_le_bytes());
+            out.extend_from_slice(&units.to_le_bytes());
+        }
+        Control::SetWindow { sku, window } => {
+            out.push(5);
+            out.extend_from_slice(&sku.0.to_le_bytes());
+            out.extend_from_slice(&window.opens_at_ns.to_le_bytes());
+            out.extend_from_slice(&window.closes_at_ns.to_le_bytes());
+        }
+        Control::Close(sku) => {
+            out.push(6);
+            out.extend_from_slice(&sku.0.to_le_bytes());
+        }
+    }
+    seal(&mut out);
+    out
+}
+
+/// A tick's message.
+pub fn encode_tick(sender: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEAD_LEN + CRC_LEN);
+    begin(&mut out, KIND_TICK, sender);
+    seal(&mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buy(request: u64, wait: bool) -> Buy {
+        Buy {
+            request,
+            intent: Intent {
+                user: UserId(request * 7),
+                client_key: request ^ 0xdead_beef,
+                sku: SkuId(request as u32 % 5),
+                quantity: 1 + request as u32 % 3,
+            },
+            wait,
+        }
+    }
+
+    #[test]
+    fn a_batch_reads_back_as_written() {
+        let mut writer = BatchWriter::new(42);
+        let buys: Vec<Buy> = (0..100)
+            .map(|request| buy(request, request % 3 == 0))
+            .collect();
+        for one in &buys {
+            writer.push(one);
+        }
+        let bytes = writer.finish();
+        assert!(writer.is_empty());
+        assert_eq!(bytes.len(), HEAD_LEN + 2 + 100 * BUY_LEN + CRC_LEN);
+        let message = decode(&bytes).unwrap();
+        assert_eq!(message.sender, 42);
+        let Body::Buys(read) = message.body else {
+            panic!("not a batch: {message:?}");
+        };
+        assert_eq!(read.iter().collect::<Vec<_>>(), buys);
+    }
+
+    #[test]
+    fn controls_and_ticks_read_back_as_written() {
+        let controls = [
+            Control::Pay(OrderId(9)),
+            Control::Cancel(OrderId(u64::MAX)),
+            Control::Restock {
+                sku: SkuId(3),
+                units: 7,
+            },
+            Control::Reduce {
+                sku: SkuId(4),
+                units: 1,
+            },
+            Control::SetWindow {
+                sku: SkuId(5),
+                window: SaleWindow {
+                    opens_at_ns: 10,
+                    closes_at_ns: 20,
+                },
+            },
+            Control::Close(SkuId(6)),
+        ];
+        for (request, control) in controls.iter().enumerate() {
+            let bytes = encode_control(7, request as u64, control);
+            assert_eq!(
+                decode(&bytes).unwrap(),
+                Message {
+                    sender: 7,
+                    body: Body::Control {
+                        request: request as u64,
+                        control: *control
+                    }
+                }
+            );
+        }
+        assert_eq!(
+            decode(&encode_tick(3)).unwrap(),
+            Message {
+                sender: 3,
+                body: Body::Tick
+            }
+        );
+    }
+
+    #[test]
+    fn every_cut_and_every_flipped_bit_is_refused_by_name() {
+        let mut writer = BatchWriter::new(1);
+        writer.push(&buy(1, false));
+        writer.push(&buy(2, true));
+        let messages = [
+            writer.finish(),
+            encode_control(1, 2, &Control::Close(SkuId(1))),
+            encode_tick(1),
+        ];
+        for message in &messages {
+            for cut in 0..message.len() {
+                assert!(decode(&message[..cut]).is_err(), "cut at {cut}");
+            }
+            for bit in 0..message.len() * 8 {
+                let mut damaged = message.clone();
+                damaged[bit / 8] ^= 1 << (bit % 8);
+                assert!(decode(&damaged).is_err(), "bit {bit}");
+            }
+        }
+    }
+
+    #[test]
+    fn well_sealed_nonsense_is_refused_by_name() {
+        let sealed = |kind: u8, body: &[u8]| {
+            let mut out = Vec::new();
+            begin(&mut out, kind, 1);
+            out.extend_from_slice(body);
+            seal(&mut out);
+            out
+        };
+        assert_eq!(decode(&sealed(9, &[])), Err(WireError::Kind(9)));
+        assert_eq!(
+            decode(&sealed(KIND_BUYS, &[0, 0])),
+            Err(WireError::Count(0))
+        );
+        assert_eq!(
+            decode(&sealed(KIND_BUYS, &[0x01, 0x10])),
+            Err(WireError::Count(4097))
+        );
+        let mut bad_flag = vec![1, 0];
+        bad_flag.extend_from_slice(&[0; 8]);
+        bad_flag.push(2);
+        bad_flag.extend_from_slice(&[0; 24]);
+        assert_eq!(
+            decode(&sealed(KIND_BUYS, &bad_flag)),
+            Err(WireError::Flag(2))
+        );
+        let mut bad_op = vec![0; 8];
+        bad_op.push(7);
+        assert_eq!(
+            decode(&sealed(KIND_CONTROL, &bad_op)),
+            Err(WireError::Op(7))
+        );
+        assert!(matches!(
+            decode(&sealed(KIND_TICK, &[0])),
+            Err(WireError::Length(_))
+        ));
+        let mut wrong_magic = encode_tick(1);
+        wrong_magic[0] = b'X';
+        assert_eq!(decode(&wrong_magic), Err(WireError::Magic));
+    }
+}

@@ -1,0 +1,337 @@
+//! A partition replica fed a log: its answers against the reference model fed the same
+//! commands, its snapshot plus the log's tail against the whole log, and every way an
+//! entry or a snapshot can be wrong.
+
+use flashsale::cluster::wire::{self, BatchWriter, Buy, Control};
+use flashsale::cluster::{Answer, Gap, Replica, ReplicaSnapshotError, Reply, Step};
+use flashsale::reference::Model;
+use flashsale::workload::Rng;
+use flashsale::{
+    Applied, Catalog, Command, GroupId, GroupSpec, Intent, OrderId, Placement, Policy, SaleWindow,
+    ShardId, SkuId, SkuSpec, UserId,
+};
+
+const MAX_QUANTITY: u32 = 3;
+
+/// Holds that expire, a waitlist, a limit group, an opening draw, and a SKU (9) that is
+/// not in the catalog at all.
+fn catalog() -> Catalog {
+    Catalog::builder()
+        .group(GroupId(1), 2)
+        .sku(
+            SkuSpec::new(SkuId(1), 6)
+                .group(GroupId(1))
+                .hold(4_000)
+                .waitlist(4),
+        )
+        .sku(SkuSpec::new(SkuId(2), 4).group(GroupId(1)).hold(9_000))
+        .sku(SkuSpec::new(SkuId(3), 30).limit(3))
+        .group_spec(GroupSpec::new(GroupId(2), 1).policy(Policy::OpeningDraw {
+            window_ns: 20_000,
+            seed: 7,
+        }))
+        .sku(SkuSpec::new(SkuId(4), 5).group(GroupId(2)))
+        .sku(SkuSpec::new(SkuId(5), 3).waitlist(2).hold(2_000))
+        .build()
+        .unwrap()
+}
+
+/// One log entry: its stamp and bytes.
+struct Entry {
+    stamp_ns: u64,
+    payload: Vec<u8>,
+}
+
+/// A random log: batches of buys (some malformed), operator commands, ticks, damaged
+/// messages, and stamps that sometimes go back (a log leader that moved).
+fn log(seed: u64, entries: usize) -> Vec<Entry> {
+    let mut rng = Rng::new(seed);
+    let mut now = 0u64;
+    let mut request = 0u64;
+    (0..entries)
+        .map(|_| {
+            now += rng.below(1_500);
+            let stamp_ns = now.saturating_sub(rng.below(4) * 700);
+            let gateway = 1 + rng.below(3);
+            request += 1;
+            let payload = match rng.below(20) {
+                0..=12 => {
+                    let mut batch = BatchWriter::new(gateway);
+                    for _ in 0..1 + rng.below(6) {
+                        request += 1;
+                        batch.push(&Buy {
+                            request,
+                            intent: Intent {
+                                user: UserId(1 + rng.below(12)),
+                                client_key: rng.below(40),
+                                sku: SkuId(if rng.below(30) == 0 {
+                                    9
+                                } else {
+                                    1 + rng.below(5) as u32
+                                }),
+                                quantity: rng.below(u64::from(MAX_QUANTITY) + 2) as u32,
+                            },
+                            wait: rng.below(3) == 0,
+                        });
+                    }
+                    batch.finish()
+                }
+                13..=16 => {
+                    let sku = SkuId(1 + rng.below(5) as u32);
+                    let control = match rng.below(6) {
+                        0 => Control::Pay(OrderId(rng.below(20))),
+                        1 => Control::Cancel(OrderId(rng.below(20))),
+                        2 => Control::Restock {
+                            sku,
+                            units: rng.below(3) as u32,
+                        },
+                        3 => Control::Reduce {
+                            sku,
+                            units: rng.below(3) as u32,
+                        },
+                        4 => Control::SetWindow {
+                            sku,
+                            window: SaleWindow {
+                                opens_at_ns: now,
+                                closes_at_ns: now + rng.below(200_000),
+                            },
+                        },
+                        _ => Control::Close(sku),
+                    };
+                    wire::encode_control(gateway, request, &control)
+                }
+                17 | 18 => wire::encode_tick(0),
+                _ => {
+                    let mut damaged = wire::encode_tick(0);
+                    let at = rng.below(damaged.len() as u64) as usize;
+                    damaged[at] ^= 1 << rng.below(8);
+                    damaged
+                }
+            };
+            Entry { stamp_ns, payload }
+        })
+        .collect()
+}
+
+/// What the log should answer, from the reference model fed each valid message's commands
+/// at the clamped stamp, with the waiting buys' requests remembered by sequence here.
+fn expected(catalog: &Catalog, log: &[Entry]) -> Vec<Reply> {
+    let mut model = Model::whole(catalog);
+    let mut waiting = std::collections::HashMap::new();
+    let mut clock = 0u64;
+    let mut replies = Vec::new();
+    let mut run =
+        |model: &mut Model, replies: &mut Vec<Reply>, command: Option<Command>, to: (u64, u64)| {
+            if let Some(command) = command {
+                let applied = model.apply(&command);
+                if let Applied::Waiting { sequence } = applied {
+                    waiting.insert(sequence, to);
+                }
+                if to.0 != u64::MAX {
+                    replies.push(Reply {
+                        gateway: to.0,
+                        request: to.1,
+                        answer: Answer::Applied(applied),
+                    });
+                }
+            }
+            for deferred in model.take_deferred() {
+                let (gateway, request) = waiting.remove(&deferred.origin).expect("it waited");
+                replies.push(Reply {
+                    gateway,
+                    request,
+                    answer: Answer::Deferred(deferred.outcome),
+                });
+            }
+        };
+    for entry in log {
+        clock = clock.max(entry.stamp_ns);
+        let Ok(message) = wire::decode(&entry.payload) else {
+            continue;
+        };
+        match message.body {
+            wire::Body::Buys(buys) => {
+                for buy in buys.iter() {
+                    let to = (message.sender, buy.request);
+                    if buy.intent.quantity == 0 || buy.intent.quantity > MAX_QUANTITY {
+                        replies.push(Reply {
+                            gateway: to.0,
+                            request: to.1,
+                            answer: Answer::Screened(flashsale::RejectReason::InvalidQuantity),
+                        });
+                        continue;
+                    }
+                    let command = if buy.wait {
+                        Command::BuyOrWait {
+                            intent: buy.intent,
+                            arrival_ns: clock,
+                        }
+                    } else {
+                        Command::Buy {
+                            intent: buy.intent,
+                            arrival_ns: clock,
+                        }
+                    };
+                    run(&mut model, &mut replies, Some(command), to);
+                }
+            }
+            wire::Body::Control { request, control } => run(
+                &mut model,
+                &mut replies,
+                Some(control.at(clock)),
+                (message.sender, request),
+            ),
+            wire::Body::Tick => run(
+                &mut model,
+                &mut replies,
+                Some(Command::Tick { now_ns: clock }),
+                (u64::MAX, 0),
+            ),
+        }
+    }
+    replies
+}
+
+fn replay(replica: &mut Replica, log: &[Entry], from: usize, replies: &mut Vec<Reply>) {
+    for (index, entry) in log.iter().enumerate().skip(from) {
+        let step = replica
+            .apply(index as u64 + 1, entry.stamp_ns, &entry.payload, replies)
+            .unwrap();
+        assert_ne!(step, Step::AlreadyApplied);
+    }
+}
+
+#[test]
+fn a_replica_answers_what_the_reference_model_decides() {
+    let catalog = catalog();
+    let placement = Placement::new(&catalog, 1).unwrap();
+    let seeds = if cfg!(miri) { 2 } else { 300 };
+    let (mut deferred, mut refused) = (0, 0);
+    for seed in 0..seeds {
+        let log = log(seed, 400);
+        let mut replica = Replica::new(&catalog, &placement, ShardId(0), MAX_QUANTITY);
+        let mut replies = Vec::new();
+        for (index, entry) in log.iter().enumerate() {
+            let step = replica
+                .apply(
+                    index as u64 + 1,
+                    entry.stamp_ns,
+                    &entry.payload,
+                    &mut replies,
+                )
+                .unwrap();
+            refused += usize::from(matches!(step, Step::Refused(_)));
+        }
+        deferred += replies
+            .iter()
+            .filter(|reply| matches!(reply.answer, Answer::Deferred(_)))
+            .count();
+        assert_eq!(replies, expected(&catalog, &log), "seed {seed}");
+        assert_eq!(replica.applied(), log.len() as u64);
+    }
+    // The logs reach what they are for.
+    assert!(deferred > seeds as usize, "{deferred} deferred answers");
+    assert!(refused > seeds as usize, "{refused} damaged entries");
+}
+
+#[test]
+fn a_snapshot_plus_the_tail_is_the_whole_log() {
+    let catalog = catalog();
+    let placement = Placement::new(&catalog, 1).unwrap();
+    let seeds = if cfg!(miri) { 1 } else { 60 };
+    for seed in 0..seeds {
+        let log = log(1_000 + seed, 300);
+        let mut whole = Replica::new(&catalog, &placement, ShardId(0), MAX_QUANTITY);
+        let mut replies_whole = Vec::new();
+        replay(&mut whole, &log, 0, &mut replies_whole);
+
+        let cut = (seed as usize * 37) % log.len();
+        let mut first = Replica::new(&catalog, &placement, ShardId(0), MAX_QUANTITY);
+        let mut replies = Vec::new();
+        replay(&mut first, &log[..cut], 0, &mut replies);
+        let snapshot = first.snapshot();
+        assert_eq!(Replica::snapshot_position(&snapshot), Some(cut as u64));
+        let mut resumed = Replica::restore(&catalog, &placement, ShardId(0), &snapshot).unwrap();
+        assert_eq!(resumed.snapshot(), snapshot);
+        replay(&mut resumed, &log, cut, &mut replies);
+        assert_eq!(replies, replies_whole, "seed {seed}, cut at {cut}");
+        assert_eq!(resumed.snapshot(), whole.snapshot(), "seed {seed}");
+        assert_eq!(resumed.waiting(), whole.waiting());
+    }
+}
+
+#[test]
+fn redeliveries_are_ignored_and_holes_refused() {
+    let catalog = catalog();
+    let placement = Placement::new(&catalog, 1).unwrap();
+    let log = log(5, 20);
+    let mut replica = Replica::new(&catalog, &placement, ShardId(0), MAX_QUANTITY);
+    let mut replies = Vec::new();
+    assert_eq!(
+        replica.apply(2, 0, &log[1].payload, &mut replies),
+        Err(Gap { applied: 0, got: 2 })
+    );
+    replay(&mut replica, &log[..10], 0, &mut replies);
+    let before = (replica.snapshot(), replies.len());
+    for position in 1..=10 {
+        let entry = &log[position as usize - 1];
+        assert_eq!(
+            replica.apply(position, entry.stamp_ns, &entry.payload, &mut replies),
+            Ok(Step::AlreadyApplied)
+        );
+    }
+    assert_eq!(
+        replica.apply(12, 0, &log[11].payload, &mut replies),
+        Err(Gap {
+            applied: 10,
+            got: 12
+        })
+    );
+    assert_eq!((replica.snapshot(), replies.len()), before);
+}
+
+#[test]
+fn a_damaged_snapshot_or_another_partitions_is_refused() {
+    let catalog = catalog();
+    let placement = Placement::new(&catalog, 2).unwrap();
+    let mut replica = Replica::new(&catalog, &placement, ShardId(1), MAX_QUANTITY);
+    let mut batch = BatchWriter::new(1);
+    for sku in 1..=5 {
+        batch.push(&Buy {
+            request: u64::from(sku),
+            intent: Intent {
+                user: UserId(1),
+                client_key: u64::from(sku),
+                sku: SkuId(sku),
+                quantity: 1,
+            },
+            wait: true,
+        });
+    }
+    let mut replies = Vec::new();
+    replica.apply(1, 10, &batch.finish(), &mut replies).unwrap();
+    // The SKUs of partition 0 reach this core and are refused by it as unknown.
+    let unknown = replies
+        .iter()
+        .filter(|reply| {
+            matches!(reply.answer, Answer::Applied(Applied::Decided(outcome))
+                if outcome.reason() == Some(flashsale::RejectReason::UnknownSku))
+        })
+        .count();
+    assert_eq!(unknown, placement.skus_of(ShardId(0)).len(), "{replies:?}");
+    let snapshot = replica.snapshot();
+    assert_eq!(
+        Replica::restore(&catalog, &placement, ShardId(0), &snapshot).unwrap_err(),
+        ReplicaSnapshotError::WrongPartition(1)
+    );
+    for cut in (0..snapshot.len()).step_by(7) {
+        assert!(Replica::restore(&catalog, &placement, ShardId(1), &snapshot[..cut]).is_err());
+    }
+    let mut rng = Rng::new(3);
+    for _ in 0..if cfg!(miri) { 3 } else { 300 } {
+        let mut damaged = snapshot.clone();
+        let at = rng.below(damaged.len() as u64) as usize;
+        damaged[at] ^= 1 << rng.below(8);
+        assert!(Replica::restore(&catalog, &placement, ShardId(1), &damaged).is_err());
+    }
+}
