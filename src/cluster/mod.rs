@@ -15,9 +15,23 @@
 //!   wrong.
 //! - [`Replica`]: the state machine, its snapshot and its restore.
 //!
-//! Nothing here does input or output; the log itself is the caller's.
+//! With the `cluster` feature, on NATS JetStream:
+//! - `nats`: the sale's streams, buckets and epoch;
+//! - `run_node`: an engine node, leading some partitions and standing by for the rest;
+//! - `Gateway`: buys through the cluster, batched per partition.
 
+#[cfg(all(feature = "cluster", not(loom)))]
+mod gateway;
+#[cfg(all(feature = "cluster", not(loom)))]
+pub mod nats;
+#[cfg(all(feature = "cluster", not(loom)))]
+mod node;
 mod replica;
 pub mod wire;
+
+#[cfg(all(feature = "cluster", not(loom)))]
+pub use gateway::{Decided, Gateway, GatewayConfig, GatewayError, GatewayStats};
+#[cfg(all(feature = "cluster", not(loom)))]
+pub use node::{NodeConfig, PartitionStatus, run_node};
 
 pub use replica::{Answer, Gap, Replica, ReplicaSnapshotError, Reply, Step};

@@ -4,6 +4,8 @@
 mod compare;
 mod fsync;
 mod hiccups;
+#[cfg(all(feature = "cluster", not(loom)))]
+mod node;
 mod output;
 mod plan;
 mod plot;
@@ -51,6 +53,9 @@ enum CliCommand {
     /// Serve a sale over HTTP: buys, payments, the order event feed, operator routes.
     #[cfg(all(feature = "serve", not(loom)))]
     Serve(serve::ServeArgs),
+    /// Run an engine node of a sale on NATS JetStream (feature `cluster`).
+    #[cfg(all(feature = "cluster", not(loom)))]
+    Node(node::NodeArgs),
 }
 
 /// Scenario knobs shared by `simulate` and `compare`.
@@ -407,6 +412,10 @@ fn simulate_journaled(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     #[cfg(all(feature = "serve", not(loom)))]
+    #[cfg(all(feature = "cluster", not(loom)))]
+    if let CliCommand::Node(args) = cli.command {
+        return ExitCode::from(node::run(args));
+    }
     if let CliCommand::Serve(args) = cli.command {
         // A server keeps SIGPIPE ignored: a client that goes away must not end it.
         return ExitCode::from(serve::run(args));
@@ -426,6 +435,8 @@ fn main() -> ExitCode {
         CliCommand::Fsync(args) => fsync::fsync(args),
         #[cfg(all(feature = "serve", not(loom)))]
         CliCommand::Serve(_) => unreachable!("served above"),
+        #[cfg(all(feature = "cluster", not(loom)))]
+        CliCommand::Node(_) => unreachable!("run above"),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

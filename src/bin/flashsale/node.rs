@@ -1,0 +1,179 @@
+//! `flashsale node`: an engine node of a sale on NATS JetStream.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use flashsale::cluster::nats::{SaleOnNats, connect};
+use flashsale::cluster::{NodeConfig, PartitionStatus, run_node};
+use tokio::sync::watch;
+
+use crate::serve::catalog_file;
+
+/// Run an engine node: it applies every partition's log and leads the partitions whose
+/// lease it holds.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The NATS servers, comma-separated.
+    #[arg(long, default_value = "nats://127.0.0.1:4222", env = "FLASHSALE_NATS")]
+    nats: String,
+    /// The sale's name (its streams and buckets are named after it).
+    #[arg(long, default_value = "sale")]
+    sale: String,
+    /// The catalog file (TOML, as for `serve`); the demo sale if none.
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// Partitions (shards) the sale is spread over; every node and gateway must agree.
+    #[arg(long, default_value_t = 1)]
+    partitions: u16,
+    /// Copies JetStream keeps of each log (3 on a 3-server cluster).
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// This node's name in leases (unique per node); the host and process id if none.
+    #[arg(long)]
+    id: Option<String>,
+    /// How long a partition's lease lasts unless renewed (a standby takes over at most
+    /// this long after its leader died).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    lease: Duration,
+    /// Entries between the snapshots a leader stores.
+    #[arg(long, default_value_t = 100_000)]
+    snapshot_every: u64,
+    /// The largest quantity one intent may ask for (the same on every node and gateway).
+    #[arg(long, default_value_t = 16)]
+    max_quantity: u32,
+    /// Print every partition's status (position applied, leading, reader restarts) this
+    /// often.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    status_every: Option<Duration>,
+}
+
+/// Runs the node until SIGTERM or SIGINT; the exit code.
+pub fn run(args: NodeArgs) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("flashsale node: cannot start the runtime: {error}");
+            return 1;
+        }
+    };
+    match runtime.block_on(node(args)) {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("flashsale node: {error}");
+            1
+        }
+    }
+}
+
+async fn node(args: NodeArgs) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let sale =
+        SaleOnNats::new(&args.sale, args.partitions, args.replicas).map_err(|e| e.to_string())?;
+    let id = args
+        .id
+        .unwrap_or_else(|| format!("node-{}", std::process::id()));
+    let client = connect(&args.nats, &id).await.map_err(|e| e.to_string())?;
+    // A cluster that is still electing its leaders times requests out: retry for a while.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let opened = loop {
+        match sale.open(client.clone(), args.lease).await {
+            Ok(opened) => break opened,
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                eprintln!("{} flashsale node {id}: {error}; retrying", stamp());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+    };
+    let catalog = match &args.catalog {
+        Some(path) => catalog_file::load(path, opened.epoch()).map_err(|e| e.to_string())?,
+        None => catalog_file::parse("demo sale", crate::serve::DEMO_SALE, opened.epoch())
+            .map_err(|e| e.to_string())?,
+    };
+    let (status, mut watching) = watch::channel(Vec::<PartitionStatus>::new());
+    let (stop, stopping) = watch::channel(false);
+    let config = NodeConfig {
+        id: id.clone(),
+        lease: args.lease,
+        snapshot_every: args.snapshot_every,
+        max_quantity: args.max_quantity,
+    };
+    let mut running = tokio::spawn(run_node(
+        client,
+        sale,
+        opened,
+        catalog,
+        config,
+        Some(status),
+        stopping,
+    ));
+    eprintln!(
+        "{} flashsale node {id}: ready, sale {:?}, {} partitions",
+        stamp(),
+        args.sale,
+        args.partitions
+    );
+    let mut leading: Vec<bool> = Vec::new();
+    let mut status_timer =
+        tokio::time::interval(args.status_every.unwrap_or(Duration::from_secs(3_600)));
+    let printing = args.status_every.is_some();
+    loop {
+        tokio::select! {
+            _ = status_timer.tick(), if printing => {
+                for (partition, status) in watching.borrow().iter().enumerate() {
+                    eprintln!(
+                        "{} flashsale node {id}: partition {partition}: applied {}, {}, \
+                         {} refused, {} reader restarts",
+                        stamp(),
+                        status.applied,
+                        if status.leading { "leading" } else { "standing by" },
+                        status.refused,
+                        status.reader_restarts
+                    );
+                }
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            ended = &mut running => {
+                return match ended {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(error)) => Err(error.to_string()),
+                    Err(error) => Err(error.to_string()),
+                };
+            }
+            changed = watching.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let now: Vec<bool> = watching.borrow().iter().map(|p| p.leading).collect();
+
+                for (partition, (&was, &is)) in leading.iter().chain(std::iter::repeat(&false)).zip(&now).enumerate() {
+                    if was != is {
+                        let role = if is { "leading" } else { "standing by for" };
+                        eprintln!("{} flashsale node {id}: {role} partition {partition}", stamp());
+                    }
+                }
+                leading = now;
+            }
+        }
+    }
+    let _ = stop.send(true);
+    match tokio::time::timeout(Duration::from_secs(5), running).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(error))) => Err(error.to_string()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("the partitions did not stop within 5 s".into()),
+    }
+}
+
+/// Now, RFC 3339 with milliseconds, for log lines.
+fn stamp() -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now())
+}

@@ -1,0 +1,432 @@
+//! A gateway: the cluster's counterpart of [`AsyncClient`](crate::AsyncClient). It
+//! gathers buys per partition into batches (one log entry each), publishes them with a
+//! message id (JetStream drops a repeat within its duplicate window), and resolves each
+//! buy when its reply comes back from the partition's leader.
+//!
+//! A buy with no answer after [`GatewayConfig::resubmit_after`] is published again in a
+//! later batch: its leader may have died between deciding it and answering. The
+//! idempotency key makes that safe: a buy that was confirmed comes back as
+//! [`RejectReason::Duplicate`] naming the same order ([`Decided::order`] gives it). A buy that waits (pooled or on a waitlist) is not resubmitted while it
+//! waits; if its leader dies, its deferred answer comes from the next leader, unless that
+//! answer was decided in the seconds between the two, in which case the buy ends
+//! [`GatewayError::Unanswered`] after [`GatewayConfig::give_up_after`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::message::PublishMessage;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+use tokio::sync::{mpsc, oneshot};
+
+use super::Answer;
+use super::nats::{NatsError, Opened, SaleOnNats};
+use super::wire::{self, BatchWriter, Buy};
+use crate::catalog::{Catalog, Placement};
+use crate::core::Applied;
+use crate::types::{Intent, OrderId, Outcome, RejectReason};
+
+/// How a gateway batches and retries.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// How long a batch waits for more buys after its first (a batch is published at
+    /// once when it holds [`wire::BATCH_MAX`]).
+    pub linger: Duration,
+    /// A buy not answered for this long is published again.
+    pub resubmit_after: Duration,
+    /// A buy not answered for this long ends [`GatewayError::Unanswered`].
+    pub give_up_after: Duration,
+    /// The largest quantity one intent may ask for (as the nodes').
+    pub max_quantity: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            linger: Duration::from_micros(500),
+            resubmit_after: Duration::from_millis(1_500),
+            give_up_after: Duration::from_secs(30),
+            max_quantity: 16,
+        }
+    }
+}
+
+/// Why a buy has no outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// No answer came within [`GatewayConfig::give_up_after`] (the cluster is down, or a
+    /// waiting buy's answer was lost in a failover). The buy may still have been decided:
+    /// retrying it with the same key is safe.
+    #[error("no answer from the cluster in time")]
+    Unanswered,
+    /// The gateway is shutting down.
+    #[error("the gateway is shut down")]
+    ShutDown,
+}
+
+/// A buy's outcome through the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decided {
+    /// The outcome. A resubmitted buy whose first publication had been confirmed comes
+    /// back [`RejectReason::Duplicate`] naming that order (see [`order`](Self::order)).
+    pub outcome: Outcome,
+    /// Times it was published (more than 1 after a failover).
+    pub attempts: u32,
+}
+
+impl Decided {
+    /// The order the buy holds: the one confirmed now or, for a resubmitted buy, the one
+    /// its earlier publication confirmed.
+    pub fn order(&self) -> Option<OrderId> {
+        match self.outcome {
+            Outcome::Confirmed(order) => Some(order.id),
+            Outcome::Rejected {
+                reason: RejectReason::Duplicate(id),
+                ..
+            } if self.attempts > 1 => Some(id),
+            Outcome::Rejected { .. } => None,
+        }
+    }
+}
+
+struct Pending {
+    buy: Buy,
+    partition: u16,
+    first_sent: Instant,
+    last_sent: Instant,
+    attempts: u32,
+    waiting: bool,
+    answer: oneshot::Sender<Result<Decided, GatewayError>>,
+}
+
+struct Inner {
+    id: u64,
+    sale: SaleOnNats,
+    catalog: Catalog,
+    placement: Placement,
+    config: GatewayConfig,
+    pending: Mutex<FxHashMap<u64, Pending>>,
+    batchers: Vec<mpsc::UnboundedSender<Buy>>,
+    next_request: AtomicU64,
+    stats: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    acked: AtomicU64,
+    unacked: AtomicU64,
+    resubmitted: AtomicU64,
+}
+
+/// What a gateway did so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewayStats {
+    /// Batches published.
+    pub batches: u64,
+    /// Of those, acknowledged by JetStream.
+    pub acked: u64,
+    /// Of those, not acknowledged in time (their buys are resubmitted if unanswered).
+    pub unacked: u64,
+    /// Buys published again for want of an answer.
+    pub resubmitted: u64,
+}
+
+/// A handle to the cluster for buys; cheap to clone, usable from any task.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+    _tasks: Arc<Tasks>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("id", &format_args!("{:016x}", self.inner.id))
+            .field("sale", &self.inner.sale)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The gateway's background tasks, stopped when the last handle goes.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+impl Gateway {
+    /// Connects a gateway to `sale` (creating its streams and buckets if this is the first
+    /// to come). Its id is random; its replies come on its own subject.
+    ///
+    /// # Errors
+    /// NATS refused a step, or the catalog does not fit the sale's partitions.
+    pub async fn connect(
+        client: async_nats::Client,
+        sale: SaleOnNats,
+        catalog: Catalog,
+        config: GatewayConfig,
+    ) -> Result<Self, NatsError> {
+        let opened = sale.open(client.clone(), Duration::from_secs(2)).await?;
+        let placement = Placement::new(&catalog, usize::from(sale.partitions()))
+            .map_err(|error| NatsError::new("place the catalog", error.to_string()))?;
+        let id = random_id();
+        let replies = client
+            .subscribe(sale.subject_out(id))
+            .await
+            .map_err(|error| NatsError::new("subscribe to replies", error.to_string()))?;
+        let mut batchers = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..sale.partitions() {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            batchers.push(sender);
+            receivers.push(receiver);
+        }
+        let inner = Arc::new(Inner {
+            id,
+            sale,
+            catalog,
+            placement,
+            config,
+            pending: Mutex::new(FxHashMap::default()),
+            batchers,
+            next_request: AtomicU64::new(1),
+            stats: Counters::default(),
+        });
+        let mut tasks = Vec::new();
+        for (partition, receiver) in receivers.into_iter().enumerate() {
+            tasks.push(tokio::spawn(batch_loop(
+                inner.clone(),
+                opened.clone(),
+                partition as u16,
+                receiver,
+            )));
+        }
+        tasks.push(tokio::spawn(reply_loop(inner.clone(), replies)));
+        tasks.push(tokio::spawn(resubmit_loop(inner.clone())));
+        Ok(Self {
+            inner,
+            _tasks: Arc::new(Tasks(tasks)),
+        })
+    }
+
+    /// The gateway's id (its replies' subject ends with it).
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// What the gateway did so far.
+    pub fn stats(&self) -> GatewayStats {
+        let stats = &self.inner.stats;
+        GatewayStats {
+            batches: stats.batches.load(Ordering::Relaxed),
+            acked: stats.acked.load(Ordering::Relaxed),
+            unacked: stats.unacked.load(Ordering::Relaxed),
+            resubmitted: stats.resubmitted.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Buys not answered yet.
+    pub fn pending(&self) -> usize {
+        self.inner.pending.lock().len()
+    }
+
+    /// Buys `intent`; `wait`: wait for units rather than be rejected as sold out (as
+    /// [`Command::BuyOrWait`](crate::Command::BuyOrWait)). Malformed intents are answered
+    /// here, without the cluster.
+    ///
+    /// # Errors
+    /// [`GatewayError`]: no answer in time, or the gateway is shutting down.
+    pub async fn buy(&self, intent: Intent, wait: bool) -> Result<Decided, GatewayError> {
+        let inner = &self.inner;
+        let partition = match inner.catalog.admit(&intent, inner.config.max_quantity) {
+            Ok(index) => inner.placement.route(index).0.0,
+            Err(reason) => {
+                return Ok(Decided {
+                    outcome: Outcome::Rejected {
+                        reason,
+                        sequence: None,
+                    },
+                    attempts: 0,
+                });
+            }
+        };
+        let request = inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let buy = Buy {
+            request,
+            intent,
+            wait,
+        };
+        let (answer, answered) = oneshot::channel();
+        let now = Instant::now();
+        inner.pending.lock().insert(
+            request,
+            Pending {
+                buy,
+                partition,
+                first_sent: now,
+                last_sent: now,
+                attempts: 1,
+                waiting: false,
+                answer,
+            },
+        );
+        if inner.batchers[usize::from(partition)].send(buy).is_err() {
+            inner.pending.lock().remove(&request);
+            return Err(GatewayError::ShutDown);
+        }
+        answered.await.unwrap_or(Err(GatewayError::ShutDown))
+    }
+}
+
+fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+/// Gathers a partition's buys into batches and publishes each until JetStream acks it.
+async fn batch_loop(
+    inner: Arc<Inner>,
+    opened: Opened,
+    partition: u16,
+    mut buys: mpsc::UnboundedReceiver<Buy>,
+) {
+    let subject = inner.sale.subject_in(partition);
+    let mut js = opened.js.clone();
+    // Acks normally take a millisecond; past this, the buys' resubmission takes over.
+    js.set_timeout(inner.config.resubmit_after);
+    let mut writer = BatchWriter::new(inner.id);
+    let mut batch_number = 0u64;
+    // Acks awaited in the background, at most this many at once.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
+    while let Some(first) = buys.recv().await {
+        writer.push(&first);
+        let deadline = tokio::time::Instant::now() + inner.config.linger;
+        while !writer.is_full() {
+            match buys.try_recv() {
+                Ok(buy) => writer.push(&buy),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, buys.recv()).await {
+                        Ok(Some(buy)) => writer.push(&buy),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            }
+        }
+        let payload: bytes::Bytes = writer.finish().into();
+        batch_number += 1;
+        let message_id = format!("{:016x}-{partition}-{batch_number}", inner.id);
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let js = js.clone();
+        let subject = subject.clone();
+        let inner = inner.clone();
+        inner.stats.batches.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let _permit = permit;
+            // One attempt: a batch that is not acked (no stream leader for a moment, a
+            // server gone) is covered by its buys' resubmission, which keeps the gateway
+            // from piling retries onto a cluster that is electing.
+            let publish = PublishMessage::build()
+                .payload(payload)
+                .message_id(&message_id);
+            let acked = match js.send_publish(subject, publish).await {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            let counter = if acked {
+                &inner.stats.acked
+            } else {
+                &inner.stats.unacked
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// Resolves buys as their replies arrive.
+async fn reply_loop(inner: Arc<Inner>, mut replies: async_nats::Subscriber) {
+    while let Some(message) = replies.next().await {
+        let Ok(replies) = wire::decode_replies(&message.payload) else {
+            continue;
+        };
+        let mut pending = inner.pending.lock();
+        for (request, answer) in replies.answers {
+            let outcome = match answer {
+                Answer::Applied(Applied::Waiting { .. }) => {
+                    if let Some(buy) = pending.get_mut(&request) {
+                        buy.waiting = true;
+                    }
+                    continue;
+                }
+                Answer::Applied(Applied::Decided(outcome)) | Answer::Deferred(outcome) => outcome,
+                Answer::Screened(reason) => Outcome::Rejected {
+                    reason,
+                    sequence: None,
+                },
+                // Operator commands do not go through a gateway's buys.
+                Answer::Applied(Applied::Done { .. } | Applied::Refused { .. }) => continue,
+            };
+            let Some(buy) = pending.remove(&request) else {
+                // Answered already (a second leader, or a resubmission).
+                continue;
+            };
+            let _ = buy.answer.send(Ok(Decided {
+                outcome,
+                attempts: buy.attempts,
+            }));
+        }
+    }
+}
+
+/// Publishes again the buys left unanswered too long; ends those past the deadline.
+async fn resubmit_loop(inner: Arc<Inner>) {
+    let mut timer = tokio::time::interval(inner.config.resubmit_after / 4);
+    loop {
+        timer.tick().await;
+        let now = Instant::now();
+        let mut again = Vec::new();
+        let mut expired = Vec::new();
+        {
+            let mut pending = inner.pending.lock();
+            for (request, buy) in pending.iter_mut() {
+                if now.duration_since(buy.first_sent) >= inner.config.give_up_after {
+                    expired.push(*request);
+                } else if !buy.waiting
+                    && now.duration_since(buy.last_sent) >= inner.config.resubmit_after
+                {
+                    buy.last_sent = now;
+                    buy.attempts += 1;
+                    again.push((buy.partition, buy.buy));
+                }
+            }
+            for request in expired {
+                if let Some(buy) = pending.remove(&request) {
+                    let _ = buy.answer.send(Err(GatewayError::Unanswered));
+                }
+            }
+        }
+        inner
+            .stats
+            .resubmitted
+            .fetch_add(again.len() as u64, Ordering::Relaxed);
+        for (partition, buy) in again {
+            let _ = inner.batchers[usize::from(partition)].send(buy);
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! What engine nodes and gateways share on NATS: the sale's names, its streams and
+//! buckets, and its epoch.
+//!
+//! | what | name | holds |
+//! |---|---|---|
+//! | stream per partition | `FS_<sale>_<p>` on subject `fs.<sale>.in.<p>` | the partition's log: batches of buys, operator commands, ticks |
+//! | core subject per gateway | `fs.<sale>.out.<gateway>` | replies, published by each partition's leader (not stored: the log can recompute them) |
+//! | key-value bucket | `fs_<sale>_meta` | `epoch`: the sale clock's zero, Unix ns, set once by whoever comes first |
+//! | key-value bucket | `fs_<sale>_lease` | `p<p>`: the partition's leader; entries expire after the lease time unless renewed |
+//! | object store | `fs_<sale>_snap` | `p<p>`: the newest snapshot of each partition's replica |
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, kv, object_store, stream};
+
+/// Something NATS refused or a sale that does not fit; the message says which step.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {source}")]
+pub struct NatsError {
+    step: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl NatsError {
+    pub(crate) fn at(
+        step: impl Into<String>,
+    ) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> Self {
+        let step = step.into();
+        move |source| Self { step, source }
+    }
+
+    pub(crate) fn new(step: impl Into<String>, why: impl Into<String>) -> Self {
+        let why: String = why.into();
+        Self {
+            step: step.into(),
+            source: why.into(),
+        }
+    }
+}
+
+/// Shorthand: maps any error into a [`NatsError`] at `step`.
+pub(crate) fn at<E: std::error::Error + Send + Sync + 'static>(
+    step: &str,
+) -> impl FnOnce(E) -> NatsError + '_ {
+    move |error| NatsError::at(step)(Box::new(error))
+}
+
+/// A sale on NATS: its name, how many partitions it has, and how many copies JetStream
+/// keeps of everything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaleOnNats {
+    name: String,
+    partitions: u16,
+    replicas: usize,
+}
+
+impl SaleOnNats {
+    /// A sale named `name` (1 to 32 of `A-Z a-z 0-9 _ -`) over `partitions` partitions, its
+    /// streams and buckets kept on `replicas` servers (3 for a cluster that survives the
+    /// loss of one; 1 for a single server).
+    ///
+    /// # Errors
+    /// A name that NATS would not take, no partitions, or replicas outside `1..=5`.
+    pub fn new(name: &str, partitions: u16, replicas: usize) -> Result<Self, NatsError> {
+        let valid = (1..=32).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(NatsError::new(
+                "sale name",
+                format!("{name:?}: 1 to 32 of A-Z a-z 0-9 _ -"),
+            ));
+        }
+        if partitions == 0 {
+            return Err(NatsError::new("partitions", "at least 1"));
+        }
+        if !(1..=5).contains(&replicas) {
+            return Err(NatsError::new(
+                "replicas",
+                format!("{replicas}: JetStream keeps 1 to 5"),
+            ));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            partitions,
+            replicas,
+        })
+    }
+
+    /// The sale's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its partitions.
+    pub fn partitions(&self) -> u16 {
+        self.partitions
+    }
+
+    /// Its replication factor.
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
+    /// The stream holding partition `partition`'s log.
+    pub fn stream(&self, partition: u16) -> String {
+        format!("FS_{}_{partition}", self.name)
+    }
+
+    /// The subject gateways publish partition `partition`'s entries on.
+    pub fn subject_in(&self, partition: u16) -> String {
+        format!("fs.{}.in.{partition}", self.name)
+    }
+
+    /// The subject a gateway's replies come on.
+    pub fn subject_out(&self, gateway: u64) -> String {
+        format!("fs.{}.out.{gateway:016x}", self.name)
+    }
+
+    /// The subject every gateway's replies come on, for a listener of all of them.
+    pub fn subject_out_all(&self) -> String {
+        format!("fs.{}.out.>", self.name)
+    }
+
+    fn bucket(&self, what: &str) -> String {
+        format!("fs_{}_{what}", self.name.replace('-', "_"))
+    }
+
+    /// Creates what the sale needs where it is missing (streams, buckets) and returns them
+    /// with the sale's epoch (set now by the first caller, read by every later one).
+    ///
+    /// # Errors
+    /// NATS refused a step (which is named).
+    pub async fn open(
+        &self,
+        client: async_nats::Client,
+        lease: Duration,
+    ) -> Result<Opened, NatsError> {
+        let js = jetstream::new(client);
+        let mut streams = Vec::with_capacity(usize::from(self.partitions));
+        for partition in 0..self.partitions {
+            let stream = js
+                .get_or_create_stream(stream::Config {
+                    name: self.stream(partition),
+                    subjects: vec![self.subject_in(partition)],
+                    storage: stream::StorageType::File,
+                    num_replicas: self.replicas,
+                    // Gateways retry a publish with its message id for this long.
+                    duplicate_window: Duration::from_secs(120),
+                    ..Default::default()
+                })
+                .await
+                .map_err(at("create the partition streams"))?;
+            streams.push(stream);
+        }
+        let bucket = |what: &str, max_age: Duration| kv::Config {
+            bucket: self.bucket(what),
+            history: 1,
+            max_age,
+            num_replicas: self.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        let meta = create_or_get_kv(&js, bucket("meta", Duration::ZERO)).await?;
+        let leases = create_or_get_kv(&js, bucket("lease", lease)).await?;
+        let snapshots = match js.get_object_store(self.bucket("snap")).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: self.bucket("snap"),
+                    num_replicas: self.replicas,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(at("create the snapshot store"))?,
+        };
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as u64);
+        // First writer wins; everyone reads what won.
+        let _ = meta.create("epoch", now_ns.to_string().into()).await;
+        let epoch = meta
+            .get("epoch")
+            .await
+            .map_err(at("read the sale's epoch"))?
+            .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse::<u64>().ok())
+            .ok_or_else(|| NatsError::new("read the sale's epoch", "missing or not a number"))?;
+        Ok(Opened {
+            js,
+            streams,
+            leases,
+            snapshots,
+            epoch_unix_ns: epoch,
+        })
+    }
+}
+
+async fn create_or_get_kv(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, NatsError> {
+    match js.get_key_value(config.bucket.clone()).await {
+        Ok(store) => Ok(store),
+        Err(_) => js
+            .create_key_value(config)
+            .await
+            .map_err(at("create a key-value bucket")),
+    }
+}
+
+/// A sale's streams and buckets, opened.
+#[derive(Clone)]
+pub struct Opened {
+    pub(crate) js: jetstream::Context,
+    pub(crate) streams: Vec<stream::Stream>,
+    pub(crate) leases: kv::Store,
+    pub(crate) snapshots: object_store::ObjectStore,
+    epoch_unix_ns: u64,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("streams", &self.streams.len())
+            .field("epoch_unix_ns", &self.epoch_unix_ns)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Opened {
+    /// The sale clock's zero, ns since the Unix epoch (the catalog's offsets count from it).
+    pub fn epoch(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.epoch_unix_ns)
+    }
+
+    /// An instant on the sale's clock from a Unix-epoch one (0 before the epoch).
+    pub(crate) fn sale_ns(&self, unix_ns: i128) -> u64 {
+        u64::try_from(unix_ns.saturating_sub(i128::from(self.epoch_unix_ns))).unwrap_or(0)
+    }
+
+    /// Now, on the sale's clock.
+    pub(crate) fn now_ns(&self) -> u64 {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as i128);
+        self.sale_ns(unix)
+    }
+}
+
+/// Connects to a NATS cluster given as comma-separated URLs (any one that answers will do;
+/// the client learns the rest and moves to another when one dies).
+///
+/// # Errors
+/// No URL, or none answered.
+pub async fn connect(urls: &str, name: &str) -> Result<async_nats::Client, NatsError> {
+    let urls: Vec<&str> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect();
+    if urls.is_empty() {
+        return Err(NatsError::new("connect", "no NATS URL given"));
+    }
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        .connect(urls)
+        .await
+        .map_err(at("connect to NATS"))
+}

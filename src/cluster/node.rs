@@ -1,0 +1,395 @@
+//! An engine node: for every partition of a sale it tails the partition's log into a
+//! [`Replica`], and where it holds the partition's lease it also publishes the replies,
+//! logs ticks when something falls due, and stores snapshots.
+//!
+//! Every node applies every entry (a standby is as current as the leader, a few
+//! milliseconds behind), so failing over is taking the lease: no state moves. A node that
+//! still believes it leads after losing its lease (paused, cut off) can only publish
+//! replies that the new leader publishes too, computed from the same log: gateways take
+//! the first and ignore the second. Its ticks carry the instant they are due as their
+//! message id, so JetStream keeps one of each.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::message::PublishMessage;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio::time::{MissedTickBehavior, interval};
+
+use super::nats::{NatsError, Opened, SaleOnNats};
+use super::wire;
+use super::{Replica, Reply, Step};
+use crate::catalog::{Catalog, Placement};
+use crate::types::ShardId;
+
+/// How a node runs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's name in leases (unique among the sale's nodes).
+    pub id: String,
+    /// How long a lease lasts unless renewed; the leader renews it three times per lease,
+    /// and a standby takes over at most this long after the leader stopped renewing.
+    pub lease: Duration,
+    /// A leader stores a snapshot of a partition after this many entries since the last.
+    pub snapshot_every: u64,
+    /// The largest quantity one intent may ask for (as the engine's `max_quantity`).
+    pub max_quantity: u32,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            id: format!("node-{}", std::process::id()),
+            lease: Duration::from_secs(2),
+            snapshot_every: 100_000,
+            max_quantity: 16,
+        }
+    }
+}
+
+/// What one partition's task saw, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionStatus {
+    /// The last log position applied.
+    pub applied: u64,
+    /// Whether this node holds the partition's lease.
+    pub leading: bool,
+    /// Entries refused as malformed.
+    pub refused: u64,
+    /// Times the partition's reader was made again (after a NATS server or stream leader
+    /// went away).
+    pub reader_restarts: u64,
+}
+
+/// Runs a node of `sale` (opened with [`SaleOnNats::open`]) until `stop` turns true: one
+/// task per partition. Returns when every task
+/// ended; a task ends early only when NATS fails in a way it cannot retry.
+///
+/// # Errors
+/// The first partition task's failure.
+pub async fn run_node(
+    client: async_nats::Client,
+    sale: SaleOnNats,
+    opened: Opened,
+    catalog: Catalog,
+    config: NodeConfig,
+    status: Option<watch::Sender<Vec<PartitionStatus>>>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), NatsError> {
+    let placement = Placement::new(&catalog, usize::from(sale.partitions()))
+        .map_err(|error| NatsError::new("place the catalog", error.to_string()))?;
+    let status = status.unwrap_or_else(|| watch::channel(Vec::new()).0);
+    status.send_replace(vec![
+        PartitionStatus::default();
+        usize::from(sale.partitions())
+    ]);
+    let mut tasks = tokio::task::JoinSet::new();
+    for partition in 0..sale.partitions() {
+        let task = PartitionTask {
+            client: client.clone(),
+            sale: sale.clone(),
+            opened: opened.clone(),
+            replica: Replica::new(
+                &catalog,
+                &placement,
+                ShardId(partition),
+                config.max_quantity,
+            ),
+            catalog: catalog.clone(),
+            placement: placement.clone(),
+            config: config.clone(),
+            partition,
+            status: status.clone(),
+            lease_revision: None,
+            last_tick_due: None,
+            since_snapshot: 0,
+            recent: std::collections::VecDeque::new(),
+        };
+        tasks.spawn(task.run(stop.clone()));
+    }
+    let mut first_error = None;
+    while let Some(ended) = tasks.join_next().await {
+        let result =
+            ended.map_err(|error| NatsError::new("a partition task", error.to_string()))?;
+        if let Err(error) = result {
+            first_error.get_or_insert(error);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+struct PartitionTask {
+    client: async_nats::Client,
+    sale: SaleOnNats,
+    opened: Opened,
+    replica: Replica,
+    catalog: Catalog,
+    placement: Placement,
+    config: NodeConfig,
+    partition: u16,
+    status: watch::Sender<Vec<PartitionStatus>>,
+    /// The lease's revision while this node holds it.
+    lease_revision: Option<u64>,
+    /// The due instant of the last tick published (one per due instant).
+    last_tick_due: Option<u64>,
+    since_snapshot: u64,
+    /// Replies of the entries applied while standing by (the newest [`RECENT_MAX`]): the
+    /// old leader may have died before publishing them, so a new leader publishes them at
+    /// once rather than wait for gateways to resubmit.
+    recent: std::collections::VecDeque<(u64, Vec<Reply>)>,
+}
+
+/// How long a partition's reader may stay silent before the node asks the log whether it
+/// missed entries.
+const STALL_CHECK: Duration = Duration::from_secs(1);
+
+/// Entries whose replies a standby keeps for when it takes over.
+const RECENT_MAX: usize = 4_096;
+
+impl PartitionTask {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), NatsError> {
+        self.restore_snapshot().await;
+        let mut lease_timer = interval(self.config.lease / 3);
+        lease_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut tick_timer = interval(Duration::from_millis(5));
+        tick_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut replies = Vec::new();
+        let mut out = Vec::new();
+        'consume: loop {
+            let stream = &self.opened.streams[usize::from(self.partition)];
+            let consumer = stream
+                .create_consumer(pull::OrderedConfig {
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: self.replica.applied() + 1,
+                    },
+                    ..Default::default()
+                })
+                .await;
+            self.update_status(|status| status.reader_restarts += 1);
+            let mut messages = match consumer {
+                Ok(consumer) => match consumer.messages().await {
+                    Ok(messages) => messages,
+                    Err(_) => {
+                        if self.pause_or_stop(&mut stop).await {
+                            break 'consume;
+                        }
+                        continue 'consume;
+                    }
+                },
+                Err(_) => {
+                    if self.pause_or_stop(&mut stop).await {
+                        break 'consume;
+                    }
+                    continue 'consume;
+                }
+            };
+            let mut last_message = tokio::time::Instant::now();
+            let mut watchdog = interval(STALL_CHECK);
+            watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => break 'consume,
+                    _ = lease_timer.tick() => self.renew_lease().await,
+                    _ = tick_timer.tick() => self.tick_if_due().await,
+                    _ = watchdog.tick(), if last_message.elapsed() >= STALL_CHECK => {
+                        // A reader whose server died can stay silent rather than fail:
+                        // when the log has entries it has not delivered, make it again.
+                        let mut stream = self.opened.streams[usize::from(self.partition)].clone();
+                        let info = tokio::time::timeout(STALL_CHECK / 2, stream.info()).await;
+                        if let Ok(Ok(info)) = info
+                            && info.state.last_sequence > self.replica.applied()
+                        {
+                            continue 'consume;
+                        }
+                    }
+                    message = messages.next() => {
+                        let Some(Ok(message)) = message else {
+                            // The ordered consumer resets itself on most failures; one
+                            // that ended is made again from the next position.
+                            continue 'consume;
+                        };
+                        let Ok(info) = message.info() else { continue };
+                        let position = info.stream_sequence;
+                        let stamp = self.opened.sale_ns(info.published.unix_timestamp_nanos());
+                        replies.clear();
+                        match self.replica.apply(position, stamp, &message.payload, &mut replies) {
+                            Ok(Step::Refused(_)) => self.update_status(|status| status.refused += 1),
+                            Ok(Step::Applied { .. }) => {}
+                            // A reader that went back (it reset itself from an older
+                            // position) is not progress: the watchdog judges by new entries.
+                            Ok(Step::AlreadyApplied) => continue,
+                            Err(_gap) => continue 'consume,
+                        }
+                        last_message = tokio::time::Instant::now();
+                        if self.lease_revision.is_some() {
+                            self.publish_replies(position, &mut replies, &mut out);
+                        } else if !replies.is_empty() {
+                            if self.recent.len() == RECENT_MAX {
+                                self.recent.pop_front();
+                            }
+                            self.recent.push_back((position, replies.clone()));
+                        }
+                        self.since_snapshot += 1;
+                        if self.lease_revision.is_some()
+                            && self.since_snapshot >= self.config.snapshot_every
+                        {
+                            self.store_snapshot().await;
+                        }
+                        let applied = self.replica.applied();
+                        self.update_status(|status| status.applied = applied);
+                    }
+                }
+            }
+        }
+        if self.lease_revision.take().is_some() {
+            // Hand the partition over at once rather than after the lease runs out.
+            let _ = self
+                .opened
+                .leases
+                .delete(format!("p{}", self.partition))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Waits a little before retrying NATS; true if told to stop meanwhile.
+    async fn pause_or_stop(&self, stop: &mut watch::Receiver<bool>) -> bool {
+        tokio::select! {
+            _ = stop.changed() => true,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => *stop.borrow(),
+        }
+    }
+
+    fn update_status(&self, change: impl FnOnce(&mut PartitionStatus)) {
+        self.status.send_modify(|all| {
+            if let Some(status) = all.get_mut(usize::from(self.partition)) {
+                change(status);
+            }
+        });
+    }
+
+    /// Renews the lease if held, else takes it if free.
+    async fn renew_lease(&mut self) {
+        let key = format!("p{}", self.partition);
+        let value = self.config.id.clone().into_bytes().into();
+        let leases = &self.opened.leases;
+        // Bounded: the partition's entries wait while this runs, and a cluster that is
+        // electing a leader for the lease bucket can take seconds to answer.
+        let bound = self.config.lease / 3;
+        let write = async {
+            match self.lease_revision {
+                Some(revision) => leases.update(&key, value, revision).await.ok(),
+                None => leases.create(&key, value).await.ok(),
+            }
+        };
+        let written = tokio::time::timeout(bound, write).await.ok().flatten();
+        self.lease_revision = match written {
+            Some(revision) => Some(revision),
+            // A write that failed or timed out may still have landed: the lease is ours if
+            // it names this node.
+            None => match tokio::time::timeout(bound, leases.entry(&key)).await {
+                Ok(Ok(Some(entry))) if entry.value == self.config.id.as_bytes() => {
+                    Some(entry.revision)
+                }
+                _ => None,
+            },
+        };
+        let leading = self.lease_revision.is_some();
+        if leading {
+            let mut out = Vec::new();
+            while let Some((position, mut replies)) = self.recent.pop_front() {
+                self.publish_replies(position, &mut replies, &mut out);
+            }
+        }
+        self.update_status(|status| status.leading = leading);
+    }
+
+    /// Publishes each gateway's replies from one entry as one message.
+    fn publish_replies(&self, position: u64, replies: &mut [Reply], out: &mut Vec<u8>) {
+        if replies.is_empty() {
+            return;
+        }
+        // Stable: each gateway's replies keep the order they were decided in.
+        replies.sort_by_key(|reply| reply.gateway);
+        for group in replies.chunk_by(|a, b| a.gateway == b.gateway) {
+            wire::encode_replies(
+                self.partition,
+                position,
+                group.iter().map(|reply| (reply.request, reply.answer)),
+                out,
+            );
+            let subject = self.sale.subject_out(group[0].gateway);
+            let client = self.client.clone();
+            let payload = out.clone().into();
+            // Core NATS publishes are buffered by the client; this only queues.
+            tokio::spawn(async move {
+                let _ = client.publish(subject, payload).await;
+            });
+        }
+    }
+
+    /// Logs a tick when something fell due (once per due instant).
+    async fn tick_if_due(&mut self) {
+        if self.lease_revision.is_none() {
+            return;
+        }
+        let Some(due) = self.replica.next_due_ns() else {
+            return;
+        };
+        if due > self.opened.now_ns() || self.last_tick_due == Some(due) {
+            return;
+        }
+        let publish = PublishMessage::build()
+            .payload(wire::encode_tick(0).into())
+            .message_id(format!("tick-{}-{due}", self.partition));
+        let sent = self
+            .opened
+            .js
+            .send_publish(self.sale.subject_in(self.partition), publish)
+            .await;
+        if sent.is_ok() {
+            self.last_tick_due = Some(due);
+        }
+    }
+
+    async fn store_snapshot(&mut self) {
+        let bytes = self.replica.snapshot();
+        let name = format!("p{}", self.partition);
+        let mut reader = std::io::Cursor::new(bytes);
+        if self
+            .opened
+            .snapshots
+            .put(name.as_str(), &mut reader)
+            .await
+            .is_ok()
+        {
+            self.since_snapshot = 0;
+        }
+    }
+
+    /// Starts from the newest stored snapshot, if there is one that fits; else from the
+    /// log's first entry.
+    async fn restore_snapshot(&mut self) {
+        let name = format!("p{}", self.partition);
+        let Ok(mut object) = self.opened.snapshots.get(name.as_str()).await else {
+            return;
+        };
+        let mut bytes = Vec::new();
+        if tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if let Ok(replica) = Replica::restore(
+            &self.catalog,
+            &self.placement,
+            ShardId(self.partition),
+            &bytes,
+        ) {
+            self.replica = replica;
+        }
+    }
+}
