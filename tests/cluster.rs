@@ -197,7 +197,7 @@ fn start_node(urls: &str, sale: &str, catalog: &Path, id: &str, dir: &Path) -> P
     let child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
         .args(["node", "--nats", urls, "--sale", sale, "--id", id])
         .args(["--partitions", &PARTITIONS.to_string(), "--lease", "1s"])
-        .args(["--status-every", "1s"])
+        .args(["--status-every", "1s", "--snapshot-every", "200"])
         .args(["--max-quantity", &MAX_QUANTITY.to_string()])
         .arg("--catalog")
         .arg(catalog)
@@ -403,9 +403,21 @@ async fn sale_with_kills(base: u16, cycle: u32) {
         nats.start_server(index);
         event(format!("nats n{index} restarted"));
     }
-    // The killed node comes back as a standby and catches up.
+    // The killed node comes back as a standby, from the newest snapshot plus the log's
+    // tail; then the other node is killed, so that the restored one leads and its answers
+    // are checked against the replay too.
     nodes.insert(leader.clone(), restart_node(&leader));
-    tokio::time::sleep(Duration::from_millis(5_000)).await;
+    wait_ready_again(&dir, &leader).await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let log = std::fs::read_to_string(dir.join(format!("{leader}.log"))).unwrap();
+    assert!(
+        log.contains("started from a snapshot at"),
+        "node {leader} restarted without a snapshot:\n{log}"
+    );
+    let other = if leader == "a" { "b" } else { "a" };
+    nodes.get_mut(other).unwrap().kill();
+    event(format!("node {other} killed"));
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
     buying.store(false, std::sync::atomic::Ordering::Relaxed);
     while buyers.join_next().await.is_some() {}
     for gateway in &gateways {
@@ -567,6 +579,19 @@ async fn wait_ready(dir: &Path, id: &str) {
     let log = dir.join(format!("{id}.log"));
     while !std::fs::read_to_string(&log).is_ok_and(|text| text.contains(": ready")) {
         assert!(Instant::now() < deadline, "node {id} not ready in 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until a restarted node's log says it is ready a second time.
+async fn wait_ready_again(dir: &Path, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let log = dir.join(format!("{id}.log"));
+    while !std::fs::read_to_string(&log).is_ok_and(|text| text.matches(": ready").count() >= 2) {
+        assert!(
+            Instant::now() < deadline,
+            "node {id} not ready again in 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

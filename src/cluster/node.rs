@@ -57,6 +57,8 @@ pub struct PartitionStatus {
     pub leading: bool,
     /// Entries refused as malformed.
     pub refused: u64,
+    /// The log position of the snapshot the partition started from, if it did.
+    pub restored_from: Option<u64>,
     /// Times the partition's reader was made again (after a NATS server or stream leader
     /// went away).
     pub reader_restarts: u64,
@@ -389,7 +391,12 @@ impl PartitionTask {
             ShardId(self.partition),
             &bytes,
         ) {
+            let position = replica.applied();
             self.replica = replica;
+            self.update_status(|status| {
+                status.restored_from = Some(position);
+                status.applied = position;
+            });
         }
     }
 }

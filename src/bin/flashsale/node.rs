@@ -130,12 +130,16 @@ async fn node(args: NodeArgs) -> Result<(), String> {
                 for (partition, status) in watching.borrow().iter().enumerate() {
                     eprintln!(
                         "{} flashsale node {id}: partition {partition}: applied {}, {}, \
-                         {} refused, {} reader restarts",
+                         {} refused, {} reader restarts{}",
                         stamp(),
                         status.applied,
                         if status.leading { "leading" } else { "standing by" },
                         status.refused,
-                        status.reader_restarts
+                        status.reader_restarts,
+                        status
+                            .restored_from
+                            .map(|at| format!(", started from a snapshot at {at}"))
+                            .unwrap_or_default()
                     );
                 }
             }
