@@ -14,9 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashsale::cluster::nats::{SaleOnNats, connect};
-use flashsale::cluster::wire;
+use flashsale::cluster::wire::{self, Control};
 use flashsale::cluster::{Decided, Gateway, GatewayConfig, Replica, Reply};
-use flashsale::{Catalog, Intent, Placement, ShardId, SkuId, SkuSpec, UserId};
+use flashsale::{
+    Applied, Catalog, ControlError, Intent, OrderId, OrderStatus, Placement, ShardId, SkuId,
+    SkuSpec, UserId,
+};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 
@@ -426,6 +429,49 @@ async fn sale_with_kills(base: u16, cycle: u32) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    // Operator commands through a gateway, after the kills: checked in the replay below.
+    let (paid, cancelled) = {
+        let answers = answers.lock();
+        let mut orders = answers
+            .decided
+            .iter()
+            .filter_map(|(_, decided)| decided.order());
+        (orders.next().unwrap(), orders.next().unwrap())
+    };
+    let control = &gateways[0];
+    let done = |applied: Applied| matches!(applied, Applied::Done { .. });
+    assert!(done(control.control(Control::Pay(paid)).await.unwrap()));
+    assert!(matches!(
+        control.control(Control::Pay(paid)).await.unwrap(),
+        Applied::Refused {
+            error: ControlError::AlreadyPaid,
+            ..
+        }
+    ));
+    assert!(done(
+        control.control(Control::Cancel(cancelled)).await.unwrap()
+    ));
+    let restock = Control::Restock {
+        sku: SkuId(1),
+        units: 5,
+    };
+    assert!(done(control.control(restock).await.unwrap()));
+    assert!(matches!(
+        control.control(Control::Close(SkuId(99))).await.unwrap(),
+        Applied::Refused {
+            error: ControlError::UnknownSku(SkuId(99)),
+            ..
+        }
+    ));
+    let foreign = OrderId::new(ShardId(0), 1 << 40);
+    assert!(matches!(
+        control.control(Control::Pay(foreign)).await.unwrap(),
+        Applied::Refused {
+            error: ControlError::UnknownOrder(_),
+            ..
+        }
+    ));
+
     // Let the last replies land.
     tokio::time::sleep(Duration::from_millis(500)).await;
     recorder.abort();
@@ -509,6 +555,21 @@ async fn sale_with_kills(base: u16, cycle: u32) {
             confirmed += 1;
         }
     }
+    // The operator commands are in the log.
+    let status = |id: OrderId| {
+        replicas[usize::from(id.shard().0)]
+            .core()
+            .order(id)
+            .unwrap()
+            .status
+    };
+    assert_eq!(status(paid), OrderStatus::Paid);
+    assert_eq!(status(cancelled), OrderStatus::Cancelled);
+    let sku_1 = replicas
+        .iter()
+        .find_map(|replica| replica.core().levels_of(SkuId(1)))
+        .unwrap();
+    assert_eq!(sku_1.restocked, 5);
     // No SKU oversold; no key confirmed twice.
     for replica in &replicas {
         for levels in replica.core().levels() {

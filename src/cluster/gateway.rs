@@ -108,6 +108,9 @@ struct Inner {
     placement: Placement,
     config: GatewayConfig,
     pending: Mutex<FxHashMap<u64, Pending>>,
+    /// Operator commands awaiting their answer, by request.
+    controls: Mutex<FxHashMap<u64, oneshot::Sender<Applied>>>,
+    opened: Opened,
     batchers: Vec<mpsc::UnboundedSender<Buy>>,
     next_request: AtomicU64,
     stats: Counters,
@@ -195,6 +198,8 @@ impl Gateway {
             placement,
             config,
             pending: Mutex::new(FxHashMap::default()),
+            controls: Mutex::new(FxHashMap::default()),
+            opened: opened.clone(),
             batchers,
             next_request: AtomicU64::new(1),
             stats: Counters::default(),
@@ -282,6 +287,81 @@ impl Gateway {
             return Err(GatewayError::ShutDown);
         }
         answered.await.unwrap_or(Err(GatewayError::ShutDown))
+    }
+}
+
+impl Gateway {
+    /// Applies an operator command (a payment, a cancellation, a stock or window change, a
+    /// close) on the partition that owns its order or SKU, and returns what it did:
+    /// [`Applied::Done`] or [`Applied::Refused`] with the reason. The command is logged
+    /// once: its publication is retried under one message id (JetStream keeps one copy
+    /// within its two-minute duplicate window), never resubmitted as a new entry, since a
+    /// restock applied twice would add its units twice.
+    ///
+    /// # Errors
+    /// [`GatewayError::Unanswered`] if no answer came within
+    /// [`GatewayConfig::give_up_after`] (the command may have been applied: read the
+    /// order or the sale before repeating it).
+    pub async fn control(&self, control: wire::Control) -> Result<Applied, GatewayError> {
+        use crate::types::ControlError;
+        use wire::Control;
+        let inner = &self.inner;
+        let partitions = usize::from(inner.sale.partitions());
+        let partition = match control {
+            Control::Pay(order) | Control::Cancel(order) => {
+                let shard = usize::from(order.shard().0);
+                if shard >= partitions {
+                    return Ok(Applied::Refused {
+                        error: ControlError::UnknownOrder(order),
+                        sequence: 0,
+                    });
+                }
+                shard as u16
+            }
+            Control::Restock { sku, .. }
+            | Control::Reduce { sku, .. }
+            | Control::SetWindow { sku, .. }
+            | Control::Close(sku) => match inner.catalog.index_of(sku) {
+                Some(index) => inner.placement.route(index).0.0,
+                None => {
+                    return Ok(Applied::Refused {
+                        error: ControlError::UnknownSku(sku),
+                        sequence: 0,
+                    });
+                }
+            },
+        };
+        let request = inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let (answer, answered) = oneshot::channel();
+        inner.controls.lock().insert(request, answer);
+        let payload: bytes::Bytes = wire::encode_control(inner.id, request, &control).into();
+        let message_id = format!("{:016x}-c{request}", inner.id);
+        let subject = inner.sale.subject_in(partition);
+        let deadline = tokio::time::Instant::now() + inner.config.give_up_after;
+        let publish = async {
+            loop {
+                let message = PublishMessage::build()
+                    .payload(payload.clone())
+                    .message_id(&message_id);
+                if let Ok(ack) = inner.opened.js.send_publish(subject.clone(), message).await
+                    && ack.await.is_ok()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        let result = tokio::time::timeout_at(deadline, async {
+            publish.await;
+            answered.await
+        })
+        .await;
+        inner.controls.lock().remove(&request);
+        match result {
+            Ok(Ok(applied)) => Ok(applied),
+            Ok(Err(_)) => Err(GatewayError::ShutDown),
+            Err(_) => Err(GatewayError::Unanswered),
+        }
     }
 }
 
@@ -379,8 +459,12 @@ async fn reply_loop(inner: Arc<Inner>, mut replies: async_nats::Subscriber) {
                     reason,
                     sequence: None,
                 },
-                // Operator commands do not go through a gateway's buys.
-                Answer::Applied(Applied::Done { .. } | Applied::Refused { .. }) => continue,
+                Answer::Applied(applied @ (Applied::Done { .. } | Applied::Refused { .. })) => {
+                    if let Some(answer) = inner.controls.lock().remove(&request) {
+                        let _ = answer.send(applied);
+                    }
+                    continue;
+                }
             };
             let Some(buy) = pending.remove(&request) else {
                 // Answered already (a second leader, or a resubmission).
