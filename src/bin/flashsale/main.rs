@@ -411,11 +411,11 @@ fn simulate_journaled(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    #[cfg(all(feature = "serve", not(loom)))]
     #[cfg(all(feature = "cluster", not(loom)))]
     if let CliCommand::Node(args) = cli.command {
         return ExitCode::from(node::run(args));
     }
+    #[cfg(all(feature = "serve", not(loom)))]
     if let CliCommand::Serve(args) = cli.command {
         // A server keeps SIGPIPE ignored: a client that goes away must not end it.
         return ExitCode::from(serve::run(args));
