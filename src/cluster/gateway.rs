@@ -6,10 +6,13 @@
 //! A buy with no answer after [`GatewayConfig::resubmit_after`] is published again in a
 //! later batch: its leader may have died between deciding it and answering. The
 //! idempotency key makes that safe: a buy that was confirmed comes back as
-//! [`RejectReason::Duplicate`] naming the same order ([`Decided::order`] gives it). A buy that waits (pooled or on a waitlist) is not resubmitted while it
-//! waits; if its leader dies, its deferred answer comes from the next leader, unless that
-//! answer was decided in the seconds between the two, in which case the buy ends
-//! [`GatewayError::Unanswered`] after [`GatewayConfig::give_up_after`].
+//! [`RejectReason::Duplicate`] naming the same order ([`Decided::order`] gives it).
+//!
+//! A buy that waits (pooled or on a waitlist) is not resubmitted while it waits; if its
+//! leader dies, its deferred answer comes from the next leader (which republishes the
+//! replies of the last entries it applied while standing by), unless it was decided
+//! further back in the gap, in which case the buy ends [`GatewayError::Unanswered`]
+//! after [`GatewayConfig::wait_at_most`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,8 +39,13 @@ pub struct GatewayConfig {
     pub linger: Duration,
     /// A buy not answered for this long is published again.
     pub resubmit_after: Duration,
-    /// A buy not answered for this long ends [`GatewayError::Unanswered`].
+    /// A buy not answered for this long ends [`GatewayError::Unanswered`] (one that waits,
+    /// pooled or on a waitlist, has [`wait_at_most`](Self::wait_at_most) instead).
     pub give_up_after: Duration,
+    /// A buy answered "waiting" ends [`GatewayError::Unanswered`] if its outcome has not
+    /// come this long after it was published: set it above the longest pool window or
+    /// waitlist wait of the sale.
+    pub wait_at_most: Duration,
     /// The largest quantity one intent may ask for (as the nodes').
     pub max_quantity: u32,
 }
@@ -48,6 +56,7 @@ impl Default for GatewayConfig {
             linger: Duration::from_micros(500),
             resubmit_after: Duration::from_millis(1_500),
             give_up_after: Duration::from_secs(30),
+            wait_at_most: Duration::from_secs(3_600),
             max_quantity: 16,
         }
     }
@@ -489,7 +498,12 @@ async fn resubmit_loop(inner: Arc<Inner>) {
         {
             let mut pending = inner.pending.lock();
             for (request, buy) in pending.iter_mut() {
-                if now.duration_since(buy.first_sent) >= inner.config.give_up_after {
+                let limit = if buy.waiting {
+                    inner.config.wait_at_most
+                } else {
+                    inner.config.give_up_after
+                };
+                if now.duration_since(buy.first_sent) >= limit {
                     expired.push(*request);
                 } else if !buy.waiting
                     && now.duration_since(buy.last_sent) >= inner.config.resubmit_after
