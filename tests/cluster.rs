@@ -1,7 +1,9 @@
 //! A sale on a real 3-server NATS JetStream cluster (installed by `scripts/nats.sh` when
-//! missing), two `flashsale node` processes and two gateways, with kills during the sale:
-//! the leading engine node (SIGKILL), the stream leader's NATS server (SIGKILL, then
-//! restarted), and a gateway (dropped with buys in flight). Afterwards every partition's
+//! missing), two `flashsale node` processes, two in-process gateways and two HTTP gateways
+//! (`flashsale serve --nats` processes), with kills during the sale: the leading engine
+//! node (SIGKILL), the stream leader's NATS server (SIGKILL, then restarted), a gateway
+//! (dropped with buys in flight) and an HTTP gateway (SIGKILL; its buyers retry on the
+//! other with the same keys). Afterwards every partition's
 //! log is replayed from scratch and checked against everything that was answered and
 //! published. `cargo test --features cluster --test cluster` runs 2 cycles; the ignored
 //! `a_hundred_kill_cycles` runs 100. Every process started here is killed by its PID, on
@@ -211,6 +213,105 @@ fn start_node(urls: &str, sale: &str, catalog: &Path, id: &str, dir: &Path) -> P
     Process { child }
 }
 
+/// A `flashsale serve --nats` process: an HTTP gateway.
+fn start_http_gateway(urls: &str, sale: &str, catalog: &Path, port: u16, dir: &Path) -> Process {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("http-{port}.log")))
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args(["serve", "--nats", urls, "--sale", sale])
+        .args(["--partitions", &PARTITIONS.to_string()])
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .args(["--max-quantity", &MAX_QUANTITY.to_string()])
+        .args(["--rate-per-buyer", "100000", "--burst-per-buyer", "100000"])
+        .arg("--catalog")
+        .arg(catalog)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("flashsale serve --nats starts");
+    Process { child }
+}
+
+/// Waits until an HTTP gateway says it is ready (every partition's leader answers).
+async fn wait_http_ready(http: &reqwest::Client, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = http
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|response| response.status() == 200);
+        if ready {
+            return;
+        }
+        assert!(Instant::now() < deadline, "HTTP gateway {port} never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What HTTP buyers were answered: each intent with the order it holds, if any.
+#[derive(Default)]
+struct HttpAnswers {
+    orders: Vec<(Intent, OrderId)>,
+    refused: u64,
+    /// Buys that never got an answer from either gateway.
+    unanswered: u64,
+    /// Buys answered only after a retry on the other gateway.
+    retried: u64,
+}
+
+/// Buys `intent` through the HTTP gateways, trying the next one when a gateway is gone
+/// or answers 503 (the same key each time, so a retry of a confirmed buy comes back
+/// `duplicate` with its order). `Ok(None)`: refused.
+async fn http_buy(
+    http: &reqwest::Client,
+    ports: &[u16],
+    first: usize,
+    intent: Intent,
+) -> Result<(Option<OrderId>, u32), ()> {
+    let body = serde_json::json!({
+        "user": intent.user.0,
+        "qty": intent.quantity,
+        "key": intent.client_key,
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut attempt = 0u32;
+    while Instant::now() < deadline {
+        let port = ports[(first + attempt as usize) % ports.len()];
+        attempt += 1;
+        let sent = http
+            .post(format!(
+                "http://127.0.0.1:{port}/sales/{}/buy",
+                intent.sku.0
+            ))
+            .json(&body)
+            .timeout(Duration::from_secs(40))
+            .send()
+            .await;
+        let Ok(response) = sent else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let status = response.status().as_u16();
+        let Ok(answer) = response.json::<serde_json::Value>().await else {
+            continue;
+        };
+        let order = answer["order"].as_u64().map(OrderId);
+        match (status, answer["reason"].as_str()) {
+            (200, _) => return Ok((Some(order.expect("a 200 names its order")), attempt)),
+            // The retry of a buy the first attempt had confirmed.
+            (409, Some("duplicate")) if attempt > 1 => return Ok((order, attempt)),
+            (503, _) => tokio::time::sleep(Duration::from_millis(50)).await,
+            (400..=499, _) => return Ok((None, attempt)),
+            other => panic!("HTTP gateway answered {other:?}: {answer}"),
+        }
+    }
+    Err(())
+}
+
 /// Every answer a buyer got.
 #[derive(Default)]
 struct Answers {
@@ -254,6 +355,16 @@ async fn sale_with_kills(base: u16, cycle: u32) {
 
     for id in ["a", "b"] {
         wait_ready(&dir, id).await;
+    }
+    // Two HTTP gateways (`flashsale serve --nats`); the second is SIGKILLed during the sale.
+    let http_ports = [base + 60, base + 61];
+    let mut http_gateways: Vec<Process> = http_ports
+        .iter()
+        .map(|&port| start_http_gateway(&urls, &sale_name, &catalog_path, port, &dir))
+        .collect();
+    let http = reqwest::Client::new();
+    for port in http_ports {
+        wait_http_ready(&http, port).await;
     }
     let client = connect(&urls, "test").await.unwrap();
     // Everything the leaders publish, from before the first buy.
@@ -339,6 +450,38 @@ async fn sale_with_kills(base: u16, cycle: u32) {
             }
         });
     }
+    // Buyers over HTTP, half of them on the gateway that will be killed: they retry on
+    // the other, with the same key.
+    let http_answers: Arc<Mutex<HttpAnswers>> = Arc::default();
+    for buyer in 0..16u64 {
+        let http = http.clone();
+        let answers = http_answers.clone();
+        let buying = buying.clone();
+        buyers.spawn(async move {
+            let mut press = 0u64;
+            while buying.load(std::sync::atomic::Ordering::Relaxed) {
+                press += 1;
+                let intent = Intent {
+                    user: UserId(800_000_000 + buyer * 1_000_000 + press / 3),
+                    client_key: press,
+                    sku: SkuId(1 + (press % u64::from(SKUS)) as u32),
+                    quantity: 1,
+                };
+                let result = http_buy(&http, &http_ports, buyer as usize, intent).await;
+                let mut answers = answers.lock();
+                match result {
+                    Ok((order, attempts)) => {
+                        answers.retried += u64::from(attempts > 1);
+                        match order {
+                            Some(order) => answers.orders.push((intent, order)),
+                            None => answers.refused += 1,
+                        }
+                    }
+                    Err(()) => answers.unanswered += 1,
+                }
+            }
+        });
+    }
     // The doomed gateway's buyers: in flight when it goes.
     let doomed_buys: Vec<_> = (0..200u64)
         .map(|press| {
@@ -387,6 +530,8 @@ async fn sale_with_kills(base: u16, cycle: u32) {
         buy.abort();
     }
     event("gateway dropped".to_string());
+    http_gateways[1].kill();
+    event("HTTP gateway killed".to_string());
 
     // 2. SIGKILL the engine node leading partition 0.
     let leader = kv_leader(0).await.expect("partition 0 has a leader");
@@ -472,6 +617,34 @@ async fn sale_with_kills(base: u16, cycle: u32) {
         }
     ));
 
+    // Reads through the surviving HTTP gateway come from the partitions' leaders.
+    let read = |path: String| {
+        let http = http.clone();
+        async move {
+            let response = http
+                .get(format!("http://127.0.0.1:{}{path}", http_ports[0]))
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, order) = read(format!("/orders/{}", paid.0)).await;
+    assert_eq!(
+        (status, order["state"].as_str()),
+        (200, Some("paid")),
+        "{order}"
+    );
+    let (status, sales) = read("/sales".to_owned()).await;
+    assert_eq!(status, 200, "{sales}");
+    assert_eq!(
+        sales["sales"][0]["stock"].as_u64(),
+        Some(u64::from(STOCK) + 5)
+    );
+
     // Let the last replies land.
     tokio::time::sleep(Duration::from_millis(500)).await;
     recorder.abort();
@@ -555,6 +728,28 @@ async fn sale_with_kills(base: u16, cycle: u32) {
             confirmed += 1;
         }
     }
+    // So is every order an HTTP buyer was given.
+    let http_answers = http_answers.lock();
+    for (intent, id) in &http_answers.orders {
+        let view = replicas[usize::from(id.shard().0)]
+            .core()
+            .order(*id)
+            .unwrap_or_else(|| panic!("order {id:?} answered over HTTP but not in the log"));
+        assert_eq!((view.user, view.sku), (intent.user, intent.sku));
+        assert!(orders.insert(*id), "order {id:?} given twice");
+    }
+    eprintln!(
+        "over HTTP: {} orders, {} refused, {} answered after a retry on the other gateway, {} unanswered",
+        http_answers.orders.len(),
+        http_answers.refused,
+        http_answers.retried,
+        http_answers.unanswered
+    );
+    assert!(!http_answers.orders.is_empty());
+    assert_eq!(
+        http_answers.unanswered, 0,
+        "HTTP buys left without an answer"
+    );
     // The operator commands are in the log.
     let status = |id: OrderId| {
         replicas[usize::from(id.shard().0)]
@@ -627,6 +822,7 @@ async fn sale_with_kills(base: u16, cycle: u32) {
         longest < Duration::from_secs(20),
         "answers paused for {longest:?}"
     );
+    drop(http_gateways);
     drop(nodes);
     drop(nats);
     if std::env::var_os("FLASHSALE_KEEP_LOGS").is_none() {

@@ -26,10 +26,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Answer;
 use super::nats::{NatsError, Opened, SaleOnNats};
+use super::view::{Query, decode_order, decode_view, encode_query};
 use super::wire::{self, BatchWriter, Buy};
 use crate::catalog::{Catalog, Placement};
-use crate::core::Applied;
-use crate::types::{Intent, OrderId, Outcome, RejectReason};
+use crate::core::{Applied, LiveSale, OrderView};
+use crate::types::{Intent, OrderId, Outcome, RejectReason, SkuId};
 
 /// How a gateway batches and retries.
 #[derive(Debug, Clone)]
@@ -48,6 +49,9 @@ pub struct GatewayConfig {
     pub wait_at_most: Duration,
     /// The largest quantity one intent may ask for (as the nodes').
     pub max_quantity: u32,
+    /// How long a read ([`Gateway::sales`], [`Gateway::order`]) waits for a partition's
+    /// leader (no leader answers during a failover).
+    pub read_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -58,6 +62,7 @@ impl Default for GatewayConfig {
             give_up_after: Duration::from_secs(30),
             wait_at_most: Duration::from_secs(3_600),
             max_quantity: 16,
+            read_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -112,6 +117,7 @@ struct Pending {
 
 struct Inner {
     id: u64,
+    client: async_nats::Client,
     sale: SaleOnNats,
     catalog: Catalog,
     placement: Placement,
@@ -186,6 +192,21 @@ impl Gateway {
         config: GatewayConfig,
     ) -> Result<Self, NatsError> {
         let opened = sale.open(client.clone(), Duration::from_secs(2)).await?;
+        Self::connect_opened(client, sale, opened, catalog, config).await
+    }
+
+    /// As [`connect`](Self::connect), on a sale already opened (whose epoch the catalog's
+    /// instants were read against).
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    pub async fn connect_opened(
+        client: async_nats::Client,
+        sale: SaleOnNats,
+        opened: Opened,
+        catalog: Catalog,
+        config: GatewayConfig,
+    ) -> Result<Self, NatsError> {
         let placement = Placement::new(&catalog, usize::from(sale.partitions()))
             .map_err(|error| NatsError::new("place the catalog", error.to_string()))?;
         let id = random_id();
@@ -202,6 +223,7 @@ impl Gateway {
         }
         let inner = Arc::new(Inner {
             id,
+            client: client.clone(),
             sale,
             catalog,
             placement,
@@ -300,6 +322,79 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Asks partition `partition`'s leader.
+    async fn ask(&self, partition: u16, query: Query) -> Result<bytes::Bytes, GatewayError> {
+        let inner = &self.inner;
+        let asked = inner.client.request(
+            inner.sale.subject_ask(partition),
+            encode_query(query).into(),
+        );
+        match tokio::time::timeout(inner.config.read_timeout, asked).await {
+            Ok(Ok(message)) => Ok(message.payload),
+            _ => Err(GatewayError::Unanswered),
+        }
+    }
+
+    /// Every SKU's sale, in catalog order, each as its partition's leader has it now (one
+    /// question to each partition's leader, asked at once).
+    ///
+    /// # Errors
+    /// [`GatewayError::Unanswered`]: a partition's leader did not answer within
+    /// [`GatewayConfig::read_timeout`], or its answer was not a view.
+    pub async fn sales(&self) -> Result<Vec<LiveSale>, GatewayError> {
+        let asked = (0..self.inner.sale.partitions()).map(|partition| async move {
+            let bytes = self.ask(partition, Query::Sales).await?;
+            decode_view(&bytes).map_err(|_| GatewayError::Unanswered)
+        });
+        let views = futures_util::future::join_all(asked).await;
+        let mut sales = Vec::with_capacity(self.inner.catalog.skus().len());
+        for view in views {
+            sales.extend(view?.sales);
+        }
+        let catalog = &self.inner.catalog;
+        sales.sort_by_key(|sale| catalog.index_of(sale.levels.id));
+        Ok(sales)
+    }
+
+    /// One SKU's sale, from its partition's leader; `None` if the catalog has no such SKU.
+    ///
+    /// # Errors
+    /// As [`sales`](Self::sales).
+    pub async fn sale(&self, sku: SkuId) -> Result<Option<LiveSale>, GatewayError> {
+        let Some(index) = self.inner.catalog.index_of(sku) else {
+            return Ok(None);
+        };
+        let partition = self.inner.placement.route(index).0.0;
+        let bytes = self.ask(partition, Query::Sales).await?;
+        let view = decode_view(&bytes).map_err(|_| GatewayError::Unanswered)?;
+        Ok(view.sales.into_iter().find(|sale| sale.levels.id == sku))
+    }
+
+    /// An order and where it stands, from its partition's leader; `None` if no partition
+    /// confirmed it.
+    ///
+    /// # Errors
+    /// As [`sales`](Self::sales).
+    pub async fn order(&self, id: OrderId) -> Result<Option<OrderView>, GatewayError> {
+        let shard = id.shard().0;
+        if shard >= self.inner.sale.partitions() {
+            return Ok(None);
+        }
+        let bytes = self.ask(shard, Query::Order(id)).await?;
+        let answer = decode_order(&bytes).map_err(|_| GatewayError::Unanswered)?;
+        Ok(answer.order)
+    }
+
+    /// The sale's clock now (ns since its epoch), as the nodes stamp entries.
+    pub fn now_ns(&self) -> u64 {
+        self.inner.opened.now_ns()
+    }
+
+    /// The wall-clock instant of the sale clock's 0.
+    pub fn epoch(&self) -> std::time::SystemTime {
+        self.inner.opened.epoch()
+    }
+
     /// Applies an operator command (a payment, a cancellation, a stock or window change, a
     /// close) on the partition that owns its order or SKU, and returns what it did:
     /// [`Applied::Done`] or [`Applied::Refused`] with the reason. The command is logged

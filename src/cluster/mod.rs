@@ -14,6 +14,7 @@
 //! - [`wire`]: the messages, checksummed, with a named error for every way one can be
 //!   wrong.
 //! - [`Replica`]: the state machine, its snapshot and its restore.
+//! - [`view`]: reads of a partition (its sales, an order) answered by its leader.
 //!
 //! With the `cluster` feature, on NATS JetStream:
 //! - `nats`: the sale's streams, buckets and epoch;
@@ -27,6 +28,7 @@ pub mod nats;
 #[cfg(all(feature = "cluster", not(loom)))]
 mod node;
 mod replica;
+pub mod view;
 pub mod wire;
 
 #[cfg(all(feature = "cluster", not(loom)))]

@@ -119,6 +119,21 @@ impl SaleOnNats {
         format!("fs.{}.out.{gateway:016x}", self.name)
     }
 
+    /// The subject partition `partition`'s leader answers reads on ([`super::view`]).
+    pub fn subject_ask(&self, partition: u16) -> String {
+        format!("fs.{}.ask.{partition}", self.name)
+    }
+
+    /// The subject partition `partition`'s leader publishes its sales on when they change.
+    pub fn subject_view(&self, partition: u16) -> String {
+        format!("fs.{}.view.{partition}", self.name)
+    }
+
+    /// The subject every partition's sales are published on, for a listener of all.
+    pub fn subject_view_all(&self) -> String {
+        format!("fs.{}.view.*", self.name)
+    }
+
     /// The subject every gateway's replies come on, for a listener of all of them.
     pub fn subject_out_all(&self) -> String {
         format!("fs.{}.out.>", self.name)

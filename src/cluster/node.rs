@@ -152,6 +152,11 @@ const RECENT_MAX: usize = 4_096;
 impl PartitionTask {
     async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), NatsError> {
         self.restore_snapshot().await;
+        let mut asks = self
+            .client
+            .subscribe(self.sale.subject_ask(self.partition))
+            .await
+            .map_err(|error| NatsError::new("subscribe to reads", error.to_string()))?;
         let mut lease_timer = interval(self.config.lease / 3);
         lease_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut tick_timer = interval(Duration::from_millis(5));
@@ -195,6 +200,7 @@ impl PartitionTask {
                     _ = stop.changed() => break 'consume,
                     _ = lease_timer.tick() => self.renew_lease().await,
                     _ = tick_timer.tick() => self.tick_if_due().await,
+                    Some(ask) = asks.next() => self.answer(ask),
                     _ = watchdog.tick(), if last_message.elapsed() >= STALL_CHECK => {
                         // A reader whose server died can stay silent rather than fail:
                         // when the log has entries it has not delivered, make it again.
@@ -330,6 +336,24 @@ impl PartitionTask {
                 let _ = client.publish(subject, payload).await;
             });
         }
+    }
+
+    /// Answers a read while leading (a standby stays silent: the reader hears the leader
+    /// only, which has published every answer it read). A malformed query is answered
+    /// with an empty message, which no reader takes for an answer.
+    fn answer(&self, ask: async_nats::Message) {
+        let Some(reply) = ask.reply else { return };
+        if self.lease_revision.is_none() {
+            return;
+        }
+        let payload = match super::view::decode_query(&ask.payload) {
+            Ok(query) => self.replica.answer(self.partition, query),
+            Err(_) => Vec::new(),
+        };
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let _ = client.publish(reply, payload.into()).await;
+        });
     }
 
     /// Logs a tick when something fell due (once per due instant).

@@ -42,9 +42,11 @@ pub const REASONS: &[(u16, &str)] = &[
     (425, "not_open_yet"),
     (429, "busy"),
     (429, "rate_limited"),
+    (501, "not_in_cluster"),
     (503, "recovering"),
     (503, "shut_down"),
     (503, "shard_failed"),
+    (503, "unanswered"),
 ];
 
 /// Answers counted by [`REASONS`] index.

@@ -12,10 +12,13 @@
 //! | `dashboard.rs`, `page.html` | the operator's live page and its event stream |
 //! | `auth.rs` | operators and buyers |
 //! | `answer.rs` | error answers, their reasons, and their counts |
+//! | `cluster.rs` | `--nats`: the same routes as a gateway of a sale on NATS JetStream |
 
 mod answer;
 mod auth;
 pub mod catalog_file;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod dashboard;
 mod feed;
 mod metrics;
@@ -106,6 +109,32 @@ pub struct ServeArgs {
     /// is closed.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// Serve as a stateless gateway of a sale on these NATS servers (comma-separated)
+    /// rather than with an engine in this process: decisions come from `flashsale node`s
+    /// through the sale's JetStream logs.
+    #[cfg(feature = "cluster")]
+    #[arg(long, env = "FLASHSALE_NATS", conflicts_with_all = ["in_memory", "no_sync", "shards"])]
+    nats: Option<String>,
+    /// With --nats: the sale's name (as its nodes').
+    #[cfg(feature = "cluster")]
+    #[arg(long, default_value = "sale", requires = "nats")]
+    sale: String,
+    /// With --nats: the sale's partitions (as its nodes').
+    #[cfg(feature = "cluster")]
+    #[arg(long, default_value_t = 1, requires = "nats")]
+    partitions: u16,
+    /// With --nats: copies JetStream keeps of each log (as its nodes').
+    #[cfg(feature = "cluster")]
+    #[arg(long, default_value_t = 3, requires = "nats")]
+    replicas: usize,
+    /// With --nats: how long a batch of buys waits for more after its first.
+    #[cfg(feature = "cluster")]
+    #[arg(long, default_value = "500us", value_parser = humantime::parse_duration, requires = "nats")]
+    linger: Duration,
+    /// With --nats: the largest quantity one intent may ask for (as the nodes').
+    #[cfg(feature = "cluster")]
+    #[arg(long, default_value_t = 16, requires = "nats")]
+    max_quantity: u32,
 }
 
 /// Buyer identification modes.
@@ -129,6 +158,9 @@ pub struct Running {
 /// What every request handler shares.
 pub struct Server {
     pub running: OnceLock<Running>,
+    /// With `--nats`: the gateway, once connected.
+    #[cfg(feature = "cluster")]
+    pub gateway: OnceLock<flashsale::cluster::Gateway>,
     pub catalog: Catalog,
     /// The wall-clock time of the engine clock's 0.
     pub epoch: SystemTime,
@@ -158,10 +190,20 @@ pub fn run(args: ServeArgs) -> u8 {
 type Failure = (u8, String);
 
 fn start(args: ServeArgs) -> Result<(), Failure> {
-    let data = (!args.in_memory).then(|| args.data.clone());
-    let epoch = match &data {
-        Some(dir) => epoch_of(dir)?,
-        None => SystemTime::now(),
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = args.threads {
+        runtime.worker_threads(threads as usize);
+    }
+    let runtime = runtime
+        .build()
+        .map_err(|error| (1, format!("cannot start the HTTP runtime: {error}")))?;
+    let nats = open_nats(&args, &runtime)?;
+    let data = (!args.in_memory && nats.is_none()).then(|| args.data.clone());
+    let epoch = match (&nats, &data) {
+        (Some(nats), _) => nats_epoch(nats),
+        (None, Some(dir)) => epoch_of(dir)?,
+        (None, None) => SystemTime::now(),
     };
     let catalog = match &args.catalog {
         Some(path) => catalog_file::load(path, epoch).map_err(|error| (2, error.0))?,
@@ -201,6 +243,8 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
     let (stop, stopping) = watch::channel(false);
     let server = Arc::new(Server {
         running: OnceLock::new(),
+        #[cfg(feature = "cluster")]
+        gateway: OnceLock::new(),
         catalog: catalog.clone(),
         epoch,
         counts: answer::Counts::default(),
@@ -213,22 +257,20 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
         stopping,
     });
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(threads) = args.threads {
-        runtime.worker_threads(threads as usize);
-    }
-    let runtime = runtime
-        .build()
-        .map_err(|error| (1, format!("cannot start the HTTP runtime: {error}")))?;
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(args.addr))
         .map_err(|error| (1, format!("cannot listen on {}: {error}", args.addr)))?;
     let local = listener
         .local_addr()
         .map_err(|error| (1, format!("cannot read the listening address: {error}")))?;
+    let router = if nats.is_some() {
+        gateway_router(server.clone())
+    } else {
+        routes::router(server.clone())
+    };
     let accept = runtime.spawn(accept_loop(
         listener,
+        router,
         server.clone(),
         stop.subscribe(),
         Limits::of(&args),
@@ -256,25 +298,30 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
     }
     eprintln!("flashsale serve: listening on http://{local} (recovering...)");
 
-    let recovered = recover(&args, data.as_deref(), &catalog, epoch);
-    let running = match recovered {
-        Ok(running) => running,
+    let recovered = match nats {
+        Some(nats) => connect_gateway(&args, &runtime, nats, &catalog, &server),
+        None => recover(&args, data.as_deref(), &catalog, epoch).map(|running| {
+            let _ = server.running.set(running);
+            format!(
+                "{} SKUs on {} shard(s), {}",
+                catalog.skus().len(),
+                args.shards,
+                data.as_ref().map_or(
+                    "in memory (nothing survives a restart)".to_owned(),
+                    |dir| format!("data in {}", dir.display())
+                ),
+            )
+        }),
+    };
+    let what = match recovered {
+        Ok(what) => what,
         Err(failure) => {
             signal.abort();
             accept.abort();
             return Err(failure);
         }
     };
-    let _ = server.running.set(running);
-    eprintln!(
-        "flashsale serve: ready: {} SKUs on {} shard(s), {}; try GET http://{local}/sales",
-        catalog.skus().len(),
-        args.shards,
-        data.as_ref().map_or(
-            "in memory (nothing survives a restart)".to_owned(),
-            |dir| format!("data in {}", dir.display())
-        ),
-    );
+    eprintln!("flashsale serve: ready: {what}; try GET http://{local}/sales");
 
     runtime.block_on(async {
         let _ = signal.await;
@@ -298,6 +345,74 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// With `--nats`: the sale's NATS connection and streams, opened.
+#[cfg(feature = "cluster")]
+type Nats = cluster::Opening;
+/// Without the `cluster` feature there is no `--nats`.
+#[cfg(not(feature = "cluster"))]
+type Nats = std::convert::Infallible;
+
+#[cfg(feature = "cluster")]
+fn open_nats(args: &ServeArgs, runtime: &tokio::runtime::Runtime) -> Result<Option<Nats>, Failure> {
+    cluster::open(args, runtime)
+}
+
+#[cfg(not(feature = "cluster"))]
+fn open_nats(_: &ServeArgs, _: &tokio::runtime::Runtime) -> Result<Option<Nats>, Failure> {
+    Ok(None)
+}
+
+#[cfg(feature = "cluster")]
+fn nats_epoch(nats: &Nats) -> SystemTime {
+    nats.epoch()
+}
+
+#[cfg(not(feature = "cluster"))]
+fn nats_epoch(nats: &Nats) -> SystemTime {
+    match *nats {}
+}
+
+#[cfg(feature = "cluster")]
+fn gateway_router(server: Arc<Server>) -> axum::Router {
+    cluster::router(server)
+}
+
+#[cfg(not(feature = "cluster"))]
+fn gateway_router(server: Arc<Server>) -> axum::Router {
+    routes::router(server)
+}
+
+#[cfg(feature = "cluster")]
+fn connect_gateway(
+    args: &ServeArgs,
+    runtime: &tokio::runtime::Runtime,
+    nats: Nats,
+    catalog: &Catalog,
+    server: &Server,
+) -> Result<String, Failure> {
+    let gateway = cluster::connect(args, runtime, nats, catalog)?;
+    let what = format!(
+        "a gateway ({:016x}) of sale {:?} on NATS, {} SKUs in {} partition(s)",
+        gateway.id(),
+        args.sale,
+        catalog.skus().len(),
+        args.partitions
+    );
+    let _ = server.gateway.set(gateway);
+    Ok(what)
+}
+
+#[cfg(not(feature = "cluster"))]
+fn connect_gateway(
+    _: &ServeArgs,
+    _: &tokio::runtime::Runtime,
+    nats: Nats,
+    _: &Catalog,
+    _: &Server,
+) -> Result<String, Failure> {
+    match nats {}
 }
 
 /// The sale's epoch: read from the data directory, or written there on its first start.
@@ -410,12 +525,12 @@ impl Limits {
 /// in flight finish for up to the grace period and closes every connection.
 async fn accept_loop(
     listener: tokio::net::TcpListener,
+    router: axum::Router,
     server: Arc<Server>,
     stop: watch::Receiver<bool>,
     limits: Limits,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections as usize));
-    let router = routes::router(server.clone());
     let mut connections = tokio::task::JoinSet::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())

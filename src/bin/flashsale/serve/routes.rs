@@ -58,7 +58,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .with_state(server)
 }
 
-async fn not_found(State(server): Shared) -> Response {
+pub(super) async fn not_found(State(server): Shared) -> Response {
     fail(
         &server.counts,
         StatusCode::NOT_FOUND,
@@ -67,7 +67,7 @@ async fn not_found(State(server): Shared) -> Response {
     )
 }
 
-async fn method_not_allowed(State(server): Shared) -> Response {
+pub(super) async fn method_not_allowed(State(server): Shared) -> Response {
     fail(
         &server.counts,
         StatusCode::METHOD_NOT_ALLOWED,
@@ -89,7 +89,7 @@ fn running(server: &Server) -> Result<&Running, Response> {
 }
 
 /// A path number in canonical decimal, or the 400 naming it.
-fn path_number(server: &Server, field: &str, text: &str) -> Result<u64, Response> {
+pub(super) fn path_number(server: &Server, field: &str, text: &str) -> Result<u64, Response> {
     auth::canonical_u64(text).ok_or_else(|| {
         bad_request(
             &server.counts,
@@ -101,7 +101,7 @@ fn path_number(server: &Server, field: &str, text: &str) -> Result<u64, Response
     })
 }
 
-fn path_sku(server: &Server, text: &str) -> Result<SkuId, Response> {
+pub(super) fn path_sku(server: &Server, text: &str) -> Result<SkuId, Response> {
     let number = path_number(server, "sku", text)?;
     u32::try_from(number)
         .map(SkuId)
@@ -109,7 +109,11 @@ fn path_sku(server: &Server, text: &str) -> Result<SkuId, Response> {
 }
 
 /// The body, read within the body timeout and the size limit.
-async fn read_body(server: &Server, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+pub(super) async fn read_body(
+    server: &Server,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, Response> {
     let too_large = || {
         fail(
             &server.counts,
@@ -149,7 +153,7 @@ async fn read_body(server: &Server, headers: &HeaderMap, body: Body) -> Result<B
 
 /// A JSON body of exactly `T`'s fields (unknown and repeated fields refused), or the 400
 /// naming the field.
-fn parse<T: DeserializeOwned>(server: &Server, bytes: &[u8]) -> Result<T, Response> {
+pub(super) fn parse<T: DeserializeOwned>(server: &Server, bytes: &[u8]) -> Result<T, Response> {
     let text = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}".as_slice()
     } else {
@@ -181,7 +185,7 @@ fn parse<T: DeserializeOwned>(server: &Server, bytes: &[u8]) -> Result<T, Respon
 }
 
 /// The buyer the request authenticates (`None` in demo mode), or the 401.
-fn buyer(server: &Server, headers: &HeaderMap) -> Result<Option<u64>, Response> {
+pub(super) fn buyer(server: &Server, headers: &HeaderMap) -> Result<Option<u64>, Response> {
     server
         .buyers
         .buyer(headers)
@@ -195,7 +199,7 @@ fn buyer(server: &Server, headers: &HeaderMap) -> Result<Option<u64>, Response> 
         })
 }
 
-fn is_operator(server: &Server, headers: &HeaderMap) -> bool {
+pub(super) fn is_operator(server: &Server, headers: &HeaderMap) -> bool {
     server
         .admin_token
         .as_deref()
@@ -239,13 +243,14 @@ async fn buy(
     }
 }
 
-async fn try_buy(
-    server: &Arc<Server>,
+/// A buy request, checked: the SKU, the buyer (authenticated and within its rate), the
+/// body. The intent and whether it waits, or the answer refusing it.
+pub(super) async fn buy_request(
+    server: &Server,
     sku: &str,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Response, Response> {
-    let running = running(server)?;
+) -> Result<(Intent, bool), Response> {
     let sku = path_sku(server, sku)?;
     let authenticated = buyer(server, headers)?;
     let bytes = read_body(server, headers, body).await?;
@@ -291,8 +296,38 @@ async fn try_buy(
         sku,
         quantity: body.qty,
     };
+    Ok((intent, body.wait))
+}
+
+/// The 200 for a confirmed order.
+pub(super) fn confirmed(server: &Server, order: &flashsale::Order) -> Response {
+    server.counts.count(200, "confirmed");
+    let spec_hold = server.catalog.sku(order.sku).and_then(|spec| spec.hold_ns);
+    let mut body = json!({
+        "order": order.id.0,
+        "sku": order.sku.0,
+        "user": order.user.0,
+        "qty": order.quantity,
+        "sequence": order.sequence,
+        "state": "held",
+    });
+    if spec_hold.is_some() {
+        // The exact deadline is the order's (GET /orders/{id}); this is its hold.
+        body["hold_ms"] = json!(spec_hold.unwrap_or(0) / 1_000_000);
+    }
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+async fn try_buy(
+    server: &Arc<Server>,
+    sku: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Response> {
+    let running = running(server)?;
+    let (intent, wait) = buy_request(server, sku, headers, body).await?;
     let start = Instant::now();
-    let result = if body.wait {
+    let result = if wait {
         running.client.buy_or_wait(intent).await
     } else {
         running.client.try_buy(intent).await
@@ -300,24 +335,10 @@ async fn try_buy(
     let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
     server.latency.lock().saturating_record(nanos.max(1));
     Ok(match result {
-        Ok(Outcome::Confirmed(order)) => {
-            server.counts.count(200, "confirmed");
-            let spec_hold = server.catalog.sku(sku).and_then(|spec| spec.hold_ns);
-            let mut body = json!({
-                "order": order.id.0,
-                "sku": order.sku.0,
-                "user": order.user.0,
-                "qty": order.quantity,
-                "sequence": order.sequence,
-                "state": "held",
-            });
-            if spec_hold.is_some() {
-                // The exact deadline is the order's (GET /orders/{id}); this is its hold.
-                body["hold_ms"] = json!(spec_hold.unwrap_or(0) / 1_000_000);
-            }
-            (StatusCode::OK, axum::Json(body)).into_response()
+        Ok(Outcome::Confirmed(order)) => confirmed(server, &order),
+        Ok(Outcome::Rejected { reason, .. }) => {
+            rejected(server, intent.sku, reason, running.engine.now_ns())
         }
-        Ok(Outcome::Rejected { reason, .. }) => rejected(server, running, sku, reason),
         Err(SubmitError::Busy(_)) => fail(
             &server.counts,
             StatusCode::TOO_MANY_REQUESTS,
@@ -339,7 +360,8 @@ async fn try_buy(
     })
 }
 
-fn rejected(server: &Server, running: &Running, sku: SkuId, reason: RejectReason) -> Response {
+/// The answer to a rejected buy (`now_ns` on the sale's clock, for "opens in").
+pub(super) fn rejected(server: &Server, sku: SkuId, reason: RejectReason, now_ns: u64) -> Response {
     let extra = match reason {
         RejectReason::Duplicate(order) => json!({ "order": order.0 }),
         RejectReason::InvalidQuantity => json!({
@@ -348,10 +370,7 @@ fn rejected(server: &Server, running: &Running, sku: SkuId, reason: RejectReason
         }),
         RejectReason::NotOpenYet => match server.catalog.sku(sku) {
             Some(spec) => {
-                let wait_ns = spec
-                    .window
-                    .opens_at_ns
-                    .saturating_sub(running.engine.now_ns());
+                let wait_ns = spec.window.opens_at_ns.saturating_sub(now_ns);
                 json!({ "opens_in_ms": wait_ns / 1_000_000 })
             }
             None => json!({}),
@@ -464,7 +483,8 @@ async fn owned_order(
     Ok((control, view))
 }
 
-fn order_json(server: &Server, view: &flashsale::OrderView) -> Value {
+/// An order's JSON (`now_ns` on the sale's clock, for "pay in").
+pub(super) fn order_json(server: &Server, view: &flashsale::OrderView, now_ns: u64) -> Value {
     let mut body = json!({
         "order": view.id.0,
         "sku": view.sku.0,
@@ -477,16 +497,14 @@ fn order_json(server: &Server, view: &flashsale::OrderView) -> Value {
     } = view.status
     {
         body["pay_by"] = json!(super::catalog_file::wall_time(server.epoch, pay_by));
-        if let Some(running) = server.running.get() {
-            body["pay_in_ms"] = json!(pay_by.saturating_sub(running.engine.now_ns()) / 1_000_000);
-        }
+        body["pay_in_ms"] = json!(pay_by.saturating_sub(now_ns) / 1_000_000);
     }
     body
 }
 
 async fn order(State(server): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
     match owned_order(&server, &id, &headers).await {
-        Ok((_, view)) => ok(&server.counts, order_json(&server, &view)),
+        Ok((control, view)) => ok(&server.counts, order_json(&server, &view, control.now_ns())),
         Err(response) => response,
     }
 }
@@ -505,6 +523,7 @@ async fn change_order(server: &Server, id: &str, headers: &HeaderMap, pay: bool)
         Err(response) => return response,
     };
     let order = view.id;
+    let now_ns = control.now_ns();
     let asking = control.clone();
     let changed = blocking(move || {
         if pay {
@@ -516,7 +535,7 @@ async fn change_order(server: &Server, id: &str, headers: &HeaderMap, pay: bool)
     })
     .await;
     match changed {
-        Ok(view) => ok(&server.counts, order_json(server, &view)),
+        Ok(view) => ok(&server.counts, order_json(server, &view, now_ns)),
         Err(error) => control_failed(server, error),
     }
 }
@@ -642,13 +661,53 @@ async fn admin(
     }
 }
 
-async fn try_admin(
-    server: &Arc<Server>,
+/// An operator's change to a SKU's sale, checked.
+pub(super) enum AdminAction {
+    Restock(u32),
+    Reduce(u32),
+    Close,
+    /// A new window: the fields given (ns on the sale clock), or for a reopen, open now
+    /// with no end.
+    Window {
+        opens: Option<u64>,
+        closes: Option<u64>,
+        reopen: bool,
+    },
+}
+
+impl AdminAction {
+    /// The window a `Window` action sets, given the window now.
+    pub(super) fn window(
+        opens: Option<u64>,
+        closes: Option<u64>,
+        reopen: bool,
+        current: SaleWindow,
+        now_ns: u64,
+    ) -> SaleWindow {
+        SaleWindow {
+            opens_at_ns: opens.unwrap_or(if reopen {
+                current.opens_at_ns.min(now_ns)
+            } else {
+                current.opens_at_ns
+            }),
+            closes_at_ns: closes.unwrap_or(if reopen {
+                u64::MAX
+            } else {
+                current.closes_at_ns
+            }),
+        }
+    }
+}
+
+/// An operator request, checked: the action is known, operator routes are on, the token
+/// is right, the SKU and the body are well-formed.
+pub(super) async fn admin_request(
+    server: &Server,
     sku: &str,
     action: &str,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Response, Response> {
+) -> Result<(SkuId, AdminAction), Response> {
     if !["restock", "reduce", "window", "close", "reopen"].contains(&action) {
         return Err(fail(
             &server.counts,
@@ -673,54 +732,67 @@ async fn try_admin(
             json!({ "error": "the operator token is missing or wrong" }),
         ));
     }
-    let running = running(server)?;
     let sku = path_sku(server, sku)?;
     let bytes = read_body(server, headers, body).await?;
-    let control = running.engine.control();
     let instant = |field: &str, text: &str| -> Result<u64, Response> {
         super::catalog_file::instant(text, server.epoch)
             .map_err(|why| bad_request(&server.counts, field, why))
     };
-    let call: Box<dyn FnOnce() -> Result<(), ControlError> + Send> = match action {
-        "restock" | "reduce" => {
-            let Units { units } = parse(server, &bytes)?;
-            if action == "restock" {
-                Box::new(move || control.restock(sku, units))
-            } else {
-                Box::new(move || control.reduce(sku, units))
-            }
-        }
+    let action = match action {
+        "restock" => AdminAction::Restock(parse::<Units>(server, &bytes)?.units),
+        "reduce" => AdminAction::Reduce(parse::<Units>(server, &bytes)?.units),
         "close" => {
             let Empty {} = parse(server, &bytes)?;
-            Box::new(move || control.close_sale(sku))
+            AdminAction::Close
         }
         _ => {
             let window: Window = parse(server, &bytes)?;
+            AdminAction::Window {
+                opens: window
+                    .opens
+                    .as_deref()
+                    .map(|text| instant("opens", text))
+                    .transpose()?,
+                closes: window
+                    .closes
+                    .as_deref()
+                    .map(|text| instant("closes", text))
+                    .transpose()?,
+                reopen: action == "reopen",
+            }
+        }
+    };
+    Ok((sku, action))
+}
+
+async fn try_admin(
+    server: &Arc<Server>,
+    sku: &str,
+    action: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Response> {
+    let (sku, action) = admin_request(server, sku, action, headers, body).await?;
+    let running = running(server)?;
+    let control = running.engine.control();
+    let call: Box<dyn FnOnce() -> Result<(), ControlError> + Send> = match action {
+        AdminAction::Restock(units) => Box::new(move || control.restock(sku, units)),
+        AdminAction::Reduce(units) => Box::new(move || control.reduce(sku, units)),
+        AdminAction::Close => Box::new(move || control.close_sale(sku)),
+        AdminAction::Window {
+            opens,
+            closes,
+            reopen,
+        } => {
             // The window as it is now (an operator may have moved it).
             let asking = control.clone();
             let current = blocking(move || asking.sale(sku))
                 .await
                 .map_err(|error| control_failed(server, error))?
                 .window;
-            let opens_at_ns = match &window.opens {
-                Some(text) => instant("opens", text)?,
-                None if action == "reopen" => current.opens_at_ns.min(running.engine.now_ns()),
-                None => current.opens_at_ns,
-            };
-            let closes_at_ns = match &window.closes {
-                Some(text) => instant("closes", text)?,
-                None if action == "reopen" => u64::MAX,
-                None => current.closes_at_ns,
-            };
-            Box::new(move || {
-                control.set_window(
-                    sku,
-                    SaleWindow {
-                        opens_at_ns,
-                        closes_at_ns,
-                    },
-                )
-            })
+            let window =
+                AdminAction::window(opens, closes, reopen, current, running.engine.now_ns());
+            Box::new(move || control.set_window(sku, window))
         }
     };
     blocking(call)
@@ -734,7 +806,7 @@ async fn try_admin(
     Ok(ok(&server.counts, sale_json(server, now_ns, &levels)))
 }
 
-async fn healthz(State(server): Shared) -> Response {
+pub(super) async fn healthz(State(server): Shared) -> Response {
     ok(&server.counts, json!({ "status": "up" }))
 }
 
