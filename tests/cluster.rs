@@ -441,11 +441,18 @@ async fn sale_with_kills(base: u16, cycle: u32) {
                     quantity: 1,
                 };
                 let result = gateway.buy(intent, false).await;
-                let mut answers = answers.lock();
-                answers.times.push(Instant::now());
-                match result {
-                    Ok(decided) => answers.decided.push((intent, decided)),
-                    Err(_) => answers.unanswered += 1,
+                // Answered by the gateway's sold-out gate, at once: press less often.
+                let gated = result.is_ok_and(|decided| decided.attempts == 0);
+                {
+                    let mut answers = answers.lock();
+                    answers.times.push(Instant::now());
+                    match result {
+                        Ok(decided) => answers.decided.push((intent, decided)),
+                        Err(_) => answers.unanswered += 1,
+                    }
+                }
+                if gated {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
         });
@@ -865,6 +872,146 @@ async fn a_sale_survives_the_kill_of_a_node_a_server_and_a_gateway() {
     for cycle in 0..cycles {
         sale_with_kills(15_000, cycle).await;
     }
+}
+
+/// The gateways' sold-out gate: once a SKU sells out, new buyers are answered by the
+/// gateway without the log, a retry of a confirmed buy still reaches the log and gets its
+/// order (also through a gateway that came after the sell-out and fetched the filter),
+/// and units that come back (a restock) lower the gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_turns_away_sold_out_buys_but_never_a_retry_of_a_confirmed_one() {
+    const UNITS: u32 = 50;
+    let dir = std::env::temp_dir().join(format!("flashsale-gate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let nats = NatsCluster::start(15_500, &dir);
+    let urls = nats.urls();
+    let catalog_path = dir.join("catalog.toml");
+    std::fs::write(
+        &catalog_path,
+        (1..=SKUS)
+            .map(|id| format!("[[sku]]\nid = {id}\nstock = {UNITS}\nlimit = 1\n\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let catalog = Catalog::builder()
+        .skus((1..=SKUS).map(|id| SkuSpec::new(SkuId(id), UNITS).limit(1)))
+        .build()
+        .unwrap();
+    let node = start_node(&urls, "gate", &catalog_path, "g", &dir);
+    wait_ready(&dir, "g").await;
+    let client = connect(&urls, "test").await.unwrap();
+    let sale = SaleOnNats::new("gate", PARTITIONS, 3).unwrap();
+    let config = GatewayConfig {
+        max_quantity: MAX_QUANTITY,
+        ..GatewayConfig::default()
+    };
+    let first = Gateway::connect(
+        client.clone(),
+        sale.clone(),
+        catalog.clone(),
+        config.clone(),
+    )
+    .await
+    .unwrap();
+    let buy = |gateway: &Gateway, user: u64, sku: u32| {
+        let gateway = gateway.clone();
+        async move {
+            let intent = Intent {
+                user: UserId(user),
+                client_key: 1,
+                sku: SkuId(sku),
+                quantity: 1,
+            };
+            gateway.buy(intent, false).await.unwrap()
+        }
+    };
+    // Sell SKU 1 out.
+    let mut orders = HashMap::new();
+    for user in 0..u64::from(UNITS) {
+        let decided = buy(&first, user, 1).await;
+        orders.insert(user, decided.order().expect("units left"));
+    }
+    // The leader publishes the gate every few ms: soon new buyers are turned away.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut user = 1_000u64;
+    loop {
+        user += 1;
+        let decided = buy(&first, user, 1).await;
+        assert!(matches!(
+            decided.outcome,
+            flashsale::Outcome::Rejected {
+                reason: flashsale::RejectReason::SoldOut,
+                ..
+            }
+        ));
+        if decided.attempts == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gate never closed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = first.stats();
+    for user in 2_000..2_100 {
+        assert_eq!(buy(&first, user, 1).await.attempts, 0, "turned away");
+    }
+    assert_eq!(first.stats().turned_away, before.turned_away + 100);
+    assert_eq!(first.stats().batches, before.batches, "nothing logged");
+    // Another SKU is still on sale through the same gateway.
+    assert!(buy(&first, 5, 2).await.order().is_some());
+    // A retry of a confirmed buy reaches the log and gets its order back, through this
+    // gateway and through one that came after the sell-out.
+    let late = Gateway::connect(client.clone(), sale.clone(), catalog.clone(), config)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while late.stats().gate_fetches == 0 || buy(&late, 3_000, 1).await.attempts != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the late gateway's gate never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for gateway in [&first, &late] {
+        for user in [0, 7, u64::from(UNITS) - 1] {
+            let decided = buy(gateway, user, 1).await;
+            assert_eq!(decided.attempts, 1, "logged, not turned away");
+            assert_eq!(
+                decided.outcome,
+                flashsale::Outcome::Rejected {
+                    reason: flashsale::RejectReason::Duplicate(orders[&user]),
+                    sequence: decided.outcome.sequence(),
+                }
+            );
+        }
+    }
+    // Units come back: the gate opens again.
+    let restock = Control::Restock {
+        sku: SkuId(1),
+        units: 1,
+    };
+    assert!(matches!(
+        first.control(restock).await.unwrap(),
+        Applied::Done { .. }
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut user = 4_000u64;
+    loop {
+        user += 1;
+        if buy(&first, user, 1).await.order().is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gate never opened again");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "first gateway: {:?}; late: {:?}",
+        first.stats(),
+        late.stats()
+    );
+    drop(node);
+    drop(nats);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

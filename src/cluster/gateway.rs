@@ -20,17 +20,18 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::message::PublishMessage;
 use futures_util::StreamExt;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Answer;
+use super::gate::{GateUpdate, KeyFilter};
 use super::nats::{NatsError, Opened, SaleOnNats};
 use super::view::{Query, decode_order, decode_view, encode_query};
 use super::wire::{self, BatchWriter, Buy};
 use crate::catalog::{Catalog, Placement};
 use crate::core::{Applied, LiveSale, OrderView};
-use crate::types::{Intent, OrderId, Outcome, RejectReason, SkuId};
+use crate::types::{Intent, OrderId, Outcome, RejectReason, ShardId, SkuId};
 
 /// How a gateway batches and retries.
 #[derive(Debug, Clone)]
@@ -52,6 +53,9 @@ pub struct GatewayConfig {
     /// How long a read ([`Gateway::sales`], [`Gateway::order`]) waits for a partition's
     /// leader (no leader answers during a failover).
     pub read_timeout: Duration,
+    /// Answer buys of a SKU the leaders published as sold out here, without logging them
+    /// (unless their key may have been confirmed: see [`super::gate`]).
+    pub sold_out_gate: bool,
 }
 
 impl Default for GatewayConfig {
@@ -63,6 +67,7 @@ impl Default for GatewayConfig {
             wait_at_most: Duration::from_secs(3_600),
             max_quantity: 16,
             read_timeout: Duration::from_secs(3),
+            sold_out_gate: true,
         }
     }
 }
@@ -129,6 +134,37 @@ struct Inner {
     batchers: Vec<mpsc::UnboundedSender<Buy>>,
     next_request: AtomicU64,
     stats: Counters,
+    gate: RwLock<Gate>,
+}
+
+/// The gate as this gateway has it (see [`super::gate`]).
+struct Gate {
+    /// Per catalog index: sold out, as its partition's leader last published.
+    sold_out: Vec<bool>,
+    partitions: Vec<PartitionGate>,
+}
+
+#[derive(Default)]
+struct PartitionGate {
+    /// The position every update has been applied up to; `None`: the gate is off for the
+    /// partition (never synced, or an update was missed) until its filter is fetched.
+    synced: Option<u64>,
+    filter: Option<KeyFilter>,
+    fetching: bool,
+}
+
+impl Gate {
+    fn turns_away(&self, catalog_index: usize, partition: u16, intent: &Intent) -> bool {
+        let Some(gate) = self.partitions.get(usize::from(partition)) else {
+            return false;
+        };
+        self.sold_out.get(catalog_index).copied().unwrap_or(false)
+            && gate.synced.is_some()
+            && gate
+                .filter
+                .as_ref()
+                .is_some_and(|filter| !filter.may_contain(intent.user.0, intent.client_key))
+    }
 }
 
 #[derive(Default)]
@@ -137,6 +173,8 @@ struct Counters {
     acked: AtomicU64,
     unacked: AtomicU64,
     resubmitted: AtomicU64,
+    turned_away: AtomicU64,
+    gate_fetches: AtomicU64,
 }
 
 /// What a gateway did so far.
@@ -150,6 +188,11 @@ pub struct GatewayStats {
     pub unacked: u64,
     /// Buys published again for want of an answer.
     pub resubmitted: u64,
+    /// Buys answered sold out by the gate, without the log.
+    pub turned_away: u64,
+    /// Times a partition's whole key filter was fetched (at the start, and after a missed
+    /// update or a change of leader).
+    pub gate_fetches: u64,
 }
 
 /// A handle to the cluster for buys; cheap to clone, usable from any task.
@@ -214,6 +257,16 @@ impl Gateway {
             .subscribe(sale.subject_out(id))
             .await
             .map_err(|error| NatsError::new("subscribe to replies", error.to_string()))?;
+        let gate_updates = client
+            .subscribe(sale.subject_gate_all())
+            .await
+            .map_err(|error| NatsError::new("subscribe to the gate", error.to_string()))?;
+        let gate = Gate {
+            sold_out: vec![false; catalog.skus().len()],
+            partitions: (0..sale.partitions())
+                .map(|_| PartitionGate::default())
+                .collect(),
+        };
         let mut batchers = Vec::new();
         let mut receivers = Vec::new();
         for _ in 0..sale.partitions() {
@@ -234,6 +287,7 @@ impl Gateway {
             batchers,
             next_request: AtomicU64::new(1),
             stats: Counters::default(),
+            gate: RwLock::new(gate),
         });
         let mut tasks = Vec::new();
         for (partition, receiver) in receivers.into_iter().enumerate() {
@@ -245,6 +299,9 @@ impl Gateway {
             )));
         }
         tasks.push(tokio::spawn(reply_loop(inner.clone(), replies)));
+        if inner.config.sold_out_gate {
+            tasks.push(tokio::spawn(gate_loop(inner.clone(), gate_updates)));
+        }
         tasks.push(tokio::spawn(resubmit_loop(inner.clone())));
         Ok(Self {
             inner,
@@ -265,6 +322,8 @@ impl Gateway {
             acked: stats.acked.load(Ordering::Relaxed),
             unacked: stats.unacked.load(Ordering::Relaxed),
             resubmitted: stats.resubmitted.load(Ordering::Relaxed),
+            turned_away: stats.turned_away.load(Ordering::Relaxed),
+            gate_fetches: stats.gate_fetches.load(Ordering::Relaxed),
         }
     }
 
@@ -282,7 +341,20 @@ impl Gateway {
     pub async fn buy(&self, intent: Intent, wait: bool) -> Result<Decided, GatewayError> {
         let inner = &self.inner;
         let partition = match inner.catalog.admit(&intent, inner.config.max_quantity) {
-            Ok(index) => inner.placement.route(index).0.0,
+            Ok(index) => {
+                let partition = inner.placement.route(index).0.0;
+                if !wait && inner.gate.read().turns_away(index, partition, &intent) {
+                    inner.stats.turned_away.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Decided {
+                        outcome: Outcome::Rejected {
+                            reason: RejectReason::SoldOut,
+                            sequence: None,
+                        },
+                        attempts: 0,
+                    });
+                }
+                partition
+            }
             Err(reason) => {
                 return Ok(Decided {
                     outcome: Outcome::Rejected {
@@ -540,6 +612,86 @@ async fn batch_loop(
             };
             counter.fetch_add(1, Ordering::Relaxed);
         });
+    }
+}
+
+/// Applies the leaders' gate updates; fetches a partition's whole filter when one was
+/// missed.
+async fn gate_loop(inner: Arc<Inner>, mut updates: async_nats::Subscriber) {
+    while let Some(message) = updates.next().await {
+        let Ok(update) = GateUpdate::decode(&message.payload) else {
+            continue;
+        };
+        let partition = update.partition;
+        if usize::from(partition) >= inner.placement.shards() {
+            continue;
+        }
+        let skus = inner.placement.skus_of(ShardId(partition));
+        let fetch = {
+            let mut gate = inner.gate.write();
+            let Gate {
+                sold_out,
+                partitions,
+            } = &mut *gate;
+            let Some(state) = partitions.get_mut(usize::from(partition)) else {
+                continue;
+            };
+            match state.synced {
+                Some(synced) if update.from <= synced && synced <= update.to => {
+                    if let Some(filter) = &mut state.filter {
+                        for &(user, client_key) in &update.keys {
+                            filter.insert(user, client_key);
+                        }
+                    }
+                    state.synced = Some(update.to);
+                    for (&index, &flag) in skus.iter().zip(&update.sold_out) {
+                        if let Some(slot) = sold_out.get_mut(index as usize) {
+                            *slot = flag;
+                        }
+                    }
+                    false
+                }
+                // Older than what is applied (a late message): nothing new.
+                Some(synced) if update.to < synced => false,
+                _ => {
+                    // A gap: off until the whole filter is here.
+                    state.synced = None;
+                    for &index in skus {
+                        if let Some(slot) = sold_out.get_mut(index as usize) {
+                            *slot = false;
+                        }
+                    }
+                    !std::mem::replace(&mut state.fetching, true)
+                }
+            }
+        };
+        if fetch {
+            inner.stats.gate_fetches.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(fetch_filter(inner.clone(), partition));
+        }
+    }
+}
+
+/// Fetches a partition's whole key filter from its leader.
+async fn fetch_filter(inner: Arc<Inner>, partition: u16) {
+    let asked = inner.client.request(
+        inner.sale.subject_ask(partition),
+        encode_query(Query::Filter).into(),
+    );
+    let fetched = match tokio::time::timeout(inner.config.read_timeout, asked).await {
+        Ok(Ok(message)) => KeyFilter::decode(&message.payload).ok(),
+        _ => None,
+    };
+    let mut gate = inner.gate.write();
+    let Some(state) = gate.partitions.get_mut(usize::from(partition)) else {
+        return;
+    };
+    state.fetching = false;
+    if let Some((from, applied, filter)) = fetched
+        && from == partition
+    {
+        state.filter = Some(filter);
+        state.synced = Some(applied);
     }
 }
 

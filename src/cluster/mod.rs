@@ -14,6 +14,7 @@
 //! - [`wire`]: the messages, checksummed, with a named error for every way one can be
 //!   wrong.
 //! - [`Replica`]: the state machine, its snapshot and its restore.
+//! - [`gate`]: the sold-out gate gateways keep from what the leaders publish.
 //! - [`view`]: reads of a partition (its sales, an order) answered by its leader.
 //!
 //! With the `cluster` feature, on NATS JetStream:
@@ -21,6 +22,7 @@
 //! - `run_node`: an engine node, leading some partitions and standing by for the rest;
 //! - `Gateway`: buys through the cluster, batched per partition.
 
+pub mod gate;
 #[cfg(all(feature = "cluster", not(loom)))]
 mod gateway;
 #[cfg(all(feature = "cluster", not(loom)))]

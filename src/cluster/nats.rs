@@ -124,14 +124,14 @@ impl SaleOnNats {
         format!("fs.{}.ask.{partition}", self.name)
     }
 
-    /// The subject partition `partition`'s leader publishes its sales on when they change.
-    pub fn subject_view(&self, partition: u16) -> String {
-        format!("fs.{}.view.{partition}", self.name)
+    /// The subject every partition's gate updates ([`super::gate`]) are published on.
+    pub fn subject_gate_all(&self) -> String {
+        format!("fs.{}.gate.*", self.name)
     }
 
-    /// The subject every partition's sales are published on, for a listener of all.
-    pub fn subject_view_all(&self) -> String {
-        format!("fs.{}.view.*", self.name)
+    /// The subject partition `partition`'s gate updates are published on.
+    pub fn subject_gate(&self, partition: u16) -> String {
+        format!("fs.{}.gate.{partition}", self.name)
     }
 
     /// The subject every gateway's replies come on, for a listener of all of them.

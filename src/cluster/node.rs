@@ -106,6 +106,7 @@ pub async fn run_node(
             lease_revision: None,
             last_tick_due: None,
             since_snapshot: 0,
+            gate_published: (0, tokio::time::Instant::now()),
             recent: std::collections::VecDeque::new(),
         };
         tasks.spawn(task.run(stop.clone()));
@@ -136,6 +137,8 @@ struct PartitionTask {
     /// The due instant of the last tick published (one per due instant).
     last_tick_due: Option<u64>,
     since_snapshot: u64,
+    /// The position and time of the last gate update published (or dropped).
+    gate_published: (u64, tokio::time::Instant),
     /// Replies of the entries applied while standing by (the newest [`RECENT_MAX`]): the
     /// old leader may have died before publishing them, so a new leader publishes them at
     /// once rather than wait for gateways to resubmit.
@@ -145,6 +148,13 @@ struct PartitionTask {
 /// How long a partition's reader may stay silent before the node asks the log whether it
 /// missed entries.
 const STALL_CHECK: Duration = Duration::from_secs(1);
+
+/// How often a leader publishes its gate's news (when there is any).
+const GATE_EVERY: Duration = Duration::from_millis(5);
+
+/// A leader publishes its gate at least this often, news or not, so that a gateway that
+/// missed an update learns it soon.
+const GATE_HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// Entries whose replies a standby keeps for when it takes over.
 const RECENT_MAX: usize = 4_096;
@@ -161,6 +171,8 @@ impl PartitionTask {
         lease_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut tick_timer = interval(Duration::from_millis(5));
         tick_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut gate_timer = interval(GATE_EVERY);
+        gate_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut replies = Vec::new();
         let mut out = Vec::new();
         'consume: loop {
@@ -201,6 +213,7 @@ impl PartitionTask {
                     _ = lease_timer.tick() => self.renew_lease().await,
                     _ = tick_timer.tick() => self.tick_if_due().await,
                     Some(ask) = asks.next() => self.answer(ask),
+                    _ = gate_timer.tick() => self.publish_gate(),
                     _ = watchdog.tick(), if last_message.elapsed() >= STALL_CHECK => {
                         // A reader whose server died can stay silent rather than fail:
                         // when the log has entries it has not delivered, make it again.
@@ -353,6 +366,29 @@ impl PartitionTask {
         let client = self.client.clone();
         tokio::spawn(async move {
             let _ = client.publish(reply, payload.into()).await;
+        });
+    }
+
+    /// Publishes the gate's news while leading (a standby only drops it: its updates
+    /// would be cut at other positions than the leader's, which gateways would take for
+    /// a gap).
+    fn publish_gate(&mut self) {
+        let applied = self.replica.applied();
+        let quiet =
+            applied == self.gate_published.0 && self.gate_published.1.elapsed() < GATE_HEARTBEAT;
+        if quiet {
+            return;
+        }
+        let update = self.replica.take_gate();
+        if self.lease_revision.is_none() {
+            return;
+        }
+        self.gate_published = (applied, tokio::time::Instant::now());
+        let client = self.client.clone();
+        let subject = self.sale.subject_gate(self.partition);
+        let payload = update.encode();
+        tokio::spawn(async move {
+            let _ = client.publish(subject, payload.into()).await;
         });
     }
 

@@ -3,6 +3,7 @@
 
 use rustc_hash::FxHashMap;
 
+use super::gate::{GateUpdate, KeyFilter};
 use super::wire::{self, Body, WireError};
 use crate::catalog::{Catalog, Placement};
 use crate::core::{Applied, Command, ShardCore, SnapshotError};
@@ -71,7 +72,7 @@ pub enum ReplicaSnapshotError {
     Core(SnapshotError),
 }
 
-const SNAPSHOT_MAGIC: [u8; 8] = *b"FSREPL01";
+const SNAPSHOT_MAGIC: [u8; 8] = *b"FSREPL02";
 
 /// One partition's state machine on a replicated log. Every replica that applies the same
 /// entries (position, instant, bytes) ends in the same state and gives the same replies:
@@ -88,8 +89,14 @@ pub struct Replica {
     /// The largest instant applied.
     clock_ns: u64,
     max_quantity: u32,
-    /// Per core sequence of a buy that waits: the gateway and request to answer.
-    waiting: FxHashMap<u64, (u64, u64)>,
+    /// Per core sequence of a buy that waits: the gateway and request to answer, and the
+    /// buy's client key (for the gate, if it is confirmed).
+    waiting: FxHashMap<u64, (u64, u64, u64)>,
+    /// The keys of every order confirmed (rebuilt from the core on restore).
+    filter: KeyFilter,
+    /// Keys confirmed since the last [`take_gate`](Self::take_gate), and where that was.
+    fresh: Vec<(u64, u64)>,
+    fresh_from: u64,
 }
 
 impl Replica {
@@ -104,13 +111,42 @@ impl Replica {
         partition: ShardId,
         max_quantity: u32,
     ) -> Self {
+        let core = ShardCore::new(catalog, placement, partition);
+        let filter = filter_of(&core);
         Self {
-            core: ShardCore::new(catalog, placement, partition),
+            core,
             applied: 0,
             clock_ns: 0,
             max_quantity,
             waiting: FxHashMap::default(),
+            filter,
+            fresh: Vec::new(),
+            fresh_from: 0,
         }
+    }
+
+    /// The keys of every order the partition confirmed.
+    pub fn filter(&self) -> &KeyFilter {
+        &self.filter
+    }
+
+    /// The gate's news since the last call: which SKUs are sold out now, and the keys
+    /// confirmed since (see [`super::gate`]).
+    pub fn take_gate(&mut self) -> GateUpdate {
+        let update = GateUpdate {
+            partition: self.core.shard().0,
+            from: self.fresh_from,
+            to: self.applied,
+            sold_out: self.core.levels().map(|sku| sku.available == 0).collect(),
+            keys: std::mem::take(&mut self.fresh),
+        };
+        self.fresh_from = self.applied;
+        update
+    }
+
+    fn confirmed(&mut self, user: u64, client_key: u64) {
+        self.filter.insert(user, client_key);
+        self.fresh.push((user, client_key));
     }
 
     /// The last log position applied (0 before the first).
@@ -191,12 +227,18 @@ impl Replica {
                             arrival_ns: now,
                         }
                     };
-                    self.run(&command, gateway, buy.request, replies);
+                    self.run(
+                        &command,
+                        gateway,
+                        buy.request,
+                        buy.intent.client_key,
+                        replies,
+                    );
                     commands += 1;
                 }
             }
             Body::Control { request, control } => {
-                self.run(&control.at(now), gateway, request, replies);
+                self.run(&control.at(now), gateway, request, 0, replies);
                 commands = 1;
             }
             Body::Tick => {
@@ -220,10 +262,23 @@ impl Replica {
 
     /// Applies one command for a request and answers it (and any buy it decided that
     /// waited).
-    fn run(&mut self, command: &Command, gateway: u64, request: u64, replies: &mut Vec<Reply>) {
+    /// (`client_key`: a buy's, else unused.)
+    fn run(
+        &mut self,
+        command: &Command,
+        gateway: u64,
+        request: u64,
+        client_key: u64,
+        replies: &mut Vec<Reply>,
+    ) {
         let applied = self.core.apply(command);
-        if let Applied::Waiting { sequence } = applied {
-            self.waiting.insert(sequence, (gateway, request));
+        match applied {
+            Applied::Waiting { sequence } => {
+                self.waiting
+                    .insert(sequence, (gateway, request, client_key));
+            }
+            Applied::Decided(Outcome::Confirmed(order)) => self.confirmed(order.user.0, client_key),
+            _ => {}
         }
         replies.push(Reply {
             gateway,
@@ -237,10 +292,14 @@ impl Replica {
         if !self.core.has_deferred() {
             return;
         }
-        for deferred in self.core.take_deferred() {
+        let deferred: Vec<_> = self.core.take_deferred().collect();
+        for deferred in deferred {
             // A deferred outcome is always of a buy that was answered `Waiting` (the core
             // decides a waiting buy's own outcome in its `Applied` otherwise).
-            if let Some((gateway, request)) = self.waiting.remove(&deferred.origin) {
+            if let Some((gateway, request, client_key)) = self.waiting.remove(&deferred.origin) {
+                if let Outcome::Confirmed(order) = deferred.outcome {
+                    self.confirmed(order.user.0, client_key);
+                }
                 replies.push(Reply {
                     gateway,
                     request,
@@ -254,7 +313,7 @@ impl Replica {
     /// gateways, and the core's own snapshot.
     pub fn snapshot(&self) -> Vec<u8> {
         let core = self.core.snapshot();
-        let mut out = Vec::with_capacity(core.len() + 64 + self.waiting.len() * 24);
+        let mut out = Vec::with_capacity(core.len() + 64 + self.waiting.len() * 32);
         out.extend_from_slice(&SNAPSHOT_MAGIC);
         out.extend_from_slice(&self.core.shard().0.to_le_bytes());
         out.extend_from_slice(&self.applied.to_le_bytes());
@@ -264,10 +323,11 @@ impl Replica {
         let mut waiting: Vec<_> = self.waiting.iter().collect();
         waiting.sort_unstable_by_key(|(sequence, _)| **sequence);
         out.extend_from_slice(&(waiting.len() as u64).to_le_bytes());
-        for (sequence, (gateway, request)) in waiting {
+        for (sequence, (gateway, request, client_key)) in waiting {
             out.extend_from_slice(&sequence.to_le_bytes());
             out.extend_from_slice(&gateway.to_le_bytes());
             out.extend_from_slice(&request.to_le_bytes());
+            out.extend_from_slice(&client_key.to_le_bytes());
         }
         out.extend_from_slice(&(core.len() as u64).to_le_bytes());
         out.extend_from_slice(&core);
@@ -317,7 +377,8 @@ impl Replica {
             let sequence = input.u64()?;
             let gateway = input.u64()?;
             let request = input.u64()?;
-            waiting.insert(sequence, (gateway, request));
+            let client_key = input.u64()?;
+            waiting.insert(sequence, (gateway, request, client_key));
         }
         let core_len = usize::try_from(input.u64()?).map_err(|_| Damaged)?;
         if input.0.len() != core_len {
@@ -326,14 +387,28 @@ impl Replica {
         let core_bytes = input.0;
         let core = ShardCore::restore(catalog, placement, partition, None, core_bytes)
             .map_err(ReplicaSnapshotError::Core)?;
+        let filter = filter_of(&core);
         Ok(Self {
             core,
             applied,
             clock_ns,
             max_quantity,
             waiting,
+            filter,
+            fresh: Vec::new(),
+            fresh_from: applied,
         })
     }
+}
+
+/// A filter of the keys of every order `core` confirmed, sized for its stock.
+fn filter_of(core: &ShardCore) -> KeyFilter {
+    let stock = core.levels().map(|sku| u64::from(sku.stock)).sum();
+    let mut filter = KeyFilter::for_stock(stock);
+    for (user, client_key) in core.confirmed_keys() {
+        filter.insert(user, client_key);
+    }
+    filter
 }
 
 /// Reads a snapshot's fields; running out is [`ReplicaSnapshotError::Damaged`].

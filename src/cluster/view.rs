@@ -32,6 +32,9 @@ pub enum Query {
     Sales,
     /// One order and where it stands.
     Order(OrderId),
+    /// The partition's whole confirmed-key filter ([`super::gate::KeyFilter`]), with the
+    /// position it is at.
+    Filter,
 }
 
 /// A partition's sales as its leader had them after applying log entry `applied`.
@@ -106,6 +109,7 @@ pub fn encode_query(query: Query) -> Vec<u8> {
     let (kind, value) = match query {
         Query::Sales => (1u8, 0u64),
         Query::Order(id) => (2, id.0),
+        Query::Filter => (3, 0),
     };
     out.push(kind);
     out.extend_from_slice(&value.to_le_bytes());
@@ -128,6 +132,8 @@ pub fn decode_query(bytes: &[u8]) -> Result<Query, WireError> {
         1 if value == 0 => Ok(Query::Sales),
         1 => Err(WireError::Length(bytes.len())),
         2 => Ok(Query::Order(OrderId(value))),
+        3 if value == 0 => Ok(Query::Filter),
+        3 => Err(WireError::Length(bytes.len())),
         other => Err(WireError::Kind(other)),
     }
 }
@@ -335,6 +341,7 @@ impl super::Replica {
                 order: self.core().order(id),
                 applied: self.applied(),
             }),
+            Query::Filter => self.filter().encode(partition, self.applied()),
         }
     }
 }
@@ -368,7 +375,11 @@ mod tests {
 
     #[test]
     fn every_message_comes_back_as_it_went() {
-        for query in [Query::Sales, Query::Order(OrderId(u64::MAX - 3))] {
+        for query in [
+            Query::Sales,
+            Query::Order(OrderId(u64::MAX - 3)),
+            Query::Filter,
+        ] {
             assert_eq!(decode_query(&encode_query(query)), Ok(query));
         }
         let view = PartitionView {

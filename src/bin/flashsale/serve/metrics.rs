@@ -18,6 +18,55 @@ fn line(out: &mut String, name: &str, labels: &str, value: impl std::fmt::Displa
     }
 }
 
+/// `serve --nats`: what the gateway did.
+#[cfg(feature = "cluster")]
+fn gateway_metrics(out: &mut String, gateway: &flashsale::cluster::Gateway) {
+    let stats = gateway.stats();
+    for (name, text, value) in [
+        (
+            "batches",
+            "Batches of buys published to the logs.",
+            stats.batches,
+        ),
+        (
+            "batches_acked",
+            "Of those, acknowledged by JetStream.",
+            stats.acked,
+        ),
+        (
+            "batches_unacked",
+            "Of those, not acknowledged in time.",
+            stats.unacked,
+        ),
+        (
+            "resubmitted",
+            "Buys published again for want of an answer.",
+            stats.resubmitted,
+        ),
+        (
+            "turned_away",
+            "Buys answered sold out by the gate, without the log.",
+            stats.turned_away,
+        ),
+        (
+            "gate_fetches",
+            "Whole key filters fetched from a partition's leader.",
+            stats.gate_fetches,
+        ),
+    ] {
+        let name = format!("flashsale_gateway_{name}_total");
+        help(out, &name, "counter", text);
+        line(out, &name, "", value);
+    }
+    help(
+        out,
+        "flashsale_gateway_pending",
+        "gauge",
+        "Buys not answered yet.",
+    );
+    line(out, "flashsale_gateway_pending", "", gateway.pending());
+}
+
 fn help(out: &mut String, name: &str, kind: &str, text: &str) {
     let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
 }
@@ -63,6 +112,10 @@ pub async fn metrics(State(server): State<Arc<Server>>) -> Response {
             "",
             latency.len(),
         );
+    }
+    #[cfg(feature = "cluster")]
+    if let Some(gateway) = server.gateway.get() {
+        gateway_metrics(&mut out, gateway);
     }
     let Some(running) = server.running.get() else {
         return text(out);
