@@ -102,11 +102,25 @@ EOF
 }
 
 stop() {
-    local dir="$1" pid_file
+    local dir="$1" pid_file pid pids=() alive _
     for pid_file in "$dir"/n*.pid; do
         [ -e "$pid_file" ] || continue
-        kill "$(cat "$pid_file")" 2>/dev/null || true
+        pid="$(cat "$pid_file")"
+        kill "$pid" 2>/dev/null && pids+=("$pid")
         rm -f "$pid_file"
+    done
+    # Until they are gone (their stores are then whole and can be removed), 10 s at most.
+    [ "${#pids[@]}" -gt 0 ] || return 0
+    for _ in $(seq 1 100); do
+        alive=0
+        for pid in "${pids[@]}"; do
+            kill -0 "$pid" 2>/dev/null && alive=1
+        done
+        [ "$alive" = 1 ] || return 0
+        sleep 0.1
+    done
+    for pid in "${pids[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
     done
 }
 

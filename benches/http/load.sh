@@ -14,6 +14,11 @@
 #   journaled  the same with the journal on (a data directory, each group commit synced).
 #   sold-out   POST /sales/1/buy, 1,000 units, in memory: sold out at once; then the
 #              sold-out gate answers 409 without queueing.
+# With CLUSTER=1 (builds with the feature `cluster`), two more in the same run, through
+# `flashsale serve --nats` (a gateway) in front of one `flashsale node` and a 3-server
+# NATS JetStream cluster (scripts/nats.sh, R3 logs), all on this machine:
+#   cluster-selling   as selling, each buy through the replicated log.
+#   cluster-sold-out  as sold-out: after the sell-out the gateway's gate answers.
 # For each it prints wrk's requests/s (and its ratio to http-only) and latency percentiles
 # (the whole HTTP round trip) next to the server's own figure for the engine's part of
 # each buy (submit to outcome, from GET /metrics), and the answers by status, then checks
@@ -32,22 +37,36 @@ SERVER_THREADS="${SERVER_THREADS:-1}"
 
 bash scripts/apt-install.sh wrk wrk || exit 1
 
-cargo build --release --quiet --bin flashsale
+CLUSTER="${CLUSTER:-0}"
+if [ "$CLUSTER" = 1 ]; then
+    cargo build --release --quiet --bin flashsale --features cluster
+else
+    cargo build --release --quiet --bin flashsale
+fi
 server_bin="target/release/flashsale"
 
 port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 dir="$(mktemp -d)"
 pid=""
+node_pid=""
+nats_urls=""
 stop_server() {
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    fi
+    local p
+    for p in "$pid" "$node_pid"; do
+        if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
+            kill -TERM "$p" 2>/dev/null || true
+            wait "$p" 2>/dev/null || true
+        fi
+    done
     pid=""
+    node_pid=""
 }
 cleanup() {
     stop_server
+    if [ -n "$nats_urls" ]; then
+        bash scripts/nats.sh stop "$dir/nats" >/dev/null 2>&1 || true
+    fi
     rm -rf "$dir"
 }
 trap cleanup EXIT INT TERM
@@ -61,6 +80,16 @@ start_server() {
         rm -rf "$dir/data"
         storage=(--data "$dir/data")
     fi
+    if [ "$2" = cluster ]; then
+        if [ -z "$nats_urls" ]; then
+            nats_urls=$(NATS_PORT=24222 bash scripts/nats.sh start "$dir/nats" 3 | tail -1)
+        fi
+        sale="load$RANDOM"
+        storage=(--nats "$nats_urls" --sale "$sale")
+        "$server_bin" node --nats "$nats_urls" --sale "$sale" --catalog "$dir/sale.toml" \
+            --id "load" 2>"$dir/node.log" &
+        node_pid=$!
+    fi
     for _ in $(seq 1 20); do
         port=$((20000 + RANDOM % 20000))
         port_is_free "$port" || continue
@@ -68,7 +97,7 @@ start_server() {
             --threads "$SERVER_THREADS" --rate-per-buyer 1000000 --burst-per-buyer 1000000 \
             --max-connections 100000 2>"$dir/server.log" &
         pid=$!
-        for _ in $(seq 1 100); do
+        for _ in $(seq 1 400); do
             if curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then
                 return 0
             fi
@@ -116,7 +145,7 @@ check() {
         echo "load.sh: $name: $*" >&2
         exit 1
     }
-    local requests answered server_errors confirmed available
+    local requests answered server_errors confirmed available sold
     requests=$(awk '/ requests in / { print $1 }' "$dir/wrk.txt")
     [ "${requests:-0}" -gt 0 ] || fail "wrk completed no request"
     if [ "$name" = "http-only" ]; then
@@ -127,8 +156,21 @@ check() {
     # Answers during the run: the counts after it less those before (the readiness polls).
     answered=$(( $(buy_answers "$dir/metrics.txt") - $(buy_answers "$dir/before.txt") ))
     server_errors=$(( $(server_errors "$dir/metrics.txt") - $(server_errors "$dir/before.txt") ))
-    confirmed=$(awk '/^flashsale_confirmed_orders_total / { print $2 }' "$dir/metrics.txt")
-    available=$(awk -F'[{}" =]+' '/^flashsale_sku_available\{sku="1"\}/ { print $NF }' "$dir/metrics.txt")
+    if [[ "$name" == cluster-* ]]; then
+        # A gateway keeps no engine counters: the orders it answered, and the SKU's
+        # levels as its leader has them (read before the gateway stopped).
+        confirmed=$(awk -F'[{}" ,=]+' '/^flashsale_http_answers_total\{status="200",reason="confirmed"\}/ { print $NF }' "$dir/metrics.txt")
+        available=$(sed -n 's/.*"available":\([0-9]*\).*/\1/p' "$dir/sale.json")
+        sold=$(sed -n 's/.*"held":\([0-9]*\).*"sold":\([0-9]*\).*/\1 \2/p' "$dir/sale.json" | awk '{ print $1 + $2 }')
+        # Buys in flight when wrk stopped were decided but their answers went to closed
+        # connections: at most one per connection.
+        [ "$sold" -ge "$confirmed" ] && [ $((sold - confirmed)) -le "$CONNECTIONS" ] ||
+            fail "the gateway answered $confirmed orders confirmed, the log holds $sold"
+        confirmed="$sold"
+    else
+        confirmed=$(awk '/^flashsale_confirmed_orders_total / { print $2 }' "$dir/metrics.txt")
+        available=$(awk -F'[{}" =]+' '/^flashsale_sku_available\{sku="1"\}/ { print $NF }' "$dir/metrics.txt")
+    fi
     [ "$answered" -ge "$requests" ] || fail "the server answered $answered of $requests requests"
     [ "$server_errors" -eq 0 ] ||
         fail "$server_errors answers with a 5xx status: $(grep -E '^flashsale_http_answers_total\{status="5' "$dir/metrics.txt" | grep -v ' 0$' | paste -sd ' ' -) (before the run: $(server_errors "$dir/before.txt"))"
@@ -152,6 +194,7 @@ scenario() {
     timeout $((DURATION + 30)) wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
         "$@" "http://127.0.0.1:$port$path" >"$dir/wrk.txt"
     timeout 10 curl -sf "http://127.0.0.1:$port/metrics" >"$dir/metrics.txt"
+    timeout 10 curl -sf "http://127.0.0.1:$port/sales/1" >"$dir/sale.json" || true
     stop_server
     local rps p50 p90 p99 errors ratio=""
     rps=$(awk '/^Requests\/sec:/ { print $2 }' "$dir/wrk.txt")
@@ -185,3 +228,7 @@ scenario http-only 1000 memory /healthz
 scenario selling 1000000000 memory "" -s benches/http/buy.lua
 scenario journaled 1000000000 journal "" -s benches/http/buy.lua
 scenario sold-out 1000 memory "" -s benches/http/buy.lua
+if [ "$CLUSTER" = 1 ]; then
+    scenario cluster-selling 1000000000 cluster "" -s benches/http/buy.lua
+    scenario cluster-sold-out 1000 cluster "" -s benches/http/buy.lua
+fi
