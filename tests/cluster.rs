@@ -1105,10 +1105,14 @@ async fn throughput() {
         }
         let elapsed = started.elapsed().as_secs_f64();
         let latencies = latencies.lock();
+        let gated = gateway.stats().turned_away;
         eprintln!(
             "{name}: {decided} intents decided in {elapsed:.1} s = {:.0} intents/s \
-             ({} confirmed); buy latency p50 {:.1} ms, p99 {:.1} ms; {:?}",
+             ({:.0}/s through the log, {:.0}/s answered by the gateway's sold-out gate; \
+             {} confirmed); buy latency p50 {:.1} ms, p99 {:.1} ms; {:?}",
             decided as f64 / elapsed,
+            (decided - gated) as f64 / elapsed,
+            gated as f64 / elapsed,
             confirmed.load(std::sync::atomic::Ordering::Relaxed),
             latencies.value_at_quantile(0.5) as f64 / 1e3,
             latencies.value_at_quantile(0.99) as f64 / 1e3,

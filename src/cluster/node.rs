@@ -106,6 +106,7 @@ pub async fn run_node(
             lease_revision: None,
             last_tick_due: None,
             since_snapshot: 0,
+            storing: None,
             gate_published: (0, tokio::time::Instant::now()),
             recent: std::collections::VecDeque::new(),
         };
@@ -137,6 +138,8 @@ struct PartitionTask {
     /// The due instant of the last tick published (one per due instant).
     last_tick_due: Option<u64>,
     since_snapshot: u64,
+    /// The snapshot being stored, if one is.
+    storing: Option<tokio::task::JoinHandle<()>>,
     /// The position and time of the last gate update published (or dropped).
     gate_published: (u64, tokio::time::Instant),
     /// Replies of the entries applied while standing by (the newest [`RECENT_MAX`]): the
@@ -256,7 +259,7 @@ impl PartitionTask {
                         if self.lease_revision.is_some()
                             && self.since_snapshot >= self.config.snapshot_every
                         {
-                            self.store_snapshot().await;
+                            self.store_snapshot();
                         }
                         let applied = self.replica.applied();
                         self.update_status(|status| status.applied = applied);
@@ -416,19 +419,27 @@ impl PartitionTask {
         }
     }
 
-    async fn store_snapshot(&mut self) {
+    /// Takes a snapshot and stores it in the background: storing tens of megabytes takes
+    /// a second or more, and the partition's entries must not wait for it. One store at a
+    /// time (a later one must not be overtaken by an earlier one); while one is under way
+    /// the next waits for the following entry.
+    fn store_snapshot(&mut self) {
+        if self
+            .storing
+            .as_ref()
+            .is_some_and(|task| !task.is_finished())
+        {
+            return;
+        }
         let bytes = self.replica.snapshot();
         let name = format!("p{}", self.partition);
-        let mut reader = std::io::Cursor::new(bytes);
-        if self
-            .opened
-            .snapshots
-            .put(name.as_str(), &mut reader)
-            .await
-            .is_ok()
-        {
-            self.since_snapshot = 0;
-        }
+        let snapshots = self.opened.snapshots.clone();
+        self.since_snapshot = 0;
+        self.storing = Some(tokio::spawn(async move {
+            let mut reader = std::io::Cursor::new(bytes);
+            // A store that fails is retried with the next snapshot.
+            let _ = snapshots.put(name.as_str(), &mut reader).await;
+        }));
     }
 
     /// Starts from the newest stored snapshot, if there is one that fits; else from the

@@ -114,12 +114,9 @@ async fn node(args: NodeArgs) -> Result<(), String> {
         Some(status),
         stopping,
     ));
-    eprintln!(
-        "{} flashsale node {id}: ready, sale {:?}, {} partitions",
-        stamp(),
-        args.sale,
-        args.partitions
-    );
+    // "ready" once every partition is built (its order book's room made, its snapshot
+    // restored) and reading its log: building takes seconds for a large stock.
+    let mut announced = false;
     let mut leading: Vec<bool> = Vec::new();
     let mut status_timer =
         tokio::time::interval(args.status_every.unwrap_or(Duration::from_secs(3_600)));
@@ -157,6 +154,16 @@ async fn node(args: NodeArgs) -> Result<(), String> {
                     continue;
                 }
                 let now: Vec<bool> = watching.borrow().iter().map(|p| p.leading).collect();
+                let reading = watching.borrow().iter().all(|p| p.reader_restarts > 0);
+                if reading && !announced {
+                    announced = true;
+                    eprintln!(
+                        "{} flashsale node {id}: ready, sale {:?}, {} partitions",
+                        stamp(),
+                        args.sale,
+                        args.partitions
+                    );
+                }
 
                 for (partition, (&was, &is)) in leading.iter().chain(std::iter::repeat(&false)).zip(&now).enumerate() {
                     if was != is {
