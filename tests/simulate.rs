@@ -186,8 +186,11 @@ fn a_draw_with_payments_holds_and_a_waitlist_accounts_for_every_unit() {
         "0.2",
         "--pay-delay-ms",
         "200",
+        // Five seconds of sale time, half a second at --speed 10: a payment due 20 ms
+        // after its confirmation is made in time even when the tests running beside this
+        // one starve the desk's thread for a while (at 1,000 it could miss every hold).
         "--hold-ms",
-        "1000",
+        "5000",
         "--waitlist",
         "50",
     ]);
