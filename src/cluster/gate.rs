@@ -14,6 +14,7 @@
 //! certainly not in the filter; a possible match (a retry of a confirmed buy, or a false
 //! positive) goes to the log, which answers `Duplicate` naming the order.
 
+use super::view::{open, seal};
 use super::wire::WireError;
 
 /// Bits per unit of a partition's stock: about 2% false positives once every unit is
@@ -173,26 +174,6 @@ impl GateUpdate {
             keys,
         })
     }
-}
-
-fn seal(out: &mut Vec<u8>) {
-    let crc = crc32fast::hash(out);
-    out.extend_from_slice(&crc.to_le_bytes());
-}
-
-/// Length, magic, checksum; the bytes between magic and checksum.
-fn open(bytes: &[u8], magic: [u8; 4], min: usize) -> Result<&[u8], WireError> {
-    if bytes.len() < min {
-        return Err(WireError::Length(bytes.len()));
-    }
-    if bytes[..4] != magic {
-        return Err(WireError::Magic);
-    }
-    let (body, crc) = bytes.split_at(bytes.len() - 4);
-    if crc32fast::hash(body).to_le_bytes() != crc {
-        return Err(WireError::Checksum);
-    }
-    Ok(&body[4..])
 }
 
 /// The next `N` bytes; the caller checked the length.

@@ -59,13 +59,14 @@ pub struct OrderAnswer {
     pub applied: u64,
 }
 
-fn seal(out: &mut Vec<u8>) {
+/// Appends the checksum of everything before it.
+pub(super) fn seal(out: &mut Vec<u8>) {
     let crc = crc32fast::hash(out);
     out.extend_from_slice(&crc.to_le_bytes());
 }
 
 /// Checks length bounds, magic and checksum; returns the body between magic and checksum.
-fn open(bytes: &[u8], magic: [u8; 4], min: usize) -> Result<&[u8], WireError> {
+pub(super) fn open(bytes: &[u8], magic: [u8; 4], min: usize) -> Result<&[u8], WireError> {
     if bytes.len() < min {
         return Err(WireError::Length(bytes.len()));
     }
