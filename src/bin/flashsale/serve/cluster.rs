@@ -33,8 +33,8 @@ use tokio::runtime::Runtime;
 
 use super::answer::{self, fail, ok};
 use super::routes::{
-    self, AdminAction, admin_request, buy_request, confirmed, is_operator, order_json, path_number,
-    path_sku, rejected, sale_json,
+    self, AdminAction, admin_request, buy_request, confirmed, order_json, path_number, path_sku,
+    rejected, sale_json,
 };
 use super::{Failure, ServeArgs, Server};
 
@@ -251,24 +251,13 @@ async fn owned_order<'a>(
 ) -> Result<(&'a Gateway, OrderView), Response> {
     let gateway = gateway(server)?;
     let id = OrderId(path_number(server, "id", id)?);
-    let caller = if is_operator(server, headers) {
-        None
-    } else {
-        routes::buyer(server, headers)?
-    };
+    let caller = routes::order_caller(server, headers)?;
     let view = gateway
         .order(id)
         .await
         .map_err(|error| gateway_failed(server, error))?
         .ok_or_else(|| control_failed(server, ControlError::UnknownOrder(id)))?;
-    if caller.is_some_and(|caller| caller != view.user.0) {
-        return Err(fail(
-            &server.counts,
-            StatusCode::FORBIDDEN,
-            "not_your_order",
-            json!({}),
-        ));
-    }
+    routes::check_owner(server, caller, &view)?;
     Ok((gateway, view))
 }
 

@@ -461,17 +461,32 @@ async fn owned_order(
 ) -> Result<(flashsale::Control, flashsale::OrderView), Response> {
     let running = running(server)?;
     let id = OrderId(path_number(server, "id", id)?);
-    let operator = is_operator(server, headers);
-    let caller = if operator {
-        None
-    } else {
-        buyer(server, headers)?
-    };
+    let caller = order_caller(server, headers)?;
     let control = running.engine.control();
     let asking = control.clone();
     let view = blocking(move || asking.order(id))
         .await
         .map_err(|error| control_failed(server, error))?;
+    check_owner(server, caller, &view)?;
+    Ok((control, view))
+}
+
+/// Who asks about an order: `None` for an operator or in demo mode (anyone may see any
+/// order), else the authenticated buyer; or the 401.
+pub(super) fn order_caller(server: &Server, headers: &HeaderMap) -> Result<Option<u64>, Response> {
+    if is_operator(server, headers) {
+        Ok(None)
+    } else {
+        buyer(server, headers)
+    }
+}
+
+/// The 403 if `caller` (from [`order_caller`]) is not the order's buyer.
+pub(super) fn check_owner(
+    server: &Server,
+    caller: Option<u64>,
+    view: &flashsale::OrderView,
+) -> Result<(), Response> {
     if caller.is_some_and(|caller| caller != view.user.0) {
         return Err(fail(
             &server.counts,
@@ -480,7 +495,7 @@ async fn owned_order(
             json!({}),
         ));
     }
-    Ok((control, view))
+    Ok(())
 }
 
 /// An order's JSON (`now_ns` on the sale's clock, for "pay in").
