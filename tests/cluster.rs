@@ -61,7 +61,13 @@ impl Drop for Process {
     }
 }
 
+/// The nats-server binary, installed by the first test that asks (the others wait).
 fn nats_server() -> PathBuf {
+    static SERVER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    SERVER.get_or_init(install_nats_server).clone()
+}
+
+fn install_nats_server() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let output = Command::new("bash")
         .arg(root.join("scripts/nats.sh"))
