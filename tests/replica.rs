@@ -228,6 +228,31 @@ fn a_replica_answers_what_the_reference_model_decides() {
             .count();
         assert_eq!(replies, expected(&catalog, &log), "seed {seed}");
         assert_eq!(replica.applied(), log.len() as u64);
+        // The gate heard of every confirmation, waited-for ones too, and its filter holds
+        // every key the core would answer `Duplicate` for.
+        let confirmations = replies
+            .iter()
+            .filter(|reply| {
+                matches!(
+                    reply.answer,
+                    Answer::Applied(Applied::Decided(flashsale::Outcome::Confirmed(_)))
+                        | Answer::Deferred(flashsale::Outcome::Confirmed(_))
+                )
+            })
+            .count();
+        let gate = replica.take_gate();
+        assert_eq!((gate.from, gate.to), (0, log.len() as u64));
+        assert_eq!(gate.keys.len(), confirmations, "seed {seed}");
+        let heard: std::collections::HashSet<_> = gate.keys.iter().copied().collect();
+        for (user, key) in replica.core().confirmed_keys() {
+            assert!(
+                heard.contains(&(user, key)),
+                "seed {seed}: key {user}/{key}"
+            );
+            assert!(replica.filter().may_contain(user, key));
+        }
+        let next = replica.take_gate();
+        assert_eq!((next.from, next.keys.len()), (log.len() as u64, 0));
     }
     // The logs reach what they are for.
     assert!(deferred > seeds as usize, "{deferred} deferred answers");
@@ -257,6 +282,10 @@ fn a_snapshot_plus_the_tail_is_the_whole_log() {
         assert_eq!(replies, replies_whole, "seed {seed}, cut at {cut}");
         assert_eq!(resumed.snapshot(), whole.snapshot(), "seed {seed}");
         assert_eq!(resumed.waiting(), whole.waiting());
+        // The restored filter is rebuilt from the order book.
+        for (user, key) in whole.core().confirmed_keys() {
+            assert!(resumed.filter().may_contain(user, key), "seed {seed}");
+        }
     }
 }
 

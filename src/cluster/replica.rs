@@ -144,9 +144,10 @@ impl Replica {
         update
     }
 
-    fn confirmed(&mut self, user: u64, client_key: u64) {
-        self.filter.insert(user, client_key);
-        self.fresh.push((user, client_key));
+    /// Remembers a confirmed key (fields, not `self`: callers hold the core borrowed).
+    fn confirmed(filter: &mut KeyFilter, fresh: &mut Vec<(u64, u64)>, user: u64, client_key: u64) {
+        filter.insert(user, client_key);
+        fresh.push((user, client_key));
     }
 
     /// The last log position applied (0 before the first).
@@ -277,7 +278,9 @@ impl Replica {
                 self.waiting
                     .insert(sequence, (gateway, request, client_key));
             }
-            Applied::Decided(Outcome::Confirmed(order)) => self.confirmed(order.user.0, client_key),
+            Applied::Decided(Outcome::Confirmed(order)) => {
+                Self::confirmed(&mut self.filter, &mut self.fresh, order.user.0, client_key);
+            }
             _ => {}
         }
         replies.push(Reply {
@@ -292,13 +295,12 @@ impl Replica {
         if !self.core.has_deferred() {
             return;
         }
-        let deferred: Vec<_> = self.core.take_deferred().collect();
-        for deferred in deferred {
+        for deferred in self.core.take_deferred() {
             // A deferred outcome is always of a buy that was answered `Waiting` (the core
             // decides a waiting buy's own outcome in its `Applied` otherwise).
             if let Some((gateway, request, client_key)) = self.waiting.remove(&deferred.origin) {
                 if let Outcome::Confirmed(order) = deferred.outcome {
-                    self.confirmed(order.user.0, client_key);
+                    Self::confirmed(&mut self.filter, &mut self.fresh, order.user.0, client_key);
                 }
                 replies.push(Reply {
                     gateway,
