@@ -102,7 +102,11 @@ impl EngineClock {
     pub fn start() -> Self {
         #[cfg(not(miri))]
         {
-            let clock = quanta::Clock::new();
+            // quanta probes the CPU (cpuid) on every `Clock::new`; the answer cannot change
+            // while the process runs, so one probed clock serves every engine (tests and
+            // fuzzers start thousands).
+            static PROBED: std::sync::OnceLock<quanta::Clock> = std::sync::OnceLock::new();
+            let clock = PROBED.get_or_init(quanta::Clock::new).clone();
             let start_raw = clock.raw();
             Self {
                 clock,
@@ -145,9 +149,6 @@ impl EngineClock {
     /// Nanoseconds since [`start`](Self::start); never goes backwards on one thread.
     #[inline]
     pub fn now_ns(&self) -> u64 {
-        if let Some(manual) = &self.manual {
-            return manual.now_ns();
-        }
         if let Some(manual) = &self.manual {
             return manual.now_ns();
         }
