@@ -26,17 +26,18 @@ mod common;
 mod sim;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arbitrary::Arbitrary;
 use flashsale::reference::Model;
 use flashsale::{
-    Catalog, Completion, ControlError, Engine, GroupId, Intent, JournalConfig, Order, OrderId,
-    Outcome, Policy, Producer, ShardId, SkuId, SkuSpec, UserId, WaitStrategy,
+    Catalog, Completion, Control, ControlError, Engine, GroupId, Intent, JournalConfig, Order,
+    OrderId, Outcome, Policy, Producer, ShardId, SkuId, SkuSpec, UserId, WaitStrategy,
 };
 use libfuzzer_sys::fuzz_target;
 
-#[derive(Debug, Arbitrary)]
+#[derive(Debug, Clone, Arbitrary)]
 struct Press {
     user: u8,
     client_key: u8,
@@ -44,7 +45,7 @@ struct Press {
     quantity: u8,
 }
 
-#[derive(Debug, Arbitrary)]
+#[derive(Debug, Clone, Arbitrary)]
 enum Step {
     Buy(Press),
     BuyOrWait(Press),
@@ -134,12 +135,42 @@ fn answered(result: Result<(), ControlError>) {
     }
 }
 
-/// One thread's steps; returns its producer (buys that wait may still be waiting: a
-/// waitlist is served only when units come back, or answered `Closed` at shutdown), the
-/// completions taken so far and how many buys it submitted.
-fn run_thread(engine: &Engine, steps: &[Step]) -> (Producer, Vec<Completion>, usize) {
-    let mut producer = engine.producer();
-    let control = engine.control();
+/// What one of the input's threads ends with: its producer (buys that wait may still be
+/// waiting: a waitlist is served only when units come back, or answered `Closed` at
+/// shutdown), the completions taken so far and how many buys it submitted.
+type Ran = (Producer, Vec<Completion>, usize);
+
+/// A thread of the input's: its producer and operator handle, and its steps.
+type Job = (Producer, Control, Vec<Step>);
+
+/// Three threads kept for the whole fuzzing run, each running one of an input's threads
+/// at a time. Spawning them afresh for every input cost more than a tenth of the run (and
+/// the engine's own shard and journal threads are still started per input).
+fn pool() -> &'static [(Mutex<Sender<Job>>, Mutex<Receiver<Ran>>)] {
+    static POOL: OnceLock<Vec<(Mutex<Sender<Job>>, Mutex<Receiver<Ran>>)>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        (0..3)
+            .map(|index| {
+                let (jobs, job) = channel::<Job>();
+                let (done, ran) = channel::<Ran>();
+                std::thread::Builder::new()
+                    .name(format!("fuzz-producer-{index}"))
+                    .spawn(move || {
+                        for (producer, control, steps) in job {
+                            if done.send(run_thread(producer, control, &steps)).is_err() {
+                                return;
+                            }
+                        }
+                    })
+                    .expect("a producer thread starts");
+                (Mutex::new(jobs), Mutex::new(ran))
+            })
+            .collect()
+    })
+}
+
+/// One thread's steps; see [`Ran`].
+fn run_thread(mut producer: Producer, control: Control, steps: &[Step]) -> Ran {
     let mut seen: Vec<Completion> = Vec::new();
     let mut submitted = 0;
     let nth_order = |seen: &[Completion], n: u8| {
@@ -152,7 +183,7 @@ fn run_thread(engine: &Engine, steps: &[Step]) -> (Producer, Vec<Completion>, us
             .collect();
         (!orders.is_empty()).then(|| orders[usize::from(n) % orders.len()])
     };
-    for step in steps.iter().take(128) {
+    for step in steps {
         match step {
             Step::Buy(press) | Step::BuyOrWait(press) => {
                 let wait = matches!(step, Step::BuyOrWait(_));
@@ -184,13 +215,15 @@ fn run_thread(engine: &Engine, steps: &[Step]) -> (Producer, Vec<Completion>, us
 
 fuzz_target!(|input: Input| {
     let catalog = catalog(&input);
-    // Mostly parking workers. A worker that spins never sleeps: with up to three producer
-    // threads and two shards on a two-core machine it takes a core from the producers until
-    // the run ends, and such a run costs about seven times a parking or yielding one. The
-    // strategies differ only in how an idle worker waits (the loom models and the engine
-    // tests cover each), so about one run in 64 spins and one in four yields. The bytes
-    // libFuzzer favours (0 and 255; every byte past a short input's end reads as 0) park.
-    let wait = match input.wait % 64 {
+    // Mostly parking workers. A parking worker spins 64 times and yields 64 times before
+    // it parks, so it runs the spinning and yielding strategies' code too, plus the park
+    // protocol; the strategies differ only in how long an idle worker keeps its core (the
+    // loom models and the engine tests cover each). A worker that never parks is costly
+    // here: with up to three producer threads and two shards on a two-core machine, a
+    // spinning run costs about seven times a parking one and a yielding run about five
+    // times. So one run in 256 spins and one in 16 yields; the bytes libFuzzer favours (0
+    // and 255; every byte past a short input's end reads as 0) park.
+    let wait = match input.wait {
         37 => WaitStrategy::Spin,
         40..=55 => WaitStrategy::Yield,
         _ => WaitStrategy::Park,
@@ -220,16 +253,29 @@ fuzz_target!(|input: Input| {
     let engine = builder.start().expect("engine starts");
     let placement = engine.placement().clone();
     let threads = &input.threads[..input.threads.len().min(3)];
-    let ran: Vec<_> = std::thread::scope(|scope| {
-        let handles: Vec<_> = threads
-            .iter()
-            .map(|steps| scope.spawn(|| run_thread(&engine, steps)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| handle.join().expect("thread"))
-            .collect()
-    });
+    let pool = pool();
+    for (steps, (jobs, _)) in threads.iter().zip(pool) {
+        let job = (
+            engine.producer(),
+            engine.control(),
+            steps[..steps.len().min(128)].to_vec(),
+        );
+        jobs.lock()
+            .unwrap()
+            .send(job)
+            .expect("the producer thread runs");
+    }
+    // A failed check on a pool thread aborts the process (libfuzzer-sys's panic hook), and
+    // libFuzzer reports the input as it would one from this thread.
+    let ran: Vec<Ran> = pool[..threads.len()]
+        .iter()
+        .map(|(_, ran)| {
+            ran.lock()
+                .unwrap()
+                .recv()
+                .expect("the producer thread answered")
+        })
+        .collect();
     // Shutdown answers every buy still waiting (`Closed`); the producers then take the
     // last completions.
     let report = engine.shutdown();
