@@ -872,6 +872,78 @@ async fn sale_epoch(js: &async_nats::jetstream::Context, sale: &str) -> u64 {
     std::str::from_utf8(&bytes).unwrap().parse().unwrap()
 }
 
+/// A sale on one engine node: a temporary directory, 3 NATS servers, the catalog file, the
+/// node (ready), a client and a gateway. Dropping it stops the node and the servers (by
+/// PID) and removes the directory.
+struct OneNode {
+    dir: PathBuf,
+    client: async_nats::Client,
+    sale: SaleOnNats,
+    catalog: Catalog,
+    config: GatewayConfig,
+    gateway: Gateway,
+    node: Option<Process>,
+    nats: Option<NatsCluster>,
+}
+
+impl OneNode {
+    async fn start(tag: &str, port: u16, sale: &str, toml: &str, catalog: Catalog) -> Self {
+        let dir = std::env::temp_dir().join(format!("flashsale-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let nats = NatsCluster::start(port, &dir);
+        let urls = nats.urls();
+        let catalog_path = dir.join("catalog.toml");
+        std::fs::write(&catalog_path, toml).unwrap();
+        let node = start_node(&urls, sale, &catalog_path, "a", &dir);
+        wait_ready(&dir, "a").await;
+        let client = connect(&urls, "test").await.unwrap();
+        let sale = SaleOnNats::new(sale, PARTITIONS, 3).unwrap();
+        let config = GatewayConfig {
+            max_quantity: MAX_QUANTITY,
+            ..GatewayConfig::default()
+        };
+        let gateway = Gateway::connect(
+            client.clone(),
+            sale.clone(),
+            catalog.clone(),
+            config.clone(),
+        )
+        .await
+        .unwrap();
+        Self {
+            dir,
+            client,
+            sale,
+            catalog,
+            config,
+            gateway,
+            node: Some(node),
+            nats: Some(nats),
+        }
+    }
+
+    /// Another gateway on the same sale.
+    async fn gateway(&self) -> Gateway {
+        Gateway::connect(
+            self.client.clone(),
+            self.sale.clone(),
+            self.catalog.clone(),
+            self.config.clone(),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+impl Drop for OneNode {
+    fn drop(&mut self) {
+        drop(self.node.take());
+        drop(self.nats.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sale_survives_the_kill_of_a_node_a_server_and_a_gateway() {
     let cycles = std::env::var("FLASHSALE_CYCLES").map_or(2, |n| n.parse().unwrap());
@@ -887,39 +959,15 @@ async fn a_sale_survives_the_kill_of_a_node_a_server_and_a_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gate_turns_away_sold_out_buys_but_never_a_retry_of_a_confirmed_one() {
     const UNITS: u32 = 50;
-    let dir = std::env::temp_dir().join(format!("flashsale-gate-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let nats = NatsCluster::start(15_500, &dir);
-    let urls = nats.urls();
-    let catalog_path = dir.join("catalog.toml");
-    std::fs::write(
-        &catalog_path,
-        (1..=SKUS)
-            .map(|id| format!("[[sku]]\nid = {id}\nstock = {UNITS}\nlimit = 1\n\n"))
-            .collect::<String>(),
-    )
-    .unwrap();
+    let toml: String = (1..=SKUS)
+        .map(|id| format!("[[sku]]\nid = {id}\nstock = {UNITS}\nlimit = 1\n\n"))
+        .collect();
     let catalog = Catalog::builder()
         .skus((1..=SKUS).map(|id| SkuSpec::new(SkuId(id), UNITS).limit(1)))
         .build()
         .unwrap();
-    let node = start_node(&urls, "gate", &catalog_path, "g", &dir);
-    wait_ready(&dir, "g").await;
-    let client = connect(&urls, "test").await.unwrap();
-    let sale = SaleOnNats::new("gate", PARTITIONS, 3).unwrap();
-    let config = GatewayConfig {
-        max_quantity: MAX_QUANTITY,
-        ..GatewayConfig::default()
-    };
-    let first = Gateway::connect(
-        client.clone(),
-        sale.clone(),
-        catalog.clone(),
-        config.clone(),
-    )
-    .await
-    .unwrap();
+    let scene = OneNode::start("gate", 15_500, "gate", &toml, catalog).await;
+    let first = &scene.gateway;
     let buy = |gateway: &Gateway, user: u64, sku: u32| {
         let gateway = gateway.clone();
         async move {
@@ -935,7 +983,7 @@ async fn the_gate_turns_away_sold_out_buys_but_never_a_retry_of_a_confirmed_one(
     // Sell SKU 1 out.
     let mut orders = HashMap::new();
     for user in 0..u64::from(UNITS) {
-        let decided = buy(&first, user, 1).await;
+        let decided = buy(first, user, 1).await;
         orders.insert(user, decided.order().expect("units left"));
     }
     // The leader publishes the gate every few ms: soon new buyers are turned away.
@@ -943,7 +991,7 @@ async fn the_gate_turns_away_sold_out_buys_but_never_a_retry_of_a_confirmed_one(
     let mut user = 1_000u64;
     loop {
         user += 1;
-        let decided = buy(&first, user, 1).await;
+        let decided = buy(first, user, 1).await;
         assert!(matches!(
             decided.outcome,
             flashsale::Outcome::Rejected {
@@ -959,17 +1007,15 @@ async fn the_gate_turns_away_sold_out_buys_but_never_a_retry_of_a_confirmed_one(
     }
     let before = first.stats();
     for user in 2_000..2_100 {
-        assert_eq!(buy(&first, user, 1).await.attempts, 0, "turned away");
+        assert_eq!(buy(first, user, 1).await.attempts, 0, "turned away");
     }
     assert_eq!(first.stats().turned_away, before.turned_away + 100);
     assert_eq!(first.stats().batches, before.batches, "nothing logged");
     // Another SKU is still on sale through the same gateway.
-    assert!(buy(&first, 5, 2).await.order().is_some());
+    assert!(buy(first, 5, 2).await.order().is_some());
     // A retry of a confirmed buy reaches the log and gets its order back, through this
     // gateway and through one that came after the sell-out.
-    let late = Gateway::connect(client.clone(), sale.clone(), catalog.clone(), config)
-        .await
-        .unwrap();
+    let late = scene.gateway().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while late.stats().gate_fetches == 0 || buy(&late, 3_000, 1).await.attempts != 0 {
         assert!(
@@ -978,7 +1024,7 @@ async fn the_gate_turns_away_sold_out_buys_but_never_a_retry_of_a_confirmed_one(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for gateway in [&first, &late] {
+    for gateway in [first, &late] {
         for user in [0, 7, u64::from(UNITS) - 1] {
             let decided = buy(gateway, user, 1).await;
             assert_eq!(decided.attempts, 1, "logged, not turned away");
@@ -1004,7 +1050,7 @@ async fn the_gate_turns_away_sold_out_buys_but_never_a_retry_of_a_confirmed_one(
     let mut user = 4_000u64;
     loop {
         user += 1;
-        if buy(&first, user, 1).await.order().is_some() {
+        if buy(first, user, 1).await.order().is_some() {
             break;
         }
         assert!(Instant::now() < deadline, "the gate never opened again");
@@ -1015,9 +1061,6 @@ async fn the_gate_turns_away_sold_out_buys_but_never_a_retry_of_a_confirmed_one(
         first.stats(),
         late.stats()
     );
-    drop(node);
-    drop(nats);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1049,28 +1092,8 @@ async fn throughput() {
             5,
         ),
     ] {
-        let dir = std::env::temp_dir().join(format!("flashsale-throughput-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let nats = NatsCluster::start(17_000, &dir);
-        let urls = nats.urls();
-        let catalog_path = dir.join("catalog.toml");
-        std::fs::write(&catalog_path, toml).unwrap();
-        let node = start_node(&urls, "bench", &catalog_path, "a", &dir);
-        wait_ready(&dir, "a").await;
-        let client = connect(&urls, "bench").await.unwrap();
-        let sale = SaleOnNats::new("bench", PARTITIONS, 3).unwrap();
-        let gateway = Gateway::connect(
-            client,
-            sale,
-            catalog,
-            GatewayConfig {
-                max_quantity: MAX_QUANTITY,
-                ..GatewayConfig::default()
-            },
-        )
-        .await
-        .unwrap();
+        let scene = OneNode::start("throughput", 17_000, "bench", &toml, catalog).await;
+        let gateway = scene.gateway.clone();
         let started = Instant::now();
         let until = started + Duration::from_secs(seconds);
         let latencies: Arc<Mutex<hdrhistogram::Histogram<u64>>> =
@@ -1124,8 +1147,5 @@ async fn throughput() {
             latencies.value_at_quantile(0.99) as f64 / 1e3,
             gateway.stats(),
         );
-        drop(node);
-        drop(nats);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
