@@ -199,7 +199,20 @@ impl NatsCluster {
     }
 }
 
-fn start_node(urls: &str, sale: &str, catalog: &Path, id: &str, dir: &Path) -> Process {
+/// Log entries between a leader's snapshots in the tests: a few seconds of a sale, so that
+/// a node killed mid-sale restarts from a snapshot plus a tail. Measurements keep the
+/// node's default (`None`): each snapshot serializes the whole order book, which every 200
+/// entries took most of a node's time once buyers held a million orders.
+const SNAPSHOT_EVERY_SHORT: Option<u64> = Some(200);
+
+fn start_node(
+    urls: &str,
+    sale: &str,
+    catalog: &Path,
+    id: &str,
+    dir: &Path,
+    snapshot_every: Option<u64>,
+) -> Process {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -208,7 +221,8 @@ fn start_node(urls: &str, sale: &str, catalog: &Path, id: &str, dir: &Path) -> P
     let child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
         .args(["node", "--nats", urls, "--sale", sale, "--id", id])
         .args(["--partitions", &PARTITIONS.to_string(), "--lease", "1s"])
-        .args(["--status-every", "1s", "--snapshot-every", "200"])
+        .args(["--status-every", "1s"])
+        .args(snapshot_every.map(|every| format!("--snapshot-every={every}")))
         .args(["--max-quantity", &MAX_QUANTITY.to_string()])
         .arg("--catalog")
         .arg(catalog)
@@ -354,7 +368,14 @@ async fn sale_with_kills(base: u16, cycle: u32) {
         .map(|id| {
             (
                 id.to_string(),
-                start_node(&urls, &sale_name, &catalog_path, id, &dir),
+                start_node(
+                    &urls,
+                    &sale_name,
+                    &catalog_path,
+                    id,
+                    &dir,
+                    SNAPSHOT_EVERY_SHORT,
+                ),
             )
         })
         .collect();
@@ -516,7 +537,16 @@ async fn sale_with_kills(base: u16, cycle: u32) {
         .collect();
 
     // The killed node comes back as a standby and catches up.
-    let restart_node = |id: &str| start_node(&urls, &sale_name, &catalog_path, id, &dir);
+    let restart_node = |id: &str| {
+        start_node(
+            &urls,
+            &sale_name,
+            &catalog_path,
+            id,
+            &dir,
+            SNAPSHOT_EVERY_SHORT,
+        )
+    };
     let kv_leader = |partition: u16| {
         let js = async_nats::jetstream::new(client.clone());
         let bucket = format!("fs_{}_lease", sale_name);
@@ -887,7 +917,14 @@ struct OneNode {
 }
 
 impl OneNode {
-    async fn start(tag: &str, port: u16, sale: &str, toml: &str, catalog: Catalog) -> Self {
+    async fn start(
+        tag: &str,
+        port: u16,
+        sale: &str,
+        toml: &str,
+        catalog: Catalog,
+        snapshot_every: Option<u64>,
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("flashsale-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -895,7 +932,7 @@ impl OneNode {
         let urls = nats.urls();
         let catalog_path = dir.join("catalog.toml");
         std::fs::write(&catalog_path, toml).unwrap();
-        let node = start_node(&urls, sale, &catalog_path, "a", &dir);
+        let node = start_node(&urls, sale, &catalog_path, "a", &dir, snapshot_every);
         wait_ready(&dir, "a").await;
         let client = connect(&urls, "test").await.unwrap();
         let sale = SaleOnNats::new(sale, PARTITIONS, 3).unwrap();
@@ -966,7 +1003,7 @@ async fn the_gate_turns_away_sold_out_buys_but_never_a_retry_of_a_confirmed_one(
         .skus((1..=SKUS).map(|id| SkuSpec::new(SkuId(id), UNITS).limit(1)))
         .build()
         .unwrap();
-    let scene = OneNode::start("gate", 15_500, "gate", &toml, catalog).await;
+    let scene = OneNode::start("gate", 15_500, "gate", &toml, catalog, SNAPSHOT_EVERY_SHORT).await;
     let first = &scene.gateway;
     let buy = |gateway: &Gateway, user: u64, sku: u32| {
         let gateway = gateway.clone();
@@ -1092,7 +1129,7 @@ async fn throughput() {
             5,
         ),
     ] {
-        let scene = OneNode::start("throughput", 17_000, "bench", &toml, catalog).await;
+        let scene = OneNode::start("throughput", 17_000, "bench", &toml, catalog, None).await;
         let gateway = scene.gateway.clone();
         let started = Instant::now();
         let until = started + Duration::from_secs(seconds);
