@@ -314,8 +314,7 @@ impl Replica {
     /// The replica's state as checksummed bytes: log position, clock, the waiting buys'
     /// gateways, and the core's own snapshot.
     pub fn snapshot(&self) -> Vec<u8> {
-        let core = self.core.snapshot();
-        let mut out = Vec::with_capacity(core.len() + 64 + self.waiting.len() * 32);
+        let mut out = Vec::new();
         out.extend_from_slice(&SNAPSHOT_MAGIC);
         out.extend_from_slice(&self.core.shard().0.to_le_bytes());
         out.extend_from_slice(&self.applied.to_le_bytes());
@@ -331,8 +330,13 @@ impl Replica {
             out.extend_from_slice(&request.to_le_bytes());
             out.extend_from_slice(&client_key.to_le_bytes());
         }
-        out.extend_from_slice(&(core.len() as u64).to_le_bytes());
-        out.extend_from_slice(&core);
+        // The core's snapshot goes straight in behind its length (filled in after), rather
+        // than being built apart and copied: it is nearly all of the bytes.
+        let length_at = out.len();
+        out.extend_from_slice(&0u64.to_le_bytes());
+        self.core.snapshot_into(&mut out);
+        let core_len = (out.len() - length_at - 8) as u64;
+        out[length_at..length_at + 8].copy_from_slice(&core_len.to_le_bytes());
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out

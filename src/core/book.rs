@@ -261,6 +261,14 @@ impl OrderBook {
         self.scan_holdings(user, sku_local, limit_key).0
     }
 
+    /// How many bytes [`write_to`](Self::write_to) writes (eight per word).
+    pub(super) fn written_len(&self) -> usize {
+        [&self.keys, &self.holdings]
+            .iter()
+            .map(|table| (2 + table.len * (1 + size_of::<Slot>() / 8)) * 8)
+            .sum()
+    }
+
     /// Both tables, for a snapshot: capacity, entry count, then each used slot's index and
     /// words (a table is mostly free slots; their positions are kept, so probing finds
     /// every entry where it was).

@@ -127,11 +127,34 @@ impl ShardCore {
     /// If deferred outcomes are still waiting to be taken (a caller bug: they would be
     /// lost).
     pub fn snapshot(&self) -> Vec<u8> {
+        let mut file = Vec::new();
+        self.snapshot_into(&mut file);
+        file
+    }
+
+    /// [`snapshot`](Self::snapshot), appended to `file`. The bytes are written once, into
+    /// room reserved for all of them up front: a book of millions of orders is hundreds of
+    /// megabytes, and growing a buffer by doubling would copy it again and again (and
+    /// fault in fresh pages each time) while the shard waits.
+    ///
+    /// # Panics
+    /// As [`snapshot`](Self::snapshot).
+    pub fn snapshot_into(&self, file: &mut Vec<u8>) {
         assert!(
             self.deferred.is_empty(),
             "take the deferred outcomes before a snapshot"
         );
-        let mut out = Out(Vec::with_capacity(1 << 16));
+        let start = file.len();
+        file.reserve(HEADER_LEN + self.snapshot_len_estimate());
+        file.extend_from_slice(&SNAPSHOT_MAGIC);
+        file.extend_from_slice(&VERSION.to_le_bytes());
+        file.extend_from_slice(&self.shard.0.to_le_bytes());
+        file.extend_from_slice(&[0, 0]);
+        file.extend_from_slice(&self.sequence_next.to_le_bytes());
+        // Payload length and checksum, filled in below.
+        file.extend_from_slice(&[0; 12]);
+        debug_assert_eq!(file.len() - start, HEADER_LEN);
+        let mut out = Out(std::mem::take(file));
         out.u64(self.sequence_next);
         out.u64(self.orders_confirmed);
         out.u64(self.now_ns);
@@ -144,17 +167,25 @@ impl ShardCore {
         self.book.write_to(&mut |word| out.u64(word));
         self.write_orders(&mut out);
         self.write_pools(&mut out);
-        let payload = out.0;
-        let mut file = Vec::with_capacity(HEADER_LEN + payload.len());
-        file.extend_from_slice(&SNAPSHOT_MAGIC);
-        file.extend_from_slice(&VERSION.to_le_bytes());
-        file.extend_from_slice(&self.shard.0.to_le_bytes());
-        file.extend_from_slice(&[0, 0]);
-        file.extend_from_slice(&self.sequence_next.to_le_bytes());
-        file.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        file.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        file.extend_from_slice(&payload);
-        file
+        *file = out.0;
+        let payload = start + HEADER_LEN;
+        let len = (file.len() - payload) as u64;
+        let crc = crc32fast::hash(&file[payload..]);
+        file[payload - 12..payload - 4].copy_from_slice(&len.to_le_bytes());
+        file[payload - 4..payload].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// About how many payload bytes a snapshot takes: exact for the book, the buyer
+    /// filter and the orders, which are nearly all of it; room for the rest.
+    fn snapshot_len_estimate(&self) -> usize {
+        let deadlines = self.deadlines.len() * 16;
+        let tickets: usize = self.pools.iter().map(|pool| pool.tickets.len() * 45).sum();
+        (1 << 16)
+            + self.buyers.words.len() * 8
+            + self.book.written_len()
+            + self.orders.len() * 17
+            + deadlines
+            + tickets
     }
 
     /// Each SKU's levels, window, counters and waitlist.
