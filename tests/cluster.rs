@@ -424,30 +424,11 @@ async fn sale_with_kills(base: u16, cycle: u32) {
         max_quantity: MAX_QUANTITY,
         ..GatewayConfig::default()
     };
-    let gateways: Vec<Gateway> = {
-        let mut gateways = Vec::new();
-        for _ in 0..2 {
-            gateways.push(
-                Gateway::connect(
-                    client.clone(),
-                    sale.clone(),
-                    catalog.clone(),
-                    config.clone(),
-                )
-                .await
-                .unwrap(),
-            );
-        }
-        gateways
-    };
-    let doomed = Gateway::connect(
-        client.clone(),
-        sale.clone(),
-        catalog.clone(),
-        config.clone(),
-    )
-    .await
-    .unwrap();
+    let gateways: Vec<Gateway> = vec![
+        gateway_on(&client, &sale, &catalog, &config).await,
+        gateway_on(&client, &sale, &catalog, &config).await,
+    ];
+    let doomed = gateway_on(&client, &sale, &catalog, &config).await;
 
     let answers: Arc<Mutex<Answers>> = Arc::default();
     let buying = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -902,6 +883,23 @@ async fn sale_epoch(js: &async_nats::jetstream::Context, sale: &str) -> u64 {
     std::str::from_utf8(&bytes).unwrap().parse().unwrap()
 }
 
+/// A gateway on `sale` through `client`.
+async fn gateway_on(
+    client: &async_nats::Client,
+    sale: &SaleOnNats,
+    catalog: &Catalog,
+    config: &GatewayConfig,
+) -> Gateway {
+    Gateway::connect(
+        client.clone(),
+        sale.clone(),
+        catalog.clone(),
+        config.clone(),
+    )
+    .await
+    .unwrap()
+}
+
 /// A sale on one engine node: a temporary directory, 3 NATS servers, the catalog file, the
 /// node (ready), a client and a gateway. Dropping it stops the node and the servers (by
 /// PID) and removes the directory.
@@ -940,14 +938,7 @@ impl OneNode {
             max_quantity: MAX_QUANTITY,
             ..GatewayConfig::default()
         };
-        let gateway = Gateway::connect(
-            client.clone(),
-            sale.clone(),
-            catalog.clone(),
-            config.clone(),
-        )
-        .await
-        .unwrap();
+        let gateway = gateway_on(&client, &sale, &catalog, &config).await;
         Self {
             dir,
             client,
@@ -962,14 +953,7 @@ impl OneNode {
 
     /// Another gateway on the same sale.
     async fn gateway(&self) -> Gateway {
-        Gateway::connect(
-            self.client.clone(),
-            self.sale.clone(),
-            self.catalog.clone(),
-            self.config.clone(),
-        )
-        .await
-        .unwrap()
+        gateway_on(&self.client, &self.sale, &self.catalog, &self.config).await
     }
 }
 
@@ -1133,44 +1117,46 @@ async fn throughput() {
         let gateway = scene.gateway.clone();
         let started = Instant::now();
         let until = started + Duration::from_secs(seconds);
-        let latencies: Arc<Mutex<hdrhistogram::Histogram<u64>>> =
-            Arc::new(Mutex::new(hdrhistogram::Histogram::new(3).unwrap()));
-        let confirmed = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut buyers = tokio::task::JoinSet::new();
-        // Many buyers in flight: batching is what carries a replicated log.
+        // Many buyers in flight: batching is what carries a replicated log. Each keeps its
+        // own latencies (µs) and count, so the measurement adds no lock or shared counter
+        // to the buys it measures.
         for buyer in 0..8_192u64 {
             let gateway = gateway.clone();
-            let latencies = latencies.clone();
-            let confirmed = confirmed.clone();
             buyers.spawn(async move {
-                let mut press = 0u64;
-                let mut count = 0u64;
-                while Instant::now() < until {
-                    press += 1;
+                let mut latencies_us: Vec<u32> = Vec::new();
+                let mut confirmed = 0u64;
+                for press in 1u64.. {
+                    let asked = Instant::now();
+                    if asked >= until {
+                        break;
+                    }
                     let intent = Intent {
                         user: UserId(buyer << 32 | press),
                         client_key: press,
                         sku: SkuId(1 + (press % u64::from(SKUS)) as u32),
                         quantity: 1,
                     };
-                    let asked = Instant::now();
                     if let Ok(decided) = gateway.buy(intent, false).await {
-                        let _ = latencies.lock().record(asked.elapsed().as_micros() as u64);
-                        if decided.order().is_some() {
-                            confirmed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        count += 1;
+                        latencies_us.push(asked.elapsed().as_micros() as u32);
+                        confirmed += u64::from(decided.order().is_some());
                     }
                 }
-                count
+                (latencies_us, confirmed)
             });
         }
         let mut decided = 0u64;
-        while let Some(count) = buyers.join_next().await {
-            decided += count.unwrap();
+        let mut confirmed = 0u64;
+        let mut latencies = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        while let Some(joined) = buyers.join_next().await {
+            let (latencies_us, buyer_confirmed) = joined.unwrap();
+            decided += latencies_us.len() as u64;
+            confirmed += buyer_confirmed;
+            for latency in latencies_us {
+                let _ = latencies.record(u64::from(latency));
+            }
         }
         let elapsed = started.elapsed().as_secs_f64();
-        let latencies = latencies.lock();
         let gated = gateway.stats().turned_away;
         eprintln!(
             "{name}: {decided} intents decided in {elapsed:.1} s = {:.0} intents/s \
@@ -1179,7 +1165,7 @@ async fn throughput() {
             decided as f64 / elapsed,
             (decided - gated) as f64 / elapsed,
             gated as f64 / elapsed,
-            confirmed.load(std::sync::atomic::Ordering::Relaxed),
+            confirmed,
             latencies.value_at_quantile(0.5) as f64 / 1e3,
             latencies.value_at_quantile(0.99) as f64 / 1e3,
             gateway.stats(),
