@@ -363,21 +363,20 @@ async fn sale_with_kills(base: u16, cycle: u32) {
     let catalog = catalog();
     let sale = SaleOnNats::new(&sale_name, PARTITIONS, 3).unwrap();
 
+    // Started here, and again after the kill (it comes back as a standby and catches up).
+    let start_engine_node = |id: &str| {
+        start_node(
+            &urls,
+            &sale_name,
+            &catalog_path,
+            id,
+            &dir,
+            SNAPSHOT_EVERY_SHORT,
+        )
+    };
     let mut nodes: HashMap<String, Process> = ["a", "b"]
         .iter()
-        .map(|id| {
-            (
-                id.to_string(),
-                start_node(
-                    &urls,
-                    &sale_name,
-                    &catalog_path,
-                    id,
-                    &dir,
-                    SNAPSHOT_EVERY_SHORT,
-                ),
-            )
-        })
+        .map(|id| (id.to_string(), start_engine_node(id)))
         .collect();
 
     for id in ["a", "b"] {
@@ -517,17 +516,6 @@ async fn sale_with_kills(base: u16, cycle: u32) {
         })
         .collect();
 
-    // The killed node comes back as a standby and catches up.
-    let restart_node = |id: &str| {
-        start_node(
-            &urls,
-            &sale_name,
-            &catalog_path,
-            id,
-            &dir,
-            SNAPSHOT_EVERY_SHORT,
-        )
-    };
     let kv_leader = |partition: u16| {
         let js = async_nats::jetstream::new(client.clone());
         let bucket = format!("fs_{}_lease", sale_name);
@@ -578,7 +566,7 @@ async fn sale_with_kills(base: u16, cycle: u32) {
     // The killed node comes back as a standby, from the newest snapshot plus the log's
     // tail; then the other node is killed, so that the restored one leads and its answers
     // are checked against the replay too.
-    nodes.insert(leader.clone(), restart_node(&leader));
+    nodes.insert(leader.clone(), start_engine_node(&leader));
     wait_ready_again(&dir, &leader).await;
     tokio::time::sleep(Duration::from_millis(2_000)).await;
     let log = std::fs::read_to_string(dir.join(format!("{leader}.log"))).unwrap();
