@@ -104,23 +104,22 @@ fuzz_target!(|bytes: &[u8]| {
     let Ok(scanned) = journal::scan(&input, Path::new("fuzz")) else {
         return;
     };
-    let valid_len = match scanned.tail {
-        Tail::Clean => input.len(),
-        Tail::Torn {
-            valid_len,
-            torn_bytes,
-        } => {
-            assert_eq!(valid_len + torn_bytes, input.len() as u64);
-            valid_len as usize
-        }
-    };
-    let again =
-        journal::scan(&input[..valid_len], Path::new("fuzz")).expect("the valid prefix reads");
-    assert_eq!(again.tail, Tail::Clean);
-    assert_eq!(
-        again.records, scanned.records,
-        "the valid prefix reads the same"
-    );
+    // A torn tail cut off, the valid prefix reads the same on its own. (A clean read's
+    // prefix is the whole input, which the reader, a pure function of its bytes, has read.)
+    if let Tail::Torn {
+        valid_len,
+        torn_bytes,
+    } = scanned.tail
+    {
+        assert_eq!(valid_len + torn_bytes, input.len() as u64);
+        let again = journal::scan(&input[..valid_len as usize], Path::new("fuzz"))
+            .expect("the valid prefix reads");
+        assert_eq!(again.tail, Tail::Clean);
+        assert_eq!(
+            again.records, scanned.records,
+            "the valid prefix reads the same"
+        );
+    }
     // Re-encoding the records (each claiming everything before it synced) reads the same.
     let mut encoded = journal::header(scanned.shard).to_vec();
     for (sequence, command) in &scanned.records {
