@@ -379,8 +379,15 @@ fn compare_runs_every_in_process_peer_on_the_same_intents() {
             .sum::<u64>()
             + peer["confirmed_orders"].as_u64().unwrap();
         assert_eq!(answered, intents, "every intent answered once: {peer}");
-        assert_eq!(peer["latency_ns"]["samples"].as_u64(), Some(intents));
+        // One intent in 64 is timed by default: each producer times its first, then
+        // every 64th.
+        let samples = peer["latency_ns"]["samples"].as_u64().unwrap();
+        assert!(
+            (intents / 64..=intents / 64 + 2).contains(&samples),
+            "{samples} samples of {intents} intents: {peer}"
+        );
     }
+    assert_eq!(report["scenario"]["latency_sample"].as_u64(), Some(64));
     // Each ratio is computed from the rates beside it, not written by hand.
     let engine_rate = peers[0]["intents_per_s"].as_f64().unwrap();
     for peer in &peers[1..] {
@@ -393,11 +400,67 @@ fn compare_runs_every_in_process_peer_on_the_same_intents() {
     }
 }
 
+/// `--latency-sample 1` times every intent in every peer, and a closed-loop simulation
+/// samples as asked, with every intent still counted and checked.
+#[test]
+fn latency_sampling_times_as_many_intents_as_asked() {
+    let output = compare(&[
+        "--viewers",
+        "20000",
+        "--latency-sample",
+        "1",
+        "--skip",
+        "crossbeam",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr_line(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    for peer in report["peers"].as_array().unwrap() {
+        assert_invariants_hold(peer);
+        assert_eq!(peer["latency_ns"]["samples"], peer["intents"], "{peer}");
+    }
+    for (sample, producers) in [(1u64, 1u64), (10, 1), (10, 2)] {
+        let mut args = SMALL.to_vec();
+        let sample_text = sample.to_string();
+        let producers_text = producers.to_string();
+        args.extend([
+            "--mode",
+            "closed",
+            "--latency-sample",
+            &sample_text,
+            "--producers",
+            &producers_text,
+            "--json",
+        ]);
+        let output = simulate(&args);
+        assert!(output.status.success(), "{}", stderr_line(&output));
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_invariants_hold(&report);
+        let presses = report["intents"].as_u64().unwrap();
+        let samples = report["latency_ns"]["samples"].as_u64().unwrap();
+        assert!(
+            (presses / sample..=presses / sample + producers).contains(&samples),
+            "{samples} samples of {presses} presses, one in {sample}: {report}"
+        );
+    }
+    // The open loop times every press from its intended send time, whatever the knob.
+    let mut args = SMALL.to_vec();
+    args.extend(["--latency-sample", "10", "--json"]);
+    let output = simulate(&args);
+    assert!(output.status.success(), "{}", stderr_line(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        report["latency_ns"]["samples"], report["intents"],
+        "{report}"
+    );
+}
+
 #[test]
 fn compare_refuses_bad_knobs_with_exit_2() {
     for (args, field) in [
         (vec!["--skip", "postgres"], "skip"),
         (vec!["--redis-connections", "0"], "redis-connections"),
+        (vec!["--latency-sample", "0"], "latency_sample"),
         (vec!["--shards", "0"], "shards"),
     ] {
         let output = compare(&args);
@@ -494,6 +557,14 @@ fn every_knob_is_bounded_and_refused_by_name() {
             &["--scenario", "micro-shows"],
         ),
         simulate_knob("--ring-capacity", "ring_capacity", 1, 1 << 20, u32_max, &[]),
+        simulate_knob(
+            "--latency-sample",
+            "latency_sample",
+            1,
+            1 << 20,
+            u32_max,
+            &[],
+        ),
         simulate_knob("--intents", "intents", 1, 200_000_000, u64_max, &[]),
         Knob {
             refused_at_max: Some("viewers_max"),

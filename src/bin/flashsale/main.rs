@@ -148,6 +148,9 @@ struct SimulateArgs {
     /// Scenario ms after each opening at which the sale closes (answers everyone waiting).
     #[arg(long)]
     close_after_ms: Option<u64>,
+    /// Closed loop: time one press in this many (default 1, every press).
+    #[arg(long)]
+    latency_sample: Option<u32>,
     /// Run the scenario twice, in memory and with a durable journal in this (new or empty)
     /// directory, and print them side by side (no --plot: there are two runs).
     #[arg(long, conflicts_with = "plot")]
@@ -262,6 +265,9 @@ fn simulate_scenario(args: &SimulateArgs) -> Result<Scenario, String> {
     }
     if args.close_after_ms.is_some() {
         scenario.close_after_ms = args.close_after_ms;
+    }
+    if let Some(sample) = args.latency_sample {
+        scenario.latency_sample = sample;
     }
     scenario.validate()?;
     Ok(scenario)

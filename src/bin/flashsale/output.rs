@@ -128,7 +128,8 @@ pub struct RunJson {
     pub rejections: std::collections::BTreeMap<&'static str, u64>,
     pub answered_at_submit: u64,
     pub invariants: InvariantsJson,
-    /// From the intended send time (open loop) or submit (closed) to the outcome.
+    /// From the intended send time (open loop) or submit (closed) to the outcome; a
+    /// closed loop times one press in `scenario.latency_sample`.
     pub latency_ns: LatencyJson,
     /// The engine's own: arrival stamp to outcome published, queued intents only.
     pub engine_latency_ns: LatencyJson,
@@ -337,9 +338,10 @@ impl RunJson {
         let _ = writeln!(
             out,
             "latency (from {}): p50 {} | p90 {} | p99 {} | p99.9 {} | p99.99 {} | max {}",
-            match self.scenario.mode {
-                crate::scenario::Mode::Open => "intended send",
-                crate::scenario::Mode::Closed => "submit",
+            match (self.scenario.mode, self.scenario.latency_sample) {
+                (crate::scenario::Mode::Open, _) => "intended send".to_string(),
+                (crate::scenario::Mode::Closed, 1) => "submit".to_string(),
+                (crate::scenario::Mode::Closed, n) => format!("submit, one press in {n}"),
             },
             Nanos(latency.p50),
             Nanos(latency.p90),

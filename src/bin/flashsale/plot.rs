@@ -82,9 +82,10 @@ type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64
 /// The top chart: latency by percentile (0 to 5 nines) on a log scale.
 fn draw_latency(top: &Area<'_>, run: &RunJson, latency_ns: &Histogram<u64>) -> Result<(), String> {
     let scenario = &run.scenario;
-    let (loop_name, measured_from) = match scenario.mode {
-        Mode::Open => ("open loop", "intended send"),
-        Mode::Closed => ("closed loop", "submit"),
+    let (loop_name, measured_from) = match (scenario.mode, scenario.latency_sample) {
+        (Mode::Open, _) => ("open loop", "intended send".to_string()),
+        (Mode::Closed, 1) => ("closed loop", "submit".to_string()),
+        (Mode::Closed, n) => ("closed loop", format!("submit, one press in {n}")),
     };
 
     let points: Vec<(f64, f64)> = (0..=500)

@@ -21,6 +21,37 @@ use crate::scenario::{Mode, Scenario};
 /// Timeline resolution.
 pub const BUCKET_NS: u64 = 10_000_000;
 
+/// The intended send time of a press that is not timed (see [`Sampler`]).
+pub const UNTIMED: u64 = u64::MAX;
+
+/// Which presses of a closed loop are timed: the first, then one in `every`.
+pub struct Sampler {
+    every: u32,
+    left: u32,
+}
+
+impl Sampler {
+    /// One press in `every` (at least 1: every press).
+    pub fn new(every: u32) -> Self {
+        Self {
+            every: every.max(1),
+            left: 0,
+        }
+    }
+
+    /// Whether the next press is timed.
+    #[inline]
+    pub fn next_timed(&mut self) -> bool {
+        if self.left == 0 {
+            self.left = self.every - 1;
+            true
+        } else {
+            self.left -= 1;
+            false
+        }
+    }
+}
+
 /// What one producer thread saw.
 pub struct ProducerTally {
     /// Latency of every press decided at once, from its intended send time (open loop) or
@@ -50,6 +81,9 @@ pub struct ProducerTally {
     pub submitted: u64,
     pub outcomes: u64,
     pub refused: u64,
+    /// The latest clock reading, ns: the instant an untimed outcome is counted at (in
+    /// the timeline and as a SKU's last confirmation), at most a sample's presses old.
+    pub last_ns: u64,
 }
 
 impl ProducerTally {
@@ -72,6 +106,7 @@ impl ProducerTally {
             submitted: 0,
             outcomes: 0,
             refused: 0,
+            last_ns: 0,
         }
     }
 
@@ -113,6 +148,7 @@ impl ProducerTally {
         self.submitted += other.submitted;
         self.outcomes += other.outcomes;
         self.refused += other.refused;
+        self.last_ns = self.last_ns.max(other.last_ns);
     }
 }
 
@@ -208,6 +244,8 @@ struct Shared {
     cancel_rate: f64,
     pay_delay_ns: u64,
     hold_ns: u64,
+    /// Closed loop: one press in this many is timed.
+    latency_sample: u32,
 }
 
 /// Runs the plan. `on_progress(outcomes)` is called from this thread every 50 ms.
@@ -326,6 +364,7 @@ impl Shared {
             cancel_rate: scenario.cancel_rate,
             pay_delay_ns: scaled(scenario.pay_delay_ms),
             hold_ns: scenario.hold_ms.map_or(0, scaled),
+            latency_sample: scenario.latency_sample,
         }
     }
 }
@@ -438,6 +477,7 @@ fn drive(
     queued.reserve(4096);
     let mut reported = 0u64;
     let open = shared.mode == Mode::Open;
+    let mut sampler = Sampler::new(shared.latency_sample);
     for press in schedule {
         let due_ns = shared.start_ns + press.at_ns;
         if open {
@@ -446,7 +486,14 @@ fn drive(
                 std::hint::spin_loop();
             }
         }
-        let intended_ns = if open { due_ns } else { producer.now_ns() };
+        let intended_ns = if open {
+            due_ns
+        } else if sampler.next_timed() {
+            tally.last_ns = producer.now_ns();
+            tally.last_ns
+        } else {
+            UNTIMED
+        };
         tally.submitted += 1;
         submit_press(
             &mut producer,
@@ -496,7 +543,12 @@ fn submit_press(
                 break;
             }
             Ok(Submitted::Answered(outcome)) => {
-                let now = producer.now_ns();
+                let now = if intended_ns == UNTIMED {
+                    tally.last_ns
+                } else {
+                    tally.last_ns = producer.now_ns();
+                    tally.last_ns
+                };
                 record(
                     tally,
                     &shared.catalog,
@@ -530,15 +582,18 @@ fn take_completions(
     driver: &mut Driver,
 ) -> usize {
     let now = producer.now_ns();
+    tally.last_ns = now;
     producer.poll(|completion: Completion| {
         let intended_ns = queued
             .remove(&completion.ticket)
             .expect("a completion answers a queued press");
         if completion.waited {
             // Recorded apart: a pooled or waiting press's latency is mostly its wait.
-            tally
-                .wait_latency_ns
-                .saturating_record(now.saturating_sub(intended_ns).max(1));
+            if intended_ns != UNTIMED {
+                tally
+                    .wait_latency_ns
+                    .saturating_record(now.saturating_sub(intended_ns).max(1));
+            }
             record_outcome(
                 tally,
                 &shared.catalog,
@@ -578,7 +633,8 @@ fn take_completions(
     })
 }
 
-/// Counts one outcome: latency from `intended_ns`, the timeline, units, rejections.
+/// Counts one outcome: latency from `intended_ns` (none if [`UNTIMED`]), the timeline,
+/// units, rejections.
 pub fn record(
     tally: &mut ProducerTally,
     catalog: &Catalog,
@@ -588,9 +644,11 @@ pub fn record(
     intended_ns: u64,
     now_ns: u64,
 ) {
-    tally
-        .latency_ns
-        .saturating_record(now_ns.saturating_sub(intended_ns).max(1));
+    if intended_ns != UNTIMED {
+        tally
+            .latency_ns
+            .saturating_record(now_ns.saturating_sub(intended_ns).max(1));
+    }
     record_outcome(tally, catalog, start_ns, intent, outcome, now_ns);
 }
 
@@ -628,7 +686,11 @@ fn record_outcome(
         }
         Outcome::Rejected { reason, sequence } => {
             tally.rejections[reason.index()] += 1;
-            if let (Some(index), Some(sequence)) = (catalog.index_of(intent.sku), sequence) {
+            // Only a shard's rejections carry a sequence (not the gate's, nor the
+            // producer's screen): the SKU is looked up for those alone.
+            if let Some(sequence) = sequence
+                && let Some(index) = catalog.index_of(intent.sku)
+            {
                 match reason {
                     RejectReason::SoldOut => {
                         tally.sold_out_first[index] =

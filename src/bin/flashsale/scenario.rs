@@ -127,6 +127,11 @@ pub struct Scenario {
     /// then answered. Default with a waitlist: the burst, plus the hold and the payment
     /// delay, plus 1 s; without one, never.
     pub close_after_ms: Option<u64>,
+    /// Closed loop: one press in this many is timed, from its submit to its outcome (1:
+    /// every press). Two clock reads and a histogram record cost more than the engine's
+    /// decision on its fastest paths, so a throughput measurement samples (`compare` times
+    /// one in 64). The open loop times every press, from its intended send time.
+    pub latency_sample: u32,
 }
 
 impl Default for Scenario {
@@ -176,6 +181,7 @@ impl Scenario {
             hold_ms: None,
             waitlist: 0,
             close_after_ms: None,
+            latency_sample: 1,
         }
     }
 
@@ -342,6 +348,12 @@ impl Scenario {
             flashsale::EngineBuilder::RING_CAPACITY_MAX as u64,
         )?;
         within("waitlist", self.waitlist.into(), 0, WAITLIST_MAX)?;
+        within(
+            "latency_sample",
+            self.latency_sample.into(),
+            1,
+            LATENCY_SAMPLE_MAX.into(),
+        )?;
         Ok(())
     }
 
@@ -613,6 +625,8 @@ pub const PRODUCERS_MAX: u64 = 256;
 pub const SHARDS_MAX: u64 = 256;
 /// Most waitlist places per SKU.
 pub const WAITLIST_MAX: u64 = 10_000_000;
+/// Fewest presses timed: one in this many.
+pub const LATENCY_SAMPLE_MAX: u32 = 1 << 20;
 /// Longest scenario time knob: a week.
 pub const SCENARIO_MS_MAX: u64 = 7 * 24 * 3_600 * 1_000;
 /// Longest run, in wall seconds (estimated before it starts).

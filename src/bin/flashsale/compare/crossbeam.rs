@@ -38,6 +38,7 @@ pub(super) fn crossbeam_peer(scenario: &Scenario) -> Result<PeerJson, String> {
             clock: &clock,
             placement: &placement,
             max_quantity: max_quantity(scenario),
+            latency_sample: scenario.latency_sample,
         };
         producer.run(schedule, catalog)
     })?;
@@ -118,6 +119,8 @@ struct ChannelProducer<'a> {
     clock: &'a EngineClock,
     placement: &'a Placement,
     max_quantity: u32,
+    /// One press in this many is timed.
+    latency_sample: u32,
 }
 
 impl ChannelProducer<'_> {
@@ -126,12 +129,17 @@ impl ChannelProducer<'_> {
     fn run(&self, schedule: &[Press], catalog: &Catalog) -> ProducerTally {
         let mut tally = tally_for(catalog, schedule);
         let mut in_flight = 0u64;
+        let mut sampler = run::Sampler::new(self.latency_sample);
         for press in schedule {
             tally.submitted += 1;
             let request = PeerRequest {
                 producer: self.index,
                 intent: press.intent,
-                sent_ns: self.clock.now_ns(),
+                sent_ns: if sampler.next_timed() {
+                    self.clock.now_ns()
+                } else {
+                    run::UNTIMED
+                },
             };
             if let Some(outcome) = validate(&press.intent, catalog, self.max_quantity) {
                 self.take(&mut tally, catalog, (request, outcome));
@@ -195,7 +203,10 @@ impl ChannelProducer<'_> {
     }
 
     fn take(&self, tally: &mut ProducerTally, catalog: &Catalog, (request, outcome): PeerReply) {
-        let now = self.clock.now_ns();
+        if request.sent_ns != run::UNTIMED {
+            tally.last_ns = self.clock.now_ns();
+        }
+        let now = tally.last_ns;
         run::record(
             tally,
             catalog,

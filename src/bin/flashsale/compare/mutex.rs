@@ -17,8 +17,13 @@ pub(super) fn mutex_peer(scenario: &Scenario) -> Result<PeerJson, String> {
     let max_quantity = max_quantity(scenario);
     let ran = on_threads(plan, |_, schedule, catalog| {
         let mut tally = tally_for(catalog, schedule);
+        let mut sampler = run::Sampler::new(scenario.latency_sample);
         for press in schedule {
-            let sent = clock.now_ns();
+            let sent = if sampler.next_timed() {
+                clock.now_ns()
+            } else {
+                run::UNTIMED
+            };
             tally.submitted += 1;
             let outcome = validate(&press.intent, catalog, max_quantity).unwrap_or_else(|| {
                 model
@@ -28,7 +33,10 @@ pub(super) fn mutex_peer(scenario: &Scenario) -> Result<PeerJson, String> {
                     .outcome()
                     .expect("compare runs first-come sales: every buy is decided at once")
             });
-            let now = clock.now_ns();
+            if sent != run::UNTIMED {
+                tally.last_ns = clock.now_ns();
+            }
+            let now = tally.last_ns;
             run::record(&mut tally, catalog, 0, press.intent, outcome, sent, now);
         }
         tally
