@@ -1080,6 +1080,85 @@ async fn a_hundred_kill_cycles() {
     }
 }
 
+/// `flashsale compare --nats` runs the scenario through a throwaway sale on the cluster (an
+/// engine node and a gateway in its own process) beside the in-process engine, with every
+/// invariant checked against the levels the cluster's leader reports, and deletes the
+/// sale's streams and buckets when done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_runs_the_scenario_through_the_cluster() {
+    let dir = std::env::temp_dir().join(format!("flashsale-compare-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let nats = NatsCluster::start(18_000, &dir);
+    let urls = nats.urls();
+    let args = [
+        "compare",
+        "--quiet",
+        "--json",
+        "--viewers",
+        "20000",
+        "--skip",
+        "mutex,crossbeam",
+        "--nats",
+        &urls,
+    ]
+    .map(String::from);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .args(args)
+            .output()
+            .expect("flashsale compare runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let peers = report["peers"].as_array().unwrap();
+    let names: Vec<&str> = peers.iter().map(|p| p["peer"].as_str().unwrap()).collect();
+    assert_eq!(names, ["engine", "cluster"]);
+    let intents = peers[0]["intents"].as_u64().unwrap();
+    assert!(intents > 10_000, "{intents}");
+    for peer in peers {
+        for check in [
+            "one_outcome_per_intent",
+            "no_oversell",
+            "no_undersell",
+            "limits_held",
+        ] {
+            assert_eq!(peer["invariants"][check], true, "{check}: {peer}");
+        }
+        assert_eq!(peer["intents"].as_u64(), Some(intents));
+        // Demand far above stock: both sell exactly the 5,000 pairs.
+        assert_eq!(peer["confirmed_units"].as_u64(), Some(5_000), "{peer}");
+        let answered: u64 = peer["rejections"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|count| count.as_u64().unwrap())
+            .sum::<u64>()
+            + peer["confirmed_orders"].as_u64().unwrap();
+        assert_eq!(answered, intents, "every intent answered once: {peer}");
+    }
+    // The throwaway sale is gone: no stream, bucket or store of it is left.
+    let client = connect(&urls, "test").await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut names = js.stream_names();
+    let mut left = Vec::new();
+    while let Some(name) = names.next().await {
+        let name = name.unwrap();
+        if name.contains("compare") {
+            left.push(name);
+        }
+    }
+    assert!(left.is_empty(), "left behind: {left:?}");
+    drop(nats);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Intents per second through the cluster (3 NATS servers, R3 streams, one engine node, one
 /// gateway): `cargo test --release --features cluster --test cluster -- --ignored
 /// throughput --nocapture`. Two sales: a sneaker drop (12,000 units, most intents

@@ -461,6 +461,9 @@ fn compare_refuses_bad_knobs_with_exit_2() {
         (vec!["--skip", "postgres"], "skip"),
         (vec!["--redis-connections", "0"], "redis-connections"),
         (vec!["--latency-sample", "0"], "latency_sample"),
+        (vec!["--nats-replicas", "0"], "nats-replicas"),
+        (vec!["--nats-replicas", "6"], "nats-replicas"),
+        (vec!["--nats-in-flight", "0"], "nats-in-flight"),
         (vec!["--shards", "0"], "shards"),
     ] {
         let output = compare(&args);
@@ -476,6 +479,19 @@ fn compare_without_the_redis_peer_says_how_to_get_it() {
     let output = compare(&["--redis", "127.0.0.1:1", "--skip", "engine,mutex,crossbeam"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr_line(&output).contains("redis-peer"));
+}
+
+#[cfg(not(feature = "cluster"))]
+#[test]
+fn compare_without_the_cluster_peer_says_how_to_get_it() {
+    let output = compare(&[
+        "--nats",
+        "nats://127.0.0.1:1",
+        "--skip",
+        "engine,mutex,crossbeam",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr_line(&output).contains("--features cluster"));
 }
 
 #[test]

@@ -13,6 +13,12 @@
 # then the engine alone, both before and after the sweep, all against the same server
 # in one run; it ends with the best Redis row and the engine's rate over it.
 #
+#   NATS=1 bash benches/peers/redis.sh [compare flags...]
+#
+# `NATS=1` also runs the cluster peer in the same run: a 3-server NATS JetStream cluster
+# on 127.0.0.1 (`scripts/nats.sh`, which installs the pinned server), the binary built with
+# the `cluster` feature as well, `--nats` pointed at it (not with `--sweep`).
+#
 # Installs Debian's redis-server if it is missing (apt-get; needs root or sudo), starts a
 # throwaway server bound to 127.0.0.1 on a free port with persistence off, runs the
 # comparison against it, and stops the server when done (also on failure or Ctrl-C).
@@ -32,6 +38,7 @@ port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 dir="$(mktemp -d)"
 pid=""
+nats_dir=""
 stop() {
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
         kill "$pid" 2>/dev/null || true
@@ -39,7 +46,14 @@ stop() {
     fi
     rm -rf "$dir"
 }
-trap stop EXIT INT TERM
+stop_all() {
+    stop
+    if [ -n "$nats_dir" ]; then
+        bash scripts/nats.sh stop "$nats_dir" || true
+        rm -rf "$nats_dir"
+    fi
+}
+trap stop_all EXIT INT TERM
 
 started=""
 for _ in $(seq 1 20); do
@@ -68,8 +82,18 @@ fi
 echo "redis.sh: redis-server $(redis-server --version | awk '{print $3}') on 127.0.0.1:$port" >&2
 
 if [ "${1:-}" != "--sweep" ]; then
-    cargo run --release --features redis-peer -- compare --redis "127.0.0.1:$port" "$@"
+    features=redis-peer
+    if [ -n "${NATS:-}" ]; then
+        nats_dir="$(mktemp -d)"
+        nats_urls=$(bash scripts/nats.sh start "$nats_dir")
+        features=redis-peer,cluster
+        set -- --nats "$nats_urls" "$@"
+    fi
+    cargo run --release --features "$features" -- compare --redis "127.0.0.1:$port" "$@"
     exit 0
+elif [ -n "${NATS:-}" ]; then
+    echo "redis.sh: NATS=1 runs the cluster peer once, not in a --sweep" >&2
+    exit 2
 fi
 shift
 cargo build --release --features redis-peer

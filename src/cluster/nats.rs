@@ -143,6 +143,36 @@ impl SaleOnNats {
         format!("fs_{}_{what}", self.name.replace('-', "_"))
     }
 
+    /// Deletes the sale's streams, buckets and snapshot store (what [`open`](Self::open)
+    /// creates), for a throwaway sale such as a measurement's. Every node and gateway of
+    /// the sale must have stopped first. What is already gone is skipped.
+    ///
+    /// # Errors
+    /// NATS refused to delete something that exists (the step is named).
+    pub async fn remove(&self, client: async_nats::Client) -> Result<(), NatsError> {
+        let js = jetstream::new(client);
+        for partition in 0..self.partitions {
+            if js.get_stream(self.stream(partition)).await.is_ok() {
+                js.delete_stream(self.stream(partition))
+                    .await
+                    .map_err(at("delete a partition stream"))?;
+            }
+        }
+        for what in ["meta", "lease"] {
+            if js.get_key_value(self.bucket(what)).await.is_ok() {
+                js.delete_key_value(self.bucket(what))
+                    .await
+                    .map_err(at("delete a key-value bucket"))?;
+            }
+        }
+        if js.get_object_store(self.bucket("snap")).await.is_ok() {
+            js.delete_object_store(self.bucket("snap"))
+                .await
+                .map_err(at("delete the snapshot store"))?;
+        }
+        Ok(())
+    }
+
     /// Creates what the sale needs where it is missing (streams, buckets) and returns them
     /// with the sale's epoch (set now by the first caller, read by every later one).
     ///

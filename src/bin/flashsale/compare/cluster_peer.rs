@@ -1,0 +1,264 @@
+//! The cluster peer (`--nats URLS`, feature `cluster`): the scenario through a sale on NATS
+//! JetStream, and what `--nats` says without the feature.
+
+#[cfg(not(all(feature = "cluster", not(loom))))]
+pub use absent::run;
+#[cfg(all(feature = "cluster", not(loom)))]
+pub use real::run;
+
+/// How the cluster peer runs.
+#[cfg_attr(
+    not(all(feature = "cluster", not(loom))),
+    allow(dead_code, reason = "read only by the cluster peer")
+)]
+pub struct ClusterKnobs {
+    /// The NATS servers, comma-separated.
+    pub urls: String,
+    /// Copies JetStream keeps of each log.
+    pub replicas: usize,
+    /// Buys in flight at once (one task each).
+    pub in_flight: u32,
+}
+
+#[cfg(all(feature = "cluster", not(loom)))]
+mod real {
+    //! The scenario through the cluster: a throwaway sale (its own streams and buckets,
+    //! deleted at the end) with one partition per shard of the scenario, an engine node and
+    //! a gateway in this process, the log replicated by the NATS servers.
+
+    use std::sync::Arc;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use flashsale::cluster::nats::{SaleOnNats, connect};
+    use flashsale::cluster::{Gateway, GatewayConfig, NodeConfig, PartitionStatus, run_node};
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesUnordered;
+    use tokio::sync::watch;
+
+    use super::super::*;
+    use super::ClusterKnobs;
+
+    /// A press, its send instant (or [`run::UNTIMED`]) and the cluster's answer.
+    type Answered = (
+        Press,
+        u64,
+        Result<flashsale::cluster::Decided, flashsale::cluster::GatewayError>,
+    );
+
+    /// A node that has not led every partition this long after the start is an error.
+    const READY_WITHIN: Duration = Duration::from_secs(60);
+
+    pub fn run(scenario: &Scenario, knobs: &ClusterKnobs) -> Result<PeerJson, String> {
+        let plan = Plan::new(scenario)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|error| format!("nats: cannot start the runtime: {error}"))?;
+        runtime.block_on(run_on_cluster(scenario, plan, knobs))
+    }
+
+    async fn run_on_cluster(
+        scenario: &Scenario,
+        plan: Plan,
+        knobs: &ClusterKnobs,
+    ) -> Result<PeerJson, String> {
+        let nats = |error: flashsale::cluster::nats::NatsError| format!("nats: {error}");
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() % 100_000_000);
+        let name = format!("compare-{}-{stamp}", std::process::id());
+        let partitions = u16::try_from(scenario.shards).map_err(|_| "shards: too many")?;
+        let sale = SaleOnNats::new(&name, partitions, knobs.replicas).map_err(nats)?;
+        let client = connect(&knobs.urls, "flashsale-compare")
+            .await
+            .map_err(nats)?;
+        let lease = Duration::from_secs(2);
+        // A new sale's streams and buckets elect their leaders as they are made: a read
+        // right after can find no responder. Retry for a while, as a node does.
+        let deadline = tokio::time::Instant::now() + READY_WITHIN;
+        let opened = loop {
+            match sale.open(client.clone(), lease).await {
+                Ok(opened) => break opened,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(error) => return Err(nats(error)),
+            }
+        };
+        let max_quantity = max_quantity(scenario);
+        let (status, mut watching) = watch::channel(Vec::<PartitionStatus>::new());
+        let (stop, stopping) = watch::channel(false);
+        let node = tokio::spawn(run_node(
+            client.clone(),
+            sale.clone(),
+            opened.clone(),
+            plan.catalog.clone(),
+            NodeConfig {
+                id: format!("{name}-node"),
+                lease,
+                snapshot_every: 100_000,
+                max_quantity,
+            },
+            Some(status),
+            stopping,
+        ));
+        let outcome = async {
+            led_and_reading(&mut watching).await?;
+            let gateway = Gateway::connect_opened(
+                client.clone(),
+                sale.clone(),
+                opened,
+                plan.catalog.clone(),
+                GatewayConfig {
+                    max_quantity,
+                    // Nothing is killed here: a buy is published once, and one that is
+                    // not answered in two minutes is counted refused.
+                    resubmit_after: Duration::from_secs(120),
+                    give_up_after: Duration::from_secs(120),
+                    ..GatewayConfig::default()
+                },
+            )
+            .await
+            .map_err(nats)?;
+            let ran = buy_all(&gateway, plan, scenario, knobs.in_flight).await?;
+            let levels = levels_of(&gateway, &ran.2.catalog).await?;
+            Ok::<_, String>((ran, levels))
+        }
+        .await;
+        let _ = stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), node).await;
+        let removed = sale.remove(client).await;
+        let (ran, levels) = outcome?;
+        removed.map_err(nats)?;
+        let decided = ran.0.outcomes;
+        Ok(finish(
+            "cluster",
+            format!(
+                "cluster: gateway + node on NATS JetStream (R{})",
+                knobs.replicas
+            ),
+            format!("{} buys in flight", knobs.in_flight),
+            scenario,
+            ran,
+            &levels,
+            decided,
+        ))
+    }
+
+    /// Waits until the node leads every partition and reads its log.
+    async fn led_and_reading(
+        watching: &mut watch::Receiver<Vec<PartitionStatus>>,
+    ) -> Result<(), String> {
+        let ready = |statuses: &Vec<PartitionStatus>| {
+            !statuses.is_empty()
+                && statuses
+                    .iter()
+                    .all(|status| status.leading && status.reader_restarts > 0)
+        };
+        tokio::time::timeout(READY_WITHIN, watching.wait_for(ready))
+            .await
+            .map_err(|_| {
+                format!(
+                    "nats: the engine node did not lead every partition within {} s",
+                    READY_WITHIN.as_secs()
+                )
+            })?
+            .map(|_| ())
+            .map_err(|_| "nats: the engine node stopped before it was ready".to_string())
+    }
+
+    /// Every press through the gateway: one task per producer schedule, each submitting its
+    /// presses in schedule order (so a retry reaches the log after the press it retries)
+    /// with up to its share of `in_flight` buys awaiting their answers, counted in the
+    /// task's own tally.
+    async fn buy_all(
+        gateway: &Gateway,
+        mut plan: Plan,
+        scenario: &Scenario,
+        in_flight: u32,
+    ) -> Result<(ProducerTally, Duration, Plan), String> {
+        let schedules = std::mem::take(&mut plan.schedules);
+        let share = (in_flight as usize / schedules.len().max(1)).max(1);
+        let catalog = Arc::new(plan.catalog.clone());
+        let clock = Arc::new(EngineClock::start());
+        let started = Instant::now();
+        let mut running = tokio::task::JoinSet::new();
+        for schedule in schedules {
+            let (gateway, catalog, clock) = (gateway.clone(), catalog.clone(), clock.clone());
+            let sample = scenario.latency_sample;
+            running.spawn(async move {
+                let mut tally = tally_for(&catalog, &schedule);
+                let mut sampler = run::Sampler::new(sample);
+                let mut waiting = FuturesUnordered::new();
+                let record =
+                    |tally: &mut ProducerTally, (press, sent, decided): Answered| match decided {
+                        Ok(decided) => {
+                            if sent != run::UNTIMED {
+                                tally.last_ns = clock.now_ns();
+                            }
+                            let now = tally.last_ns;
+                            let intent = press.intent;
+                            run::record(tally, &catalog, 0, intent, decided.outcome, sent, now);
+                        }
+                        Err(_) => tally.refused += 1,
+                    };
+                for press in schedule {
+                    while waiting.len() >= share {
+                        if let Some(answered) = waiting.next().await {
+                            record(&mut tally, answered);
+                        }
+                    }
+                    tally.submitted += 1;
+                    let sent = if sampler.next_timed() {
+                        clock.now_ns()
+                    } else {
+                        run::UNTIMED
+                    };
+                    let gateway = &gateway;
+                    waiting
+                        .push(async move { (press, sent, gateway.buy(press.intent, false).await) });
+                }
+                while let Some(answered) = waiting.next().await {
+                    record(&mut tally, answered);
+                }
+                tally
+            });
+        }
+        let mut total = ProducerTally::new(plan.catalog.skus().len(), 1, 0);
+        while let Some(joined) = running.join_next().await {
+            total.merge(joined.map_err(|_| "a buying task panicked".to_string())?);
+        }
+        Ok((total, started.elapsed(), plan))
+    }
+
+    /// Every SKU's levels as the partitions' leaders report them, in catalog order.
+    async fn levels_of(gateway: &Gateway, catalog: &Catalog) -> Result<Vec<SkuLevels>, String> {
+        let sales = gateway
+            .sales()
+            .await
+            .map_err(|error| format!("nats: reading the levels: {error}"))?;
+        let mut levels: Vec<Option<SkuLevels>> = vec![None; catalog.skus().len()];
+        for sale in sales {
+            if let Some(index) = catalog.index_of(sale.levels.id) {
+                levels[index] = Some(sale.levels);
+            }
+        }
+        levels
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| "nats: a partition did not report its SKUs' levels".to_string())
+    }
+}
+
+#[cfg(not(all(feature = "cluster", not(loom))))]
+mod absent {
+    //! Without the `cluster` feature, `--nats` explains how to get it.
+
+    use super::super::*;
+    use super::ClusterKnobs;
+
+    pub fn run(_: &Scenario, _: &ClusterKnobs) -> Result<PeerJson, String> {
+        Err("nats: this build has no cluster peer; build with `--features cluster`".into())
+    }
+}
