@@ -16,7 +16,7 @@ pub struct ClusterKnobs {
     pub urls: String,
     /// Copies JetStream keeps of each log.
     pub replicas: usize,
-    /// Buys in flight at once (one task each).
+    /// Buys awaiting their answers at once, shared among the producers.
     pub in_flight: u32,
 }
 
