@@ -122,6 +122,7 @@ impl NatsCluster {
             &config,
             format!(
                 "server_name: n{index}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
+                 lame_duck_duration: \"30s\"\nlame_duck_grace_period: \"1s\"\n\
                  jetstream {{ store_dir: \"{}\" }}\n\
                  cluster {{ name: flashsale, listen: 127.0.0.1:{}, routes: [{}] }}\n",
                 self.base + index as u16,
@@ -166,6 +167,19 @@ impl NatsCluster {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+
+    /// Puts server `index` in lame-duck mode (`nats-server --signal ldm=PID`): a planned
+    /// stop, in which it hands its leaderships over, lets its clients go over the lame-duck
+    /// duration, and exits.
+    fn lame_duck(&self, index: usize) {
+        let pid = self.servers[index].as_ref().expect("running").child.id();
+        let status = Command::new(&self.binary)
+            .arg("--signal")
+            .arg(format!("ldm={pid}"))
+            .status()
+            .expect("nats-server signals");
+        assert!(status.success(), "ldm signal to n{index}");
     }
 
     /// The index of the server leading a stream, from its monitoring endpoint.
@@ -1142,6 +1156,86 @@ async fn compare_runs_the_scenario_through_the_cluster() {
     assert!(left.is_empty(), "left behind: {left:?}");
     drop(nats);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A planned stop of the NATS server leading partition 0's stream: lame-duck mode
+/// (`nats-server --signal ldm=PID`, lame-duck duration 30 s, the least it takes) during a
+/// sale, 64 buyers
+/// buying throughout; prints the longest pause in answers and the answers per 500 ms.
+/// `cargo test --release --features cluster --test cluster -- --ignored planned_stop
+/// --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it with --nocapture"]
+async fn planned_stop_of_the_stream_leader() {
+    let toml: String = (1..=SKUS)
+        .map(|id| format!("[[sku]]\nid = {id}\nstock = 4000000000\n\n"))
+        .collect();
+    let catalog = Catalog::builder()
+        .skus((1..=SKUS).map(|id| SkuSpec::new(SkuId(id), 4_000_000_000)))
+        .build()
+        .unwrap();
+    let scene = OneNode::start("ldm", 19_000, "ldm", &toml, catalog, None).await;
+    let started = Instant::now();
+    let until = started + Duration::from_secs(38);
+    let mut buyers = tokio::task::JoinSet::new();
+    for buyer in 0..64u64 {
+        let gateway = scene.gateway.clone();
+        buyers.spawn(async move {
+            let mut answered = Vec::new();
+            let mut unanswered = 0u32;
+            for press in 1u64.. {
+                if Instant::now() >= until {
+                    break;
+                }
+                let intent = Intent {
+                    user: UserId(buyer << 32 | press),
+                    client_key: press,
+                    sku: SkuId(1 + (press % u64::from(SKUS)) as u32),
+                    quantity: 1,
+                };
+                match gateway.buy(intent, false).await {
+                    Ok(_) => answered.push(Instant::now()),
+                    Err(_) => unanswered += 1,
+                }
+            }
+            (answered, unanswered)
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let nats = scene.nats.as_ref().unwrap();
+    let leader = nats
+        .stream_leader(&scene.sale.stream(0))
+        .expect("partition 0's stream has a leader");
+    let stopped = Instant::now();
+    nats.lame_duck(leader);
+    let mut times = Vec::new();
+    let mut unanswered = 0;
+    while let Some(joined) = buyers.join_next().await {
+        let (answered, missed) = joined.unwrap();
+        times.extend(answered);
+        unanswered += missed;
+    }
+    times.sort_unstable();
+    let longest = times
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .max()
+        .unwrap_or_default();
+    let mut timeline = vec![0u32; 1 + (until - started).as_millis() as usize / 500];
+    for time in &times {
+        if let Some(slot) = timeline.get_mut((*time - started).as_millis() as usize / 500) {
+            *slot += 1;
+        }
+    }
+    eprintln!(
+        "lame duck of n{leader} (stream leader) at {:.1} s: {} answers, {unanswered} \
+         unanswered, longest pause in answers {longest:?}; answers per 500 ms: {timeline:?}; \
+         stream leader after: {:?}",
+        (stopped - started).as_secs_f64(),
+        times.len(),
+        nats.stream_leader(&scene.sale.stream(0)),
+    );
+    assert!(!times.is_empty());
 }
 
 /// Intents per second through the cluster (3 NATS servers, R3 streams, one engine node, one
