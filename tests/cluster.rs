@@ -45,6 +45,30 @@ fn catalog_toml() -> String {
         .collect()
 }
 
+/// A sale that never sells out (4 billion units of each SKU, no limit), as a catalog file
+/// and as the catalog it reads as: every buy of a new buyer is confirmed.
+fn never_sold_out() -> (String, Catalog) {
+    let toml = (1..=SKUS)
+        .map(|id| format!("[[sku]]\nid = {id}\nstock = 4000000000\n\n"))
+        .collect();
+    let catalog = Catalog::builder()
+        .skus((1..=SKUS).map(|id| SkuSpec::new(SkuId(id), 4_000_000_000)))
+        .build()
+        .unwrap();
+    (toml, catalog)
+}
+
+/// Press `press` of buyer `buyer`, as a buyer of its own (`buyer << 32 | press`) with its
+/// own key: one unit of one of the SKUs in turn.
+fn new_buyers_intent(buyer: u64, press: u64) -> Intent {
+    Intent {
+        user: UserId(buyer << 32 | press),
+        client_key: press,
+        sku: SkuId(1 + (press % u64::from(SKUS)) as u32),
+        quantity: 1,
+    }
+}
+
 /// A child process killed (SIGKILL) when dropped.
 struct Process {
     child: Child,
@@ -1160,20 +1184,14 @@ async fn compare_runs_the_scenario_through_the_cluster() {
 
 /// A planned stop of the NATS server leading partition 0's stream: lame-duck mode
 /// (`nats-server --signal ldm=PID`, lame-duck duration 30 s, the least it takes) during a
-/// sale, 64 buyers
-/// buying throughout; prints the longest pause in answers and the answers per 500 ms.
+/// sale, 64 buyers buying throughout; prints the longest pause in answers and the answers
+/// per 500 ms.
 /// `cargo test --release --features cluster --test cluster -- --ignored planned_stop
 /// --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run it with --nocapture"]
 async fn planned_stop_of_the_stream_leader() {
-    let toml: String = (1..=SKUS)
-        .map(|id| format!("[[sku]]\nid = {id}\nstock = 4000000000\n\n"))
-        .collect();
-    let catalog = Catalog::builder()
-        .skus((1..=SKUS).map(|id| SkuSpec::new(SkuId(id), 4_000_000_000)))
-        .build()
-        .unwrap();
+    let (toml, catalog) = never_sold_out();
     let scene = OneNode::start("ldm", 19_000, "ldm", &toml, catalog, None).await;
     let started = Instant::now();
     let until = started + Duration::from_secs(38);
@@ -1187,13 +1205,7 @@ async fn planned_stop_of_the_stream_leader() {
                 if Instant::now() >= until {
                     break;
                 }
-                let intent = Intent {
-                    user: UserId(buyer << 32 | press),
-                    client_key: press,
-                    sku: SkuId(1 + (press % u64::from(SKUS)) as u32),
-                    quantity: 1,
-                };
-                match gateway.buy(intent, false).await {
+                match gateway.buy(new_buyers_intent(buyer, press), false).await {
                     Ok(_) => answered.push(Instant::now()),
                     Err(_) => unanswered += 1,
                 }
@@ -1245,19 +1257,10 @@ async fn planned_stop_of_the_stream_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run it with --nocapture"]
 async fn throughput() {
+    let (unlimited_toml, unlimited) = never_sold_out();
     for (name, toml, catalog, seconds) in [
         ("sneaker drop", catalog_toml(), catalog(), 5u64),
-        (
-            "every intent confirmed",
-            (1..=SKUS)
-                .map(|id| format!("[[sku]]\nid = {id}\nstock = 4000000000\n\n"))
-                .collect::<String>(),
-            Catalog::builder()
-                .skus((1..=SKUS).map(|id| SkuSpec::new(SkuId(id), 4_000_000_000)))
-                .build()
-                .unwrap(),
-            5,
-        ),
+        ("every intent confirmed", unlimited_toml, unlimited, 5),
     ] {
         let scene = OneNode::start("throughput", 17_000, "bench", &toml, catalog, None).await;
         let gateway = scene.gateway.clone();
@@ -1277,13 +1280,7 @@ async fn throughput() {
                     if asked >= until {
                         break;
                     }
-                    let intent = Intent {
-                        user: UserId(buyer << 32 | press),
-                        client_key: press,
-                        sku: SkuId(1 + (press % u64::from(SKUS)) as u32),
-                        quantity: 1,
-                    };
-                    if let Ok(decided) = gateway.buy(intent, false).await {
+                    if let Ok(decided) = gateway.buy(new_buyers_intent(buyer, press), false).await {
                         latencies_us.push(asked.elapsed().as_micros() as u32);
                         confirmed += u64::from(decided.order().is_some());
                     }
