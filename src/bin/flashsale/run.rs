@@ -110,6 +110,28 @@ impl ProducerTally {
         }
     }
 
+    /// A press's send instant: the clock's reading if `sampler` times it, else
+    /// [`UNTIMED`] (no clock read).
+    #[inline]
+    pub fn sent_at(&mut self, sampler: &mut Sampler, clock: impl FnOnce() -> u64) -> u64 {
+        if sampler.next_timed() {
+            self.last_ns = clock();
+            self.last_ns
+        } else {
+            UNTIMED
+        }
+    }
+
+    /// The instant the outcome of a press sent at `sent` is counted at: the clock's reading
+    /// if the press was timed, else the latest reading (no clock read).
+    #[inline]
+    pub fn answered_at(&mut self, sent: u64, clock: impl FnOnce() -> u64) -> u64 {
+        if sent != UNTIMED {
+            self.last_ns = clock();
+        }
+        self.last_ns
+    }
+
     pub fn merge(&mut self, other: Self) {
         let _ = self.latency_ns.add(&other.latency_ns);
         let _ = self.wait_latency_ns.add(&other.wait_latency_ns);
@@ -488,11 +510,8 @@ fn drive(
         }
         let intended_ns = if open {
             due_ns
-        } else if sampler.next_timed() {
-            tally.last_ns = producer.now_ns();
-            tally.last_ns
         } else {
-            UNTIMED
+            tally.sent_at(&mut sampler, || producer.now_ns())
         };
         tally.submitted += 1;
         submit_press(
@@ -543,12 +562,7 @@ fn submit_press(
                 break;
             }
             Ok(Submitted::Answered(outcome)) => {
-                let now = if intended_ns == UNTIMED {
-                    tally.last_ns
-                } else {
-                    tally.last_ns = producer.now_ns();
-                    tally.last_ns
-                };
+                let now = tally.answered_at(intended_ns, || producer.now_ns());
                 record(
                     tally,
                     &shared.catalog,

@@ -194,10 +194,7 @@ mod real {
                 let record =
                     |tally: &mut ProducerTally, (press, sent, decided): Answered| match decided {
                         Ok(decided) => {
-                            if sent != run::UNTIMED {
-                                tally.last_ns = clock.now_ns();
-                            }
-                            let now = tally.last_ns;
+                            let now = tally.answered_at(sent, || clock.now_ns());
                             let intent = press.intent;
                             run::record(tally, &catalog, 0, intent, decided.outcome, sent, now);
                         }
@@ -210,11 +207,7 @@ mod real {
                         }
                     }
                     tally.submitted += 1;
-                    let sent = if sampler.next_timed() {
-                        clock.now_ns()
-                    } else {
-                        run::UNTIMED
-                    };
+                    let sent = tally.sent_at(&mut sampler, || clock.now_ns());
                     let gateway = &gateway;
                     waiting
                         .push(async move { (press, sent, gateway.buy(press.intent, false).await) });

@@ -135,11 +135,7 @@ impl ChannelProducer<'_> {
             let request = PeerRequest {
                 producer: self.index,
                 intent: press.intent,
-                sent_ns: if sampler.next_timed() {
-                    self.clock.now_ns()
-                } else {
-                    run::UNTIMED
-                },
+                sent_ns: tally.sent_at(&mut sampler, || self.clock.now_ns()),
             };
             if let Some(outcome) = validate(&press.intent, catalog, self.max_quantity) {
                 self.take(&mut tally, catalog, (request, outcome));
@@ -203,10 +199,7 @@ impl ChannelProducer<'_> {
     }
 
     fn take(&self, tally: &mut ProducerTally, catalog: &Catalog, (request, outcome): PeerReply) {
-        if request.sent_ns != run::UNTIMED {
-            tally.last_ns = self.clock.now_ns();
-        }
-        let now = tally.last_ns;
+        let now = tally.answered_at(request.sent_ns, || self.clock.now_ns());
         run::record(
             tally,
             catalog,

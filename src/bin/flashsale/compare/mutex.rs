@@ -19,11 +19,7 @@ pub(super) fn mutex_peer(scenario: &Scenario) -> Result<PeerJson, String> {
         let mut tally = tally_for(catalog, schedule);
         let mut sampler = run::Sampler::new(scenario.latency_sample);
         for press in schedule {
-            let sent = if sampler.next_timed() {
-                clock.now_ns()
-            } else {
-                run::UNTIMED
-            };
+            let sent = tally.sent_at(&mut sampler, || clock.now_ns());
             tally.submitted += 1;
             let outcome = validate(&press.intent, catalog, max_quantity).unwrap_or_else(|| {
                 model
@@ -33,10 +29,7 @@ pub(super) fn mutex_peer(scenario: &Scenario) -> Result<PeerJson, String> {
                     .outcome()
                     .expect("compare runs first-come sales: every buy is decided at once")
             });
-            if sent != run::UNTIMED {
-                tally.last_ns = clock.now_ns();
-            }
-            let now = tally.last_ns;
+            let now = tally.answered_at(sent, || clock.now_ns());
             run::record(&mut tally, catalog, 0, press.intent, outcome, sent, now);
         }
         tally
