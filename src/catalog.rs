@@ -93,6 +93,9 @@ impl Policy {
 /// The most tickets one pool holds by default (see [`CatalogBuilder::pool_capacity`]).
 pub const POOL_CAPACITY_DEFAULT: u32 = 1 << 20;
 
+/// Tickets served per slice of a pool by default (see [`CatalogBuilder::pool_slice`]).
+pub const POOL_SLICE_DEFAULT: u32 = 1024;
+
 /// One SKU as the catalog describes it. Build with [`SkuSpec::new`] and the setters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkuSpec {
@@ -251,6 +254,9 @@ pub enum CatalogError {
     /// The pool capacity is 0, so no pooled intent could ever be decided.
     #[error("the pool capacity must be at least 1")]
     ZeroPoolCapacity,
+    /// The pool slice is 0, so a pool being served would never get anywhere.
+    #[error("the pool slice must be at least 1")]
+    ZeroPoolSlice,
     /// A SKU names a limit group the catalog does not define.
     #[error("SKU {sku:?} names limit group {group:?}, which is not in the catalog")]
     UnknownGroup {
@@ -267,6 +273,7 @@ pub struct CatalogBuilder {
     skus: Vec<SkuSpec>,
     groups: Vec<GroupSpec>,
     pool_capacity: u32,
+    pool_slice: u32,
 }
 
 impl Default for CatalogBuilder {
@@ -275,6 +282,7 @@ impl Default for CatalogBuilder {
             skus: Vec::new(),
             groups: Vec::new(),
             pool_capacity: POOL_CAPACITY_DEFAULT,
+            pool_slice: POOL_SLICE_DEFAULT,
         }
     }
 }
@@ -313,6 +321,18 @@ impl CatalogBuilder {
         self
     }
 
+    /// How much of a pool one step serves (default [`POOL_SLICE_DEFAULT`]): a pool whose
+    /// window closed is served in slices of this many steps (a step shuffles one ticket
+    /// into place, checks one, or decides one), one slice per clock tick, so that the
+    /// shard decides the buys of its other products between slices instead of waiting
+    /// for the whole pool. The outcomes are the same whatever the slice: see
+    /// [`Policy`] and the fairness documentation. About 1,000 steps take well under a
+    /// millisecond; `u32::MAX` serves every pool in one go.
+    pub fn pool_slice(mut self, steps: u32) -> Self {
+        self.pool_slice = steps;
+        self
+    }
+
     /// Validates and builds the catalog.
     ///
     /// # Errors
@@ -323,6 +343,9 @@ impl CatalogBuilder {
         }
         if self.pool_capacity == 0 {
             return Err(CatalogError::ZeroPoolCapacity);
+        }
+        if self.pool_slice == 0 {
+            return Err(CatalogError::ZeroPoolSlice);
         }
         let mut group_index = FxHashMap::default();
         for (index, group) in self.groups.iter().enumerate() {
@@ -367,6 +390,7 @@ impl CatalogBuilder {
             sku_index,
             group_index,
             pool_capacity: self.pool_capacity,
+            pool_slice: self.pool_slice,
         })
     }
 }
@@ -379,12 +403,13 @@ pub struct Catalog {
     sku_index: FxHashMap<SkuId, u32>,
     group_index: FxHashMap<GroupId, u32>,
     pool_capacity: u32,
+    pool_slice: u32,
 }
 
 impl Catalog {
     /// A 64-bit fingerprint of everything in the catalog that decides outcomes: each SKU's
     /// id, stock, limit, window, group, policy, hold and waitlist, each group's limit and
-    /// policy, and the pool capacity. Labels (product and variant names) are left out: a
+    /// policy, and the pool capacity and slice. Labels (product and variant names) are left out: a
     /// renamed product sells the same. A journal directory records it (see
     /// [`JournalConfig`](crate::JournalConfig)), so that a journal is never replayed under
     /// another catalog.
@@ -412,6 +437,7 @@ impl Catalog {
             }
         }
         eat(u64::from(self.pool_capacity));
+        eat(u64::from(self.pool_slice));
         eat(self.skus.len() as u64);
         for sku in &self.skus {
             eat(u64::from(sku.id.0));
@@ -436,6 +462,11 @@ impl Catalog {
     /// The most tickets one pool holds (see [`CatalogBuilder::pool_capacity`]).
     pub fn pool_capacity(&self) -> u32 {
         self.pool_capacity
+    }
+
+    /// Steps per slice of a pool being served (see [`CatalogBuilder::pool_slice`]).
+    pub fn pool_slice(&self) -> u32 {
+        self.pool_slice
     }
 
     /// The policy that governs a SKU: its group's, or its own.

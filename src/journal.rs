@@ -4,12 +4,12 @@
 //! This module is the format and its reader and writer; the engine journals through it when
 //! built with [`EngineBuilder::journal`](crate::EngineBuilder::journal).
 //!
-//! # Format, version 2
+//! # Format, version 3
 //!
 //! All integers little-endian.
 //!
 //! ```text
-//! header (16 bytes):  magic "FLASHJNL" | version u32 = 2 | shard u16 | reserved u16 = 0
+//! header (16 bytes):  magic "FLASHJNL" | version u32 = 3 | shard u16 | reserved u16 = 0
 //! record:             frame (16 bytes) | payload (length bytes)
 //! frame:              frame_crc u32 | payload_crc u32 | length u32 | unsynced u32
 //! payload:            sequence u64 | kind u8 | body
@@ -35,6 +35,10 @@
 //! | 7 | `Reduce` | sku u32, units u32, at_ns u64 |
 //! | 8 | `SetWindow` | sku u32, opens_at_ns u64, closes_at_ns u64, at_ns u64 |
 //! | 9 | `CloseSale` | sku u32, at_ns u64 |
+//!
+//! Version 3 differs from version 2 in what a command means, not in its bytes: a `Tick`
+//! serves one slice of a pool being served (version 2 served a pool in full when it fell
+//! due), so a version-2 journal is refused rather than replayed to other outcomes.
 //!
 //! # Reading: torn tails and damage
 //!
@@ -69,7 +73,7 @@ use crate::types::{Intent, OrderId, ShardId, SkuId, UserId};
 /// The file's first 8 bytes.
 pub const MAGIC: [u8; 8] = *b"FLASHJNL";
 /// The format version this code writes and reads.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 16;
 /// Record framing (two checksums, length, unsynced bytes) in bytes.

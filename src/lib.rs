@@ -95,8 +95,8 @@ mod types;
 pub mod workload;
 
 pub use catalog::{
-    Catalog, CatalogBuilder, CatalogError, GroupSpec, Placement, PlacementError, Policy,
-    SaleWindow, SkuSpec,
+    Catalog, CatalogBuilder, CatalogError, GroupSpec, POOL_CAPACITY_DEFAULT, POOL_SLICE_DEFAULT,
+    Placement, PlacementError, Policy, SaleWindow, SkuSpec,
 };
 pub use clock::ManualClock;
 pub use core::{

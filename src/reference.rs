@@ -16,7 +16,8 @@
 //! 1. waitlists of SKUs whose sale closed: every waiting intent is rejected `Closed`;
 //! 2. unpaid holds whose deadline passed, earliest `(deadline, order number)` first: the
 //!    order expires, its units go back on sale and are offered to the SKU's waitlist;
-//! 3. pools whose window closed, in order of their first SKU: served by their policy.
+//! 3. pools whose window closed, in order of their first SKU: they start being served by
+//!    their policy, in slices (below).
 //!
 //! The rules for a buy on a shard, in order:
 //! 1. the SKU is not one of this shard's: [`RejectReason::UnknownSku`];
@@ -42,6 +43,17 @@
 //! tickets in its draw order (see [`draw_order`]), each for its full quantity;
 //! one-each-first takes them in arrival order, grants units one per ticket per round
 //! while stock lasts, and confirms each ticket for what it was granted.
+//!
+//! Slices: serving a pool of `n` tickets takes steps, first its preparation (a draw's
+//! shuffle, `n - 1` steps; one-each-first's check of each ticket's window and rules 5 and
+//! 6, `n` steps, a ticket refused there answered at its step; then the grants, worked out
+//! at once), then one step per ticket taken. The command that sees pools fall due does one
+//! slice of steps (the catalog's pool slice) of the pools being served, oldest first, and
+//! so does each tick. Before anything else touches a product being served (a buy of it,
+//! waiting until the pools being served are served; a restock, reduction, moved window,
+//! early close or cancellation on it; an expiry or closing falling due on it) every pool
+//! being served is served in full. A payment touches nothing a pool decides. A buy that
+//! waited is decided when its pool was served in full, first come, by its arrival.
 //!
 //! A waitlist is served whenever units come back (cancel, expiry, restock): in order,
 //! each waiting intent that fits is confirmed, one now refused by rule 5 or 6 is rejected,
@@ -129,6 +141,23 @@ struct ModelPool {
     /// `(origin, intent, wait)` in arrival order.
     tickets: Vec<(u64, Intent, bool)>,
     seed: u64,
+    serving: Option<ModelServing>,
+}
+
+/// A pool being served, in slices (see the module docs).
+#[derive(Debug, Clone)]
+struct ModelServing {
+    /// The instant its window closed, as seen when it started: its window rule's instant.
+    at_ns: u64,
+    /// Steps done.
+    done: u64,
+    /// Its tickets, in the order they are taken.
+    order: Vec<(u64, Intent, bool)>,
+    /// One-each-first: each checked ticket's want, or the reason it was refused.
+    wants: Vec<Result<u32, RejectReason>>,
+    granted: Option<Vec<u32>>,
+    /// Buys of its product that came while it was served: `(origin, intent, arrival, wait)`.
+    after: Vec<(u64, Intent, u64, bool)>,
 }
 
 impl ModelPool {
@@ -173,6 +202,11 @@ pub struct Model {
     pools: Vec<ModelPool>,
     pool_of: HashMap<Product, usize>,
     pool_capacity: usize,
+    pool_slice: u64,
+    /// Pools being served, oldest first.
+    serving: std::collections::VecDeque<usize>,
+    /// The last command that did a slice.
+    sliced_at: Option<u64>,
     now_ns: u64,
     deferred: Vec<Deferred>,
     next_sequence: u64,
@@ -243,6 +277,7 @@ impl Model {
                         served: false,
                         tickets: Vec::new(),
                         seed,
+                        serving: None,
                     });
                     pools.len() - 1
                 });
@@ -267,6 +302,9 @@ impl Model {
             pools,
             pool_of,
             pool_capacity: catalog.pool_capacity() as usize,
+            pool_slice: u64::from(catalog.pool_slice()),
+            serving: Default::default(),
+            sliced_at: None,
             now_ns: 0,
             deferred: Vec::new(),
             next_sequence: 0,
@@ -280,6 +318,20 @@ impl Model {
         self.next_sequence += 1;
         self.now_ns = self.now_ns.max(command.time_ns());
         self.run_due(sequence);
+        let touched = match *command {
+            Command::Restock { sku, .. }
+            | Command::Reduce { sku, .. }
+            | Command::SetWindow { sku, .. }
+            | Command::CloseSale { sku, .. } => Some(sku),
+            Command::Cancel { order, .. } if order.shard() == self.shard => self
+                .orders
+                .get(order.number() as usize)
+                .map(|order| order.sku),
+            _ => None,
+        };
+        if touched.is_some_and(|sku| self.in_serving_pool(sku)) {
+            self.drain_pools(sequence);
+        }
         let result = match *command {
             Command::Buy { intent, arrival_ns } => {
                 return self.decide_buy(intent, arrival_ns, false, sequence);
@@ -287,7 +339,10 @@ impl Model {
             Command::BuyOrWait { intent, arrival_ns } => {
                 return self.decide_buy(intent, arrival_ns, true, sequence);
             }
-            Command::Tick { .. } => Ok(()),
+            Command::Tick { .. } => {
+                self.serve_slice(sequence);
+                Ok(())
+            }
             Command::Pay { order, .. } => self.pay(order),
             Command::Cancel { order, .. } => self.cancel(order, sequence),
             Command::Restock { sku, units, .. } => self.restock(sku, units, sequence),
@@ -321,16 +376,17 @@ impl Model {
         // Only a waiting buy can be due here; with none anywhere, skip the walk over every
         // SKU (the flag is raised whenever a buy starts waiting).
         if self.may_have_waiters {
-            let mut waiting = false;
             for index in 0..self.order.len() {
                 let id = self.order[index];
                 let sku = &self.skus[&id];
                 if !sku.waiters.is_empty() && sku.is_closed(now) {
+                    if self.in_serving_pool(id) {
+                        self.drain_pools(sequence);
+                    }
                     self.close_waitlist(id, sequence);
                 }
-                waiting |= !self.skus[&id].waiters.is_empty();
             }
-            self.may_have_waiters = waiting;
+            self.may_have_waiters = self.skus.values().any(|sku| !sku.waiters.is_empty());
         }
         loop {
             let due = self
@@ -341,15 +397,193 @@ impl Model {
                 .min();
             let Some(entry) = due else { break };
             self.deadlines.retain(|&other| other != entry);
-            if self.orders[entry.1 as usize].state == State::Held {
+            let order = self.orders[entry.1 as usize];
+            if order.state == State::Held {
+                if self.in_serving_pool(order.sku) {
+                    self.drain_pools(sequence);
+                }
                 self.release(entry.1 as usize, State::Expired, sequence);
             }
         }
+        let mut started = false;
         for pool in 0..self.pools.len() {
             if !self.pools[pool].served && self.pools[pool].serve_at(&self.skus) <= now {
-                self.serve_pool(pool, sequence);
+                self.start_pool(pool);
+                started = true;
             }
         }
+        if started {
+            self.serve_slice(sequence);
+        }
+    }
+
+    fn in_serving_pool(&self, sku: SkuId) -> bool {
+        let Some(model) = self.skus.get(&sku) else {
+            return false;
+        };
+        self.pool_of
+            .get(&product_of(sku, model.group))
+            .is_some_and(|&pool| self.pools[pool].serving.is_some())
+    }
+
+    fn start_pool(&mut self, pool: usize) {
+        let entry = &mut self.pools[pool];
+        entry.served = true;
+        let tickets = std::mem::take(&mut entry.tickets);
+        let order = match entry.policy {
+            Policy::OpeningDraw { .. } => draw_order(tickets.len(), entry.seed)
+                .into_iter()
+                .map(|index| tickets[index])
+                .collect(),
+            _ => tickets,
+        };
+        entry.serving = Some(ModelServing {
+            at_ns: self.now_ns,
+            done: 0,
+            order,
+            wants: Vec::new(),
+            granted: None,
+            after: Vec::new(),
+        });
+        self.serving.push_back(pool);
+    }
+
+    fn serve_slice(&mut self, sequence: u64) {
+        if self.sliced_at == Some(sequence) {
+            return;
+        }
+        self.sliced_at = Some(sequence);
+        let mut budget = self.pool_slice;
+        while budget > 0
+            && let Some(&pool) = self.serving.front()
+        {
+            budget -= self.serve_steps(pool, budget, sequence);
+        }
+    }
+
+    fn drain_pools(&mut self, sequence: u64) {
+        while let Some(&pool) = self.serving.front() {
+            self.serve_steps(pool, u64::MAX, sequence);
+        }
+    }
+
+    /// Up to `budget` steps of the pool; returns the steps done.
+    fn serve_steps(&mut self, pool: usize, budget: u64, sequence: u64) -> u64 {
+        let mut serving = self.pools[pool].serving.take().expect("being served");
+        let one_each = matches!(self.pools[pool].policy, Policy::OneEachFirst { .. });
+        let count = serving.order.len() as u64;
+        let preparation = if one_each {
+            count
+        } else {
+            count.saturating_sub(1)
+        };
+        let at = serving.at_ns;
+        let window = |sku: &ModelSku| {
+            if at < sku.opens_at_ns {
+                Err(RejectReason::NotOpenYet)
+            } else if sku.is_closed(at) {
+                Err(RejectReason::Closed)
+            } else {
+                Ok(())
+            }
+        };
+        let mut used = 0;
+        while used < budget && serving.done < preparation + count {
+            if serving.done < preparation {
+                if one_each {
+                    let (origin, intent, wait) = serving.order[serving.done as usize];
+                    let want = window(&self.skus[&intent.sku])
+                        .and_then(|()| self.admissible(&intent))
+                        .map(|()| intent.quantity);
+                    if let Err(reason) = want {
+                        self.settle(origin, intent, wait, Err(reason), sequence);
+                    }
+                    serving.wants.push(want);
+                }
+            } else {
+                if one_each && serving.granted.is_none() {
+                    serving.granted = Some(self.grants(&serving.order, &serving.wants));
+                }
+                let index = (serving.done - preparation) as usize;
+                let (origin, intent, wait) = serving.order[index];
+                let result = if one_each {
+                    let granted = serving.granted.as_ref().expect("worked out")[index];
+                    match serving.wants[index] {
+                        Err(_) => None,
+                        Ok(_) if granted == 0 => Some(Err(RejectReason::SoldOut)),
+                        Ok(_) => Some(self.take(intent, granted, sequence)),
+                    }
+                } else {
+                    Some(
+                        window(&self.skus[&intent.sku])
+                            .and_then(|()| self.take(intent, intent.quantity, sequence)),
+                    )
+                };
+                if let Some(result) = result {
+                    self.settle(origin, intent, wait, result, sequence);
+                }
+            }
+            serving.done += 1;
+            used += 1;
+        }
+        if one_each && serving.done >= preparation && serving.granted.is_none() {
+            serving.granted = Some(self.grants(&serving.order, &serving.wants));
+        }
+        if serving.done < preparation + count {
+            self.pools[pool].serving = Some(serving);
+            return used;
+        }
+        self.serving.pop_front();
+        for (origin, intent, arrival_ns, wait) in serving.after {
+            let sku = &self.skus[&intent.sku];
+            let result = if intent.quantity == 0 {
+                Err(RejectReason::InvalidQuantity)
+            } else if arrival_ns < sku.opens_at_ns {
+                Err(RejectReason::NotOpenYet)
+            } else if sku.is_closed(arrival_ns) {
+                Err(RejectReason::Closed)
+            } else {
+                self.take(intent, intent.quantity, sequence)
+            };
+            match result {
+                Ok(order) => self.defer(origin, intent, Outcome::Confirmed(order)),
+                Err(RejectReason::SoldOut | RejectReason::InsufficientStock)
+                    if wait && self.skus[&intent.sku].waitlist_capacity > 0 =>
+                {
+                    self.enqueue(origin, intent, sequence);
+                }
+                Err(reason) => self.defer(origin, intent, rejected(reason, sequence)),
+            }
+        }
+        used
+    }
+
+    /// One-each-first's rounds: one unit per ticket per round while it wants more and its
+    /// SKU has units left.
+    fn grants(
+        &self,
+        tickets: &[(u64, Intent, bool)],
+        wanted: &[Result<u32, RejectReason>],
+    ) -> Vec<u32> {
+        let mut left: HashMap<SkuId, u32> = self
+            .skus
+            .iter()
+            .map(|(id, sku)| (*id, sku.available))
+            .collect();
+        let mut granted = vec![0u32; tickets.len()];
+        let mut progress = true;
+        while progress {
+            progress = false;
+            for (index, (_, intent, _)) in tickets.iter().enumerate() {
+                let left = left.get_mut(&intent.sku).expect("owned");
+                if wanted[index].is_ok_and(|want| granted[index] < want) && *left > 0 {
+                    granted[index] += 1;
+                    *left -= 1;
+                    progress = true;
+                }
+            }
+        }
+        granted
     }
 
     fn close_waitlist(&mut self, id: SkuId, sequence: u64) {
@@ -401,6 +635,12 @@ impl Model {
                 Some(reason) => Applied::Decided(rejected(reason, sequence)),
                 None => Applied::Waiting { sequence },
             };
+        }
+        if let Some(&pool) = self.pool_of.get(&product)
+            && let Some(serving) = self.pools[pool].serving.as_mut()
+        {
+            serving.after.push((sequence, intent, arrival_ns, wait));
+            return Applied::Waiting { sequence };
         }
         let result = if intent.quantity == 0 {
             Err(RejectReason::InvalidQuantity)
@@ -516,68 +756,6 @@ impl Model {
             quantity: units,
             sequence,
         })
-    }
-
-    fn serve_pool(&mut self, pool: usize, sequence: u64) {
-        self.pools[pool].served = true;
-        let tickets = std::mem::take(&mut self.pools[pool].tickets);
-        let now = self.now_ns;
-        let window = |sku: &ModelSku| {
-            if now < sku.opens_at_ns {
-                Err(RejectReason::NotOpenYet)
-            } else if sku.is_closed(now) {
-                Err(RejectReason::Closed)
-            } else {
-                Ok(())
-            }
-        };
-        match self.pools[pool].policy {
-            Policy::FirstCome => unreachable!("first-come products have no pool"),
-            Policy::OpeningDraw { .. } => {
-                let order = draw_order(tickets.len(), self.pools[pool].seed);
-                for (origin, intent, wait) in order.into_iter().map(|index| tickets[index]) {
-                    let result = window(&self.skus[&intent.sku])
-                        .and_then(|()| self.take(intent, intent.quantity, sequence));
-                    self.settle(origin, intent, wait, result, sequence);
-                }
-            }
-            Policy::OneEachFirst { .. } => {
-                let wanted: Vec<Result<u32, RejectReason>> = tickets
-                    .iter()
-                    .map(|(_, intent, _)| {
-                        window(&self.skus[&intent.sku])?;
-                        self.admissible(intent)?;
-                        Ok(intent.quantity)
-                    })
-                    .collect();
-                let mut left: HashMap<SkuId, u32> = self
-                    .skus
-                    .iter()
-                    .map(|(id, sku)| (*id, sku.available))
-                    .collect();
-                let mut granted = vec![0u32; tickets.len()];
-                let mut progress = true;
-                while progress {
-                    progress = false;
-                    for (index, (_, intent, _)) in tickets.iter().enumerate() {
-                        let left = left.get_mut(&intent.sku).expect("owned");
-                        if wanted[index].is_ok_and(|want| granted[index] < want) && *left > 0 {
-                            granted[index] += 1;
-                            *left -= 1;
-                            progress = true;
-                        }
-                    }
-                }
-                for (index, (origin, intent, wait)) in tickets.into_iter().enumerate() {
-                    let result = match wanted[index] {
-                        Err(reason) => Err(reason),
-                        Ok(_) if granted[index] == 0 => Err(RejectReason::SoldOut),
-                        Ok(_) => self.take(intent, granted[index], sequence),
-                    };
-                    self.settle(origin, intent, wait, result, sequence);
-                }
-            }
-        }
     }
 
     fn settle(

@@ -1124,6 +1124,106 @@ async fn a_hundred_kill_cycles() {
 /// engine node and a gateway in its own process) beside the in-process engine, with every
 /// invariant checked against the levels the cluster's leader reports, and deletes the
 /// sale's streams and buckets when done.
+/// An opening draw served in slices through the log: 300 buyers enter during its window,
+/// the leader logs a tick for each slice of 8 steps (75 slices), and every buyer is
+/// answered after the window, with exactly the stock confirmed; a first-come SKU on the
+/// same partition sells meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draw_is_served_in_slices_through_the_log() {
+    const BUYERS: u64 = 300;
+    const UNITS: u32 = 40;
+    const WINDOW_NS: u64 = 8_000_000_000;
+    let toml = format!(
+        "pool_slice = 8\n\n[[sku]]\nid = 1\nstock = {UNITS}\npolicy = \"opening-draw\"\n\
+         window = \"8s\"\nseed = 5\n\n[[sku]]\nid = 2\nstock = 100000\n"
+    );
+    let catalog = Catalog::builder()
+        .pool_slice(8)
+        .sku(
+            SkuSpec::new(SkuId(1), UNITS).policy(flashsale::Policy::OpeningDraw {
+                window_ns: WINDOW_NS,
+                seed: 5,
+            }),
+        )
+        .sku(SkuSpec::new(SkuId(2), 100_000))
+        .build()
+        .unwrap();
+    let scene = OneNode::start("draw", 17_000, "draw", &toml, catalog, None).await;
+    let js = async_nats::jetstream::new(scene.client.clone());
+    let window_ends = sale_epoch(&js, "draw").await + WINDOW_NS;
+    let unix_ns = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    };
+    let presses: Vec<_> = (0..BUYERS)
+        .map(|user| {
+            let gateway = scene.gateway.clone();
+            tokio::spawn(async move {
+                let intent = Intent {
+                    user: UserId(user),
+                    client_key: 1,
+                    sku: SkuId(1),
+                    quantity: 1,
+                };
+                let decided = gateway.buy(intent, false).await.unwrap();
+                (user, decided, unix_ns())
+            })
+        })
+        .collect();
+    assert!(
+        unix_ns() + 3_000_000_000 < window_ends,
+        "the presses went out well inside the window"
+    );
+    // First-come buys of the other SKU, while the draw waits and while it is served.
+    let mut user = 1_000_000u64;
+    while unix_ns() < window_ends + 1_000_000_000 {
+        user += 1;
+        let intent = Intent {
+            user: UserId(user),
+            client_key: 1,
+            sku: SkuId(2),
+            quantity: 1,
+        };
+        let decided = scene.gateway.buy(intent, false).await.unwrap();
+        assert!(decided.order().is_some(), "{decided:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut confirmed = HashSet::new();
+    for press in presses {
+        let (user, decided, answered_at) = tokio::time::timeout(Duration::from_secs(60), press)
+            .await
+            .expect("every buyer in the draw is answered")
+            .unwrap();
+        assert!(
+            answered_at >= window_ends,
+            "answered by the draw, not first come"
+        );
+        if decided.order().is_some() {
+            assert!(confirmed.insert(user));
+        } else {
+            assert!(
+                matches!(
+                    decided.outcome,
+                    flashsale::Outcome::Rejected {
+                        reason: flashsale::RejectReason::SoldOut,
+                        ..
+                    }
+                ),
+                "{decided:?}"
+            );
+        }
+    }
+    assert_eq!(confirmed.len(), UNITS as usize, "the draw sold its stock");
+    let levels = scene.gateway.sales().await.unwrap();
+    let draw = levels
+        .iter()
+        .find(|sale| sale.levels.id == SkuId(1))
+        .unwrap();
+    assert_eq!((draw.levels.available, draw.levels.held), (0, UNITS));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_runs_the_scenario_through_the_cluster() {
     let dir = std::env::temp_dir().join(format!("flashsale-compare-{}", std::process::id()));

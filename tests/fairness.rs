@@ -5,8 +5,8 @@
 //! are deterministic: a failure is a real bias, not bad luck.
 
 use flashsale::{
-    Applied, Catalog, Command, Intent, Outcome, Policy, RejectReason, SaleWindow, ShardCore, SkuId,
-    SkuSpec, UserId,
+    Applied, Catalog, Command, Intent, Outcome, Placement, Policy, RejectReason, SaleWindow,
+    ShardCore, ShardId, SkuId, SkuSpec, UserId,
 };
 
 const OPENS_NS: u64 = 1_000;
@@ -243,6 +243,172 @@ fn first_come_never_skips_an_intent_for_a_later_one() {
                 } => *slot = Some(slot.map_or(quantity, |q| q.min(quantity))),
                 Outcome::Rejected { .. } => {}
             }
+        }
+    }
+}
+
+/// A draw or one-each-first pool of `tickets` buyers (SKU 1, stock 700, limit 2, each
+/// asking 1 or 2 units) beside a first-come SKU 2 on the same shard.
+fn pooled_beside_first_come(policy: Policy, slice: u32) -> Catalog {
+    let window = SaleWindow {
+        opens_at_ns: OPENS_NS,
+        closes_at_ns: u64::MAX,
+    };
+    Catalog::builder()
+        .pool_slice(slice)
+        .sku(
+            SkuSpec::new(SkuId(1), 700)
+                .limit(2)
+                .policy(policy)
+                .window(window),
+        )
+        .sku(SkuSpec::new(SkuId(2), 1_000_000).window(window))
+        .build()
+        .unwrap()
+}
+
+/// What a pool's buyers got: each user's outcome, by user.
+fn outcomes_by_user(deferred: impl Iterator<Item = flashsale::Deferred>) -> Vec<(u64, String)> {
+    let mut outcomes: Vec<(u64, String)> = deferred
+        .map(|deferred| {
+            let what = match deferred.outcome {
+                Outcome::Confirmed(order) => format!("{} units", order.quantity),
+                Outcome::Rejected { reason, .. } => format!("{reason:?}"),
+            };
+            (deferred.intent.user.0, what)
+        })
+        .collect();
+    outcomes.sort();
+    outcomes
+}
+
+/// Serves a pool in slices: after the window, ticks until it is served, buying the
+/// first-come SKU between ticks (each decided at once), and buying the pooled SKU once
+/// (it waits for the pool). A snapshot taken part way restores into a core that goes on
+/// to the same end. Returns the pool's outcomes by user, the ticks it took, and the
+/// pooled SKU's levels.
+fn serve_in_slices(
+    catalog: &Catalog,
+    tickets: u64,
+) -> (Vec<(u64, String)>, usize, flashsale::SkuLevels) {
+    let mut core = ShardCore::whole(catalog);
+    for user in 0..tickets {
+        let press = intent(user, 0, 1 + (user % 2) as u32);
+        assert!(matches!(
+            core.buy(&press, OPENS_NS + user % WINDOW_NS),
+            Applied::Waiting { .. }
+        ));
+    }
+    let mut deferred = Vec::new();
+    let mut ticks = 0;
+    let mut now = OPENS_NS + WINDOW_NS;
+    let mut restored: Option<ShardCore> = None;
+    loop {
+        let tick = Command::Tick { now_ns: now };
+        core.apply(&tick);
+        deferred.extend(core.take_deferred());
+        if let Some(copy) = restored.as_mut() {
+            copy.apply(&tick);
+            copy.take_deferred().for_each(drop);
+        }
+        ticks += 1;
+        if !core.serving_pool() {
+            break;
+        }
+        // Another product is decided between slices, not after the pool.
+        let other = Intent {
+            sku: SkuId(2),
+            ..intent(1_000_000 + ticks as u64, 0, 1)
+        };
+        let applied = core.buy(&other, now);
+        assert!(
+            matches!(applied, Applied::Decided(Outcome::Confirmed(_))),
+            "{applied:?}"
+        );
+        if let Some(copy) = restored.as_mut() {
+            copy.buy(&other, now);
+        }
+        if ticks == 2 {
+            // A late press for the pooled SKU waits until the pool is served.
+            let late = intent(tickets, 0, 1);
+            assert!(matches!(core.buy(&late, now), Applied::Waiting { .. }));
+            let placement = Placement::new(catalog, 1).unwrap();
+            let mut copy =
+                ShardCore::restore(catalog, &placement, ShardId(0), None, &core.snapshot())
+                    .expect("restores");
+            assert_eq!(
+                copy.snapshot(),
+                core.snapshot(),
+                "a snapshot part way restores"
+            );
+            assert!(copy.serving_pool());
+            restored = Some({
+                copy.take_deferred().for_each(drop);
+                copy
+            });
+        }
+        now += 1_000;
+    }
+    let copy = restored.expect("served over more than two ticks");
+    assert_eq!(
+        copy.snapshot(),
+        core.snapshot(),
+        "the restored core went on the same"
+    );
+    (
+        outcomes_by_user(deferred.into_iter()),
+        ticks,
+        core.levels_of(SkuId(1)).unwrap(),
+    )
+}
+
+#[test]
+fn a_pool_served_in_slices_decides_what_it_would_at_once() {
+    const TICKETS: u64 = 3_000;
+    for policy in [
+        Policy::OpeningDraw {
+            window_ns: WINDOW_NS,
+            seed: 11,
+        },
+        Policy::OneEachFirst {
+            window_ns: WINDOW_NS,
+        },
+    ] {
+        // At once: the whole pool in the tick after its window, then the late press.
+        let whole = pooled_beside_first_come(policy, u32::MAX);
+        let mut core = ShardCore::whole(&whole);
+        for user in 0..TICKETS {
+            core.buy(
+                &intent(user, 0, 1 + (user % 2) as u32),
+                OPENS_NS + user % WINDOW_NS,
+            );
+        }
+        core.apply(&Command::Tick {
+            now_ns: OPENS_NS + WINDOW_NS,
+        });
+        assert!(!core.serving_pool());
+        let late = core.buy(&intent(TICKETS, 0, 1), OPENS_NS + WINDOW_NS);
+        let mut at_once = outcomes_by_user(core.take_deferred());
+        if let Applied::Decided(outcome) = late {
+            at_once.extend(outcomes_by_user(std::iter::once(flashsale::Deferred {
+                origin: 0,
+                intent: intent(TICKETS, 0, 1),
+                outcome,
+            })));
+            at_once.sort();
+        }
+        let levels_at_once = core.levels_of(SkuId(1)).unwrap();
+        for slice in [1, 7, 1_000] {
+            let (sliced, ticks, levels) =
+                serve_in_slices(&pooled_beside_first_come(policy, slice), TICKETS);
+            assert_eq!(sliced, at_once, "{policy:?} in slices of {slice}");
+            assert_eq!(
+                (levels.available, levels.held),
+                (levels_at_once.available, levels_at_once.held)
+            );
+            // Preparation (a shuffle or a check per ticket) and a decision per ticket.
+            let steps = 2 * TICKETS as usize;
+            assert!(ticks >= steps.div_ceil(slice as usize) - 1, "{ticks} ticks");
         }
     }
 }

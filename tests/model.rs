@@ -39,6 +39,8 @@ struct CatalogDraw {
     groups: Vec<(u32, Policy)>,
     shards: usize,
     pool_capacity: u32,
+    /// Steps per slice of a pool being served: 1 and 2 slice every pool.
+    pool_slice: u32,
 }
 
 /// One step of a drawn sequence.
@@ -139,13 +141,17 @@ fn catalog_draw() -> impl Strategy<Value = CatalogDraw> {
         proptest::collection::vec((1u32..5, policy()), 0..3),
         1usize..4,
         prop_oneof![Just(2u32), Just(1000u32)],
+        prop_oneof![Just(1u32), Just(2u32), Just(1024u32)],
     )
-        .prop_map(|(skus, groups, shards, pool_capacity)| CatalogDraw {
-            skus,
-            groups,
-            shards,
-            pool_capacity,
-        })
+        .prop_map(
+            |(skus, groups, shards, pool_capacity, pool_slice)| CatalogDraw {
+                skus,
+                groups,
+                shards,
+                pool_capacity,
+                pool_slice,
+            },
+        )
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -183,7 +189,9 @@ fn sku_id(index: usize) -> SkuId {
 }
 
 fn build(draw: &CatalogDraw) -> Catalog {
-    let mut builder = Catalog::builder().pool_capacity(draw.pool_capacity);
+    let mut builder = Catalog::builder()
+        .pool_capacity(draw.pool_capacity)
+        .pool_slice(draw.pool_slice);
     for (index, &(limit, policy)) in draw.groups.iter().enumerate() {
         builder =
             builder.group_spec(GroupSpec::new(GroupId(index as u32 + 1), limit).policy(policy));

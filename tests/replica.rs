@@ -13,10 +13,12 @@ use flashsale::{
 
 const MAX_QUANTITY: u32 = 3;
 
-/// Holds that expire, a waitlist, a limit group, an opening draw, and a SKU (9) that is
-/// not in the catalog at all.
+/// Holds that expire, a waitlist, a limit group, an opening draw (served two steps a
+/// tick, so that snapshots land part way through it), and a SKU (9) that is not in the
+/// catalog at all.
 fn catalog() -> Catalog {
     Catalog::builder()
+        .pool_slice(2)
         .group(GroupId(1), 2)
         .sku(
             SkuSpec::new(SkuId(1), 6)

@@ -570,6 +570,10 @@ fn start_up_errors_are_one_line_and_exit_2() {
     let (code, stderr) = serve_fails(&["--in-memory", "--catalog", &bad]);
     assert_eq!(code, 2);
     assert!(stderr.contains("sku[1] (id 1): field `id`"), "{stderr}");
+    let bad = write_catalog(&dir, "pool_slice = 0\n[[sku]]\nid = 1\nstock = 5\n");
+    let (code, stderr) = serve_fails(&["--in-memory", "--catalog", &bad]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("the file: field `pool_slice`"), "{stderr}");
     let (code, stderr) = serve_fails(&["--in-memory", "--threads", "0"]);
     assert_eq!(code, 2, "{stderr}");
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -88,6 +88,8 @@ struct Input {
 fn catalog(input: &Input) -> Catalog {
     // SKUs 1 and 2 share a limit group (one product in two variants), 3 and 4 are loose.
     Catalog::builder()
+        // The draw is served two steps per tick: the shard ticks through it between buys.
+        .pool_slice(2)
         .group(GroupId(1), u32::from(input.group_limit % 4).max(1))
         .skus((0..4u32).map(|index| {
             let mut spec = SkuSpec::new(

@@ -111,7 +111,14 @@ struct Input {
 fuzz_target!(|input: Input| {
     let skus = &input.skus[..input.skus.len().min(16)];
     let groups = &input.groups[..input.groups.len().min(4)];
-    let mut builder = Catalog::builder().pool_capacity(if input.small_pools { 3 } else { 1000 });
+    // The shard count's high bits pick the pool slice: mostly slicing every pool.
+    let slice = match (input.shards >> 2) % 4 {
+        0 => 1024,
+        bits => u32::from(bits),
+    };
+    let mut builder = Catalog::builder()
+        .pool_capacity(if input.small_pools { 3 } else { 1000 })
+        .pool_slice(slice);
     for (index, (limit, policy)) in groups.iter().enumerate() {
         builder = builder.group_spec(
             GroupSpec::new(GroupId(index as u32), u32::from((*limit).max(1)))

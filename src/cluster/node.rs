@@ -136,7 +136,7 @@ struct PartitionTask {
     /// The lease's revision while this node holds it.
     lease_revision: Option<u64>,
     /// The due instant of the last tick published (one per due instant).
-    last_tick_due: Option<u64>,
+    last_tick_due: Option<(u64, u64)>,
     since_snapshot: u64,
     /// The snapshot being stored, if one is.
     storing: Option<tokio::task::JoinHandle<()>>,
@@ -263,6 +263,11 @@ impl PartitionTask {
                         }
                         let applied = self.replica.applied();
                         self.update_status(|status| status.applied = applied);
+                        // A pool being served gets its next slice as soon as the last is
+                        // applied, not at the next tick of the timer.
+                        if self.replica.core().serving_pool() {
+                            self.tick_if_due().await;
+                        }
                     }
                 }
             }
@@ -395,7 +400,8 @@ impl PartitionTask {
         });
     }
 
-    /// Logs a tick when something fell due (once per due instant).
+    /// Logs a tick when something fell due (once per due instant), or, while a pool is
+    /// being served, once per entry applied (each tick serves it one more slice).
     async fn tick_if_due(&mut self) {
         if self.lease_revision.is_none() {
             return;
@@ -403,19 +409,24 @@ impl PartitionTask {
         let Some(due) = self.replica.next_due_ns() else {
             return;
         };
-        if due > self.opened.now_ns() || self.last_tick_due == Some(due) {
+        let after = if self.replica.core().serving_pool() {
+            self.replica.applied()
+        } else {
+            0
+        };
+        if due > self.opened.now_ns() || self.last_tick_due == Some((due, after)) {
             return;
         }
         let publish = PublishMessage::build()
             .payload(wire::encode_tick(0).into())
-            .message_id(format!("tick-{}-{due}", self.partition));
+            .message_id(format!("tick-{}-{due}-{after}", self.partition));
         let sent = self
             .opened
             .js
             .send_publish(self.sale.subject_in(self.partition), publish)
             .await;
         if sent.is_ok() {
-            self.last_tick_due = Some(due);
+            self.last_tick_due = Some((due, after));
         }
     }
 

@@ -42,10 +42,14 @@ impl ShardCore {
         wait: bool,
         sequence: u64,
     ) -> Applied {
-        if let Some(pool) = self.skus[local as usize].pool
-            && !self.pools[pool as usize].served
-        {
-            return self.enter_pool(pool, local, intent, arrival_ns, wait, sequence);
+        if let Some(pool) = self.skus[local as usize].pool {
+            let entry = &self.pools[pool as usize];
+            if !entry.served {
+                return self.enter_pool(pool, local, intent, arrival_ns, wait, sequence);
+            }
+            if entry.serving.is_some() {
+                return self.after_pool(pool, local, intent, arrival_ns, wait, sequence);
+            }
         }
         match self.decide(local, intent, arrival_ns, sequence) {
             Ok(order) => Applied::Decided(Outcome::Confirmed(order)),

@@ -11,11 +11,19 @@ impl ShardCore {
     pub(super) fn control(&mut self, command: &Command) -> Applied {
         let sequence = self.next_sequence();
         self.advance(command.time_ns(), sequence);
+        if !self.serving.is_empty() && self.touches_serving_pool(command) {
+            self.drain_pools(sequence);
+        }
         let result = match *command {
             Command::Buy { .. } | Command::BuyOrWait { .. } => {
                 unreachable!("buys are applied by buy_at")
             }
-            Command::Tick { .. } => Ok(()),
+            Command::Tick { .. } => {
+                if !self.serving.is_empty() {
+                    self.serve_slice(sequence);
+                }
+                Ok(())
+            }
             Command::Pay { order, .. } => self.pay(order, sequence),
             Command::Cancel { order, .. } => self.cancel(order, sequence),
             Command::Restock { sku, units, .. } => self.restock(sku, units, sequence),
@@ -32,6 +40,23 @@ impl ShardCore {
             Ok(()) => Applied::Done { sequence },
             Err(error) => Applied::Refused { error, sequence },
         }
+    }
+
+    /// Whether an operator command (or a cancellation) changes a SKU whose pool is being
+    /// served. A payment changes no stock and no limit, so it never waits for a pool.
+    fn touches_serving_pool(&self, command: &Command) -> bool {
+        let local = match *command {
+            Command::Restock { sku, .. }
+            | Command::Reduce { sku, .. }
+            | Command::SetWindow { sku, .. }
+            | Command::CloseSale { sku, .. } => self.local_index(sku),
+            Command::Cancel { order, .. } => (order.shard() == self.shard)
+                .then(|| self.orders.get(order.number() as usize))
+                .flatten()
+                .map(|record| record.sku_local),
+            _ => None,
+        };
+        local.is_some_and(|local| self.in_serving_pool(local))
     }
 
     pub(super) fn record(&self, order: OrderId) -> Result<(usize, OrderRecord), ControlError> {
@@ -216,9 +241,14 @@ impl ShardCore {
     #[cold]
     pub(super) fn run_due(&mut self, sequence: u64) {
         let now = self.now_ns;
+        // What falls due on a SKU whose pool is being served waits for the pool to be
+        // served in full, as it would have had the pool been served at once.
         for local in 0..self.skus.len() as u32 {
             let sku = &self.skus[local as usize];
             if !sku.cold.waiters.is_empty() && sku.closed_at(now) {
+                if self.in_serving_pool(local) {
+                    self.drain_pools(sequence);
+                }
                 self.close_waitlist(local, sequence);
             }
         }
@@ -227,15 +257,26 @@ impl ShardCore {
                 break;
             }
             self.deadlines.pop();
-            if self.orders[number as usize].state == OrderState::Held {
+            let record = self.orders[number as usize];
+            if record.state == OrderState::Held {
+                if self.in_serving_pool(record.sku_local) {
+                    self.drain_pools(sequence);
+                }
                 self.release(number as usize, OrderState::Expired, sequence);
             }
         }
+        let mut started = false;
         for pool in 0..self.pools.len() {
             let due = &self.pools[pool];
             if !due.served && due.serve_at_ns <= now {
-                self.serve_pool(pool, sequence);
+                self.start_pool(pool);
+                started = true;
             }
+        }
+        // A pool that fell due gets its first slice from the command that saw it fall due
+        // (a pool no larger than a slice is served in full there).
+        if started {
+            self.serve_slice(sequence);
         }
         self.next_due_ns = self.compute_next_due();
     }

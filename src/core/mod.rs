@@ -89,6 +89,13 @@ pub struct ShardCore {
     /// (for the engine, which republishes its sold-out flags then).
     levels_version: u64,
     pool_capacity: u32,
+    /// Steps per slice of a pool being served.
+    pool_slice: u32,
+    /// Pools being served, in the order they started (each is served to its end before
+    /// the next gets a step).
+    serving: VecDeque<u32>,
+    /// The sequence of the last command that served a slice (`u64::MAX`: none yet).
+    sliced_at: u64,
     /// Order events since the last [`take_events`](Self::take_events), when recording.
     events: Option<Vec<OrderEvent>>,
 }
@@ -173,6 +180,9 @@ impl ShardCore {
             deferred: Vec::new(),
             levels_version: 0,
             pool_capacity: catalog.pool_capacity(),
+            pool_slice: catalog.pool_slice(),
+            serving: VecDeque::new(),
+            sliced_at: u64::MAX,
             events: None,
         };
         core.next_due_ns = core.compute_next_due();
@@ -283,8 +293,20 @@ impl ShardCore {
     /// The earliest engine-clock instant at which something falls due (a hold deadline, a
     /// pool window, the closing of a SKU with a waitlist), if anything is pending: a
     /// driver applies a [`Command::Tick`] then.
+    /// While a pool is being served, that is the shard's clock: each tick serves it one
+    /// more slice.
     pub fn next_due_ns(&self) -> Option<u64> {
+        if !self.serving.is_empty() {
+            return Some(self.now_ns);
+        }
         (self.next_due_ns != u64::MAX).then_some(self.next_due_ns)
+    }
+
+    /// Whether a pool is being served, slice by slice (see
+    /// [`CatalogBuilder::pool_slice`](crate::CatalogBuilder::pool_slice)): a driver
+    /// applies a [`Command::Tick`] for each next slice.
+    pub fn serving_pool(&self) -> bool {
+        !self.serving.is_empty()
     }
 
     /// Changes whenever units came back on sale or were taken off it other than by a
@@ -428,6 +450,7 @@ fn join_pool(
         tickets: Vec::new(),
         buyers: Default::default(),
         tickets_taken: 0,
+        serving: None,
     });
     let index = (pools.len() - 1) as u32;
     if let Some(g) = group_index {

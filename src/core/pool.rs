@@ -37,6 +37,44 @@ pub(super) struct Pool {
     pub(super) buyers: FxHashSet<u64>,
     /// Tickets taken in all (kept after serving, for reports).
     pub(super) tickets_taken: u64,
+    /// While its window has closed and it is not yet served in full: how far it got.
+    pub(super) serving: Option<Box<Serving>>,
+}
+
+/// A pool being served, slice by slice. Its work is a number of steps: first the
+/// preparation (a draw shuffles its tickets, one Fisher-Yates step each, `n - 1` steps;
+/// one-each-first checks each ticket's window, key and limits, `n` steps, then works out
+/// the grants at once), then one step per ticket decided, in ticket order.
+#[derive(Debug, Clone)]
+pub(super) struct Serving {
+    /// The instant its window closed, as the command that started serving it saw it: the
+    /// window rule is judged at this instant for every slice.
+    pub(super) at_ns: u64,
+    /// Steps done.
+    pub(super) done: u64,
+    /// The draw's shuffle, as far as it got.
+    pub(super) rng: SplitMix64,
+    /// One-each-first: what each ticket may take ([`REFUSED`] once answered at its check).
+    pub(super) wants: Vec<u32>,
+    /// One-each-first: the units each ticket gets (empty until every ticket was checked).
+    pub(super) granted: Vec<u32>,
+    /// Buys of the pool's product that arrived while it was being served, decided first
+    /// come in arrival order once it is (as they would have been had it been served at
+    /// once).
+    pub(super) after: Vec<After>,
+}
+
+/// A ticket answered at its check (one-each-first).
+pub(super) const REFUSED: u32 = u32::MAX;
+
+/// A buy waiting for its product's pool to be served in full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct After {
+    pub(super) origin: u64,
+    pub(super) intent: Intent,
+    pub(super) local: u32,
+    pub(super) arrival_ns: u64,
+    pub(super) wait: bool,
 }
 
 /// A pool as reports show it.
@@ -63,6 +101,11 @@ impl SplitMix64 {
         Self(seed)
     }
 
+    /// Its state (what [`new`](Self::new) takes back, for a snapshot).
+    pub(crate) const fn state(&self) -> u64 {
+        self.0
+    }
+
     pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -81,9 +124,17 @@ impl SplitMix64 {
 /// back).
 pub fn shuffle<T>(items: &mut [T], seed: u64) {
     let mut rng = SplitMix64::new(seed);
-    for last in (1..items.len()).rev() {
-        let pick = rng.below(last as u64 + 1) as usize;
-        items.swap(last, pick);
+    shuffle_steps(items, &mut rng, 0, items.len().saturating_sub(1) as u64);
+}
+
+/// Fisher-Yates steps `from..to` of [`shuffle`] (step `k` puts the item at position
+/// `len - 1 - k` in place), with the generator where step `from` left it.
+pub(super) fn shuffle_steps<T>(items: &mut [T], rng: &mut SplitMix64, from: u64, to: u64) {
+    let len = items.len() as u64;
+    for step in from..to {
+        let last = len - 1 - step;
+        let pick = rng.below(last + 1) as usize;
+        items.swap(last as usize, pick);
     }
 }
 

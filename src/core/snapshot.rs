@@ -1,31 +1,31 @@
 //! Snapshots of a shard core: its whole mutable state as bytes, to bound replay at
 //! recovery (restore the newest snapshot, then replay only the journal after it).
 //!
-//! Format (little-endian): magic `FLASHSNP`, version u32 = 1, shard u16, 2 reserved bytes,
+//! Format (little-endian): magic `FLASHSNP`, version u32 = 2, shard u16, 2 reserved bytes,
 //! the sequence number the snapshot was taken at (u64: the next command's), the payload
 //! length (u64) and its CRC-32, then the payload: the core's counters, every SKU's state
 //! and waitlist, the buyer filter, both order-book tables, the order log, the hold
-//! deadlines and the pools. The catalog-derived parts (SKU ids, limits, groups, policies)
-//! are not stored: a snapshot restores into a core built from the same catalog and
-//! placement, and a mismatch is refused.
+//! deadlines and the pools (with how far each pool being served got). The catalog-derived
+//! parts (SKU ids, limits, groups, policies) are not stored: a snapshot restores into a
+//! core built from the same catalog and placement, and a mismatch is refused.
 
 use std::collections::BinaryHeap;
 
-use super::pool::PoolTicket;
+use super::pool::{After, PoolTicket, Serving, SplitMix64};
 use super::{OrderRecord, OrderState, ShardCore, Waiter};
 use crate::catalog::{Catalog, Placement};
 use crate::types::{Intent, ShardId, SkuId, UserId};
 
 /// The file's first 8 bytes.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"FLASHSNP";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 2 + 2 + 8 + 8 + 4;
 
 /// Why a snapshot could not be restored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SnapshotError {
-    /// Not a version-1 snapshot, or cut short.
-    #[error("not a complete version-1 snapshot")]
+    /// Not a version-2 snapshot, or cut short.
+    #[error("not a complete version-2 snapshot")]
     BadHeader,
     /// The payload does not match its checksum.
     #[error("checksum mismatch")]
@@ -250,7 +250,35 @@ impl ShardCore {
                 out.u32(ticket.local);
                 out.u8(u8::from(ticket.wait));
             }
+            match &pool.serving {
+                None => out.u8(0),
+                Some(serving) => {
+                    out.u8(1);
+                    out.u64(serving.at_ns);
+                    out.u64(serving.done);
+                    out.u64(serving.rng.state());
+                    for list in [&serving.wants, &serving.granted] {
+                        out.u64(list.len() as u64);
+                        for &value in list {
+                            out.u32(value);
+                        }
+                    }
+                    out.u64(serving.after.len() as u64);
+                    for after in &serving.after {
+                        out.u64(after.origin);
+                        out.intent(&after.intent);
+                        out.u32(after.local);
+                        out.u64(after.arrival_ns);
+                        out.u8(u8::from(after.wait));
+                    }
+                }
+            }
         }
+        out.u64(self.serving.len() as u64);
+        for &pool in &self.serving {
+            out.u32(pool);
+        }
+        out.u64(self.sliced_at);
     }
 
     /// The sequence number a snapshot file was taken at (the next command's), if its
@@ -394,7 +422,10 @@ impl ShardCore {
                 let intent = input.intent()?;
                 let local = input.u32()?;
                 let wait = input.u8()? != 0;
-                pool.buyers.insert(intent.user.0);
+                // Who holds a ticket matters only while the pool takes tickets.
+                if !pool.served {
+                    pool.buyers.insert(intent.user.0);
+                }
                 pool.tickets.push(PoolTicket {
                     origin,
                     intent,
@@ -402,7 +433,68 @@ impl ShardCore {
                     wait,
                 });
             }
+            pool.serving = match input.u8()? {
+                0 => None,
+                _ => {
+                    let at_ns = input.u64()?;
+                    let done = input.u64()?;
+                    let rng = SplitMix64::new(input.u64()?);
+                    let mut lists = [Vec::new(), Vec::new()];
+                    for list in &mut lists {
+                        let len = input.len(tickets)?;
+                        for _ in 0..len {
+                            list.push(input.u32()?);
+                        }
+                    }
+                    let [wants, granted] = lists;
+                    let checked =
+                        matches!(pool.policy, crate::catalog::Policy::OneEachFirst { .. });
+                    let steps = if checked {
+                        tickets as u64 * 2
+                    } else {
+                        (tickets as u64 * 2).saturating_sub(1)
+                    };
+                    if done > steps
+                        || (checked && wants.len() as u64 != done.min(tickets as u64))
+                        || !(granted.is_empty() || granted.len() == tickets)
+                    {
+                        return Err(SnapshotError::Mismatch("a pool being served"));
+                    }
+                    let mut after = Vec::new();
+                    for _ in 0..input.len(usize::MAX)? {
+                        let entry = After {
+                            origin: input.u64()?,
+                            intent: input.intent()?,
+                            local: input.u32()?,
+                            arrival_ns: input.u64()?,
+                            wait: input.u8()? != 0,
+                        };
+                        if !pool.skus.contains(&entry.local) {
+                            return Err(SnapshotError::Mismatch("a buy waiting for a pool"));
+                        }
+                        after.push(entry);
+                    }
+                    Some(Box::new(Serving {
+                        at_ns,
+                        done,
+                        rng,
+                        wants,
+                        granted,
+                        after,
+                    }))
+                }
+            };
         }
+        let pools = self.pools.len();
+        self.serving.clear();
+        for _ in 0..input.len(pools)? {
+            let pool = input.u32()?;
+            if pool as usize >= pools || self.pools[pool as usize].serving.is_none() {
+                return Err(SnapshotError::Mismatch("a pool being served"));
+            }
+            self.serving.push_back(pool);
+        }
+        self.sliced_at = input.u64()?;
         Ok(())
     }
 

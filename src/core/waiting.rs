@@ -1,7 +1,19 @@
 //! Buys that wait: entering a pooled product's pool, serving a pool by its policy (the
 //! opening draw, one each first), and serving a SKU's waitlist when units come back.
 
+use super::pool::{After, REFUSED, Serving, SplitMix64, shuffle_steps};
 use super::*;
+
+/// The window rule for a pool's ticket, judged at the instant its pool's window closed.
+fn window_at(at_ns: u64, sku: &SkuState) -> Result<(), RejectReason> {
+    if at_ns < sku.opens_at_ns {
+        Err(RejectReason::NotOpenYet)
+    } else if sku.closed_at(at_ns) {
+        Err(RejectReason::Closed)
+    } else {
+        Ok(())
+    }
+}
 
 impl ShardCore {
     #[cold]
@@ -44,6 +56,31 @@ impl ShardCore {
         }
     }
 
+    /// Queues a buy of a product whose pool is being served, to be decided first come
+    /// once it is served in full.
+    pub(super) fn after_pool(
+        &mut self,
+        pool: u32,
+        local: u32,
+        intent: &Intent,
+        arrival_ns: u64,
+        wait: bool,
+        sequence: u64,
+    ) -> Applied {
+        let serving = self.pools[pool as usize]
+            .serving
+            .as_mut()
+            .expect("a pool being served");
+        serving.after.push(After {
+            origin: sequence,
+            intent: *intent,
+            local,
+            arrival_ns,
+            wait,
+        });
+        Applied::Waiting { sequence }
+    }
+
     /// Offers a SKU's available units to its waitlist, in order: each waiting intent that
     /// fits is confirmed, one that no longer can be (limit, duplicate) is rejected, one
     /// that asks for more than is left keeps its place.
@@ -79,84 +116,177 @@ impl ShardCore {
         self.skus[local as usize].cold.waiters = kept;
     }
 
-    /// Serves a pool whose window closed: by its policy, every ticket gets its outcome (or
-    /// a place on its SKU's waitlist).
-    pub(super) fn serve_pool(&mut self, pool: usize, sequence: u64) {
-        let policy = self.pools[pool].policy;
-        self.pools[pool].served = true;
-        let mut tickets = std::mem::take(&mut self.pools[pool].tickets);
-        self.pools[pool].buyers = Default::default();
+    /// Starts serving a pool whose window closed: no ticket is taken after this, and its
+    /// tickets are served in slices ([`serve_slice`](Self::serve_slice)) after those of
+    /// the pools started before it.
+    pub(super) fn start_pool(&mut self, pool: usize) {
         let now = self.now_ns;
-        // The window rule, judged when the pool is served.
-        let window = |sku: &SkuState| {
-            if now < sku.opens_at_ns {
-                Err(RejectReason::NotOpenYet)
-            } else if sku.closed_at(now) {
-                Err(RejectReason::Closed)
-            } else {
-                Ok(())
-            }
+        let entry = &mut self.pools[pool];
+        entry.served = true;
+        entry.buyers = Default::default();
+        let wants = match entry.policy {
+            Policy::OneEachFirst { .. } => Vec::with_capacity(entry.tickets.len()),
+            _ => Vec::new(),
         };
-        match policy {
-            Policy::FirstCome => unreachable!("first-come products have no pool"),
-            Policy::OpeningDraw { .. } => {
-                shuffle(&mut tickets, self.pools[pool].shuffle_seed);
-                for ticket in tickets {
-                    let result = window(&self.skus[ticket.local as usize]).and_then(|()| {
+        entry.serving = Some(Box::new(Serving {
+            at_ns: now,
+            done: 0,
+            rng: SplitMix64::new(entry.shuffle_seed),
+            wants,
+            granted: Vec::new(),
+            after: Vec::new(),
+        }));
+        self.serving.push_back(pool as u32);
+    }
+
+    /// Whether the SKU at `local` belongs to a pool being served.
+    #[inline]
+    pub(super) fn in_serving_pool(&self, local: u32) -> bool {
+        self.skus
+            .get(local as usize)
+            .and_then(|sku| sku.pool)
+            .is_some_and(|pool| self.pools[pool as usize].serving.is_some())
+    }
+
+    /// Serves one slice (the catalog's pool slice, in steps) of the pools being served,
+    /// oldest first; at most once per command.
+    pub(super) fn serve_slice(&mut self, sequence: u64) {
+        if self.sliced_at == sequence {
+            return;
+        }
+        self.sliced_at = sequence;
+        let mut budget = u64::from(self.pool_slice);
+        while budget > 0
+            && let Some(&pool) = self.serving.front()
+        {
+            budget -= self.serve_steps(pool as usize, budget, sequence);
+        }
+    }
+
+    /// Serves every pool being served to its end: before a command or a due event that
+    /// touches a product being served, so that the pool's outcomes are those it would
+    /// have had served at once.
+    #[cold]
+    pub(super) fn drain_pools(&mut self, sequence: u64) {
+        while let Some(&pool) = self.serving.front() {
+            self.serve_steps(pool as usize, u64::MAX, sequence);
+        }
+    }
+
+    /// Does up to `budget` steps of a pool being served (see [`Serving`]); finishes it if
+    /// they were its last, deciding the buys that waited for it. Returns the steps done.
+    fn serve_steps(&mut self, pool: usize, budget: u64, sequence: u64) -> u64 {
+        let mut serving = self.pools[pool]
+            .serving
+            .take()
+            .expect("a pool being served");
+        let mut tickets = std::mem::take(&mut self.pools[pool].tickets);
+        let policy = self.pools[pool].policy;
+        let count = tickets.len() as u64;
+        let preparation = match policy {
+            Policy::OneEachFirst { .. } => count,
+            _ => count.saturating_sub(1),
+        };
+        let at = serving.at_ns;
+        let mut used = 0;
+        if serving.done < preparation {
+            let to = serving.done.saturating_add(budget).min(preparation);
+            match policy {
+                Policy::OneEachFirst { .. } => {
+                    for index in serving.done..to {
+                        let ticket = tickets[index as usize];
+                        let want = window_at(at, &self.skus[ticket.local as usize])
+                            .and_then(|()| self.admissible(ticket.local, &ticket.intent));
+                        match want {
+                            Ok(()) => serving.wants.push(ticket.intent.quantity),
+                            Err(reason) => {
+                                serving.wants.push(REFUSED);
+                                self.settle_ticket(&ticket, Err(reason), sequence);
+                            }
+                        }
+                    }
+                }
+                _ => shuffle_steps(&mut tickets, &mut serving.rng, serving.done, to),
+            }
+            used = to - serving.done;
+            serving.done = to;
+        }
+        if serving.done >= preparation {
+            if matches!(policy, Policy::OneEachFirst { .. })
+                && serving.granted.len() != tickets.len()
+            {
+                serving.granted = self.one_each_first(&tickets, &serving.wants);
+            }
+            let from = serving.done - preparation;
+            let to = from.saturating_add(budget - used).min(count);
+            for (index, &ticket) in tickets
+                .iter()
+                .enumerate()
+                .take(to as usize)
+                .skip(from as usize)
+            {
+                let result = match policy {
+                    Policy::OneEachFirst { .. } => match serving.wants[index] {
+                        REFUSED => continue,
+                        _ if serving.granted[index] == 0 => Err(RejectReason::SoldOut),
+                        _ => self.allocate(
+                            ticket.local,
+                            &ticket.intent,
+                            serving.granted[index],
+                            sequence,
+                        ),
+                    },
+                    _ => window_at(at, &self.skus[ticket.local as usize]).and_then(|()| {
                         self.allocate(
                             ticket.local,
                             &ticket.intent,
                             ticket.intent.quantity,
                             sequence,
                         )
-                    });
-                    self.settle_ticket(&ticket, result, sequence);
-                }
+                    }),
+                };
+                self.settle_ticket(&ticket, result, sequence);
             }
-            Policy::OneEachFirst { .. } => {
-                // What each ticket may take (its quantity, if it passes every rule but
-                // stock), then one unit per ticket per round while units last.
-                let mut wanted: Vec<Result<u32, RejectReason>> = tickets
-                    .iter()
-                    .map(|ticket| {
-                        window(&self.skus[ticket.local as usize])?;
-                        self.admissible(ticket.local, &ticket.intent)?;
-                        Ok(ticket.intent.quantity)
-                    })
-                    .collect();
-                let granted = self.one_each_first(&tickets, &wanted);
-                for (index, ticket) in tickets.iter().enumerate() {
-                    let result = match std::mem::replace(&mut wanted[index], Ok(0)) {
-                        Err(reason) => Err(reason),
-                        Ok(_) if granted[index] == 0 => Err(RejectReason::SoldOut),
-                        Ok(_) => {
-                            self.allocate(ticket.local, &ticket.intent, granted[index], sequence)
-                        }
-                    };
-                    self.settle_ticket(ticket, result, sequence);
+            used += to - from;
+            serving.done += to - from;
+        }
+        if serving.done < preparation + count {
+            self.pools[pool].tickets = tickets;
+            self.pools[pool].serving = Some(serving);
+            return used;
+        }
+        // Served in full: the buys of its product that came meanwhile, first come.
+        self.serving.pop_front();
+        for after in serving.after {
+            let result = self.decide(after.local, &after.intent, after.arrival_ns, sequence);
+            match result {
+                Err(RejectReason::SoldOut | RejectReason::InsufficientStock)
+                    if after.wait && self.skus[after.local as usize].waitlist_capacity > 0 =>
+                {
+                    self.wait_or_refuse(after.local, after.origin, &after.intent, sequence);
                 }
+                result => self.deferred.push(Deferred {
+                    origin: after.origin,
+                    intent: after.intent,
+                    outcome: outcome_of(result, sequence),
+                }),
             }
         }
+        used
     }
 
     /// One-each-first rounds: every ticket that may take units gets one per round, in
     /// ticket order, while its SKU has units left and it wants more. Returns the units
     /// each ticket gets.
-    fn one_each_first(
-        &self,
-        tickets: &[PoolTicket],
-        wanted: &[Result<u32, RejectReason>],
-    ) -> Vec<u32> {
+    fn one_each_first(&self, tickets: &[PoolTicket], wants: &[u32]) -> Vec<u32> {
         let mut left: Vec<u32> = self.skus.iter().map(|sku| sku.available).collect();
         let mut granted = vec![0u32; tickets.len()];
         loop {
             let mut progress = false;
             for (index, ticket) in tickets.iter().enumerate() {
                 let local = ticket.local as usize;
-                if let Ok(want) = wanted[index]
-                    && granted[index] < want
-                    && left[local] > 0
-                {
+                let want = wants[index];
+                if want != REFUSED && granted[index] < want && left[local] > 0 {
                     granted[index] += 1;
                     left[local] -= 1;
                     progress = true;

@@ -354,6 +354,9 @@ impl StorageFile for SimFile {
 /// a drop sold by an opening draw.
 pub fn catalog() -> Catalog {
     Catalog::builder()
+        // The draw's pool is served two steps per tick, so crashes and snapshots land in
+        // the middle of serving it.
+        .pool_slice(2)
         .group(GroupId(1), 2)
         .sku(
             SkuSpec::new(SkuId(1), 6)

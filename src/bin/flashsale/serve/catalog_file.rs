@@ -19,6 +19,8 @@ use serde::Deserialize;
 struct File {
     #[serde(default)]
     pool_capacity: Option<u32>,
+    #[serde(default)]
+    pool_slice: Option<u32>,
     #[serde(default, rename = "group")]
     groups: Vec<GroupEntry>,
     #[serde(default, rename = "sku")]
@@ -108,6 +110,9 @@ pub fn parse(name: &str, text: &str, epoch: SystemTime) -> Result<Catalog, Catal
     let mut builder = Catalog::builder();
     if let Some(capacity) = file.pool_capacity {
         builder = builder.pool_capacity(capacity);
+    }
+    if let Some(slice) = file.pool_slice {
+        builder = builder.pool_slice(slice);
     }
     for (index, group) in file.groups.iter().enumerate() {
         let entry = format!("group[{index}] (id {})", group.id);
@@ -199,6 +204,7 @@ fn blame(file: &File, error: &CatalogError) -> (String, &'static str) {
         CatalogError::PolicyOnGroupedSku(id) => sku(id, "policy"),
         CatalogError::ZeroHold(id) => sku(id, "hold"),
         CatalogError::ZeroPoolCapacity => ("the file".into(), "pool_capacity"),
+        CatalogError::ZeroPoolSlice => ("the file".into(), "pool_slice"),
         CatalogError::UnknownGroup { sku: id, .. } => sku(id, "group"),
     }
 }
