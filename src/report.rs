@@ -376,7 +376,7 @@ impl Totals {
 impl SkuReport {
     /// A SKU's line: its spec, and the levels its shard reported (zeros if the shard's
     /// report was lost).
-    fn of(spec: &crate::catalog::SkuSpec, shard: ShardId, levels: Option<&SkuLevels>) -> Self {
+    pub fn of(spec: &crate::catalog::SkuSpec, shard: ShardId, levels: Option<&SkuLevels>) -> Self {
         let level = |read: fn(&SkuLevels) -> u64| levels.map_or(0, read);
         Self {
             id: spec.id,

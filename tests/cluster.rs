@@ -911,21 +911,33 @@ async fn sale_epoch(js: &async_nats::jetstream::Context, sale: &str) -> u64 {
     std::str::from_utf8(&bytes).unwrap().parse().unwrap()
 }
 
-/// A gateway on `sale` through `client`.
+/// A gateway on `sale` through `client`. Retried for a while, as `serve --nats` does: with
+/// several clusters starting at once on 2 vCPUs, a server can be slow to answer its
+/// first requests.
 async fn gateway_on(
     client: &async_nats::Client,
     sale: &SaleOnNats,
     catalog: &Catalog,
     config: &GatewayConfig,
 ) -> Gateway {
-    Gateway::connect(
-        client.clone(),
-        sale.clone(),
-        catalog.clone(),
-        config.clone(),
-    )
-    .await
-    .unwrap()
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let connected = Gateway::connect(
+            client.clone(),
+            sale.clone(),
+            catalog.clone(),
+            config.clone(),
+        )
+        .await;
+        match connected {
+            Ok(gateway) => return gateway,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("gateway: {error}; again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => panic!("the gateway connects: {error}"),
+        }
+    }
 }
 
 /// A sale on one engine node: a temporary directory, 3 NATS servers, the catalog file, the
@@ -1278,6 +1290,49 @@ async fn compare_runs_the_scenario_through_the_cluster() {
         }
     }
     assert!(left.is_empty(), "left behind: {left:?}");
+    // `simulate --nats`: the open loop through the cluster, with the same report as on
+    // the engine; an opening draw, so that presses wait for it and it is served in slices
+    // through the log.
+    let args = [
+        "simulate",
+        "--quiet",
+        "--json",
+        "--viewers",
+        "20000",
+        "--policy",
+        "opening-draw",
+        "--nats",
+        &urls,
+    ]
+    .map(String::from);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .args(args)
+            .output()
+            .expect("flashsale simulate runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let run: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert!(run["through"].as_str().unwrap().contains("NATS JetStream"));
+    for (check, held) in run["invariants"].as_object().unwrap() {
+        assert_eq!(held, true, "{check}");
+    }
+    assert_eq!(run["confirmed_units"], 5_000, "the draw sells every pair");
+    assert!(
+        run["wait_latency_ns"]["samples"].as_u64().unwrap() > 0,
+        "presses were pooled"
+    );
+    let mut names = js.stream_names();
+    while let Some(name) = names.next().await {
+        let name = name.unwrap();
+        assert!(!name.contains("simulate"), "left behind: {name}");
+    }
     drop(nats);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -476,6 +476,32 @@ fn compare_without_the_cluster_peer_says_how_to_get_it() {
     assert!(stderr_line(&output).contains("--features cluster"));
 }
 
+#[cfg(not(feature = "cluster"))]
+#[test]
+fn simulate_on_a_cluster_says_how_to_get_it() {
+    let output = simulate(&["--nats", "nats://127.0.0.1:1", "--intents", "1000"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr_line(&output).contains("--features cluster"));
+}
+
+#[test]
+fn simulate_on_a_cluster_refuses_what_it_cannot_run() {
+    let journal = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("nats-journal");
+    for (args, says) in [
+        (vec!["--rates", "1M"], "--rates"),
+        (vec!["--journal", journal.to_str().unwrap()], "--journal"),
+        (vec!["--nats-replicas", "0"], "nats-replicas"),
+    ] {
+        let output = simulate(&[&["--nats", "nats://127.0.0.1:1"], &args[..]].concat());
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr_line(&output).contains(says),
+            "{}",
+            stderr_line(&output)
+        );
+    }
+}
+
 #[test]
 fn fsync_probe_measures_the_disk() {
     let output = flashsale(

@@ -93,6 +93,9 @@ pub struct Decided {
     pub outcome: Outcome,
     /// Times it was published (more than 1 after a failover).
     pub attempts: u32,
+    /// Whether it waited for its outcome (pooled for a draw, or on a waitlist): the node
+    /// answered "waiting" first.
+    pub waited: bool,
 }
 
 impl Decided {
@@ -351,6 +354,7 @@ impl Gateway {
                             sequence: None,
                         },
                         attempts: 0,
+                        waited: false,
                     });
                 }
                 partition
@@ -362,6 +366,7 @@ impl Gateway {
                         sequence: None,
                     },
                     attempts: 0,
+                    waited: false,
                 });
             }
         };
@@ -729,6 +734,7 @@ async fn reply_loop(inner: Arc<Inner>, mut replies: async_nats::Subscriber) {
             let _ = buy.answer.send(Ok(Decided {
                 outcome,
                 attempts: buy.attempts,
+                waited: buy.waiting,
             }));
         }
     }

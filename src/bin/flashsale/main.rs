@@ -10,6 +10,7 @@ mod output;
 mod plan;
 mod plot;
 mod run;
+mod run_cluster;
 mod scenario;
 #[cfg(all(feature = "serve", not(loom)))]
 mod serve;
@@ -158,6 +159,10 @@ struct SimulateArgs {
     /// With `--journal`: write each group commit without waiting for the disk.
     #[arg(long, requires = "journal")]
     no_fsync: bool,
+    /// Run the scenario through a sale on a NATS JetStream cluster instead of the
+    /// in-process engine (not with --journal or --rates; no payments or waitlists).
+    #[command(flatten)]
+    nats: compare::cluster_peer::NatsArgs,
     /// Check the knobs and print the run's estimated presses, memory and wall time, then
     /// exit without running (every run checks the same estimates before it starts).
     #[arg(long)]
@@ -305,6 +310,24 @@ fn run_with(
     Ok((RunJson::new(scenario, &result), result.latency_ns))
 }
 
+/// The scenario through a sale on the cluster (see `run_cluster`).
+fn run_on_cluster(
+    scenario: &Scenario,
+    knobs: &compare::cluster_peer::ClusterKnobs,
+    quiet: bool,
+) -> Result<(RunJson, Histogram<u64>), String> {
+    let bar = progress_bar(Plan::new(scenario)?.presses, quiet);
+    let result = run_cluster::run(scenario, knobs, |outcomes| bar.set_position(outcomes))?;
+    bar.finish_and_clear();
+    let mut run = RunJson::new(scenario, &result);
+    run.through = Some(format!(
+        "a sale on NATS JetStream (R{} logs, {} buys in flight), an engine node and a \
+         gateway in this process",
+        knobs.replicas, knobs.in_flight
+    ));
+    Ok((run, result.latency_ns))
+}
+
 fn simulate(args: &SimulateArgs) -> Result<bool, String> {
     let scenario = simulate_scenario(args)?;
     if args.estimate {
@@ -328,6 +351,9 @@ fn simulate(args: &SimulateArgs) -> Result<bool, String> {
             );
         }
         return Ok(true);
+    }
+    if args.rates.is_some() && args.nats.nats.is_some() {
+        return Err("nats: --rates runs the in-process engine only; not with --nats".into());
     }
     if let Some(rates) = &args.rates {
         let mut lines = Vec::new();
@@ -353,10 +379,19 @@ fn simulate(args: &SimulateArgs) -> Result<bool, String> {
         }
         return Ok(all_hold);
     }
+    let cluster = args.nats.knobs()?;
     if let Some(dir) = &args.journal {
+        if cluster.is_some() {
+            return Err(
+                "nats: a run on the cluster is journaled by the cluster; not with --journal".into(),
+            );
+        }
         return simulate_journaled(args, &scenario, dir);
     }
-    let (run, latency_ns) = run_once(&scenario, args.knobs.quiet)?;
+    let (run, latency_ns) = match &cluster {
+        Some(knobs) => run_on_cluster(&scenario, knobs, args.knobs.quiet)?,
+        None => run_once(&scenario, args.knobs.quiet)?,
+    };
     if let Some(path) = &args.plot {
         plot::draw(path, &run, &latency_ns)
             .map_err(|error| format!("plot: {}: {error}", path.display()))?;

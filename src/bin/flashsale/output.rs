@@ -131,8 +131,12 @@ pub struct RunJson {
     /// From the intended send time (open loop) or submit (closed) to the outcome; a
     /// closed loop times one press in `scenario.latency_sample`.
     pub latency_ns: LatencyJson,
-    /// The engine's own: arrival stamp to outcome published, queued intents only.
+    /// The engine's own: arrival stamp to outcome published, queued intents only (empty
+    /// through a cluster, where it is not measured).
     pub engine_latency_ns: LatencyJson,
+    /// What the scenario ran through, when not the in-process engine (a cluster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub through: Option<String>,
     /// Like `latency_ns`, for presses that waited (pooled for a draw, or on a waitlist)
     /// before their outcome; their wait is most of it.
     pub wait_latency_ns: LatencyJson,
@@ -246,6 +250,7 @@ impl RunJson {
             },
             latency_ns: latency,
             engine_latency_ns: result.engine.latency.into(),
+            through: None,
             journal_commits: result.engine.journal_commits,
             wait_latency_ns: LatencySummary::from_histogram(&result.wait_latency_ns).into(),
             lifecycle: LifecycleJson::of(result),
@@ -310,6 +315,9 @@ impl RunJson {
             s.producers,
             s.shards
         );
+        if let Some(through) = &self.through {
+            let _ = writeln!(out, "through {through}");
+        }
         let _ = writeln!(out, "{}", self.headline);
         let _ = writeln!(
             out,
@@ -351,14 +359,22 @@ impl RunJson {
             Nanos(latency.max)
         );
         let engine = &self.engine_latency_ns;
-        let _ = writeln!(
-            out,
-            "engine (stamp to outcome, queued only): p50 {} | p99 {} | p99.99 {} | max {}",
-            Nanos(engine.p50),
-            Nanos(engine.p99),
-            Nanos(engine.p99_99),
-            Nanos(engine.max)
-        );
+        if self.through.is_some() {
+            let _ = writeln!(
+                out,
+                "engine (stamp to outcome): not measured through a cluster; the latency \
+                 above is to the gateway's answer"
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "engine (stamp to outcome, queued only): p50 {} | p99 {} | p99.99 {} | max {}",
+                Nanos(engine.p50),
+                Nanos(engine.p99),
+                Nanos(engine.p99_99),
+                Nanos(engine.max)
+            );
+        }
         let waited = &self.wait_latency_ns;
         if waited.samples > 0 {
             let _ = writeln!(

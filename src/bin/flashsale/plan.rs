@@ -98,6 +98,12 @@ fn split_stock(stock: u32, weights: &[f64]) -> Vec<u32> {
 
 impl Plan {
     pub fn new(scenario: &Scenario) -> Result<Self, String> {
+        Self::with_lead(scenario, LEAD_NS)
+    }
+
+    /// Like [`new`](Self::new), with the schedules starting `lead_ns` after the clock's
+    /// zero (a sale on a cluster needs seconds to elect its leaders first).
+    pub fn with_lead(scenario: &Scenario, lead_ns: u64) -> Result<Self, String> {
         let weights = zipf_weights(scenario.variants_per_product, scenario.zipf_exponent);
         let countdown_ns = scaled_ns(scenario, scenario.countdown_ms as f64);
         let timed = scenario.mode == Mode::Open && scenario.rate.is_none();
@@ -114,7 +120,7 @@ impl Plan {
                 }
             })
             .collect();
-        let catalog = build_catalog(scenario, timed, &opens_ns, &weights)?;
+        let catalog = build_catalog(scenario, (timed, lead_ns), &opens_ns, &weights)?;
         let cumulative: Vec<f64> = weights
             .iter()
             .scan(0.0, |sum, weight| {
@@ -142,7 +148,7 @@ impl Plan {
         Ok(Self {
             catalog,
             schedules: split_by_buyer(presses, scenario.producers as usize),
-            start_ns: LEAD_NS,
+            start_ns: lead_ns,
             opens_ns,
             last_press_ns,
             presses: total,
@@ -156,7 +162,7 @@ impl Plan {
 /// opening at its wave (timed runs) or at once.
 fn build_catalog(
     scenario: &Scenario,
-    timed: bool,
+    (timed, lead_ns): (bool, u64),
     opens_ns: &[u64],
     weights: &[f64],
 ) -> Result<Catalog, String> {
@@ -179,14 +185,14 @@ fn build_catalog(
             builder =
                 builder.group_spec(GroupSpec::new(group, scenario.limit_per_buyer).policy(policy));
             let opens_at_ns = if timed {
-                LEAD_NS + opens_ns[product as usize]
+                lead_ns + opens_ns[product as usize]
             } else {
                 0
             };
             let window = SaleWindow {
                 opens_at_ns,
                 closes_at_ns: close_after_ns.map_or(u64::MAX, |after| {
-                    (if timed { opens_at_ns } else { LEAD_NS }) + after
+                    (if timed { opens_at_ns } else { lead_ns }) + after
                 }),
             };
             for variant in 0..variants {

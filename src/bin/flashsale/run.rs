@@ -87,6 +87,15 @@ pub struct ProducerTally {
 }
 
 impl ProducerTally {
+    /// Units of every confirmed order counted so far.
+    #[cfg_attr(
+        not(all(feature = "cluster", not(loom))),
+        allow(dead_code, reason = "read by the run on a cluster")
+    )]
+    pub fn units_confirmed(&self) -> u64 {
+        self.confirmed_units.iter().sum()
+    }
+
     /// `orders_max` bounds the orders this producer can see confirmed; the list reserves
     /// for them up front (faulted in page by page as it fills, in order).
     pub fn new(skus: usize, buckets: usize, orders_max: usize) -> Self {
@@ -232,7 +241,8 @@ pub struct DeskTally {
 }
 
 impl DeskTally {
-    fn new() -> Self {
+    /// Nothing done yet.
+    pub fn new() -> Self {
         Self {
             paid_orders: 0,
             paid_units: 0,
@@ -725,7 +735,9 @@ fn record_outcome(
     }
 }
 
-fn summarize(
+/// The run's result from its producers' merged tally and the engine's report: the
+/// invariants checked against the report's levels.
+pub fn summarize(
     scenario: &Scenario,
     opens_ns: &[u64],
     mut tally: ProducerTally,

@@ -6,10 +6,53 @@ pub use absent::run;
 #[cfg(all(feature = "cluster", not(loom)))]
 pub use real::run;
 
-/// How the cluster peer runs.
+#[cfg(all(feature = "cluster", not(loom)))]
+pub use real::{levels_of, on_throwaway_sale};
+
+/// `--nats` and its knobs, for `compare` and `simulate`.
+#[derive(clap::Args)]
+pub struct NatsArgs {
+    /// NATS servers (comma-separated URLs) to run the sale on: a throwaway sale with its
+    /// own streams (deleted after), one partition per shard, an engine node and a gateway
+    /// in this process. Needs the `cluster` feature and JetStream on the servers.
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// Copies JetStream keeps of each of the sale's logs (3 on a 3-server cluster).
+    #[arg(long, default_value_t = 3)]
+    pub nats_replicas: usize,
+    /// Buys in flight through the cluster at once: a replicated log is carried by
+    /// batching, so it needs many.
+    #[arg(long, default_value_t = 4096)]
+    pub nats_in_flight: u32,
+}
+
+impl NatsArgs {
+    /// The knobs, checked; `None` without `--nats`.
+    pub fn knobs(&self) -> Result<Option<ClusterKnobs>, String> {
+        if !(1..=5).contains(&self.nats_replicas) {
+            return Err(format!(
+                "nats-replicas: must be 1..=5, got {}",
+                self.nats_replicas
+            ));
+        }
+        if !(1..=65_536).contains(&self.nats_in_flight) {
+            return Err(format!(
+                "nats-in-flight: must be 1..=65536, got {}",
+                self.nats_in_flight
+            ));
+        }
+        Ok(self.nats.as_ref().map(|urls| ClusterKnobs {
+            urls: urls.clone(),
+            replicas: self.nats_replicas,
+            in_flight: self.nats_in_flight,
+        }))
+    }
+}
+
+/// How a run on the cluster goes.
 #[cfg_attr(
     not(all(feature = "cluster", not(loom))),
-    allow(dead_code, reason = "read only by the cluster peer")
+    allow(dead_code, reason = "read only with the cluster feature")
 )]
 pub struct ClusterKnobs {
     /// The NATS servers, comma-separated.
@@ -63,14 +106,57 @@ mod real {
         plan: Plan,
         knobs: &ClusterKnobs,
     ) -> Result<PeerJson, String> {
+        let catalog = plan.catalog.clone();
+        let (ran, levels) = on_throwaway_sale(
+            "compare",
+            scenario,
+            &catalog,
+            knobs,
+            |gateway, _epoch| async move {
+                let ran = buy_all(&gateway, plan, scenario, knobs.in_flight).await?;
+                let levels = levels_of(&gateway, &ran.2.catalog).await?;
+                Ok((ran, levels))
+            },
+        )
+        .await?;
+        let decided = ran.0.outcomes;
+        Ok(finish(
+            "cluster",
+            format!(
+                "cluster: gateway + node on NATS JetStream (R{})",
+                knobs.replicas
+            ),
+            format!("{} buys in flight", knobs.in_flight),
+            scenario,
+            ran,
+            &levels,
+            decided,
+        ))
+    }
+
+    /// A throwaway sale (`<prefix>-<pid>-<time>`, one partition per shard of the scenario)
+    /// on the cluster, with an engine node and a gateway in this process: runs `body` with
+    /// the gateway and the sale clock's zero, then stops the node and deletes the sale's
+    /// streams, buckets and snapshot store, whatever `body` returned.
+    pub async fn on_throwaway_sale<R, F, Fut>(
+        prefix: &str,
+        scenario: &Scenario,
+        catalog: &Catalog,
+        knobs: &ClusterKnobs,
+        body: F,
+    ) -> Result<R, String>
+    where
+        F: FnOnce(Gateway, SystemTime) -> Fut,
+        Fut: std::future::Future<Output = Result<R, String>>,
+    {
         let nats = |error: flashsale::cluster::nats::NatsError| format!("nats: {error}");
         let stamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_millis() % 100_000_000);
-        let name = format!("compare-{}-{stamp}", std::process::id());
+        let name = format!("{prefix}-{}-{stamp}", std::process::id());
         let partitions = u16::try_from(scenario.shards).map_err(|_| "shards: too many")?;
         let sale = SaleOnNats::new(&name, partitions, knobs.replicas).map_err(nats)?;
-        let client = connect(&knobs.urls, "flashsale-compare")
+        let client = connect(&knobs.urls, &format!("flashsale-{prefix}"))
             .await
             .map_err(nats)?;
         let lease = Duration::from_secs(2);
@@ -93,7 +179,7 @@ mod real {
             client.clone(),
             sale.clone(),
             opened.clone(),
-            plan.catalog.clone(),
+            catalog.clone(),
             NodeConfig {
                 id: format!("{name}-node"),
                 lease,
@@ -103,13 +189,14 @@ mod real {
             Some(status),
             stopping,
         ));
+        let epoch = opened.epoch();
         let outcome = async {
             led_and_reading(&mut watching).await?;
             let gateway = Gateway::connect_opened(
                 client.clone(),
                 sale.clone(),
                 opened,
-                plan.catalog.clone(),
+                catalog.clone(),
                 GatewayConfig {
                     max_quantity,
                     // Nothing is killed here: a buy is published once, and one that is
@@ -121,29 +208,15 @@ mod real {
             )
             .await
             .map_err(nats)?;
-            let ran = buy_all(&gateway, plan, scenario, knobs.in_flight).await?;
-            let levels = levels_of(&gateway, &ran.2.catalog).await?;
-            Ok::<_, String>((ran, levels))
+            body(gateway, epoch).await
         }
         .await;
         let _ = stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), node).await;
         let removed = sale.remove(client).await;
-        let (ran, levels) = outcome?;
+        let outcome = outcome?;
         removed.map_err(nats)?;
-        let decided = ran.0.outcomes;
-        Ok(finish(
-            "cluster",
-            format!(
-                "cluster: gateway + node on NATS JetStream (R{})",
-                knobs.replicas
-            ),
-            format!("{} buys in flight", knobs.in_flight),
-            scenario,
-            ran,
-            &levels,
-            decided,
-        ))
+        Ok(outcome)
     }
 
     /// Waits until the node leads every partition and reads its log.
@@ -226,7 +299,7 @@ mod real {
     }
 
     /// Every SKU's levels as the partitions' leaders report them, in catalog order.
-    async fn levels_of(gateway: &Gateway, catalog: &Catalog) -> Result<Vec<SkuLevels>, String> {
+    pub async fn levels_of(gateway: &Gateway, catalog: &Catalog) -> Result<Vec<SkuLevels>, String> {
         let sales = gateway
             .sales()
             .await

@@ -19,7 +19,7 @@
 //!   flash-sale path: a Lua script checks the key, the buyer's units and the stock, and
 //!   records the order, called with pipelined `EVALSHA` over several connections.
 
-mod cluster_peer;
+pub mod cluster_peer;
 mod crossbeam;
 mod mutex;
 mod redis_peer;
@@ -62,18 +62,8 @@ pub struct CompareArgs {
     /// `EVALSHA` calls per Redis pipeline.
     #[arg(long, default_value_t = 64)]
     redis_pipeline: u32,
-    /// NATS servers (comma-separated URLs) to run the cluster peer on: a throwaway sale
-    /// with its own streams (deleted after), one partition per shard, an engine node and a
-    /// gateway in this process. Needs the `cluster` feature and JetStream on the servers.
-    #[arg(long)]
-    nats: Option<String>,
-    /// Copies JetStream keeps of each of the cluster peer's logs (3 on a 3-server cluster).
-    #[arg(long, default_value_t = 3)]
-    nats_replicas: usize,
-    /// The cluster peer's buys in flight at once: a replicated log is carried by batching,
-    /// so it needs many.
-    #[arg(long, default_value_t = 4096)]
-    nats_in_flight: u32,
+    #[command(flatten)]
+    nats: cluster_peer::NatsArgs,
     /// Peers to leave out, by name: engine, mutex, crossbeam.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
@@ -187,16 +177,12 @@ pub fn compare(args: &CompareArgs) -> Result<bool, String> {
         say("running crossbeam-channel ...");
         peers.push(crossbeam_peer(&scenario)?);
     }
-    if let Some(urls) = &args.nats {
-        say(&format!("running the cluster on NATS at {urls} ..."));
-        peers.push(cluster_peer::run(
-            &scenario,
-            &cluster_peer::ClusterKnobs {
-                urls: urls.clone(),
-                replicas: args.nats_replicas,
-                in_flight: args.nats_in_flight,
-            },
-        )?);
+    if let Some(knobs) = args.nats.knobs()? {
+        say(&format!(
+            "running the cluster on NATS at {} ...",
+            knobs.urls
+        ));
+        peers.push(cluster_peer::run(&scenario, &knobs)?);
     }
     if let Some(address) = &args.redis {
         say(&format!("running Redis + Lua at {address} ..."));
@@ -261,18 +247,7 @@ fn checked_scenario(args: &CompareArgs) -> Result<Scenario, String> {
             args.redis_connections
         ));
     }
-    if !(1..=5).contains(&args.nats_replicas) {
-        return Err(format!(
-            "nats-replicas: must be 1..=5, got {}",
-            args.nats_replicas
-        ));
-    }
-    if !(1..=65_536).contains(&args.nats_in_flight) {
-        return Err(format!(
-            "nats-in-flight: must be 1..=65536, got {}",
-            args.nats_in_flight
-        ));
-    }
+    args.nats.knobs()?;
     if !(1..=65_536).contains(&args.redis_pipeline) {
         return Err(format!(
             "redis-pipeline: must be 1..=65536, got {}",
@@ -287,7 +262,7 @@ fn checked_scenario(args: &CompareArgs) -> Result<Scenario, String> {
         }
     }
     if args.redis.is_none()
-        && args.nats.is_none()
+        && args.nats.nats.is_none()
         && ["engine", "mutex", "crossbeam"]
             .iter()
             .all(|name| args.skipped(name))
