@@ -535,25 +535,8 @@ impl Model {
         }
         self.serving.pop_front();
         for (origin, intent, arrival_ns, wait) in serving.after {
-            let sku = &self.skus[&intent.sku];
-            let result = if intent.quantity == 0 {
-                Err(RejectReason::InvalidQuantity)
-            } else if arrival_ns < sku.opens_at_ns {
-                Err(RejectReason::NotOpenYet)
-            } else if sku.is_closed(arrival_ns) {
-                Err(RejectReason::Closed)
-            } else {
-                self.take(intent, intent.quantity, sequence)
-            };
-            match result {
-                Ok(order) => self.defer(origin, intent, Outcome::Confirmed(order)),
-                Err(RejectReason::SoldOut | RejectReason::InsufficientStock)
-                    if wait && self.skus[&intent.sku].waitlist_capacity > 0 =>
-                {
-                    self.enqueue(origin, intent, sequence);
-                }
-                Err(reason) => self.defer(origin, intent, rejected(reason, sequence)),
-            }
+            let result = self.first_come(intent, arrival_ns, sequence);
+            self.settle(origin, intent, wait, result, sequence);
         }
         used
     }
@@ -642,15 +625,7 @@ impl Model {
             serving.after.push((sequence, intent, arrival_ns, wait));
             return Applied::Waiting { sequence };
         }
-        let result = if intent.quantity == 0 {
-            Err(RejectReason::InvalidQuantity)
-        } else if arrival_ns < sku.opens_at_ns {
-            Err(RejectReason::NotOpenYet)
-        } else if sku.is_closed(arrival_ns) {
-            Err(RejectReason::Closed)
-        } else {
-            self.take(intent, intent.quantity, sequence)
-        };
+        let result = self.first_come(intent, arrival_ns, sequence);
         match result {
             Ok(order) => Applied::Decided(Outcome::Confirmed(order)),
             Err(RejectReason::SoldOut | RejectReason::InsufficientStock)
@@ -659,6 +634,25 @@ impl Model {
                 self.enqueue(sequence, intent, sequence)
             }
             Err(reason) => Applied::Decided(rejected(reason, sequence)),
+        }
+    }
+
+    /// Rules 3 to 8 for a buy of a known SKU, decided now.
+    fn first_come(
+        &mut self,
+        intent: Intent,
+        arrival_ns: u64,
+        sequence: u64,
+    ) -> Result<Order, RejectReason> {
+        let sku = &self.skus[&intent.sku];
+        if intent.quantity == 0 {
+            Err(RejectReason::InvalidQuantity)
+        } else if arrival_ns < sku.opens_at_ns {
+            Err(RejectReason::NotOpenYet)
+        } else if sku.is_closed(arrival_ns) {
+            Err(RejectReason::Closed)
+        } else {
+            self.take(intent, intent.quantity, sequence)
         }
     }
 

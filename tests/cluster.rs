@@ -1236,6 +1236,24 @@ async fn a_draw_is_served_in_slices_through_the_log() {
     assert_eq!((draw.levels.available, draw.levels.held), (0, UNITS));
 }
 
+/// Runs `flashsale ARGS` (with `--json`) off the runtime's threads; its report.
+async fn flashsale_json<const N: usize>(args: [String; N]) -> serde_json::Value {
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .args(args)
+            .output()
+            .expect("flashsale runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_runs_the_scenario_through_the_cluster() {
     let dir = std::env::temp_dir().join(format!("flashsale-compare-{}", std::process::id()));
@@ -1255,20 +1273,7 @@ async fn compare_runs_the_scenario_through_the_cluster() {
         &urls,
     ]
     .map(String::from);
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_flashsale"))
-            .args(args)
-            .output()
-            .expect("flashsale compare runs")
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let report = flashsale_json(args).await;
     let peers = report["peers"].as_array().unwrap();
     let names: Vec<&str> = peers.iter().map(|p| p["peer"].as_str().unwrap()).collect();
     assert_eq!(names, ["engine", "cluster"]);
@@ -1305,20 +1310,7 @@ async fn compare_runs_the_scenario_through_the_cluster() {
         &urls,
     ]
     .map(String::from);
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_flashsale"))
-            .args(args)
-            .output()
-            .expect("flashsale simulate runs")
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let run: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let run = flashsale_json(args).await;
     assert!(run["through"].as_str().unwrap().contains("NATS JetStream"));
     for (check, held) in run["invariants"].as_object().unwrap() {
         assert_eq!(held, true, "{check}");

@@ -259,18 +259,13 @@ impl ShardCore {
         self.serving.pop_front();
         for after in serving.after {
             let result = self.decide(after.local, &after.intent, after.arrival_ns, sequence);
-            match result {
-                Err(RejectReason::SoldOut | RejectReason::InsufficientStock)
-                    if after.wait && self.skus[after.local as usize].waitlist_capacity > 0 =>
-                {
-                    self.wait_or_refuse(after.local, after.origin, &after.intent, sequence);
-                }
-                result => self.deferred.push(Deferred {
-                    origin: after.origin,
-                    intent: after.intent,
-                    outcome: outcome_of(result, sequence),
-                }),
-            }
+            let waiting = PoolTicket {
+                origin: after.origin,
+                intent: after.intent,
+                local: after.local,
+                wait: after.wait,
+            };
+            self.settle_ticket(&waiting, result, sequence);
         }
         used
     }
@@ -298,8 +293,8 @@ impl ShardCore {
         }
     }
 
-    /// Delivers a served ticket's outcome, or puts it on its waitlist if it asked to wait
-    /// and got no unit.
+    /// Delivers a served ticket's outcome (or that of a buy that waited for its pool), or
+    /// puts it on its waitlist if it asked to wait and got no unit.
     pub(super) fn settle_ticket(
         &mut self,
         ticket: &PoolTicket,

@@ -175,38 +175,31 @@ mod real {
         let record = |tally: &mut ProducerTally, (intent, sent, decided, at): Answered| {
             progress.fetch_add(1, Ordering::Relaxed);
             tally.last_ns = tally.last_ns.max(at);
-            match decided {
-                Ok(decided) if decided.waited => {
-                    // Recorded apart, as in a run on the engine: a pooled press's latency
-                    // is mostly its wait.
-                    if sent != UNTIMED {
-                        tally
-                            .wait_latency_ns
-                            .saturating_record(at.saturating_sub(sent).max(1));
-                    }
-                    run::record(
-                        tally,
-                        catalog,
-                        how.start_ns,
-                        intent,
-                        decided.outcome,
-                        UNTIMED,
-                        at,
-                    );
+            let Ok(decided) = decided else {
+                tally.refused += 1;
+                return;
+            };
+            // A pooled press's latency is mostly its wait: recorded apart, as in a run on
+            // the engine.
+            let timed = if decided.waited {
+                if sent != UNTIMED {
+                    tally
+                        .wait_latency_ns
+                        .saturating_record(at.saturating_sub(sent).max(1));
                 }
-                Ok(decided) => {
-                    run::record(
-                        tally,
-                        catalog,
-                        how.start_ns,
-                        intent,
-                        decided.outcome,
-                        sent,
-                        at,
-                    );
-                }
-                Err(_) => tally.refused += 1,
-            }
+                UNTIMED
+            } else {
+                sent
+            };
+            run::record(
+                tally,
+                catalog,
+                how.start_ns,
+                intent,
+                decided.outcome,
+                timed,
+                at,
+            );
         };
         for press in schedule {
             while let Ok(answer) = answered.try_recv() {
