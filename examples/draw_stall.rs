@@ -8,8 +8,9 @@
 //! and in the default slices; the figures to compare are the two runs' longest waits.
 //!
 //! ```text
-//! cargo run --release --example draw_stall            # 1,000,000 tickets
-//! cargo run --release --example draw_stall -- 200000  # fewer
+//! cargo run --release --example draw_stall                # 1,000,000 tickets
+//! cargo run --release --example draw_stall -- 200000      # fewer
+//! cargo run --release --example draw_stall -- 1000000 256 # another slice
 //! ```
 
 use std::time::{Duration, Instant};
@@ -128,6 +129,10 @@ fn main() {
         .nth(1)
         .map(|arg| arg.parse().expect("TICKETS is a number"))
         .unwrap_or(1_000_000);
+    let slice: u32 = std::env::args()
+        .nth(2)
+        .map(|arg| arg.parse().expect("SLICE is a number of steps above 0"))
+        .unwrap_or(POOL_SLICE_DEFAULT);
     println!(
         "an opening draw of {tickets} tickets (100,000 units) and a first-come product on one \
          shard; first-come buys, one at a time, while the draw is served"
@@ -139,10 +144,7 @@ fn main() {
     let mut longest = Vec::new();
     for (name, slice) in [
         ("at once".to_owned(), u32::MAX),
-        (
-            format!("in slices of {POOL_SLICE_DEFAULT}"),
-            POOL_SLICE_DEFAULT,
-        ),
+        (format!("in slices of {slice}"), slice),
     ] {
         let run = run(tickets, slice);
         assert_eq!(

@@ -94,7 +94,7 @@ impl Policy {
 pub const POOL_CAPACITY_DEFAULT: u32 = 1 << 20;
 
 /// Tickets served per slice of a pool by default (see [`CatalogBuilder::pool_slice`]).
-pub const POOL_SLICE_DEFAULT: u32 = 1024;
+pub const POOL_SLICE_DEFAULT: u32 = 256;
 
 /// One SKU as the catalog describes it. Build with [`SkuSpec::new`] and the setters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,8 +326,10 @@ impl CatalogBuilder {
     /// into place, checks one, or decides one), one slice per clock tick, so that the
     /// shard decides the buys of its other products between slices instead of waiting
     /// for the whole pool. The outcomes are the same whatever the slice: see
-    /// [`Policy`] and the fairness documentation. About 1,000 steps take well under a
-    /// millisecond; `u32::MAX` serves every pool in one go.
+    /// [`Policy`] and the fairness documentation. A step takes 100-300 ns, so the default
+    /// slice keeps another product's buys waiting well under a millisecond; on a cluster
+    /// every slice is one more entry in the log, so a sale of huge pools there may take
+    /// larger slices. `u32::MAX` serves every pool in one go.
     pub fn pool_slice(mut self, steps: u32) -> Self {
         self.pool_slice = steps;
         self
