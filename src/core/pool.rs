@@ -58,24 +58,14 @@ pub(super) struct Serving {
     pub(super) wants: Vec<u32>,
     /// One-each-first: the units each ticket gets (empty until every ticket was checked).
     pub(super) granted: Vec<u32>,
-    /// Buys of the pool's product that arrived while it was being served, decided first
-    /// come in arrival order once it is (as they would have been had it been served at
-    /// once).
-    pub(super) after: Vec<After>,
+    /// Buys of the pool's product that arrived while it was being served, with their
+    /// arrival instants: decided first come in arrival order once it is (as they would
+    /// have been had it been served at once), and settled as its tickets are.
+    pub(super) after: Vec<(PoolTicket, u64)>,
 }
 
 /// A ticket answered at its check (one-each-first).
 pub(super) const REFUSED: u32 = u32::MAX;
-
-/// A buy waiting for its product's pool to be served in full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct After {
-    pub(super) origin: u64,
-    pub(super) intent: Intent,
-    pub(super) local: u32,
-    pub(super) arrival_ns: u64,
-    pub(super) wait: bool,
-}
 
 /// A pool as reports show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

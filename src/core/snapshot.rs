@@ -11,7 +11,7 @@
 
 use std::collections::BinaryHeap;
 
-use super::pool::{After, PoolTicket, Serving, SplitMix64};
+use super::pool::{PoolTicket, Serving, SplitMix64};
 use super::{OrderRecord, OrderState, ShardCore, Waiter};
 use crate::catalog::{Catalog, Placement};
 use crate::types::{Intent, ShardId, SkuId, UserId};
@@ -264,12 +264,12 @@ impl ShardCore {
                         }
                     }
                     out.u64(serving.after.len() as u64);
-                    for after in &serving.after {
-                        out.u64(after.origin);
-                        out.intent(&after.intent);
-                        out.u32(after.local);
-                        out.u64(after.arrival_ns);
-                        out.u8(u8::from(after.wait));
+                    for (ticket, arrival_ns) in &serving.after {
+                        out.u64(ticket.origin);
+                        out.intent(&ticket.intent);
+                        out.u32(ticket.local);
+                        out.u64(*arrival_ns);
+                        out.u8(u8::from(ticket.wait));
                     }
                 }
             }
@@ -462,17 +462,19 @@ impl ShardCore {
                     }
                     let mut after = Vec::new();
                     for _ in 0..input.len(usize::MAX)? {
-                        let entry = After {
-                            origin: input.u64()?,
-                            intent: input.intent()?,
-                            local: input.u32()?,
-                            arrival_ns: input.u64()?,
-                            wait: input.u8()? != 0,
-                        };
-                        if !pool.skus.contains(&entry.local) {
+                        let (origin, intent, local) = (input.u64()?, input.intent()?, input.u32()?);
+                        let arrival_ns = input.u64()?;
+                        let wait = input.u8()? != 0;
+                        if !pool.skus.contains(&local) {
                             return Err(SnapshotError::Mismatch("a buy waiting for a pool"));
                         }
-                        after.push(entry);
+                        let ticket = PoolTicket {
+                            origin,
+                            intent,
+                            local,
+                            wait,
+                        };
+                        after.push((ticket, arrival_ns));
                     }
                     Some(Box::new(Serving {
                         at_ns,

@@ -1,7 +1,7 @@
 //! Buys that wait: entering a pooled product's pool, serving a pool by its policy (the
 //! opening draw, one each first), and serving a SKU's waitlist when units come back.
 
-use super::pool::{After, REFUSED, Serving, SplitMix64, shuffle_steps};
+use super::pool::{REFUSED, Serving, SplitMix64, shuffle_steps};
 use super::*;
 
 /// The window rule for a pool's ticket, judged at the instant its pool's window closed.
@@ -71,13 +71,13 @@ impl ShardCore {
             .serving
             .as_mut()
             .expect("a pool being served");
-        serving.after.push(After {
+        let ticket = PoolTicket {
             origin: sequence,
             intent: *intent,
             local,
-            arrival_ns,
             wait,
-        });
+        };
+        serving.after.push((ticket, arrival_ns));
         Applied::Waiting { sequence }
     }
 
@@ -257,15 +257,9 @@ impl ShardCore {
         }
         // Served in full: the buys of its product that came meanwhile, first come.
         self.serving.pop_front();
-        for after in serving.after {
-            let result = self.decide(after.local, &after.intent, after.arrival_ns, sequence);
-            let waiting = PoolTicket {
-                origin: after.origin,
-                intent: after.intent,
-                local: after.local,
-                wait: after.wait,
-            };
-            self.settle_ticket(&waiting, result, sequence);
+        for (ticket, arrival_ns) in serving.after {
+            let result = self.decide(ticket.local, &ticket.intent, arrival_ns, sequence);
+            self.settle_ticket(&ticket, result, sequence);
         }
         used
     }
