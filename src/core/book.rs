@@ -1,30 +1,60 @@
 //! The order book of one shard: what every buyer holds, and every confirmed order's
-//! idempotency key, in two open-addressing tables.
+//! idempotency key, in one open-addressing table where a buyer's first order of a SKU is
+//! one slot.
 //!
-//! - **Keys**: one slot per confirmed order, `[user, client_key, order id + 1, limit key]`,
-//!   homed at a hash of `(user, client_key)`. A key names one purchase attempt of one
-//!   product, so it is scoped to the SKU's limit key (its product's group, or the SKU
-//!   itself): a retry finds its order whichever variant of the product it names, and the
-//!   answer does not depend on how products are placed on shards.
-//! - **Holdings**: one slot per `(buyer, SKU)` with units held, `[user, limit key,
-//!   sku_local << 32 | units, 1]`, homed at a hash of `(user, limit key)`, where the limit
-//!   key is the SKU's limit group (or the SKU itself outside any group). A buyer's holdings
-//!   in one group share a home, so one short scan sums the group's units and finds the
-//!   SKU's; a buyer with orders in many groups has them spread over the table, so no scan
-//!   grows with a buyer's total orders.
+//! - **Holdings** (one slot per `(buyer, SKU)` with an order): `[user, client_key, number,
+//!   sku_local << 32 | units]`, homed at a hash of `(user, limit key)`, where the limit key
+//!   is the SKU's limit group (or the SKU itself outside any group). The slot carries the
+//!   key and number of the buyer's first order of the SKU, and the units the buyer holds
+//!   of it. A buyer's holdings in one group share a home, so one short scan finds the
+//!   intent's key if it repeats one of them, sums the group's units and finds the SKU's;
+//!   a buyer with orders in many groups has them spread over the table, so no scan grows
+//!   with a buyer's total orders.
+//! - **Further keys** (a buyer's second and later orders of the same SKU): `[user,
+//!   client_key, number, KEY | limit key]`, homed at a hash of `(user, client_key)`, and
+//!   looked at only when one of the buyer's holdings in the group is marked as having
+//!   them. A buyer with many orders of one SKU (a high limit) therefore costs a second
+//!   look-up, not a longer scan.
 //!
-//! Both use linear probing, never remove entries (an order's key stays known for
-//! idempotency; holdings only change in place), so there are no tombstones, and double
-//! when half full (about 2.5 slots per unsuccessful scan at the maximum load). A free slot
-//! is all zero bits. At scale every look-up is a cache and TLB miss (200-400 ns here, in a
-//! VM), so the shard worker calls [`OrderBook::prefetch`] for a whole batch before deciding
-//! it, and the tables live on huge pages (see [`super::table`]).
+//! A key names one purchase attempt of one product, so it is scoped to the SKU's limit
+//! key: a retry finds its order whichever variant of the product it names, and the answer
+//! does not depend on how products are placed on shards.
+//!
+//! So deciding an intent reads one run of slots (one cache miss at scale, where the book
+//! used to keep keys and holdings in two tables and miss in both), and an order takes one
+//! 32-byte slot: 64 bytes of room at the table's most (half) full. The `number` word is
+//! the order's number on its shard plus one (never 0: a free slot is all zero bits), with
+//! two flags in its top bits, which numbers (48 bits) never reach.
+//!
+//! The table uses linear probing, never removes entries (an order's key stays known for
+//! idempotency; holdings only change in place), so there are no tombstones, and doubles
+//! when half full (about 2.5 slots per unsuccessful scan at the maximum load). At scale
+//! every look-up is a cache and TLB miss (200-400 ns here, in a VM), so the shard worker
+//! calls [`OrderBook::prefetch`] for a whole batch before deciding it, and the table lives
+//! on huge pages (see [`super::table`]).
 
 use super::table::{Slot, SlotTable};
-use crate::types::OrderId;
+use crate::hash::mix64 as mix;
+use crate::types::{OrderId, ShardId};
 
 /// The bit that marks a limit key as an ungrouped SKU's local index rather than a group's.
 pub(super) const SKU_LIMIT_KEY: u64 = 1 << 63;
+
+/// In a slot's number word: the slot holds a further key, not a holding.
+const KEY: u64 = 1 << 63;
+/// In a holding's number word: the buyer has further keys for this SKU.
+const MORE_KEYS: u64 = 1 << 62;
+const FLAGS: u64 = KEY | MORE_KEYS;
+/// The most a number word holds besides its flags: an order number (48 bits) plus one.
+const NUMBER_MAX: u64 = 1 << 48;
+
+/// The words of a slot.
+const USER: usize = 0;
+const CLIENT_KEY: usize = 1;
+/// Never 0 in a used slot.
+const NUMBER: usize = 2;
+/// A holding's `sku_local << 32 | units`, a further key's limit key.
+const HELD: usize = 3;
 
 /// What a buyer already has, as far as one intent is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,98 +84,75 @@ pub(super) struct Confirmed {
 /// Where a confirmation of a looked-up intent is written: valid until the book changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Places {
-    /// The free slot for its key.
-    key: usize,
-    /// The buyer's slot for the SKU if they hold some already, else the free slot for it.
+    /// The buyer's holding of the SKU if they hold some already, else the free slot that
+    /// ends the group's run, where the holding goes.
     holding: usize,
+    /// With a holding: the free slot that ends the run of the order's key, where the key
+    /// goes.
+    key: usize,
 }
 
-/// One table: `capacity` slots (a power of two), at most half of them used.
-#[derive(Debug, Clone)]
-struct Table {
-    slots: SlotTable,
-    /// `capacity - 1`.
-    mask: usize,
-    len: usize,
-}
-
-/// Which word of a slot is never 0 in a used slot.
-const USED_WORD_KEYS: usize = 2;
-const USED_WORD_HOLDINGS: usize = 3;
-
-impl Table {
-    fn with_room_for(entries: usize) -> Self {
-        let capacity = (entries.max(8) * 2).next_power_of_two();
-        Self {
-            slots: SlotTable::zeroed(capacity),
-            mask: capacity - 1,
-            len: 0,
-        }
-    }
-
-    #[inline]
-    fn next(&self, slot: usize) -> usize {
-        (slot + 1) & self.mask
-    }
-
-    /// Writes `value` into the free `slot` and grows past half full. `home` re-homes the
-    /// entries when the table grows; `used` is the word that is non-zero in a used slot.
-    fn insert_at(&mut self, slot: usize, value: Slot, used: usize, home: fn(&Slot) -> u64) {
-        debug_assert_eq!(self.slots[slot][used], 0);
-        debug_assert_ne!(value[used], 0);
-        self.slots[slot] = value;
-        self.len += 1;
-        if self.len * 2 > self.slots.len() {
-            let capacity = self.slots.len() * 2;
-            let old = std::mem::replace(&mut self.slots, SlotTable::zeroed(capacity));
-            self.mask = capacity - 1;
-            // Old run order is kept per home, so scans see entries in the same order.
-            for entry in old.iter().filter(|entry| entry[used] != 0) {
-                let mut slot = home(entry) as usize & self.mask;
-                while self.slots[slot][used] != 0 {
-                    slot = self.next(slot);
-                }
-                self.slots[slot] = *entry;
-            }
-        }
-    }
-}
-
-use crate::hash::mix64 as mix;
-
-fn key_home(entry: &Slot) -> u64 {
-    mix(entry[0], entry[1])
-}
-
-fn holding_home(entry: &Slot) -> u64 {
-    mix(entry[0], entry[1])
+/// What one scan of a buyer's holdings in a limit group found.
+struct Holdings {
+    of_sku: u32,
+    of_group: u32,
+    /// The SKU's holding, if the buyer has one.
+    sku_slot: Option<usize>,
+    /// The free slot that ends the run.
+    end: usize,
+    /// Some holding in the group has further keys.
+    more_keys: bool,
 }
 
 #[derive(Debug, Clone)]
 pub(super) struct OrderBook {
-    keys: Table,
-    holdings: Table,
+    /// `capacity` slots (a power of two), at most half of them used.
+    slots: SlotTable,
+    /// `capacity - 1`.
+    mask: usize,
+    len: usize,
+    /// Further keys among the `len` entries.
+    further_keys: usize,
+    /// The shard's bits of its order ids (an id is these over the order's number).
+    shard_bits: u64,
+    /// Each SKU's limit key, by local index.
+    limit_keys: Box<[u64]>,
 }
 
 impl OrderBook {
-    /// A book with room for `orders` orders (and as many holdings) before it first grows.
-    pub(super) fn with_room_for(orders: usize) -> Self {
+    /// A book with room for `orders` orders before it first grows, for the shard `shard`
+    /// whose SKUs (by local index) count their units under `limit_keys`.
+    pub(super) fn with_room_for(orders: usize, shard: ShardId, limit_keys: Box<[u64]>) -> Self {
+        let capacity = (orders.max(8) * 2).next_power_of_two();
         Self {
-            keys: Table::with_room_for(orders),
-            holdings: Table::with_room_for(orders),
+            slots: SlotTable::zeroed(capacity),
+            mask: capacity - 1,
+            len: 0,
+            further_keys: 0,
+            shard_bits: OrderId::new(shard, 0).0,
+            limit_keys,
         }
     }
 
-    /// Starts loading the slots where a look-up for this intent begins.
+    /// Starts loading the slots where a look-up for an intent of this buyer for a SKU of
+    /// `limit_key` begins, and, for a buyer who may hold orders already (`may_hold`) in a
+    /// sale where further keys are common (a sixteenth of the orders or more: buyers buy
+    /// the same SKU again and again), where its key would be if it is a further key. In a
+    /// sale where they are rare that second load would mostly be wasted, and it would cost
+    /// every repeat buyer a second miss's worth of the memory system's parallelism.
     #[inline]
-    pub(super) fn prefetch(&self, user: u64, client_key: u64, limit_key: u64) {
-        let key = mix(user, client_key) as usize & self.keys.mask;
-        crate::prefetch::prefetch_read(&self.keys.slots[key]);
-        let holding = mix(user, limit_key) as usize & self.holdings.mask;
-        crate::prefetch::prefetch_read(&self.holdings.slots[holding]);
+    pub(super) fn prefetch(&self, user: u64, client_key: u64, limit_key: u64, may_hold: bool) {
+        let home = mix(user, limit_key) as usize & self.mask;
+        crate::prefetch::prefetch_read(&self.slots[home]);
+        if may_hold && self.further_keys > 0 && self.further_keys * 16 >= self.len {
+            let key = mix(user, client_key) as usize & self.mask;
+            crate::prefetch::prefetch_read(&self.slots[key]);
+        }
     }
 
-    /// Looks up an intent: its key, then the buyer's holdings in the SKU's limit group.
+    /// Looks up an intent: the buyer's holdings in the SKU's limit group (which carry the
+    /// keys of their first orders), then, if the buyer has more orders there than
+    /// holdings, the intent's key among the further keys.
     #[inline(always)]
     pub(super) fn standing(
         &self,
@@ -154,186 +161,259 @@ impl OrderBook {
         sku_local: u32,
         limit_key: u64,
     ) -> Standing {
-        let key = match self.find_key(user, client_key, limit_key) {
-            Ok(order) => return Standing::Duplicate(order),
-            Err(free) => free,
+        let held = match self.holdings(user, Some(client_key), sku_local, limit_key) {
+            Ok(held) => held,
+            Err(order) => return Standing::Duplicate(order),
         };
-        let (of_sku, of_group, holding) = self.scan_holdings(user, sku_local, limit_key);
+        let mut places = Places {
+            holding: held.end,
+            key: held.end,
+        };
+        if let Some(slot) = held.sku_slot {
+            places.holding = slot;
+            // A second order of the SKU keeps its key apart: find it, or where it goes.
+            match self.find_key(user, client_key, limit_key) {
+                Ok(order) => return Standing::Duplicate(order),
+                Err(free) => places.key = free,
+            }
+        } else if held.more_keys
+            && let Ok(order) = self.find_key(user, client_key, limit_key)
+        {
+            return Standing::Duplicate(order);
+        }
         Standing::Holds {
-            of_sku,
-            of_group,
-            places: Places { key, holding },
+            of_sku: held.of_sku,
+            of_group: held.of_group,
+            places,
         }
     }
 
-    /// The order of `(user, client_key)` for the product of `limit_key`, or the free slot
-    /// that ends its run.
+    /// Scans the buyer's holdings in the group of `limit_key`: the order whose first key
+    /// is `client_key` (if given) as `Err`, else what they hold.
     #[inline(always)]
-    fn find_key(&self, user: u64, client_key: u64, limit_key: u64) -> Result<OrderId, usize> {
-        let keys = &self.keys;
-        let mut slot = mix(user, client_key) as usize & keys.mask;
+    fn holdings(
+        &self,
+        user: u64,
+        client_key: Option<u64>,
+        sku_local: u32,
+        limit_key: u64,
+    ) -> Result<Holdings, OrderId> {
+        let mut slot = mix(user, limit_key) as usize & self.mask;
+        let mut held = Holdings {
+            of_sku: 0,
+            of_group: 0,
+            sku_slot: None,
+            end: 0,
+            more_keys: false,
+        };
         // Bounded: at most half the slots are used, so a free slot ends every run.
         loop {
-            let entry = &keys.slots[slot];
-            if entry[USED_WORD_KEYS] == 0 {
-                return Err(slot);
+            let entry = &self.slots[slot];
+            if entry[NUMBER] == 0 {
+                held.end = slot;
+                return Ok(held);
             }
-            if entry[0] == user && entry[1] == client_key && entry[3] == limit_key {
-                return Ok(OrderId(entry[USED_WORD_KEYS] - 1));
+            if entry[USER] == user && entry[NUMBER] & KEY == 0 {
+                let sku = (entry[HELD] >> 32) as u32;
+                if self.limit_keys.get(sku as usize) == Some(&limit_key) {
+                    if client_key == Some(entry[CLIENT_KEY]) {
+                        return Err(self.id(entry[NUMBER]));
+                    }
+                    let units = entry[HELD] as u32;
+                    held.of_group += units;
+                    held.more_keys |= entry[NUMBER] & MORE_KEYS != 0;
+                    if sku == sku_local {
+                        held.of_sku = units;
+                        held.sku_slot = Some(slot);
+                    }
+                }
             }
-            slot = keys.next(slot);
+            slot = (slot + 1) & self.mask;
         }
     }
 
-    /// Units the buyer holds of the SKU and of its limit group, and the SKU's slot (its
-    /// holding, or the free slot that ends the run).
-    #[inline(always)]
-    fn scan_holdings(&self, user: u64, sku_local: u32, limit_key: u64) -> (u32, u32, usize) {
-        let holdings = &self.holdings;
-        let mut slot = mix(user, limit_key) as usize & holdings.mask;
-        let mut of_sku = 0;
-        let mut of_group = 0;
-        let mut sku_slot = None;
+    /// The order of a further key `(user, client_key)` for the product of `limit_key`, or
+    /// the free slot that ends its run.
+    fn find_key(&self, user: u64, client_key: u64, limit_key: u64) -> Result<OrderId, usize> {
+        let mut slot = mix(user, client_key) as usize & self.mask;
         loop {
-            let entry = &holdings.slots[slot];
-            if entry[USED_WORD_HOLDINGS] == 0 {
-                return (of_sku, of_group, sku_slot.unwrap_or(slot));
+            let entry = &self.slots[slot];
+            if entry[NUMBER] == 0 {
+                return Err(slot);
             }
-            if entry[0] == user && entry[1] == limit_key {
-                let units = entry[2] as u32;
-                of_group += units;
-                if (entry[2] >> 32) as u32 == sku_local {
-                    of_sku = units;
-                    sku_slot = Some(slot);
-                }
+            if entry[NUMBER] & KEY != 0
+                && entry[USER] == user
+                && entry[CLIENT_KEY] == client_key
+                && entry[HELD] == limit_key
+            {
+                return Ok(self.id(entry[NUMBER]));
             }
-            slot = holdings.next(slot);
+            slot = (slot + 1) & self.mask;
         }
+    }
+
+    /// The order id in a used slot's number word.
+    #[inline]
+    fn id(&self, number_word: u64) -> OrderId {
+        OrderId(self.shard_bits | ((number_word & !FLAGS) - 1))
     }
 
     /// Records a confirmed order at the places [`standing`](Self::standing) returned for
     /// the same intent, with no change to the book in between.
     #[inline]
     pub(super) fn confirm(&mut self, places: Places, order: &Confirmed) {
-        debug_assert_ne!(order.id.0, u64::MAX);
-        let holding = &mut self.holdings.slots[places.holding];
-        if holding[USED_WORD_HOLDINGS] != 0 {
-            debug_assert!(holding[0] == order.user && (holding[2] >> 32) as u32 == order.sku_local);
-            holding[2] += u64::from(order.units);
+        let number = (order.id.0 & (NUMBER_MAX - 1)) + 1;
+        let holding = &mut self.slots[places.holding];
+        if holding[NUMBER] != 0 {
+            debug_assert!(
+                holding[USER] == order.user
+                    && holding[NUMBER] & KEY == 0
+                    && (holding[HELD] >> 32) as u32 == order.sku_local
+            );
+            holding[HELD] += u64::from(order.units);
+            holding[NUMBER] |= MORE_KEYS;
+            let key = [order.user, order.client_key, number | KEY, order.limit_key];
+            self.insert_at(places.key, key);
+            self.further_keys += 1;
         } else {
-            let value = [
+            let holding = [
                 order.user,
-                order.limit_key,
+                order.client_key,
+                number,
                 (u64::from(order.sku_local) << 32) | u64::from(order.units),
-                1,
             ];
-            self.holdings
-                .insert_at(places.holding, value, USED_WORD_HOLDINGS, holding_home);
+            self.insert_at(places.holding, holding);
         }
-        let value = [
-            order.user,
-            order.client_key,
-            order.id.0 + 1,
-            order.limit_key,
-        ];
-        self.keys
-            .insert_at(places.key, value, USED_WORD_KEYS, key_home);
+    }
+
+    /// Writes `value` into the free `slot` and grows past half full.
+    fn insert_at(&mut self, slot: usize, value: Slot) {
+        debug_assert_eq!(self.slots[slot][NUMBER], 0);
+        debug_assert_ne!(value[NUMBER], 0);
+        self.slots[slot] = value;
+        self.len += 1;
+        if self.len * 2 > self.slots.len() {
+            let capacity = self.slots.len() * 2;
+            let old = std::mem::replace(&mut self.slots, SlotTable::zeroed(capacity));
+            self.mask = capacity - 1;
+            for entry in old.iter().filter(|entry| entry[NUMBER] != 0) {
+                let mut slot = home(entry, &self.limit_keys) as usize & self.mask;
+                while self.slots[slot][NUMBER] != 0 {
+                    slot = (slot + 1) & self.mask;
+                }
+                self.slots[slot] = *entry;
+            }
+        }
     }
 
     /// Takes `units` back from a buyer's holding of a SKU (a cancelled or expired order).
     /// The holding's slot stays (with fewer units): entries are never removed.
     pub(super) fn release(&mut self, user: u64, sku_local: u32, limit_key: u64, units: u32) {
-        let (of_sku, _, slot) = self.scan_holdings(user, sku_local, limit_key);
-        debug_assert!(of_sku >= units, "releasing more than the buyer holds");
-        let holding = &mut self.holdings.slots[slot];
-        if holding[USED_WORD_HOLDINGS] != 0 {
-            holding[2] -= u64::from(units.min(of_sku));
+        let Ok(held) = self.holdings(user, None, sku_local, limit_key) else {
+            unreachable!("a scan without a key finds no duplicate");
+        };
+        debug_assert!(held.of_sku >= units, "releasing more than the buyer holds");
+        if let Some(slot) = held.sku_slot {
+            self.slots[slot][HELD] -= u64::from(units.min(held.of_sku));
         }
     }
 
     /// The order of `(user, client_key)` for the product of `limit_key`, if any.
     pub(super) fn order_for(&self, user: u64, client_key: u64, limit_key: u64) -> Option<OrderId> {
-        self.find_key(user, client_key, limit_key).ok()
+        match self.holdings(user, Some(client_key), u32::MAX, limit_key) {
+            Err(order) => Some(order),
+            Ok(held) if held.more_keys => self.find_key(user, client_key, limit_key).ok(),
+            Ok(_) => None,
+        }
     }
 
     /// Units a buyer holds of a SKU (local index) whose limit key is `limit_key`.
     pub(super) fn units_of(&self, user: u64, sku_local: u32, limit_key: u64) -> u32 {
-        self.scan_holdings(user, sku_local, limit_key).0
+        self.holdings(user, None, sku_local, limit_key)
+            .map_or(0, |held| held.of_sku)
     }
 
     /// How many bytes [`write_to`](Self::write_to) writes (eight per word).
     pub(super) fn written_len(&self) -> usize {
-        [&self.keys, &self.holdings]
-            .iter()
-            .map(|table| (2 + table.len * (1 + size_of::<Slot>() / 8)) * 8)
-            .sum()
+        (2 + self.len * (1 + size_of::<Slot>() / 8)) * 8
     }
 
-    /// Both tables, for a snapshot: capacity, entry count, then each used slot's index and
-    /// words (a table is mostly free slots; their positions are kept, so probing finds
+    /// The table, for a snapshot: capacity, entry count, then each used slot's index and
+    /// words (the table is mostly free slots; their positions are kept, so probing finds
     /// every entry where it was).
     pub(super) fn write_to(&self, out: &mut dyn FnMut(u64)) {
-        for (table, used) in [
-            (&self.keys, USED_WORD_KEYS),
-            (&self.holdings, USED_WORD_HOLDINGS),
-        ] {
-            out(table.slots.len() as u64);
-            out(table.len as u64);
-            for (index, slot) in table.slots.iter().enumerate() {
-                if slot[used] != 0 {
-                    out(index as u64);
-                    slot.iter().for_each(|&word| out(word));
-                }
+        out(self.slots.len() as u64);
+        out(self.len as u64);
+        for (index, slot) in self.slots.iter().enumerate() {
+            if slot[NUMBER] != 0 {
+                out(index as u64);
+                slot.iter().for_each(|&word| out(word));
             }
         }
     }
 
-    /// A book from [`write_to`](Self::write_to)'s words; `None` if they do not make one.
-    pub(super) fn read_from(input: &mut dyn FnMut() -> Option<u64>) -> Option<Self> {
-        let mut read_table = |used: usize| -> Option<Table> {
-            let capacity = usize::try_from(input()?).ok()?;
-            let len = usize::try_from(input()?).ok()?;
-            if !capacity.is_power_of_two() || capacity < 16 || len * 2 > capacity {
+    /// A book for the same shard and SKUs as this one, from
+    /// [`write_to`](Self::write_to)'s words; `None` if they do not make one.
+    pub(super) fn read_from(&self, input: &mut dyn FnMut() -> Option<u64>) -> Option<Self> {
+        let capacity = usize::try_from(input()?).ok()?;
+        let len = usize::try_from(input()?).ok()?;
+        if !capacity.is_power_of_two() || capacity < 16 || len * 2 > capacity {
+            return None;
+        }
+        let mut slots = SlotTable::zeroed(capacity);
+        let mut further_keys = 0;
+        for _ in 0..len {
+            let index = usize::try_from(input()?).ok().filter(|&i| i < capacity)?;
+            let slot = &mut slots[index];
+            if slot[NUMBER] != 0 {
                 return None;
             }
-            let mut slots = SlotTable::zeroed(capacity);
-            for _ in 0..len {
-                let index = usize::try_from(input()?).ok().filter(|&i| i < capacity)?;
-                let slot = &mut slots[index];
-                if slot[used] != 0 {
-                    return None;
-                }
-                for word in slot.iter_mut() {
-                    *word = input()?;
-                }
-                if slot[used] == 0 {
-                    return None;
-                }
+            for word in slot.iter_mut() {
+                *word = input()?;
             }
-            Some(Table {
-                slots,
-                mask: capacity - 1,
-                len,
-            })
-        };
-        let keys = read_table(USED_WORD_KEYS)?;
-        let holdings = read_table(USED_WORD_HOLDINGS)?;
-        Some(Self { keys, holdings })
+            let number = slot[NUMBER] & !FLAGS;
+            let holding = slot[NUMBER] & KEY == 0;
+            let known_sku = ((slot[HELD] >> 32) as usize) < self.limit_keys.len();
+            if number == 0 || number > NUMBER_MAX || (holding && !known_sku) {
+                return None;
+            }
+            if !holding && slot[NUMBER] & MORE_KEYS != 0 {
+                return None;
+            }
+            further_keys += usize::from(!holding);
+        }
+        Some(Self {
+            slots,
+            mask: capacity - 1,
+            len,
+            further_keys,
+            shard_bits: self.shard_bits,
+            limit_keys: self.limit_keys.clone(),
+        })
     }
 
     /// `(user, client_key)` of every order recorded.
     pub(super) fn keys(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.keys
-            .slots
+        self.slots
             .iter()
-            .filter(|slot| slot[USED_WORD_KEYS] != 0)
-            .map(|slot| (slot[0], slot[1]))
+            .filter(|slot| slot[NUMBER] != 0)
+            .map(|slot| (slot[USER], slot[CLIENT_KEY]))
     }
 
     /// Orders recorded.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.keys.len
+        self.len
+    }
+}
+
+/// Where an entry is homed: a holding by buyer and limit key, a further key by buyer and
+/// client key.
+fn home(entry: &Slot, limit_keys: &[u64]) -> u64 {
+    if entry[NUMBER] & KEY != 0 {
+        mix(entry[USER], entry[CLIENT_KEY])
+    } else {
+        mix(entry[USER], limit_keys[(entry[HELD] >> 32) as usize])
     }
 }
 
@@ -366,13 +446,18 @@ mod tests {
         }
     }
 
+    /// A book for shard 0 whose SKU `local` counts under `limit_keys[local]`.
+    fn book(orders: usize, limit_keys: &[u64]) -> OrderBook {
+        OrderBook::with_room_for(orders, ShardId(0), limit_keys.into())
+    }
+
     /// Loop sizes: Miri runs these about a thousand times slower.
     const USERS: u64 = if cfg!(miri) { 40 } else { 1000 };
     const GROUPS: u64 = if cfg!(miri) { 100 } else { 10_000 };
 
     #[test]
     fn counts_units_and_finds_keys_across_growth() {
-        let mut book = OrderBook::with_room_for(1);
+        let mut book = book(1, &[7, 7, 7, SKU_LIMIT_KEY | 3]);
         for user in 0..USERS {
             // SKUs 0..=2 are in group 7; SKU 3 is ungrouped.
             confirm(&mut book, user, 1, user * 3, (user % 3) as u32, 7, 1);
@@ -408,7 +493,7 @@ mod tests {
 
     #[test]
     fn units_are_counted_whatever_client_keys_the_buyer_used() {
-        let mut book = OrderBook::with_room_for(4);
+        let mut book = book(4, &[0, 0, 5]);
         confirm(&mut book, 9, u64::MAX, 0, 2, 5, 2);
         assert_eq!(book.units_of(9, 2, 5), 2);
         assert_eq!(book.order_for(9, u64::MAX, 5), Some(OrderId(0)));
@@ -418,7 +503,8 @@ mod tests {
     fn a_buyer_with_many_groups_keeps_short_scans() {
         // One buyer, 10,000 groups: holdings spread over the table, so each scan is short
         // (a multimap keyed by buyer alone would scan all 10,000 every time).
-        let mut book = OrderBook::with_room_for(16);
+        let groups: Vec<u64> = (0..GROUPS).collect();
+        let mut book = book(16, &groups);
         for group in 0..GROUPS {
             confirm(&mut book, 1, group, group, group as u32, group, 1);
         }
@@ -430,5 +516,99 @@ mod tests {
                 Standing::Duplicate(_) => panic!(),
             }
         }
+    }
+
+    #[test]
+    fn many_orders_of_one_sku_keep_their_keys_apart() {
+        // One buyer, one SKU with a high limit, many orders under distinct keys: one
+        // holding carries the first key and all the units, the others are further keys.
+        let mut book = book(4, &[SKU_LIMIT_KEY, 9, 9]);
+        let orders = if cfg!(miri) { 50 } else { 2_000 };
+        for key in 0..orders {
+            confirm(&mut book, 1, 100 + key, key, 0, SKU_LIMIT_KEY, 2);
+        }
+        // A variant of another product, and another buyer, hold apart.
+        confirm(&mut book, 1, 100, orders, 1, 9, 1);
+        confirm(&mut book, 2, 100, orders + 1, 0, SKU_LIMIT_KEY, 1);
+        assert_eq!(book.len(), orders as usize + 2);
+        for key in 0..orders {
+            assert_eq!(
+                book.order_for(1, 100 + key, SKU_LIMIT_KEY),
+                Some(OrderId(key))
+            );
+            assert_eq!(
+                book.standing(1, 100 + key, 0, SKU_LIMIT_KEY),
+                Standing::Duplicate(OrderId(key))
+            );
+        }
+        assert_eq!(book.units_of(1, 0, SKU_LIMIT_KEY), 2 * orders as u32);
+        assert_eq!(book.order_for(1, 100, 9), Some(OrderId(orders)));
+        // The other variant of group 9 finds the key and the group's units.
+        assert_eq!(
+            book.standing(1, 100, 2, 9),
+            Standing::Duplicate(OrderId(orders))
+        );
+        match book.standing(1, 7, 2, 9) {
+            Standing::Holds {
+                of_sku, of_group, ..
+            } => assert_eq!((of_sku, of_group), (0, 1)),
+            Standing::Duplicate(_) => panic!(),
+        }
+        book.release(1, 0, SKU_LIMIT_KEY, 3);
+        assert_eq!(book.units_of(1, 0, SKU_LIMIT_KEY), 2 * orders as u32 - 3);
+        // A released holding keeps its keys.
+        assert_eq!(book.order_for(1, 100, SKU_LIMIT_KEY), Some(OrderId(0)));
+        assert_eq!(book.units_of(2, 0, SKU_LIMIT_KEY), 1);
+        // Every order's key, once (buyer 1's key 100 names two orders, of two products).
+        assert_eq!(book.keys().count(), orders as usize + 2);
+        assert_eq!(book.keys().filter(|&key| key == (1, 100)).count(), 2);
+    }
+
+    #[test]
+    fn order_ids_carry_the_shard_and_a_snapshot_reads_back() {
+        let limit_keys: Box<[u64]> = [SKU_LIMIT_KEY, SKU_LIMIT_KEY | 1].into();
+        let shard = ShardId(513);
+        let mut book = OrderBook::with_room_for(2, shard, limit_keys);
+        let number = |n| OrderId::new(shard, n).0;
+        for (n, (user, key, sku)) in [(5, 1, 0), (5, 2, 0), (6, 1, 1), (5, 3, 1)]
+            .into_iter()
+            .enumerate()
+        {
+            confirm(
+                &mut book,
+                user,
+                key,
+                number(n as u64),
+                sku,
+                SKU_LIMIT_KEY | u64::from(sku),
+                1,
+            );
+        }
+        let mut words = Vec::new();
+        book.write_to(&mut |word| words.push(word));
+        assert_eq!(words.len() * 8, book.written_len());
+        let mut input = words.iter().copied();
+        let read = book.read_from(&mut || input.next()).expect("reads back");
+        for table in [&book, &read] {
+            assert_eq!(
+                table.order_for(5, 2, SKU_LIMIT_KEY),
+                Some(OrderId(number(1)))
+            );
+            assert_eq!(
+                table.order_for(6, 1, SKU_LIMIT_KEY | 1),
+                Some(OrderId(number(2)))
+            );
+            assert_eq!(table.units_of(5, 0, SKU_LIMIT_KEY), 2);
+        }
+        // A holding of a SKU the shard does not have, or a number of 0, is refused.
+        let holding = words.iter().position(|&w| w == 6).expect("user 6's slot");
+        let mut bad = words.clone();
+        bad[holding + 3] = 7 << 32 | 1;
+        let mut input = bad.iter().copied();
+        assert!(book.read_from(&mut || input.next()).is_none());
+        let mut bad = words.clone();
+        bad[holding + 2] = 0;
+        let mut input = bad.iter().copied();
+        assert!(book.read_from(&mut || input.next()).is_none());
     }
 }

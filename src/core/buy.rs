@@ -110,10 +110,7 @@ impl ShardCore {
     /// The key a SKU's per-buyer units are counted under: its limit group, or itself.
     #[inline(always)]
     pub(super) fn limit_key(&self, local: u32) -> u64 {
-        match self.skus[local as usize].group {
-            Some(group) => u64::from(group),
-            None => SKU_LIMIT_KEY | u64::from(local),
-        }
+        limit_key_of(&self.skus, local)
     }
 
     /// The rules, in their documented order: quantity, window, then

@@ -19,7 +19,7 @@
 //! | `lifecycle.rs` | payments, cancellations, stock and window changes, expiry, due times |
 //! | `waiting.rs` | pools (the opening draw, one each first) and waitlists |
 //! | `pool.rs` | a pool's state and the draw's shuffle |
-//! | `book.rs`, `table.rs` | the order book: keys and holdings by buyer, on open addressing |
+//! | `book.rs`, `table.rs` | the order book: holdings and keys by buyer, in one open-addressing table |
 //! | `snapshot.rs` | a core's state as checksummed bytes, and back |
 
 mod book;
@@ -113,8 +113,9 @@ impl ShardCore {
     /// Like [`new`](Self::new), making room for `orders` confirmed orders up front instead
     /// of the default: the shard's stock, capped at [`ORDER_CAPACITY_DEFAULT_MAX`]. Every
     /// order takes at least one unit, so the stock bounds the orders; past the room made,
-    /// the order book doubles on the hot path (one slow decision). Costs 152 bytes per order
-    /// of room, allocated and faulted in here.
+    /// the order book doubles on the hot path (one slow decision). Costs at least 88 bytes
+    /// per order of room (64 of order book, kept at most half full, and a 24-byte record;
+    /// the book's slots round up to a power of two), allocated and faulted in here.
     ///
     /// # Panics
     /// As [`new`](Self::new).
@@ -163,13 +164,16 @@ impl ShardCore {
         }
         let orders_max =
             orders.unwrap_or(stock_total.min(ORDER_CAPACITY_DEFAULT_MAX as u64) as usize);
+        let limit_keys = (0..skus.len() as u32)
+            .map(|local| limit_key_of(&skus, local))
+            .collect();
         let mut core = Self {
             shard,
             skus,
             local_index,
             group_limits,
             buyers: BuyerFilter::for_stock(stock_total),
-            book: OrderBook::with_room_for(orders_max),
+            book: OrderBook::with_room_for(orders_max, shard, limit_keys),
             sequence_next: 0,
             orders_confirmed: 0,
             orders: OrderLog(Vec::with_capacity(orders_max)),
@@ -208,10 +212,11 @@ impl ShardCore {
             .skus
             .get(local as usize)
             .is_some_and(|sku| sku.available > 0);
-        if may_confirm || self.buyers.may_hold(intent.user.0) {
+        let may_hold = self.buyers.may_hold(intent.user.0);
+        if may_confirm || may_hold {
             let limit_key = self.limit_key(local.min(self.skus.len().saturating_sub(1) as u32));
             self.book
-                .prefetch(intent.user.0, intent.client_key, limit_key);
+                .prefetch(intent.user.0, intent.client_key, limit_key, may_hold);
         }
     }
 
@@ -457,6 +462,15 @@ fn join_pool(
         pool_of_group.insert(g, index);
     }
     index
+}
+
+/// The key SKU `local`'s per-buyer units are counted under: its limit group, or itself.
+#[inline(always)]
+fn limit_key_of(skus: &[SkuState], local: u32) -> u64 {
+    match skus[local as usize].group {
+        Some(group) => u64::from(group),
+        None => SKU_LIMIT_KEY | u64::from(local),
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
 //! Snapshots of a shard core: its whole mutable state as bytes, to bound replay at
 //! recovery (restore the newest snapshot, then replay only the journal after it).
 //!
-//! Format (little-endian): magic `FLASHSNP`, version u32 = 2, shard u16, 2 reserved bytes,
+//! Format (little-endian): magic `FLASHSNP`, version u32 = 3, shard u16, 2 reserved bytes,
 //! the sequence number the snapshot was taken at (u64: the next command's), the payload
 //! length (u64) and its CRC-32, then the payload: the core's counters, every SKU's state
-//! and waitlist, the buyer filter, both order-book tables, the order log, the hold
+//! and waitlist, the buyer filter, the order book, the order log, the hold
 //! deadlines and the pools (with how far each pool being served got). The catalog-derived
 //! parts (SKU ids, limits, groups, policies) are not stored: a snapshot restores into a
 //! core built from the same catalog and placement, and a mismatch is refused.
@@ -18,14 +18,14 @@ use crate::types::{Intent, ShardId, SkuId, UserId};
 
 /// The file's first 8 bytes.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"FLASHSNP";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 const HEADER_LEN: usize = 8 + 4 + 2 + 2 + 8 + 8 + 4;
 
 /// Why a snapshot could not be restored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SnapshotError {
-    /// Not a version-2 snapshot, or cut short.
-    #[error("not a complete version-2 snapshot")]
+    /// Not a version-3 snapshot, or cut short.
+    #[error("not a complete version-3 snapshot")]
     BadHeader,
     /// The payload does not match its checksum.
     #[error("checksum mismatch")]
@@ -314,7 +314,8 @@ impl ShardCore {
         for word in core.buyers.words.iter_mut() {
             *word = input.u64()?;
         }
-        core.book = super::book::OrderBook::read_from(&mut || input.u64().ok())
+        core.book = (core.book)
+            .read_from(&mut || input.u64().ok())
             .ok_or(SnapshotError::Mismatch("order book"))?;
         core.read_orders(&mut input)?;
         core.read_pools(&mut input)?;

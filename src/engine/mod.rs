@@ -196,7 +196,8 @@ impl EngineBuilder {
     /// Largest [`batch_max`](Self::batch_max) (a shard reserves room for one batch).
     pub const BATCH_MAX_MAX: usize = 1 << 16;
     /// Largest [`order_capacity`](Self::order_capacity): 2^26 orders a shard, about
-    /// 10 GiB of order book room (152 bytes an order), allocated at start-up.
+    /// 5.5 GiB of order book room and order records (88 bytes an order), allocated at
+    /// start-up.
     pub const ORDER_CAPACITY_MAX: usize = 1 << 26;
     /// Largest [`JournalConfig::group_commands`].
     pub const GROUP_COMMANDS_MAX: usize = 1 << 24;
