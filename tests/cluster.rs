@@ -1320,6 +1320,51 @@ async fn compare_runs_the_scenario_through_the_cluster() {
         run["wait_latency_ns"]["samples"].as_u64().unwrap() > 0,
         "presses were pooled"
     );
+    // The payment desk through the gateway: orders paid, cancelled, or paid after their
+    // hold ran out (refused, the node having expired them), and every unit accounted for.
+    let args = [
+        "simulate",
+        "--quiet",
+        "--json",
+        "--viewers",
+        "20000",
+        "--pay-rate",
+        "0.6",
+        "--cancel-rate",
+        "0.2",
+        "--pay-delay-ms",
+        "200",
+        "--hold-ms",
+        "1000",
+        "--nats",
+        &urls,
+    ]
+    .map(String::from);
+    let run = flashsale_json(args).await;
+    for (check, held) in run["invariants"].as_object().unwrap() {
+        assert_eq!(held, true, "{check}");
+    }
+    let life = &run["lifecycle"];
+    let count = |field: &str| life[field].as_u64().unwrap();
+    assert_eq!(count("held_units"), 0, "{life}");
+    assert_eq!(
+        count("sold_units") + count("expired_units") + count("cancelled_units"),
+        run["confirmed_units"].as_u64().unwrap(),
+        "{life}"
+    );
+    assert_eq!(
+        count("paid_orders") + count("cancelled_orders") + count("payments_refused_hold_expired"),
+        run["confirmed_orders"].as_u64().unwrap(),
+        "one call per order: {life}"
+    );
+    assert_eq!(count("control_calls_refused_otherwise"), 0, "{life}");
+    for field in [
+        "paid_orders",
+        "cancelled_orders",
+        "payments_refused_hold_expired",
+    ] {
+        assert!(count(field) > 0, "{field}: {life}");
+    }
     let mut names = js.stream_names();
     while let Some(name) = names.next().await {
         let name = name.unwrap();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use flashsale::{
-    Catalog, Completion, Control, ControlError, Engine, Intent, OrderId, Outcome, Producer,
+    Catalog, Completion, Control, ControlError, Engine, Intent, Order, OrderId, Outcome, Producer,
     RejectReason, Report, SkuLevels, SubmitError, Submitted, Ticket,
 };
 use hdrhistogram::Histogram;
@@ -256,13 +256,79 @@ impl DeskTally {
     }
 }
 
+impl DeskTally {
+    /// Counts what the desk's call for `task` came back with, after `latency_ns`.
+    pub fn settle(&mut self, task: DeskTask, result: Result<(), ControlError>, latency_ns: u64) {
+        self.call_latency_ns.saturating_record(latency_ns);
+        match result {
+            Ok(()) if task.cancel => {
+                self.cancelled_orders += 1;
+                self.cancelled_units += u64::from(task.units);
+                self.released.insert(task.order);
+            }
+            Ok(()) => {
+                self.paid_orders += 1;
+                self.paid_units += u64::from(task.units);
+            }
+            Err(ControlError::HoldExpired) => {
+                self.refused_hold_expired += 1;
+                self.released.insert(task.order);
+            }
+            // Each order gets one call, so nothing else should come back.
+            Err(_) => self.unexpected += 1,
+        }
+    }
+}
+
 /// What the desk does with an order, and when (engine ns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct DeskTask {
-    due_ns: u64,
-    order: u64,
-    units: u32,
-    cancel: bool,
+pub struct DeskTask {
+    pub due_ns: u64,
+    pub order: u64,
+    pub units: u32,
+    pub cancel: bool,
+}
+
+/// The scenario's payment desk: how orders are paid, cancelled or left to expire, in
+/// engine ns.
+#[derive(Debug, Clone, Copy)]
+pub struct DeskPlan {
+    pay_rate: f64,
+    cancel_rate: f64,
+    pay_delay_ns: u64,
+    hold_ns: u64,
+}
+
+impl DeskPlan {
+    /// The scenario's desk, its delays scaled by its speed.
+    pub fn of(scenario: &Scenario) -> Self {
+        let scaled = |ms: u64| (ms as f64 * 1e6 / scenario.speed) as u64;
+        Self {
+            pay_rate: scenario.pay_rate,
+            cancel_rate: scenario.cancel_rate,
+            pay_delay_ns: scaled(scenario.pay_delay_ms),
+            hold_ns: scenario.hold_ms.map_or(0, scaled),
+        }
+    }
+
+    /// What the desk does with `order`, confirmed at `now_ns`: pay it, cancel it, or pay
+    /// it after its hold ran out (refused, its units long back on sale).
+    pub fn task(&self, rng: &mut Rng, order: &Order, now_ns: u64) -> DeskTask {
+        let roll = rng.unit();
+        let (cancel, delay_ns) = if roll < self.pay_rate {
+            (false, self.pay_delay_ns)
+        } else if roll < self.pay_rate + self.cancel_rate {
+            (true, self.pay_delay_ns)
+        } else {
+            (false, self.hold_ns + self.pay_delay_ns)
+        };
+        DeskTask {
+            due_ns: now_ns + delay_ns,
+            order: order.id.0,
+            units: order.quantity,
+            cancel,
+        }
+    }
 }
 
 struct Shared {
@@ -271,11 +337,8 @@ struct Shared {
     start_ns: u64,
     /// Outcomes so far, for the progress bar (bumped in batches).
     progress: AtomicU64,
-    /// Scenario knobs of the payment desk, in engine ns.
-    pay_rate: f64,
-    cancel_rate: f64,
-    pay_delay_ns: u64,
-    hold_ns: u64,
+    /// The scenario's payment desk.
+    desk: DeskPlan,
     /// Closed loop: one press in this many is timed.
     latency_sample: u32,
 }
@@ -386,16 +449,12 @@ fn start_engine(
 
 impl Shared {
     fn new(scenario: &Scenario, plan: &Plan) -> Self {
-        let scaled = |ms: u64| (ms as f64 * 1e6 / scenario.speed) as u64;
         Self {
             catalog: plan.catalog.clone(),
             mode: scenario.mode,
             start_ns: plan.start_ns,
             progress: AtomicU64::new(0),
-            pay_rate: scenario.pay_rate,
-            cancel_rate: scenario.cancel_rate,
-            pay_delay_ns: scaled(scenario.pay_delay_ms),
-            hold_ns: scenario.hold_ms.map_or(0, scaled),
+            desk: DeskPlan::of(scenario),
             latency_sample: scenario.latency_sample,
         }
     }
@@ -452,26 +511,7 @@ fn desk_loop(control: &Control, tasks: &Receiver<DeskTask>) -> DeskTally {
             } else {
                 control.pay(order)
             };
-            tally
-                .call_latency_ns
-                .saturating_record(started.elapsed().as_nanos() as u64);
-            match result {
-                Ok(()) if task.cancel => {
-                    tally.cancelled_orders += 1;
-                    tally.cancelled_units += u64::from(task.units);
-                    tally.released.insert(task.order);
-                }
-                Ok(()) => {
-                    tally.paid_orders += 1;
-                    tally.paid_units += u64::from(task.units);
-                }
-                Err(ControlError::HoldExpired) => {
-                    tally.refused_hold_expired += 1;
-                    tally.released.insert(task.order);
-                }
-                // Each order gets one call, so nothing else should come back.
-                Err(_) => tally.unexpected += 1,
-            }
+            tally.settle(task, result, started.elapsed().as_nanos() as u64);
         }
         if producers_done && due.is_empty() {
             return tally;
@@ -638,21 +678,7 @@ fn take_completions(
             );
         }
         if let (Some(desk), Outcome::Confirmed(order)) = (&driver.desk, completion.outcome) {
-            let roll = driver.rng.unit();
-            let (cancel, delay_ns) = if roll < shared.pay_rate {
-                (false, shared.pay_delay_ns)
-            } else if roll < shared.pay_rate + shared.cancel_rate {
-                (true, shared.pay_delay_ns)
-            } else {
-                // Pays after the hold ran out: refused, its units long back on sale.
-                (false, shared.hold_ns + shared.pay_delay_ns)
-            };
-            let _ = desk.send(DeskTask {
-                due_ns: now + delay_ns,
-                order: order.id.0,
-                units: order.quantity,
-                cancel,
-            });
+            let _ = desk.send(shared.desk.task(&mut driver.rng, &order, now));
         }
     })
 }

@@ -1,8 +1,9 @@
 //! `flashsale simulate --nats URLS`: the scenario through a sale on NATS JetStream (an
 //! engine node and a gateway in this process, on a throwaway sale), with the same report
 //! as a run through the in-process engine: open or closed loop, latency from the intended
-//! send (or the submit) to the gateway's answer, the timeline, and every invariant checked
-//! against the levels the partitions' leaders report.
+//! send (or the submit) to the gateway's answer, the timeline, the payment desk (each
+//! confirmed order paid, cancelled or left to expire through the gateway), and every
+//! invariant checked against the levels the partitions' leaders report.
 
 #[cfg(not(all(feature = "cluster", not(loom))))]
 pub use absent::run;
@@ -15,13 +16,18 @@ mod real {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::{Duration, Instant, SystemTime};
 
-    use flashsale::cluster::{Decided, Gateway, GatewayError};
+    use flashsale::cluster::{Decided, Gateway, GatewayError, wire};
     use flashsale::report::{LatencySummary, Refusals, Report, SkuReport};
-    use flashsale::{Catalog, Intent, Placement, RejectReason, SkuLevels};
+    use flashsale::{
+        Applied, Catalog, Intent, OrderId, Outcome, Placement, RejectReason, SkuLevels,
+    };
+    use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
     use crate::compare::cluster_peer::{ClusterKnobs, levels_of, on_throwaway_sale};
-    use crate::plan::{Plan, Press};
-    use crate::run::{self, BUCKET_NS, DeskTally, ProducerTally, RunResult, Sampler, UNTIMED};
+    use crate::plan::{Plan, Press, Rng};
+    use crate::run::{
+        self, BUCKET_NS, DeskPlan, DeskTally, DeskTask, ProducerTally, RunResult, Sampler, UNTIMED,
+    };
     use crate::scenario::{Mode, Scenario};
 
     /// From the sale clock's zero to the first scheduled press: the node must lead every
@@ -38,13 +44,6 @@ mod real {
         knobs: &ClusterKnobs,
         on_progress: impl FnMut(u64),
     ) -> Result<RunResult, String> {
-        if scenario.has_lifecycle() || scenario.waitlist > 0 {
-            return Err(
-                "nats: a run on the cluster has no payment desk and no waitlists yet: leave \
-                 pay_rate, cancel_rate, hold_ms and waitlist at 0"
-                    .into(),
-            );
-        }
         let plan = Plan::with_lead(scenario, LEAD_NS)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -91,9 +90,21 @@ mod real {
         let stock = catalog.total_stock();
         let progress = Arc::new(AtomicU64::new(0));
         let wall_start = Instant::now();
+        // The payment desk: pays, cancels or pays late every confirmed order, as the
+        // scenario says; only when orders have a life after confirmation.
+        let (desk_tx, desk_rx) = unbounded_channel::<DeskTask>();
+        let desk = scenario
+            .has_lifecycle()
+            .then(|| tokio::spawn(desk(gateway.clone(), desk_rx, sale_now)));
+        let desk_tx = desk.is_some().then_some(desk_tx);
         let mut running = tokio::task::JoinSet::new();
-        for schedule in schedules {
+        for (index, schedule) in schedules.into_iter().enumerate() {
             let (gateway, catalog, progress) = (gateway.clone(), catalog.clone(), progress.clone());
+            let desk = desk_tx.clone().map(|sender| Desk {
+                sender,
+                plan: DeskPlan::of(scenario),
+                rng: Rng::new(scenario.seed ^ (index as u64 + 1).wrapping_mul(0xA24B_AED4)),
+            });
             let orders_max = (schedule.len() as u64).min(stock) as usize;
             let tally = ProducerTally::new(catalog.skus().len(), buckets, orders_max);
             let how = Producing {
@@ -104,7 +115,16 @@ mod real {
             };
             running.spawn(async move {
                 let tally = produce(
-                    &gateway, &catalog, schedule, tally, how, sale_now, &progress,
+                    &gateway,
+                    &catalog,
+                    schedule,
+                    tally,
+                    how,
+                    sale_now,
+                    Outlets {
+                        progress: &progress,
+                        desk,
+                    },
                 );
                 (tally.await, Instant::now())
             });
@@ -127,6 +147,14 @@ mod real {
             }
         }
         on_progress(tally.outcomes);
+        // The buying tasks held the desk's only senders: it stops once its calls are done.
+        drop(desk_tx);
+        let desk = match desk {
+            Some(desk) => desk
+                .await
+                .map_err(|_| "the payment desk panicked".to_string())?,
+            None => DeskTally::new(),
+        };
         let levels = levels_of(&gateway, &catalog).await?;
         let turned_away = gateway.stats().turned_away;
         let report = report_of(&catalog, scenario, &levels, &tally, turned_away);
@@ -140,9 +168,80 @@ mod real {
                 report,
                 last.saturating_duration_since(wall_start),
                 plan.presses,
-                DeskTally::new(),
+                desk,
             )
         })
+    }
+
+    /// A buying task's line to the payment desk.
+    struct Desk {
+        sender: UnboundedSender<DeskTask>,
+        plan: DeskPlan,
+        rng: Rng,
+    }
+
+    /// Where a buying task reports besides its tally.
+    struct Outlets<'a> {
+        /// Outcomes so far, for the progress bar.
+        progress: &'a AtomicU64,
+        /// The payment desk, when orders have a life after confirmation.
+        desk: Option<Desk>,
+    }
+
+    /// The payment desk: each order's payment or cancellation sent through the gateway
+    /// when it falls due (a task of its own, so that calls overlap), until the buying tasks
+    /// are done and every call is answered.
+    async fn desk(
+        gateway: Gateway,
+        mut tasks: UnboundedReceiver<DeskTask>,
+        sale_now: impl Fn() -> u64 + Copy + Send + 'static,
+    ) -> DeskTally {
+        type Called = (DeskTask, Result<Applied, GatewayError>, u64);
+        let mut tally = DeskTally::new();
+        let mut calls = tokio::task::JoinSet::<Called>::new();
+        let settle = |tally: &mut DeskTally, (task, answer, latency_ns): Called| match answer {
+            Ok(Applied::Done { .. }) => tally.settle(task, Ok(()), latency_ns),
+            Ok(Applied::Refused { error, .. }) => tally.settle(task, Err(error), latency_ns),
+            // Not an answer a payment or cancellation can have, or none came.
+            Ok(_) | Err(_) => {
+                tally.call_latency_ns.saturating_record(latency_ns);
+                tally.unexpected += 1;
+            }
+        };
+        let mut open = true;
+        while open || !calls.is_empty() {
+            tokio::select! {
+                task = tasks.recv(), if open => match task {
+                    Some(task) => {
+                        let gateway = gateway.clone();
+                        calls.spawn(async move {
+                            let now = sale_now();
+                            if task.due_ns > now {
+                                tokio::time::sleep(Duration::from_nanos(task.due_ns - now)).await;
+                            }
+                            let order = OrderId(task.order);
+                            let control = if task.cancel {
+                                wire::Control::Cancel(order)
+                            } else {
+                                wire::Control::Pay(order)
+                            };
+                            let started = Instant::now();
+                            let answer = gateway.control(control).await;
+                            (task, answer, started.elapsed().as_nanos() as u64)
+                        });
+                    }
+                    None => open = false,
+                },
+                Some(called) = calls.join_next() => {
+                    if let Ok(called) = called {
+                        settle(&mut tally, called);
+                    } else {
+                        tally.unexpected += 1;
+                    }
+                }
+            }
+        }
+        tally
     }
 
     /// How one buying task sends its presses.
@@ -168,17 +267,21 @@ mod real {
         mut tally: ProducerTally,
         how: Producing,
         sale_now: impl Fn() -> u64 + Copy + Send + 'static,
-        progress: &AtomicU64,
+        outlets: Outlets<'_>,
     ) -> ProducerTally {
+        let Outlets { progress, mut desk } = outlets;
         let mut sampler = Sampler::new(how.sample);
-        let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel::<Answered>();
-        let record = |tally: &mut ProducerTally, (intent, sent, decided, at): Answered| {
+        let (answers, mut answered) = unbounded_channel::<Answered>();
+        let mut record = |tally: &mut ProducerTally, (intent, sent, decided, at): Answered| {
             progress.fetch_add(1, Ordering::Relaxed);
             tally.last_ns = tally.last_ns.max(at);
             let Ok(decided) = decided else {
                 tally.refused += 1;
                 return;
             };
+            if let (Some(desk), Outcome::Confirmed(order)) = (&mut desk, decided.outcome) {
+                let _ = desk.sender.send(desk.plan.task(&mut desk.rng, &order, at));
+            }
             // A pooled press's latency is mostly its wait: recorded apart, as in a run on
             // the engine.
             let timed = if decided.waited {
