@@ -1321,7 +1321,9 @@ async fn compare_runs_the_scenario_through_the_cluster() {
         "presses were pooled"
     );
     // The payment desk through the gateway: orders paid, cancelled, or paid after their
-    // hold ran out (refused, the node having expired them), and every unit accounted for.
+    // hold ran out (refused, the node having expired them), and every unit accounted for;
+    // presses wait on the waitlists, filled from the units that come back, the rest
+    // answered when the sale closes.
     let args = [
         "simulate",
         "--quiet",
@@ -1336,6 +1338,8 @@ async fn compare_runs_the_scenario_through_the_cluster() {
         "200",
         "--hold-ms",
         "1000",
+        "--waitlist",
+        "500",
         "--nats",
         &urls,
     ]
@@ -1358,10 +1362,15 @@ async fn compare_runs_the_scenario_through_the_cluster() {
         "one call per order: {life}"
     );
     assert_eq!(count("control_calls_refused_otherwise"), 0, "{life}");
+    assert!(
+        run["wait_latency_ns"]["samples"].as_u64().unwrap() > 0,
+        "presses waited"
+    );
     for field in [
         "paid_orders",
         "cancelled_orders",
         "payments_refused_hold_expired",
+        "waitlist_filled",
     ] {
         assert!(count(field) > 0, "{field}: {life}");
     }

@@ -491,7 +491,6 @@ fn simulate_on_a_cluster_refuses_what_it_cannot_run() {
         (vec!["--rates", "1M"], "--rates"),
         (vec!["--journal", journal.to_str().unwrap()], "--journal"),
         (vec!["--nats-replicas", "0"], "nats-replicas"),
-        (vec!["--waitlist", "10"], "waitlist"),
     ] {
         let output = simulate(&[&["--nats", "nats://127.0.0.1:1"], &args[..]].concat());
         assert_eq!(output.status.code(), Some(2), "{args:?}");

@@ -160,7 +160,7 @@ struct SimulateArgs {
     #[arg(long, requires = "journal")]
     no_fsync: bool,
     /// Run the scenario through a sale on a NATS JetStream cluster instead of the
-    /// in-process engine (not with --journal or --rates; no waitlists).
+    /// in-process engine (not with --journal or --rates).
     #[command(flatten)]
     nats: compare::cluster_peer::NatsArgs,
     /// Check the knobs and print the run's estimated presses, memory and wall time, then
@@ -380,9 +380,6 @@ fn simulate(args: &SimulateArgs) -> Result<bool, String> {
         return Ok(all_hold);
     }
     let cluster = args.nats.knobs()?;
-    if cluster.is_some() && scenario.waitlist > 0 {
-        return Err("nats: a run on the cluster has no waitlists yet: leave waitlist at 0".into());
-    }
     if let Some(dir) = &args.journal {
         if cluster.is_some() {
             return Err(

@@ -1,7 +1,7 @@
 //! `flashsale simulate --nats URLS`: the scenario through a sale on NATS JetStream (an
 //! engine node and a gateway in this process, on a throwaway sale), with the same report
 //! as a run through the in-process engine: open or closed loop, latency from the intended
-//! send (or the submit) to the gateway's answer, the timeline, the payment desk (each
+//! send (or the submit) to the gateway's answer, the timeline, waitlists, the payment desk (each
 //! confirmed order paid, cancelled or left to expire through the gateway), and every
 //! invariant checked against the levels the partitions' leaders report.
 
@@ -112,6 +112,7 @@ mod real {
                 sample: scenario.latency_sample,
                 start_ns: plan.start_ns,
                 share,
+                wait: scenario.waitlist > 0,
             };
             running.spawn(async move {
                 let tally = produce(
@@ -254,6 +255,8 @@ mod real {
         start_ns: u64,
         /// Closed loop: buys of this task awaiting their answers at most.
         share: usize,
+        /// Presses ask to wait on the SKU's waitlist rather than be rejected as sold out.
+        wait: bool,
     }
 
     /// One producer's schedule through the gateway, in order: each press at its time
@@ -334,7 +337,7 @@ mod real {
             tally.submitted += 1;
             let (intent, gateway, answers) = (press.intent, gateway.clone(), answers.clone());
             tokio::spawn(async move {
-                let decided = gateway.buy(intent, false).await;
+                let decided = gateway.buy(intent, how.wait).await;
                 let _ = answers.send((intent, sent, decided, sale_now()));
             });
         }
