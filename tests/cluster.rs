@@ -1237,7 +1237,8 @@ async fn a_draw_is_served_in_slices_through_the_log() {
 }
 
 /// Runs `flashsale ARGS` (with `--json`) off the runtime's threads; its report.
-async fn flashsale_json<const N: usize>(args: [String; N]) -> serde_json::Value {
+async fn flashsale_json(args: impl IntoIterator<Item = String>) -> serde_json::Value {
+    let args: Vec<String> = args.into_iter().collect();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_flashsale"))
             .args(args)
@@ -1254,6 +1255,21 @@ async fn flashsale_json<const N: usize>(args: [String; N]) -> serde_json::Value 
     serde_json::from_slice(&output.stdout).expect("JSON")
 }
 
+/// `flashsale COMMAND --quiet --json --viewers 20000 ARGS... --nats URLS`, its JSON report.
+async fn through_the_cluster(command: &str, args: &[&str], urls: &str) -> serde_json::Value {
+    let mut all = vec![command, "--quiet", "--json", "--viewers", "20000"];
+    all.extend_from_slice(args);
+    all.extend(["--nats", urls]);
+    flashsale_json(all.into_iter().map(String::from)).await
+}
+
+/// Every invariant of a `simulate` report held.
+fn assert_invariants(run: &serde_json::Value) {
+    for (check, held) in run["invariants"].as_object().unwrap() {
+        assert_eq!(held, true, "{check}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_runs_the_scenario_through_the_cluster() {
     let dir = std::env::temp_dir().join(format!("flashsale-compare-{}", std::process::id()));
@@ -1261,19 +1277,7 @@ async fn compare_runs_the_scenario_through_the_cluster() {
     std::fs::create_dir_all(&dir).unwrap();
     let nats = NatsCluster::start(18_000, &dir);
     let urls = nats.urls();
-    let args = [
-        "compare",
-        "--quiet",
-        "--json",
-        "--viewers",
-        "20000",
-        "--skip",
-        "mutex,crossbeam",
-        "--nats",
-        &urls,
-    ]
-    .map(String::from);
-    let report = flashsale_json(args).await;
+    let report = through_the_cluster("compare", &["--skip", "mutex,crossbeam"], &urls).await;
     let peers = report["peers"].as_array().unwrap();
     let names: Vec<&str> = peers.iter().map(|p| p["peer"].as_str().unwrap()).collect();
     assert_eq!(names, ["engine", "cluster"]);
@@ -1298,23 +1302,9 @@ async fn compare_runs_the_scenario_through_the_cluster() {
     // `simulate --nats`: the open loop through the cluster, with the same report as on
     // the engine; an opening draw, so that presses wait for it and it is served in slices
     // through the log.
-    let args = [
-        "simulate",
-        "--quiet",
-        "--json",
-        "--viewers",
-        "20000",
-        "--policy",
-        "opening-draw",
-        "--nats",
-        &urls,
-    ]
-    .map(String::from);
-    let run = flashsale_json(args).await;
+    let run = through_the_cluster("simulate", &["--policy", "opening-draw"], &urls).await;
     assert!(run["through"].as_str().unwrap().contains("NATS JetStream"));
-    for (check, held) in run["invariants"].as_object().unwrap() {
-        assert_eq!(held, true, "{check}");
-    }
+    assert_invariants(&run);
     assert_eq!(run["confirmed_units"], 5_000, "the draw sells every pair");
     assert!(
         run["wait_latency_ns"]["samples"].as_u64().unwrap() > 0,
@@ -1324,12 +1314,7 @@ async fn compare_runs_the_scenario_through_the_cluster() {
     // hold ran out (refused, the node having expired them), and every unit accounted for;
     // presses wait on the waitlists, filled from the units that come back, the rest
     // answered when the sale closes.
-    let args = [
-        "simulate",
-        "--quiet",
-        "--json",
-        "--viewers",
-        "20000",
+    let desk = [
         "--pay-rate",
         "0.6",
         "--cancel-rate",
@@ -1340,14 +1325,9 @@ async fn compare_runs_the_scenario_through_the_cluster() {
         "1000",
         "--waitlist",
         "500",
-        "--nats",
-        &urls,
-    ]
-    .map(String::from);
-    let run = flashsale_json(args).await;
-    for (check, held) in run["invariants"].as_object().unwrap() {
-        assert_eq!(held, true, "{check}");
-    }
+    ];
+    let run = through_the_cluster("simulate", &desk, &urls).await;
+    assert_invariants(&run);
     let life = &run["lifecycle"];
     let count = |field: &str| life[field].as_u64().unwrap();
     assert_eq!(count("held_units"), 0, "{life}");
