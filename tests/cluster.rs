@@ -1305,6 +1305,10 @@ async fn compare_runs_the_scenario_through_the_cluster() {
     let run = through_the_cluster("simulate", &["--policy", "opening-draw"], &urls).await;
     assert!(run["through"].as_str().unwrap().contains("NATS JetStream"));
     assert_invariants(&run);
+    // The node's latency, in place of the engine's: one sample per answer it published.
+    let node = &run["engine_latency_ns"];
+    assert!(node["samples"].as_u64().unwrap() > 0, "{node}");
+    assert!(node["p50"].as_u64().unwrap() > 0, "{node}");
     assert_eq!(run["confirmed_units"], 5_000, "the draw sells every pair");
     assert!(
         run["wait_latency_ns"]["samples"].as_u64().unwrap() > 0,

@@ -36,6 +36,6 @@ pub mod wire;
 #[cfg(all(feature = "cluster", not(loom)))]
 pub use gateway::{Decided, Gateway, GatewayConfig, GatewayError, GatewayStats};
 #[cfg(all(feature = "cluster", not(loom)))]
-pub use node::{NodeConfig, PartitionStatus, run_node};
+pub use node::{NodeConfig, NodeLatency, PartitionStatus, run_node};
 
 pub use replica::{Answer, Gap, Replica, ReplicaSnapshotError, Reply, Step};

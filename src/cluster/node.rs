@@ -9,6 +9,7 @@
 //! the first and ignore the second. Its ticks carry the instant they are due as their
 //! message id, so JetStream keeps one of each.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
@@ -35,7 +36,16 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// The largest quantity one intent may ask for (as the engine's `max_quantity`).
     pub max_quantity: u32,
+    /// Where a leader records, for each answer it publishes, the time from its entry's
+    /// stamp in the log to the answer's hand-off to the NATS client (ns): the log's and
+    /// the node's share of a buy's latency. The stamp is the stream leader's clock, the
+    /// hand-off this node's: across machines the figure includes their clocks' offset.
+    /// `None`: not recorded.
+    pub latency: Option<NodeLatency>,
 }
+
+/// A histogram of answer latencies (ns) that a node's partitions record into.
+pub type NodeLatency = Arc<parking_lot::Mutex<hdrhistogram::Histogram<u64>>>;
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -44,6 +54,7 @@ impl Default for NodeConfig {
             lease: Duration::from_secs(2),
             snapshot_every: 100_000,
             max_quantity: 16,
+            latency: None,
         }
     }
 }
@@ -249,6 +260,15 @@ impl PartitionTask {
                         last_message = tokio::time::Instant::now();
                         if self.lease_revision.is_some() {
                             self.publish_replies(position, &mut replies, &mut out);
+                            if let Some(latency) = &self.config.latency
+                                && !replies.is_empty()
+                            {
+                                let now = self.opened.now_ns();
+                                latency.lock().saturating_record_n(
+                                    now.saturating_sub(stamp).max(1),
+                                    replies.len() as u64,
+                                );
+                            }
                         } else if !replies.is_empty() {
                             if self.recent.len() == RECENT_MAX {
                                 self.recent.pop_front();

@@ -104,6 +104,7 @@ async fn node(args: NodeArgs) -> Result<(), String> {
         lease: args.lease,
         snapshot_every: args.snapshot_every,
         max_quantity: args.max_quantity,
+        latency: None,
     };
     let mut running = tokio::spawn(run_node(
         client,

@@ -16,7 +16,7 @@ mod real {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::{Duration, Instant, SystemTime};
 
-    use flashsale::cluster::{Decided, Gateway, GatewayError, wire};
+    use flashsale::cluster::{Decided, Gateway, GatewayError, NodeLatency, wire};
     use flashsale::report::{LatencySummary, Refusals, Report, SkuReport};
     use flashsale::{
         Applied, Catalog, Intent, OrderId, Outcome, Placement, RejectReason, SkuLevels,
@@ -56,13 +56,24 @@ mod real {
             scenario,
             &catalog,
             knobs,
-            |gateway, epoch| drive(gateway, epoch, scenario, plan, knobs, on_progress),
+            |gateway, epoch, node_latency| {
+                drive(
+                    gateway,
+                    epoch,
+                    node_latency,
+                    scenario,
+                    plan,
+                    knobs,
+                    on_progress,
+                )
+            },
         ))
     }
 
     async fn drive(
         gateway: Gateway,
         epoch: SystemTime,
+        node_latency: NodeLatency,
         scenario: &Scenario,
         mut plan: Plan,
         knobs: &ClusterKnobs,
@@ -158,7 +169,15 @@ mod real {
         };
         let levels = levels_of(&gateway, &catalog).await?;
         let turned_away = gateway.stats().turned_away;
-        let report = report_of(&catalog, scenario, &levels, &tally, turned_away);
+        let node_latency = node_latency.lock().clone();
+        let report = report_of(
+            &catalog,
+            scenario,
+            &levels,
+            &tally,
+            turned_away,
+            node_latency,
+        );
         let opens_ns = plan.opens_ns.clone();
         Ok(RunResult {
             offered: (scenario.mode == Mode::Open).then_some(plan.offered),
@@ -349,14 +368,16 @@ mod real {
     }
 
     /// What a run on the engine reports, from what the cluster can tell: the levels its
-    /// partitions' leaders report and the outcomes the gateway gave. The engine's own
-    /// latency (a shard's stamp to outcome) is not measured here: it stays empty.
+    /// partitions' leaders report, the outcomes the gateway gave, and in place of the
+    /// engine's latency (a shard's stamp to outcome) the node's: from an entry's stamp in
+    /// the log to its answers' hand-off.
     fn report_of(
         catalog: &Catalog,
         scenario: &Scenario,
         levels: &[SkuLevels],
         tally: &ProducerTally,
         turned_away: u64,
+        node_latency: hdrhistogram::Histogram<u64>,
     ) -> Report {
         let partitions = scenario.shards as usize;
         let placement = Placement::new(catalog, partitions).expect("the sale's placement");
@@ -368,7 +389,7 @@ mod real {
                 SkuReport::of(spec, placement.route(index).0, Some(&levels[index]))
             })
             .collect();
-        let histogram = flashsale::report::latency_histogram();
+        let histogram = node_latency;
         Report {
             shards: partitions,
             confirmed_orders: tally.confirmed_orders,

@@ -73,7 +73,9 @@ mod real {
     use std::time::{SystemTime, UNIX_EPOCH};
 
     use flashsale::cluster::nats::{SaleOnNats, connect};
-    use flashsale::cluster::{Gateway, GatewayConfig, NodeConfig, PartitionStatus, run_node};
+    use flashsale::cluster::{
+        Gateway, GatewayConfig, NodeConfig, NodeLatency, PartitionStatus, run_node,
+    };
     use futures_util::StreamExt;
     use futures_util::stream::FuturesUnordered;
     use tokio::sync::watch;
@@ -112,7 +114,7 @@ mod real {
             scenario,
             &catalog,
             knobs,
-            |gateway, _epoch| async move {
+            |gateway, _epoch, _node_latency| async move {
                 let ran = buy_all(&gateway, plan, scenario, knobs.in_flight).await?;
                 let levels = levels_of(&gateway, &ran.2.catalog).await?;
                 Ok((ran, levels))
@@ -136,8 +138,9 @@ mod real {
 
     /// A throwaway sale (`<prefix>-<pid>-<time>`, one partition per shard of the scenario)
     /// on the cluster, with an engine node and a gateway in this process: runs `body` with
-    /// the gateway and the sale clock's zero, then stops the node and deletes the sale's
-    /// streams, buckets and snapshot store, whatever `body` returned.
+    /// the gateway, the sale clock's zero and the histogram the node records its answers'
+    /// latency into (from the entry's stamp in the log), then stops the node and deletes
+    /// the sale's streams, buckets and snapshot store, whatever `body` returned.
     pub async fn on_throwaway_sale<R, F, Fut>(
         prefix: &str,
         scenario: &Scenario,
@@ -146,7 +149,7 @@ mod real {
         body: F,
     ) -> Result<R, String>
     where
-        F: FnOnce(Gateway, SystemTime) -> Fut,
+        F: FnOnce(Gateway, SystemTime, NodeLatency) -> Fut,
         Fut: std::future::Future<Output = Result<R, String>>,
     {
         let nats = |error: flashsale::cluster::nats::NatsError| format!("nats: {error}");
@@ -175,6 +178,9 @@ mod real {
         let max_quantity = max_quantity(scenario);
         let (status, mut watching) = watch::channel(Vec::<PartitionStatus>::new());
         let (stop, stopping) = watch::channel(false);
+        let node_latency: NodeLatency = Arc::new(parking_lot::Mutex::new(
+            flashsale::report::latency_histogram(),
+        ));
         let node = tokio::spawn(run_node(
             client.clone(),
             sale.clone(),
@@ -185,6 +191,7 @@ mod real {
                 lease,
                 snapshot_every: 100_000,
                 max_quantity,
+                latency: Some(node_latency.clone()),
             },
             Some(status),
             stopping,
@@ -208,7 +215,7 @@ mod real {
             )
             .await
             .map_err(nats)?;
-            body(gateway, epoch).await
+            body(gateway, epoch, node_latency).await
         }
         .await;
         let _ = stop.send(true);
