@@ -40,19 +40,19 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for _ in $(seq 1 20); do
-    port=$((20000 + RANDOM % 20000))
-    port_is_free "$port" && break
-done
-target/release/flashsale serve --in-memory --addr "127.0.0.1:$port" 2>"$dir/server.log" &
+# Port 0: the OS picks a free port and the server prints it. (Picking one here and checking
+# that nothing listens on it raced with ports the machine's outgoing connections hold.)
+target/release/flashsale serve --in-memory --addr "127.0.0.1:0" 2>"$dir/server.log" &
 pid=$!
+addr=""
 for _ in $(seq 1 200); do
-    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+    addr=$(sed -n 's|.*listening on http://\([0-9.:]*\).*|\1|p' "$dir/server.log" | head -n 1)
+    [ -n "$addr" ] && curl -sf "http://$addr/readyz" >/dev/null 2>&1 && break
     kill -0 "$pid" 2>/dev/null || { cat "$dir/server.log" >&2; exit 1; }
     sleep 0.05
 done
-base="http://127.0.0.1:$port"
+[ -n "$addr" ] || { echo "live-page.sh: the server printed no address" >&2; cat "$dir/server.log" >&2; exit 1; }
+base="http://$addr"
 
 buy() { curl -s -o /dev/null --max-time "${4:-5}" -X POST "$base/sales/$1/buy" -d "{\"user\":$2,\"qty\":1,\"key\":$3}"; }
 # Buyers joining the lipstick's opening draw (SKU 4): their requests wait for the draw,
