@@ -173,6 +173,15 @@ const GATE_HEARTBEAT: Duration = Duration::from_millis(500);
 /// Entries whose replies a standby keeps for when it takes over.
 const RECENT_MAX: usize = 4_096;
 
+/// How long one fetch of a partition's snapshot may take. A fetch can stall for good (its
+/// object's chunks stop arriving when the server delivering them dies), and a partition
+/// that waited on it would never start; a stalled fetch is tried again.
+const SNAPSHOT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Fetches of a snapshot tried before the partition replays its log from the start instead
+/// (always correct, only slower).
+const SNAPSHOT_FETCH_ATTEMPTS: u32 = 3;
+
 impl PartitionTask {
     async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), NatsError> {
         self.restore_snapshot().await;
@@ -473,20 +482,26 @@ impl PartitionTask {
         }));
     }
 
-    /// Starts from the newest stored snapshot, if there is one that fits; else from the
-    /// log's first entry.
+    /// Starts from the newest stored snapshot, if there is one that fits and it can be
+    /// fetched (each fetch bounded by [`SNAPSHOT_FETCH_TIMEOUT`], tried
+    /// [`SNAPSHOT_FETCH_ATTEMPTS`] times); else from the log's first entry.
     async fn restore_snapshot(&mut self) {
         let name = format!("p{}", self.partition);
-        let Ok(mut object) = self.opened.snapshots.get(name.as_str()).await else {
+        let mut fetched = None;
+        for _ in 0..SNAPSHOT_FETCH_ATTEMPTS {
+            match tokio::time::timeout(SNAPSHOT_FETCH_TIMEOUT, self.fetch_snapshot(&name)).await {
+                Ok(Some(bytes)) => {
+                    fetched = Some(bytes);
+                    break;
+                }
+                // None stored (or none readable): the log's first entry it is.
+                Ok(None) => return,
+                Err(_stalled) => {}
+            }
+        }
+        let Some(bytes) = fetched else {
             return;
         };
-        let mut bytes = Vec::new();
-        if tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
-            .await
-            .is_err()
-        {
-            return;
-        }
         if let Ok(replica) = Replica::restore(
             &self.catalog,
             &self.placement,
@@ -500,5 +515,15 @@ impl PartitionTask {
                 status.applied = position;
             });
         }
+    }
+
+    /// The stored snapshot's bytes, or `None` if there is none or it cannot be read.
+    async fn fetch_snapshot(&self, name: &str) -> Option<Vec<u8>> {
+        let mut object = self.opened.snapshots.get(name).await.ok()?;
+        let mut bytes = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
+            .await
+            .ok()?;
+        Some(bytes)
     }
 }
