@@ -74,7 +74,7 @@ pub struct ProducerTally {
     /// Every confirmed order's (user, product group, units, order id), to check limits
     /// after the run. An append-only list rather than a map: a map's rehash, or the page
     /// faults of a large pre-sized one, stalled the producer for tens of ms, which an open
-    /// loop then reports as engine latency.
+    /// loop then reports as engine latency (the list's pages are touched before the run).
     orders: Vec<(u64, u32, u32, u64)>,
     pub confirmed_orders: u64,
     pub rejections: [u64; RejectReason::ALL.len()],
@@ -96,9 +96,17 @@ impl ProducerTally {
         self.confirmed_units.iter().sum()
     }
 
-    /// `orders_max` bounds the orders this producer can see confirmed; the list reserves
-    /// for them up front (faulted in page by page as it fills, in order).
+    /// `orders_max` bounds the orders this producer can see confirmed; the lists reserve
+    /// for them up front and touch every page they reserved, so that a run does not
+    /// fault them in while it is measured (a 2 MiB page zeroed in the producer's thread
+    /// is a stall an open loop reports as engine latency). Make it before the run starts.
     pub fn new(skus: usize, buckets: usize, orders_max: usize) -> Self {
+        let mut confirmed_at = Vec::with_capacity(orders_max);
+        confirmed_at.resize(orders_max, (0, 0, 0));
+        confirmed_at.clear();
+        let mut orders = Vec::with_capacity(orders_max);
+        orders.resize(orders_max, (0, 0, 0, 0));
+        orders.clear();
         Self {
             latency_ns: flashsale::report::latency_histogram(),
             wait_latency_ns: flashsale::report::latency_histogram(),
@@ -108,8 +116,8 @@ impl ProducerTally {
             last_confirmed_ns: vec![0; skus],
             sold_out_first: vec![None; skus],
             insufficient_first: vec![None; skus],
-            confirmed_at: Vec::with_capacity(orders_max),
-            orders: Vec::with_capacity(orders_max),
+            confirmed_at,
+            orders,
             confirmed_orders: 0,
             rejections: [0; RejectReason::ALL.len()],
             submitted: 0,
@@ -364,29 +372,31 @@ pub fn run(
     let buckets = (plan.last_press_ns / BUCKET_NS + 2) as usize;
     let stock = plan.catalog.total_stock();
     let offered = (scenario.mode == Mode::Open).then_some(plan.offered);
+    let skus = plan.catalog.skus().len();
+    let tallies: Vec<ProducerTally> = plan
+        .schedules
+        .iter()
+        .map(|schedule| {
+            let orders_max = (schedule.len() as u64).min(stock) as usize;
+            ProducerTally::new(skus, buckets, orders_max)
+        })
+        .collect();
     let wall_start = Instant::now();
     let threads: Vec<_> = plan
         .schedules
         .into_iter()
+        .zip(tallies)
         .enumerate()
-        .map(|(index, schedule)| {
+        .map(|(index, (schedule, tally))| {
             let producer = engine.producer();
             let shared = shared.clone();
-            let orders_max = (schedule.len() as u64).min(stock) as usize;
             let mut driver = Driver {
                 desk: desk_tx.clone(),
                 rng: Rng::new(scenario.seed ^ (index as u64 + 1).wrapping_mul(0xA24B_AED4)),
                 wait,
             };
             std::thread::spawn(move || {
-                let tally = drive(
-                    producer,
-                    &schedule,
-                    &shared,
-                    buckets,
-                    orders_max,
-                    &mut driver,
-                );
+                let tally = drive(producer, &schedule, &shared, tally, &mut driver);
                 (tally, Instant::now())
             })
         })
@@ -538,11 +548,9 @@ fn drive(
     mut producer: Producer,
     schedule: &[Press],
     shared: &Shared,
-    buckets: usize,
-    orders_max: usize,
+    mut tally: ProducerTally,
     driver: &mut Driver,
 ) -> ProducerTally {
-    let mut tally = ProducerTally::new(shared.catalog.skus().len(), buckets, orders_max);
     // Intended send times of queued presses, by ticket (waiting ones are answered out of
     // order). At most ring capacity x shards entries, so it never grows past its start.
     let mut queued: FxHashMap<Ticket, u64> = FxHashMap::default();

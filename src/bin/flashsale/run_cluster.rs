@@ -93,12 +93,23 @@ mod real {
                 LEAD_NS / 1_000_000_000
             ));
         }
-        tokio::time::sleep(Duration::from_nanos(plan.start_ns - ready_at)).await;
         let schedules = std::mem::take(&mut plan.schedules);
         let share = (knobs.in_flight as usize / schedules.len().max(1)).max(1);
         let catalog = Arc::new(plan.catalog.clone());
         let buckets = (plan.last_press_ns / BUCKET_NS + 2) as usize;
         let stock = catalog.total_stock();
+        // Made (and their pages touched) before the schedule starts.
+        let tallies: Vec<ProducerTally> = schedules
+            .iter()
+            .map(|schedule| {
+                let orders_max = (schedule.len() as u64).min(stock) as usize;
+                ProducerTally::new(catalog.skus().len(), buckets, orders_max)
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_nanos(
+            plan.start_ns.saturating_sub(sale_now()),
+        ))
+        .await;
         let progress = Arc::new(AtomicU64::new(0));
         let wall_start = Instant::now();
         // The payment desk: pays, cancels or pays late every confirmed order, as the
@@ -109,15 +120,13 @@ mod real {
             .then(|| tokio::spawn(desk(gateway.clone(), desk_rx, sale_now)));
         let desk_tx = desk.is_some().then_some(desk_tx);
         let mut running = tokio::task::JoinSet::new();
-        for (index, schedule) in schedules.into_iter().enumerate() {
+        for (index, (schedule, tally)) in schedules.into_iter().zip(tallies).enumerate() {
             let (gateway, catalog, progress) = (gateway.clone(), catalog.clone(), progress.clone());
             let desk = desk_tx.clone().map(|sender| Desk {
                 sender,
                 plan: DeskPlan::of(scenario),
                 rng: Rng::new(scenario.seed ^ (index as u64 + 1).wrapping_mul(0xA24B_AED4)),
             });
-            let orders_max = (schedule.len() as u64).min(stock) as usize;
-            let tally = ProducerTally::new(catalog.skus().len(), buckets, orders_max);
             let how = Producing {
                 open: scenario.mode == Mode::Open,
                 sample: scenario.latency_sample,
