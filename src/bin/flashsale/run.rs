@@ -101,12 +101,14 @@ impl ProducerTally {
     /// fault them in while it is measured (a 2 MiB page zeroed in the producer's thread
     /// is a stall an open loop reports as engine latency). Make it before the run starts.
     pub fn new(skus: usize, buckets: usize, orders_max: usize) -> Self {
-        let mut confirmed_at = Vec::with_capacity(orders_max);
-        confirmed_at.resize(orders_max, (0, 0, 0));
-        confirmed_at.clear();
-        let mut orders = Vec::with_capacity(orders_max);
-        orders.resize(orders_max, (0, 0, 0, 0));
-        orders.clear();
+        /// An empty list with room for `len`, every page of it written once (by
+        /// `resize`: `vec![zero; len]` may take fresh zeroed pages and touch none).
+        fn touched<T: Clone + Default>(len: usize) -> Vec<T> {
+            let mut list = Vec::with_capacity(len);
+            list.resize(len, T::default());
+            list.clear();
+            list
+        }
         Self {
             latency_ns: flashsale::report::latency_histogram(),
             wait_latency_ns: flashsale::report::latency_histogram(),
@@ -116,8 +118,8 @@ impl ProducerTally {
             last_confirmed_ns: vec![0; skus],
             sold_out_first: vec![None; skus],
             insufficient_first: vec![None; skus],
-            confirmed_at,
-            orders,
+            confirmed_at: touched(orders_max),
+            orders: touched(orders_max),
             confirmed_orders: 0,
             rejections: [0; RejectReason::ALL.len()],
             submitted: 0,
@@ -125,6 +127,23 @@ impl ProducerTally {
             refused: 0,
             last_ns: 0,
         }
+    }
+
+    /// One tally per producer's schedule, each with room for the orders it can see
+    /// confirmed (its presses, at most the sale's `stock`). Made before the run starts.
+    pub fn for_schedules(
+        schedules: &[Vec<Press>],
+        skus: usize,
+        buckets: usize,
+        stock: u64,
+    ) -> Vec<Self> {
+        schedules
+            .iter()
+            .map(|schedule| {
+                let orders_max = (schedule.len() as u64).min(stock) as usize;
+                Self::new(skus, buckets, orders_max)
+            })
+            .collect()
     }
 
     /// A press's send instant: the clock's reading if `sampler` times it, else
@@ -372,15 +391,8 @@ pub fn run(
     let buckets = (plan.last_press_ns / BUCKET_NS + 2) as usize;
     let stock = plan.catalog.total_stock();
     let offered = (scenario.mode == Mode::Open).then_some(plan.offered);
-    let skus = plan.catalog.skus().len();
-    let tallies: Vec<ProducerTally> = plan
-        .schedules
-        .iter()
-        .map(|schedule| {
-            let orders_max = (schedule.len() as u64).min(stock) as usize;
-            ProducerTally::new(skus, buckets, orders_max)
-        })
-        .collect();
+    let tallies =
+        ProducerTally::for_schedules(&plan.schedules, plan.catalog.skus().len(), buckets, stock);
     let wall_start = Instant::now();
     let threads: Vec<_> = plan
         .schedules

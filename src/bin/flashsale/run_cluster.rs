@@ -98,14 +98,8 @@ mod real {
         let catalog = Arc::new(plan.catalog.clone());
         let buckets = (plan.last_press_ns / BUCKET_NS + 2) as usize;
         let stock = catalog.total_stock();
-        // Made (and their pages touched) before the schedule starts.
-        let tallies: Vec<ProducerTally> = schedules
-            .iter()
-            .map(|schedule| {
-                let orders_max = (schedule.len() as u64).min(stock) as usize;
-                ProducerTally::new(catalog.skus().len(), buckets, orders_max)
-            })
-            .collect();
+        let tallies =
+            ProducerTally::for_schedules(&schedules, catalog.skus().len(), buckets, stock);
         tokio::time::sleep(Duration::from_nanos(
             plan.start_ns.saturating_sub(sale_now()),
         ))
