@@ -267,7 +267,12 @@ mod real {
         for schedule in schedules {
             let (gateway, catalog, clock) = (gateway.clone(), catalog.clone(), clock.clone());
             let sample = scenario.latency_sample;
-            running.spawn(async move {
+            // Outside tokio's cooperative budget: past about 128 awaits a turn, each
+            // buy's answer would read "not yet" and wake itself, and every turn of this
+            // task would walk thousands of futures that cannot finish (the measurement
+            // then timed itself, at a fraction of the cluster's rate). It still yields
+            // whenever none of its buys is ready.
+            running.spawn(tokio::task::unconstrained(async move {
                 let mut tally = tally_for(&catalog, &schedule);
                 let mut sampler = run::Sampler::new(sample);
                 let mut waiting = FuturesUnordered::new();
@@ -296,7 +301,7 @@ mod real {
                     record(&mut tally, answered);
                 }
                 tally
-            });
+            }));
         }
         let mut total = ProducerTally::new(plan.catalog.skus().len(), 1, 0);
         while let Some(joined) = running.join_next().await {
