@@ -206,6 +206,19 @@ impl NatsCluster {
         assert!(status.success(), "ldm signal to n{index}");
     }
 
+    /// The index of the JetStream meta leader, from a monitoring endpoint.
+    fn meta_leader(&self) -> Option<usize> {
+        (0..3)
+            .filter(|&index| self.servers[index].is_some())
+            .find_map(|index| {
+                let url = format!("http://127.0.0.1:{}/jsz", self.base + 200 + index as u16);
+                let output = Command::new("curl").args(["-fs", &url]).output().ok()?;
+                let json = serde_json::from_slice::<serde_json::Value>(&output.stdout).ok()?;
+                let leader = json["meta_cluster"]["leader"].as_str()?;
+                leader.strip_prefix('n').and_then(|n| n.parse().ok())
+            })
+    }
+
     /// The index of the server leading a stream, from its monitoring endpoint.
     fn stream_leader(&self, stream: &str) -> Option<usize> {
         for index in 0..3 {
@@ -1001,7 +1014,9 @@ impl Drop for OneNode {
     fn drop(&mut self) {
         drop(self.node.take());
         drop(self.nats.take());
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("FLASHSALE_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -1433,6 +1448,127 @@ async fn planned_stop_of_the_stream_leader() {
         nats.stream_leader(&scene.sale.stream(0)),
     );
     assert!(!times.is_empty());
+}
+
+/// The death of the NATS server that leads the lease bucket, and neither a partition
+/// stream nor JetStream's meta group (SIGKILL; the others' leaders are stepped down off it
+/// first), during a sale, 64 buyers buying throughout: the bucket elects a new leader (4-9
+/// s in nats-server), and meanwhile no lease can be renewed. Prints the longest pause in
+/// answers and the answers per 500 ms; checks that every buy was answered.
+/// `cargo test --release --features cluster --test cluster -- --ignored death_of
+/// --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it with --nocapture"]
+async fn death_of_the_lease_buckets_server() {
+    death_of_one_server("kvl", 19_500, false).await;
+}
+
+/// As `death_of_the_lease_buckets_server`, for the server that leads JetStream's meta
+/// group and nothing of the sale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it with --nocapture"]
+async fn death_of_the_meta_leaders_server() {
+    death_of_one_server("meta", 19_600, true).await;
+}
+
+/// Kills the server leading the sale's lease bucket (`meta` false) or the meta group
+/// (`meta` true), each moved off the other, with no partition stream's leader on it.
+async fn death_of_one_server(sale: &str, port: u16, meta: bool) {
+    let (toml, catalog) = never_sold_out();
+    let mut scene = OneNode::start(sale, port, sale, &toml, catalog, None).await;
+    let lease_stream = format!("KV_fs_{sale}_lease");
+    let nats = scene.nats.as_ref().unwrap();
+    let step_down = |stream: String| {
+        let client = scene.client.clone();
+        async move {
+            let _ = client
+                .request(
+                    format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}"),
+                    "".into(),
+                )
+                .await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    // The bucket's leader away from the meta leader, then every partition stream's leader
+    // away from the one to kill.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (target, what) = loop {
+        let bucket = nats
+            .stream_leader(&lease_stream)
+            .expect("the lease bucket has a leader");
+        let meta_leader = nats.meta_leader().expect("JetStream has a meta leader");
+        if bucket != meta_leader {
+            break if meta {
+                (meta_leader, "meta leader only")
+            } else {
+                (bucket, "lease bucket leader only")
+            };
+        }
+        assert!(Instant::now() < deadline, "the bucket would not step down");
+        step_down(lease_stream.clone()).await;
+    };
+    for partition in 0..PARTITIONS {
+        let stream = scene.sale.stream(partition);
+        while nats.stream_leader(&stream) == Some(target) {
+            assert!(Instant::now() < deadline, "{stream} would not step down");
+            step_down(stream.clone()).await;
+        }
+    }
+    // The node's readers follow the streams' new leaders.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let until = started + Duration::from_secs(20);
+    let mut buyers = tokio::task::JoinSet::new();
+    for buyer in 0..64u64 {
+        let gateway = scene.gateway.clone();
+        buyers.spawn(async move {
+            let mut answered = Vec::new();
+            let mut unanswered = 0u32;
+            for press in 1u64.. {
+                if Instant::now() >= until {
+                    break;
+                }
+                match gateway.buy(new_buyers_intent(buyer, press), false).await {
+                    Ok(_) => answered.push(Instant::now()),
+                    Err(_) => unanswered += 1,
+                }
+            }
+            (answered, unanswered)
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let killed = Instant::now();
+    scene.nats.as_mut().unwrap().servers[target]
+        .as_mut()
+        .expect("running")
+        .kill();
+    let mut times = Vec::new();
+    let mut unanswered = 0;
+    while let Some(joined) = buyers.join_next().await {
+        let (answered, missed) = joined.unwrap();
+        times.extend(answered);
+        unanswered += missed;
+    }
+    times.sort_unstable();
+    let longest = times
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .max()
+        .unwrap_or_default();
+    let mut timeline = vec![0u32; 1 + (until - started).as_millis() as usize / 500];
+    for time in &times {
+        if let Some(slot) = timeline.get_mut((*time - started).as_millis() as usize / 500) {
+            *slot += 1;
+        }
+    }
+    eprintln!(
+        "n{target} ({what}) killed at {:.1} s: {} answers, {unanswered} unanswered, \
+         longest pause in answers {longest:?}; answers per 500 ms: {timeline:?}",
+        (killed - started).as_secs_f64(),
+        times.len(),
+    );
+    assert_eq!(unanswered, 0);
 }
 
 /// Intents per second through the cluster (3 NATS servers, R3 streams, one engine node, one

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::kv;
 use async_nats::jetstream::message::PublishMessage;
 use futures_util::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{MissedTickBehavior, interval};
 
 use super::nats::{NatsError, Opened, SaleOnNats};
@@ -163,6 +164,53 @@ struct PartitionTask {
 /// missed entries.
 const STALL_CHECK: Duration = Duration::from_secs(1);
 
+/// What a lease renewal found.
+enum Renewal {
+    /// The lease is this node's, at this revision.
+    Held(u64),
+    /// Another node holds it.
+    Lost,
+    /// The lease bucket did not answer.
+    Unreachable,
+}
+
+/// Renews the lease `key` at `revision`, or takes it if `revision` is `None`; each request
+/// bounded by `bound`.
+async fn renew(
+    leases: &kv::Store,
+    key: &str,
+    id: &[u8],
+    revision: Option<u64>,
+    bound: Duration,
+) -> Renewal {
+    let create = || async {
+        match tokio::time::timeout(bound, leases.create(key, id.to_vec().into())).await {
+            Ok(Ok(revision)) => Renewal::Held(revision),
+            Ok(Err(error)) if error.kind() == kv::CreateErrorKind::AlreadyExists => Renewal::Lost,
+            _ => Renewal::Unreachable,
+        }
+    };
+    let Some(revision) = revision else {
+        return create().await;
+    };
+    let update = leases.update(key, id.to_vec().into(), revision);
+    match tokio::time::timeout(bound, update).await {
+        Ok(Ok(revision)) => Renewal::Held(revision),
+        // Refused, or no answer (a write that timed out may still have landed): the entry
+        // says whose the lease is.
+        _ => match tokio::time::timeout(bound, leases.entry(key)).await {
+            Ok(Ok(Some(entry))) if entry.operation == kv::Operation::Put && entry.value == id => {
+                Renewal::Held(entry.revision)
+            }
+            Ok(Ok(Some(entry))) if entry.operation == kv::Operation::Put => Renewal::Lost,
+            // Expired while the bucket could not be reached: take it again at once rather
+            // than stand by for a round.
+            Ok(Ok(_)) => create().await,
+            _ => Renewal::Unreachable,
+        },
+    }
+}
+
 /// How often a leader publishes its gate's news (when there is any).
 const GATE_EVERY: Duration = Duration::from_millis(5);
 
@@ -192,6 +240,8 @@ impl PartitionTask {
             .map_err(|error| NatsError::new("subscribe to reads", error.to_string()))?;
         let mut lease_timer = interval(self.config.lease / 3);
         lease_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let (renewed_tx, mut renewed_rx) = mpsc::channel(1);
+        let mut renewing = false;
         let mut tick_timer = interval(Duration::from_millis(5));
         tick_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut gate_timer = interval(GATE_EVERY);
@@ -233,7 +283,14 @@ impl PartitionTask {
                 tokio::select! {
                     biased;
                     _ = stop.changed() => break 'consume,
-                    _ = lease_timer.tick() => self.renew_lease().await,
+                    _ = lease_timer.tick(), if !renewing => {
+                        renewing = true;
+                        self.start_renewal(&renewed_tx);
+                    }
+                    Some(renewal) = renewed_rx.recv() => {
+                        renewing = false;
+                        self.renewed(renewal);
+                    }
                     _ = tick_timer.tick() => self.tick_if_due().await,
                     Some(ask) = asks.next() => self.answer(ask),
                     _ = gate_timer.tick() => self.publish_gate(),
@@ -301,6 +358,14 @@ impl PartitionTask {
                 }
             }
         }
+        if renewing {
+            // A renewal still under way could take the lease after it is handed over.
+            if let Ok(Some(renewal)) =
+                tokio::time::timeout(self.config.lease, renewed_rx.recv()).await
+            {
+                self.renewed(renewal);
+            }
+        }
         if self.lease_revision.take().is_some() {
             // Hand the partition over at once rather than after the lease runs out.
             let _ = self
@@ -328,31 +393,33 @@ impl PartitionTask {
         });
     }
 
-    /// Renews the lease if held, else takes it if free.
-    async fn renew_lease(&mut self) {
+    /// Starts renewing the lease (if held) or taking it (if free) in a task of its own,
+    /// which reports on `renewed`: while the lease bucket elects a leader its requests time
+    /// out, and the partition's entries must not wait for them.
+    fn start_renewal(&self, renewed: &mpsc::Sender<Renewal>) {
+        let leases = self.opened.leases.clone();
         let key = format!("p{}", self.partition);
-        let value = self.config.id.clone().into_bytes().into();
-        let leases = &self.opened.leases;
-        // Bounded: the partition's entries wait while this runs, and a cluster that is
-        // electing a leader for the lease bucket can take seconds to answer.
+        let id = self.config.id.clone().into_bytes();
+        let revision = self.lease_revision;
         let bound = self.config.lease / 3;
-        let write = async {
-            match self.lease_revision {
-                Some(revision) => leases.update(&key, value, revision).await.ok(),
-                None => leases.create(&key, value).await.ok(),
-            }
-        };
-        let written = tokio::time::timeout(bound, write).await.ok().flatten();
-        self.lease_revision = match written {
-            Some(revision) => Some(revision),
-            // A write that failed or timed out may still have landed: the lease is ours if
-            // it names this node.
-            None => match tokio::time::timeout(bound, leases.entry(&key)).await {
-                Ok(Ok(Some(entry))) if entry.value == self.config.id.as_bytes() => {
-                    Some(entry.revision)
-                }
-                _ => None,
-            },
+        let renewed = renewed.clone();
+        tokio::spawn(async move {
+            let renewal = renew(&leases, &key, &id, revision, bound).await;
+            let _ = renewed.send(renewal).await;
+        });
+    }
+
+    /// Takes what a renewal found.
+    fn renewed(&mut self, renewal: Renewal) {
+        self.lease_revision = match renewal {
+            Renewal::Held(revision) => Some(revision),
+            Renewal::Lost => None,
+            // The bucket has no leader (its server died and it is electing): nobody can
+            // take the lease meanwhile, so the holder goes on leading and the standbys
+            // go on standing by. A second leader would be harmless (see the module docs:
+            // both publish the same replies), but the bucket cannot make one until it
+            // answers again, and then the holder's next renewal settles who leads.
+            Renewal::Unreachable => self.lease_revision,
         };
         let leading = self.lease_revision.is_some();
         if leading {
