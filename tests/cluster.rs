@@ -1382,22 +1382,12 @@ async fn compare_runs_the_scenario_through_the_cluster() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A planned stop of the NATS server leading partition 0's stream: lame-duck mode
-/// (`nats-server --signal ldm=PID`, lame-duck duration 30 s, the least it takes) during a
-/// sale, 64 buyers buying throughout; prints the longest pause in answers and the answers
-/// per 500 ms.
-/// `cargo test --release --features cluster --test cluster -- --ignored planned_stop
-/// --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement: run it with --nocapture"]
-async fn planned_stop_of_the_stream_leader() {
-    let (toml, catalog) = never_sold_out();
-    let scene = OneNode::start("ldm", 19_000, "ldm", &toml, catalog, None).await;
-    let started = Instant::now();
-    let until = started + Duration::from_secs(38);
+/// 64 buyers, each buying one new buyer's intent after another through `gateway` until
+/// `until`; each ends with the instants it was answered and how many buys went unanswered.
+fn buyers_until(gateway: &Gateway, until: Instant) -> tokio::task::JoinSet<(Vec<Instant>, u32)> {
     let mut buyers = tokio::task::JoinSet::new();
     for buyer in 0..64u64 {
-        let gateway = scene.gateway.clone();
+        let gateway = gateway.clone();
         buyers.spawn(async move {
             let mut answered = Vec::new();
             let mut unanswered = 0u32;
@@ -1413,13 +1403,26 @@ async fn planned_stop_of_the_stream_leader() {
             (answered, unanswered)
         });
     }
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let nats = scene.nats.as_ref().unwrap();
-    let leader = nats
-        .stream_leader(&scene.sale.stream(0))
-        .expect("partition 0's stream has a leader");
-    let stopped = Instant::now();
-    nats.lame_duck(leader);
+    buyers
+}
+
+/// What `buyers_until`'s buyers met, together.
+struct Heard {
+    /// Every answer's instant, in order.
+    times: Vec<Instant>,
+    unanswered: u32,
+    /// The longest gap between two answers.
+    longest: Duration,
+    /// Answers per 500 ms from `started`.
+    timeline: Vec<u32>,
+}
+
+/// Waits for every buyer and puts their answers together.
+async fn answers_of(
+    mut buyers: tokio::task::JoinSet<(Vec<Instant>, u32)>,
+    started: Instant,
+    until: Instant,
+) -> Heard {
     let mut times = Vec::new();
     let mut unanswered = 0;
     while let Some(joined) = buyers.join_next().await {
@@ -1439,6 +1442,41 @@ async fn planned_stop_of_the_stream_leader() {
             *slot += 1;
         }
     }
+    Heard {
+        times,
+        unanswered,
+        longest,
+        timeline,
+    }
+}
+
+/// A planned stop of the NATS server leading partition 0's stream: lame-duck mode
+/// (`nats-server --signal ldm=PID`, lame-duck duration 30 s, the least it takes) during a
+/// sale, 64 buyers buying throughout; prints the longest pause in answers and the answers
+/// per 500 ms.
+/// `cargo test --release --features cluster --test cluster -- --ignored planned_stop
+/// --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it with --nocapture"]
+async fn planned_stop_of_the_stream_leader() {
+    let (toml, catalog) = never_sold_out();
+    let scene = OneNode::start("ldm", 19_000, "ldm", &toml, catalog, None).await;
+    let started = Instant::now();
+    let until = started + Duration::from_secs(38);
+    let buyers = buyers_until(&scene.gateway, until);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let nats = scene.nats.as_ref().unwrap();
+    let leader = nats
+        .stream_leader(&scene.sale.stream(0))
+        .expect("partition 0's stream has a leader");
+    let stopped = Instant::now();
+    nats.lame_duck(leader);
+    let Heard {
+        times,
+        unanswered,
+        longest,
+        timeline,
+    } = answers_of(buyers, started, until).await;
     eprintln!(
         "lame duck of n{leader} (stream leader) at {:.1} s: {} answers, {unanswered} \
          unanswered, longest pause in answers {longest:?}; answers per 500 ms: {timeline:?}; \
@@ -1519,49 +1557,19 @@ async fn death_of_one_server(sale: &str, port: u16, meta: bool) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = Instant::now();
     let until = started + Duration::from_secs(20);
-    let mut buyers = tokio::task::JoinSet::new();
-    for buyer in 0..64u64 {
-        let gateway = scene.gateway.clone();
-        buyers.spawn(async move {
-            let mut answered = Vec::new();
-            let mut unanswered = 0u32;
-            for press in 1u64.. {
-                if Instant::now() >= until {
-                    break;
-                }
-                match gateway.buy(new_buyers_intent(buyer, press), false).await {
-                    Ok(_) => answered.push(Instant::now()),
-                    Err(_) => unanswered += 1,
-                }
-            }
-            (answered, unanswered)
-        });
-    }
+    let buyers = buyers_until(&scene.gateway, until);
     tokio::time::sleep(Duration::from_secs(4)).await;
     let killed = Instant::now();
     scene.nats.as_mut().unwrap().servers[target]
         .as_mut()
         .expect("running")
         .kill();
-    let mut times = Vec::new();
-    let mut unanswered = 0;
-    while let Some(joined) = buyers.join_next().await {
-        let (answered, missed) = joined.unwrap();
-        times.extend(answered);
-        unanswered += missed;
-    }
-    times.sort_unstable();
-    let longest = times
-        .windows(2)
-        .map(|pair| pair[1] - pair[0])
-        .max()
-        .unwrap_or_default();
-    let mut timeline = vec![0u32; 1 + (until - started).as_millis() as usize / 500];
-    for time in &times {
-        if let Some(slot) = timeline.get_mut((*time - started).as_millis() as usize / 500) {
-            *slot += 1;
-        }
-    }
+    let Heard {
+        times,
+        unanswered,
+        longest,
+        timeline,
+    } = answers_of(buyers, started, until).await;
     eprintln!(
         "n{target} ({what}) killed at {:.1} s: {} answers, {unanswered} unanswered, \
          longest pause in answers {longest:?}; answers per 500 ms: {timeline:?}",
