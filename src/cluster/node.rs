@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::consumer::{DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::kv;
 use async_nats::jetstream::message::PublishMessage;
 use futures_util::StreamExt;
@@ -21,7 +21,7 @@ use tokio::time::{MissedTickBehavior, interval};
 
 use super::nats::{NatsError, Opened, SaleOnNats};
 use super::wire;
-use super::{Replica, Reply, Step};
+use super::{Gap, Replica, Reply, Step};
 use crate::catalog::{Catalog, Placement};
 use crate::types::ShardId;
 
@@ -121,6 +121,8 @@ pub async fn run_node(
             storing: None,
             gate_published: (0, tokio::time::Instant::now()),
             recent: std::collections::VecDeque::new(),
+            reader: None,
+            repulled: false,
         };
         tasks.spawn(task.run(stop.clone()));
     }
@@ -158,11 +160,34 @@ struct PartitionTask {
     /// old leader may have died before publishing them, so a new leader publishes them at
     /// once rather than wait for gateways to resubmit.
     recent: std::collections::VecDeque<(u64, Vec<Reply>)>,
+    /// The partition's consumer, while it is believed to work.
+    reader: Option<PullConsumer>,
+    /// Whether the reader was pulled again for silence since its last new entry.
+    repulled: bool,
 }
 
 /// How long a partition's reader may stay silent before the node asks the log whether it
 /// missed entries.
 const STALL_CHECK: Duration = Duration::from_secs(1);
+
+/// How long making a partition's consumer may take before it is tried again. While
+/// JetStream elects a meta leader no consumer can be made, and a request sent then would
+/// otherwise wait out the client's 5 s timeout after the new leader was there.
+const MAKE_READER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Entries a reader asks for in one pull (as an ordered consumer does).
+const READ_BATCH: usize = 500;
+
+/// How long one pull waits on the server for entries.
+const READ_EXPIRES: Duration = Duration::from_secs(10);
+
+/// The server says it is still there this often when it has no entries; two missed and the
+/// reader pulls again (a pull sent through a connection that died is lost with it).
+const READ_HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// The longest run of entries a reader reads one by one to fill a gap; past it, a new
+/// consumer is made from the first missing one.
+const GAP_FILL_MAX: u64 = 4_096;
 
 /// What a lease renewal found.
 enum Renewal {
@@ -249,27 +274,33 @@ impl PartitionTask {
         let mut replies = Vec::new();
         let mut out = Vec::new();
         'consume: loop {
-            let stream = &self.opened.streams[usize::from(self.partition)];
-            let consumer = stream
-                .create_consumer(pull::OrderedConfig {
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: self.replica.applied() + 1,
-                    },
-                    ..Default::default()
-                })
-                .await;
-            self.update_status(|status| status.reader_restarts += 1);
-            let mut messages = match consumer {
-                Ok(consumer) => match consumer.messages().await {
-                    Ok(messages) => messages,
-                    Err(_) => {
+            // Pull from the partition's consumer; make one only when there is none (or it
+            // failed). Making one is a request to JetStream's meta leader, which may be on
+            // the server that just died, while pulling from one that exists is answered by
+            // the consumer's own server.
+            let consumer = match self.reader.clone() {
+                Some(consumer) => consumer,
+                None => match self.make_reader().await {
+                    Some(consumer) => consumer,
+                    None => {
                         if self.pause_or_stop(&mut stop).await {
                             break 'consume;
                         }
                         continue 'consume;
                     }
                 },
+            };
+            let pulled = consumer
+                .stream()
+                .max_messages_per_batch(READ_BATCH)
+                .expires(READ_EXPIRES)
+                .heartbeat(READ_HEARTBEAT)
+                .messages()
+                .await;
+            let mut messages = match pulled {
+                Ok(messages) => messages,
                 Err(_) => {
+                    self.reader = None;
                     if self.pause_or_stop(&mut stop).await {
                         break 'consume;
                     }
@@ -295,64 +326,60 @@ impl PartitionTask {
                     Some(ask) = asks.next() => self.answer(ask),
                     _ = gate_timer.tick() => self.publish_gate(),
                     _ = watchdog.tick(), if last_message.elapsed() >= STALL_CHECK => {
-                        // A reader whose server died can stay silent rather than fail:
-                        // when the log has entries it has not delivered, make it again.
+                        // A reader whose server died, or whose connection moved to another
+                        // server, can stay silent rather than fail: when the log has entries
+                        // it has not delivered, pull again from the same consumer, and if
+                        // that was already tried since the last entry, make a new one.
                         let mut stream = self.opened.streams[usize::from(self.partition)].clone();
                         let info = tokio::time::timeout(STALL_CHECK / 2, stream.info()).await;
                         if let Ok(Ok(info)) = info
                             && info.state.last_sequence > self.replica.applied()
                         {
+                            if std::mem::replace(&mut self.repulled, true) {
+                                self.reader = None;
+                            }
                             continue 'consume;
                         }
                     }
                     message = messages.next() => {
-                        let Some(Ok(message)) = message else {
-                            // The ordered consumer resets itself on most failures; one
-                            // that ended is made again from the next position.
-                            continue 'consume;
+                        let message = match message {
+                            Some(Ok(message)) => message,
+                            // Silence (this node's connection moved, or the consumer's
+                            // server is electing): pull again.
+                            Some(Err(error))
+                                if error.kind() == pull::MessagesErrorKind::MissingHeartbeat =>
+                            {
+                                continue 'consume;
+                            }
+                            // Gone, refused or ended: make a new consumer.
+                            _ => {
+                                self.reader = None;
+                                continue 'consume;
+                            }
                         };
                         let Ok(info) = message.info() else { continue };
                         let position = info.stream_sequence;
-                        let stamp = self.opened.sale_ns(info.published.unix_timestamp_nanos());
-                        replies.clear();
-                        match self.replica.apply(position, stamp, &message.payload, &mut replies) {
-                            Ok(Step::Refused(_)) => self.update_status(|status| status.refused += 1),
-                            Ok(Step::Applied { .. }) => {}
-                            // A reader that went back (it reset itself from an older
-                            // position) is not progress: the watchdog judges by new entries.
-                            Ok(Step::AlreadyApplied) => continue,
-                            Err(_gap) => continue 'consume,
-                        }
-                        last_message = tokio::time::Instant::now();
-                        if self.lease_revision.is_some() {
-                            self.publish_replies(position, &mut replies, &mut out);
-                            if let Some(latency) = &self.config.latency
-                                && !replies.is_empty()
-                            {
-                                let now = self.opened.now_ns();
-                                latency.lock().saturating_record_n(
-                                    now.saturating_sub(stamp).max(1),
-                                    replies.len() as u64,
-                                );
-                            }
-                        } else if !replies.is_empty() {
-                            if self.recent.len() == RECENT_MAX {
-                                self.recent.pop_front();
-                            }
-                            self.recent.push_back((position, replies.clone()));
-                        }
-                        self.since_snapshot += 1;
-                        if self.lease_revision.is_some()
-                            && self.since_snapshot >= self.config.snapshot_every
+                        let published = info.published.unix_timestamp_nanos();
+                        // Entries a pull lost on the way (sent to a connection that died)
+                        // are read one by one from the stream's leader.
+                        if position > self.replica.applied() + 1
+                            && !self.fill_gap(position, &mut replies, &mut out).await
                         {
-                            self.store_snapshot();
+                            self.reader = None;
+                            continue 'consume;
                         }
-                        let applied = self.replica.applied();
-                        self.update_status(|status| status.applied = applied);
-                        // A pool being served gets its next slice as soon as the last is
-                        // applied, not at the next tick of the timer.
-                        if self.replica.core().serving_pool() {
-                            self.tick_if_due().await;
+                        match self.take_entry(position, published, &message.payload, &mut replies, &mut out).await {
+                            Ok(true) => {
+                                last_message = tokio::time::Instant::now();
+                                self.repulled = false;
+                            }
+                            // A redelivery is not progress: the watchdog judges by new
+                            // entries.
+                            Ok(false) => {}
+                            Err(_gap) => {
+                                self.reader = None;
+                                continue 'consume;
+                            }
                         }
                     }
                 }
@@ -375,6 +402,106 @@ impl PartitionTask {
                 .await;
         }
         Ok(())
+    }
+
+    /// Makes the partition's consumer: ephemeral, in memory, without acks, delivering from
+    /// the entry after the last applied one. `None` if JetStream did not answer in time.
+    async fn make_reader(&mut self) -> Option<PullConsumer> {
+        self.update_status(|status| status.reader_restarts += 1);
+        let stream = &self.opened.streams[usize::from(self.partition)];
+        let config = pull::Config::from(pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: self.replica.applied() + 1,
+            },
+            ..Default::default()
+        });
+        let made = tokio::time::timeout(MAKE_READER_TIMEOUT, stream.create_consumer(config)).await;
+        self.reader = match made {
+            Ok(Ok(consumer)) => Some(consumer),
+            _ => None,
+        };
+        self.repulled = false;
+        self.reader.clone()
+    }
+
+    /// Reads the entries before `position` that the reader has not delivered, one by one
+    /// from the stream (each a request its leader answers), and applies them. False if one
+    /// could not be read, or the gap is too long to read this way.
+    async fn fill_gap(
+        &mut self,
+        position: u64,
+        replies: &mut Vec<Reply>,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if position - self.replica.applied() > GAP_FILL_MAX {
+            return false;
+        }
+        let stream = self.opened.streams[usize::from(self.partition)].clone();
+        while self.replica.applied() + 1 < position {
+            let next = self.replica.applied() + 1;
+            let Ok(Ok(entry)) =
+                tokio::time::timeout(STALL_CHECK, stream.get_raw_message(next)).await
+            else {
+                return false;
+            };
+            let published = entry.time.unix_timestamp_nanos();
+            if self
+                .take_entry(next, published, &entry.payload, replies, out)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Applies the log's entry at `position` (stored at `published`, Unix ns): publishes
+    /// its replies when leading, keeps them when standing by, stores a snapshot when one is
+    /// due. True if it was new, false if already applied.
+    async fn take_entry(
+        &mut self,
+        position: u64,
+        published: i128,
+        payload: &[u8],
+        replies: &mut Vec<Reply>,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, Gap> {
+        let stamp = self.opened.sale_ns(published);
+        replies.clear();
+        match self.replica.apply(position, stamp, payload, replies)? {
+            Step::Refused(_) => self.update_status(|status| status.refused += 1),
+            Step::Applied { .. } => {}
+            Step::AlreadyApplied => return Ok(false),
+        }
+        if self.lease_revision.is_some() {
+            self.publish_replies(position, replies, out);
+            if let Some(latency) = &self.config.latency
+                && !replies.is_empty()
+            {
+                let now = self.opened.now_ns();
+                latency
+                    .lock()
+                    .saturating_record_n(now.saturating_sub(stamp).max(1), replies.len() as u64);
+            }
+        } else if !replies.is_empty() {
+            if self.recent.len() == RECENT_MAX {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((position, replies.clone()));
+        }
+        self.since_snapshot += 1;
+        if self.lease_revision.is_some() && self.since_snapshot >= self.config.snapshot_every {
+            self.store_snapshot();
+        }
+        let applied = self.replica.applied();
+        self.update_status(|status| status.applied = applied);
+        // A pool being served gets its next slice as soon as the last is applied, not at
+        // the next tick of the timer.
+        if self.replica.core().serving_pool() {
+            self.tick_if_due().await;
+        }
+        Ok(true)
     }
 
     /// Waits a little before retrying NATS; true if told to stop meanwhile.
