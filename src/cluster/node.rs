@@ -175,6 +175,9 @@ const STALL_CHECK: Duration = Duration::from_secs(1);
 /// otherwise wait out the client's 5 s timeout after the new leader was there.
 const MAKE_READER_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a reader without a consumer waits before asking for an entry not yet written.
+const POLL_PAUSE: Duration = Duration::from_millis(10);
+
 /// Entries a reader asks for in one pull (as an ordered consumer does).
 const READ_BATCH: usize = 500;
 
@@ -255,6 +258,65 @@ const SNAPSHOT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// (always correct, only slower).
 const SNAPSHOT_FETCH_ATTEMPTS: u32 = 3;
 
+/// What a partition's reader delivered.
+enum Read {
+    /// The log's entry at a position, stored at an instant (Unix ns).
+    Entry(u64, i128, bytes::Bytes),
+    /// Silence: pull again from the same consumer.
+    Silent,
+    /// The reader failed: make a new consumer.
+    Failed,
+}
+
+type Entries = std::pin::Pin<Box<dyn futures_util::Stream<Item = Read> + Send>>;
+
+/// A consumer's pulled messages as entries.
+fn pulled_entries(messages: pull::Stream) -> Entries {
+    Box::pin(
+        messages
+            .filter_map(|message| async move {
+                match message {
+                    Ok(message) => {
+                        let info = message.info().ok()?;
+                        Some(Read::Entry(
+                            info.stream_sequence,
+                            info.published.unix_timestamp_nanos(),
+                            message.payload.clone(),
+                        ))
+                    }
+                    Err(error) if error.kind() == pull::MessagesErrorKind::MissingHeartbeat => {
+                        Some(Read::Silent)
+                    }
+                    Err(_) => Some(Read::Failed),
+                }
+            })
+            .chain(futures_util::stream::once(async { Read::Failed })),
+    )
+}
+
+/// The log's entries from `next` on, each read on its own from the stream's leader (no
+/// consumer needed): slower than pulling, but it goes on while no consumer can be made.
+fn polled_entries(stream: async_nats::jetstream::stream::Stream, next: u64) -> Entries {
+    Box::pin(futures_util::stream::unfold(
+        (stream, next),
+        |(stream, next)| async move {
+            loop {
+                match tokio::time::timeout(STALL_CHECK, stream.get_raw_message(next)).await {
+                    Ok(Ok(entry)) => {
+                        let published = entry.time.unix_timestamp_nanos();
+                        return Some((
+                            Read::Entry(next, published, entry.payload),
+                            (stream, next + 1),
+                        ));
+                    }
+                    // Not written yet, or no leader to ask for a moment.
+                    _ => tokio::time::sleep(POLL_PAUSE).await,
+                }
+            }
+        },
+    ))
+}
+
 impl PartitionTask {
     async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), NatsError> {
         self.restore_snapshot().await;
@@ -273,39 +335,42 @@ impl PartitionTask {
         gate_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut replies = Vec::new();
         let mut out = Vec::new();
+        let (made_tx, mut made_rx) = mpsc::channel(1);
+        let mut making = false;
         'consume: loop {
-            // Pull from the partition's consumer; make one only when there is none (or it
-            // failed). Making one is a request to JetStream's meta leader, which may be on
-            // the server that just died, while pulling from one that exists is answered by
-            // the consumer's own server.
-            let consumer = match self.reader.clone() {
-                Some(consumer) => consumer,
-                None => match self.make_reader().await {
-                    Some(consumer) => consumer,
-                    None => {
-                        if self.pause_or_stop(&mut stop).await {
-                            break 'consume;
+            // Entries come from the partition's consumer. Making one is a request to
+            // JetStream's meta leader, which may be on the server that just died, so it is
+            // made in a task of its own, and until it is there the entries are read one by
+            // one from the stream's leader. A consumer that exists is pulled from again
+            // after silence rather than made anew: its own server answers that.
+            if self.reader.is_none() && !making {
+                making = true;
+                self.start_making_reader(&made_tx);
+            }
+            let mut entries = match self.reader.clone() {
+                Some(consumer) => {
+                    let pulled = consumer
+                        .stream()
+                        .max_messages_per_batch(READ_BATCH)
+                        .expires(READ_EXPIRES)
+                        .heartbeat(READ_HEARTBEAT)
+                        .messages()
+                        .await;
+                    match pulled {
+                        Ok(messages) => pulled_entries(messages),
+                        Err(_) => {
+                            self.reader = None;
+                            if self.pause_or_stop(&mut stop).await {
+                                break 'consume;
+                            }
+                            continue 'consume;
                         }
-                        continue 'consume;
                     }
-                },
-            };
-            let pulled = consumer
-                .stream()
-                .max_messages_per_batch(READ_BATCH)
-                .expires(READ_EXPIRES)
-                .heartbeat(READ_HEARTBEAT)
-                .messages()
-                .await;
-            let mut messages = match pulled {
-                Ok(messages) => messages,
-                Err(_) => {
-                    self.reader = None;
-                    if self.pause_or_stop(&mut stop).await {
-                        break 'consume;
-                    }
-                    continue 'consume;
                 }
+                None => polled_entries(
+                    self.opened.streams[usize::from(self.partition)].clone(),
+                    self.replica.applied() + 1,
+                ),
             };
             let mut last_message = tokio::time::Instant::now();
             let mut watchdog = interval(STALL_CHECK);
@@ -321,6 +386,12 @@ impl PartitionTask {
                     Some(renewal) = renewed_rx.recv() => {
                         renewing = false;
                         self.renewed(renewal);
+                    }
+                    Some(made) = made_rx.recv() => {
+                        making = false;
+                        self.repulled = false;
+                        self.reader = made;
+                        continue 'consume;
                     }
                     _ = tick_timer.tick() => self.tick_if_due().await,
                     Some(ask) = asks.next() => self.answer(ask),
@@ -341,25 +412,20 @@ impl PartitionTask {
                             continue 'consume;
                         }
                     }
-                    message = messages.next() => {
-                        let message = match message {
-                            Some(Ok(message)) => message,
+                    read = entries.next() => {
+                        let (position, published, payload) = match read {
+                            Some(Read::Entry(position, published, payload)) => {
+                                (position, published, payload)
+                            }
                             // Silence (this node's connection moved, or the consumer's
                             // server is electing): pull again.
-                            Some(Err(error))
-                                if error.kind() == pull::MessagesErrorKind::MissingHeartbeat =>
-                            {
-                                continue 'consume;
-                            }
+                            Some(Read::Silent) => continue 'consume,
                             // Gone, refused or ended: make a new consumer.
-                            _ => {
+                            Some(Read::Failed) | None => {
                                 self.reader = None;
                                 continue 'consume;
                             }
                         };
-                        let Ok(info) = message.info() else { continue };
-                        let position = info.stream_sequence;
-                        let published = info.published.unix_timestamp_nanos();
                         // Entries a pull lost on the way (sent to a connection that died)
                         // are read one by one from the stream's leader.
                         if position > self.replica.applied() + 1
@@ -368,7 +434,7 @@ impl PartitionTask {
                             self.reader = None;
                             continue 'consume;
                         }
-                        match self.take_entry(position, published, &message.payload, &mut replies, &mut out).await {
+                        match self.take_entry(position, published, &payload, &mut replies, &mut out).await {
                             Ok(true) => {
                                 last_message = tokio::time::Instant::now();
                                 self.repulled = false;
@@ -404,24 +470,33 @@ impl PartitionTask {
         Ok(())
     }
 
-    /// Makes the partition's consumer: ephemeral, in memory, without acks, delivering from
-    /// the entry after the last applied one. `None` if JetStream did not answer in time.
-    async fn make_reader(&mut self) -> Option<PullConsumer> {
+    /// Makes the partition's consumer in a task of its own, which reports on `made`:
+    /// ephemeral, in memory, without acks, delivering from the entry after the last applied
+    /// one (entries applied meanwhile are delivered again and skipped). `None` if
+    /// JetStream did not make it in time, reported after a pause.
+    fn start_making_reader(&self, made: &mpsc::Sender<Option<PullConsumer>>) {
         self.update_status(|status| status.reader_restarts += 1);
-        let stream = &self.opened.streams[usize::from(self.partition)];
+        let stream = self.opened.streams[usize::from(self.partition)].clone();
         let config = pull::Config::from(pull::OrderedConfig {
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: self.replica.applied() + 1,
             },
             ..Default::default()
         });
-        let made = tokio::time::timeout(MAKE_READER_TIMEOUT, stream.create_consumer(config)).await;
-        self.reader = match made {
-            Ok(Ok(consumer)) => Some(consumer),
-            _ => None,
-        };
-        self.repulled = false;
-        self.reader.clone()
+        let made = made.clone();
+        tokio::spawn(async move {
+            let consumer =
+                match tokio::time::timeout(MAKE_READER_TIMEOUT, stream.create_consumer(config))
+                    .await
+                {
+                    Ok(Ok(consumer)) => Some(consumer),
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        None
+                    }
+                };
+            let _ = made.send(consumer).await;
+        });
     }
 
     /// Reads the entries before `position` that the reader has not delivered, one by one
