@@ -71,8 +71,8 @@ pub struct PartitionStatus {
     pub refused: u64,
     /// The log position of the snapshot the partition started from, if it did.
     pub restored_from: Option<u64>,
-    /// Times the partition's reader was made again (after a NATS server or stream leader
-    /// went away).
+    /// Consumers the partition's reader set out to make: the first, and one each time the
+    /// last was gone (its NATS server died) or failed; more than 0 once reading began.
     pub reader_restarts: u64,
 }
 
