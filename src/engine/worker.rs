@@ -208,19 +208,19 @@ impl Worker {
     /// `ShardFailed` and the shard fails (it cannot promise durability).
     fn commit_if_due(&mut self, idle: bool) {
         let clock = &self.shared.clock;
-        let Some((committed, outbox)) = self.durability.commit_if_due(idle, || clock.now_ns())
+        let Some((committed, mut outbox)) = self.durability.commit_if_due(idle, || clock.now_ns())
         else {
             return;
         };
-        self.release_completions(outbox.completions, committed);
-        for (queue, completion) in outbox.deferred {
+        self.release_completions(&mut outbox.completions, committed);
+        for (queue, completion) in outbox.deferred.drain(..) {
             if committed {
                 queue.push(completion);
             } else {
                 queue.push(self.failed_instead(completion));
             }
         }
-        for (reply, result) in outbox.replies {
+        for (reply, result) in outbox.replies.drain(..) {
             reply.fulfil(if committed {
                 result
             } else {
@@ -228,18 +228,19 @@ impl Worker {
             });
         }
         if committed {
-            for order in outbox.orders {
+            for order in outbox.orders.drain(..) {
                 self.sink_order(&order);
             }
-            for event in outbox.events {
+            for event in outbox.events.drain(..) {
                 self.sink_event(&event);
             }
-            for answer in outbox.answers {
+            for answer in outbox.answers.drain(..) {
                 answer(true);
             }
+            self.durability.recycle(outbox);
             self.durability.snapshot_if_due(&self.core);
         } else {
-            for answer in outbox.answers {
+            for answer in outbox.answers.drain(..) {
                 answer(false);
             }
             if !self.failed {
@@ -262,10 +263,10 @@ impl Worker {
 
     /// Writes held completions to their lanes (answered `ShardFailed` if the journal did
     /// not commit them) and publishes each lane touched once; records their latency.
-    fn release_completions(&mut self, held: Vec<(usize, Reply, u64)>, committed: bool) {
+    fn release_completions(&mut self, held: &mut Vec<(usize, Reply, u64)>, committed: bool) {
         let now_ns = self.shared.clock.now_ns();
         let mut touched: Vec<usize> = Vec::new();
-        for (lane, reply, arrival_ns) in held {
+        for (lane, reply, arrival_ns) in held.drain(..) {
             let reply = match reply {
                 Reply::Done(completion) if !committed => {
                     Reply::Done(self.failed_instead(completion))
