@@ -57,6 +57,13 @@ impl KeyFilter {
         self.words[word] |= bits;
     }
 
+    /// Starts loading the word that [`insert`](Self::insert) of this key would change (a
+    /// hint: nothing observable changes).
+    pub fn prefetch(&self, user: u64, client_key: u64) {
+        let (word, _) = self.probe(user, client_key);
+        crate::prefetch::prefetch_read(&self.words[word]);
+    }
+
     /// Whether the key may have been added (false: certainly not).
     pub fn may_contain(&self, user: u64, client_key: u64) -> bool {
         let (word, bits) = self.probe(user, client_key);

@@ -220,6 +220,16 @@ impl ShardCore {
         }
     }
 
+    /// The first of two prefetch stages, for callers that can look further ahead than one
+    /// batch: starts loading the word of the buyers' filter that
+    /// [`prefetch_at`](Self::prefetch_at) reads to decide what else to load. Called some
+    /// intents before `prefetch_at` for the same buyer, it spares that call its own miss.
+    /// A hint only.
+    #[inline]
+    pub fn prefetch_buyer(&self, user: crate::types::UserId) {
+        self.buyers.prefetch(user.0);
+    }
+
     /// Applies one command and returns what it did. Outcomes of earlier buys that it
     /// decided are collected for [`take_deferred`](Self::take_deferred).
     pub fn apply(&mut self, command: &Command) -> Applied {

@@ -86,6 +86,15 @@ impl BuyerFilter {
         self.words[word] & bits == bits
     }
 
+    /// Starts loading the word [`may_hold`](Self::may_hold) reads for `user` (a hint).
+    #[inline(always)]
+    pub(super) fn prefetch(&self, user: u64) {
+        let (word, _) = self.probe(user);
+        if let Some(word) = self.words.get(word) {
+            crate::prefetch::prefetch_read(word);
+        }
+    }
+
     pub(super) fn insert(&mut self, user: u64) {
         let (word, bits) = self.probe(user);
         self.words[word] |= bits;
