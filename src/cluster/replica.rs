@@ -100,6 +100,8 @@ pub struct Replica {
     /// Keys confirmed since the last [`take_gate`](Self::take_gate), and where that was.
     fresh: Vec<(u64, u64)>,
     fresh_from: u64,
+    /// The buys of the entry being applied (kept for its room).
+    batch: Vec<wire::Buy>,
 }
 
 impl Replica {
@@ -125,6 +127,7 @@ impl Replica {
             filter,
             fresh: Vec::new(),
             fresh_from: 0,
+            batch: Vec::new(),
         }
     }
 
@@ -211,25 +214,28 @@ impl Replica {
         let mut commands = 0u32;
         match message.body {
             Body::Buys(buys) => {
+                // Decoded once into a list kept between entries: the prefetching below reads
+                // ahead of the buy being decided.
+                let mut batch = std::mem::take(&mut self.batch);
+                batch.clear();
+                batch.extend(buys.iter());
                 // The order book and the key filter of a large sale miss the cache on
                 // almost every buy: start loading what the buy `PREFETCH_AHEAD` places on
-                // will read, so that those misses overlap instead of queueing.
-                // Two stages: the buyers' filter word (which says whether the buyer may hold
-                // an order) twice as far ahead, then what that word says the buy will read.
-                let mut far = buys.iter();
-                let mut near = buys.iter();
-                for buy in far.by_ref().take(2 * PREFETCH_AHEAD) {
+                // will read, so that those misses overlap instead of queueing. Two stages:
+                // the buyers' filter word (which says whether the buyer may hold an order)
+                // twice as far ahead, then what that word says the buy will read.
+                for buy in batch.iter().take(2 * PREFETCH_AHEAD) {
                     self.core.prefetch_buyer(buy.intent.user);
                 }
-                for buy in near.by_ref().take(PREFETCH_AHEAD) {
+                for buy in batch.iter().take(PREFETCH_AHEAD) {
                     self.prefetch(&buy.intent);
                 }
-                for buy in buys.iter() {
-                    if let Some(next) = far.next() {
-                        self.core.prefetch_buyer(next.intent.user);
+                for (index, buy) in batch.iter().enumerate() {
+                    if let Some(far) = batch.get(index + 2 * PREFETCH_AHEAD) {
+                        self.core.prefetch_buyer(far.intent.user);
                     }
-                    if let Some(next) = near.next() {
-                        self.prefetch(&next.intent);
+                    if let Some(near) = batch.get(index + PREFETCH_AHEAD) {
+                        self.prefetch(&near.intent);
                     }
                     if let Err(reason) = self.screen(&buy.intent) {
                         replies.push(Reply {
@@ -259,6 +265,7 @@ impl Replica {
                     );
                     commands += 1;
                 }
+                self.batch = batch;
             }
             Body::Control { request, control } => {
                 self.run(&control.at(now), gateway, request, 0, replies);
@@ -433,6 +440,7 @@ impl Replica {
             filter,
             fresh: Vec::new(),
             fresh_from: applied,
+            batch: Vec::new(),
         })
     }
 }

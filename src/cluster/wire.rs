@@ -3,16 +3,23 @@
 //! is its instant, so no message carries a time of its own.
 //!
 //! ```text
-//! message  := magic "FSC1" | kind u8 | sender u64 | body | crc32 (of everything before it)
+//! message  := magic "FSC2" | kind u8 | sender u64 | body | crc32 (of everything before it)
 //! buys     := kind 1, count u16 (1..=BATCH_MAX), count × buy
-//! buy      := request u64 | wait u8 (0 or 1) | user u64 | key u64 | sku u32 | quantity u32
+//! buy      := request step (zigzag varint) | wait u8 (0 or 1) | user varint | key varint |
+//!             sku varint (u32) | quantity varint (u32)
 //! control  := kind 2, request u64 | op u8 | op's fields
 //!             op 1 pay order u64 · 2 cancel order u64 · 3 restock sku u32 units u32 ·
 //!             4 reduce sku u32 units u32 · 5 window sku u32 opens u64 closes u64 · 6 close sku u32
 //! tick     := kind 3 (no body)
 //! ```
 //!
-//! All integers are little-endian. The checksum is the log's second line of defence: a
+//! Fixed-width integers are little-endian. A varint is LEB128: seven bits a byte, low bits
+//! first, at most ten bytes. A buy's request is written as its step from the previous
+//! buy's (from 0 for the first), zigzagged so that a step back stays short. A gateway
+//! numbers its requests in order, so a step is usually one byte and a buy about a quarter of
+//! its fixed-width size: fewer bytes for the log to replicate, store and deliver.
+//!
+//! The checksum is the log's second line of defence: a
 //! message damaged in a way the log did not notice is refused whole, never half applied.
 
 use super::Answer;
@@ -21,11 +28,11 @@ use crate::core::{Applied, Command};
 use crate::types::{ControlError, Intent, Order, OrderId, Outcome, RejectReason, SkuId, UserId};
 
 /// The first four bytes of every message.
-pub const MAGIC: [u8; 4] = *b"FSC1";
+pub const MAGIC: [u8; 4] = *b"FSC2";
 /// The most buys one message carries.
 pub const BATCH_MAX: usize = 4096;
-/// Bytes of one buy in a batch.
-pub const BUY_LEN: usize = 33;
+/// The most bytes one buy takes in a batch (every varint at its longest).
+pub const BUY_MAX_LEN: usize = 10 + 1 + 10 + 10 + 5 + 5;
 /// Bytes of a message before its body (magic, kind, sender).
 const HEAD_LEN: usize = 13;
 const CRC_LEN: usize = 4;
@@ -58,6 +65,10 @@ pub enum WireError {
     /// An operator command this version does not know.
     #[error("unknown operator command {0}")]
     Op(u8),
+    /// A varint in a batch that is cut off, longer than ten bytes, or too large for its
+    /// field.
+    #[error("a malformed number in a batch of buys")]
+    Number,
 }
 
 /// One buy in a gateway's batch.
@@ -144,39 +155,115 @@ pub enum Body<'a> {
     Tick,
 }
 
-/// The buys of a batch, checked and decoded one at a time as they are read.
+/// The buys of a batch, checked whole when the message was decoded and read one at a
+/// time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Buys<'a>(&'a [u8]);
+pub struct Buys<'a> {
+    records: &'a [u8],
+    count: usize,
+}
 
-impl Buys<'_> {
+impl<'a> Buys<'a> {
     /// How many.
     pub fn len(&self) -> usize {
-        self.0.len() / BUY_LEN
+        self.count
     }
 
     /// Whether there are none (never, for a decoded batch).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.count == 0
     }
 
     /// The buys, in order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = Buy> + '_ {
-        self.0.chunks_exact(BUY_LEN).map(|record| {
-            let mut fields = Fields(record);
-            let request = fields.u64();
-            let wait = fields.u8() == 1;
-            Buy {
-                request,
-                intent: Intent {
-                    user: UserId(fields.u64()),
-                    client_key: fields.u64(),
-                    sku: SkuId(fields.u32()),
-                    quantity: fields.u32(),
-                },
-                wait,
-            }
-        })
+    pub fn iter(&self) -> BuysIter<'a> {
+        BuysIter {
+            rest: self.records,
+            previous: 0,
+            left: self.count,
+        }
     }
+}
+
+/// The buys of a [`Buys`], in order.
+#[derive(Debug, Clone)]
+pub struct BuysIter<'a> {
+    rest: &'a [u8],
+    previous: u64,
+    left: usize,
+}
+
+impl Iterator for BuysIter<'_> {
+    type Item = Buy;
+
+    fn next(&mut self) -> Option<Buy> {
+        if self.left == 0 {
+            return None;
+        }
+        // Checked when the message was decoded: every record reads.
+        let buy = read_buy(&mut self.rest, self.previous).ok()?;
+        self.previous = buy.request;
+        self.left -= 1;
+        Some(buy)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for BuysIter<'_> {}
+
+/// Reads a LEB128 varint off the front of `bytes`.
+fn read_varint(bytes: &mut &[u8]) -> Result<u64, WireError> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = bytes.split_first().ok_or(WireError::Number)?;
+        *bytes = rest;
+        // The tenth byte holds the top bit only.
+        if shift == 63 && byte > 1 {
+            return Err(WireError::Number);
+        }
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(WireError::Number)
+}
+
+fn read_u32(bytes: &mut &[u8]) -> Result<u32, WireError> {
+    u32::try_from(read_varint(bytes)?).map_err(|_| WireError::Number)
+}
+
+fn write_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Reads one buy whose request steps from `previous`.
+fn read_buy(bytes: &mut &[u8], previous: u64) -> Result<Buy, WireError> {
+    let step = read_varint(bytes)?;
+    // Zigzag: even steps forward, odd steps back.
+    let step = (step >> 1) ^ (step & 1).wrapping_neg();
+    let request = previous.wrapping_add(step);
+    let (&wait, rest) = bytes.split_first().ok_or(WireError::Number)?;
+    *bytes = rest;
+    if wait > 1 {
+        return Err(WireError::Flag(wait));
+    }
+    Ok(Buy {
+        request,
+        intent: Intent {
+            user: UserId(read_varint(bytes)?),
+            client_key: read_varint(bytes)?,
+            sku: SkuId(read_u32(bytes)?),
+            quantity: read_u32(bytes)?,
+        },
+        wait: wait == 1,
+    })
 }
 
 /// Reads fields off a slice whose length was checked first.
@@ -227,17 +314,15 @@ pub fn decode(bytes: &[u8]) -> Result<Message<'_>, WireError> {
             if count == 0 || count > BATCH_MAX {
                 return Err(WireError::Count(count));
             }
-            if records.len() != count * BUY_LEN {
+            let mut rest = records;
+            let mut previous = 0;
+            for _ in 0..count {
+                previous = read_buy(&mut rest, previous)?.request;
+            }
+            if !rest.is_empty() {
                 return Err(length());
             }
-            if let Some(flag) = records
-                .chunks_exact(BUY_LEN)
-                .map(|record| record[8])
-                .find(|&flag| flag > 1)
-            {
-                return Err(WireError::Flag(flag));
-            }
-            Body::Buys(Buys(records))
+            Body::Buys(Buys { records, count })
         }
         KIND_CONTROL => {
             let (fixed, rest) = body.split_first_chunk::<9>().ok_or_else(length)?;
@@ -303,15 +388,21 @@ fn seal(out: &mut Vec<u8>) {
 pub struct BatchWriter {
     bytes: Vec<u8>,
     count: usize,
+    /// The last buy's request, which the next one's steps from.
+    previous: u64,
 }
 
 impl BatchWriter {
     /// An empty batch from gateway `sender`.
     pub fn new(sender: u64) -> Self {
-        let mut bytes = Vec::with_capacity(HEAD_LEN + 2 + 64 * BUY_LEN + CRC_LEN);
+        let mut bytes = Vec::with_capacity(HEAD_LEN + 2 + 64 * BUY_MAX_LEN + CRC_LEN);
         begin(&mut bytes, KIND_BUYS, sender);
         bytes.extend_from_slice(&[0, 0]);
-        Self { bytes, count: 0 }
+        Self {
+            bytes,
+            count: 0,
+            previous: 0,
+        }
     }
 
     /// Buys so far.
@@ -336,13 +427,14 @@ impl BatchWriter {
     pub fn push(&mut self, buy: &Buy) {
         assert!(!self.is_full(), "a batch holds at most {BATCH_MAX} buys");
         let intent = &buy.intent;
-        self.bytes.extend_from_slice(&buy.request.to_le_bytes());
+        let step = buy.request.wrapping_sub(self.previous) as i64;
+        write_varint(&mut self.bytes, ((step << 1) ^ (step >> 63)) as u64);
+        self.previous = buy.request;
         self.bytes.push(u8::from(buy.wait));
-        self.bytes.extend_from_slice(&intent.user.0.to_le_bytes());
-        self.bytes
-            .extend_from_slice(&intent.client_key.to_le_bytes());
-        self.bytes.extend_from_slice(&intent.sku.0.to_le_bytes());
-        self.bytes.extend_from_slice(&intent.quantity.to_le_bytes());
+        write_varint(&mut self.bytes, intent.user.0);
+        write_varint(&mut self.bytes, intent.client_key);
+        write_varint(&mut self.bytes, u64::from(intent.sku.0));
+        write_varint(&mut self.bytes, u64::from(intent.quantity));
         self.count += 1;
     }
 
@@ -357,6 +449,8 @@ impl BatchWriter {
         let sender = u64::from_le_bytes(self.bytes[5..HEAD_LEN].try_into().expect("8 bytes"));
         seal(&mut self.bytes);
         let mut next = Self::new(sender);
+        // The next batch is likely as large: one allocation rather than a doubling series.
+        next.bytes.reserve(self.bytes.len());
         std::mem::swap(self, &mut next);
         next.bytes
     }
@@ -685,12 +779,51 @@ mod tests {
         }
         let bytes = writer.finish();
         assert!(writer.is_empty());
-        assert_eq!(bytes.len(), HEAD_LEN + 2 + 100 * BUY_LEN + CRC_LEN);
+        // Steps of one, small users, SKUs and quantities, 32-bit keys: 11 bytes a buy or
+        // less, a third of the fixed-width 33.
+        assert!(
+            bytes.len() <= HEAD_LEN + 2 + 100 * 11 + CRC_LEN,
+            "{}",
+            bytes.len()
+        );
         let message = decode(&bytes).unwrap();
         assert_eq!(message.sender, 42);
         let Body::Buys(read) = message.body else {
             panic!("not a batch: {message:?}");
         };
+        assert_eq!(read.iter().collect::<Vec<_>>(), buys);
+    }
+
+    #[test]
+    fn extreme_values_and_requests_out_of_order_read_back_as_written() {
+        let extreme = |request: u64, wait: bool| Buy {
+            request,
+            intent: Intent {
+                user: UserId(u64::MAX - request),
+                client_key: request.rotate_left(37),
+                sku: SkuId(u32::MAX),
+                quantity: u32::MAX,
+            },
+            wait,
+        };
+        // Steps forward, back, by the most a u64 can wrap, and of zero.
+        let requests = [u64::MAX, 0, 1, u64::MAX / 2, 5, 5, 4, u64::MAX - 1, 2];
+        let buys: Vec<Buy> = requests
+            .iter()
+            .enumerate()
+            .map(|(index, &request)| extreme(request, index % 2 == 0))
+            .collect();
+        let mut writer = BatchWriter::new(u64::MAX);
+        for one in &buys {
+            writer.push(one);
+        }
+        let bytes = writer.finish();
+        assert!(bytes.len() <= HEAD_LEN + 2 + buys.len() * BUY_MAX_LEN + CRC_LEN);
+        let Body::Buys(read) = decode(&bytes).unwrap().body else {
+            panic!("not a batch");
+        };
+        assert_eq!(read.len(), buys.len());
+        assert_eq!(read.iter().len(), buys.len());
         assert_eq!(read.iter().collect::<Vec<_>>(), buys);
     }
 
@@ -840,14 +973,36 @@ mod tests {
             decode(&sealed(KIND_BUYS, &[0x01, 0x10])),
             Err(WireError::Count(4097))
         );
-        let mut bad_flag = vec![1, 0];
-        bad_flag.extend_from_slice(&[0; 8]);
-        bad_flag.push(2);
-        bad_flag.extend_from_slice(&[0; 24]);
+        // One buy: step 0, wait flag 2, then four one-byte varints.
         assert_eq!(
-            decode(&sealed(KIND_BUYS, &bad_flag)),
+            decode(&sealed(KIND_BUYS, &[1, 0, 0, 2, 0, 0, 0, 0])),
             Err(WireError::Flag(2))
         );
+        // A varint of eleven bytes; one whose tenth byte carries more than the top bit; a
+        // SKU past u32; a record cut short; a byte left over after the last record.
+        let mut eleven = vec![1, 0];
+        eleven.extend_from_slice(&[0x80; 10]);
+        eleven.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        assert_eq!(decode(&sealed(KIND_BUYS, &eleven)), Err(WireError::Number));
+        let mut tenth = vec![1, 0];
+        tenth.extend_from_slice(&[0xff; 9]);
+        tenth.extend_from_slice(&[2, 0, 0, 0, 0, 0]);
+        assert_eq!(decode(&sealed(KIND_BUYS, &tenth)), Err(WireError::Number));
+        assert_eq!(
+            decode(&sealed(
+                KIND_BUYS,
+                &[1, 0, 0, 0, 0, 0, 0x80, 0x80, 0x80, 0x80, 0x10, 0]
+            )),
+            Err(WireError::Number)
+        );
+        assert_eq!(
+            decode(&sealed(KIND_BUYS, &[1, 0, 0, 0, 0, 0, 0])),
+            Err(WireError::Number)
+        );
+        assert!(matches!(
+            decode(&sealed(KIND_BUYS, &[1, 0, 0, 0, 0, 0, 0, 0, 0])),
+            Err(WireError::Length(_))
+        ));
         let mut bad_op = vec![0; 8];
         bad_op.push(7);
         assert_eq!(
