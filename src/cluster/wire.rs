@@ -11,7 +11,15 @@
 //!             op 1 pay order u64 · 2 cancel order u64 · 3 restock sku u32 units u32 ·
 //!             4 reduce sku u32 units u32 · 5 window sku u32 opens u64 closes u64 · 6 close sku u32
 //! tick     := kind 3 (no body)
+//!
+//! replies  := magic "FSR2" | partition u16 | position u64 | count u32 | count × reply | crc32
+//! reply    := request step (zigzag varint) | tag u8 | code u8 | x varint | y varint |
+//!             sequence + 1 varint (0: none) | w varint (u32) | v varint (u32)
 //! ```
+//!
+//! A partition's leader publishes `replies` to a gateway for each entry, outside the log;
+//! `tag` says which answer it is, `code` which reason or error, and `x`, `y`, `w`, `v`
+//! carry its numbers (an order's id, buyer, quantity and SKU).
 //!
 //! Fixed-width integers are little-endian. A varint is LEB128: seven bits a byte, low bits
 //! first, at most ten bytes. A buy's request is written as its step from the previous
@@ -504,9 +512,7 @@ pub fn encode_tick(sender: u64) -> Vec<u8> {
 }
 
 /// The first four bytes of a batch of replies.
-pub const REPLIES_MAGIC: [u8; 4] = *b"FSR1";
-/// Bytes of one reply in a batch of replies.
-pub const REPLY_LEN: usize = 42;
+pub const REPLIES_MAGIC: [u8; 4] = *b"FSR2";
 /// Bytes of a batch of replies before its records (magic, partition, position, count).
 const REPLIES_HEAD_LEN: usize = 18;
 
@@ -533,16 +539,21 @@ pub fn encode_replies(
     out.extend_from_slice(&partition.to_le_bytes());
     out.extend_from_slice(&position.to_le_bytes());
     out.extend_from_slice(&(answers.len() as u32).to_le_bytes());
+    // As a batch of buys: the request as a zigzag step from the previous one, the rest
+    // as varints (the sequence plus one, so that "none", u64::MAX, takes one byte).
+    let mut previous = 0u64;
     for (request, answer) in answers {
         let record = AnswerRecord::of(&answer);
-        out.extend_from_slice(&request.to_le_bytes());
+        let step = request.wrapping_sub(previous) as i64;
+        write_varint(out, ((step << 1) ^ (step >> 63)) as u64);
+        previous = request;
         out.push(record.tag);
         out.push(record.code);
-        out.extend_from_slice(&record.x.to_le_bytes());
-        out.extend_from_slice(&record.y.to_le_bytes());
-        out.extend_from_slice(&record.z.to_le_bytes());
-        out.extend_from_slice(&record.w.to_le_bytes());
-        out.extend_from_slice(&record.v.to_le_bytes());
+        write_varint(out, record.x);
+        write_varint(out, record.y);
+        write_varint(out, record.z.wrapping_add(1));
+        write_varint(out, u64::from(record.w));
+        write_varint(out, u64::from(record.v));
     }
     seal(out);
 }
@@ -563,27 +574,33 @@ pub fn decode_replies(bytes: &[u8]) -> Result<Replies, WireError> {
     let partition = u16::from_le_bytes(head.take());
     let position = head.u64();
     let count = head.u32() as usize;
-    let records = &covered[REPLIES_HEAD_LEN..];
-    if records.len() != count.saturating_mul(REPLY_LEN) {
+    let mut rest = &covered[REPLIES_HEAD_LEN..];
+    // Each record takes at least 7 bytes: no count can claim more than the bytes hold.
+    if count > rest.len() / 7 {
         return Err(WireError::Length(bytes.len()));
     }
-    let answers = records
-        .chunks_exact(REPLY_LEN)
-        .map(|record| {
-            let mut fields = Fields(record);
-            let request = fields.u64();
-            let record = AnswerRecord {
-                tag: fields.u8(),
-                code: fields.u8(),
-                x: fields.u64(),
-                y: fields.u64(),
-                z: fields.u64(),
-                w: fields.u32(),
-                v: fields.u32(),
-            };
-            record.answer().map(|answer| (request, answer))
-        })
-        .collect::<Result<_, _>>()?;
+    let mut answers = Vec::with_capacity(count);
+    let mut previous = 0u64;
+    for _ in 0..count {
+        let step = read_varint(&mut rest)?;
+        let request = previous.wrapping_add((step >> 1) ^ (step & 1).wrapping_neg());
+        previous = request;
+        let [tag, code] = *rest.split_first_chunk::<2>().ok_or(WireError::Number)?.0;
+        rest = &rest[2..];
+        let record = AnswerRecord {
+            tag,
+            code,
+            x: read_varint(&mut rest)?,
+            y: read_varint(&mut rest)?,
+            z: read_varint(&mut rest)?.wrapping_sub(1),
+            w: read_u32(&mut rest)?,
+            v: read_u32(&mut rest)?,
+        };
+        answers.push((request, record.answer()?));
+    }
+    if !rest.is_empty() {
+        return Err(WireError::Length(bytes.len()));
+    }
     Ok(Replies {
         partition,
         position,
@@ -913,11 +930,32 @@ mod tests {
         ] {
             answers.push(Answer::Applied(Applied::Refused { error, sequence: 1 }));
         }
+        // Every field at its largest (a sequence of u64::MAX - 1 is the largest that is
+        // not "none").
+        let largest = Order {
+            id: OrderId(u64::MAX),
+            user: UserId(u64::MAX),
+            sku: SkuId(u32::MAX),
+            quantity: u32::MAX,
+            sequence: u64::MAX - 1,
+        };
+        answers.push(Answer::Deferred(Outcome::Confirmed(largest)));
+        answers.push(Answer::Applied(Applied::Refused {
+            error: ControlError::NotEnoughAvailable {
+                available: u32::MAX,
+            },
+            sequence: u64::MAX - 1,
+        }));
         let mut bytes = Vec::new();
-        let numbered = answers
-            .iter()
-            .enumerate()
-            .map(|(i, answer)| (i as u64, *answer));
+        // Requests in order, then one far back and one far ahead.
+        let numbered = answers.iter().enumerate().map(|(i, answer)| {
+            let request = match answers.len() - i {
+                1 => u64::MAX,
+                2 => 1,
+                _ => i as u64,
+            };
+            (request, *answer)
+        });
         encode_replies(3, 99, numbered.clone(), &mut bytes);
         let replies = decode_replies(&bytes).unwrap();
         assert_eq!((replies.partition, replies.position), (3, 99));
