@@ -73,9 +73,9 @@ pub enum WireError {
     /// An operator command this version does not know.
     #[error("unknown operator command {0}")]
     Op(u8),
-    /// A varint in a batch that is cut off, longer than ten bytes, or too large for its
-    /// field.
-    #[error("a malformed number in a batch of buys")]
+    /// A varint (in a batch of buys or of replies) that is cut off, longer than ten
+    /// bytes, or too large for its field.
+    #[error("a malformed number: cut off, longer than ten bytes, or too large for its field")]
     Number,
 }
 
@@ -243,6 +243,18 @@ fn read_u32(bytes: &mut &[u8]) -> Result<u32, WireError> {
     u32::try_from(read_varint(bytes)?).map_err(|_| WireError::Number)
 }
 
+/// Writes `request` as its zigzagged step from `previous` (even: forward, odd: back).
+fn write_step(out: &mut Vec<u8>, previous: u64, request: u64) {
+    let step = request.wrapping_sub(previous) as i64;
+    write_varint(out, ((step << 1) ^ (step >> 63)) as u64);
+}
+
+/// Reads a request written by [`write_step`] after `previous`.
+fn read_step(bytes: &mut &[u8], previous: u64) -> Result<u64, WireError> {
+    let step = read_varint(bytes)?;
+    Ok(previous.wrapping_add((step >> 1) ^ (step & 1).wrapping_neg()))
+}
+
 fn write_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push(value as u8 | 0x80);
@@ -253,10 +265,7 @@ fn write_varint(out: &mut Vec<u8>, mut value: u64) {
 
 /// Reads one buy whose request steps from `previous`.
 fn read_buy(bytes: &mut &[u8], previous: u64) -> Result<Buy, WireError> {
-    let step = read_varint(bytes)?;
-    // Zigzag: even steps forward, odd steps back.
-    let step = (step >> 1) ^ (step & 1).wrapping_neg();
-    let request = previous.wrapping_add(step);
+    let request = read_step(bytes, previous)?;
     let (&wait, rest) = bytes.split_first().ok_or(WireError::Number)?;
     *bytes = rest;
     if wait > 1 {
@@ -435,8 +444,7 @@ impl BatchWriter {
     pub fn push(&mut self, buy: &Buy) {
         assert!(!self.is_full(), "a batch holds at most {BATCH_MAX} buys");
         let intent = &buy.intent;
-        let step = buy.request.wrapping_sub(self.previous) as i64;
-        write_varint(&mut self.bytes, ((step << 1) ^ (step >> 63)) as u64);
+        write_step(&mut self.bytes, self.previous, buy.request);
         self.previous = buy.request;
         self.bytes.push(u8::from(buy.wait));
         write_varint(&mut self.bytes, intent.user.0);
@@ -544,8 +552,7 @@ pub fn encode_replies(
     let mut previous = 0u64;
     for (request, answer) in answers {
         let record = AnswerRecord::of(&answer);
-        let step = request.wrapping_sub(previous) as i64;
-        write_varint(out, ((step << 1) ^ (step >> 63)) as u64);
+        write_step(out, previous, request);
         previous = request;
         out.push(record.tag);
         out.push(record.code);
@@ -575,15 +582,14 @@ pub fn decode_replies(bytes: &[u8]) -> Result<Replies, WireError> {
     let position = head.u64();
     let count = head.u32() as usize;
     let mut rest = &covered[REPLIES_HEAD_LEN..];
-    // Each record takes at least 7 bytes: no count can claim more than the bytes hold.
-    if count > rest.len() / 7 {
+    // Each record takes at least 8 bytes: no count can claim more than the bytes hold.
+    if count > rest.len() / 8 {
         return Err(WireError::Length(bytes.len()));
     }
     let mut answers = Vec::with_capacity(count);
     let mut previous = 0u64;
     for _ in 0..count {
-        let step = read_varint(&mut rest)?;
-        let request = previous.wrapping_add((step >> 1) ^ (step & 1).wrapping_neg());
+        let request = read_step(&mut rest, previous)?;
         previous = request;
         let [tag, code] = *rest.split_first_chunk::<2>().ok_or(WireError::Number)?.0;
         rest = &rest[2..];
