@@ -176,7 +176,7 @@ impl ShardCore {
             book: OrderBook::with_room_for(orders_max, shard, limit_keys),
             sequence_next: 0,
             orders_confirmed: 0,
-            orders: OrderLog(Vec::with_capacity(orders_max)),
+            orders: OrderLog::with_room_for(orders_max),
             now_ns: 0,
             next_due_ns: u64::MAX,
             deadlines: BinaryHeap::new(),

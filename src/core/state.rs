@@ -187,15 +187,39 @@ pub(super) enum OrderState {
     Expired,
 }
 
-/// Every confirmed order, by number. A clone keeps the room made up front (as the order
-/// book's tables do), so that a cloned core does not reallocate on the hot path.
+/// Every confirmed order, by number. The room is made and written once up front (as the
+/// order book's table is), so that no confirmation on the hot path reallocates or takes a
+/// page fault: the first write to each fresh page made the shard fault it in and zero it
+/// there (2 MiB at a time where the allocator uses huge pages), which was 30% of a
+/// journaled shard thread's samples in a profile. A clone keeps the room.
 #[derive(Debug)]
 pub(super) struct OrderLog(pub(super) Vec<OrderRecord>);
+
+impl OrderLog {
+    /// An empty log with room for `orders`, its memory already written.
+    pub(super) fn with_room_for(orders: usize) -> Self {
+        let mut log = Vec::with_capacity(orders);
+        prefault(&mut log);
+        Self(log)
+    }
+}
+
+/// Writes zeros over a vector's spare room, so that its pages are faulted in now (not
+/// under Miri, which has no pages to fault and would interpret every write).
+fn prefault<T: Copy>(vector: &mut Vec<T>) {
+    if cfg!(miri) {
+        return;
+    }
+    vector
+        .spare_capacity_mut()
+        .fill(core::mem::MaybeUninit::zeroed());
+}
 
 impl Clone for OrderLog {
     fn clone(&self) -> Self {
         let mut orders = Vec::with_capacity(self.0.capacity());
         orders.extend_from_slice(&self.0);
+        prefault(&mut orders);
         Self(orders)
     }
 }
