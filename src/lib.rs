@@ -91,6 +91,7 @@ pub mod ring;
 pub mod storage;
 mod sync;
 mod types;
+mod varint;
 #[cfg(feature = "reference")]
 pub mod workload;
 

@@ -34,6 +34,7 @@ use super::Answer;
 use crate::catalog::SaleWindow;
 use crate::core::{Applied, Command};
 use crate::types::{ControlError, Intent, Order, OrderId, Outcome, RejectReason, SkuId, UserId};
+use crate::varint;
 
 /// The first four bytes of every message.
 pub const MAGIC: [u8; 4] = *b"FSC2";
@@ -223,20 +224,7 @@ impl ExactSizeIterator for BuysIter<'_> {}
 
 /// Reads a LEB128 varint off the front of `bytes`.
 fn read_varint(bytes: &mut &[u8]) -> Result<u64, WireError> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let (&byte, rest) = bytes.split_first().ok_or(WireError::Number)?;
-        *bytes = rest;
-        // The tenth byte holds the top bit only.
-        if shift == 63 && byte > 1 {
-            return Err(WireError::Number);
-        }
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(value);
-        }
-    }
-    Err(WireError::Number)
+    varint::read(bytes).ok_or(WireError::Number)
 }
 
 fn read_u32(bytes: &mut &[u8]) -> Result<u32, WireError> {
@@ -245,22 +233,16 @@ fn read_u32(bytes: &mut &[u8]) -> Result<u32, WireError> {
 
 /// Writes `request` as its zigzagged step from `previous` (even: forward, odd: back).
 fn write_step(out: &mut Vec<u8>, previous: u64, request: u64) {
-    let step = request.wrapping_sub(previous) as i64;
-    write_varint(out, ((step << 1) ^ (step >> 63)) as u64);
+    varint::write_step(out, previous, request);
 }
 
 /// Reads a request written by [`write_step`] after `previous`.
 fn read_step(bytes: &mut &[u8], previous: u64) -> Result<u64, WireError> {
-    let step = read_varint(bytes)?;
-    Ok(previous.wrapping_add((step >> 1) ^ (step & 1).wrapping_neg()))
+    varint::read_step(bytes, previous).ok_or(WireError::Number)
 }
 
-fn write_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push(value as u8 | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
+fn write_varint(out: &mut Vec<u8>, value: u64) {
+    varint::write(out, value);
 }
 
 /// Reads one buy whose request steps from `previous`.
