@@ -4,8 +4,9 @@
 //!
 //! The first byte picks how the rest is read (each bit independently):
 //! - bit 0 clear: a valid header goes first;
-//! - bit 1 set: the bytes are laid out as records whose length (from the kind byte),
-//!   sequence (consecutive) and both checksums the harness fills in, so mutations of the
+//! - bit 1 set: the bytes are laid out as records whose length (from the kind byte; a
+//!   batch of buys keeps the length the bytes give), sequence (consecutive, a batch taking
+//!   one per buy it holds) and both checksums the harness fills in, so mutations of the
 //!   fields and payloads reach the decoder without the fuzzer having to forge a CRC;
 //! - bit 2 set (with bit 1): then one bit is flipped, at an offset the next two bytes
 //!   pick: damage inside or after whole records, which the reader must report or, where
@@ -42,14 +43,36 @@ fn payload_len(kind: u8) -> Option<usize> {
     )
 }
 
-/// Fills in each record's length, sequence (from the first one's on) and checksums, from
-/// `at` until the bytes cannot hold the next record's frame and kind.
+/// How many buys a batch's body (after its sequence and kind) holds, if it reads as one:
+/// each buy is a flag byte and five LEB128 varints.
+fn batch_count(mut body: &[u8]) -> u64 {
+    let mut count = 0;
+    while let Some((_, rest)) = body.split_first() {
+        body = rest;
+        for _ in 0..5 {
+            let Some(end) = body.iter().position(|byte| byte & 0x80 == 0) else {
+                return count.max(1);
+            };
+            body = &body[end + 1..];
+        }
+        count += 1;
+    }
+    count.max(1)
+}
+
+/// Fills in each record's length, sequence (from the first one's on, a batch of buys
+/// taking as many as it holds) and checksums, from `at` until the bytes cannot hold the
+/// next record's frame and kind.
 fn fill_in_records(bytes: &mut [u8], mut at: usize) {
     let mut sequence = None;
     while at + FRAME_LEN + 9 <= bytes.len() {
         let payload = at + FRAME_LEN;
-        let length = payload_len(bytes[payload + 8])
-            .unwrap_or(u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize);
+        let given = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        let length = match bytes[payload + 8] {
+            // A batch: the bytes' length, within a batch's bound.
+            10 => 9 + given % 247,
+            kind => payload_len(kind).unwrap_or(given),
+        };
         if length < 9 || payload + length > bytes.len() {
             return;
         }
@@ -58,8 +81,13 @@ fn fill_in_records(bytes: &mut [u8], mut at: usize) {
         let this = *sequence.get_or_insert(first);
         bytes[payload..payload + 8].copy_from_slice(&this.to_le_bytes());
         // A seal carries the next command's sequence and takes none itself.
-        if bytes[payload + 8] != 0 {
-            sequence = Some(this.wrapping_add(1));
+        match bytes[payload + 8] {
+            0 => {}
+            10 => {
+                let count = batch_count(&bytes[payload + 9..payload + length]);
+                sequence = Some(this.wrapping_add(count));
+            }
+            _ => sequence = Some(this.wrapping_add(1)),
         }
         let payload_crc = crc32fast::hash(&bytes[payload..payload + length]);
         bytes[at + 4..at + 8].copy_from_slice(&payload_crc.to_le_bytes());

@@ -505,7 +505,7 @@ impl Durability {
         if let Some(writer) = journal.writer.take() {
             match Pipe::start(writer, shard, shard_thread) {
                 Ok(pipe) => journal.pipe = Some(pipe),
-                Err(writer) => journal.writer = Some(writer),
+                Err(writer) => journal.writer = Some(*writer),
             }
         }
     }

@@ -1,8 +1,8 @@
 //! The journal thread: a shard's synced group commits written and synced off the shard's
 //! thread, so that the shard decides the next group while the disk holds the previous one.
 //!
-//! The shard encodes each command's record itself (into [`Pipe::append`]'s buffer), and
-//! when a group is due hands the bytes to this thread ([`Pipe::hand_off`]) together with
+//! The shard encodes each command itself (into [`Pipe::append`]'s buffer, consecutive buys
+//! into batch records), and when a group is due hands the bytes to this thread ([`Pipe::hand_off`]) together with
 //! the outputs the group decided, which it keeps back until the thread reports the group
 //! durable ([`Pipe::completed`]). One group is in flight at a time; the next one gathers
 //! meanwhile, so a slow sync makes the next group larger rather than the shard idle.
@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 
 use super::durability::Outbox;
 use crate::core::Command;
-use crate::journal::{JournalWriter, encode};
+use crate::journal::{Encoder, JournalWriter};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::thread::{JoinHandle, Thread};
 use crate::sync::{Arc, Mutex};
@@ -63,6 +63,9 @@ struct InFlight {
 /// The shard's side of its journal thread.
 pub(crate) struct Pipe {
     buffer: Vec<u8>,
+    /// Gathers consecutive buys into the journal's batches.
+    encoder: Encoder,
+    /// Commands encoded into `buffer`.
     records: u64,
     next_sequence: u64,
     /// The file's length once every group handed off is written.
@@ -78,14 +81,16 @@ pub(crate) struct Pipe {
 impl Pipe {
     /// Moves `writer` to a new journal thread for `shard`, which wakes `shard_thread` when
     /// a group is durable.
-    /// If the thread cannot be spawned, the writer comes back.
+    /// If the thread cannot be spawned, the writer comes back (boxed: that rare path should
+    /// not make every start move a large result).
     pub(crate) fn start(
         writer: JournalWriter,
         shard: ShardId,
         shard_thread: Thread,
-    ) -> Result<Self, JournalWriter> {
+    ) -> Result<Self, Box<JournalWriter>> {
         let (written, synced) = writer.lengths();
         let next_sequence = writer.next_sequence();
+        let encoder = Encoder::new(writer.batches());
         let shared = Arc::new(Shared {
             jobs: Mutex::new(VecDeque::new()),
             done: AtomicU64::new(0),
@@ -106,12 +111,15 @@ impl Pipe {
             Ok(thread) => thread,
             Err(_) => {
                 let writer = shared.writer.lock().take();
-                return Err(writer.expect("the thread never ran, so the writer is still here"));
+                return Err(Box::new(
+                    writer.expect("the thread never ran, so the writer is still here"),
+                ));
             }
         };
         *shared.thread.lock() = Some(thread.thread().clone());
         Ok(Self {
             buffer: Vec::with_capacity(64 << 10),
+            encoder,
             records: 0,
             next_sequence,
             handed_len: written,
@@ -130,9 +138,11 @@ impl Pipe {
             sequence, self.next_sequence,
             "journal records must come in sequence order"
         );
-        let offset = self.handed_len + self.buffer.len() as u64;
-        let unsynced = u32::try_from(offset - self.synced_len).unwrap_or(u32::MAX);
-        encode(sequence, unsynced, command, &mut self.buffer);
+        let (handed, synced) = (self.handed_len, self.synced_len);
+        self.encoder
+            .push(sequence, command, &mut self.buffer, |at| {
+                u32::try_from(handed + at as u64 - synced).unwrap_or(u32::MAX)
+            });
         self.records += 1;
         self.next_sequence += 1;
     }
@@ -185,6 +195,7 @@ impl Pipe {
         if self.records == 0 {
             return Some((true, outbox));
         }
+        self.encoder.finish(&mut self.buffer);
         let next = self
             .shared
             .spare
