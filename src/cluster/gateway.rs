@@ -14,8 +14,6 @@
 //! further back in the gap, in which case the buy ends [`GatewayError::Unanswered`]
 //! after [`GatewayConfig::wait_at_most`].
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -33,6 +31,7 @@ use super::view::{Query, decode_order, decode_view, encode_query};
 use super::wire::{self, BatchWriter, Buy};
 use crate::catalog::{Catalog, Placement};
 use crate::core::{Applied, LiveSale, OrderView};
+use crate::hash::SequentialMap;
 use crate::types::{Intent, OrderId, Outcome, RejectReason, ShardId, SkuId};
 
 /// How a gateway batches and retries.
@@ -125,32 +124,6 @@ struct Pending {
     answer: oneshot::Sender<Result<Decided, GatewayError>>,
 }
 
-/// Hashes a request number so that consecutive numbers land in consecutive buckets of the
-/// pending table (its low bits are the number's own), with the high bits (which the table
-/// compares before the key) mixed. Requests are numbered in the order they are sent and are
-/// mostly answered in that order, so the table is written and read in a sweep that the
-/// hardware prefetcher follows, where a mixing hash would miss the cache on nearly every
-/// insert and removal of a large table.
-#[derive(Default)]
-struct RequestHasher(u64);
-
-impl Hasher for RequestHasher {
-    fn finish(&self) -> u64 {
-        const HIGH: u64 = 0x7f << 57;
-        self.0 ^ (self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) & HIGH)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
-}
-
 struct Inner {
     id: u64,
     client: async_nats::Client,
@@ -158,7 +131,8 @@ struct Inner {
     catalog: Catalog,
     placement: Placement,
     config: GatewayConfig,
-    pending: Mutex<HashMap<u64, Pending, BuildHasherDefault<RequestHasher>>>,
+    /// Buys awaiting their answer, by request number (sequential: see `SequentialMap`).
+    pending: Mutex<SequentialMap<u64, Pending>>,
     /// Operator commands awaiting their answer, by request.
     controls: Mutex<FxHashMap<u64, oneshot::Sender<Applied>>>,
     opened: Opened,
@@ -312,7 +286,7 @@ impl Gateway {
             catalog,
             placement,
             config,
-            pending: Mutex::new(HashMap::default()),
+            pending: Mutex::new(SequentialMap::default()),
             controls: Mutex::new(FxHashMap::default()),
             opened: opened.clone(),
             batchers,
@@ -807,28 +781,5 @@ async fn resubmit_loop(inner: Arc<Inner>) {
         for (partition, buy) in again {
             let _ = inner.batchers[usize::from(partition)].send(buy);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hash(request: u64) -> u64 {
-        let mut hasher = RequestHasher::default();
-        hasher.write_u64(request);
-        hasher.finish()
-    }
-
-    #[test]
-    fn consecutive_requests_land_in_consecutive_buckets_with_mixed_tags() {
-        let mut tags = std::collections::HashSet::new();
-        for request in 1..=4096u64 {
-            // The table's bucket is the hash's low bits: the request's own.
-            assert_eq!(hash(request) & ((1 << 57) - 1), request);
-            // The table's tag (its top 7 bits) still tells neighbours apart.
-            tags.insert(hash(request) >> 57);
-        }
-        assert_eq!(tags.len(), 128, "every tag is used");
     }
 }

@@ -32,6 +32,7 @@ use super::lane::Notify;
 use super::producer::{Route, Screened};
 use super::shared::{EngineShared, ProducerCounters};
 use super::{Engine, Producer, SubmitError, Submitted};
+use crate::hash::SequentialMap;
 use crate::types::{Intent, Outcome, Ticket};
 
 /// An outcome not yet taken by its future, and who to wake.
@@ -43,7 +44,8 @@ struct Slot {
 /// One producer lane and the futures waiting on it.
 struct LaneState {
     producer: Producer,
-    slots: FxHashMap<Ticket, Slot>,
+    /// By ticket: a producer numbers its submits in sequence (see `SequentialMap`).
+    slots: SequentialMap<Ticket, Slot>,
     /// Futures refused `Busy`, to wake when this lane's outcomes free room.
     room: Vec<Waker>,
 }
@@ -219,7 +221,7 @@ impl AsyncClient {
                     counters: producer.counters().clone(),
                     state: Mutex::new(LaneState {
                         producer,
-                        slots: FxHashMap::default(),
+                        slots: SequentialMap::default(),
                         room: Vec::new(),
                     }),
                 }
