@@ -293,9 +293,10 @@ fn frame_of(payload: &[u8], unsynced: u32) -> [u8; FRAME_LEN] {
 
 /// Encodes commands into records as [`encode`] does, except that consecutive buys go
 /// into batch records (kind 10, see the [module docs](self)) of up to 255 bytes: 8 to 20
-/// bytes a buy instead of 57, and two checksums per batch instead of per buy. A batch stays open in the buffer until a command that is not
-/// a buy, a full batch, or [`finish`](Self::finish), which the buffer must have before it
-/// is written: a record is whole only once finished.
+/// bytes a buy instead of 57, and two checksums per batch instead of per buy. A batch
+/// stays open in the buffer until a command that is not a buy, a full batch, or
+/// [`finish`](Self::finish), which the buffer must have before it is written: a record is
+/// whole only once finished.
 #[derive(Debug)]
 pub struct Encoder {
     /// Whether buys go into batches (the file is version 4).
@@ -1417,17 +1418,25 @@ mod tests {
                     let mut damaged = bytes.clone();
                     damaged[position] ^= 1 << bit;
                     let result = scan(&damaged, Path::new("j"));
+                    let start = start as u64;
                     if index < last_group_starts {
-                        assert!(
-                            matches!(result, Err(JournalError::Corrupt { offset, .. }) if offset == start as u64),
+                        let named = match &result {
+                            Err(JournalError::Corrupt { offset, .. }) => Some(*offset),
+                            _ => None,
+                        };
+                        assert_eq!(
+                            named,
+                            Some(start),
                             "record {index}, byte {position}, bit {bit}: {result:?}"
                         );
                     } else {
                         let scanned = result.unwrap();
                         assert_eq!(scanned.records.len(), before, "record {index}");
-                        assert!(
-                            matches!(scanned.tail, Tail::Torn { valid_len, .. } if valid_len == start as u64)
-                        );
+                        let torn_at = match scanned.tail {
+                            Tail::Torn { valid_len, .. } => Some(valid_len),
+                            Tail::Clean => None,
+                        };
+                        assert_eq!(torn_at, Some(start), "record {index}");
                     }
                 }
             }

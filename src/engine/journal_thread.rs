@@ -2,10 +2,11 @@
 //! thread, so that the shard decides the next group while the disk holds the previous one.
 //!
 //! The shard encodes each command itself (into [`Pipe::append`]'s buffer, consecutive buys
-//! into batch records), and when a group is due hands the bytes to this thread ([`Pipe::hand_off`]) together with
-//! the outputs the group decided, which it keeps back until the thread reports the group
-//! durable ([`Pipe::completed`]). One group is in flight at a time; the next one gathers
-//! meanwhile, so a slow sync makes the next group larger rather than the shard idle.
+//! into batch records), and when a group is due hands the bytes to this thread
+//! ([`Pipe::hand_off`]) together with the outputs the group decided, which it keeps back
+//! until the thread reports the group durable ([`Pipe::completed`]). One group is in
+//! flight at a time; the next one gathers meanwhile, so a slow sync makes the next group
+//! larger rather than the shard idle.
 //! Records encoded while a group is in flight count its bytes as unsynced (the conservative
 //! reading), and a group is only ever handed off after the one before it is durable, so
 //! the file reads exactly as if the shard had written it itself.
