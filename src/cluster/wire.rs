@@ -231,18 +231,9 @@ fn read_u32(bytes: &mut &[u8]) -> Result<u32, WireError> {
     u32::try_from(read_varint(bytes)?).map_err(|_| WireError::Number)
 }
 
-/// Writes `request` as its zigzagged step from `previous` (even: forward, odd: back).
-fn write_step(out: &mut Vec<u8>, previous: u64, request: u64) {
-    varint::write_step(out, previous, request);
-}
-
-/// Reads a request written by [`write_step`] after `previous`.
+/// Reads a request written by [`varint::write_step`] after `previous`.
 fn read_step(bytes: &mut &[u8], previous: u64) -> Result<u64, WireError> {
     varint::read_step(bytes, previous).ok_or(WireError::Number)
-}
-
-fn write_varint(out: &mut Vec<u8>, value: u64) {
-    varint::write(out, value);
 }
 
 /// Reads one buy whose request steps from `previous`.
@@ -426,13 +417,13 @@ impl BatchWriter {
     pub fn push(&mut self, buy: &Buy) {
         assert!(!self.is_full(), "a batch holds at most {BATCH_MAX} buys");
         let intent = &buy.intent;
-        write_step(&mut self.bytes, self.previous, buy.request);
+        varint::write_step(&mut self.bytes, self.previous, buy.request);
         self.previous = buy.request;
         self.bytes.push(u8::from(buy.wait));
-        write_varint(&mut self.bytes, intent.user.0);
-        write_varint(&mut self.bytes, intent.client_key);
-        write_varint(&mut self.bytes, u64::from(intent.sku.0));
-        write_varint(&mut self.bytes, u64::from(intent.quantity));
+        varint::write(&mut self.bytes, intent.user.0);
+        varint::write(&mut self.bytes, intent.client_key);
+        varint::write(&mut self.bytes, u64::from(intent.sku.0));
+        varint::write(&mut self.bytes, u64::from(intent.quantity));
         self.count += 1;
     }
 
@@ -534,15 +525,15 @@ pub fn encode_replies(
     let mut previous = 0u64;
     for (request, answer) in answers {
         let record = AnswerRecord::of(&answer);
-        write_step(out, previous, request);
+        varint::write_step(out, previous, request);
         previous = request;
         out.push(record.tag);
         out.push(record.code);
-        write_varint(out, record.x);
-        write_varint(out, record.y);
-        write_varint(out, record.z.wrapping_add(1));
-        write_varint(out, u64::from(record.w));
-        write_varint(out, u64::from(record.v));
+        varint::write(out, record.x);
+        varint::write(out, record.y);
+        varint::write(out, record.z.wrapping_add(1));
+        varint::write(out, u64::from(record.w));
+        varint::write(out, u64::from(record.v));
     }
     seal(out);
 }
