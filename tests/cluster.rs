@@ -1262,10 +1262,12 @@ async fn flashsale_json(args: impl IntoIterator<Item = String>) -> serde_json::V
     })
     .await
     .unwrap();
+    // On failure, the report too: it names the invariant that broke.
     assert!(
         output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
     );
     serde_json::from_slice(&output.stdout).expect("JSON")
 }

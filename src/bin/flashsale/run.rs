@@ -76,6 +76,10 @@ pub struct ProducerTally {
     /// faults of a large pre-sized one, stalled the producer for tens of ms, which an open
     /// loop then reports as engine latency (the list's pages are touched before the run).
     orders: Vec<(u64, u32, u32, u64)>,
+    /// Answers to buys the cluster's gateway published again (their first answer lost):
+    /// `Duplicate` naming an order, with the buy's intent, the answer's sequence and its
+    /// instant. Counted by [`settle_recovered`] once every direct confirmation is in.
+    recovered: Vec<(flashsale::Intent, flashsale::OrderId, Option<u64>, u64)>,
     pub confirmed_orders: u64,
     pub rejections: [u64; RejectReason::ALL.len()],
     pub submitted: u64,
@@ -120,6 +124,7 @@ impl ProducerTally {
             insufficient_first: vec![None; skus],
             confirmed_at: touched(orders_max),
             orders: touched(orders_max),
+            recovered: Vec::new(),
             confirmed_orders: 0,
             rejections: [0; RejectReason::ALL.len()],
             submitted: 0,
@@ -199,6 +204,7 @@ impl ProducerTally {
         }
         self.confirmed_at.extend(other.confirmed_at);
         self.orders.extend(other.orders);
+        self.recovered.extend(other.recovered);
         self.confirmed_orders += other.confirmed_orders;
         for (mine, theirs) in self.rejections.iter_mut().zip(other.rejections) {
             *mine += theirs;
@@ -722,6 +728,91 @@ pub fn record(
     record_outcome(tally, catalog, start_ns, intent, outcome, now_ns);
 }
 
+/// Records the answer to a buy the cluster's gateway published `attempts` times, as
+/// [`record`] does; but a resubmitted buy answered `Duplicate` (its first answer was lost,
+/// and the log holds it twice) names either its own order or, for a retry of a confirmed
+/// press, that press's order. Which one is known once the run's direct confirmations are
+/// all in: such an answer is counted as an outcome now and settled by
+/// [`settle_recovered`].
+#[cfg_attr(
+    not(all(feature = "cluster", not(loom))),
+    allow(dead_code, reason = "used by runs on a cluster")
+)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "record's arguments and the attempts"
+)]
+pub fn record_published(
+    tally: &mut ProducerTally,
+    catalog: &Catalog,
+    start_ns: u64,
+    intent: flashsale::Intent,
+    outcome: Outcome,
+    attempts: u32,
+    intended_ns: u64,
+    now_ns: u64,
+) {
+    match outcome {
+        Outcome::Rejected {
+            reason: RejectReason::Duplicate(order),
+            sequence,
+        } if attempts > 1 => {
+            if intended_ns != UNTIMED {
+                tally
+                    .latency_ns
+                    .saturating_record(now_ns.saturating_sub(intended_ns).max(1));
+            }
+            tally.outcomes += 1;
+            tally.recovered.push((intent, order, sequence, now_ns));
+        }
+        _ => record(
+            tally,
+            catalog,
+            start_ns,
+            intent,
+            outcome,
+            intended_ns,
+            now_ns,
+        ),
+    }
+}
+
+/// Counts the answers [`record_published`] set aside, once `tally` holds every
+/// producer's direct confirmations: the first answer naming an order no other outcome
+/// holds is that order's confirmation (the buy's units, as it asked); any other is a
+/// `Duplicate` rejection. The Duplicate answer does not carry the sequence that
+/// confirmed the order: such a confirmation counts as decided before every rejection,
+/// which can only make the undersell check more lenient (by that order's units), never
+/// fail it.
+#[cfg_attr(
+    not(all(feature = "cluster", not(loom))),
+    allow(dead_code, reason = "used by runs on a cluster")
+)]
+pub fn settle_recovered(tally: &mut ProducerTally, catalog: &Catalog, start_ns: u64) {
+    let recovered = std::mem::take(&mut tally.recovered);
+    if recovered.is_empty() {
+        return;
+    }
+    let mut held: HashSet<u64> = tally.orders.iter().map(|order| order.3).collect();
+    for (intent, order, sequence, now_ns) in recovered {
+        let outcome = if held.insert(order.0) {
+            Outcome::Confirmed(flashsale::Order {
+                id: order,
+                user: intent.user,
+                sku: intent.sku,
+                quantity: intent.quantity,
+                sequence: 0,
+            })
+        } else {
+            Outcome::Rejected {
+                reason: RejectReason::Duplicate(order),
+                sequence,
+            }
+        };
+        count_outcome(tally, catalog, start_ns, intent, outcome, now_ns);
+    }
+}
+
 /// Counts one outcome without its latency: the timeline, units, rejections.
 fn record_outcome(
     tally: &mut ProducerTally,
@@ -732,6 +823,18 @@ fn record_outcome(
     now_ns: u64,
 ) {
     tally.outcomes += 1;
+    count_outcome(tally, catalog, start_ns, intent, outcome, now_ns);
+}
+
+/// [`record_outcome`] but for the count of outcomes.
+fn count_outcome(
+    tally: &mut ProducerTally,
+    catalog: &Catalog,
+    start_ns: u64,
+    intent: flashsale::Intent,
+    outcome: Outcome,
+    now_ns: u64,
+) {
     let run_ns = now_ns.saturating_sub(start_ns);
     let bucket = (run_ns / BUCKET_NS) as usize;
     if bucket >= tally.timeline.len() {
@@ -951,4 +1054,77 @@ fn limits_held(tally: &mut ProducerTally, released: &HashSet<u64>, limit: u32) -
                 .sum::<u32>()
                 <= limit
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use flashsale::{Intent, Order, OrderId, SkuId, SkuSpec, UserId};
+
+    use super::*;
+
+    fn intent(user: u64, quantity: u32) -> Intent {
+        Intent {
+            user: UserId(user),
+            client_key: user,
+            sku: SkuId(1),
+            quantity,
+        }
+    }
+
+    fn duplicate(order: u64) -> Outcome {
+        Outcome::Rejected {
+            reason: RejectReason::Duplicate(OrderId(order)),
+            sequence: Some(50),
+        }
+    }
+
+    /// A resubmitted buy's `Duplicate` is its own confirmation once, and only where no
+    /// other outcome holds the order; a first publication's `Duplicate` is a rejection.
+    #[test]
+    fn answers_recovered_by_resubmission_count_each_order_once() {
+        let catalog = Catalog::builder()
+            .sku(SkuSpec::new(SkuId(1), 10))
+            .build()
+            .unwrap();
+        let mut tally = ProducerTally::new(1, 1, 8);
+        let confirmed = Outcome::Confirmed(Order {
+            id: OrderId(7),
+            user: UserId(1),
+            sku: SkuId(1),
+            quantity: 2,
+            sequence: 3,
+        });
+        let answers = [
+            // A retry of user 1's press, itself resubmitted: names the order confirmed
+            // directly (and answered after it).
+            (intent(1, 2), duplicate(7), 2),
+            (intent(1, 2), confirmed, 1),
+            // A plain retry of user 1's press.
+            (intent(1, 2), duplicate(7), 1),
+            // User 2's press and its retry, both answers lost: one order.
+            (intent(2, 3), duplicate(9), 3),
+            (intent(2, 3), duplicate(9), 2),
+        ];
+        for (intent, outcome, attempts) in answers {
+            record_published(&mut tally, &catalog, 0, intent, outcome, attempts, 10, 20);
+        }
+        assert_eq!(tally.outcomes, 5);
+        assert_eq!(
+            tally.confirmed_orders, 1,
+            "recovered answers wait to be settled"
+        );
+        settle_recovered(&mut tally, &catalog, 0);
+        assert_eq!(tally.outcomes, 5);
+        assert_eq!(tally.confirmed_orders, 2);
+        assert_eq!(tally.units_confirmed(), 5);
+        let duplicates = tally.rejections[RejectReason::Duplicate(OrderId(0)).index()];
+        assert_eq!(duplicates, 3);
+        let mut ids: Vec<u64> = tally.orders.iter().map(|order| order.3).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [7, 9]);
+        assert_eq!(tally.latency_ns.len(), 5);
+        // Settled once: a second call changes nothing.
+        settle_recovered(&mut tally, &catalog, 0);
+        assert_eq!(tally.confirmed_orders, 2);
+    }
 }

@@ -12,6 +12,7 @@ pub use real::run;
 
 #[cfg(all(feature = "cluster", not(loom)))]
 mod real {
+    use std::collections::HashSet;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::{Duration, Instant, SystemTime};
@@ -120,6 +121,7 @@ mod real {
                 sender,
                 plan: DeskPlan::of(scenario),
                 rng: Rng::new(scenario.seed ^ (index as u64 + 1).wrapping_mul(0xA24B_AED4)),
+                called: HashSet::new(),
             });
             let how = Producing {
                 open: scenario.mode == Mode::Open,
@@ -162,6 +164,7 @@ mod real {
             }
         }
         on_progress(tally.outcomes);
+        run::settle_recovered(&mut tally, &catalog, plan.start_ns);
         // The buying tasks held the desk's only senders: it stops once its calls are done.
         drop(desk_tx);
         let desk = match desk {
@@ -201,6 +204,8 @@ mod real {
         sender: UnboundedSender<DeskTask>,
         plan: DeskPlan,
         rng: Rng,
+        /// The orders sent to the desk so far.
+        called: HashSet<u64>,
     }
 
     /// Where a buying task reports besides its tally.
@@ -304,8 +309,29 @@ mod real {
                 tally.refused += 1;
                 return;
             };
-            if let (Some(desk), Outcome::Confirmed(order)) = (&mut desk, decided.outcome) {
-                let _ = desk.sender.send(desk.plan.task(&mut desk.rng, &order, at));
+            if let Some(desk) = &mut desk {
+                // One call per order: a resubmitted buy answered `Duplicate` may name its
+                // own order, confirmed by its first publication (whose answer was lost),
+                // or the order of the press it retries (answered here already).
+                let order = match decided.outcome {
+                    Outcome::Confirmed(order) => Some(order),
+                    Outcome::Rejected {
+                        reason: RejectReason::Duplicate(id),
+                        ..
+                    } if decided.attempts > 1 => Some(flashsale::Order {
+                        id,
+                        user: intent.user,
+                        sku: intent.sku,
+                        quantity: intent.quantity,
+                        sequence: 0,
+                    }),
+                    Outcome::Rejected { .. } => None,
+                };
+                if let Some(order) = order
+                    && desk.called.insert(order.id.0)
+                {
+                    let _ = desk.sender.send(desk.plan.task(&mut desk.rng, &order, at));
+                }
             }
             // A pooled press's latency is mostly its wait: recorded apart, as in a run on
             // the engine.
@@ -319,12 +345,13 @@ mod real {
             } else {
                 sent
             };
-            run::record(
+            run::record_published(
                 tally,
                 catalog,
                 how.start_ns,
                 intent,
                 decided.outcome,
+                decided.attempts,
                 timed,
                 at,
             );

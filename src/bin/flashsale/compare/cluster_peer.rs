@@ -206,9 +206,12 @@ mod real {
                 catalog.clone(),
                 GatewayConfig {
                     max_quantity,
-                    // Nothing is killed here: a buy is published once, and one that is
-                    // not answered in two minutes is counted refused.
-                    resubmit_after: Duration::from_secs(120),
+                    // Nothing is killed here, but an answer can still be lost (a lease
+                    // renewed late on a loaded machine moves the partition's leadership,
+                    // a batch goes unacked): a buy unanswered for 5 s is published again,
+                    // as a shop's gateway would (its idempotency key makes that safe), and
+                    // one unanswered for two minutes is counted refused.
+                    resubmit_after: Duration::from_secs(5),
                     give_up_after: Duration::from_secs(120),
                     ..GatewayConfig::default()
                 },
@@ -280,8 +283,16 @@ mod real {
                     |tally: &mut ProducerTally, (press, sent, decided): Answered| match decided {
                         Ok(decided) => {
                             let now = tally.answered_at(sent, || clock.now_ns());
-                            let intent = press.intent;
-                            run::record(tally, &catalog, 0, intent, decided.outcome, sent, now);
+                            run::record_published(
+                                tally,
+                                &catalog,
+                                0,
+                                press.intent,
+                                decided.outcome,
+                                decided.attempts,
+                                sent,
+                                now,
+                            );
                         }
                         Err(_) => tally.refused += 1,
                     };
@@ -307,7 +318,9 @@ mod real {
         while let Some(joined) = running.join_next().await {
             total.merge(joined.map_err(|_| "a buying task panicked".to_string())?);
         }
-        Ok((total, started.elapsed(), plan))
+        let elapsed = started.elapsed();
+        run::settle_recovered(&mut total, &catalog, 0);
+        Ok((total, elapsed, plan))
     }
 
     /// Every SKU's levels as the partitions' leaders report them, in catalog order.
