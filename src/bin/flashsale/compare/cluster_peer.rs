@@ -72,6 +72,7 @@ mod real {
     use std::sync::Arc;
     use std::time::{SystemTime, UNIX_EPOCH};
 
+    use flashsale::Policy;
     use flashsale::cluster::nats::{SaleOnNats, connect};
     use flashsale::cluster::{
         Gateway, GatewayConfig, NodeConfig, NodeLatency, PartitionStatus, run_node,
@@ -92,6 +93,43 @@ mod real {
 
     /// A node that has not led every partition this long after the start is an error.
     const READY_WITHIN: Duration = Duration::from_secs(60);
+
+    /// A buy with no answer this long after the last it could be waiting for is refused.
+    const GIVE_UP: Duration = Duration::from_secs(120);
+
+    /// The sale's clock now: ns since its zero, `epoch`.
+    fn sale_now_ns(epoch: SystemTime) -> u64 {
+        SystemTime::now().duration_since(epoch).map_or(0, |since| {
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+        })
+    }
+
+    /// How long from `now_ns` (the sale's clock) until the last wait the catalog allows
+    /// ends: its latest finite window close (waitlists are answered then) or draw (pooled
+    /// presses are answered once their pool is served, right after its window).
+    fn waits_end(catalog: &Catalog, now_ns: u64) -> Duration {
+        let end_ns = catalog
+            .skus()
+            .iter()
+            .map(|sku| {
+                let window = sku.window;
+                let drawn = match catalog.policy_of(sku) {
+                    Policy::OpeningDraw { window_ns, .. } | Policy::OneEachFirst { window_ns } => {
+                        window.opens_at_ns.saturating_add(window_ns)
+                    }
+                    Policy::FirstCome => 0,
+                };
+                let closes = if window.closes_at_ns == u64::MAX {
+                    0
+                } else {
+                    window.closes_at_ns
+                };
+                drawn.max(closes)
+            })
+            .max()
+            .unwrap_or(0);
+        Duration::from_nanos(end_ns.saturating_sub(now_ns))
+    }
 
     pub fn run(scenario: &Scenario, knobs: &ClusterKnobs) -> Result<PeerJson, String> {
         let plan = Plan::new(scenario)?;
@@ -212,7 +250,11 @@ mod real {
                     // as a shop's gateway would (its idempotency key makes that safe), and
                     // one unanswered for two minutes is counted refused.
                     resubmit_after: Duration::from_secs(5),
-                    give_up_after: Duration::from_secs(120),
+                    give_up_after: GIVE_UP,
+                    // A waiting buy is not published again (its key is in the pool or on
+                    // the waitlist): one whose answer was lost is counted refused two
+                    // minutes after the sale's last wait could end, not after an hour.
+                    wait_at_most: waits_end(catalog, sale_now_ns(epoch)) + GIVE_UP,
                     ..GatewayConfig::default()
                 },
             )
