@@ -230,6 +230,69 @@ fn busy_hands_the_intent_back_and_nothing_is_lost() {
     assert_eq!(report.refusals.busy, 96);
 }
 
+/// A parking producer, made on one thread and used on another, sells through full lanes
+/// by waiting for its outcomes (its thread parked, woken by the workers), and its waits
+/// return at once when nothing is in flight; with the shards parking too (nothing spins).
+#[test]
+fn a_parking_producer_moved_to_another_thread_waits_for_every_outcome() {
+    const INTENTS: u64 = 20_000;
+    let catalog = Catalog::builder()
+        .sku(SkuSpec::new(SkuId(1), 5_000))
+        .sku(SkuSpec::new(SkuId(2), 5_000))
+        .build()
+        .unwrap();
+    let engine = Engine::builder(catalog)
+        .shards(2)
+        .ring_capacity(8)
+        .wait_strategy(WaitStrategy::Park)
+        .start()
+        .unwrap();
+    let mut producer = engine.parking_producer();
+    // Nothing in flight: returns at once.
+    producer.wait_for_arrivals();
+    let seller = std::thread::spawn(move || {
+        let mut outcomes = Vec::new();
+        let mut busy = 0u64;
+        for key in 0..INTENTS {
+            let mut intent = intent(key, key, 1 + (key % 2) as u32, 1);
+            loop {
+                match producer.submit(intent) {
+                    Ok(Submitted::Queued(_)) => break,
+                    Ok(Submitted::Answered(outcome)) => {
+                        outcomes.push(outcome);
+                        break;
+                    }
+                    Err(SubmitError::Busy(back)) => {
+                        intent = back;
+                        busy += 1;
+                        if producer.poll(|done| outcomes.push(done.outcome)) == 0 {
+                            producer.wait_for_arrivals();
+                            assert!(producer.has_arrivals(), "woken with outcomes to take");
+                        }
+                    }
+                    Err(refused) => panic!("refused: {refused}"),
+                }
+            }
+        }
+        while producer.in_flight() > 0 {
+            producer.wait_for_arrivals();
+            producer.poll(|done| outcomes.push(done.outcome));
+        }
+        producer.wait_for_arrivals();
+        // `buy` waits the same way for its own outcome.
+        let last = producer.buy(intent(INTENTS, INTENTS, 1, 1)).unwrap();
+        (outcomes, busy, last)
+    });
+    let (outcomes, busy, last) = seller.join().unwrap();
+    assert_eq!(outcomes.len() as u64, INTENTS, "one outcome per intent");
+    assert!(busy > 0, "the lanes were full at times");
+    let confirmed = outcomes.iter().filter(|o| o.order().is_some()).count();
+    assert_eq!(confirmed, 10_000, "both SKUs sold out exactly");
+    assert_eq!(reason(last), RejectReason::SoldOut);
+    let report = engine.shutdown();
+    assert_eq!(report.confirmed_orders, 10_000);
+}
+
 #[test]
 fn shutdown_drains_accepted_intents_and_refuses_later_ones() {
     for wait in [WaitStrategy::Spin, WaitStrategy::Yield, WaitStrategy::Park] {

@@ -419,6 +419,21 @@ fn client_buy_resolves_through_the_pump() {
     });
 }
 
+/// A parking producer made on this thread and used on another: its `buy` parks that
+/// thread (the `Notify` takes the sleeper's handle as it sleeps) until the worker's
+/// publish wakes it. A wake-up sent to the thread that made the producer, or lost, leaves
+/// the buyer parked for ever, which loom reports as a deadlock.
+#[test]
+fn a_moved_parking_producer_is_woken_on_its_new_thread() {
+    loom::model(|| {
+        let engine = one_unit_engine(false);
+        let mut producer = engine.parking_producer();
+        let buyer = thread::spawn(move || producer.buy(intent(1, 1)).unwrap());
+        assert!(buyer.join().unwrap().order().is_some());
+        assert_eq!(engine.shutdown().confirmed_orders, 1);
+    });
+}
+
 /// A hold expiry on a manual clock: the worker, parked with a deadline ahead, is woken by
 /// the clock's advance, ticks, and serves the waiting buyer the unit that came back. (On
 /// the real clock the worker sleeps with a timeout, which loom cannot model; the manual

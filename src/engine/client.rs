@@ -316,7 +316,7 @@ fn pump(inner: &Inner) {
         if inner.stop.load(Ordering::SeqCst) {
             return;
         }
-        inner.notify.sleep_unless(|| {
+        inner.notify.sleep_unless(None, || {
             inner.stop.load(Ordering::SeqCst)
                 || inner
                     .lanes

@@ -50,45 +50,76 @@ pub(crate) struct DeferredQueue {
 /// publishes to one (the same store-buffering protocol as a shard's own parking: the
 /// sleeper raises `sleeping`, fences, then looks for arrivals; the worker publishes,
 /// fences, then looks at `sleeping`).
+///
+/// A movable one's sleeper is the thread that last slept (a parking producer may move
+/// between threads): written under its lock before `sleeping` is raised (Release), and
+/// read under that lock only by a waker that saw `sleeping` (Acquire), so a waker always
+/// unparks the thread that is about to sleep.
 #[derive(Debug)]
 pub struct Notify {
     sleeping: AtomicBool,
-    thread: crate::sync::thread::Thread,
+    thread: Mutex<Thread>,
+    /// Whether the sleeper may be another thread than the one given.
+    movable: bool,
 }
 
 impl Notify {
     /// Wakes `thread`, which sleeps with [`sleep_unless`](Self::sleep_unless).
-    pub fn new(thread: crate::sync::thread::Thread) -> Self {
+    pub fn new(thread: Thread) -> Self {
         Self {
             sleeping: AtomicBool::new(false),
-            thread,
+            thread: Mutex::new(thread),
+            movable: false,
+        }
+    }
+
+    /// Wakes whichever thread last slept with [`sleep_unless`](Self::sleep_unless) (the
+    /// calling thread until one does).
+    pub fn movable() -> Self {
+        Self {
+            movable: true,
+            ..Self::new(crate::sync::thread::current())
         }
     }
 
     /// Worker side, after publishing: wakes the sleeper if it sleeps or is about to.
     pub fn wake(&self) {
         fence(Ordering::SeqCst);
-        if self.sleeping.load(Ordering::Relaxed) {
-            self.thread.unpark();
+        if self.sleeping.load(Ordering::Acquire) {
+            self.thread.lock().unpark();
         }
     }
 
-    /// Sleeper side (on the notified thread): raises `sleeping`, fences, then parks unless
+    /// Sleeper side (on the thread to wake): raises `sleeping`, fences, then parks unless
     /// `arrived()` finds something. A publish the check missed is followed by a
     /// [`wake`](Self::wake) that sees the flag, so no arrival is slept through; parking
-    /// may also return spuriously, so callers loop.
-    pub fn sleep_unless(&self, arrived: impl FnOnce() -> bool) {
-        self.sleeping.store(true, Ordering::Relaxed);
+    /// may also return spuriously, and returns after `at_most` if given, so callers loop.
+    pub fn sleep_unless(
+        &self,
+        at_most: Option<core::time::Duration>,
+        arrived: impl FnOnce() -> bool,
+    ) {
+        if self.movable {
+            let mut thread = self.thread.lock();
+            let current = crate::sync::thread::current();
+            if thread.id() != current.id() {
+                *thread = current;
+            }
+        }
+        self.sleeping.store(true, Ordering::Release);
         fence(Ordering::SeqCst);
         if !arrived() {
-            crate::sync::thread::park();
+            match at_most {
+                Some(timeout) => crate::sync::thread::park_timeout(timeout),
+                None => crate::sync::thread::park(),
+            }
         }
         self.sleeping.store(false, Ordering::Relaxed);
     }
 
-    /// Unparks the thread whatever it is doing (e.g. to make it see a stop flag).
+    /// Unparks the sleeping thread whatever it is doing (e.g. to make it see a stop flag).
     pub fn unpark(&self) {
-        self.thread.unpark();
+        self.thread.lock().unpark();
     }
 }
 

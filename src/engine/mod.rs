@@ -459,6 +459,23 @@ impl Engine {
         Producer::new(self.shared.clone())
     }
 
+    /// A producer whose waits park the thread instead of yielding: for a thread that has
+    /// nothing else to do while its lanes are full or its outcomes are not back (a
+    /// closed-loop load generator, a server thread per connection, journaled sales whose
+    /// groups wait for the disk). [`Producer::wait_for_arrivals`], and the waits inside
+    /// [`Producer::buy`] and [`Producer::drain`], spin for a few dozen steps and then park
+    /// the waiting thread until the shard workers publish to this producer's lanes (they
+    /// wake it as they wake the async client's pump), or for at most a millisecond.
+    ///
+    /// The cost is the workers': a fence after each publish to this producer's lanes, and
+    /// a wake-up (a system call) when it sleeps. A producer whose thread always has work
+    /// (an open loop, a thread serving many connections) is better made with
+    /// [`producer`](Self::producer). It may move between threads: it wakes whichever last
+    /// slept.
+    pub fn parking_producer(&self) -> Producer {
+        Producer::parking(self.shared.clone())
+    }
+
     /// What every producer shares (the async client screens intents against it).
     pub(crate) fn shared(&self) -> &Arc<EngineShared> {
         &self.shared

@@ -406,7 +406,14 @@ pub fn run(
         .zip(tallies)
         .enumerate()
         .map(|(index, (schedule, tally))| {
-            let producer = engine.producer();
+            // A closed loop's producer has nothing to do while its lanes are full: it
+            // parks, leaving the cores to the shards and the journal. An open loop's
+            // spins to send each press on time.
+            let producer = if scenario.mode == Mode::Closed {
+                engine.parking_producer()
+            } else {
+                engine.producer()
+            };
             let shared = shared.clone();
             let mut driver = Driver {
                 desk: desk_tx.clone(),
@@ -607,7 +614,7 @@ fn drive(
     }
     while producer.in_flight() > 0 {
         if take_completions(&mut producer, &mut queued, &mut tally, shared, driver) == 0 {
-            std::thread::yield_now();
+            producer.wait_for_arrivals();
         }
     }
     shared
@@ -653,7 +660,7 @@ fn submit_press(
             Err(SubmitError::Busy(back)) => {
                 intent = back;
                 if take_completions(producer, queued, tally, shared, driver) == 0 {
-                    std::thread::yield_now();
+                    producer.wait_for_arrivals();
                 }
             }
             Err(_) => {
