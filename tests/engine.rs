@@ -293,6 +293,61 @@ fn a_parking_producer_moved_to_another_thread_waits_for_every_outcome() {
     assert_eq!(report.confirmed_orders, 10_000);
 }
 
+/// A buy that goes to wait on a waitlist gives its ring slot back: the poll that takes
+/// its reply hands out nothing, and `wait_for_arrivals` then returns at once, so a `Busy`
+/// submit goes through instead of waiting for the waiting buy's outcome (which comes only
+/// when a unit does, or the sale closes).
+#[test]
+fn wait_for_arrivals_returns_when_a_waiting_buy_freed_the_lane() {
+    let catalog = Catalog::builder()
+        .sku(SkuSpec::new(SkuId(1), 1).waitlist(10))
+        .build()
+        .unwrap();
+    let engine = Engine::builder(catalog)
+        .ring_capacity(1)
+        .wait_strategy(WaitStrategy::Park)
+        .start()
+        .unwrap();
+    let mut producer = engine.parking_producer();
+    assert!(producer.buy(intent(1, 1, 1, 1)).unwrap().order().is_some());
+    let (done, finished) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let mut handed_out = 0;
+        for user in 2..6 {
+            let mut next = intent(user, user, 1, 1);
+            loop {
+                match producer.submit_or_wait(next) {
+                    Ok(Submitted::Queued(_)) => break,
+                    Err(SubmitError::Busy(back)) => {
+                        next = back;
+                        let polled = producer.poll(|_| handed_out += 1);
+                        if polled == 0 {
+                            producer.wait_for_arrivals();
+                        }
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        done.send(()).unwrap();
+        (producer, handed_out)
+    });
+    // A hang detector, not a timing: the buys queue in microseconds.
+    finished
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("every buy queued while the earlier ones waited");
+    let (mut producer, handed_out) = waiter.join().unwrap();
+    assert_eq!(handed_out, 0, "the waiting buys are not decided yet");
+    let report = engine.shutdown();
+    let mut closed = 0;
+    producer.drain(|completion| {
+        assert_eq!(reason(completion.outcome), RejectReason::Closed);
+        closed += 1;
+    });
+    assert_eq!(closed, 4, "shutdown answers the waiting buys");
+    assert_eq!(report.confirmed_orders, 1);
+}
+
 #[test]
 fn shutdown_drains_accepted_intents_and_refuses_later_ones() {
     for wait in [WaitStrategy::Spin, WaitStrategy::Yield, WaitStrategy::Park] {

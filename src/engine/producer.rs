@@ -137,6 +137,10 @@ pub struct Producer {
     counters: Arc<ProducerCounters>,
     /// The number the next submit gets (to find its completion in [`buy`](Self::buy)).
     ticket_next: u32,
+    /// Whether the last [`poll`](Self::poll) took replies that handed nothing out:
+    /// intents that went to wait at a shard, giving their ring slot back (see
+    /// [`wait_for_arrivals`](Self::wait_for_arrivals)).
+    freed_room: bool,
     /// A parking producer's sleeper, which its lanes wake (see
     /// [`Engine::parking_producer`](super::Engine::parking_producer)).
     parking: Option<Arc<Notify>>,
@@ -226,6 +230,7 @@ impl Producer {
             stash: VecDeque::new(),
             counters,
             ticket_next: 0,
+            freed_room: false,
             parking: None,
         }
     }
@@ -323,6 +328,7 @@ impl Producer {
         for completion in self.stash.drain(..) {
             f(completion);
         }
+        let mut parked = false;
         for lane in self.lanes.iter_mut() {
             let waiting = &mut lane.waiting;
             let mut done = 0;
@@ -336,11 +342,13 @@ impl Producer {
                     Reply::Parked => *waiting += 1,
                 });
             lane.in_flight -= taken;
+            parked |= taken > done;
             count += done;
             let decided = lane.deferred.take(&mut f);
             lane.waiting -= decided as i64;
             count += decided;
         }
+        self.freed_room = parked;
         count
     }
 
@@ -441,14 +449,21 @@ impl Producer {
         }
     }
 
-    /// Waits until [`poll`](Self::poll) would hand something out, or returns at once if it
-    /// would or if nothing is in flight. For a caller whose submits came back
-    /// [`SubmitError::Busy`] and whose poll found nothing: a producer made by
-    /// [`Engine::parking_producer`](super::Engine::parking_producer) spins briefly and then
-    /// parks its thread until the shard publishes to it; any other spins, then yields.
-    /// Intents waiting at a shard (pooled, or on a waitlist) count as in flight: with
-    /// only those, this waits for one to be decided.
+    /// Waits until [`poll`](Self::poll) would hand something out. For a caller whose
+    /// submit came back [`SubmitError::Busy`] and whose poll handed out nothing: a
+    /// producer made by [`Engine::parking_producer`](super::Engine::parking_producer)
+    /// spins briefly, yields, and then parks its thread until the shard publishes to it;
+    /// any other spins, then yields.
+    ///
+    /// Returns at once if a poll would hand something out, if nothing is in flight, or if
+    /// the last poll made room without handing anything out (intents that went to wait at
+    /// a shard, pooled or on a waitlist, give their ring slot back: the `Busy` submit may
+    /// go through now). Otherwise intents waiting at a shard count as in flight: with only
+    /// those, this waits for one to be decided.
     pub fn wait_for_arrivals(&mut self) {
+        if std::mem::take(&mut self.freed_room) {
+            return;
+        }
         let mut idle = Idle::default();
         while self.in_flight() > 0 && !self.has_arrivals() {
             self.idle(&mut idle);

@@ -58,7 +58,7 @@ pub fn submit_one_with(
                 busy += 1;
                 intent = back;
                 if producer.poll(|completion| completions.push(completion)) == 0 {
-                    std::thread::yield_now();
+                    producer.wait_for_arrivals();
                 }
             }
             Err(refused) => panic!("refused: {refused:?}"),
