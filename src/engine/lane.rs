@@ -94,11 +94,12 @@ impl Notify {
     /// `arrived()` finds something. A publish the check missed is followed by a
     /// [`wake`](Self::wake) that sees the flag, so no arrival is slept through; parking
     /// may also return spuriously, and returns after `at_most` if given, so callers loop.
+    /// Returns whether it parked (`arrived()` found nothing).
     pub fn sleep_unless(
         &self,
         at_most: Option<core::time::Duration>,
         arrived: impl FnOnce() -> bool,
-    ) {
+    ) -> bool {
         if self.movable {
             let mut thread = self.thread.lock();
             let current = crate::sync::thread::current();
@@ -108,13 +109,15 @@ impl Notify {
         }
         self.sleeping.store(true, Ordering::Release);
         fence(Ordering::SeqCst);
-        if !arrived() {
+        let park = !arrived();
+        if park {
             match at_most {
                 Some(timeout) => crate::sync::thread::park_timeout(timeout),
                 None => crate::sync::thread::park(),
             }
         }
         self.sleeping.store(false, Ordering::Relaxed);
+        park
     }
 
     /// Unparks the sleeping thread whatever it is doing (e.g. to make it see a stop flag).

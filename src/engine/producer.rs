@@ -484,8 +484,9 @@ impl Producer {
                         .get_or_insert_with(std::time::Instant::now)
                         .elapsed()
                         >= YIELD_FOR);
-            if sleep {
-                notify.sleep_unless(Some(PARK_AT_MOST), || self.has_new_arrivals());
+            // Arrivals on a lane this wait is not for (`buy` takes from its own shard's
+            // lane only) keep it from parking: it yields instead.
+            if sleep && notify.sleep_unless(Some(PARK_AT_MOST), || self.has_new_arrivals()) {
                 return;
             }
         }
