@@ -358,7 +358,7 @@ impl CatalogBuilder {
                 return Err(CatalogError::DuplicateGroup(group.id));
             }
         }
-        let mut sku_index = FxHashMap::default();
+        let mut sku_index: FxHashMap<SkuId, u32> = FxHashMap::default();
         sku_index.reserve(self.skus.len());
         for (index, sku) in self.skus.iter().enumerate() {
             if sku.limit_per_buyer == 0 {
@@ -387,13 +387,54 @@ impl CatalogBuilder {
             }
         }
         Ok(Catalog {
+            sku_index: SkuIndex::new(sku_index),
             skus: self.skus,
             groups: self.groups,
-            sku_index,
             group_index,
             pool_capacity: self.pool_capacity,
             pool_slice: self.pool_slice,
         })
+    }
+}
+
+/// A SKU id's catalog index, looked up by every producer for every intent.
+///
+/// Catalogs whose ids are small and dense (the usual `1..=N`, or any ids below
+/// `4 * count + 1024`) get a table indexed by the id itself: a bounds check and one load,
+/// with no hashing and no probing. Any other set of ids keeps a hash map.
+#[derive(Debug, Clone)]
+enum SkuIndex {
+    /// `table[id]` is the index, or [`SkuIndex::ABSENT`].
+    Dense(Box<[u32]>),
+    Hashed(FxHashMap<SkuId, u32>),
+}
+
+impl SkuIndex {
+    const ABSENT: u32 = u32::MAX;
+
+    fn new(map: FxHashMap<SkuId, u32>) -> Self {
+        let bound = 4 * map.len() as u64 + 1024;
+        match map.keys().map(|id| u64::from(id.0)).max() {
+            Some(max) if max < bound => {
+                let mut table = vec![Self::ABSENT; max as usize + 1].into_boxed_slice();
+                for (id, &index) in &map {
+                    table[id.0 as usize] = index;
+                }
+                Self::Dense(table)
+            }
+            _ => Self::Hashed(map),
+        }
+    }
+
+    #[inline]
+    fn get(&self, sku: SkuId) -> Option<usize> {
+        match self {
+            Self::Dense(table) => match table.get(sku.0 as usize) {
+                Some(&index) if index != Self::ABSENT => Some(index as usize),
+                _ => None,
+            },
+            Self::Hashed(map) => map.get(&sku).map(|&index| index as usize),
+        }
     }
 }
 
@@ -402,7 +443,7 @@ impl CatalogBuilder {
 pub struct Catalog {
     skus: Vec<SkuSpec>,
     groups: Vec<GroupSpec>,
-    sku_index: FxHashMap<SkuId, u32>,
+    sku_index: SkuIndex,
     group_index: FxHashMap<GroupId, u32>,
     pool_capacity: u32,
     pool_slice: u32,
@@ -496,7 +537,7 @@ impl Catalog {
     /// The catalog index of a SKU id.
     #[inline]
     pub fn index_of(&self, sku: SkuId) -> Option<usize> {
-        self.sku_index.get(&sku).map(|&index| index as usize)
+        self.sku_index.get(sku)
     }
 
     /// The rule every intent passes before anything decides it, wherever it is decided
@@ -655,6 +696,36 @@ mod tests {
 
     fn sku(id: u32) -> SkuSpec {
         SkuSpec::new(SkuId(id), 10).limit(2)
+    }
+
+    #[test]
+    fn sku_ids_are_found_by_table_or_by_hash_alike() {
+        // Dense ids (a table), ids with a gap past the table's bound (a hash map), and the
+        // largest id there is.
+        for (ids, dense) in [
+            (vec![3, 1, 2, 7], true),
+            (vec![5, 1030], true),
+            (vec![5, 1033], false),
+            (vec![0, u32::MAX], false),
+        ] {
+            let catalog = Catalog::builder()
+                .skus(ids.iter().map(|&id| sku(id)))
+                .build()
+                .unwrap();
+            assert_eq!(
+                matches!(catalog.sku_index, SkuIndex::Dense(_)),
+                dense,
+                "{ids:?}"
+            );
+            for (index, &id) in ids.iter().enumerate() {
+                assert_eq!(catalog.index_of(SkuId(id)), Some(index), "{ids:?}");
+            }
+            for absent in [4, 6, 8, 1029, 1031, 1034, 70_000, u32::MAX - 1] {
+                if !ids.contains(&absent) {
+                    assert_eq!(catalog.index_of(SkuId(absent)), None, "{absent} in {ids:?}");
+                }
+            }
+        }
     }
 
     #[test]
