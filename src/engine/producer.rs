@@ -475,18 +475,23 @@ impl Producer {
     /// its lanes' workers wake it.
     fn idle(&mut self, idle: &mut Idle) {
         idle.steps = idle.steps.saturating_add(1);
-        if let Some(notify) = self.parking.clone() {
-            // Under loom a spin or a yield is only more states: it parks at once.
-            let sleep = cfg!(loom)
+        // Under loom a spin or a yield is only more states: it parks at once.
+        let sleep = self.parking.is_some()
+            && (cfg!(loom)
                 || (idle.steps > 64
                     && idle
                         .since
                         .get_or_insert_with(std::time::Instant::now)
                         .elapsed()
-                        >= YIELD_FOR);
+                        >= YIELD_FOR));
+        if sleep && let Some(notify) = self.parking.take() {
+            // Taken out while it sleeps (the workers wake it through their own handles):
+            // the arrivals check below needs the producer mutably.
             // Arrivals on a lane this wait is not for (`buy` takes from its own shard's
             // lane only) keep it from parking: it yields instead.
-            if sleep && notify.sleep_unless(Some(PARK_AT_MOST), || self.has_new_arrivals()) {
+            let slept = notify.sleep_unless(Some(PARK_AT_MOST), || self.has_new_arrivals());
+            self.parking = Some(notify);
+            if slept {
                 return;
             }
         }

@@ -318,13 +318,7 @@ mod real {
                     Outcome::Rejected {
                         reason: RejectReason::Duplicate(id),
                         ..
-                    } if decided.attempts > 1 => Some(flashsale::Order {
-                        id,
-                        user: intent.user,
-                        sku: intent.sku,
-                        quantity: intent.quantity,
-                        sequence: 0,
-                    }),
+                    } if decided.attempts > 1 => Some(run::recovered_order(id, intent)),
                     Outcome::Rejected { .. } => None,
                 };
                 if let Some(order) = order
