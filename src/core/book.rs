@@ -144,10 +144,17 @@ impl OrderBook {
     pub(super) fn prefetch(&self, user: u64, client_key: u64, limit_key: u64, may_hold: bool) {
         let home = mix(user, limit_key) as usize & self.mask;
         crate::prefetch::prefetch_read(&self.slots[home]);
-        if may_hold && self.further_keys > 0 && self.further_keys * 16 >= self.len {
+        if may_hold && self.further_keys_common() {
             let key = mix(user, client_key) as usize & self.mask;
             crate::prefetch::prefetch_read(&self.slots[key]);
         }
+    }
+
+    /// Whether further keys are common enough (a sixteenth of the orders or more) for
+    /// [`prefetch`](Self::prefetch) to load where a repeat buyer's key would be.
+    #[inline]
+    pub(super) fn further_keys_common(&self) -> bool {
+        self.further_keys > 0 && self.further_keys * 16 >= self.len
     }
 
     /// Looks up an intent: the buyer's holdings in the SKU's limit group (which carry the

@@ -212,7 +212,17 @@ impl ShardCore {
             .skus
             .get(local as usize)
             .is_some_and(|sku| sku.available > 0);
-        let may_hold = self.buyers.may_hold(intent.user.0);
+        // The buyers' filter is read here only when its answer decides what to load: for
+        // an intent that may be confirmed, only where a repeat buyer's further key is
+        // worth loading too. Otherwise its word is only prefetched, for the decision to
+        // read: a read here would wait for its miss before the next intent's prefetches
+        // are issued (a filter sized for a large stock outgrows L2).
+        let may_hold = if may_confirm && !self.book.further_keys_common() {
+            self.buyers.prefetch(intent.user.0);
+            false
+        } else {
+            self.buyers.may_hold(intent.user.0)
+        };
         if may_confirm || may_hold {
             let limit_key = self.limit_key(local.min(self.skus.len().saturating_sub(1) as u32));
             self.book
