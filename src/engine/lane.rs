@@ -9,7 +9,9 @@ use crate::ring;
 use crate::sync::atomic::{AtomicBool, Ordering, fence};
 use crate::sync::thread::Thread;
 use crate::sync::{Arc, Mutex};
-use crate::types::{Completion, ControlError, Intent, Ticket};
+use crate::types::{
+    Completion, ControlError, Intent, Order, OrderId, Outcome, RejectReason, Ticket,
+};
 
 /// An intent on its way to a shard: stamped, and with its SKU resolved to the shard's
 /// local index so the shard skips the id lookup.
@@ -24,14 +26,107 @@ pub(crate) struct Request {
     pub(crate) ticket: Ticket,
 }
 
-/// What the worker sends back on a completion ring.
-#[derive(Debug, Clone, Copy)]
+/// What the worker sends back on a completion ring, in the order of the requests it
+/// answers: only what the producer does not know already. The producer keeps each
+/// in-flight request's intent and ticket and rebuilds the [`Completion`] from them
+/// ([`Reply::complete`]), so a reply is 24 bytes, not the 80 of a whole completion: the
+/// cache lines the producer takes from the shard's core per outcome shrink with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reply {
-    /// The intent's outcome.
-    Done(Completion),
+    /// Confirmed: the order is the intent's buyer and SKU with these.
+    Confirmed {
+        id: OrderId,
+        sequence: u64,
+        quantity: u32,
+    },
+    /// Rejected for the reason at `reason` in [`RejectReason::ALL`] (a duplicate's first
+    /// order is `duplicate_of`); `sequence` is [`NO_SEQUENCE`] where the outcome has
+    /// none. The reason is kept as its index so that the reply stays 24 bytes.
+    Rejected {
+        reason: u8,
+        sequence: u64,
+        duplicate_of: OrderId,
+    },
     /// The intent waits (pooled, or on a waitlist): its ring slot is free again, and its
     /// outcome will come through the lane's [`Deferred`](DeferredQueue) queue.
     Parked,
+}
+
+/// A rejection's sequence when it has none (a failed shard's answer). Sequences count
+/// commands from 0 and never reach it.
+const NO_SEQUENCE: u64 = u64::MAX;
+
+const _: () = assert!(core::mem::size_of::<Reply>() <= 24);
+
+impl Reply {
+    /// The reply for a decided intent.
+    #[inline]
+    pub(crate) fn decided(intent: &Intent, outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Confirmed(order) => {
+                debug_assert_eq!((order.user, order.sku), (intent.user, intent.sku));
+                Self::Confirmed {
+                    id: order.id,
+                    sequence: order.sequence,
+                    quantity: order.quantity,
+                }
+            }
+            Outcome::Rejected { reason, sequence } => Self::Rejected {
+                reason: reason.index() as u8,
+                sequence: sequence.unwrap_or(NO_SEQUENCE),
+                duplicate_of: match reason {
+                    RejectReason::Duplicate(first) => first,
+                    _ => OrderId(0),
+                },
+            },
+        }
+    }
+
+    /// The answer to an intent whose group the journal could not commit.
+    pub(crate) const fn failed() -> Self {
+        Self::Rejected {
+            reason: RejectReason::ShardFailed.index() as u8,
+            sequence: NO_SEQUENCE,
+            duplicate_of: OrderId(0),
+        }
+    }
+
+    /// The completion of `intent`, submitted as `ticket`, that this reply answers;
+    /// `None` if it waits.
+    #[inline]
+    pub(crate) fn complete(self, intent: Intent, ticket: Ticket) -> Option<Completion> {
+        let outcome = match self {
+            Self::Confirmed {
+                id,
+                sequence,
+                quantity,
+            } => Outcome::Confirmed(Order {
+                id,
+                user: intent.user,
+                sku: intent.sku,
+                quantity,
+                sequence,
+            }),
+            Self::Rejected {
+                reason,
+                sequence,
+                duplicate_of,
+            } => Outcome::Rejected {
+                reason: match RejectReason::ALL[usize::from(reason)] {
+                    RejectReason::Duplicate(_) => RejectReason::Duplicate(duplicate_of),
+                    other => other,
+                },
+                sequence: (sequence != NO_SEQUENCE).then_some(sequence),
+            },
+            Self::Parked => return None,
+        };
+        Some(Completion {
+            intent,
+            outcome,
+            ticket,
+            waited: false,
+        })
+    }
 }
 
 /// Outcomes of a lane's waiting intents, decided later. Unbounded, but its length is
@@ -213,4 +308,59 @@ impl ReplySlot {
 pub(crate) struct ControlRequest {
     pub(crate) command: Command,
     pub(crate) reply: Arc<ReplySlot>,
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::types::{SkuId, UserId};
+
+    #[test]
+    fn every_outcome_comes_back_whole_from_its_reply() {
+        let intent = Intent {
+            user: UserId(7),
+            client_key: 9,
+            sku: SkuId(3),
+            quantity: 2,
+        };
+        let mut outcomes = vec![Outcome::Confirmed(Order {
+            id: OrderId(0x1234_5678_9abc),
+            user: intent.user,
+            sku: intent.sku,
+            quantity: 1,
+            sequence: 41,
+        })];
+        for reason in RejectReason::ALL
+            .into_iter()
+            .chain([RejectReason::Duplicate(OrderId(u64::MAX - 1))])
+        {
+            for sequence in [None, Some(0), Some(u64::MAX - 1)] {
+                outcomes.push(Outcome::Rejected { reason, sequence });
+            }
+        }
+        for outcome in outcomes {
+            let completion = Reply::decided(&intent, outcome)
+                .complete(intent, Ticket(5))
+                .expect("a decided intent completes");
+            assert_eq!(
+                completion,
+                Completion {
+                    intent,
+                    outcome,
+                    ticket: Ticket(5),
+                    waited: false,
+                }
+            );
+        }
+        assert_eq!(Reply::Parked.complete(intent, Ticket(5)), None);
+        assert_eq!(
+            Reply::failed()
+                .complete(intent, Ticket(5))
+                .map(|c| c.outcome),
+            Some(Outcome::Rejected {
+                reason: RejectReason::ShardFailed,
+                sequence: None
+            })
+        );
+    }
 }

@@ -96,6 +96,10 @@ pub(crate) enum Screened {
     Refused(SubmitError),
 }
 
+/// Why a lane's record of what it sent always has the reply's request: one entry is
+/// pushed per queued request and popped per reply, and replies come in request order.
+const SENT: &str = "a reply answers a request this lane sent";
+
 /// What one look at a lane's completion ring found.
 #[derive(Debug, PartialEq)]
 enum Taken {
@@ -113,6 +117,10 @@ struct ProducerLane {
     completions: ring::Reader<Reply>,
     /// Outcomes of this producer's intents that waited at the shard.
     deferred: Arc<DeferredQueue>,
+    /// The intent and ticket of each request whose reply has not been taken yet, in
+    /// submit order (the shard answers a lane's requests in order): a reply carries
+    /// only the outcome, and the completion is rebuilt from these. `in_flight` long.
+    sent: VecDeque<(Intent, Ticket)>,
     /// Intents submitted to this shard whose reply has not been taken from `completions`
     /// yet; `0..=ring_capacity`. Bounding it by the ring capacity is what guarantees that
     /// neither ring of the pair can overflow.
@@ -218,6 +226,7 @@ impl Producer {
                     requests,
                     completions,
                     deferred,
+                    sent: VecDeque::with_capacity(shared.ring_capacity),
                     in_flight: 0,
                     waiting: 0,
                 }
@@ -305,6 +314,7 @@ impl Producer {
             Ok(()) => {
                 self.ticket_next = self.ticket_next.wrapping_add(1);
                 lane.in_flight += 1;
+                lane.sent.push_back((intent, request.ticket));
                 if shared.parking {
                     shared.shards[route.shard].wake_if_sleeping();
                 }
@@ -330,17 +340,18 @@ impl Producer {
         }
         let mut parked = false;
         for lane in self.lanes.iter_mut() {
-            let waiting = &mut lane.waiting;
+            let (waiting, sent) = (&mut lane.waiting, &mut lane.sent);
             let mut done = 0;
-            let taken = lane
-                .completions
-                .read_batch(usize::MAX, |reply| match reply {
-                    Reply::Done(completion) => {
+            let taken = lane.completions.read_batch(usize::MAX, |reply| {
+                let (intent, ticket) = sent.pop_front().expect(SENT);
+                match reply.complete(intent, ticket) {
+                    Some(completion) => {
                         done += 1;
                         f(completion);
                     }
-                    Reply::Parked => *waiting += 1,
-                });
+                    None => *waiting += 1,
+                }
+            });
             lane.in_flight -= taken;
             parked |= taken > done;
             count += done;
@@ -506,13 +517,14 @@ impl Producer {
             return Taken::Nothing;
         };
         lane.in_flight -= 1;
-        match reply {
-            Reply::Done(completion) if Some(completion.ticket) == mine => Taken::Mine(completion),
-            Reply::Done(completion) => {
+        let (intent, ticket) = lane.sent.pop_front().expect(SENT);
+        match reply.complete(intent, ticket) {
+            Some(completion) if Some(ticket) == mine => Taken::Mine(completion),
+            Some(completion) => {
                 self.stash.push_back(completion);
                 Taken::Other
             }
-            Reply::Parked => {
+            None => {
                 lane.waiting += 1;
                 Taken::Other
             }

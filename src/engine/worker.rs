@@ -267,11 +267,10 @@ impl Worker {
         let now_ns = self.shared.clock.now_ns();
         let mut touched: Vec<usize> = Vec::new();
         for (lane, reply, arrival_ns) in held.drain(..) {
-            let reply = match reply {
-                Reply::Done(completion) if !committed => {
-                    Reply::Done(self.failed_instead(completion))
-                }
-                other => other,
+            let reply = if committed {
+                reply
+            } else {
+                self.failed_reply(reply)
             };
             let written = self.lanes[lane].completions.write(reply);
             assert!(
@@ -291,20 +290,39 @@ impl Worker {
         }
     }
 
-    /// A held completion the journal did not commit: answered `ShardFailed`, and a
-    /// confirmation it carried taken back out of the counts.
-    fn failed_instead(&mut self, completion: Completion) -> Completion {
-        if let Outcome::Confirmed(order) = completion.outcome {
-            self.counts[CONFIRMED_ORDERS] -= 1;
-            self.counts[CONFIRMED_UNITS] -= u64::from(order.quantity);
-            self.counts[RejectReason::ShardFailed.index()] += 1;
+    /// A held reply the journal did not commit: answered `ShardFailed` (see
+    /// [`uncommitted`](Self::uncommitted)). A note that the intent waits stays one: its
+    /// outcome is held with the deferred ones.
+    fn failed_reply(&mut self, reply: Reply) -> Reply {
+        match reply {
+            Reply::Parked => reply,
+            Reply::Confirmed { quantity, .. } => {
+                self.uncommitted(Some(quantity));
+                Reply::failed()
+            }
+            Reply::Rejected { .. } => Reply::failed(),
         }
+    }
+
+    /// A held completion the journal did not commit: answered `ShardFailed`.
+    fn failed_instead(&mut self, completion: Completion) -> Completion {
+        self.uncommitted(completion.outcome.order().map(|order| order.quantity));
         Completion {
             outcome: Outcome::Rejected {
                 reason: RejectReason::ShardFailed,
                 sequence: None,
             },
             ..completion
+        }
+    }
+
+    /// Takes a confirmation of `quantity` units the journal did not commit back out of
+    /// the counts, as a `ShardFailed` rejection.
+    fn uncommitted(&mut self, quantity: Option<u32>) {
+        if let Some(quantity) = quantity {
+            self.counts[CONFIRMED_ORDERS] -= 1;
+            self.counts[CONFIRMED_UNITS] -= u64::from(quantity);
+            self.counts[RejectReason::ShardFailed.index()] += 1;
         }
     }
 
@@ -567,12 +585,7 @@ impl Worker {
         for position in 0..taken {
             let request = self.batch[position];
             let reply = match self.decide(index, &request) {
-                Some(outcome) => Reply::Done(Completion {
-                    intent: request.intent,
-                    outcome,
-                    ticket: request.ticket,
-                    waited: false,
-                }),
+                Some(outcome) => Reply::decided(&request.intent, outcome),
                 None => Reply::Parked,
             };
             // Held when journaled: published, and its latency recorded, at the commit.
