@@ -705,7 +705,10 @@ impl Worker {
         if available == 0 {
             gate.raise(self.catalog_index_of[local as usize]);
         }
-        if let Some(order) = self.durability.hold_order(*order) {
+        // Without a sink there is nobody to hand the order to, now or at the commit.
+        if self.sink.is_some()
+            && let Some(order) = self.durability.hold_order(*order)
+        {
             self.sink_order(&order);
         }
     }
