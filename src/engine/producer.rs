@@ -117,14 +117,12 @@ struct ProducerLane {
     completions: ring::Reader<Reply>,
     /// Outcomes of this producer's intents that waited at the shard.
     deferred: Arc<DeferredQueue>,
-    /// The intent and ticket of each request whose reply has not been taken yet, in
-    /// submit order (the shard answers a lane's requests in order): a reply carries
-    /// only the outcome, and the completion is rebuilt from these. `in_flight` long.
+    /// The intent and ticket of each request whose reply has not been taken from
+    /// `completions` yet, in submit order (the shard answers a lane's requests in order):
+    /// a reply carries only the outcome, and the completion is rebuilt from these. Its
+    /// length is the lane's intents in flight, `0..=ring_capacity`; bounding it by the ring
+    /// capacity is what guarantees that neither ring of the pair can overflow.
     sent: VecDeque<(Intent, Ticket)>,
-    /// Intents submitted to this shard whose reply has not been taken from `completions`
-    /// yet; `0..=ring_capacity`. Bounding it by the ring capacity is what guarantees that
-    /// neither ring of the pair can overflow.
-    in_flight: usize,
     /// Intents the shard parked (pooled, or on a waitlist) whose outcome has not been
     /// taken from `deferred` yet. Signed: an outcome may be taken before its park notice.
     waiting: i64,
@@ -227,7 +225,6 @@ impl Producer {
                     completions,
                     deferred,
                     sent: VecDeque::with_capacity(shared.ring_capacity),
-                    in_flight: 0,
                     waiting: 0,
                 }
             })
@@ -300,7 +297,7 @@ impl Producer {
     ) -> Result<Submitted, SubmitError> {
         let shared = &*self.shared;
         let lane = &mut self.lanes[route.shard];
-        if lane.in_flight == shared.ring_capacity {
+        if lane.sent.len() == shared.ring_capacity {
             return Err(SubmitError::Busy(intent));
         }
         let request = Request {
@@ -313,7 +310,6 @@ impl Producer {
         match lane.requests.push(request) {
             Ok(()) => {
                 self.ticket_next = self.ticket_next.wrapping_add(1);
-                lane.in_flight += 1;
                 lane.sent.push_back((intent, request.ticket));
                 if shared.parking {
                     shared.shards[route.shard].wake_if_sleeping();
@@ -321,7 +317,7 @@ impl Producer {
                 Ok(Submitted::Queued(request.ticket))
             }
             Err(PushError::Closed(_)) => Err(SubmitError::ShutDown(intent)),
-            // Unreachable while `in_flight <= capacity`; refused rather than trusted.
+            // Unreachable while `sent.len() <= capacity`; refused rather than trusted.
             Err(PushError::Full(_)) => Err(SubmitError::Busy(intent)),
         }
     }
@@ -352,7 +348,6 @@ impl Producer {
                     None => *waiting += 1,
                 }
             });
-            lane.in_flight -= taken;
             parked |= taken > done;
             count += done;
             let decided = lane.deferred.take(&mut f);
@@ -516,7 +511,6 @@ impl Producer {
         let Some(reply) = lane.completions.pop() else {
             return Taken::Nothing;
         };
-        lane.in_flight -= 1;
         let (intent, ticket) = lane.sent.pop_front().expect(SENT);
         match reply.complete(intent, ticket) {
             Some(completion) if Some(ticket) == mine => Taken::Mine(completion),
@@ -559,7 +553,7 @@ impl Producer {
         let lanes: i64 = self
             .lanes
             .iter()
-            .map(|lane| lane.in_flight as i64 + lane.waiting)
+            .map(|lane| lane.sent.len() as i64 + lane.waiting)
             .sum();
         lanes as usize + self.stash.len()
     }
