@@ -29,6 +29,18 @@ pub(crate) mod thread {
     {
         Ok(spawn(f))
     }
+
+    /// Under loom every task is a thread of the model's own.
+    pub(crate) type Task<T> = JoinHandle<T>;
+
+    /// Under loom there are no threads to reuse: a task is always a new model thread.
+    pub(crate) fn spawn_task<F, T>(name: String, _reuse: bool, f: F) -> std::io::Result<Task<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        spawn_named(name, f)
+    }
 }
 #[cfg(loom)]
 pub(crate) use loom::cell::UnsafeCell;
@@ -52,6 +64,266 @@ pub(crate) mod thread {
         T: Send + 'static,
     {
         std::thread::Builder::new().name(name).spawn(f)
+    }
+
+    pub(crate) use super::reuse::{Task, spawn_task};
+}
+
+/// Threads kept after an engine stops, for the next engine to start its shards and journal
+/// threads on ([`crate::EngineBuilder::reuse_threads`]): a process that starts and stops
+/// many small engines (a fuzzer, a test suite) otherwise spends a fifth of each start and
+/// stop creating and ending threads. An idle thread waits for a task for
+/// [`reuse::KEEP_IDLE`] and then ends.
+#[cfg(not(loom))]
+pub(crate) mod reuse {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::thread::{JoinHandle, Thread};
+    use std::time::{Duration, Instant};
+
+    /// How long a thread with nothing to run waits for a task before it ends.
+    pub(crate) const KEEP_IDLE: Duration = Duration::from_secs(2);
+
+    /// How long a thread that has just finished a task watches for the next (spinning and
+    /// yielding) before it sleeps: an engine started right after one stopped then finds its
+    /// threads awake, rather than waking each (a wake-up, here, cost the starting thread
+    /// about three times the start's other work).
+    const SPIN: Duration = Duration::from_micros(100);
+
+    /// How many times [`Task::join`] looks for the result, yielding between looks, before
+    /// it sleeps until the result is handed over.
+    const JOIN_WATCHES: u32 = 64;
+
+    /// A task's body: runs the task and gives back what hands its result over.
+    type Job = Box<dyn FnOnce() -> Box<dyn FnOnce() + Send> + Send>;
+
+    /// A kept thread: where the next task is put, and the thread to wake for it.
+    struct Idle {
+        job: parking_lot::Mutex<Option<Job>>,
+        /// Whether `job` holds a task; changed only under `job`'s lock, read without it
+        /// while the thread spins.
+        given: AtomicBool,
+        thread: Thread,
+    }
+
+    /// Threads waiting for a task, the most recently idle last (its caches are warmest).
+    static IDLE: parking_lot::Mutex<Vec<Arc<Idle>>> = parking_lot::Mutex::new(Vec::new());
+
+    /// Where a reused thread leaves its task's result for [`Task::join`].
+    pub(crate) struct Handoff<T> {
+        result: parking_lot::Mutex<Option<std::thread::Result<T>>>,
+        ready: parking_lot::Condvar,
+    }
+
+    /// One task on a thread of its own or on a reused one; joined like a thread.
+    pub(crate) enum Task<T> {
+        /// A thread started for this task alone, ending with it.
+        Own(JoinHandle<T>),
+        /// A kept thread, which goes back to waiting for a task after this one.
+        Reused {
+            thread: Thread,
+            handoff: Arc<Handoff<T>>,
+        },
+    }
+
+    impl<T> Task<T> {
+        /// The thread running the task (to unpark it).
+        pub(crate) fn thread(&self) -> &Thread {
+            match self {
+                Task::Own(handle) => handle.thread(),
+                Task::Reused { thread, .. } => thread,
+            }
+        }
+
+        /// Waits for the task to end: its result, or the payload it panicked with.
+        pub(crate) fn join(self) -> std::thread::Result<T> {
+            match self {
+                Task::Own(handle) => handle.join(),
+                Task::Reused { handoff, .. } => {
+                    // A task being joined is usually ending (a shard told to stop drains
+                    // and returns): watch for its result a little before sleeping, which
+                    // spares the wake-up when it comes soon.
+                    for _ in 0..JOIN_WATCHES {
+                        if let Some(result) = handoff.result.lock().take() {
+                            return result;
+                        }
+                        std::thread::yield_now();
+                    }
+                    let mut result = handoff.result.lock();
+                    loop {
+                        if let Some(result) = result.take() {
+                            return result;
+                        }
+                        handoff.ready.wait(&mut result);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `f` on a thread named `name` or, with `reuse`, on a kept idle thread if there
+    /// is one (a new kept thread otherwise, which keeps the name of its first task).
+    pub(crate) fn spawn_task<F, T>(name: String, reuse: bool, f: F) -> std::io::Result<Task<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if !reuse {
+            return super::thread::spawn_named(name, f).map(Task::Own);
+        }
+        let handoff = Arc::new(Handoff {
+            result: parking_lot::Mutex::new(None),
+            ready: parking_lot::Condvar::new(),
+        });
+        let job: Job = {
+            let handoff = handoff.clone();
+            Box::new(move || {
+                let result = catch_unwind(AssertUnwindSafe(f));
+                Box::new(move || {
+                    *handoff.result.lock() = Some(result);
+                    handoff.ready.notify_all();
+                })
+            })
+        };
+        let idle = IDLE.lock().pop();
+        let thread = match idle {
+            Some(idle) => {
+                let mut slot = idle.job.lock();
+                *slot = Some(job);
+                idle.given.store(true, Ordering::Release);
+                drop(slot);
+                idle.thread.unpark();
+                idle.thread.clone()
+            }
+            None => std::thread::Builder::new()
+                .name(name)
+                .spawn(move || serve(job))?
+                .thread()
+                .clone(),
+        };
+        Ok(Task::Reused { thread, handoff })
+    }
+
+    /// A kept thread's life: its first task, then each task it is given, until it has
+    /// waited [`KEEP_IDLE`] with none.
+    fn serve(first: Job) {
+        let me = Arc::new(Idle {
+            job: parking_lot::Mutex::new(None),
+            given: AtomicBool::new(false),
+            thread: std::thread::current(),
+        });
+        let mut job = first;
+        loop {
+            let hand_over = job();
+            // Idle before the result is handed over, so that whoever joins this task and
+            // starts the next finds this thread waiting.
+            IDLE.lock().push(me.clone());
+            hand_over();
+            watch_for_task(&me.given);
+            let mut deadline = Some(Instant::now() + KEEP_IDLE);
+            job = loop {
+                let mut slot = me.job.lock();
+                if let Some(next) = slot.take() {
+                    me.given.store(false, Ordering::Relaxed);
+                    break next;
+                }
+                drop(slot);
+                match deadline {
+                    Some(at) if Instant::now() >= at => {
+                        let mut idle = IDLE.lock();
+                        match idle.iter().position(|kept| Arc::ptr_eq(kept, &me)) {
+                            Some(index) => {
+                                idle.swap_remove(index);
+                                return;
+                            }
+                            // Taken off the list just now: its task is on the way.
+                            None => deadline = None,
+                        }
+                    }
+                    Some(at) => {
+                        std::thread::park_timeout(at.saturating_duration_since(Instant::now()))
+                    }
+                    None => std::thread::park(),
+                }
+            };
+        }
+    }
+
+    /// Spins (yielding now and then) until `given` is set or [`SPIN`] has passed.
+    fn watch_for_task(given: &AtomicBool) {
+        let until = Instant::now() + SPIN;
+        let mut spins = 0u32;
+        while !given.load(Ordering::Acquire) {
+            spins = spins.wrapping_add(1);
+            if spins % 16 == 0 {
+                if Instant::now() >= until {
+                    return;
+                }
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn idle_threads() -> usize {
+            IDLE.lock().len()
+        }
+
+        /// One test, so that nothing else in this process takes the kept threads between
+        /// its steps.
+        #[test]
+        fn tasks_run_on_kept_threads_and_the_threads_end_when_left_idle() {
+            let id = || std::thread::current().id();
+            let first = spawn_task("first".into(), true, id).unwrap();
+            let first_thread = first.thread().id();
+            assert_eq!(first.join().unwrap(), first_thread);
+            // The thread that ran the first task runs the next.
+            let second = spawn_task("second".into(), true, id).unwrap();
+            assert_eq!(second.thread().id(), first_thread);
+            assert_eq!(second.join().unwrap(), first_thread);
+
+            // A task that panics is joined as an error, and its thread lives on.
+            let panics = spawn_task("panics".into(), true, || -> u32 { panic!("planted") });
+            assert!(panics.unwrap().join().is_err());
+            let after = spawn_task("after".into(), true, id).unwrap();
+            assert_eq!(after.join().unwrap(), first_thread);
+
+            // Tasks at the same time run on threads of their own, each result to its task.
+            let (sender, receiver) = std::sync::mpsc::channel::<()>();
+            let waits = spawn_task("waits".into(), true, move || {
+                receiver.recv().unwrap();
+                (id(), 7)
+            })
+            .unwrap();
+            let runs = spawn_task("runs".into(), true, move || (id(), 8)).unwrap();
+            let (runs_on, eight) = runs.join().unwrap();
+            sender.send(()).unwrap();
+            let (waits_on, seven) = waits.join().unwrap();
+            assert_ne!(runs_on, waits_on);
+            assert_eq!((seven, eight), (7, 8));
+
+            // Without reuse, a task gets a thread of its own, named as asked.
+            let own = spawn_task("flashsale-own".into(), false, || {
+                std::thread::current().name().map(str::to_owned)
+            })
+            .unwrap();
+            assert!(matches!(own, Task::Own(_)));
+            assert_eq!(own.join().unwrap().as_deref(), Some("flashsale-own"));
+
+            // Left idle, the kept threads end (after KEEP_IDLE; a bounded wait, not a
+            // timing asserted).
+            let give_up = Instant::now() + KEEP_IDLE * 30;
+            while idle_threads() > 0 && Instant::now() < give_up {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert_eq!(idle_threads(), 0, "kept threads outlived their idle wait");
+        }
     }
 }
 

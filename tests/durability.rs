@@ -111,6 +111,75 @@ fn a_journaled_engine_restarts_where_it_stopped() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Engines started one after another on kept threads (`reuse_threads`), journaled with
+/// synced groups (so each shard has a journal thread too), carry on from each other's
+/// journals exactly as engines on new threads do, and later engines' shards run on threads
+/// an earlier engine's shards or journal threads ran on.
+#[test]
+fn engines_on_kept_threads_carry_on_from_each_other() {
+    let dir = scratch("kept-threads");
+    let config = JournalConfig::durable(&dir);
+    let mut orders = Vec::new();
+    let mut shard_threads = Vec::new();
+    for round in 0..6u64 {
+        let threads = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let engine = Engine::builder(catalog_with_hold(None))
+            .shards(SHARDS)
+            .journal(config.clone())
+            .reuse_threads(true)
+            .order_sink({
+                let threads = threads.clone();
+                move |_| {
+                    let threads = threads.clone();
+                    move |_: &flashsale::Order| {
+                        threads.lock().unwrap().insert(std::thread::current().id());
+                    }
+                }
+            })
+            .start()
+            .unwrap();
+        let mut producer = engine.producer();
+        // Earlier rounds' orders come back as duplicates: their keys were recovered.
+        for (user, sku, order) in orders.iter().rev().take(5) {
+            let retry = producer.buy(intent(*user, 1, *sku, 1)).unwrap();
+            assert_eq!(retry.reason(), Some(RejectReason::Duplicate(*order)));
+        }
+        for user in round * 100..round * 100 + 20 {
+            let sku = 1 + (user % 3) as u32;
+            if let Outcome::Confirmed(order) = producer.buy(intent(user, 1, sku, 1)).unwrap() {
+                assert!(orders.iter().all(|(.., id)| *id != order.id));
+                orders.push((user, sku, order.id));
+            }
+        }
+        let report = engine.shutdown();
+        assert!(report.failed_shards.is_empty());
+        let sold: u64 = report
+            .skus
+            .iter()
+            .map(|sku| u64::from(sku.held + sku.sold))
+            .sum();
+        assert_eq!(sold, orders.len() as u64, "round {round}");
+        shard_threads.push(std::mem::take(&mut *threads.lock().unwrap()));
+    }
+    // Every shard of every engine confirmed something; at least one later engine's shard
+    // ran on a thread kept from an earlier engine.
+    assert!(
+        shard_threads.iter().all(|threads| threads.len() == SHARDS),
+        "{shard_threads:?}"
+    );
+    let reused = shard_threads
+        .iter()
+        .enumerate()
+        .skip(1)
+        .any(|(round, threads)| {
+            shard_threads[..round]
+                .iter()
+                .any(|before| !before.is_disjoint(threads))
+        });
+    assert!(reused, "no engine ran on a kept thread: {shard_threads:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The byte offset of every entry in a journal file (records and seals).
 fn entry_offsets(bytes: &[u8]) -> Vec<usize> {
     let mut offsets = Vec::new();

@@ -495,6 +495,7 @@ impl Durability {
         &mut self,
         shard: crate::types::ShardId,
         shard_thread: crate::sync::thread::Thread,
+        reuse_thread: bool,
     ) {
         let Self::Journal(journal) = self else {
             return;
@@ -503,7 +504,7 @@ impl Durability {
             return;
         }
         if let Some(writer) = journal.writer.take() {
-            match Pipe::start(writer, shard, shard_thread) {
+            match Pipe::start(writer, shard, shard_thread, reuse_thread) {
                 Ok(pipe) => journal.pipe = Some(pipe),
                 Err(writer) => journal.writer = Some(*writer),
             }

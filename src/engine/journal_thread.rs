@@ -21,7 +21,7 @@ use super::durability::Outbox;
 use crate::core::Command;
 use crate::journal::{Encoder, JournalWriter};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use crate::sync::thread::{JoinHandle, Thread};
+use crate::sync::thread::{Task, Thread};
 use crate::sync::{Arc, Mutex};
 use crate::types::ShardId;
 
@@ -76,7 +76,7 @@ pub(crate) struct Pipe {
     handed: u64,
     in_flight: Option<InFlight>,
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<Option<JournalWriter>>>,
+    thread: Option<Task<Option<JournalWriter>>>,
 }
 
 impl Pipe {
@@ -88,6 +88,7 @@ impl Pipe {
         writer: JournalWriter,
         shard: ShardId,
         shard_thread: Thread,
+        reuse_thread: bool,
     ) -> Result<Self, Box<JournalWriter>> {
         let (written, synced) = writer.lengths();
         let next_sequence = writer.next_sequence();
@@ -103,10 +104,14 @@ impl Pipe {
         });
         let spawned = {
             let shared = shared.clone();
-            crate::sync::thread::spawn_named(format!("flashsale-journal-{}", shard.0), move || {
-                let writer = shared.writer.lock().take();
-                writer.map(|writer| serve(writer, &shared))
-            })
+            crate::sync::thread::spawn_task(
+                format!("flashsale-journal-{}", shard.0),
+                reuse_thread,
+                move || {
+                    let writer = shared.writer.lock().take();
+                    writer.map(|writer| serve(writer, &shared))
+                },
+            )
         };
         let thread = match spawned {
             Ok(thread) => thread,

@@ -38,7 +38,7 @@ use crate::clock::EngineClock;
 use crate::core::ShardCore;
 use crate::report::{CONFIRMED_ORDERS, CONFIRMED_UNITS, Report, ShardReport};
 use crate::sync::atomic::{AtomicBool, Ordering};
-use crate::sync::thread::JoinHandle;
+use crate::sync::thread::Task;
 use crate::sync::{Arc, Mutex};
 use crate::types::{ShardId, SkuId};
 
@@ -70,6 +70,7 @@ pub struct EngineBuilder {
     journal: Option<JournalConfig>,
     manual_clock: Option<crate::clock::ManualClock>,
     clock_from_ns: u64,
+    reuse_threads: bool,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -86,6 +87,7 @@ impl fmt::Debug for EngineBuilder {
             .field("order_sink", &self.sink_factory.is_some())
             .field("journal", &self.journal)
             .field("manual_clock", &self.manual_clock)
+            .field("reuse_threads", &self.reuse_threads)
             .finish()
     }
 }
@@ -185,6 +187,18 @@ impl EngineBuilder {
     /// [`manual_clock`](Self::manual_clock).
     pub fn clock_starts_at(mut self, now_ns: u64) -> Self {
         self.clock_from_ns = now_ns;
+        self
+    }
+
+    /// Runs the shards (and their journal threads) on threads kept from engines that have
+    /// stopped, rather than starting new ones (default off). For a process that starts and
+    /// stops many small engines (a test suite, a fuzzer), where creating and ending the
+    /// threads is a fifth of an engine's start and stop; a sale's engine, started once,
+    /// gains nothing. A kept thread waits two seconds for its next engine, then ends; it
+    /// keeps the name of the first shard or journal it ran (`flashsale-shard-N`,
+    /// `flashsale-journal-N`).
+    pub fn reuse_threads(mut self, reuse: bool) -> Self {
+        self.reuse_threads = reuse;
         self
     }
 
@@ -315,6 +329,7 @@ impl EngineBuilder {
             max_quantity: self.max_quantity,
             gate_enabled: self.gate,
             parking: self.wait == WaitStrategy::Park,
+            reuse_threads: self.reuse_threads,
             gate,
             clock: match (self.manual_clock, resume_ns) {
                 (Some(manual), 0) => EngineClock::manual(manual, 0),
@@ -396,10 +411,11 @@ fn spawn_workers(
                     durability::Durability::Journal(Box::new(journal))
                 }),
         );
-        let handle =
-            crate::sync::thread::spawn_named(format!("flashsale-shard-{}", shard.0), move || {
-                context.run()
-            })?;
+        let handle = crate::sync::thread::spawn_task(
+            format!("flashsale-shard-{}", shard.0),
+            shared.reuse_threads,
+            move || context.run(),
+        )?;
         *shared.shard(shard).thread.lock() = Some(handle.thread().clone());
         engine.workers.push(handle);
     }
@@ -421,7 +437,7 @@ pub struct LiveCounts {
 /// [`producer`](Self::producer); stop with [`shutdown`](Self::shutdown) (or drop it).
 pub struct Engine {
     shared: Arc<EngineShared>,
-    workers: Vec<JoinHandle<ShardReport>>,
+    workers: Vec<Task<ShardReport>>,
 }
 
 impl fmt::Debug for Engine {
@@ -450,6 +466,7 @@ impl Engine {
             journal: None,
             manual_clock: None,
             clock_from_ns: 0,
+            reuse_threads: false,
         }
     }
 

@@ -121,6 +121,8 @@ pub(crate) struct EngineShared {
     pub(crate) gate_enabled: bool,
     /// Whether workers may park, so producers must run their side of the park protocol.
     pub(crate) parking: bool,
+    /// Whether shard and journal threads run on kept threads ([`crate::EngineBuilder::reuse_threads`]).
+    pub(crate) reuse_threads: bool,
     pub(crate) gate: SoldOutGate,
     pub(crate) clock: EngineClock,
     /// Raised once by [`Engine::shutdown`]; producers refuse submits from then on, workers
