@@ -193,10 +193,10 @@ impl EngineBuilder {
     /// Runs the shards (and their journal threads) on threads kept from engines that have
     /// stopped, rather than starting new ones (default off). For a process that starts and
     /// stops many small engines (a test suite, a fuzzer), where creating and ending the
-    /// threads is a fifth of an engine's start and stop; a sale's engine, started once,
-    /// gains nothing. A kept thread waits two seconds for its next engine, then ends; it
-    /// keeps the name of the first shard or journal it ran (`flashsale-shard-N`,
-    /// `flashsale-journal-N`).
+    /// threads can be most of an engine's start and stop; a sale's engine, started once,
+    /// gains nothing. A kept thread watches 100 µs for its next engine, then sleeps, and
+    /// ends after two seconds with none; it keeps the name of the first shard or journal it
+    /// ran (`flashsale-shard-N`, `flashsale-journal-N`).
     pub fn reuse_threads(mut self, reuse: bool) -> Self {
         self.reuse_threads = reuse;
         self
