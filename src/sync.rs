@@ -78,7 +78,6 @@ pub(crate) mod thread {
 pub(crate) mod reuse {
     use std::panic::{AssertUnwindSafe, catch_unwind};
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::thread::{JoinHandle, Thread};
     use std::time::{Duration, Instant};
 
@@ -101,9 +100,6 @@ pub(crate) mod reuse {
     /// A kept thread: where the next task is put, and the thread to wake for it.
     struct Idle {
         job: parking_lot::Mutex<Option<Job>>,
-        /// Whether `job` holds a task; changed only under `job`'s lock, read without it
-        /// while the thread spins.
-        given: AtomicBool,
         thread: Thread,
     }
 
@@ -189,10 +185,7 @@ pub(crate) mod reuse {
         let idle = IDLE.lock().pop();
         let thread = match idle {
             Some(idle) => {
-                let mut slot = idle.job.lock();
-                *slot = Some(job);
-                idle.given.store(true, Ordering::Release);
-                drop(slot);
+                *idle.job.lock() = Some(job);
                 idle.thread.unpark();
                 idle.thread.clone()
             }
@@ -210,7 +203,6 @@ pub(crate) mod reuse {
     fn serve(first: Job) {
         let me = Arc::new(Idle {
             job: parking_lot::Mutex::new(None),
-            given: AtomicBool::new(false),
             thread: std::thread::current(),
         });
         let mut job = first;
@@ -220,15 +212,12 @@ pub(crate) mod reuse {
             // starts the next finds this thread waiting.
             IDLE.lock().push(me.clone());
             hand_over();
-            watch_for_task(&me.given);
+            watch_for_task(&me.job);
             let mut deadline = Some(Instant::now() + KEEP_IDLE);
             job = loop {
-                let mut slot = me.job.lock();
-                if let Some(next) = slot.take() {
-                    me.given.store(false, Ordering::Relaxed);
+                if let Some(next) = me.job.lock().take() {
                     break next;
                 }
-                drop(slot);
                 match deadline {
                     Some(at) if Instant::now() >= at => {
                         let mut idle = IDLE.lock();
@@ -250,11 +239,11 @@ pub(crate) mod reuse {
         }
     }
 
-    /// Spins (yielding now and then) until `given` is set or [`SPIN`] has passed.
-    fn watch_for_task(given: &AtomicBool) {
+    /// Spins (yielding now and then) until `job` holds a task or [`SPIN`] has passed.
+    fn watch_for_task(job: &parking_lot::Mutex<Option<Job>>) {
         let until = Instant::now() + SPIN;
         let mut spins = 0u32;
-        while !given.load(Ordering::Acquire) {
+        while job.lock().is_none() {
             spins = spins.wrapping_add(1);
             if spins % 16 == 0 {
                 if Instant::now() >= until {

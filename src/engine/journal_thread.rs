@@ -80,8 +80,8 @@ pub(crate) struct Pipe {
 }
 
 impl Pipe {
-    /// Moves `writer` to a new journal thread for `shard`, which wakes `shard_thread` when
-    /// a group is durable.
+    /// Moves `writer` to a journal thread for `shard` (a new one, or with `reuse_thread` one
+    /// kept from an engine that stopped), which wakes `shard_thread` when a group is durable.
     /// If the thread cannot be spawned, the writer comes back (boxed: that rare path should
     /// not make every start move a large result).
     pub(crate) fn start(
