@@ -201,8 +201,9 @@ impl ShardCore {
 
     /// Starts loading the memory that deciding `intent` (for the SKU at local index
     /// `local`, as in [`buy_at`](Self::buy_at)) will read. Callers holding a batch of
-    /// intents prefetch them all, then decide them, so that the cache misses of a large
-    /// order book overlap instead of queueing. A hint only: outcomes are the same without it.
+    /// intents prefetch each some way ahead of deciding it (the shard worker, 16 intents),
+    /// so that the cache misses of a large order book overlap with each other and with the
+    /// decisions. A hint only: outcomes are the same without it.
     #[inline]
     pub fn prefetch_at(&self, local: u32, intent: &Intent) {
         // The book is read when the buyer may hold an order, or when the intent may be
