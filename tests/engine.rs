@@ -692,3 +692,47 @@ fn a_key_is_scoped_to_its_product_at_any_shard_count() {
     }
     assert_eq!(answers[0], answers[1]);
 }
+
+/// An engine names the shards whose stock is more than their order books made room for;
+/// such a shard's book grows mid-sale and keeps every order, idempotency included.
+#[test]
+fn a_shard_short_of_order_room_is_named_and_its_book_grows_without_loss() {
+    let roomy = Engine::builder(one_sku(5_000, 1)).start().unwrap();
+    assert!(roomy.order_room_short().is_empty(), "room for the stock");
+    drop(roomy);
+    // Room for 100 orders rounds up to 128 (the book's table is a power of two).
+    let engine = Engine::builder(one_sku(5_000, 1))
+        .order_capacity(100)
+        .start()
+        .unwrap();
+    assert_eq!(engine.order_room_short(), vec![(ShardId(0), 5_000, 128)]);
+    let mut producer = engine.producer();
+    let mut completions = Vec::new();
+    let mut orders = HashMap::new();
+    // Past 128, 256, 512 and 1,024 orders the book doubles; then every buyer retries.
+    for retry in [false, true] {
+        for user in 0..2_000 {
+            submit_one(&mut producer, intent(user, user, 1, 1), &mut completions);
+        }
+        producer.drain(|completion| completions.push(completion));
+        assert_eq!(completions.len(), 2_000);
+        for completion in completions.drain(..) {
+            let user = completion.intent.user.0;
+            match (retry, completion.outcome) {
+                (false, Outcome::Confirmed(order)) => {
+                    assert!(orders.insert(user, order.id).is_none(), "one order each");
+                }
+                (
+                    true,
+                    Outcome::Rejected {
+                        reason: RejectReason::Duplicate(id),
+                        ..
+                    },
+                ) => assert_eq!(orders.get(&user), Some(&id), "the retry finds its order"),
+                other => panic!("retry {retry}: {other:?}"),
+            }
+        }
+    }
+    let report = engine.shutdown();
+    assert_eq!(report.confirmed_orders, 2_000);
+}

@@ -576,6 +576,9 @@ fn start_up_errors_are_one_line_and_exit_2() {
     assert!(stderr.contains("the file: field `pool_slice`"), "{stderr}");
     let (code, stderr) = serve_fails(&["--in-memory", "--threads", "0"]);
     assert_eq!(code, 2, "{stderr}");
+    let (code, stderr) = serve_fails(&["--in-memory", "--order-capacity", "67108865"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--order-capacity"), "{stderr}");
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = busy.local_addr().unwrap().to_string();
     let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))

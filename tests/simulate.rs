@@ -265,6 +265,44 @@ fn a_journaled_run_sits_beside_the_in_memory_one() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A shard whose orders outgrow the room it made says so before the run, and its order
+/// book grows mid-sale without losing an order; with room for them it says nothing.
+#[test]
+fn a_shard_past_its_order_room_is_noted_and_grows_without_loss() {
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("room.toml");
+    std::fs::write(
+        &file,
+        "name = \"room\"\nvariants_per_product = 1\nstock_per_product = 100000\n\
+         viewers_min = 20000\nviewers_max = 20000\nretry_fraction = 0.0\n\
+         malformed_fraction = 0.0\ntwo_units_fraction = 0.0\nmode = \"closed\"\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    for (room, noted) in [(Some("1000"), true), (None, false), (Some("20000"), false)] {
+        let mut args = vec!["--file", file, "--json"];
+        if let Some(room) = room {
+            args.extend(["--order-capacity", room]);
+        }
+        let output = simulate(&args);
+        assert!(output.status.success(), "{}", stderr_line(&output));
+        let note = stderr_line(&output);
+        assert_eq!(note.contains("grows mid-sale"), noted, "{room:?}: {note}");
+        if noted {
+            assert!(note.contains("with room for 1024 orders"), "{note}");
+        }
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["confirmed_orders"], 20_000, "{room:?}");
+        assert_eq!(
+            report["scenario"]["order_capacity"],
+            room.map_or(serde_json::Value::Null, |room| room
+                .parse::<u64>()
+                .unwrap()
+                .into())
+        );
+        assert_invariants_hold(&report);
+    }
+}
+
 #[test]
 fn closed_loop_and_rate_sweep_run() {
     let mut args = SMALL.to_vec();
@@ -590,6 +628,19 @@ fn every_knob_is_bounded_and_refused_by_name() {
             &[],
         ),
         simulate_knob("--intents", "intents", 1, 200_000_000, u64_max, &[]),
+        // At its most, room for 2^26 orders in each of 64 shards is more memory than any
+        // machine this runs on has.
+        Knob {
+            refused_at_max: Some("order_capacity"),
+            ..simulate_knob(
+                "--order-capacity",
+                "order_capacity",
+                0,
+                1 << 26,
+                u64_max,
+                &["--scenario", "micro-shows", "--shards", "64"],
+            )
+        },
         Knob {
             refused_at_max: Some("viewers_max"),
             ..simulate_knob("--viewers", "viewers_max", 1, 1_000_000_000, u64_max, &[])

@@ -334,6 +334,11 @@ impl OrderBook {
         }
     }
 
+    /// Entries (orders) the book holds before it next doubles: half its slots.
+    pub(super) fn room(&self) -> usize {
+        self.slots.len() / 2
+    }
+
     /// Units a buyer holds of a SKU (local index) whose limit key is `limit_key`.
     pub(super) fn units_of(&self, user: u64, sku_local: u32, limit_key: u64) -> u32 {
         self.holdings(user, None, sku_local, limit_key)

@@ -367,6 +367,16 @@ impl ShardCore {
         self.orders_confirmed
     }
 
+    /// Orders the order book holds in all (those recorded so far included) before it
+    /// next doubles. Every order takes one; past the room made (see
+    /// [`with_order_capacity`](Self::with_order_capacity)) the decision that fills it
+    /// also allocates a table twice the size, writes it and moves every entry over, which
+    /// pauses the shard for about a second per 4M orders on a small VM (mostly the kernel
+    /// handing out and zeroing the new table's memory).
+    pub fn order_room(&self) -> usize {
+        self.book.room()
+    }
+
     /// Units still available of the SKU at a local index.
     #[inline]
     pub(crate) fn available_local(&self, local: u32) -> u32 {

@@ -318,10 +318,7 @@ impl EngineBuilder {
         );
         let journals = self.recover(&mut cores, &placement, &gate)?;
         let resume_ns = cores.iter().map(ShardCore::now_ns).max().unwrap_or(0);
-        let shards = cores
-            .iter()
-            .map(|core| ShardShared::new(core.levels().len()))
-            .collect();
+        let shards = cores.iter().map(ShardShared::new).collect();
         let shared = Arc::new(EngineShared {
             catalog: self.catalog,
             placement,
@@ -529,6 +526,26 @@ impl Engine {
         let index = self.shared.catalog.index_of(sku)?;
         let (shard, local) = self.shared.placement.route(index);
         Some(self.shared.shard(shard).available[local as usize].load(Ordering::Relaxed))
+    }
+
+    /// Shards whose stock at start was more than their order books had room for (see
+    /// [`EngineBuilder::order_capacity`]): `(shard, stock, room)`. Each may have to grow
+    /// its book mid-sale, a pause of its decisions (see [`ShardCore::order_room`]); empty
+    /// when no shard can (restocks aside).
+    pub fn order_room_short(&self) -> Vec<(ShardId, u64, usize)> {
+        self.shared
+            .shards
+            .iter()
+            .enumerate()
+            .filter(|(_, shard)| shard.stock_at_start > shard.order_room_at_start as u64)
+            .map(|(index, shard)| {
+                (
+                    ShardId(index as u16),
+                    shard.stock_at_start,
+                    shard.order_room_at_start,
+                )
+            })
+            .collect()
     }
 
     /// Live counts, as the shards last published them (after each batch).

@@ -164,11 +164,17 @@ pub(crate) struct ShardShared {
     pub(crate) available: Box<[AtomicU32]>,
     /// Live outcome counters, stored by the worker after each batch.
     pub(crate) counters: Counters,
+    /// The stock of the shard's SKUs and the orders its book had room for at start.
+    pub(crate) stock_at_start: u64,
+    pub(crate) order_room_at_start: usize,
 }
 
 impl ShardShared {
-    pub(crate) fn new(skus: usize) -> Self {
+    pub(crate) fn new(core: &crate::core::ShardCore) -> Self {
+        let skus = core.levels().len();
         Self {
+            stock_at_start: core.levels().map(|sku| u64::from(sku.stock)).sum(),
+            order_room_at_start: core.order_room(),
             failed: CachePadded::new(AtomicBool::new(false)),
             sleeping: CachePadded::new(AtomicBool::new(false)),
             thread: Mutex::new(None),

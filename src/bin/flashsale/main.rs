@@ -77,6 +77,10 @@ struct Knobs {
     /// Ring slots per producer and shard.
     #[arg(long)]
     ring_capacity: Option<u32>,
+    /// Orders each shard makes room for at start-up (default: its stock, up to 4,194,304;
+    /// past its room a shard's order book grows mid-sale).
+    #[arg(long)]
+    order_capacity: Option<u64>,
     /// Cap on the number of intents.
     #[arg(long)]
     intents: Option<u64>,
@@ -220,6 +224,9 @@ fn scenario_of(knobs: &Knobs) -> Result<Scenario, String> {
     set(&mut scenario.producers, knobs.producers);
     set(&mut scenario.shards, knobs.shards);
     set(&mut scenario.ring_capacity, knobs.ring_capacity);
+    if let Some(orders) = knobs.order_capacity {
+        scenario.order_capacity = Some(orders);
+    }
     if let Some(intents) = knobs.intents {
         scenario.intents = Some(intents);
     }

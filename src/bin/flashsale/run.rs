@@ -384,6 +384,16 @@ pub fn run(
     mut on_progress: impl FnMut(u64),
 ) -> Result<RunResult, String> {
     let engine = start_engine(scenario, &plan.catalog, journal)?;
+    for (shard, stock, room) in engine.order_room_short() {
+        if scenario.presses_sent() > room as f64 {
+            eprintln!(
+                "note: shard {} sells {stock} units with room for {room} orders: past that \
+                 its order book grows mid-sale, which pauses its decisions (set \
+                 --order-capacity, or order_capacity in the scenario file)",
+                shard.0
+            );
+        }
+    }
     let shared = Arc::new(Shared::new(scenario, &plan));
     // The payment desk: pays, cancels or pays late every confirmed order, as the
     // scenario says; only when orders have a life after confirmation.
@@ -473,6 +483,9 @@ fn start_engine(
         .ring_capacity(scenario.ring_capacity as usize)
         .wait_strategy(scenario.wait.into())
         .max_quantity(scenario.limit_per_buyer.max(2));
+    if let Some(orders) = scenario.order_capacity {
+        builder = builder.order_capacity(usize::try_from(orders).unwrap_or(usize::MAX));
+    }
     if let Some(config) = journal {
         builder = builder.journal(config);
     }

@@ -101,6 +101,10 @@ pub struct Scenario {
     pub shards: u32,
     /// Ring slots per producer and shard.
     pub ring_capacity: u32,
+    /// Orders each shard makes room for at start-up (none: the engine's default, the
+    /// shard's stock up to 4,194,304). A shard that confirms more grows its order book
+    /// mid-sale, a pause of its decisions (see the report's note).
+    pub order_capacity: Option<u64>,
     /// Idle strategy of the shards.
     pub wait: Wait,
     /// Open or closed loop.
@@ -171,6 +175,7 @@ impl Scenario {
             producers: 1,
             shards: 1,
             ring_capacity: 1024,
+            order_capacity: None,
             wait: Wait::Park,
             mode: Mode::Open,
             policy: PolicyKind::FirstCome,
@@ -347,6 +352,14 @@ impl Scenario {
             1,
             flashsale::EngineBuilder::RING_CAPACITY_MAX as u64,
         )?;
+        if let Some(orders) = self.order_capacity {
+            within(
+                "order_capacity",
+                orders,
+                0,
+                flashsale::EngineBuilder::ORDER_CAPACITY_MAX as u64,
+            )?;
+        }
         within("waitlist", self.waitlist.into(), 0, WAITLIST_MAX)?;
         within(
             "latency_sample",
@@ -497,7 +510,7 @@ impl Scenario {
     /// Bytes the run holds at most, by the knob that drives each part: the presses (made,
     /// then split into schedules), the rings (one each way per producer and shard), the
     /// catalog and order books, and each producer's per-10 ms rate buckets.
-    pub fn memory_bytes(&self) -> [(&'static str, f64); 5] {
+    pub fn memory_bytes(&self) -> [(&'static str, f64); 6] {
         // The press list grows by doubling (up to twice its length), then is split into
         // schedules; plus the process itself (threads, allocator, histograms).
         let presses = self.presses_generated() * PRESS_BYTES * 3.0 + PROCESS_BYTES;
@@ -510,12 +523,17 @@ impl Scenario {
             * f64::from(self.stock_per_product);
         let orders = stock.min(self.presses_sent()) * ORDER_BYTES;
         let buckets = f64::from(self.producers) * self.wall_seconds() * 100.0 * BUCKET_BYTES;
+        // Room made up front beyond the orders' own (which `orders` counts).
+        let room = self.order_capacity.map_or(0.0, |room| {
+            (room as f64 * f64::from(self.shards) * ROOM_BYTES - orders).max(0.0)
+        });
         [
             ("viewers_max", presses),
             ("ring_capacity", rings),
             ("variants_per_product", skus),
             ("stock_per_product", orders),
             ("speed", buckets),
+            ("order_capacity", room),
         ]
     }
 
@@ -641,6 +659,9 @@ const PRESS_BYTES: f64 = 40.0;
 const RING_SLOT_BYTES: f64 = 112.0;
 const SKU_BYTES: f64 = 600.0;
 const ORDER_BYTES: f64 = 250.0;
+/// Per order of room a shard makes up front: the order book's slots (64 bytes an order at
+/// most half full, twice that where the slots round up to a power of two) and a record.
+const ROOM_BYTES: f64 = 152.0;
 const BUCKET_BYTES: f64 = 16.0;
 const PROCESS_BYTES: f64 = 64.0 * 1024.0 * 1024.0;
 

@@ -28,7 +28,17 @@ pub(super) fn crossbeam_peer(scenario: &Scenario) -> Result<PeerJson, String> {
     // Per producer: one reply channel, as deep as the engine's rings back.
     let (reply_tx, reply_rx): (Vec<Sender<PeerReply>>, Vec<Receiver<PeerReply>>) =
         (0..producers).map(|_| bounded(capacity * shards)).unzip();
-    let workers = spawn_shards(&plan.catalog, &placement, request_rx, &reply_tx, &clock);
+    let room = scenario
+        .order_capacity
+        .map(|orders| usize::try_from(orders).unwrap_or(usize::MAX));
+    let workers = spawn_shards(
+        &plan.catalog,
+        &placement,
+        room,
+        request_rx,
+        &reply_tx,
+        &clock,
+    );
     drop(reply_tx);
     let ran = on_threads(plan, |index, schedule, catalog| {
         let producer = ChannelProducer {
@@ -77,12 +87,14 @@ pub(super) fn crossbeam_peer(scenario: &Scenario) -> Result<PeerJson, String> {
     ))
 }
 
-/// One thread per shard, deciding the requests of its channel with its own core and
+/// One thread per shard (its core with the engine's room for orders), deciding the
+/// requests of its channel with its own core and
 /// replying on the asking producer's channel; each returns its core when its channel
 /// closes.
 fn spawn_shards(
     catalog: &Catalog,
     placement: &Placement,
+    room: Option<usize>,
     request_rx: Vec<Receiver<PeerRequest>>,
     reply_tx: &[Sender<PeerReply>],
     clock: &EngineClock,
@@ -91,7 +103,8 @@ fn spawn_shards(
         .into_iter()
         .enumerate()
         .map(|(shard, requests)| {
-            let mut core = ShardCore::new(catalog, placement, ShardId(shard as u16));
+            let mut core =
+                ShardCore::with_order_capacity(catalog, placement, ShardId(shard as u16), room);
             let replies = reply_tx.to_vec();
             let clock = clock.clone();
             std::thread::spawn(move || {
