@@ -706,6 +706,22 @@ fn a_shard_short_of_order_room_is_named_and_its_book_grows_without_loss() {
         .start()
         .unwrap();
     assert_eq!(engine.order_room_short(), vec![(ShardId(0), 5_000, 128)]);
+    let catalog = one_sku(5_000, 1);
+    let placement = flashsale::Placement::new(&catalog, 1).unwrap();
+    for room in [None, Some(0), Some(100), Some(4_096)] {
+        let core =
+            flashsale::ShardCore::with_order_capacity(&catalog, &placement, ShardId(0), room);
+        assert_eq!(
+            flashsale::ShardCore::order_room_for(5_000, room),
+            core.order_room(),
+            "{room:?}"
+        );
+    }
+    assert_eq!(flashsale::ShardCore::order_room_for(5_000, None), 8_192);
+    assert_eq!(
+        flashsale::ShardCore::order_room_for(u64::MAX, None),
+        1 << 22
+    );
     let mut producer = engine.producer();
     let mut completions = Vec::new();
     let mut orders = HashMap::new();

@@ -268,22 +268,37 @@ fn a_snapshot_plus_the_tail_is_the_whole_log() {
     let seeds = if cfg!(miri) { 1 } else { 60 };
     for seed in 0..seeds {
         let log = log(1_000 + seed, 300);
-        let mut whole = Replica::new(&catalog, &placement, ShardId(0), MAX_QUANTITY);
+        // Every other seed with room for 8 orders only (16 slots), so that the order book
+        // grows, before and after the snapshot.
+        let room = (seed % 2 == 1).then_some(8);
+        let replica =
+            || Replica::with_order_capacity(&catalog, &placement, ShardId(0), MAX_QUANTITY, room);
+        let mut whole = replica();
         let mut replies_whole = Vec::new();
         replay(&mut whole, &log, 0, &mut replies_whole);
 
         let cut = (seed as usize * 37) % log.len();
-        let mut first = Replica::new(&catalog, &placement, ShardId(0), MAX_QUANTITY);
+        let mut first = replica();
         let mut replies = Vec::new();
         replay(&mut first, &log[..cut], 0, &mut replies);
         let snapshot = first.snapshot();
         assert_eq!(Replica::snapshot_position(&snapshot), Some(cut as u64));
-        let mut resumed = Replica::restore(&catalog, &placement, ShardId(0), &snapshot).unwrap();
+        let mut resumed =
+            Replica::restore_with_order_capacity(&catalog, &placement, ShardId(0), room, &snapshot)
+                .unwrap();
         assert_eq!(resumed.snapshot(), snapshot);
         replay(&mut resumed, &log, cut, &mut replies);
         assert_eq!(replies, replies_whole, "seed {seed}, cut at {cut}");
         assert_eq!(resumed.snapshot(), whole.snapshot(), "seed {seed}");
         assert_eq!(resumed.waiting(), whole.waiting());
+        if room.is_some() {
+            let orders = whole.core().orders_confirmed() as usize;
+            assert!(
+                orders > 8,
+                "seed {seed}: {orders} orders do not outgrow the room"
+            );
+            assert!(whole.core().order_room() >= orders);
+        }
         // The restored filter is rebuilt from the order book.
         for (user, key) in whole.core().confirmed_keys() {
             assert!(resumed.filter().may_contain(user, key), "seed {seed}");

@@ -37,6 +37,11 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// The largest quantity one intent may ask for (as the engine's `max_quantity`).
     pub max_quantity: u32,
+    /// Orders each partition's replica makes room for (as the engine's
+    /// `order_capacity`; `None`: its stock, up to 4,194,304). Past its room a replica's
+    /// order book grows mid-sale, a pause of the partition (see
+    /// [`ShardCore::order_room`](crate::ShardCore::order_room)).
+    pub order_capacity: Option<usize>,
     /// Where a leader records, for each answer it publishes, the time from its entry's
     /// stamp in the log to the answer's hand-off to the NATS client (ns): the log's and
     /// the node's share of a buy's latency. The stamp is the stream leader's clock, the
@@ -55,6 +60,7 @@ impl Default for NodeConfig {
             lease: Duration::from_secs(2),
             snapshot_every: 100_000,
             max_quantity: 16,
+            order_capacity: None,
             latency: None,
         }
     }
@@ -104,11 +110,12 @@ pub async fn run_node(
             client: client.clone(),
             sale: sale.clone(),
             opened: opened.clone(),
-            replica: Replica::new(
+            replica: Replica::with_order_capacity(
                 &catalog,
                 &placement,
                 ShardId(partition),
                 config.max_quantity,
+                config.order_capacity,
             ),
             catalog: catalog.clone(),
             placement: placement.clone(),
@@ -771,10 +778,11 @@ impl PartitionTask {
         let Some(bytes) = fetched else {
             return;
         };
-        if let Ok(replica) = Replica::restore(
+        if let Ok(replica) = Replica::restore_with_order_capacity(
             &self.catalog,
             &self.placement,
             ShardId(self.partition),
+            self.config.order_capacity,
             &bytes,
         ) {
             let position = replica.applied();

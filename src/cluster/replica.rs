@@ -116,7 +116,22 @@ impl Replica {
         partition: ShardId,
         max_quantity: u32,
     ) -> Self {
-        let core = ShardCore::new(catalog, placement, partition);
+        Self::with_order_capacity(catalog, placement, partition, max_quantity, None)
+    }
+
+    /// As [`new`](Self::new), its core making room for `orders` confirmed orders (see
+    /// [`ShardCore::with_order_capacity`]; `None`: the default).
+    ///
+    /// # Panics
+    /// As [`ShardCore::new`].
+    pub fn with_order_capacity(
+        catalog: &Catalog,
+        placement: &Placement,
+        partition: ShardId,
+        max_quantity: u32,
+        orders: Option<usize>,
+    ) -> Self {
+        let core = ShardCore::with_order_capacity(catalog, placement, partition, orders);
         let filter = filter_of(&core);
         Self {
             core,
@@ -399,6 +414,22 @@ impl Replica {
         partition: ShardId,
         bytes: &[u8],
     ) -> Result<Self, ReplicaSnapshotError> {
+        Self::restore_with_order_capacity(catalog, placement, partition, None, bytes)
+    }
+
+    /// As [`restore`](Self::restore), its core restored with room for `orders` confirmed
+    /// orders (see [`ShardCore::restore`]; `None`: the default), as the replica that took
+    /// the snapshot was made.
+    ///
+    /// # Errors
+    /// As [`restore`](Self::restore).
+    pub fn restore_with_order_capacity(
+        catalog: &Catalog,
+        placement: &Placement,
+        partition: ShardId,
+        orders: Option<usize>,
+        bytes: &[u8],
+    ) -> Result<Self, ReplicaSnapshotError> {
         use ReplicaSnapshotError::Damaged;
         let (covered, crc) = bytes.split_last_chunk::<4>().ok_or(Damaged)?;
         if crc32fast::hash(covered).to_le_bytes() != *crc
@@ -428,7 +459,7 @@ impl Replica {
             return Err(Damaged);
         }
         let core_bytes = input.0;
-        let core = ShardCore::restore(catalog, placement, partition, None, core_bytes)
+        let core = ShardCore::restore(catalog, placement, partition, orders, core_bytes)
             .map_err(ReplicaSnapshotError::Core)?;
         let filter = filter_of(&core);
         Ok(Self {

@@ -123,7 +123,7 @@ impl OrderBook {
     /// A book with room for `orders` orders before it first grows, for the shard `shard`
     /// whose SKUs (by local index) count their units under `limit_keys`.
     pub(super) fn with_room_for(orders: usize, shard: ShardId, limit_keys: Box<[u64]>) -> Self {
-        let capacity = (orders.max(8) * 2).next_power_of_two();
+        let capacity = Self::slots_for(orders);
         Self {
             slots: SlotTable::zeroed(capacity),
             mask: capacity - 1,
@@ -332,6 +332,11 @@ impl OrderBook {
             Ok(held) if held.more_keys => self.find_key(user, client_key, limit_key).ok(),
             Ok(_) => None,
         }
+    }
+
+    /// The slots of a book made with room for `orders`: at most half of them are used.
+    pub(super) fn slots_for(orders: usize) -> usize {
+        (orders.max(8) * 2).next_power_of_two()
     }
 
     /// Entries (orders) the book holds before it next doubles: half its slots.

@@ -162,8 +162,7 @@ impl ShardCore {
             stock_total += u64::from(spec.stock);
             skus.push(SkuState::new(spec, group, pool));
         }
-        let orders_max =
-            orders.unwrap_or(stock_total.min(ORDER_CAPACITY_DEFAULT_MAX as u64) as usize);
+        let orders_max = Self::orders_to_make_room_for(stock_total, orders);
         let limit_keys = (0..skus.len() as u32)
             .map(|local| limit_key_of(&skus, local))
             .collect();
@@ -375,6 +374,19 @@ impl ShardCore {
     /// handing out and zeroing the new table's memory).
     pub fn order_room(&self) -> usize {
         self.book.room()
+    }
+
+    /// The [`order_room`](Self::order_room) of a fresh core whose SKUs hold `stock` units
+    /// in all, made with room for `orders` (see
+    /// [`with_order_capacity`](Self::with_order_capacity)), without making one.
+    pub fn order_room_for(stock: u64, orders: Option<usize>) -> usize {
+        OrderBook::slots_for(Self::orders_to_make_room_for(stock, orders)) / 2
+    }
+
+    /// The room [`with_order_capacity`](Self::with_order_capacity) makes: `orders`, or the
+    /// stock up to [`ORDER_CAPACITY_DEFAULT_MAX`].
+    fn orders_to_make_room_for(stock: u64, orders: Option<usize>) -> usize {
+        orders.unwrap_or(stock.min(ORDER_CAPACITY_DEFAULT_MAX as u64) as usize)
     }
 
     /// Units still available of the SKU at a local index.

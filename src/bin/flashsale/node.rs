@@ -42,6 +42,11 @@ pub struct NodeArgs {
     /// The largest quantity one intent may ask for (the same on every node and gateway).
     #[arg(long, default_value_t = 16)]
     max_quantity: u32,
+    /// Orders each partition makes room for at start-up (default: its stock, up to
+    /// 4,194,304). A partition that confirms more grows its order book mid-sale, which
+    /// pauses it: about a second per 4M orders on a small VM.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=flashsale::EngineBuilder::ORDER_CAPACITY_MAX as u64))]
+    order_capacity: Option<u64>,
     /// Print every partition's status (position applied, leading, reader restarts) this
     /// often.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -97,6 +102,25 @@ async fn node(args: NodeArgs) -> Result<(), String> {
         None => catalog_file::parse("demo sale", crate::serve::DEMO_SALE, opened.epoch())
             .map_err(|e| e.to_string())?,
     };
+    if let Ok(placement) = flashsale::Placement::new(&catalog, usize::from(args.partitions)) {
+        let room = args.order_capacity.map(|orders| orders as usize);
+        for partition in 0..placement.shards() {
+            let stock: u64 = placement
+                .skus_of(flashsale::ShardId(partition as u16))
+                .iter()
+                .map(|&index| u64::from(catalog.skus()[index as usize].stock))
+                .sum();
+            let room = flashsale::ShardCore::order_room_for(stock, room);
+            if stock > room as u64 {
+                eprintln!(
+                    "{} flashsale node {id}: note: partition {partition} sells {stock} units \
+                     with room for {room} orders: past that its order book grows mid-sale, \
+                     which pauses it (raise --order-capacity)",
+                    stamp()
+                );
+            }
+        }
+    }
     let (status, mut watching) = watch::channel(Vec::<PartitionStatus>::new());
     let (stop, stopping) = watch::channel(false);
     let config = NodeConfig {
@@ -104,6 +128,9 @@ async fn node(args: NodeArgs) -> Result<(), String> {
         lease: args.lease,
         snapshot_every: args.snapshot_every,
         max_quantity: args.max_quantity,
+        order_capacity: args
+            .order_capacity
+            .map(|orders| usize::try_from(orders).unwrap_or(usize::MAX)),
         latency: None,
     };
     let mut running = tokio::spawn(run_node(

@@ -229,6 +229,7 @@ mod real {
                 lease,
                 snapshot_every: 100_000,
                 max_quantity,
+                order_capacity: scenario.order_capacity.map(|orders| orders as usize),
                 latency: Some(node_latency.clone()),
             },
             Some(status),
