@@ -1,8 +1,9 @@
 //! What a snapshot of a full shard costs: `ShardCore::snapshot` of a core whose buyers hold
 //! a million orders (the engine takes it on the shard's thread, a cluster leader on its
-//! partition's task, so the shard decides nothing else meanwhile). And what reading a
-//! journal of a million buys costs recovery (`journal::scan`), written one record a buy
-//! (as version 3 did) and in batches (as the engine writes version 4), in the same run.
+//! partition's task, so the shard decides nothing else meanwhile), and restoring one. And
+//! what reading a journal of a million buys costs recovery (`journal::scan`), written one
+//! record a buy (as version 3 did) and in batches (as the engine writes version 4), in the
+//! same run.
 //!
 //! Run: `cargo bench --bench snapshot`.
 // criterion_group! generates an undocumented `pub fn`.
@@ -46,6 +47,13 @@ fn snapshot(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(10))
         .throughput(Throughput::Bytes(bytes));
     group.bench_function("1M_orders", |b| b.iter(|| black_box(core.snapshot())));
+    // What a restart pays before replaying the journal's tail: the core rebuilt from it.
+    let taken = core.snapshot();
+    group.bench_function("restore_1M_orders", |b| {
+        b.iter(|| {
+            black_box(ShardCore::restore(&catalog, &placement, ShardId(0), None, &taken).unwrap())
+        })
+    });
     group.finish();
 }
 

@@ -125,6 +125,20 @@ impl ShardCore {
         shard: ShardId,
         orders: Option<usize>,
     ) -> Self {
+        Self::made(catalog, placement, shard, orders, true)
+    }
+
+    /// [`with_order_capacity`](Self::with_order_capacity), with the order book's room
+    /// made only if `book_room` (a restore replaces the book with the snapshot's, whose
+    /// room was made when it was taken: making it here too would allocate and fault in a
+    /// table only to drop it).
+    fn made(
+        catalog: &Catalog,
+        placement: &Placement,
+        shard: ShardId,
+        orders: Option<usize>,
+        book_room: bool,
+    ) -> Self {
         let mut group_local: FxHashMap<u32, u32> = FxHashMap::default();
         let mut group_limits = Vec::new();
         let mut skus = Vec::new();
@@ -172,7 +186,11 @@ impl ShardCore {
             local_index,
             group_limits,
             buyers: BuyerFilter::for_stock(stock_total),
-            book: OrderBook::with_room_for(orders_max, shard, limit_keys),
+            book: OrderBook::with_room_for(
+                if book_room { orders_max } else { 0 },
+                shard,
+                limit_keys,
+            ),
             sequence_next: 0,
             orders_confirmed: 0,
             orders: OrderLog::with_room_for(orders_max),

@@ -301,7 +301,7 @@ impl ShardCore {
         bytes: &[u8],
     ) -> Result<Self, SnapshotError> {
         let payload = payload_of(bytes, shard)?;
-        let mut core = Self::with_order_capacity(catalog, placement, shard, orders);
+        let mut core = Self::made(catalog, placement, shard, orders, false);
         let mut input = In(payload);
         core.sequence_next = input.u64()?;
         core.orders_confirmed = input.u64()?;
