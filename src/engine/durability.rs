@@ -189,21 +189,19 @@ impl JournalConfig {
         shard: ShardId,
         orders: Option<usize>,
     ) -> Result<RecoveredShard, EngineError> {
-        let fresh = ShardCore::with_order_capacity(catalog, placement, shard, orders);
-        self.recover_into(fresh, catalog, placement, orders)
+        self.recover_into(shard, catalog, placement, orders)
     }
 
-    /// [`recover_shard`](Self::recover_shard), starting from `fresh` (the shard's core as
-    /// built, so that its room for orders is not allocated twice) when no snapshot
-    /// restores.
-    pub(crate) fn recover_into(
+    /// [`recover_shard`](Self::recover_shard): the core is made with its room for orders
+    /// only when no snapshot restores (a restored one makes its own), so that a restart
+    /// does not allocate and fault in a room it drops at once.
+    fn recover_into(
         &self,
-        fresh: ShardCore,
+        shard: ShardId,
         catalog: &Catalog,
         placement: &Placement,
         orders: Option<usize>,
     ) -> Result<RecoveredShard, EngineError> {
-        let shard = fresh.shard();
         let (writer, scanned) =
             JournalWriter::open_in(&*self.storage, &self.path_of(shard), shard)?;
         let journaled = scanned.records.len() as u64;
@@ -224,7 +222,8 @@ impl JournalConfig {
                 break;
             }
         }
-        let mut core = core.unwrap_or(fresh);
+        let mut core = core
+            .unwrap_or_else(|| ShardCore::with_order_capacity(catalog, placement, shard, orders));
         for &(sequence, ref command) in &scanned.records[from as usize..] {
             let expected = core.commands_applied();
             if sequence != expected {
@@ -297,11 +296,7 @@ pub(crate) fn recover(
     gate: &SoldOutGate,
 ) -> Result<Journaling, EngineError> {
     let shard = core.shard();
-    // The core as built moves in and the recovered one comes back; the placeholder left
-    // meanwhile has no room reserved for orders.
-    let placeholder = ShardCore::with_order_capacity(catalog, placement, shard, Some(0));
-    let fresh = std::mem::replace(core, placeholder);
-    let recovered = config.recover_into(fresh, catalog, placement, orders)?;
+    let recovered = config.recover_into(shard, catalog, placement, orders)?;
     *core = recovered.core;
     // Retries of every order confirmed before must still reach the shard.
     for (user, client_key) in core.confirmed_keys() {

@@ -300,13 +300,19 @@ impl EngineBuilder {
     pub fn start(self) -> Result<Engine, EngineError> {
         self.validate()?;
         let placement = Placement::new(&self.catalog, self.shards)?;
+        // A journaled shard's core comes from recovery, which makes its room for orders
+        // (or restores a snapshot that has it): these stand in meanwhile, with none.
+        let room = match self.journal {
+            Some(_) => Some(0),
+            None => self.order_capacity,
+        };
         let mut cores: Vec<ShardCore> = (0..placement.shards())
             .map(|shard| {
                 ShardCore::with_order_capacity(
                     &self.catalog,
                     &placement,
                     ShardId(shard as u16),
-                    self.order_capacity,
+                    room,
                 )
             })
             .collect();
