@@ -177,7 +177,8 @@ impl JournalConfig {
     /// Recovers one shard from this directory, as the engine does at start-up: opens its
     /// journal (truncating a torn tail, see [`JournalWriter::open_in`]), restores the
     /// newest snapshot that checks out and that the journal reaches, and replays the
-    /// journal after it. The writer continues the journal.
+    /// journal after it. The writer continues the journal. The core makes its room for
+    /// `orders` once: from the snapshot restored, or where none restores, fresh.
     ///
     /// # Errors
     /// [`EngineError::Journal`] for a journal that cannot be read or is corrupt;
@@ -187,19 +188,6 @@ impl JournalConfig {
         catalog: &Catalog,
         placement: &Placement,
         shard: ShardId,
-        orders: Option<usize>,
-    ) -> Result<RecoveredShard, EngineError> {
-        self.recover_into(shard, catalog, placement, orders)
-    }
-
-    /// [`recover_shard`](Self::recover_shard): the core is made with its room for orders
-    /// only when no snapshot restores (a restored one makes its own), so that a restart
-    /// does not allocate and fault in a room it drops at once.
-    fn recover_into(
-        &self,
-        shard: ShardId,
-        catalog: &Catalog,
-        placement: &Placement,
         orders: Option<usize>,
     ) -> Result<RecoveredShard, EngineError> {
         let (writer, scanned) =
@@ -296,7 +284,7 @@ pub(crate) fn recover(
     gate: &SoldOutGate,
 ) -> Result<Journaling, EngineError> {
     let shard = core.shard();
-    let recovered = config.recover_into(shard, catalog, placement, orders)?;
+    let recovered = config.recover_shard(catalog, placement, shard, orders)?;
     *core = recovered.core;
     // Retries of every order confirmed before must still reach the shard.
     for (user, client_key) in core.confirmed_keys() {
