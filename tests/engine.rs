@@ -708,6 +708,12 @@ fn a_shard_short_of_order_room_is_named_and_its_book_grows_without_loss() {
     assert_eq!(engine.order_room_short(), vec![(ShardId(0), 5_000, 128)]);
     let catalog = one_sku(5_000, 1);
     let placement = flashsale::Placement::new(&catalog, 1).unwrap();
+    // Without an engine (as a cluster node asks), the same answer.
+    assert_eq!(
+        flashsale::ShardCore::order_room_short(&catalog, &placement, Some(100)),
+        engine.order_room_short()
+    );
+    assert!(flashsale::ShardCore::order_room_short(&catalog, &placement, None).is_empty());
     for room in [None, Some(0), Some(100), Some(4_096)] {
         let core =
             flashsale::ShardCore::with_order_capacity(&catalog, &placement, ShardId(0), room);

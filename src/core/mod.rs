@@ -401,6 +401,29 @@ impl ShardCore {
         OrderBook::slots_for(Self::orders_to_make_room_for(stock, orders)) / 2
     }
 
+    /// The shards of `placement` whose stock is more than a fresh core makes room for with
+    /// `orders` (see [`order_room_for`](Self::order_room_for)): `(shard, stock, room)`, as
+    /// [`Engine::order_room_short`](crate::Engine::order_room_short) gives them for a
+    /// started engine, without making a core.
+    pub fn order_room_short(
+        catalog: &Catalog,
+        placement: &Placement,
+        orders: Option<usize>,
+    ) -> Vec<(ShardId, u64, usize)> {
+        (0..placement.shards())
+            .filter_map(|index| {
+                let shard = ShardId(index as u16);
+                let stock: u64 = placement
+                    .skus_of(shard)
+                    .iter()
+                    .map(|&sku| u64::from(catalog.skus()[sku as usize].stock))
+                    .sum();
+                let room = Self::order_room_for(stock, orders);
+                (stock > room as u64).then_some((shard, stock, room))
+            })
+            .collect()
+    }
+
     /// The room [`with_order_capacity`](Self::with_order_capacity) makes: `orders`, or the
     /// stock up to [`ORDER_CAPACITY_DEFAULT_MAX`].
     fn orders_to_make_room_for(stock: u64, orders: Option<usize>) -> usize {

@@ -457,6 +457,15 @@ fn simulate_journaled(
     Ok(all_hold)
 }
 
+/// The start-up note for a shard (or partition) whose stock is past its room for orders.
+fn order_room_note(part: &str, (shard, stock, room): (flashsale::ShardId, u64, usize)) -> String {
+    format!(
+        "note: {part} {} sells {stock} units with room for {room} orders: past that its order \
+         book grows mid-sale, which pauses its decisions (raise --order-capacity)",
+        shard.0
+    )
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     #[cfg(all(feature = "cluster", not(loom)))]

@@ -102,23 +102,12 @@ async fn node(args: NodeArgs) -> Result<(), String> {
         None => catalog_file::parse("demo sale", crate::serve::DEMO_SALE, opened.epoch())
             .map_err(|e| e.to_string())?,
     };
+    // Within its range (clap checked it), so it fits a usize.
+    let order_capacity = args.order_capacity.map(|orders| orders as usize);
     if let Ok(placement) = flashsale::Placement::new(&catalog, usize::from(args.partitions)) {
-        let room = args.order_capacity.map(|orders| orders as usize);
-        for partition in 0..placement.shards() {
-            let stock: u64 = placement
-                .skus_of(flashsale::ShardId(partition as u16))
-                .iter()
-                .map(|&index| u64::from(catalog.skus()[index as usize].stock))
-                .sum();
-            let room = flashsale::ShardCore::order_room_for(stock, room);
-            if stock > room as u64 {
-                eprintln!(
-                    "{} flashsale node {id}: note: partition {partition} sells {stock} units \
-                     with room for {room} orders: past that its order book grows mid-sale, \
-                     which pauses it (raise --order-capacity)",
-                    stamp()
-                );
-            }
+        for short in flashsale::ShardCore::order_room_short(&catalog, &placement, order_capacity) {
+            let note = crate::order_room_note("partition", short);
+            eprintln!("{} flashsale node {id}: {note}", stamp());
         }
     }
     let (status, mut watching) = watch::channel(Vec::<PartitionStatus>::new());
@@ -128,9 +117,7 @@ async fn node(args: NodeArgs) -> Result<(), String> {
         lease: args.lease,
         snapshot_every: args.snapshot_every,
         max_quantity: args.max_quantity,
-        order_capacity: args
-            .order_capacity
-            .map(|orders| usize::try_from(orders).unwrap_or(usize::MAX)),
+        order_capacity,
         latency: None,
     };
     let mut running = tokio::spawn(run_node(

@@ -384,14 +384,9 @@ pub fn run(
     mut on_progress: impl FnMut(u64),
 ) -> Result<RunResult, String> {
     let engine = start_engine(scenario, &plan.catalog, journal)?;
-    for (shard, stock, room) in engine.order_room_short() {
-        if scenario.presses_sent() > room as f64 {
-            eprintln!(
-                "note: shard {} sells {stock} units with room for {room} orders: past that \
-                 its order book grows mid-sale, which pauses its decisions (set \
-                 --order-capacity, or order_capacity in the scenario file)",
-                shard.0
-            );
+    for short in engine.order_room_short() {
+        if scenario.presses_sent() > short.2 as f64 {
+            eprintln!("{}", crate::order_room_note("shard", short));
         }
     }
     let shared = Arc::new(Shared::new(scenario, &plan));

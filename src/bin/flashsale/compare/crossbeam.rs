@@ -87,10 +87,9 @@ pub(super) fn crossbeam_peer(scenario: &Scenario) -> Result<PeerJson, String> {
     ))
 }
 
-/// One thread per shard (its core with the engine's room for orders), deciding the
-/// requests of its channel with its own core and
-/// replying on the asking producer's channel; each returns its core when its channel
-/// closes.
+/// One thread per shard, deciding the requests of its channel with its own core (with the
+/// engine's room for orders) and replying on the asking producer's channel; each returns
+/// its core when its channel closes.
 fn spawn_shards(
     catalog: &Catalog,
     placement: &Placement,

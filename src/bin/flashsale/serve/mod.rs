@@ -503,12 +503,10 @@ fn recover(
             flashsale::EngineError::JournalMismatch { .. } => (2, error.to_string()),
             other => (1, other.to_string()),
         })?;
-    for (shard, stock, room) in engine.order_room_short() {
+    for short in engine.order_room_short() {
         eprintln!(
-            "flashsale serve: note: shard {} sells {stock} units with room for {room} orders: \
-             past that its order book grows mid-sale, which pauses its decisions (raise \
-             --order-capacity)",
-            shard.0
+            "flashsale serve: {}",
+            crate::order_room_note("shard", short)
         );
     }
     let client = AsyncClient::new(&engine, args.lanes as usize)
