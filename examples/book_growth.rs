@@ -87,7 +87,7 @@ fn main() {
             }
             if longest.len() < 3 || took > longest[longest.len() - 1].0 {
                 longest.push((took, index));
-                longest.sort_by(|a, b| b.0.cmp(&a.0));
+                longest.sort_by_key(|entry| std::cmp::Reverse(entry.0));
                 longest.truncate(3);
             }
         }
