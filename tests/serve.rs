@@ -639,6 +639,216 @@ fn token(secret: &str, sub: &str) -> String {
     .unwrap()
 }
 
+/// A test key's path: the keys under `tests/fixtures/jwt` sign nothing real.
+fn key_file(name: &str) -> String {
+    format!("{}/tests/fixtures/jwt/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A token for buyer `sub` signed with a test private key, expiring `expires_in` seconds
+/// from now (negative: expired).
+fn signed(
+    algorithm: jsonwebtoken::Algorithm,
+    private_key: &str,
+    kid: Option<&str>,
+    sub: &str,
+    expires_in: i64,
+) -> String {
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        exp: i64,
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let pem = std::fs::read(key_file(private_key)).unwrap();
+    let key = match private_key {
+        key if key.starts_with("rsa") => jsonwebtoken::EncodingKey::from_rsa_pem(&pem),
+        key if key.starts_with("ec") => jsonwebtoken::EncodingKey::from_ec_pem(&pem),
+        _ => jsonwebtoken::EncodingKey::from_ed_pem(&pem),
+    }
+    .unwrap();
+    let mut header = jsonwebtoken::Header::new(algorithm);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(
+        &header,
+        &Claims {
+            sub,
+            exp: now + expires_in,
+        },
+        &key,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyer_tokens_verify_with_public_keys_and_key_sets() {
+    use jsonwebtoken::Algorithm::{ES256, EdDSA, HS256, PS256, RS256};
+    let http = client();
+    let body = json!({"qty": 1, "key": 1});
+    let rsa = key_file("rsa-public.pem");
+    let ec = key_file("ec-public.pem");
+    let server = serve(&[
+        "--in-memory",
+        "--auth",
+        "jwt",
+        "--jwt-key",
+        &rsa,
+        "--jwt-key",
+        &ec,
+    ]);
+    let buy = |token: String| {
+        call(
+            http.post(server.url("/sales/1/buy"))
+                .bearer_auth(token)
+                .json(&body),
+        )
+    };
+    for (algorithm, key, user) in [
+        (RS256, "rsa-private.pem", 5),
+        (PS256, "rsa-private.pem", 6),
+        (ES256, "ec-private.pem", 7),
+    ] {
+        let (status, bought) = buy(signed(algorithm, key, None, &user.to_string(), 600)).await;
+        assert_eq!(
+            (status, bought["user"].as_u64()),
+            (StatusCode::OK, Some(user)),
+            "{algorithm:?}: {bought}"
+        );
+    }
+    let public_pem = String::from_utf8(std::fs::read(&rsa).unwrap()).unwrap();
+    let hmac_with_public_key = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(HS256),
+        &json!({"sub": "8", "exp": 4_000_000_000u64}),
+        &jsonwebtoken::EncodingKey::from_secret(public_pem.as_bytes()),
+    )
+    .unwrap();
+    for (why, token) in [
+        (
+            "a key not given",
+            signed(EdDSA, "ed25519-private.pem", None, "8", 600),
+        ),
+        (
+            "expired",
+            signed(RS256, "rsa-private.pem", None, "8", -3600),
+        ),
+        (
+            "the public key passed off as an HMAC secret",
+            hmac_with_public_key,
+        ),
+    ] {
+        let (status, _) = buy(token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{why}");
+    }
+    server.terminate(Duration::from_secs(30));
+
+    // A JWKS: `rsa-1` for RS256 only, `ed-1` for EdDSA, `rsa-enc` (the same RSA key, for
+    // encryption) skipped (a set of it alone is refused below). A kid that names no key
+    // of ours is tried against each.
+    let jwks = key_file("jwks.json");
+    let server = serve(&["--in-memory", "--auth", "jwt", "--jwt-key", &jwks]);
+    let buy = |token: String| {
+        call(
+            http.post(server.url("/sales/1/buy"))
+                .bearer_auth(token)
+                .json(&body),
+        )
+    };
+    for (algorithm, key, kid, user) in [
+        (RS256, "rsa-private.pem", Some("rsa-1"), 5),
+        (EdDSA, "ed25519-private.pem", Some("ed-1"), 6),
+        (EdDSA, "ed25519-private.pem", None, 7),
+        (RS256, "rsa-private.pem", Some("a kid nobody has"), 8),
+    ] {
+        let (status, bought) = buy(signed(algorithm, key, kid, &user.to_string(), 600)).await;
+        assert_eq!(
+            (status, bought["user"].as_u64()),
+            (StatusCode::OK, Some(user)),
+            "{algorithm:?} {kid:?}: {bought}"
+        );
+    }
+    for (why, token) in [
+        (
+            "PS256 where the key names RS256",
+            signed(PS256, "rsa-private.pem", Some("rsa-1"), "9", 600),
+        ),
+        (
+            "signed by another key than its kid names",
+            signed(EdDSA, "ed25519-private.pem", Some("rsa-1"), "9", 600),
+        ),
+        (
+            "a key not in the set",
+            signed(ES256, "ec-private.pem", None, "9", 600),
+        ),
+    ] {
+        let (status, _) = buy(token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{why}");
+    }
+    server.terminate(Duration::from_secs(30));
+}
+
+#[test]
+fn bad_token_keys_stop_the_start_with_a_reason() {
+    let dir = std::env::temp_dir().join(format!("flashsale-jwt-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "not a key\n").unwrap();
+    let empty_set = dir.join("empty.json");
+    std::fs::write(&empty_set, r#"{"keys": [{"kty": "XYZ"}]}"#).unwrap();
+    let encryption_only = dir.join("encryption.json");
+    let set: Value =
+        serde_json::from_slice(&std::fs::read(key_file("jwks.json")).unwrap()).unwrap();
+    let encryption_key = set["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|key| key["use"] == "enc")
+        .unwrap();
+    std::fs::write(
+        &encryption_only,
+        json!({ "keys": [encryption_key] }).to_string(),
+    )
+    .unwrap();
+    let bad_rsa = dir.join("bad-rsa.pem");
+    std::fs::write(
+        &bad_rsa,
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let private = key_file("rsa-private.pem");
+    let public = key_file("rsa-public.pem");
+    let missing = dir.join("missing.pem");
+    for (args, expected) in [
+        (vec!["--jwt-key", &private], "holds a private key"),
+        (
+            vec!["--jwt-key", garbage.to_str().unwrap()],
+            "neither a PEM",
+        ),
+        (
+            vec!["--jwt-key", empty_set.to_str().unwrap()],
+            "no signing key",
+        ),
+        (
+            vec!["--jwt-key", bad_rsa.to_str().unwrap()],
+            "is not an RSA",
+        ),
+        (vec!["--jwt-key", missing.to_str().unwrap()], "missing.pem"),
+        (vec!["--jwt-key", &public, "--jwt-secret", "k1"], "not both"),
+        (vec![], "needs --jwt-secret"),
+    ] {
+        let mut all = vec!["--in-memory", "--auth", "jwt"];
+        all.extend(args);
+        let (code, stderr) = serve_fails(&all);
+        assert_eq!(code, 2, "{all:?}: {stderr}");
+        assert!(stderr.contains(expected), "{all:?}: {stderr}");
+    }
+    let (code, stderr) = serve_fails(&["--in-memory", "--auth", "header", "--jwt-key", &public]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--jwt-key is for --auth jwt"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buyers_are_who_their_token_or_proxy_says() {
     let server = serve(&["--in-memory", "--auth", "jwt", "--jwt-secret", "k1"]);

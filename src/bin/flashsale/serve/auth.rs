@@ -3,6 +3,7 @@
 
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 /// How a buyer is identified.
@@ -12,9 +13,255 @@ pub enum Buyers {
     /// A trusted front proxy authenticated the buyer and passes the id in this header
     /// (the proxy must strip it from what clients send).
     Header(axum::http::HeaderName),
-    /// The buyer presents `Authorization: Bearer <JWT>`, HS256, with the buyer id as its
-    /// `sub` claim and an `exp`.
-    Jwt(Box<(DecodingKey, Validation)>),
+    /// The buyer presents `Authorization: Bearer <JWT>` with the buyer id as its `sub`
+    /// claim and an `exp`, signed with a shared secret (HS256) or with the private half of
+    /// one of the public keys given.
+    Jwt(Box<TokenKeys>),
+}
+
+/// The keys buyer tokens are verified with: one HS256 secret, or public keys (RSA, EC,
+/// Ed25519), each accepting only the algorithms of its kind, so a token cannot pick a
+/// weaker algorithm or pass a public key off as an HMAC secret.
+pub struct TokenKeys {
+    keys: Vec<TokenKey>,
+    /// Tokens that verified with a public key, so a buyer's next request with the same
+    /// token costs a look-up, not a signature check (25-56 microseconds, against 1.5 for
+    /// HS256, which is not cached).
+    verified: Option<Verified>,
+}
+
+/// Tokens that verified, by their whole text (so one that differs in any byte is checked
+/// afresh), in shards of a few thousand each, a shard emptied when full. What a token
+/// says does not change, so a hit needs only its `exp` checked again.
+struct Verified {
+    shards: Box<[VerifiedShard]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// Verified tokens with the same hash modulo the shard count.
+type VerifiedShard = parking_lot::Mutex<std::collections::HashMap<Box<str>, Claims>>;
+
+/// Shards of [`Verified`], and tokens each holds: at most 16,384 tokens, about 10 MiB
+/// with tokens of 600 bytes.
+const VERIFIED_SHARDS: usize = 16;
+const VERIFIED_PER_SHARD: usize = 1024;
+
+impl Verified {
+    fn new() -> Self {
+        Self {
+            shards: (0..VERIFIED_SHARDS)
+                .map(|_| parking_lot::Mutex::new(std::collections::HashMap::new()))
+                .collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    fn shard(
+        &self,
+        token: &str,
+    ) -> &parking_lot::Mutex<std::collections::HashMap<Box<str>, Claims>> {
+        use std::hash::BuildHasher;
+        &self.shards[self.hasher.hash_one(token) as usize % VERIFIED_SHARDS]
+    }
+
+    fn get(&self, token: &str) -> Option<Claims> {
+        self.shard(token).lock().get(token).cloned()
+    }
+
+    fn insert(&self, token: &str, claims: &Claims) {
+        let mut shard = self.shard(token).lock();
+        if shard.len() >= VERIFIED_PER_SHARD {
+            shard.clear();
+        }
+        shard.insert(token.into(), claims.clone());
+    }
+}
+
+struct TokenKey {
+    /// The key's `kid`, when it came from a JWKS.
+    id: Option<String>,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// The most public keys `--jwt-key` files may hold together: a token without a `kid` is
+/// tried against each, and a verification costs tens of microseconds.
+pub const TOKEN_KEYS_MAX: usize = 16;
+
+impl TokenKey {
+    fn new(id: Option<String>, key: DecodingKey, algorithms: &[Algorithm]) -> Self {
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms.to_vec();
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            id,
+            key,
+            validation,
+        }
+    }
+}
+
+const RSA: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+const EC: &[Algorithm] = &[Algorithm::ES256, Algorithm::ES384];
+const ED: &[Algorithm] = &[Algorithm::EdDSA];
+const HMAC: &[Algorithm] = &[Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+
+impl TokenKeys {
+    /// Verifies HS256 tokens signed with `secret`.
+    pub fn secret(secret: &[u8]) -> Self {
+        Self {
+            keys: vec![TokenKey::new(
+                None,
+                DecodingKey::from_secret(secret),
+                &[Algorithm::HS256],
+            )],
+            verified: None,
+        }
+    }
+
+    /// Verifies tokens signed with the private halves of the public keys in `files`
+    /// (name, contents): each a public key in PEM (RSA, EC P-256 or P-384, Ed25519) or a
+    /// JWKS (the JSON an identity provider publishes at its `jwks_uri`).
+    ///
+    /// # Errors
+    /// What is wrong with which file, as one line.
+    pub fn public(files: &[(String, Vec<u8>)]) -> Result<Self, String> {
+        let mut keys = Vec::new();
+        for (name, contents) in files {
+            let text = String::from_utf8_lossy(contents);
+            let found = if text.trim_start().starts_with('{') {
+                jwks(contents).map_err(|why| format!("--jwt-key {name}: {why}"))?
+            } else {
+                vec![pem(&text).map_err(|why| format!("--jwt-key {name}: {why}"))?]
+            };
+            keys.extend(found);
+        }
+        if keys.is_empty() {
+            return Err("--jwt-key: no public key given".to_owned());
+        }
+        if keys.len() > TOKEN_KEYS_MAX {
+            return Err(format!(
+                "--jwt-key: {} keys, more than the {TOKEN_KEYS_MAX} a token may be tried against",
+                keys.len()
+            ));
+        }
+        Ok(Self {
+            keys,
+            verified: Some(Verified::new()),
+        })
+    }
+
+    /// The token's claims if it verifies (now): a token that verified before and has not
+    /// expired since, or one whose signature checks out against the key its `kid` names
+    /// when one of ours has that id, else against each key in turn.
+    fn verify(&self, token: &str) -> Option<Claims> {
+        self.verify_at(token, jsonwebtoken::get_current_timestamp())
+    }
+
+    /// [`verify`](Self::verify) at `now` (seconds since the Unix epoch), for a token
+    /// verified before; a signature check always uses the clock.
+    fn verify_at(&self, token: &str, now: u64) -> Option<Claims> {
+        if let Some(verified) = &self.verified
+            && let Some(claims) = verified.get(token)
+        {
+            // As `jsonwebtoken` checks it: expired once `exp` is more than the leeway ago.
+            let leeway = self.keys[0].validation.leeway;
+            return (claims.exp.saturating_add(leeway) >= now).then_some(claims);
+        }
+        let decode = |key: &TokenKey| {
+            jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation)
+                .ok()
+                .map(|data| data.claims)
+        };
+        let claims = if let [only] = self.keys.as_slice() {
+            decode(only)
+        } else {
+            let kid = jsonwebtoken::decode_header(token).ok()?.kid;
+            match kid.and_then(|kid| self.keys.iter().find(|key| key.id.as_ref() == Some(&kid))) {
+                Some(named) => decode(named),
+                None => self.keys.iter().find_map(decode),
+            }
+        }?;
+        if let Some(verified) = &self.verified {
+            verified.insert(token, &claims);
+        }
+        Some(claims)
+    }
+}
+
+/// One public key in PEM, of whichever kind it is.
+fn pem(text: &str) -> Result<TokenKey, String> {
+    if text.contains("PRIVATE KEY-----") {
+        return Err("holds a private key; give the public key".to_owned());
+    }
+    if !text.contains("-----BEGIN ") {
+        return Err("is neither a PEM public key nor a JWKS (JSON)".to_owned());
+    }
+    let bytes = text.as_bytes();
+    if let Ok(key) = DecodingKey::from_rsa_pem(bytes) {
+        return Ok(TokenKey::new(None, key, RSA));
+    }
+    if let Ok(key) = DecodingKey::from_ec_pem(bytes) {
+        return Ok(TokenKey::new(None, key, EC));
+    }
+    if let Ok(key) = DecodingKey::from_ed_pem(bytes) {
+        return Ok(TokenKey::new(None, key, ED));
+    }
+    Err("is not an RSA, EC (P-256, P-384) or Ed25519 public key in PEM".to_owned())
+}
+
+/// A JWKS, its keys not yet read: a key of a kind this server does not know (another
+/// curve, say) is skipped, not a reason to refuse the others.
+#[derive(serde::Deserialize)]
+struct KeySet {
+    keys: Vec<serde_json::Value>,
+}
+
+/// The signing keys of a JWKS: those not marked for encryption, with the algorithm each
+/// names or else every algorithm of its kind.
+fn jwks(contents: &[u8]) -> Result<Vec<TokenKey>, String> {
+    let set: KeySet =
+        serde_json::from_slice(contents).map_err(|why| format!("is not a JWKS: {why}"))?;
+    let mut keys = Vec::new();
+    for jwk in set.keys {
+        let Ok(jwk) = serde_json::from_value::<Jwk>(jwk) else {
+            continue;
+        };
+        if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
+            continue;
+        }
+        let kind = match jwk.algorithm {
+            AlgorithmParameters::RSA(_) => RSA,
+            AlgorithmParameters::EllipticCurve(_) => EC,
+            AlgorithmParameters::OctetKeyPair(_) => ED,
+            AlgorithmParameters::OctetKey(_) => HMAC,
+        };
+        let named = match jwk.common.key_algorithm {
+            Some(algorithm) => match algorithm.to_string().parse::<Algorithm>() {
+                Ok(algorithm) if kind.contains(&algorithm) => Some(algorithm),
+                // An encryption algorithm (`RSA-OAEP`...), or one not of the key's kind.
+                _ => continue,
+            },
+            None => None,
+        };
+        let key = DecodingKey::from_jwk(&jwk).map_err(|why| {
+            let id = jwk.common.key_id.as_deref().unwrap_or("without a kid");
+            format!("key {id}: {why}")
+        })?;
+        let algorithms = named.as_ref().map_or(kind, core::slice::from_ref);
+        keys.push(TokenKey::new(jwk.common.key_id.clone(), key, algorithms));
+    }
+    if keys.is_empty() {
+        return Err("holds no signing key".to_owned());
+    }
+    Ok(keys)
 }
 
 impl std::fmt::Debug for Buyers {
@@ -34,17 +281,17 @@ pub enum NotABuyer {
     Unauthorized(&'static str),
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Clone)]
 struct Claims {
     sub: String,
+    /// Seconds since the Unix epoch (required: a token without one does not verify).
+    exp: u64,
 }
 
 impl Buyers {
-    /// HS256 tokens signed with `secret`.
-    pub fn jwt(secret: &[u8]) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        Self::Jwt(Box::new((DecodingKey::from_secret(secret), validation)))
+    /// Tokens verified with `keys`.
+    pub fn jwt(keys: TokenKeys) -> Self {
+        Self::Jwt(Box::new(keys))
     }
 
     /// The authenticated buyer (`None` in demo mode: the body says).
@@ -62,11 +309,12 @@ impl Buyers {
                     .map(Some)
                     .ok_or(NotABuyer::Unauthorized("the buyer header is not a u64"))
             }
-            Self::Jwt(key) => {
+            Self::Jwt(keys) => {
                 let token = bearer(headers).ok_or(NotABuyer::Unauthorized("no bearer token"))?;
-                let data = jsonwebtoken::decode::<Claims>(token, &key.0, &key.1)
-                    .map_err(|_| NotABuyer::Unauthorized("the token does not verify"))?;
-                canonical_u64(&data.claims.sub)
+                let claims = keys
+                    .verify(token)
+                    .ok_or(NotABuyer::Unauthorized("the token does not verify"))?;
+                canonical_u64(&claims.sub)
                     .map(Some)
                     .ok_or(NotABuyer::Unauthorized(
                         "the token's sub is not a u64 buyer id",
@@ -111,6 +359,67 @@ pub fn canonical_u64(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/tests/fixtures/jwt/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_until_it_expires() {
+        let keys = TokenKeys::public(&[("rsa".to_owned(), fixture("rsa-public.pem"))]).unwrap();
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::RS256),
+            &serde_json::json!({"sub": "42", "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_rsa_pem(&fixture("rsa-private.pem")).unwrap(),
+        )
+        .unwrap();
+        let verified = keys.verified.as_ref().unwrap();
+        assert!(verified.get(&token).is_none());
+        assert_eq!(
+            keys.verify(&token).map(|claims| claims.sub).as_deref(),
+            Some("42")
+        );
+        assert!(verified.get(&token).is_some(), "remembered");
+        // From memory now: still good up to the leeway past `exp`, not after.
+        let leeway = keys.keys[0].validation.leeway;
+        assert!(keys.verify_at(&token, exp + leeway).is_some());
+        assert!(keys.verify_at(&token, exp + leeway + 1).is_none());
+        // One byte changed anywhere is another token, checked afresh, and refused.
+        for at in [token.len() - 2, token.find('.').unwrap() + 3] {
+            let mut forged = token.clone().into_bytes();
+            forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+            let forged = String::from_utf8(forged).unwrap();
+            assert!(keys.verify(&forged).is_none(), "changed at {at}");
+            assert!(verified.get(&forged).is_none());
+        }
+        // HS256 secrets are cheap to check and not remembered.
+        assert!(TokenKeys::secret(b"k").verified.is_none());
+    }
+
+    #[test]
+    fn a_full_shard_of_verified_tokens_starts_again() {
+        let verified = Verified::new();
+        let claims = Claims {
+            sub: "1".to_owned(),
+            exp: u64::MAX,
+        };
+        let tokens: Vec<String> = (0..VERIFIED_SHARDS * VERIFIED_PER_SHARD * 2)
+            .map(|i| format!("token {i}"))
+            .collect();
+        for token in &tokens {
+            verified.insert(token, &claims);
+        }
+        for shard in verified.shards.iter() {
+            let len = shard.lock().len();
+            assert!((1..=VERIFIED_PER_SHARD).contains(&len), "{len}");
+        }
+        assert!(verified.get(tokens.last().unwrap()).is_some());
+    }
 
     #[test]
     fn numbers_in_paths_and_headers_are_canonical() {

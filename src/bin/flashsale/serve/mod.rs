@@ -82,8 +82,8 @@ pub struct ServeArgs {
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// How buyers are identified: `demo` (the body's `user`, unchecked: for trying it
-    /// out), `header` (a trusted proxy's header, see --buyer-header), `jwt` (an HS256
-    /// bearer token whose `sub` is the buyer id, see --jwt-secret).
+    /// out), `header` (a trusted proxy's header, see --buyer-header), `jwt` (a signed
+    /// bearer token whose `sub` is the buyer id, see --jwt-secret and --jwt-key).
     #[arg(long, value_enum, default_value = "demo")]
     auth: AuthMode,
     /// The header a trusted front proxy puts the authenticated buyer id in.
@@ -92,6 +92,11 @@ pub struct ServeArgs {
     /// The HS256 secret buyer tokens are signed with (or FLASHSALE_JWT_SECRET).
     #[arg(long, env = "FLASHSALE_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// A file of public keys buyer tokens are signed for: a PEM public key (RSA, EC
+    /// P-256/P-384, Ed25519) or a JWKS (JSON, as an identity provider publishes it).
+    /// Repeat it for more (e.g. while keys rotate); instead of --jwt-secret.
+    #[arg(long, value_name = "FILE")]
+    jwt_key: Vec<std::path::PathBuf>,
     /// Requests per second each buyer may make (a token bucket; 429 beyond).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     rate_per_buyer: u32,
@@ -150,7 +155,7 @@ pub enum AuthMode {
     Demo,
     /// A trusted proxy's header.
     Header,
-    /// A signed HS256 token.
+    /// A signed token (HS256, or with a public key).
     Jwt,
 }
 
@@ -230,18 +235,11 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
                 )
             })?,
         ),
-        AuthMode::Jwt => {
-            let secret = args
-                .jwt_secret
-                .as_deref()
-                .filter(|secret| !secret.is_empty())
-                .ok_or((
-                    2,
-                    "--auth jwt needs --jwt-secret (or FLASHSALE_JWT_SECRET)".to_owned(),
-                ))?;
-            auth::Buyers::jwt(secret.as_bytes())
-        }
+        AuthMode::Jwt => auth::Buyers::jwt(token_keys(&args)?),
     };
+    if !args.jwt_key.is_empty() && args.auth != AuthMode::Jwt {
+        return Err((2, "--jwt-key is for --auth jwt".to_owned()));
+    }
     let quota = governor::Quota::per_second(
         NonZeroU32::new(args.rate_per_buyer).unwrap_or(NonZeroU32::MIN),
     )
@@ -422,6 +420,43 @@ fn connect_gateway(
 }
 
 /// The sale's epoch: read from the data directory, or written there on its first start.
+/// What `--auth jwt` verifies tokens with: the secret or the key files, one of them.
+fn token_keys(args: &ServeArgs) -> Result<auth::TokenKeys, Failure> {
+    let secret = args
+        .jwt_secret
+        .as_deref()
+        .filter(|secret| !secret.is_empty());
+    match (secret, args.jwt_key.as_slice()) {
+        (Some(_), [_, ..]) => Err((
+            2,
+            "--auth jwt takes --jwt-secret or --jwt-key, not both".to_owned(),
+        )),
+        (Some(secret), []) => Ok(auth::TokenKeys::secret(secret.as_bytes())),
+        (None, []) => Err((
+            2,
+            "--auth jwt needs --jwt-secret (or FLASHSALE_JWT_SECRET) or --jwt-key FILE".to_owned(),
+        )),
+        (None, paths) => {
+            let mut files = Vec::with_capacity(paths.len());
+            for path in paths {
+                let name = path.display().to_string();
+                // A key file is a few kilobytes; a JWKS a few more. Refuse to read a huge
+                // file (a wrong path) into memory.
+                let size = std::fs::metadata(path)
+                    .map_err(|why| (2, format!("--jwt-key {name}: {why}")))?
+                    .len();
+                if size > 1 << 20 {
+                    return Err((2, format!("--jwt-key {name}: {size} bytes, not a key file")));
+                }
+                let contents =
+                    std::fs::read(path).map_err(|why| (2, format!("--jwt-key {name}: {why}")))?;
+                files.push((name, contents));
+            }
+            auth::TokenKeys::public(&files).map_err(|why| (2, why))
+        }
+    }
+}
+
 fn epoch_of(dir: &std::path::Path) -> Result<SystemTime, Failure> {
     std::fs::create_dir_all(dir).map_err(|error| {
         (
