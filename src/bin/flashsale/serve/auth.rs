@@ -45,6 +45,9 @@ type VerifiedShard = parking_lot::Mutex<std::collections::HashMap<Box<str>, Clai
 /// with tokens of 600 bytes.
 const VERIFIED_SHARDS: usize = 16;
 const VERIFIED_PER_SHARD: usize = 1024;
+/// The longest token remembered (a few hundred bytes is usual); a longer one is checked
+/// on every use, so memory stays bounded at 64 MiB whatever tokens the provider signs.
+const VERIFIED_TOKEN_MAX: usize = 4096;
 
 impl Verified {
     fn new() -> Self {
@@ -69,6 +72,9 @@ impl Verified {
     }
 
     fn insert(&self, token: &str, claims: &Claims) {
+        if token.len() > VERIFIED_TOKEN_MAX {
+            return;
+        }
         let mut shard = self.shard(token).lock();
         if shard.len() >= VERIFIED_PER_SHARD {
             shard.clear();
@@ -419,6 +425,9 @@ mod tests {
             assert!((1..=VERIFIED_PER_SHARD).contains(&len), "{len}");
         }
         assert!(verified.get(tokens.last().unwrap()).is_some());
+        let long = "t".repeat(VERIFIED_TOKEN_MAX + 1);
+        verified.insert(&long, &claims);
+        assert!(verified.get(&long).is_none(), "too long to remember");
     }
 
     #[test]
