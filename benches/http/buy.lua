@@ -2,6 +2,8 @@
 -- buyer (1..BUYERS, default 10,000,000) with a fresh idempotency key, so the engine sees
 -- a crowd of distinct buyers, some pressing more than once.
 --   wrk -s benches/http/buy.lua http://127.0.0.1:8080
+-- With TOKENS=FILE (one bearer token per line, for a server run with `--auth jwt`), each
+-- request is a buyer's instead, the tokens taken in turn, and the body names no user.
 local buyers = tonumber(os.getenv("BUYERS") or "10000000")
 local sku = os.getenv("SKU") or "1"
 local counter = 0
@@ -13,8 +15,16 @@ function setup(thread)
     thread:set("thread_number", next_thread)
 end
 
+local tokens = {}
+local token_file = os.getenv("TOKENS")
+
 function init(args)
     math.randomseed(os.time() + thread_number * 7919)
+    if token_file then
+        for line in io.lines(token_file) do
+            tokens[#tokens + 1] = line
+        end
+    end
 end
 
 wrk.method = "POST"
@@ -25,6 +35,11 @@ function request()
     counter = counter + 1
     -- Keys are unique across wrk threads: the thread's number in the high digits.
     local key = thread_number * 1000000000000 + counter
+    if #tokens > 0 then
+        local token = tokens[(counter + thread_number) % #tokens + 1]
+        local body = string.format('{"qty":1,"key":%d}', key)
+        return wrk.format(nil, path, { ["Authorization"] = "Bearer " .. token }, body)
+    end
     local user = math.random(1, buyers)
     local body = string.format('{"user":%d,"qty":1,"key":%d}', user, key)
     return wrk.format(nil, path, nil, body)

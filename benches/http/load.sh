@@ -14,6 +14,10 @@
 #   journaled  the same with the journal on (a data directory, each group commit synced).
 #   sold-out   POST /sales/1/buy, 1,000 units, in memory: sold out at once; then the
 #              sold-out gate answers 409 without queueing.
+#   rs256      as selling, but each buyer identified by an RS256 token (`--auth jwt
+#              --jwt-key`, the test key pair under tests/fixtures/jwt): 1,000 buyers'
+#              tokens, signed here with openssl, taken in turn, so after its first use
+#              each token is one the server remembers; buyers may buy without limit.
 # With CLUSTER=1 (builds with the feature `cluster`), two more in the same run, through
 # `flashsale serve --nats` (a gateway) in front of one `flashsale node` and a 3-server
 # NATS JetStream cluster (scripts/nats.sh, R3 logs), all on this machine:
@@ -36,6 +40,7 @@ WRK_THREADS="${WRK_THREADS:-1}"
 SERVER_THREADS="${SERVER_THREADS:-1}"
 
 bash scripts/apt-install.sh wrk wrk || exit 1
+bash scripts/apt-install.sh openssl openssl || exit 1
 
 CLUSTER="${CLUSTER:-0}"
 if [ "$CLUSTER" = 1 ]; then
@@ -71,11 +76,16 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# start_server STOCK MODE: starts a server (MODE: memory or journal) selling STOCK units of
-# SKU 1 on a free port; sets $pid and $port.
+# start_server STOCK MODE: starts a server (MODE: memory, journal, cluster, or rs256: in
+# memory with RS256 buyer tokens) selling STOCK units of SKU 1 on a free port; sets $pid
+# and $port.
 start_server() {
     printf '[[sku]]\nid = 1\nproduct = "Load"\nstock = %s\n' "$1" >"$dir/sale.toml"
     local storage=(--in-memory)
+    if [ "$2" = rs256 ]; then
+        printf 'limit = 1000000000\n' >>"$dir/sale.toml"
+        storage=(--in-memory --auth jwt --jwt-key tests/fixtures/jwt/rsa-public.pem)
+    fi
     if [ "$2" = journal ]; then
         rm -rf "$dir/data"
         storage=(--data "$dir/data")
@@ -109,6 +119,21 @@ start_server() {
     echo "load.sh: could not start flashsale serve on a free port" >&2
     cat "$dir/server.log" >&2
     exit 1
+}
+
+# make_tokens N FILE: N RS256 tokens, for buyers 1..N, valid for a day, one per line,
+# signed with the test key.
+make_tokens() {
+    local b64url='openssl base64 -A | tr "+/" "-_" | tr -d "="'
+    local header payload signature exp
+    exp=$(($(date +%s) + 86400))
+    header=$(printf '{"alg":"RS256","typ":"JWT"}' | eval "$b64url")
+    for buyer in $(seq 1 "$1"); do
+        payload=$(printf '{"sub":"%d","exp":%d}' "$buyer" "$exp" | eval "$b64url")
+        signature=$(printf '%s.%s' "$header" "$payload" |
+            openssl dgst -sha256 -sign tests/fixtures/jwt/rsa-private.pem -binary | eval "$b64url")
+        printf '%s.%s.%s\n' "$header" "$payload" "$signature"
+    done >"$2"
 }
 
 # The engine's part of each buy, from the server's metrics: p50 / p90 / p99 in µs.
@@ -228,6 +253,8 @@ scenario http-only 1000 memory /healthz
 scenario selling 1000000000 memory "" -s benches/http/buy.lua
 scenario journaled 1000000000 journal "" -s benches/http/buy.lua
 scenario sold-out 1000 memory "" -s benches/http/buy.lua
+make_tokens 1000 "$dir/tokens.txt"
+TOKENS="$dir/tokens.txt" scenario rs256 1000000000 rs256 "" -s benches/http/buy.lua
 if [ "$CLUSTER" = 1 ]; then
     scenario cluster-selling 1000000000 cluster "" -s benches/http/buy.lua
     scenario cluster-sold-out 1000 cluster "" -s benches/http/buy.lua
