@@ -31,7 +31,7 @@ pub struct TokenKeys {
 }
 
 /// Tokens that verified, by their whole text (so one that differs in any byte is checked
-/// afresh), in shards of a few thousand each, a shard emptied when full. What a token
+/// afresh), in shards of up to 1,024 each, a shard emptied when full. What a token
 /// says does not change, so a hit needs only its `exp` checked again.
 struct Verified {
     shards: Box<[VerifiedShard]>,
@@ -59,10 +59,7 @@ impl Verified {
         }
     }
 
-    fn shard(
-        &self,
-        token: &str,
-    ) -> &parking_lot::Mutex<std::collections::HashMap<Box<str>, Claims>> {
+    fn shard(&self, token: &str) -> &VerifiedShard {
         use std::hash::BuildHasher;
         &self.shards[self.hasher.hash_one(token) as usize % VERIFIED_SHARDS]
     }
