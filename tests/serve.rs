@@ -644,24 +644,21 @@ fn key_file(name: &str) -> String {
     format!("{}/tests/fixtures/jwt/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A token for buyer `sub` signed with a test private key, expiring `expires_in` seconds
-/// from now (negative: expired).
-fn signed(
+/// Seconds since the Unix epoch.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A token saying `claims`, signed with a test private key.
+fn signed_claims(
     algorithm: jsonwebtoken::Algorithm,
     private_key: &str,
     kid: Option<&str>,
-    sub: &str,
-    expires_in: i64,
+    claims: &Value,
 ) -> String {
-    #[derive(serde::Serialize)]
-    struct Claims<'a> {
-        sub: &'a str,
-        exp: i64,
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
     let pem = std::fs::read(key_file(private_key)).unwrap();
     let key = match private_key {
         key if key.starts_with("rsa") => jsonwebtoken::EncodingKey::from_rsa_pem(&pem),
@@ -671,15 +668,24 @@ fn signed(
     .unwrap();
     let mut header = jsonwebtoken::Header::new(algorithm);
     header.kid = kid.map(str::to_owned);
-    jsonwebtoken::encode(
-        &header,
-        &Claims {
-            sub,
-            exp: now + expires_in,
-        },
-        &key,
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+/// A token for buyer `sub` signed with a test private key, expiring `expires_in` seconds
+/// from now (negative: expired).
+fn signed(
+    algorithm: jsonwebtoken::Algorithm,
+    private_key: &str,
+    kid: Option<&str>,
+    sub: &str,
+    expires_in: i64,
+) -> String {
+    signed_claims(
+        algorithm,
+        private_key,
+        kid,
+        &json!({"sub": sub, "exp": unix_now() + expires_in}),
     )
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -788,6 +794,81 @@ async fn buyer_tokens_verify_with_public_keys_and_key_sets() {
     server.terminate(Duration::from_secs(30));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyer_tokens_name_the_audience_and_issuer_asked_for() {
+    use jsonwebtoken::Algorithm::RS256;
+    let http = client();
+    let body = json!({"qty": 1, "key": 1});
+    let rsa = key_file("rsa-public.pem");
+    let exp = unix_now() + 600;
+    let token = |claims: Value| signed_claims(RS256, "rsa-private.pem", None, &claims);
+    let server = serve(&[
+        "--in-memory",
+        "--auth",
+        "jwt",
+        "--jwt-key",
+        &rsa,
+        "--jwt-audience",
+        "flash-shop",
+        "--jwt-audience",
+        "flash-shop-eu",
+        "--jwt-issuer",
+        "https://id.example",
+    ]);
+    let buy = |token: String| {
+        call(
+            http.post(server.url("/sales/1/buy"))
+                .bearer_auth(token)
+                .json(&body),
+        )
+    };
+    let iss = "https://id.example";
+    for (user, aud) in [
+        (5, json!("flash-shop")),
+        (6, json!(["other", "flash-shop-eu"])),
+    ] {
+        let (status, bought) = buy(token(
+            json!({"sub": user.to_string(), "exp": exp, "aud": aud, "iss": iss}),
+        ))
+        .await;
+        assert_eq!(
+            (status, bought["user"].as_u64()),
+            (StatusCode::OK, Some(user)),
+            "{aud}: {bought}"
+        );
+    }
+    for (why, claims) in [
+        (
+            "another audience",
+            json!({"sub": "7", "exp": exp, "aud": "other", "iss": iss}),
+        ),
+        ("no audience", json!({"sub": "7", "exp": exp, "iss": iss})),
+        (
+            "another issuer",
+            json!({"sub": "7", "exp": exp, "aud": "flash-shop", "iss": "https://evil.example"}),
+        ),
+        (
+            "no issuer",
+            json!({"sub": "7", "exp": exp, "aud": "flash-shop"}),
+        ),
+    ] {
+        let (status, _) = buy(token(claims)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{why}");
+    }
+    server.terminate(Duration::from_secs(30));
+
+    // Without --jwt-audience, a token for some audience is not for this server.
+    let server = serve(&["--in-memory", "--auth", "jwt", "--jwt-key", &rsa]);
+    let (status, _) = call(
+        http.post(server.url("/sales/1/buy"))
+            .bearer_auth(token(json!({"sub": "8", "exp": exp, "aud": "flash-shop"})))
+            .json(&body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    server.terminate(Duration::from_secs(30));
+}
+
 #[test]
 fn bad_token_keys_stop_the_start_with_a_reason() {
     let dir = std::env::temp_dir().join(format!("flashsale-jwt-keys-{}", std::process::id()));
@@ -843,9 +924,14 @@ fn bad_token_keys_stop_the_start_with_a_reason() {
         assert_eq!(code, 2, "{all:?}: {stderr}");
         assert!(stderr.contains(expected), "{all:?}: {stderr}");
     }
-    let (code, stderr) = serve_fails(&["--in-memory", "--auth", "header", "--jwt-key", &public]);
-    assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("--jwt-key is for --auth jwt"), "{stderr}");
+    for flag in ["--jwt-key", "--jwt-audience", "--jwt-issuer"] {
+        let (code, stderr) = serve_fails(&["--in-memory", "--auth", "header", flag, &public]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains(&format!("{flag} is for --auth jwt")),
+            "{stderr}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -91,11 +91,37 @@ struct TokenKey {
 /// tried against each, and a verification costs tens of microseconds.
 pub const TOKEN_KEYS_MAX: usize = 16;
 
+/// What a token must say besides its buyer and expiry: an audience among `audience` and
+/// an issuer among `issuer`, each only when given. A token that names an audience is
+/// refused when no audience is given (as RFC 7519 asks: a server not named in `aud` is
+/// not the one the token is for).
+#[derive(Debug, Clone, Default)]
+pub struct TokenRules {
+    /// Accepted `aud` values (`--jwt-audience`).
+    pub audience: Vec<String>,
+    /// Accepted `iss` values (`--jwt-issuer`).
+    pub issuer: Vec<String>,
+}
+
 impl TokenKey {
-    fn new(id: Option<String>, key: DecodingKey, algorithms: &[Algorithm]) -> Self {
+    fn new(
+        id: Option<String>,
+        key: DecodingKey,
+        algorithms: &[Algorithm],
+        rules: &TokenRules,
+    ) -> Self {
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms.to_vec();
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        if !rules.audience.is_empty() {
+            validation.set_audience(&rules.audience);
+            required.push("aud");
+        }
+        if !rules.issuer.is_empty() {
+            validation.set_issuer(&rules.issuer);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         Self {
             id,
             key,
@@ -114,35 +140,36 @@ const RSA: &[Algorithm] = &[
 ];
 const EC: &[Algorithm] = &[Algorithm::ES256, Algorithm::ES384];
 const ED: &[Algorithm] = &[Algorithm::EdDSA];
-const HMAC: &[Algorithm] = &[Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
 
 impl TokenKeys {
-    /// Verifies HS256 tokens signed with `secret`.
-    pub fn secret(secret: &[u8]) -> Self {
+    /// Verifies HS256 tokens signed with `secret` that say what `rules` ask.
+    pub fn secret(secret: &[u8], rules: &TokenRules) -> Self {
         Self {
             keys: vec![TokenKey::new(
                 None,
                 DecodingKey::from_secret(secret),
                 &[Algorithm::HS256],
+                rules,
             )],
             verified: None,
         }
     }
 
     /// Verifies tokens signed with the private halves of the public keys in `files`
-    /// (name, contents): each a public key in PEM (RSA, EC P-256 or P-384, Ed25519) or a
-    /// JWKS (the JSON an identity provider publishes at its `jwks_uri`).
+    /// (name, contents), each a public key in PEM (RSA, EC P-256 or P-384, Ed25519) or a
+    /// JWKS (the JSON an identity provider publishes at its `jwks_uri`), that say what
+    /// `rules` ask.
     ///
     /// # Errors
     /// What is wrong with which file, as one line.
-    pub fn public(files: &[(String, Vec<u8>)]) -> Result<Self, String> {
+    pub fn public(files: &[(String, Vec<u8>)], rules: &TokenRules) -> Result<Self, String> {
         let mut keys = Vec::new();
         for (name, contents) in files {
             let text = String::from_utf8_lossy(contents);
             let found = if text.trim_start().starts_with('{') {
-                jwks(contents).map_err(|why| format!("--jwt-key {name}: {why}"))?
+                jwks(contents, rules).map_err(|why| format!("--jwt-key {name}: {why}"))?
             } else {
-                vec![pem(&text).map_err(|why| format!("--jwt-key {name}: {why}"))?]
+                vec![pem(&text, rules).map_err(|why| format!("--jwt-key {name}: {why}"))?]
             };
             keys.extend(found);
         }
@@ -200,7 +227,7 @@ impl TokenKeys {
 }
 
 /// One public key in PEM, of whichever kind it is.
-fn pem(text: &str) -> Result<TokenKey, String> {
+fn pem(text: &str, rules: &TokenRules) -> Result<TokenKey, String> {
     if text.contains("PRIVATE KEY-----") {
         return Err("holds a private key; give the public key".to_owned());
     }
@@ -209,13 +236,13 @@ fn pem(text: &str) -> Result<TokenKey, String> {
     }
     let bytes = text.as_bytes();
     if let Ok(key) = DecodingKey::from_rsa_pem(bytes) {
-        return Ok(TokenKey::new(None, key, RSA));
+        return Ok(TokenKey::new(None, key, RSA, rules));
     }
     if let Ok(key) = DecodingKey::from_ec_pem(bytes) {
-        return Ok(TokenKey::new(None, key, EC));
+        return Ok(TokenKey::new(None, key, EC, rules));
     }
     if let Ok(key) = DecodingKey::from_ed_pem(bytes) {
-        return Ok(TokenKey::new(None, key, ED));
+        return Ok(TokenKey::new(None, key, ED, rules));
     }
     Err("is not an RSA, EC (P-256, P-384) or Ed25519 public key in PEM".to_owned())
 }
@@ -229,7 +256,7 @@ struct KeySet {
 
 /// The signing keys of a JWKS: those not marked for encryption, with the algorithm each
 /// names or else every algorithm of its kind.
-fn jwks(contents: &[u8]) -> Result<Vec<TokenKey>, String> {
+fn jwks(contents: &[u8], rules: &TokenRules) -> Result<Vec<TokenKey>, String> {
     let set: KeySet =
         serde_json::from_slice(contents).map_err(|why| format!("is not a JWKS: {why}"))?;
     let mut keys = Vec::new();
@@ -244,7 +271,8 @@ fn jwks(contents: &[u8]) -> Result<Vec<TokenKey>, String> {
             AlgorithmParameters::RSA(_) => RSA,
             AlgorithmParameters::EllipticCurve(_) => EC,
             AlgorithmParameters::OctetKeyPair(_) => ED,
-            AlgorithmParameters::OctetKey(_) => HMAC,
+            // A shared secret has no place in a set of public keys.
+            AlgorithmParameters::OctetKey(_) => continue,
         };
         let named = match jwk.common.key_algorithm {
             Some(algorithm) => match algorithm.to_string().parse::<Algorithm>() {
@@ -259,7 +287,12 @@ fn jwks(contents: &[u8]) -> Result<Vec<TokenKey>, String> {
             format!("key {id}: {why}")
         })?;
         let algorithms = named.as_ref().map_or(kind, core::slice::from_ref);
-        keys.push(TokenKey::new(jwk.common.key_id.clone(), key, algorithms));
+        keys.push(TokenKey::new(
+            jwk.common.key_id.clone(),
+            key,
+            algorithms,
+            rules,
+        ));
     }
     if keys.is_empty() {
         return Err("holds no signing key".to_owned());
@@ -373,7 +406,11 @@ mod tests {
 
     #[test]
     fn a_verified_token_is_remembered_until_it_expires() {
-        let keys = TokenKeys::public(&[("rsa".to_owned(), fixture("rsa-public.pem"))]).unwrap();
+        let keys = TokenKeys::public(
+            &[("rsa".to_owned(), fixture("rsa-public.pem"))],
+            &TokenRules::default(),
+        )
+        .unwrap();
         let exp = jsonwebtoken::get_current_timestamp() + 600;
         let token = jsonwebtoken::encode(
             &jsonwebtoken::Header::new(Algorithm::RS256),
@@ -401,7 +438,29 @@ mod tests {
             assert!(verified.get(&forged).is_none());
         }
         // HS256 secrets are cheap to check and not remembered.
-        assert!(TokenKeys::secret(b"k").verified.is_none());
+        assert!(
+            TokenKeys::secret(b"k", &TokenRules::default())
+                .verified
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_key_set_offers_public_keys_only() {
+        let rules = TokenRules::default();
+        let secret = br#"{"keys": [{"kty": "oct", "kid": "s", "k": "c2VjcmV0"}]}"#;
+        let refused = TokenKeys::public(&[("set".to_owned(), secret.to_vec())], &rules);
+        assert_eq!(
+            refused.err().as_deref(),
+            Some("--jwt-key set: holds no signing key")
+        );
+        let keys = TokenKeys::public(&[("set".to_owned(), fixture("jwks.json"))], &rules).unwrap();
+        let ids: Vec<_> = keys.keys.iter().map(|key| key.id.as_deref()).collect();
+        assert_eq!(
+            ids,
+            [Some("rsa-1"), Some("ed-1")],
+            "the encryption key skipped"
+        );
     }
 
     #[test]

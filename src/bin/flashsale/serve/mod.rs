@@ -97,6 +97,14 @@ pub struct ServeArgs {
     /// Repeat it for more (e.g. while keys rotate); instead of --jwt-secret.
     #[arg(long, value_name = "FILE")]
     jwt_key: Vec<std::path::PathBuf>,
+    /// An audience buyer tokens may be for (their `aud`); repeat it for more. Given, a
+    /// token must name one; not given, a token that names any is refused.
+    #[arg(long, value_name = "AUD")]
+    jwt_audience: Vec<String>,
+    /// An issuer buyer tokens may come from (their `iss`); repeat it for more. Given, a
+    /// token must name one.
+    #[arg(long, value_name = "ISS")]
+    jwt_issuer: Vec<String>,
     /// Requests per second each buyer may make (a token bucket; 429 beyond).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     rate_per_buyer: u32,
@@ -237,8 +245,15 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
         ),
         AuthMode::Jwt => auth::Buyers::jwt(token_keys(&args)?),
     };
-    if !args.jwt_key.is_empty() && args.auth != AuthMode::Jwt {
-        return Err((2, "--jwt-key is for --auth jwt".to_owned()));
+    let token_flags = [
+        ("--jwt-key", args.jwt_key.is_empty()),
+        ("--jwt-audience", args.jwt_audience.is_empty()),
+        ("--jwt-issuer", args.jwt_issuer.is_empty()),
+    ];
+    if let Some((flag, _)) = token_flags.iter().find(|(_, absent)| !absent)
+        && args.auth != AuthMode::Jwt
+    {
+        return Err((2, format!("{flag} is for --auth jwt")));
     }
     let quota = governor::Quota::per_second(
         NonZeroU32::new(args.rate_per_buyer).unwrap_or(NonZeroU32::MIN),
@@ -426,12 +441,16 @@ fn token_keys(args: &ServeArgs) -> Result<auth::TokenKeys, Failure> {
         .jwt_secret
         .as_deref()
         .filter(|secret| !secret.is_empty());
+    let rules = auth::TokenRules {
+        audience: args.jwt_audience.clone(),
+        issuer: args.jwt_issuer.clone(),
+    };
     match (secret, args.jwt_key.as_slice()) {
         (Some(_), [_, ..]) => Err((
             2,
             "--auth jwt takes --jwt-secret or --jwt-key, not both".to_owned(),
         )),
-        (Some(secret), []) => Ok(auth::TokenKeys::secret(secret.as_bytes())),
+        (Some(secret), []) => Ok(auth::TokenKeys::secret(secret.as_bytes(), &rules)),
         (None, []) => Err((
             2,
             "--auth jwt needs --jwt-secret (or FLASHSALE_JWT_SECRET) or --jwt-key FILE".to_owned(),
@@ -452,7 +471,7 @@ fn token_keys(args: &ServeArgs) -> Result<auth::TokenKeys, Failure> {
                     std::fs::read(path).map_err(|why| (2, format!("--jwt-key {name}: {why}")))?;
                 files.push((name, contents));
             }
-            auth::TokenKeys::public(&files).map_err(|why| (2, why))
+            auth::TokenKeys::public(&files, &rules).map_err(|why| (2, why))
         }
     }
 }
