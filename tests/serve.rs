@@ -688,11 +688,33 @@ fn signed(
     )
 }
 
+/// One unit of SKU 1 bought by whoever `token` says, with key 1.
+async fn buy_with_token(
+    http: &reqwest::Client,
+    server: &Serve,
+    token: String,
+) -> (StatusCode, Value) {
+    call(
+        http.post(server.url("/sales/1/buy"))
+            .bearer_auth(token)
+            .json(&json!({"qty": 1, "key": 1})),
+    )
+    .await
+}
+
+/// That a buy was confirmed for `user`.
+fn assert_bought((status, bought): (StatusCode, Value), user: u64, context: &str) {
+    assert_eq!(
+        (status, bought["user"].as_u64()),
+        (StatusCode::OK, Some(user)),
+        "{context}: {bought}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buyer_tokens_verify_with_public_keys_and_key_sets() {
     use jsonwebtoken::Algorithm::{ES256, EdDSA, HS256, PS256, RS256};
     let http = client();
-    let body = json!({"qty": 1, "key": 1});
     let rsa = key_file("rsa-public.pem");
     let ec = key_file("ec-public.pem");
     let server = serve(&[
@@ -704,24 +726,14 @@ async fn buyer_tokens_verify_with_public_keys_and_key_sets() {
         "--jwt-key",
         &ec,
     ]);
-    let buy = |token: String| {
-        call(
-            http.post(server.url("/sales/1/buy"))
-                .bearer_auth(token)
-                .json(&body),
-        )
-    };
+    let buy = |token: String| buy_with_token(&http, &server, token);
     for (algorithm, key, user) in [
         (RS256, "rsa-private.pem", 5),
         (PS256, "rsa-private.pem", 6),
         (ES256, "ec-private.pem", 7),
     ] {
-        let (status, bought) = buy(signed(algorithm, key, None, &user.to_string(), 600)).await;
-        assert_eq!(
-            (status, bought["user"].as_u64()),
-            (StatusCode::OK, Some(user)),
-            "{algorithm:?}: {bought}"
-        );
+        let answer = buy(signed(algorithm, key, None, &user.to_string(), 600)).await;
+        assert_bought(answer, user, &format!("{algorithm:?}"));
     }
     let public_pem = String::from_utf8(std::fs::read(&rsa).unwrap()).unwrap();
     let hmac_with_public_key = jsonwebtoken::encode(
@@ -754,25 +766,15 @@ async fn buyer_tokens_verify_with_public_keys_and_key_sets() {
     // of ours is tried against each.
     let jwks = key_file("jwks.json");
     let server = serve(&["--in-memory", "--auth", "jwt", "--jwt-key", &jwks]);
-    let buy = |token: String| {
-        call(
-            http.post(server.url("/sales/1/buy"))
-                .bearer_auth(token)
-                .json(&body),
-        )
-    };
+    let buy = |token: String| buy_with_token(&http, &server, token);
     for (algorithm, key, kid, user) in [
         (RS256, "rsa-private.pem", Some("rsa-1"), 5),
         (EdDSA, "ed25519-private.pem", Some("ed-1"), 6),
         (EdDSA, "ed25519-private.pem", None, 7),
         (RS256, "rsa-private.pem", Some("a kid nobody has"), 8),
     ] {
-        let (status, bought) = buy(signed(algorithm, key, kid, &user.to_string(), 600)).await;
-        assert_eq!(
-            (status, bought["user"].as_u64()),
-            (StatusCode::OK, Some(user)),
-            "{algorithm:?} {kid:?}: {bought}"
-        );
+        let answer = buy(signed(algorithm, key, kid, &user.to_string(), 600)).await;
+        assert_bought(answer, user, &format!("{algorithm:?} {kid:?}"));
     }
     for (why, token) in [
         (
@@ -798,7 +800,6 @@ async fn buyer_tokens_verify_with_public_keys_and_key_sets() {
 async fn buyer_tokens_name_the_audience_and_issuer_asked_for() {
     use jsonwebtoken::Algorithm::RS256;
     let http = client();
-    let body = json!({"qty": 1, "key": 1});
     let rsa = key_file("rsa-public.pem");
     let exp = unix_now() + 600;
     let token = |claims: Value| signed_claims(RS256, "rsa-private.pem", None, &claims);
@@ -815,27 +816,14 @@ async fn buyer_tokens_name_the_audience_and_issuer_asked_for() {
         "--jwt-issuer",
         "https://id.example",
     ]);
-    let buy = |token: String| {
-        call(
-            http.post(server.url("/sales/1/buy"))
-                .bearer_auth(token)
-                .json(&body),
-        )
-    };
+    let buy = |token: String| buy_with_token(&http, &server, token);
     let iss = "https://id.example";
     for (user, aud) in [
         (5, json!("flash-shop")),
         (6, json!(["other", "flash-shop-eu"])),
     ] {
-        let (status, bought) = buy(token(
-            json!({"sub": user.to_string(), "exp": exp, "aud": aud, "iss": iss}),
-        ))
-        .await;
-        assert_eq!(
-            (status, bought["user"].as_u64()),
-            (StatusCode::OK, Some(user)),
-            "{aud}: {bought}"
-        );
+        let claims = json!({"sub": user.to_string(), "exp": exp, "aud": aud, "iss": iss});
+        assert_bought(buy(token(claims)).await, user, &aud.to_string());
     }
     for (why, claims) in [
         (
@@ -859,12 +847,8 @@ async fn buyer_tokens_name_the_audience_and_issuer_asked_for() {
 
     // Without --jwt-audience, a token for some audience is not for this server.
     let server = serve(&["--in-memory", "--auth", "jwt", "--jwt-key", &rsa]);
-    let (status, _) = call(
-        http.post(server.url("/sales/1/buy"))
-            .bearer_auth(token(json!({"sub": "8", "exp": exp, "aud": "flash-shop"})))
-            .json(&body),
-    )
-    .await;
+    let for_some_audience = token(json!({"sub": "8", "exp": exp, "aud": "flash-shop"}));
+    let (status, _) = buy_with_token(&http, &server, for_some_audience).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     server.terminate(Duration::from_secs(30));
 }
