@@ -25,7 +25,7 @@ pub enum Buyers {
 pub struct TokenKeys {
     keys: Vec<TokenKey>,
     /// Tokens that verified with a public key, so a buyer's next request with the same
-    /// token costs a look-up, not a signature check (25-56 microseconds, against 1.5 for
+    /// token costs a look-up, not a signature check (22-58 microseconds, against 1.1 for
     /// HS256, which is not cached).
     verified: Option<Verified>,
 }
