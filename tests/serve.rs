@@ -118,6 +118,24 @@ impl Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGHUP, then waits (up to a minute) for a line of standard error that says `said`.
+    fn hang_up_until(&self, said: &str) -> String {
+        // SAFETY: kill(2) on our own child's pid; it has not been reaped (wait not called).
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGHUP);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no line saying {said:?} after SIGHUP"));
+            if line.contains(said) {
+                return line;
+            }
+        }
+    }
 }
 
 impl Drop for Serve {
@@ -850,6 +868,62 @@ async fn buyer_tokens_name_the_audience_and_issuer_asked_for() {
     let for_some_audience = token(json!({"sub": "8", "exp": exp, "aud": "flash-shop"}));
     let (status, _) = buy_with_token(&http, &server, for_some_audience).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    server.terminate(Duration::from_secs(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reads_the_token_keys_again() {
+    use jsonwebtoken::Algorithm::{ES256, RS256};
+    let dir = scratch("sighup");
+    let keys = dir.join("keys.pem");
+    std::fs::copy(key_file("rsa-public.pem"), &keys).unwrap();
+    let http = client();
+    let server = serve(&[
+        "--in-memory",
+        "--auth",
+        "jwt",
+        "--jwt-key",
+        keys.to_str().unwrap(),
+    ]);
+    let rsa = || signed(RS256, "rsa-private.pem", None, "5", 600);
+    let ec = || signed(ES256, "ec-private.pem", None, "6", 600);
+    assert_bought(buy_with_token(&http, &server, rsa()).await, 5, "RSA");
+    let (status, _) = buy_with_token(&http, &server, ec()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "EC, before it is given");
+
+    // The provider rotates to its EC key: the file is replaced, and SIGHUP reads it.
+    std::fs::copy(key_file("ec-public.pem"), &keys).unwrap();
+    server.hang_up_until("buyer token keys read again: 1 keys");
+    assert_bought(
+        buy_with_token(&http, &server, ec()).await,
+        6,
+        "EC, now given",
+    );
+    let (status, _) = buy_with_token(&http, &server, rsa()).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the RSA token, remembered as verified, is forgotten with its key"
+    );
+
+    // A file that does not read leaves the keys as they were.
+    std::fs::write(&keys, "not a key\n").unwrap();
+    let line = server.hang_up_until("the old buyer token keys stay");
+    assert!(line.contains("neither a PEM"), "{line}");
+    let (status, again) = buy_with_token(&http, &server, ec()).await;
+    assert_eq!(
+        (status, again["reason"].as_str()),
+        (StatusCode::CONFLICT, Some("duplicate")),
+        "EC, kept: the buyer's key 1 again, not a 401"
+    );
+    server.terminate(Duration::from_secs(30));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Without key files a SIGHUP changes nothing, and does not stop the server.
+    let server = serve(&["--in-memory"]);
+    server.hang_up_until("nothing to read again");
+    let (status, _) = call(http.get(server.url("/sales"))).await;
+    assert_eq!(status, StatusCode::OK);
     server.terminate(Duration::from_secs(30));
 }
 

@@ -16,7 +16,26 @@ pub enum Buyers {
     /// The buyer presents `Authorization: Bearer <JWT>` with the buyer id as its `sub`
     /// claim and an `exp`, signed with a shared secret (HS256) or with the private half of
     /// one of the public keys given.
-    Jwt(Box<TokenKeys>),
+    Jwt(Box<Tokens>),
+}
+
+/// The keys tokens are verified with now: replaced whole when the key files are read
+/// again (on SIGHUP), with the tokens remembered as verified, which a removed key may
+/// have verified.
+pub struct Tokens {
+    keys: parking_lot::RwLock<TokenKeys>,
+}
+
+impl Tokens {
+    /// How many keys tokens are checked against now.
+    pub fn key_count(&self) -> usize {
+        self.keys.read().keys.len()
+    }
+
+    /// Verifies with `keys` from now on.
+    pub fn replace(&self, keys: TokenKeys) {
+        *self.keys.write() = keys;
+    }
 }
 
 /// The keys buyer tokens are verified with: one HS256 secret, or public keys (RSA, EC,
@@ -327,7 +346,9 @@ struct Claims {
 impl Buyers {
     /// Tokens verified with `keys`.
     pub fn jwt(keys: TokenKeys) -> Self {
-        Self::Jwt(Box::new(keys))
+        Self::Jwt(Box::new(Tokens {
+            keys: parking_lot::RwLock::new(keys),
+        }))
     }
 
     /// The authenticated buyer (`None` in demo mode: the body says).
@@ -345,9 +366,11 @@ impl Buyers {
                     .map(Some)
                     .ok_or(NotABuyer::Unauthorized("the buyer header is not a u64"))
             }
-            Self::Jwt(keys) => {
+            Self::Jwt(tokens) => {
                 let token = bearer(headers).ok_or(NotABuyer::Unauthorized("no bearer token"))?;
-                let claims = keys
+                let claims = tokens
+                    .keys
+                    .read()
                     .verify(token)
                     .ok_or(NotABuyer::Unauthorized("the token does not verify"))?;
                 canonical_u64(&claims.sub)

@@ -299,12 +299,22 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
     let signals = {
         let _runtime = runtime.enter();
         Signals::listen()
-            .map_err(|error| (1, format!("cannot listen for SIGTERM and SIGINT: {error}")))?
+            .map_err(|error| (1, format!("cannot listen for SIGTERM, SIGINT and SIGHUP: {error}")))?
     };
+    let Signals {
+        terminate,
+        interrupt,
+        hangup,
+    } = signals;
     let signal = runtime.spawn(async move {
-        signals.stopped().await;
+        Signals::stopped(terminate, interrupt).await;
         let _ = stop.send(true);
     });
+    let reload = runtime.spawn(Signals::reload_on_hangup(
+        hangup,
+        server.clone(),
+        KeySource::of(&args),
+    ));
 
     match &server.buyers {
         auth::Buyers::Demo => eprintln!(
@@ -336,6 +346,7 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
         Ok(what) => what,
         Err(failure) => {
             signal.abort();
+            reload.abort();
             accept.abort();
             return Err(failure);
         }
@@ -345,6 +356,7 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
     runtime.block_on(async {
         let _ = signal.await;
     });
+    reload.abort();
     eprintln!(
         "flashsale serve: stopping (up to {:?} for requests in flight)",
         args.shutdown_grace
@@ -441,38 +453,63 @@ fn token_keys(args: &ServeArgs) -> Result<auth::TokenKeys, Failure> {
         .jwt_secret
         .as_deref()
         .filter(|secret| !secret.is_empty());
-    let rules = auth::TokenRules {
-        audience: args.jwt_audience.clone(),
-        issuer: args.jwt_issuer.clone(),
-    };
-    match (secret, args.jwt_key.as_slice()) {
-        (Some(_), [_, ..]) => Err((
+    match (secret, KeySource::of(args)) {
+        (Some(_), Some(_)) => Err((
             2,
             "--auth jwt takes --jwt-secret or --jwt-key, not both".to_owned(),
         )),
-        (Some(secret), []) => Ok(auth::TokenKeys::secret(secret.as_bytes(), &rules)),
-        (None, []) => Err((
+        (Some(secret), None) => Ok(auth::TokenKeys::secret(
+            secret.as_bytes(),
+            &KeySource::rules(args),
+        )),
+        (None, None) => Err((
             2,
             "--auth jwt needs --jwt-secret (or FLASHSALE_JWT_SECRET) or --jwt-key FILE".to_owned(),
         )),
-        (None, paths) => {
-            let mut files = Vec::with_capacity(paths.len());
-            for path in paths {
-                let name = path.display().to_string();
-                // A key file is a few kilobytes; a JWKS a few more. Refuse to read a huge
-                // file (a wrong path) into memory.
-                let size = std::fs::metadata(path)
-                    .map_err(|why| (2, format!("--jwt-key {name}: {why}")))?
-                    .len();
-                if size > 1 << 20 {
-                    return Err((2, format!("--jwt-key {name}: {size} bytes, not a key file")));
-                }
-                let contents =
-                    std::fs::read(path).map_err(|why| (2, format!("--jwt-key {name}: {why}")))?;
-                files.push((name, contents));
-            }
-            auth::TokenKeys::public(&files, &rules).map_err(|why| (2, why))
+        (None, Some(keys)) => keys.load(),
+    }
+}
+
+/// The `--jwt-key` files and what tokens must say: read at start, and again on SIGHUP.
+struct KeySource {
+    paths: Vec<std::path::PathBuf>,
+    rules: auth::TokenRules,
+}
+
+impl KeySource {
+    /// The key files of `args`, if any.
+    fn of(args: &ServeArgs) -> Option<Self> {
+        (!args.jwt_key.is_empty()).then(|| Self {
+            paths: args.jwt_key.clone(),
+            rules: Self::rules(args),
+        })
+    }
+
+    fn rules(args: &ServeArgs) -> auth::TokenRules {
+        auth::TokenRules {
+            audience: args.jwt_audience.clone(),
+            issuer: args.jwt_issuer.clone(),
         }
+    }
+
+    /// Reads the files.
+    fn load(&self) -> Result<auth::TokenKeys, Failure> {
+        let mut files = Vec::with_capacity(self.paths.len());
+        for path in &self.paths {
+            let name = path.display().to_string();
+            // A key file is a few kilobytes; a JWKS a few more. Refuse to read a huge file
+            // (a wrong path) into memory.
+            let size = std::fs::metadata(path)
+                .map_err(|why| (2, format!("--jwt-key {name}: {why}")))?
+                .len();
+            if size > 1 << 20 {
+                return Err((2, format!("--jwt-key {name}: {size} bytes, not a key file")));
+            }
+            let contents =
+                std::fs::read(path).map_err(|why| (2, format!("--jwt-key {name}: {why}")))?;
+            files.push((name, contents));
+        }
+        auth::TokenKeys::public(&files, &self.rules).map_err(|why| (2, why))
     }
 }
 
@@ -672,10 +709,11 @@ pub async fn until_stopping(mut stopping: watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stopping| *stopping).await;
 }
 
-/// SIGTERM and SIGINT (Ctrl-C), listened for from the moment this is made.
+/// SIGTERM and SIGINT (Ctrl-C), listened for from the moment this is made, and SIGHUP.
 struct Signals {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -685,14 +723,45 @@ impl Signals {
         Ok(Self {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
+    /// Reads the buyer token key files again on each SIGHUP (a server without key files
+    /// says there is nothing to read), until its task is aborted.
+    async fn reload_on_hangup(
+        mut hangup: tokio::signal::unix::Signal,
+        server: Arc<Server>,
+        keys: Option<KeySource>,
+    ) {
+        while hangup.recv().await.is_some() {
+            let (auth::Buyers::Jwt(tokens), Some(keys)) = (&server.buyers, &keys) else {
+                eprintln!("flashsale serve: SIGHUP: nothing to read again (no --jwt-key files)");
+                continue;
+            };
+            match keys.load() {
+                Ok(loaded) => {
+                    tokens.replace(loaded);
+                    eprintln!(
+                        "flashsale serve: SIGHUP: buyer token keys read again: {} keys",
+                        tokens.key_count()
+                    );
+                }
+                Err((_, why)) => {
+                    eprintln!("flashsale serve: SIGHUP: the old buyer token keys stay: {why}")
+                }
+            }
+        }
+    }
+
     /// Resolves on the first SIGTERM or SIGINT.
-    async fn stopped(mut self) {
+    async fn stopped(
+        mut terminate: tokio::signal::unix::Signal,
+        mut interrupt: tokio::signal::unix::Signal,
+    ) {
         tokio::select! {
-            _ = self.terminate.recv() => {}
-            _ = self.interrupt.recv() => {}
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
     }
 }
