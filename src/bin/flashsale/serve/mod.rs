@@ -298,8 +298,12 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
     // follows "ready" (or comes during recovery) always starts a clean shutdown.
     let signals = {
         let _runtime = runtime.enter();
-        Signals::listen()
-            .map_err(|error| (1, format!("cannot listen for SIGTERM, SIGINT and SIGHUP: {error}")))?
+        Signals::listen().map_err(|error| {
+            (
+                1,
+                format!("cannot listen for SIGTERM, SIGINT and SIGHUP: {error}"),
+            )
+        })?
     };
     let Signals {
         terminate,
