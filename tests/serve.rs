@@ -592,6 +592,12 @@ fn start_up_errors_are_one_line_and_exit_2() {
     let (code, stderr) = serve_fails(&["--in-memory", "--catalog", &bad]);
     assert_eq!(code, 2);
     assert!(stderr.contains("the file: field `pool_slice`"), "{stderr}");
+    // Not a catalog file at all: a device that never ends, a directory.
+    for not_a_file in ["/dev/zero", dir.to_str().unwrap()] {
+        let (code, stderr) = serve_fails(&["--in-memory", "--catalog", not_a_file]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("not a file"), "{stderr}");
+    }
     let (code, stderr) = serve_fails(&["--in-memory", "--threads", "0"]);
     assert_eq!(code, 2, "{stderr}");
     let (code, stderr) = serve_fails(&["--in-memory", "--order-capacity", "67108865"]);
@@ -973,6 +979,8 @@ fn bad_token_keys_stop_the_start_with_a_reason() {
             "is not an RSA",
         ),
         (vec!["--jwt-key", missing.to_str().unwrap()], "missing.pem"),
+        (vec!["--jwt-key", "/dev/zero"], "not a file"),
+        (vec!["--jwt-key", dir.to_str().unwrap()], "not a file"),
         (vec!["--jwt-key", &public, "--jwt-secret", "k1"], "not both"),
         (vec![], "needs --jwt-secret"),
     ] {

@@ -52,9 +52,13 @@ fn malformed_scenario_file_exits_2_with_one_line() {
     std::fs::write(&bad_field, "name = \"x\"\nstok_per_product = 10\n").unwrap();
     let bad_value = dir.join("bad_value.toml");
     std::fs::write(&bad_value, "press_fraction = 3.0\n").unwrap();
+    let dev_zero = std::path::PathBuf::from("/dev/zero");
     for (path, field) in [
         (&bad_field, "stok_per_product"),
         (&bad_value, "press_fraction"),
+        // A device that never ends and a directory are refused, not read.
+        (&dev_zero, "not a file"),
+        (&dir, "not a file"),
     ] {
         let output = simulate(&["--file", path.to_str().unwrap()]);
         assert_eq!(output.status.code(), Some(2));

@@ -4,6 +4,7 @@
 mod compare;
 mod fsync;
 mod hiccups;
+mod input;
 #[cfg(all(feature = "cluster", not(loom)))]
 mod node;
 mod output;
@@ -203,7 +204,7 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 fn scenario_of(knobs: &Knobs) -> Result<Scenario, String> {
     let mut scenario = match &knobs.file {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
+            let text = input::read_bounded_text(path, input::DESCRIPTION_MAX)
                 .map_err(|error| format!("file: {}: {error}", path.display()))?;
             Scenario::from_toml(&text)
                 .map_err(|error| format!("file {}: {error}", path.display()))?

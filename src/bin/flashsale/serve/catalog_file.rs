@@ -83,7 +83,7 @@ impl std::fmt::Display for CatalogFileError {
 /// engine clock reads 0 there).
 pub fn load(path: &Path, epoch: SystemTime) -> Result<Catalog, CatalogFileError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path)
+    let text = crate::input::read_bounded_text(path, crate::input::DESCRIPTION_MAX)
         .map_err(|error| CatalogFileError(format!("{name}: cannot be read: {error}")))?;
     parse(&name, &text, epoch)
 }

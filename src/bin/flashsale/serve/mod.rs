@@ -501,16 +501,9 @@ impl KeySource {
         let mut files = Vec::with_capacity(self.paths.len());
         for path in &self.paths {
             let name = path.display().to_string();
-            // A key file is a few kilobytes; a JWKS a few more. Refuse to read a huge file
-            // (a wrong path) into memory.
-            let size = std::fs::metadata(path)
-                .map_err(|why| (2, format!("--jwt-key {name}: {why}")))?
-                .len();
-            if size > 1 << 20 {
-                return Err((2, format!("--jwt-key {name}: {size} bytes, not a key file")));
-            }
-            let contents =
-                std::fs::read(path).map_err(|why| (2, format!("--jwt-key {name}: {why}")))?;
+            // A key file is a few kilobytes, a JWKS a few more.
+            let contents = crate::input::read_bounded(path, 1 << 20)
+                .map_err(|why| (2, format!("--jwt-key {name}: {why}")))?;
             files.push((name, contents));
         }
         auth::TokenKeys::public(&files, &self.rules).map_err(|why| (2, why))
