@@ -450,7 +450,6 @@ fn connect_gateway(
     match nats {}
 }
 
-/// The sale's epoch: read from the data directory, or written there on its first start.
 /// What `--auth jwt` verifies tokens with: the secret or the key files, one of them.
 fn token_keys(args: &ServeArgs) -> Result<auth::TokenKeys, Failure> {
     let secret = args
@@ -510,6 +509,7 @@ impl KeySource {
     }
 }
 
+/// The sale's epoch: read from the data directory, or written there on its first start.
 fn epoch_of(dir: &std::path::Path) -> Result<SystemTime, Failure> {
     std::fs::create_dir_all(dir).map_err(|error| {
         (
