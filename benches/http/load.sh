@@ -5,8 +5,8 @@
 #   bash benches/http/load.sh
 #   DURATION=5 CONNECTIONS=128 SERVER_THREADS=2 bash benches/http/load.sh
 #
-# Installs Debian's wrk if it is missing (apt-get; needs root or sudo), builds the binary,
-# then runs four scenarios, each on a fresh server bound to 127.0.0.1 on a free port, for
+# Installs Debian's wrk and openssl if missing (apt-get; needs root or sudo), builds the binary,
+# then runs five scenarios, each on a fresh server bound to 127.0.0.1 on a free port, for
 # DURATION seconds (default 10), stopping the server after each (also on failure or
 # Ctrl-C):
 #   http-only  GET /healthz: the cost of HTTP and JSON alone, the baseline for the others.
