@@ -935,8 +935,7 @@ async fn sighup_reads_the_token_keys_again() {
 
 #[test]
 fn bad_token_keys_stop_the_start_with_a_reason() {
-    let dir = std::env::temp_dir().join(format!("flashsale-jwt-keys-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("jwt-keys");
     let garbage = dir.join("garbage.pem");
     std::fs::write(&garbage, "not a key\n").unwrap();
     let empty_set = dir.join("empty.json");
