@@ -125,12 +125,17 @@ impl Serve {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGHUP);
         }
+        self.said(said)
+    }
+
+    /// Waits (up to a minute) for a line of standard error that says `said`.
+    fn said(&self, said: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let line = self
                 .lines
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("no line saying {said:?} after SIGHUP"));
+                .unwrap_or_else(|_| panic!("no line saying {said:?}"));
             if line.contains(said) {
                 return line;
             }
@@ -668,6 +673,90 @@ fn key_file(name: &str) -> String {
     format!("{}/tests/fixtures/jwt/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+fn tls_file(name: &str) -> String {
+    format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// An identity provider's key URL: https on 127.0.0.1 with the test CA's certificate,
+/// answering every GET with the status and body last set, counting the GETs. Its thread
+/// serves one connection at a time until the test process ends.
+struct KeyServer {
+    url: String,
+    answer: std::sync::Arc<std::sync::Mutex<(u16, Vec<u8>)>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl KeyServer {
+    fn start(body: Vec<u8>) -> Self {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(tls_file("server.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(tls_file("server-key.pem")).unwrap();
+        let config = std::sync::Arc::new(
+            rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "https://127.0.0.1:{}/.well-known/jwks.json",
+            listener.local_addr().unwrap().port()
+        );
+        let answer = std::sync::Arc::new(std::sync::Mutex::new((200, body)));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (given, counted) = (answer.clone(), fetches.clone());
+        std::thread::spawn(move || {
+            for tcp in listener.incoming().map_while(Result::ok) {
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+                let Ok(tls) = rustls::ServerConnection::new(config.clone()) else {
+                    continue;
+                };
+                let mut stream = rustls::StreamOwned::new(tls, tcp);
+                let mut request = Vec::new();
+                let mut byte = [0u8; 1];
+                while !request.ends_with(b"\r\n\r\n") && matches!(stream.read(&mut byte), Ok(1)) {
+                    request.push(byte[0]);
+                }
+                if !request.starts_with(b"GET ") {
+                    continue;
+                }
+                let (status, body) = given.lock().unwrap().clone();
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body);
+                stream.conn.send_close_notify();
+                let _ = stream.flush();
+            }
+        });
+        Self {
+            url,
+            answer,
+            fetches,
+        }
+    }
+
+    fn answer(&self, status: u16, body: Vec<u8>) {
+        *self.answer.lock().unwrap() = (status, body);
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// Seconds since the Unix epoch.
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
@@ -933,6 +1022,80 @@ async fn sighup_reads_the_token_keys_again() {
     server.terminate(Duration::from_secs(30));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyer_token_keys_are_fetched_from_a_url_and_again_when_they_change() {
+    use jsonwebtoken::Algorithm::{ES256, RS256};
+    let provider = KeyServer::start(std::fs::read(key_file("jwks.json")).unwrap());
+    let ca = tls_file("ca.pem");
+    let http = client();
+    let server = serve(&[
+        "--in-memory",
+        "--auth",
+        "jwt",
+        "--jwt-key",
+        &provider.url,
+        "--jwt-ca",
+        &ca,
+        "--jwt-key-refresh",
+        "100ms",
+    ]);
+    let rsa = || signed(RS256, "rsa-private.pem", Some("rsa-1"), "5", 600);
+    let ec = || signed(ES256, "ec-private.pem", None, "6", 600);
+    assert_bought(
+        buy_with_token(&http, &server, rsa()).await,
+        5,
+        "RSA, from the URL",
+    );
+    let (status, _) = buy_with_token(&http, &server, ec()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "EC, not published yet");
+
+    // The provider rotates to its EC key (served as PEM): the next refresh takes it.
+    provider.answer(200, std::fs::read(key_file("ec-public.pem")).unwrap());
+    server.said("buyer token keys changed where they are read from: 1 keys");
+    assert_bought(
+        buy_with_token(&http, &server, ec()).await,
+        6,
+        "EC, now published",
+    );
+    let (status, _) = buy_with_token(&http, &server, rsa()).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the RSA token, remembered as verified, is forgotten with its key"
+    );
+
+    // The provider fails: the keys stay, and it is tried again.
+    provider.answer(500, b"down".to_vec());
+    let line = server.said("buyer token keys not read again");
+    assert!(line.contains("answered 500"), "{line}");
+    let (status, again) = buy_with_token(&http, &server, ec()).await;
+    assert_eq!(
+        (status, again["reason"].as_str()),
+        (StatusCode::CONFLICT, Some("duplicate")),
+        "EC, kept: the buyer's key 1 again, not a 401"
+    );
+
+    // Back with the same keys: fetched, and nothing changes.
+    provider.answer(200, std::fs::read(key_file("ec-public.pem")).unwrap());
+    let fetched = provider.fetches();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while provider.fetches() < fetched + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no fetches after the provider came back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let said: Vec<String> = server.lines.try_iter().collect();
+    assert!(
+        said.iter().all(|line| !line.contains("changed")),
+        "the same keys fetched again are not new keys: {said:?}"
+    );
+    // SIGHUP fetches too.
+    server.hang_up_until("buyer token keys read again: 1 keys");
+    server.terminate(Duration::from_secs(30));
+}
+
 #[test]
 fn bad_token_keys_stop_the_start_with_a_reason() {
     let dir = scratch("jwt-keys");
@@ -963,6 +1126,11 @@ fn bad_token_keys_stop_the_start_with_a_reason() {
     let private = key_file("rsa-private.pem");
     let public = key_file("rsa-public.pem");
     let missing = dir.join("missing.pem");
+    let provider = KeyServer::start(std::fs::read(key_file("jwks.json")).unwrap());
+    let missing_provider = KeyServer::start(b"not here".to_vec());
+    missing_provider.answer(404, b"not here".to_vec());
+    let missing_url = missing_provider.url.clone();
+    let ca = tls_file("ca.pem");
     for (args, expected) in [
         (vec!["--jwt-key", &private], "holds a private key"),
         (
@@ -982,6 +1150,36 @@ fn bad_token_keys_stop_the_start_with_a_reason() {
         (vec!["--jwt-key", dir.to_str().unwrap()], "not a file"),
         (vec!["--jwt-key", &public, "--jwt-secret", "k1"], "not both"),
         (vec![], "needs --jwt-secret"),
+        (vec!["--jwt-key", &provider.url], "invalid peer certificate"),
+        (
+            vec!["--jwt-key", &missing_url, "--jwt-ca", &ca],
+            "answered 404",
+        ),
+        (
+            vec!["--jwt-key", "http://id.example.com/jwks"],
+            "only from this machine",
+        ),
+        (
+            vec!["--jwt-key", "https://127.0.0.1:1/jwks", "--jwt-ca", &ca],
+            "cannot connect",
+        ),
+        (
+            vec![
+                "--jwt-key",
+                &provider.url,
+                "--jwt-ca",
+                garbage.to_str().unwrap(),
+            ],
+            "no PEM certificate",
+        ),
+        (
+            vec!["--jwt-key", &public, "--jwt-ca", &ca],
+            "is for --jwt-key https URLs",
+        ),
+        (
+            vec!["--jwt-key", &public, "--jwt-key-refresh", "0s"],
+            "must be above 0",
+        ),
     ] {
         let mut all = vec!["--in-memory", "--auth", "jwt"];
         all.extend(args);
@@ -989,7 +1187,7 @@ fn bad_token_keys_stop_the_start_with_a_reason() {
         assert_eq!(code, 2, "{all:?}: {stderr}");
         assert!(stderr.contains(expected), "{all:?}: {stderr}");
     }
-    for flag in ["--jwt-key", "--jwt-audience", "--jwt-issuer"] {
+    for flag in ["--jwt-key", "--jwt-audience", "--jwt-issuer", "--jwt-ca"] {
         let (code, stderr) = serve_fails(&["--in-memory", "--auth", "header", flag, &public]);
         assert_eq!(code, 2, "{stderr}");
         assert!(

@@ -21,6 +21,7 @@ pub mod catalog_file;
 mod cluster;
 mod dashboard;
 mod feed;
+mod fetch;
 mod metrics;
 mod routes;
 
@@ -92,11 +93,20 @@ pub struct ServeArgs {
     /// The HS256 secret buyer tokens are signed with (or FLASHSALE_JWT_SECRET).
     #[arg(long, env = "FLASHSALE_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
-    /// A file of public keys buyer tokens are signed for: a PEM public key (RSA, EC
-    /// P-256/P-384, Ed25519) or a JWKS (JSON, as an identity provider publishes it).
-    /// Repeat it for more (e.g. while keys rotate); instead of --jwt-secret.
+    /// Public keys buyer tokens are signed with: a file or an https URL holding a PEM
+    /// public key (RSA, EC P-256/P-384, Ed25519) or a JWKS (JSON, as an identity
+    /// provider publishes it at its `jwks_uri`). Repeat it for more; instead of
+    /// --jwt-secret. Files are read again on SIGHUP, URLs also every --jwt-key-refresh.
+    #[arg(long, value_name = "FILE|URL")]
+    jwt_key: Vec<String>,
+    /// How often --jwt-key URLs are fetched again (the keys change only if what they
+    /// hold did; a failed fetch keeps the old keys and is tried again within 30 s).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    jwt_key_refresh: Duration,
+    /// A PEM file of CA certificates to trust for --jwt-key https URLs, besides the
+    /// system's (an identity provider inside the company); repeat it for more.
     #[arg(long, value_name = "FILE")]
-    jwt_key: Vec<std::path::PathBuf>,
+    jwt_ca: Vec<PathBuf>,
     /// An audience buyer tokens may be for (their `aud`); repeat it for more. Given, a
     /// token must name one; not given, a token that names any is refused.
     #[arg(long, value_name = "AUD")]
@@ -230,6 +240,18 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
             catalog_file::parse("the demo sale", DEMO_SALE, epoch).map_err(|error| (1, error.0))?
         }
     };
+    let token_flags = [
+        ("--jwt-key", args.jwt_key.is_empty()),
+        ("--jwt-audience", args.jwt_audience.is_empty()),
+        ("--jwt-issuer", args.jwt_issuer.is_empty()),
+        ("--jwt-ca", args.jwt_ca.is_empty()),
+    ];
+    if let Some((flag, _)) = token_flags.iter().find(|(_, absent)| !absent)
+        && args.auth != AuthMode::Jwt
+    {
+        return Err((2, format!("{flag} is for --auth jwt")));
+    }
+    let key_source = KeySource::of(&args)?.map(Arc::new);
     let buyers = match args.auth {
         AuthMode::Demo => auth::Buyers::Demo,
         AuthMode::Header => auth::Buyers::Header(
@@ -243,18 +265,8 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
                 )
             })?,
         ),
-        AuthMode::Jwt => auth::Buyers::jwt(token_keys(&args)?),
+        AuthMode::Jwt => auth::Buyers::jwt(token_keys(&args, key_source.as_deref(), &runtime)?),
     };
-    let token_flags = [
-        ("--jwt-key", args.jwt_key.is_empty()),
-        ("--jwt-audience", args.jwt_audience.is_empty()),
-        ("--jwt-issuer", args.jwt_issuer.is_empty()),
-    ];
-    if let Some((flag, _)) = token_flags.iter().find(|(_, absent)| !absent)
-        && args.auth != AuthMode::Jwt
-    {
-        return Err((2, format!("{flag} is for --auth jwt")));
-    }
     let quota = governor::Quota::per_second(
         NonZeroU32::new(args.rate_per_buyer).unwrap_or(NonZeroU32::MIN),
     )
@@ -317,8 +329,11 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
     let reload = runtime.spawn(Signals::reload_on_hangup(
         hangup,
         server.clone(),
-        KeySource::of(&args),
+        key_source.clone(),
     ));
+    let refresh = key_source
+        .filter(|keys| keys.has_urls())
+        .map(|keys| runtime.spawn(refresh_keys(server.clone(), keys, args.jwt_key_refresh)));
 
     match &server.buyers {
         auth::Buyers::Demo => eprintln!(
@@ -351,6 +366,7 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
         Err(failure) => {
             signal.abort();
             reload.abort();
+            refresh.iter().for_each(|task| task.abort());
             accept.abort();
             return Err(failure);
         }
@@ -361,6 +377,7 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
         let _ = signal.await;
     });
     reload.abort();
+    refresh.iter().for_each(|task| task.abort());
     eprintln!(
         "flashsale serve: stopping (up to {:?} for requests in flight)",
         args.shutdown_grace
@@ -450,13 +467,18 @@ fn connect_gateway(
     match nats {}
 }
 
-/// What `--auth jwt` verifies tokens with: the secret or the key files, one of them.
-fn token_keys(args: &ServeArgs) -> Result<auth::TokenKeys, Failure> {
+/// What `--auth jwt` verifies tokens with: the secret or the key files and URLs, one of
+/// them.
+fn token_keys(
+    args: &ServeArgs,
+    keys: Option<&KeySource>,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<auth::TokenKeys, Failure> {
     let secret = args
         .jwt_secret
         .as_deref()
         .filter(|secret| !secret.is_empty());
-    match (secret, KeySource::of(args)) {
+    match (secret, keys) {
         (Some(_), Some(_)) => Err((
             2,
             "--auth jwt takes --jwt-secret or --jwt-key, not both".to_owned(),
@@ -467,25 +489,71 @@ fn token_keys(args: &ServeArgs) -> Result<auth::TokenKeys, Failure> {
         )),
         (None, None) => Err((
             2,
-            "--auth jwt needs --jwt-secret (or FLASHSALE_JWT_SECRET) or --jwt-key FILE".to_owned(),
+            "--auth jwt needs --jwt-secret (or FLASHSALE_JWT_SECRET) or --jwt-key FILE|URL"
+                .to_owned(),
         )),
-        (None, Some(keys)) => keys.load(),
+        (None, Some(keys)) => runtime.block_on(keys.load()),
     }
 }
 
-/// The `--jwt-key` files and what tokens must say: read at start, and again on SIGHUP.
-struct KeySource {
-    paths: Vec<std::path::PathBuf>,
-    rules: auth::TokenRules,
+/// Where a `--jwt-key` is read from.
+enum KeyPlace {
+    File(PathBuf),
+    Url(fetch::KeyUrl),
 }
 
+/// The `--jwt-key` files and URLs and what tokens must say: read at start and again on
+/// SIGHUP, the URLs also every `--jwt-key-refresh`.
+struct KeySource {
+    places: Vec<KeyPlace>,
+    rules: auth::TokenRules,
+    /// Only with a URL among the places.
+    fetcher: Option<fetch::Fetcher>,
+    /// What the places held when last read, so that a refresh that finds the same
+    /// changes nothing (a change of keys empties the verified-token memory).
+    last: parking_lot::Mutex<Vec<(String, Vec<u8>)>>,
+}
+
+/// After a failed refresh, the next try comes this soon (or at the refresh period, if
+/// sooner).
+const KEY_RETRY: Duration = Duration::from_secs(30);
+
 impl KeySource {
-    /// The key files of `args`, if any.
-    fn of(args: &ServeArgs) -> Option<Self> {
-        (!args.jwt_key.is_empty()).then(|| Self {
-            paths: args.jwt_key.clone(),
+    /// The key files and URLs of `args`, if any.
+    fn of(args: &ServeArgs) -> Result<Option<Self>, Failure> {
+        if args.jwt_key.is_empty() {
+            return Ok(None);
+        }
+        let places = args
+            .jwt_key
+            .iter()
+            .map(|given| {
+                if fetch::KeyUrl::is_url(given) {
+                    fetch::KeyUrl::parse(given)
+                        .map(KeyPlace::Url)
+                        .map_err(|why| (2, format!("--jwt-key {given}: {why}")))
+                } else {
+                    Ok(KeyPlace::File(PathBuf::from(given)))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let urls = places.iter().any(|place| matches!(place, KeyPlace::Url(_)));
+        if !urls && !args.jwt_ca.is_empty() {
+            return Err((2, "--jwt-ca is for --jwt-key https URLs".to_owned()));
+        }
+        if args.jwt_key_refresh.is_zero() {
+            return Err((2, "--jwt-key-refresh must be above 0".to_owned()));
+        }
+        let fetcher = urls
+            .then(|| fetch::Fetcher::new(&args.jwt_ca))
+            .transpose()
+            .map_err(|why| (2, why))?;
+        Ok(Some(Self {
+            places,
             rules: Self::rules(args),
-        })
+            fetcher,
+            last: parking_lot::Mutex::new(Vec::new()),
+        }))
     }
 
     fn rules(args: &ServeArgs) -> auth::TokenRules {
@@ -495,17 +563,84 @@ impl KeySource {
         }
     }
 
-    /// Reads the files.
-    fn load(&self) -> Result<auth::TokenKeys, Failure> {
-        let mut files = Vec::with_capacity(self.paths.len());
-        for path in &self.paths {
-            let name = path.display().to_string();
-            // A key file is a few kilobytes, a JWKS a few more.
-            let contents = crate::input::read_bounded(path, 1 << 20)
-                .map_err(|why| (2, format!("--jwt-key {name}: {why}")))?;
-            files.push((name, contents));
+    fn has_urls(&self) -> bool {
+        self.fetcher.is_some()
+    }
+
+    /// Reads every file and fetches every URL, named as given.
+    async fn read(&self) -> Result<Vec<(String, Vec<u8>)>, Failure> {
+        let mut contents = Vec::with_capacity(self.places.len());
+        for place in &self.places {
+            contents.push(match (place, &self.fetcher) {
+                (KeyPlace::File(path), _) => {
+                    let name = path.display().to_string();
+                    // A key file is a few kilobytes, a JWKS a few more.
+                    let read = crate::input::read_bounded(path, fetch::KEYS_MAX as u64)
+                        .map_err(|why| (2, format!("--jwt-key {name}: {why}")))?;
+                    (name, read)
+                }
+                (KeyPlace::Url(url), Some(fetcher)) => {
+                    let fetched = fetcher
+                        .fetch(url)
+                        .await
+                        .map_err(|why| (2, format!("--jwt-key {url}: {why}")))?;
+                    (url.to_string(), fetched)
+                }
+                (KeyPlace::Url(_), None) => unreachable!("a key source with URLs has a fetcher"),
+            });
         }
-        auth::TokenKeys::public(&files, &self.rules).map_err(|why| (2, why))
+        Ok(contents)
+    }
+
+    /// The keys in `contents`, which are then the last read.
+    fn keys(&self, contents: Vec<(String, Vec<u8>)>) -> Result<auth::TokenKeys, Failure> {
+        let keys = auth::TokenKeys::public(&contents, &self.rules).map_err(|why| (2, why))?;
+        *self.last.lock() = contents;
+        Ok(keys)
+    }
+
+    /// Reads the files and fetches the URLs.
+    async fn load(&self) -> Result<auth::TokenKeys, Failure> {
+        let contents = self.read().await?;
+        self.keys(contents)
+    }
+
+    /// As [`load`](Self::load), but `None` when every place holds what it held last.
+    async fn load_if_changed(&self) -> Result<Option<auth::TokenKeys>, Failure> {
+        let contents = self.read().await?;
+        if *self.last.lock() == contents {
+            return Ok(None);
+        }
+        self.keys(contents).map(Some)
+    }
+}
+
+/// Fetches the `--jwt-key` URLs (and reads the files) again every `every`, taking the
+/// keys when they changed, until its task is aborted.
+async fn refresh_keys(server: Arc<Server>, keys: Arc<KeySource>, every: Duration) {
+    let auth::Buyers::Jwt(tokens) = &server.buyers else {
+        return;
+    };
+    let mut wait = every;
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = every;
+        match keys.load_if_changed().await {
+            Ok(None) => {}
+            Ok(Some(loaded)) => {
+                tokens.replace(loaded);
+                eprintln!(
+                    "flashsale serve: buyer token keys changed where they are read from: {} keys",
+                    tokens.key_count()
+                );
+            }
+            Err((_, why)) => {
+                wait = every.min(KEY_RETRY);
+                eprintln!(
+                    "flashsale serve: buyer token keys not read again (the old ones stay; next try in {wait:?}): {why}"
+                );
+            }
+        }
     }
 }
 
@@ -724,19 +859,19 @@ impl Signals {
         })
     }
 
-    /// Reads the buyer token key files again on each SIGHUP (a server without key files
-    /// says there is nothing to read), until its task is aborted.
+    /// Reads the buyer token key files (and fetches the URLs) again on each SIGHUP (a
+    /// server without any says there is nothing to read), until its task is aborted.
     async fn reload_on_hangup(
         mut hangup: tokio::signal::unix::Signal,
         server: Arc<Server>,
-        keys: Option<KeySource>,
+        keys: Option<Arc<KeySource>>,
     ) {
         while hangup.recv().await.is_some() {
             let (auth::Buyers::Jwt(tokens), Some(keys)) = (&server.buyers, &keys) else {
-                eprintln!("flashsale serve: SIGHUP: nothing to read again (no --jwt-key files)");
+                eprintln!("flashsale serve: SIGHUP: nothing to read again (no --jwt-key)");
                 continue;
             };
-            match keys.load() {
+            match keys.load().await {
                 Ok(loaded) => {
                     tokens.replace(loaded);
                     eprintln!(
