@@ -96,12 +96,13 @@ pub struct ServeArgs {
     /// Public keys buyer tokens are signed with: a file or an https URL holding a PEM
     /// public key (RSA, EC P-256/P-384, Ed25519) or a JWKS (JSON, as an identity
     /// provider publishes it at its `jwks_uri`). Repeat it for more; instead of
-    /// --jwt-secret. Files are read again on SIGHUP, URLs also every --jwt-key-refresh.
+    /// --jwt-secret. All are read again on SIGHUP, and, where one is a URL, every
+    /// --jwt-key-refresh.
     #[arg(long, value_name = "FILE|URL")]
     jwt_key: Vec<String>,
     /// How often --jwt-key URLs are fetched again (the keys change only if what they
     /// hold did; a failed fetch keeps the old keys and is tried again within 30 s).
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = humantime::parse_duration)]
     jwt_key_refresh: Duration,
     /// A PEM file of CA certificates to trust for --jwt-key https URLs, besides the
     /// system's (an identity provider inside the company); repeat it for more.
