@@ -816,6 +816,29 @@ async fn buy_with_token(
 }
 
 /// That a buy was confirmed for `user`.
+/// After the keys rotated from the RSA key to the EC key: buyer 6's EC token is served,
+/// and buyer 5's RSA one, remembered as verified before, is refused with its key.
+async fn assert_rotated_to_ec(http: &reqwest::Client, server: &Serve, ec: String, rsa: String) {
+    assert_bought(buy_with_token(http, server, ec).await, 6, "EC, now given");
+    let (status, _) = buy_with_token(http, server, rsa).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the RSA token, remembered as verified, is forgotten with its key"
+    );
+}
+
+/// After a read of the keys that failed: buyer 6's EC token still verifies (its key 1
+/// again: a duplicate, not a 401).
+async fn assert_ec_kept(http: &reqwest::Client, server: &Serve, ec: String) {
+    let (status, again) = buy_with_token(http, server, ec).await;
+    assert_eq!(
+        (status, again["reason"].as_str()),
+        (StatusCode::CONFLICT, Some("duplicate")),
+        "EC, kept: the buyer's key 1 again, not a 401"
+    );
+}
+
 fn assert_bought((status, bought): (StatusCode, Value), user: u64, context: &str) {
     assert_eq!(
         (status, bought["user"].as_u64()),
@@ -989,28 +1012,13 @@ async fn sighup_reads_the_token_keys_again() {
     // The provider rotates to its EC key: the file is replaced, and SIGHUP reads it.
     std::fs::copy(key_file("ec-public.pem"), &keys).unwrap();
     server.hang_up_until("buyer token keys read again: 1 keys");
-    assert_bought(
-        buy_with_token(&http, &server, ec()).await,
-        6,
-        "EC, now given",
-    );
-    let (status, _) = buy_with_token(&http, &server, rsa()).await;
-    assert_eq!(
-        status,
-        StatusCode::UNAUTHORIZED,
-        "the RSA token, remembered as verified, is forgotten with its key"
-    );
+    assert_rotated_to_ec(&http, &server, ec(), rsa()).await;
 
     // A file that does not read leaves the keys as they were.
     std::fs::write(&keys, "not a key\n").unwrap();
     let line = server.hang_up_until("the old buyer token keys stay");
     assert!(line.contains("neither a PEM"), "{line}");
-    let (status, again) = buy_with_token(&http, &server, ec()).await;
-    assert_eq!(
-        (status, again["reason"].as_str()),
-        (StatusCode::CONFLICT, Some("duplicate")),
-        "EC, kept: the buyer's key 1 again, not a 401"
-    );
+    assert_ec_kept(&http, &server, ec()).await;
     server.terminate(Duration::from_secs(30));
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -1052,28 +1060,13 @@ async fn buyer_token_keys_are_fetched_from_a_url_and_again_when_they_change() {
     // The provider rotates to its EC key (served as PEM): the next refresh takes it.
     provider.answer(200, std::fs::read(key_file("ec-public.pem")).unwrap());
     server.said("buyer token keys changed where they are read from: 1 keys");
-    assert_bought(
-        buy_with_token(&http, &server, ec()).await,
-        6,
-        "EC, now published",
-    );
-    let (status, _) = buy_with_token(&http, &server, rsa()).await;
-    assert_eq!(
-        status,
-        StatusCode::UNAUTHORIZED,
-        "the RSA token, remembered as verified, is forgotten with its key"
-    );
+    assert_rotated_to_ec(&http, &server, ec(), rsa()).await;
 
     // The provider fails: the keys stay, and it is tried again.
     provider.answer(500, b"down".to_vec());
     let line = server.said("buyer token keys not read again");
     assert!(line.contains("answered 500"), "{line}");
-    let (status, again) = buy_with_token(&http, &server, ec()).await;
-    assert_eq!(
-        (status, again["reason"].as_str()),
-        (StatusCode::CONFLICT, Some("duplicate")),
-        "EC, kept: the buyer's key 1 again, not a 401"
-    );
+    assert_ec_kept(&http, &server, ec()).await;
 
     // Back with the same keys: fetched, and nothing changes.
     provider.answer(200, std::fs::read(key_file("ec-public.pem")).unwrap());
