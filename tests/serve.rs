@@ -1180,6 +1180,25 @@ fn bad_token_keys_stop_the_start_with_a_reason() {
         assert_eq!(code, 2, "{all:?}: {stderr}");
         assert!(stderr.contains(expected), "{all:?}: {stderr}");
     }
+    // A machine without a CA bundle (the system's roots are read from these when set).
+    let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--in-memory",
+            "--auth",
+            "jwt",
+        ])
+        .args(["--jwt-key", &provider.url])
+        .env("SSL_CERT_FILE", &missing)
+        .env("SSL_CERT_DIR", &missing)
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no trusted CA certificates"), "{stderr}");
     for flag in ["--jwt-key", "--jwt-audience", "--jwt-issuer", "--jwt-ca"] {
         let (code, stderr) = serve_fails(&["--in-memory", "--auth", "header", flag, &public]);
         assert_eq!(code, 2, "{stderr}");

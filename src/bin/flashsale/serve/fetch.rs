@@ -129,6 +129,16 @@ impl Fetcher {
                 return Err(format!("--jwt-ca {name}: no PEM certificate in it"));
             }
         }
+        if roots.is_empty() {
+            // A slim container image often has no CA bundle: say so rather than fail
+            // every certificate as "unknown issuer".
+            return Err(
+                "no trusted CA certificates to check a key URL's with: the system \
+                 has none (install its CA bundle, e.g. ca-certificates) and no --jwt-ca \
+                 was given"
+                    .to_owned(),
+            );
+        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
