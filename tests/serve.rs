@@ -1089,6 +1089,59 @@ async fn buyer_token_keys_are_fetched_from_a_url_and_again_when_they_change() {
     server.terminate(Duration::from_secs(30));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_naming_a_new_key_fetches_the_keys_at_once() {
+    use jsonwebtoken::Algorithm::{ES256, EdDSA};
+    let provider = KeyServer::start(std::fs::read(key_file("jwks.json")).unwrap());
+    let ca = tls_file("ca.pem");
+    let http = client();
+    // A refresh period of an hour: any fetch below is one a token asked for.
+    let server = serve(&[
+        "--in-memory",
+        "--auth",
+        "jwt",
+        "--jwt-key",
+        &provider.url,
+        "--jwt-ca",
+        &ca,
+        "--jwt-key-refresh",
+        "1h",
+    ]);
+    let started = provider.fetches();
+    // The provider publishes its EC key as `ec-1` and signs with it at once.
+    provider.answer(200, std::fs::read(key_file("jwks-rotated.json")).unwrap());
+    let ec = || signed(ES256, "ec-private.pem", Some("ec-1"), "6", 600);
+    let (status, _) = buy_with_token(&http, &server, ec()).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "before the fetch it asks for"
+    );
+    server.said("a token names a key not among ours");
+    server.said("buyer token keys changed where they are read from: 2 keys");
+    assert_eq!(provider.fetches(), started + 1);
+    assert_bought(
+        buy_with_token(&http, &server, ec()).await,
+        6,
+        "ec-1, fetched",
+    );
+
+    // Made-up key ids ask for no more fetches within the next 30 s.
+    for made_up in 0..20 {
+        let kid = format!("made-up-{made_up}");
+        let token = signed(EdDSA, "ed25519-private.pem", Some(&kid), "7", 600);
+        let (status, _) = buy_with_token(&http, &server, token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{kid}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        provider.fetches(),
+        started + 1,
+        "made-up key ids fetched again"
+    );
+    server.terminate(Duration::from_secs(30));
+}
+
 #[test]
 fn bad_token_keys_stop_the_start_with_a_reason() {
     let dir = scratch("jwt-keys");

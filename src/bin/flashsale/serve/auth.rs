@@ -24,9 +24,17 @@ pub enum Buyers {
 /// have verified.
 pub struct Tokens {
     keys: parking_lot::RwLock<TokenKeys>,
+    /// Told when a token that did not verify names a `kid` none of the keys has: the
+    /// provider may have started signing with a key published since the last fetch.
+    unknown_key: tokio::sync::Notify,
 }
 
 impl Tokens {
+    /// Resolves after a token named a key none of ours has (see [`Tokens`]).
+    pub async fn named_an_unknown_key(&self) {
+        self.unknown_key.notified().await;
+    }
+
     /// How many keys tokens are checked against now.
     pub fn key_count(&self) -> usize {
         self.keys.read().keys.len()
@@ -207,6 +215,15 @@ impl TokenKeys {
         })
     }
 
+    /// Whether `token` names (by its `kid`) a public key none of these has.
+    fn names_an_unknown_key(&self, token: &str) -> bool {
+        self.verified.is_some()
+            && jsonwebtoken::decode_header(token)
+                .ok()
+                .and_then(|header| header.kid)
+                .is_some_and(|kid| self.keys.iter().all(|key| key.id.as_ref() != Some(&kid)))
+    }
+
     /// The token's claims if it verifies (now): a token that verified before and has not
     /// expired since, or one whose signature checks out against the key its `kid` names
     /// when one of ours has that id, else against each key in turn.
@@ -348,6 +365,7 @@ impl Buyers {
     pub fn jwt(keys: TokenKeys) -> Self {
         Self::Jwt(Box::new(Tokens {
             keys: parking_lot::RwLock::new(keys),
+            unknown_key: tokio::sync::Notify::new(),
         }))
     }
 
@@ -368,11 +386,14 @@ impl Buyers {
             }
             Self::Jwt(tokens) => {
                 let token = bearer(headers).ok_or(NotABuyer::Unauthorized("no bearer token"))?;
-                let claims = tokens
-                    .keys
-                    .read()
-                    .verify(token)
-                    .ok_or(NotABuyer::Unauthorized("the token does not verify"))?;
+                let keys = tokens.keys.read();
+                let Some(claims) = keys.verify(token) else {
+                    if keys.names_an_unknown_key(token) {
+                        tokens.unknown_key.notify_one();
+                    }
+                    return Err(NotABuyer::Unauthorized("the token does not verify"));
+                };
+                drop(keys);
                 canonical_u64(&claims.sub)
                     .map(Some)
                     .ok_or(NotABuyer::Unauthorized(
@@ -466,6 +487,32 @@ mod tests {
                 .verified
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_token_naming_a_key_we_lack_is_told_apart() {
+        let keys = TokenKeys::public(
+            &[("set".to_owned(), fixture("jwks.json"))],
+            &TokenRules::default(),
+        )
+        .unwrap();
+        let with_kid = |kid: Option<&str>| {
+            let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+            header.kid = kid.map(str::to_owned);
+            jsonwebtoken::encode(
+                &header,
+                &serde_json::json!({"sub": "1", "exp": 1}),
+                &jsonwebtoken::EncodingKey::from_secret(b"k"),
+            )
+            .unwrap()
+        };
+        assert!(keys.names_an_unknown_key(&with_kid(Some("rsa-2"))));
+        assert!(!keys.names_an_unknown_key(&with_kid(Some("rsa-1"))), "ours");
+        assert!(!keys.names_an_unknown_key(&with_kid(None)), "names none");
+        assert!(!keys.names_an_unknown_key("not a token"));
+        // A shared secret has no key set to fetch again.
+        let secret = TokenKeys::secret(b"k", &TokenRules::default());
+        assert!(!secret.names_an_unknown_key(&with_kid(Some("rsa-2"))));
     }
 
     #[test]

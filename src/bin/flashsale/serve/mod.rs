@@ -101,7 +101,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE|URL")]
     jwt_key: Vec<String>,
     /// How often --jwt-key URLs are fetched again (the keys change only if what they
-    /// hold did; a failed fetch keeps the old keys and is tried again within 30 s).
+    /// hold did; a failed fetch keeps the old keys and is tried again within 30 s). A
+    /// token naming a key id none of the keys has also starts a fetch, at most every 30 s.
     #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = humantime::parse_duration)]
     jwt_key_refresh: Duration,
     /// A PEM file of CA certificates to trust for --jwt-key https URLs, besides the
@@ -518,6 +519,9 @@ struct KeySource {
 /// After a failed refresh, the next try comes this soon (or at the refresh period, if
 /// sooner).
 const KEY_RETRY: Duration = Duration::from_secs(30);
+/// Fetches asked for by tokens naming an unknown key come at most this often, however
+/// many such tokens arrive (made-up ones cannot make the server hammer the provider).
+const KEY_ON_DEMAND_EVERY: Duration = Duration::from_secs(30);
 
 impl KeySource {
     /// The key files and URLs of `args`, if any.
@@ -616,15 +620,31 @@ impl KeySource {
     }
 }
 
-/// Fetches the `--jwt-key` URLs (and reads the files) again every `every`, taking the
-/// keys when they changed, until its task is aborted.
+/// Fetches the `--jwt-key` URLs (and reads the files) again every `every`, and when a
+/// token names a key none of ours has (at most every [`KEY_ON_DEMAND_EVERY`]), taking
+/// the keys when they changed, until its task is aborted.
 async fn refresh_keys(server: Arc<Server>, keys: Arc<KeySource>, every: Duration) {
     let auth::Buyers::Jwt(tokens) = &server.buyers else {
         return;
     };
     let mut wait = every;
+    let mut asked: Option<tokio::time::Instant> = None;
     loop {
-        tokio::time::sleep(wait).await;
+        let asked_for = async {
+            loop {
+                tokens.named_an_unknown_key().await;
+                if asked.is_none_or(|at| at.elapsed() >= KEY_ON_DEMAND_EVERY) {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = asked_for => {
+                asked = Some(tokio::time::Instant::now());
+                eprintln!("flashsale serve: a token names a key not among ours: fetching the keys again");
+            }
+        }
         wait = every;
         match keys.load_if_changed().await {
             Ok(None) => {}
