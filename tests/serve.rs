@@ -1030,12 +1030,11 @@ async fn sighup_reads_the_token_keys_again() {
     server.terminate(Duration::from_secs(30));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn buyer_token_keys_are_fetched_from_a_url_and_again_when_they_change() {
-    use jsonwebtoken::Algorithm::{ES256, RS256};
+/// A key server publishing `jwks.json`, and a server taking its buyer token keys from
+/// there (trusting the test CA), fetched again every `refresh`.
+fn serve_with_key_url(refresh: &str) -> (KeyServer, Serve) {
     let provider = KeyServer::start(std::fs::read(key_file("jwks.json")).unwrap());
     let ca = tls_file("ca.pem");
-    let http = client();
     let server = serve(&[
         "--in-memory",
         "--auth",
@@ -1045,8 +1044,16 @@ async fn buyer_token_keys_are_fetched_from_a_url_and_again_when_they_change() {
         "--jwt-ca",
         &ca,
         "--jwt-key-refresh",
-        "100ms",
+        refresh,
     ]);
+    (provider, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyer_token_keys_are_fetched_from_a_url_and_again_when_they_change() {
+    use jsonwebtoken::Algorithm::{ES256, RS256};
+    let (provider, server) = serve_with_key_url("100ms");
+    let http = client();
     let rsa = || signed(RS256, "rsa-private.pem", Some("rsa-1"), "5", 600);
     let ec = || signed(ES256, "ec-private.pem", None, "6", 600);
     assert_bought(
@@ -1092,21 +1099,9 @@ async fn buyer_token_keys_are_fetched_from_a_url_and_again_when_they_change() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_naming_a_new_key_fetches_the_keys_at_once() {
     use jsonwebtoken::Algorithm::{ES256, EdDSA};
-    let provider = KeyServer::start(std::fs::read(key_file("jwks.json")).unwrap());
-    let ca = tls_file("ca.pem");
-    let http = client();
     // A refresh period of an hour: any fetch below is one a token asked for.
-    let server = serve(&[
-        "--in-memory",
-        "--auth",
-        "jwt",
-        "--jwt-key",
-        &provider.url,
-        "--jwt-ca",
-        &ca,
-        "--jwt-key-refresh",
-        "1h",
-    ]);
+    let (provider, server) = serve_with_key_url("1h");
+    let http = client();
     let started = provider.fetches();
     // The provider publishes its EC key as `ec-1` and signs with it at once.
     provider.answer(200, std::fs::read(key_file("jwks-rotated.json")).unwrap());
