@@ -23,7 +23,6 @@ pub const KEYS_MAX: usize = 1 << 20;
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A URL buyer token keys are fetched from.
-#[derive(Debug, Clone)]
 pub struct KeyUrl {
     /// As given, for messages.
     text: String,
@@ -94,15 +93,8 @@ fn is_this_machine(host: &str) -> bool {
 }
 
 /// Fetches key URLs; holds the TLS configuration (the trusted roots), made once.
-#[derive(Clone)]
 pub struct Fetcher {
     tls: tokio_rustls::TlsConnector,
-}
-
-impl std::fmt::Debug for Fetcher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Fetcher")
-    }
 }
 
 impl Fetcher {

@@ -498,10 +498,10 @@ fn token_keys(
     }
 }
 
-/// Where a `--jwt-key` is read from.
+/// Where a `--jwt-key` is read from (a URL with the fetcher all URLs share).
 enum KeyPlace {
     File(PathBuf),
-    Url(fetch::KeyUrl),
+    Url(fetch::KeyUrl, Arc<fetch::Fetcher>),
 }
 
 /// The `--jwt-key` files and URLs and what tokens must say: read at start and again on
@@ -509,8 +509,6 @@ enum KeyPlace {
 struct KeySource {
     places: Vec<KeyPlace>,
     rules: auth::TokenRules,
-    /// Only with a URL among the places.
-    fetcher: Option<fetch::Fetcher>,
     /// What the places held when last read, so that a refresh that finds the same
     /// changes nothing (a change of keys empties the verified-token memory).
     last: parking_lot::Mutex<Vec<(String, Vec<u8>)>>,
@@ -529,20 +527,10 @@ impl KeySource {
         if args.jwt_key.is_empty() {
             return Ok(None);
         }
-        let places = args
+        let urls = args
             .jwt_key
             .iter()
-            .map(|given| {
-                if fetch::KeyUrl::is_url(given) {
-                    fetch::KeyUrl::parse(given)
-                        .map(KeyPlace::Url)
-                        .map_err(|why| (2, format!("--jwt-key {given}: {why}")))
-                } else {
-                    Ok(KeyPlace::File(PathBuf::from(given)))
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let urls = places.iter().any(|place| matches!(place, KeyPlace::Url(_)));
+            .any(|given| fetch::KeyUrl::is_url(given));
         if !urls && !args.jwt_ca.is_empty() {
             return Err((2, "--jwt-ca is for --jwt-key https URLs".to_owned()));
         }
@@ -550,13 +538,22 @@ impl KeySource {
             return Err((2, "--jwt-key-refresh must be above 0".to_owned()));
         }
         let fetcher = urls
-            .then(|| fetch::Fetcher::new(&args.jwt_ca))
+            .then(|| fetch::Fetcher::new(&args.jwt_ca).map(Arc::new))
             .transpose()
             .map_err(|why| (2, why))?;
+        let places = args
+            .jwt_key
+            .iter()
+            .map(|given| match &fetcher {
+                Some(fetcher) if fetch::KeyUrl::is_url(given) => fetch::KeyUrl::parse(given)
+                    .map(|url| KeyPlace::Url(url, fetcher.clone()))
+                    .map_err(|why| (2, format!("--jwt-key {given}: {why}"))),
+                _ => Ok(KeyPlace::File(PathBuf::from(given))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Some(Self {
             places,
             rules: Self::rules(args),
-            fetcher,
             last: parking_lot::Mutex::new(Vec::new()),
         }))
     }
@@ -569,29 +566,30 @@ impl KeySource {
     }
 
     fn has_urls(&self) -> bool {
-        self.fetcher.is_some()
+        self.places
+            .iter()
+            .any(|place| matches!(place, KeyPlace::Url(..)))
     }
 
     /// Reads every file and fetches every URL, named as given.
     async fn read(&self) -> Result<Vec<(String, Vec<u8>)>, Failure> {
         let mut contents = Vec::with_capacity(self.places.len());
         for place in &self.places {
-            contents.push(match (place, &self.fetcher) {
-                (KeyPlace::File(path), _) => {
+            contents.push(match place {
+                KeyPlace::File(path) => {
                     let name = path.display().to_string();
                     // A key file is a few kilobytes, a JWKS a few more.
                     let read = crate::input::read_bounded(path, fetch::KEYS_MAX as u64)
                         .map_err(|why| (2, format!("--jwt-key {name}: {why}")))?;
                     (name, read)
                 }
-                (KeyPlace::Url(url), Some(fetcher)) => {
+                KeyPlace::Url(url, fetcher) => {
                     let fetched = fetcher
                         .fetch(url)
                         .await
                         .map_err(|why| (2, format!("--jwt-key {url}: {why}")))?;
                     (url.to_string(), fetched)
                 }
-                (KeyPlace::Url(_), None) => unreachable!("a key source with URLs has a fetcher"),
             });
         }
         Ok(contents)
