@@ -10,11 +10,13 @@
 # `--sweep` gives Redis its best chance: the scenario through Redis at every connection
 # count in REDIS_CONNECTIONS (default "1 2 4 8 16") and pipeline depth in REDIS_PIPELINES
 # (default "16 64 256 1024"), one row each with the server's own time per script call,
-# and the engine alone ENGINE_RUNS times (default 3) both before and after the sweep, all
-# against the same server in one run; it ends with the best Redis row and the engine's
-# rate over it, run by run and by the median. (One engine run of a few hundred thousand
-# intents lasts tens of milliseconds, so a single descheduling of its producer or shard
-# moves it by a third; hence several.)
+# and the engine alone ENGINE_RUNS times (default 3) both before and after the sweep at
+# each ring capacity in ENGINE_RINGS (default "1024 4096": the scenario's default, and as
+# many intents in flight as the 4 x 1,024 of Redis's usual best row), all against the same
+# server in one run. It ends with the best Redis row and, for each ring capacity, the
+# engine's rate over it run by run and by the median. (One engine run of a few hundred
+# thousand intents lasts tens of milliseconds, so a single descheduling of its producer or
+# shard moves it by a third; hence several.)
 #
 #   NATS=1 bash benches/peers/redis.sh [compare flags...]
 #
@@ -103,14 +105,21 @@ cargo build --release --features redis-peer
 flashsale=target/release/flashsale
 # The rate column of a peer's row: the first field after its label that ends in M.
 rate_of() { grep -E "^$1" | grep -oE '[0-9]+\.[0-9]+M' | head -1 | tr -d M; }
+engine_rings=(${ENGINE_RINGS:-1024 4096})
+# Each run's rate, as "RING RATE" lines.
 engine_rates=()
-engine() {
-    local rate
-    rate=$("$flashsale" compare --quiet --skip mutex --skip crossbeam "$@" | rate_of "flashsale engine")
-    echo "engine: ${rate}M intents/s" >&2
-    engine_rates+=("$rate")
+engines() {
+    local ring rate
+    for _ in $(seq 1 "${ENGINE_RUNS:-3}"); do
+        for ring in "${engine_rings[@]}"; do
+            rate=$("$flashsale" compare --quiet --skip mutex --skip crossbeam \
+                --ring-capacity "$ring" "$@" | rate_of "flashsale engine")
+            echo "engine, ring capacity $ring: ${rate}M intents/s" >&2
+            engine_rates+=("$ring $rate")
+        done
+    done
 }
-for _ in $(seq 1 "${ENGINE_RUNS:-3}"); do engine "$@"; done
+engines "$@"
 best=""
 best_row=""
 for connections in ${REDIS_CONNECTIONS:-1 2 4 8 16}; do
@@ -126,7 +135,7 @@ for connections in ${REDIS_CONNECTIONS:-1 2 4 8 16}; do
         fi
     done
 done
-for _ in $(seq 1 "${ENGINE_RUNS:-3}"); do engine "$@"; done
+engines "$@"
 # The server's ceiling for any Lua script on this machine, from Redis's own C client
 # (50 connections, pipeline 64): a script that does nothing, and one that only reads four
 # keys and answers sold out. No client and no script with the sale's rules beats these.
@@ -141,8 +150,13 @@ if command -v redis-benchmark >/dev/null; then
     done
 fi
 echo "best Redis row: $best_row, ${best}M intents/s"
-for rate in "${engine_rates[@]}"; do
-    awk -v e="$rate" -v r="$best" 'BEGIN { printf "engine %.3fM intents/s: %.1fx the best Redis row\n", e, e / r }'
+for ring in "${engine_rings[@]}"; do
+    rates=$(printf '%s\n' "${engine_rates[@]}" | awk -v r="$ring" '$1 == r { print $2 }')
+    for rate in $rates; do
+        awk -v e="$rate" -v r="$best" -v g="$ring" \
+            'BEGIN { printf "engine, ring capacity %d, %.3fM intents/s: %.1fx the best Redis row\n", g, e, e / r }'
+    done
+    median=$(echo "$rates" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+    awk -v e="$median" -v r="$best" -v n="$(echo "$rates" | wc -l)" -v g="$ring" \
+        'BEGIN { printf "engine, ring capacity %d, median of %d runs, %.3fM intents/s: %.1fx the best Redis row\n", g, n, e, e / r }'
 done
-median=$(printf '%s\n' "${engine_rates[@]}" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
-awk -v e="$median" -v r="$best" -v n="${#engine_rates[@]}" 'BEGIN { printf "engine, median of %d runs, %.3fM intents/s: %.1fx the best Redis row\n", n, e, e / r }'
