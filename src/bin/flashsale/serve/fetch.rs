@@ -144,9 +144,13 @@ impl Fetcher {
 
     /// The body of a `200 OK` answer to a GET of `url`, or why there is none.
     pub async fn fetch(&self, url: &KeyUrl) -> Result<Vec<u8>, String> {
-        tokio::time::timeout(FETCH_TIMEOUT, self.fetch_now(url))
+        self.fetch_within(url, FETCH_TIMEOUT).await
+    }
+
+    async fn fetch_within(&self, url: &KeyUrl, timeout: Duration) -> Result<Vec<u8>, String> {
+        tokio::time::timeout(timeout, self.fetch_now(url))
             .await
-            .map_err(|_| format!("no whole answer within {FETCH_TIMEOUT:?}"))?
+            .map_err(|_| format!("no whole answer within {timeout:?}"))?
     }
 
     async fn fetch_now(&self, url: &KeyUrl) -> Result<Vec<u8>, String> {
@@ -242,5 +246,68 @@ mod tests {
             assert!(KeyUrl::parse(refused).is_err(), "{refused}");
         }
         assert!(KeyUrl::is_url("https://x") && !KeyUrl::is_url("keys/jwks.json"));
+    }
+
+    /// A plain-http server on this machine that answers one request with `answer` (after
+    /// reading the request's head), or holds the connection open without a word when
+    /// `answer` is `None`; returns its URL.
+    fn answering_once(answer: Option<Vec<u8>>) -> KeyUrl {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let mut stream = reader.into_inner();
+            match answer {
+                // The client may hang up before reading all of it.
+                Some(answer) => drop(stream.write_all(&answer)),
+                None => std::thread::sleep(Duration::from_secs(5)),
+            }
+        });
+        KeyUrl::parse(&format!("http://127.0.0.1:{port}/jwks.json")).unwrap()
+    }
+
+    fn fetcher() -> Fetcher {
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/ca.pem");
+        Fetcher::new(&[PathBuf::from(ca)]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_fetch_takes_a_whole_ok_answer_and_refuses_the_rest_with_a_reason() {
+        let fetcher = fetcher();
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n{\"keys\":1}".to_vec();
+        let url = answering_once(Some(ok));
+        assert_eq!(fetcher.fetch(&url).await.unwrap(), b"{\"keys\":1}");
+
+        let moved =
+            b"HTTP/1.1 301 Moved Permanently\r\nlocation: /new\r\ncontent-length: 0\r\n\r\n";
+        let why = fetcher
+            .fetch(&answering_once(Some(moved.to_vec())))
+            .await
+            .unwrap_err();
+        assert!(why.contains("redirects are not followed"), "{why}");
+
+        let mut huge = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+            KEYS_MAX + 1
+        )
+        .into_bytes();
+        huge.resize(huge.len() + KEYS_MAX + 1, b' ');
+        let why = fetcher
+            .fetch(&answering_once(Some(huge)))
+            .await
+            .unwrap_err();
+        assert!(why.contains(&format!("at most {KEYS_MAX} bytes")), "{why}");
+
+        let why = fetcher
+            .fetch_within(&answering_once(None), Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(why.contains("no whole answer within 200ms"), "{why}");
     }
 }
