@@ -24,11 +24,26 @@ struct Serve {
     lines: mpsc::Receiver<String>,
 }
 
+/// `flashsale serve --addr 127.0.0.1:0 <args>` with `env` set, and no forward proxy from
+/// the environment the tests run in.
+fn serve_command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flashsale"));
+    command.args(["serve", "--addr", "127.0.0.1:0"]).args(args);
+    for name in ["HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"] {
+        command.env_remove(name);
+    }
+    command.envs(env.iter().copied());
+    command
+}
+
 /// Starts `flashsale serve --addr 127.0.0.1:0 <args>` and waits until it is ready.
 fn serve(args: &[&str]) -> Serve {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .args(args)
+    serve_with_env(args, &[])
+}
+
+/// [`serve`] with `env` set.
+fn serve_with_env(args: &[&str], env: &[(&str, &str)]) -> Serve {
+    let mut child = serve_command(args, env)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -69,9 +84,12 @@ fn serve(args: &[&str]) -> Serve {
 
 /// Runs `flashsale serve <args>`, which must fail: its exit code and standard error.
 fn serve_fails(args: &[&str]) -> (i32, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .args(args)
+    serve_fails_with_env(args, &[])
+}
+
+/// [`serve_fails`] with `env` set.
+fn serve_fails_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let output = serve_command(args, env)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -1137,6 +1155,161 @@ async fn a_token_naming_a_new_key_fetches_the_keys_at_once() {
     server.terminate(Duration::from_secs(30));
 }
 
+/// A forward proxy on 127.0.0.1 that answers `CONNECT` to any host by connecting to the
+/// same port on 127.0.0.1 (so `keys.test`, a name no resolver knows, reaches the tests' key
+/// server), if the request carries `authorization`; remembers each request's first line.
+struct ForwardProxy {
+    url: String,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ForwardProxy {
+    fn start(authorization: &'static str) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = asked.clone();
+        std::thread::spawn(move || {
+            for mut client in listener.incoming().map_while(Result::ok) {
+                let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && matches!(client.read(&mut byte), Ok(1)) {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let first = head.lines().next().unwrap_or("").to_owned();
+                seen.lock().unwrap().push(first.clone());
+                let allowed = head.lines().any(|line| {
+                    line.eq_ignore_ascii_case(&format!("proxy-authorization: {authorization}"))
+                });
+                let target_port = first
+                    .strip_prefix("CONNECT ")
+                    .and_then(|rest| rest.split(' ').next())
+                    .and_then(|target| target.rsplit_once(':'))
+                    .and_then(|(_, port)| port.parse::<u16>().ok());
+                let (Some(target_port), true) = (target_port, allowed) else {
+                    let _ = client.write_all(
+                        b"HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\r\n",
+                    );
+                    continue;
+                };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target_port)) else {
+                    let _ =
+                        client.write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n");
+                    continue;
+                };
+                let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+                let _ = client.set_read_timeout(None);
+                let (mut up_from, mut up_to) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut up_from, &mut up_to);
+                    let _ = up_to.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut down_from, mut down_to) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut down_from, &mut down_to);
+                    let _ = down_to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Self {
+            url: format!("127.0.0.1:{port}"),
+            asked,
+        }
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyer_token_keys_are_fetched_through_the_proxy_https_proxy_names() {
+    use jsonwebtoken::Algorithm::RS256;
+    let provider = KeyServer::start(std::fs::read(key_file("jwks.json")).unwrap());
+    let port = provider
+        .url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let url = format!("https://keys.test:{port}/.well-known/jwks.json");
+    let ca = tls_file("ca.pem");
+    // `user:p@ss`, its `@` escaped in the URL.
+    let proxy = ForwardProxy::start("Basic dXNlcjpwQHNz");
+    let env_proxy = format!("http://user:p%40ss@{}", proxy.url);
+    let args = [
+        "--in-memory",
+        "--auth",
+        "jwt",
+        "--jwt-key",
+        &url,
+        "--jwt-ca",
+        &ca,
+    ];
+    let server = serve_with_env(&args, &[("HTTPS_PROXY", &env_proxy)]);
+    assert_eq!(
+        proxy.asked(),
+        [format!("CONNECT keys.test:{port} HTTP/1.1")]
+    );
+    assert_eq!(provider.fetches(), 1);
+    let token = signed(RS256, "rsa-private.pem", Some("rsa-1"), "5", 600);
+    assert_bought(
+        buy_with_token(&client(), &server, token).await,
+        5,
+        "RSA, through the proxy",
+    );
+    server.terminate(Duration::from_secs(30));
+
+    // This machine is never reached through the proxy (the key server's own URL names
+    // 127.0.0.1); nor is a host `NO_PROXY` lists, which here no resolver knows.
+    let direct = [
+        "--in-memory",
+        "--auth",
+        "jwt",
+        "--jwt-key",
+        &provider.url,
+        "--jwt-ca",
+        &ca,
+    ];
+    let server = serve_with_env(&direct, &[("HTTPS_PROXY", &env_proxy)]);
+    server.terminate(Duration::from_secs(30));
+    for no_proxy in ["keys.test", ".test", "example.com, *"] {
+        let (code, stderr) = serve_fails_with_env(
+            &args,
+            &[("HTTPS_PROXY", &env_proxy), ("NO_PROXY", no_proxy)],
+        );
+        assert_eq!(code, 2, "{no_proxy}: {stderr}");
+        assert!(stderr.contains("cannot connect"), "{no_proxy}: {stderr}");
+    }
+    assert_eq!(proxy.asked().len(), 1, "{:?}", proxy.asked());
+
+    // A proxy that refuses, and one not named well: the start stops with the reason.
+    let wrong = format!("http://user:wrong@{}", proxy.url);
+    let (code, stderr) = serve_fails_with_env(&args, &[("HTTPS_PROXY", &wrong)]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("407 Proxy Authentication Required"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("wrong"),
+        "credentials kept out of messages: {stderr}"
+    );
+    for (bad, why) in [
+        ("http://127.0.0.1", "give the proxy's port"),
+        ("socks5://127.0.0.1:1080", "only an http:// proxy"),
+    ] {
+        let (code, stderr) = serve_fails_with_env(&args, &[("HTTPS_PROXY", bad)]);
+        assert_eq!(code, 2, "{bad}: {stderr}");
+        assert!(stderr.contains(why), "{bad}: {stderr}");
+    }
+}
+
 #[test]
 fn bad_token_keys_stop_the_start_with_a_reason() {
     let dir = scratch("jwt-keys");
@@ -1229,23 +1402,12 @@ fn bad_token_keys_stop_the_start_with_a_reason() {
         assert!(stderr.contains(expected), "{all:?}: {stderr}");
     }
     // A machine without a CA bundle (the system's roots are read from these when set).
-    let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--in-memory",
-            "--auth",
-            "jwt",
-        ])
-        .args(["--jwt-key", &provider.url])
-        .env("SSL_CERT_FILE", &missing)
-        .env("SSL_CERT_DIR", &missing)
-        .stdout(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let missing = missing.to_str().unwrap();
+    let (code, stderr) = serve_fails_with_env(
+        &["--in-memory", "--auth", "jwt", "--jwt-key", &provider.url],
+        &[("SSL_CERT_FILE", missing), ("SSL_CERT_DIR", missing)],
+    );
+    assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("no trusted CA certificates"), "{stderr}");
     for flag in ["--jwt-key", "--jwt-audience", "--jwt-issuer", "--jwt-ca"] {
         let (code, stderr) = serve_fails(&["--in-memory", "--auth", "header", flag, &public]);

@@ -4,6 +4,11 @@
 //! roots plus any `--jwt-ca` certificates; plain http only to this machine (a key served
 //! in the clear from elsewhere could be anyone's). No redirects are followed, an answer
 //! past [`KEYS_MAX`] bytes is refused, and a fetch takes at most [`FETCH_TIMEOUT`].
+//!
+//! An https URL goes through the forward proxy `HTTPS_PROXY` names (an `http://` proxy,
+//! asked to `CONNECT`, with Basic credentials if the proxy URL carries them), unless its
+//! host is this machine or `NO_PROXY` lists it; the TLS session is still end to end with
+//! the provider.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +20,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The most one key URL's answer may hold (a JWKS is a few kilobytes).
@@ -92,14 +98,269 @@ fn is_this_machine(host: &str) -> bool {
             .is_ok_and(|address| address.is_loopback())
 }
 
+/// The most a proxy's answer to `CONNECT` may hold before its blank line.
+const PROXY_HEAD_MAX: usize = 8 << 10;
+
+/// A forward proxy for https key URLs, from `HTTPS_PROXY` and `NO_PROXY`.
+struct Proxy {
+    /// As given, without credentials, for messages.
+    text: String,
+    host: String,
+    port: u16,
+    /// The `Proxy-Authorization` header's value, if the proxy URL carries credentials.
+    authorization: Option<String>,
+    /// The hosts that are reached directly.
+    bypass: Vec<Bypass>,
+}
+
+/// One `NO_PROXY` entry.
+#[derive(Debug, PartialEq)]
+enum Bypass {
+    /// `*`: every host.
+    All,
+    /// A host name and every name under it (`example.com` and `.example.com` both cover
+    /// `id.example.com`), or an IP address, matched as written.
+    Name(String),
+    /// An address range, `10.0.0.0/8` or `fd00::/8`.
+    Range(std::net::IpAddr, u8),
+}
+
+impl Proxy {
+    /// The proxy `HTTPS_PROXY` (or `https_proxy`) names, if any, with `NO_PROXY` (or
+    /// `no_proxy`).
+    fn from_env() -> Result<Option<Self>, String> {
+        let var = |upper: &str, lower: &str| {
+            [upper, lower]
+                .into_iter()
+                .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+        };
+        let Some(proxy) = var("HTTPS_PROXY", "https_proxy") else {
+            return Ok(None);
+        };
+        let no_proxy = var("NO_PROXY", "no_proxy").unwrap_or_default();
+        Self::parse(&proxy, &no_proxy)
+            .map(Some)
+            .map_err(|why| format!("HTTPS_PROXY {}: {why}", without_credentials(&proxy)))
+    }
+
+    /// `proxy` as `[http://][user:password@]host:port`, and a `NO_PROXY` list.
+    fn parse(proxy: &str, no_proxy: &str) -> Result<Self, String> {
+        let proxy = proxy.trim();
+        let rest = match proxy.split_once("://") {
+            None => proxy,
+            Some(("http" | "HTTP", rest)) => rest,
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "only an http:// proxy (asked to CONNECT) is supported, not {scheme}://"
+                ));
+            }
+        };
+        let rest = rest.trim_end_matches('/');
+        let (credentials, address) = match rest.rsplit_once('@') {
+            Some((credentials, address)) => (Some(credentials), address),
+            None => (None, rest),
+        };
+        let uri: Uri = format!("http://{address}/")
+            .parse()
+            .map_err(|_| "not a proxy address".to_owned())?;
+        let authority = uri.authority().ok_or("not a proxy address")?;
+        let port = authority
+            .port_u16()
+            .ok_or("give the proxy's port (host:port)")?;
+        let authorization = credentials.map(|credentials| {
+            use base64::Engine;
+            let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
+            let pair = format!("{}:{}", percent_decoded(user), percent_decoded(password));
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            )
+        });
+        Ok(Self {
+            text: format!("http://{address}"),
+            host: authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port,
+            authorization,
+            bypass: no_proxy.split(',').filter_map(Bypass::parse).collect(),
+        })
+    }
+
+    /// Whether `host` (a name, or an address without brackets) is reached directly.
+    fn bypasses(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let address = host.parse::<std::net::IpAddr>().ok();
+        self.bypass.iter().any(|entry| match entry {
+            Bypass::All => true,
+            Bypass::Name(name) => {
+                host == *name
+                    || address.is_some_and(|address| name.parse() == Ok(address))
+                    || (address.is_none()
+                        && host.ends_with(name.as_str())
+                        && host.as_bytes()[host.len() - name.len() - 1] == b'.')
+            }
+            Bypass::Range(network, bits) => {
+                address.is_some_and(|address| in_range(address, *network, *bits))
+            }
+        })
+    }
+
+    /// A TCP stream through the proxy to `host:port`, once the proxy said yes to `CONNECT`.
+    async fn tunnel(&self, host: &str, port: u16) -> Result<TcpStream, String> {
+        let proxy = &self.text;
+        let mut stream = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|error| format!("cannot connect to the proxy {proxy}: {error}"))?;
+        let target = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let mut request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+        if let Some(authorization) = &self.authorization {
+            request.push_str(&format!("Proxy-Authorization: {authorization}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|error| format!("the proxy {proxy}: {error}"))?;
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 1024];
+        let end = loop {
+            let read = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|error| format!("the proxy {proxy}: {error}"))?;
+            if read == 0 {
+                return Err(format!(
+                    "the proxy {proxy} closed the connection before answering CONNECT {target}"
+                ));
+            }
+            head.extend_from_slice(&chunk[..read]);
+            if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            if head.len() > PROXY_HEAD_MAX {
+                return Err(format!(
+                    "the proxy {proxy} answered CONNECT {target} with more than \
+                     {PROXY_HEAD_MAX} bytes of head"
+                ));
+            }
+        };
+        let status =
+            String::from_utf8_lossy(head.split(|&b| b == b'\r').next().unwrap_or(&[])).into_owned();
+        let code = status.split(' ').nth(1);
+        if !status.starts_with("HTTP/1.") || code.is_none_or(|code| !code.starts_with('2')) {
+            return Err(format!(
+                "the proxy {proxy} answered CONNECT {target} with {status:?}"
+            ));
+        }
+        if end != head.len() {
+            // The client speaks first in TLS: anything here is not the provider's.
+            return Err(format!(
+                "the proxy {proxy} sent more than its answer to CONNECT {target}"
+            ));
+        }
+        Ok(stream)
+    }
+}
+
+impl Bypass {
+    fn parse(entry: &str) -> Option<Self> {
+        let entry = entry.trim().to_ascii_lowercase();
+        if entry.is_empty() {
+            return None;
+        }
+        if entry == "*" {
+            return Some(Self::All);
+        }
+        if let Some((network, bits)) = entry.split_once('/') {
+            let network: std::net::IpAddr = network.parse().ok()?;
+            let bits: u8 = bits.parse().ok()?;
+            let most = if network.is_ipv4() { 32 } else { 128 };
+            return (bits <= most).then_some(Self::Range(network, bits));
+        }
+        let entry = entry.trim_start_matches('.').trim_start_matches("*.");
+        let entry = if let Some(inner) = entry.strip_prefix('[') {
+            // `[::1]` or `[::1]:443`: the address inside the brackets.
+            inner.split(']').next().unwrap_or(inner)
+        } else if entry.parse::<std::net::IpAddr>().is_ok() {
+            entry
+        } else {
+            // `host:port` or `1.2.3.4:port`: the port plays no part.
+            entry.split(':').next().unwrap_or(entry)
+        };
+        let entry = entry.trim_end_matches('.');
+        (!entry.is_empty()).then(|| Self::Name(entry.to_owned()))
+    }
+}
+
+/// Whether `address` is in `network/bits` (of the same family).
+fn in_range(address: std::net::IpAddr, network: std::net::IpAddr, bits: u8) -> bool {
+    use std::net::IpAddr;
+    match (address, network) {
+        (IpAddr::V4(address), IpAddr::V4(network)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            u32::from(address) & mask == u32::from(network) & mask
+        }
+        (IpAddr::V6(address), IpAddr::V6(network)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            u128::from(address) & mask == u128::from(network) & mask
+        }
+        _ => false,
+    }
+}
+
+/// `text` with `%XX` escapes decoded (as in a URL's user name and password).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let escaped = (bytes[at] == b'%')
+            .then(|| text.get(at + 1..at + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                at += 3;
+            }
+            None => {
+                out.push(bytes[at]);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A proxy URL for messages: its credentials left out.
+fn without_credentials(proxy: &str) -> String {
+    match proxy.rsplit_once('@') {
+        Some((before, after)) => match before.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://…@{after}"),
+            None => format!("…@{after}"),
+        },
+        None => proxy.to_owned(),
+    }
+}
+
 /// Fetches key URLs; holds the TLS configuration (the trusted roots), made once.
 pub struct Fetcher {
     tls: tokio_rustls::TlsConnector,
+    proxy: Option<Proxy>,
 }
 
 impl Fetcher {
-    /// Trusts the system's roots and the certificates in `extra_roots` (PEM files).
+    /// Trusts the system's roots and the certificates in `extra_roots` (PEM files), and
+    /// reaches https URLs through the proxy `HTTPS_PROXY` names, if any.
     pub fn new(extra_roots: &[PathBuf]) -> Result<Self, String> {
+        let proxy = Proxy::from_env()?;
         let mut roots = rustls::RootCertStore::empty();
         // A system store that does not read leaves only the `--jwt-ca` roots; a URL whose
         // certificate they do not vouch for then fails with its reason at start.
@@ -139,6 +400,7 @@ impl Fetcher {
             .with_no_client_auth();
         Ok(Self {
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            proxy,
         })
     }
 
@@ -154,9 +416,16 @@ impl Fetcher {
     }
 
     async fn fetch_now(&self, url: &KeyUrl) -> Result<Vec<u8>, String> {
-        let tcp = TcpStream::connect((url.host.as_str(), url.port))
-            .await
-            .map_err(|error| format!("cannot connect: {error}"))?;
+        // This machine (plain http is to it only) is never reached through a proxy: the
+        // proxy's own loopback is another machine's.
+        let tcp = match &self.proxy {
+            Some(proxy) if !is_this_machine(&url.host) && !proxy.bypasses(&url.host) => {
+                proxy.tunnel(&url.host, url.port).await?
+            }
+            _ => TcpStream::connect((url.host.as_str(), url.port))
+                .await
+                .map_err(|error| format!("cannot connect: {error}"))?,
+        };
         if !url.tls {
             return get(TokioIo::new(tcp), url).await;
         }
@@ -246,6 +515,74 @@ mod tests {
             assert!(KeyUrl::parse(refused).is_err(), "{refused}");
         }
         assert!(KeyUrl::is_url("https://x") && !KeyUrl::is_url("keys/jwks.json"));
+    }
+
+    #[test]
+    fn a_proxy_is_named_by_its_http_address_and_no_proxy_lists_who_goes_direct() {
+        let proxy = Proxy::parse("http://me:p%40ss%3A@proxy.corp:3128/", "").unwrap();
+        assert_eq!(
+            (proxy.host.as_str(), proxy.port, proxy.text.as_str()),
+            ("proxy.corp", 3128, "http://proxy.corp:3128")
+        );
+        // base64 of `me:p@ss:`
+        assert_eq!(proxy.authorization.as_deref(), Some("Basic bWU6cEBzczo="));
+        let proxy = Proxy::parse("[fd00::1]:8080", "").unwrap();
+        assert_eq!((proxy.host.as_str(), proxy.port), ("fd00::1", 8080));
+        assert_eq!(proxy.authorization, None);
+        for (bad, why) in [
+            ("http://proxy.corp", "port"),
+            ("https://proxy.corp:443", "only an http:// proxy"),
+            ("socks5h://proxy.corp:1080", "only an http:// proxy"),
+            ("http://proxy corp:1", "not a proxy address"),
+        ] {
+            let error = Proxy::parse(bad, "").err().unwrap_or_default();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+        assert_eq!(
+            without_credentials("http://me:secret@proxy.corp:3128"),
+            "http://…@proxy.corp:3128"
+        );
+
+        let proxy = Proxy::parse(
+            "proxy.corp:3128",
+            " Example.COM , .internal.corp,10.0.0.0/8, fd00::/8, 192.168.1.7:443, [::2], ,.",
+        )
+        .unwrap();
+        for direct in [
+            "example.com",
+            "id.example.com",
+            "ID.Example.Com.",
+            "login.internal.corp",
+            "10.200.0.1",
+            "fd00::5",
+            "192.168.1.7",
+            "::2",
+            "0:0::0:2",
+        ] {
+            assert!(proxy.bypasses(direct), "{direct}");
+        }
+        for proxied in [
+            "notexample.com",
+            "example.com.evil.net",
+            "internal.corp.evil.net",
+            "11.0.0.1",
+            "fe80::1",
+            "192.168.1.8",
+            "id.example.org",
+        ] {
+            assert!(!proxy.bypasses(proxied), "{proxied}");
+        }
+        assert!(
+            Proxy::parse("p:1", "*")
+                .unwrap()
+                .bypasses("anything.at.all")
+        );
+        assert!(!Proxy::parse("p:1", "").unwrap().bypasses("anything.at.all"));
+        assert!(in_range(
+            "1.2.3.4".parse().unwrap(),
+            "0.0.0.0".parse().unwrap(),
+            0
+        ));
     }
 
     /// A plain-http server on this machine that answers one request with `answer` (after
