@@ -1048,22 +1048,28 @@ async fn sighup_reads_the_token_keys_again() {
     server.terminate(Duration::from_secs(30));
 }
 
+/// The arguments of an in-memory `serve` taking its buyer token keys from `url`, trusting
+/// the CA certificate in `ca`.
+fn key_url_args<'a>(url: &'a str, ca: &'a str) -> [&'a str; 7] {
+    [
+        "--in-memory",
+        "--auth",
+        "jwt",
+        "--jwt-key",
+        url,
+        "--jwt-ca",
+        ca,
+    ]
+}
+
 /// A key server publishing `jwks.json`, and a server taking its buyer token keys from
 /// there (trusting the test CA), fetched again every `refresh`.
 fn serve_with_key_url(refresh: &str) -> (KeyServer, Serve) {
     let provider = KeyServer::start(std::fs::read(key_file("jwks.json")).unwrap());
     let ca = tls_file("ca.pem");
-    let server = serve(&[
-        "--in-memory",
-        "--auth",
-        "jwt",
-        "--jwt-key",
-        &provider.url,
-        "--jwt-ca",
-        &ca,
-        "--jwt-key-refresh",
-        refresh,
-    ]);
+    let mut args = key_url_args(&provider.url, &ca).to_vec();
+    args.extend(["--jwt-key-refresh", refresh]);
+    let server = serve(&args);
     (provider, server)
 }
 
@@ -1242,15 +1248,7 @@ async fn buyer_token_keys_are_fetched_through_the_proxy_https_proxy_names() {
     // `user:p@ss`, its `@` escaped in the URL.
     let proxy = ForwardProxy::start("Basic dXNlcjpwQHNz");
     let env_proxy = format!("http://user:p%40ss@{}", proxy.url);
-    let args = [
-        "--in-memory",
-        "--auth",
-        "jwt",
-        "--jwt-key",
-        &url,
-        "--jwt-ca",
-        &ca,
-    ];
+    let args = key_url_args(&url, &ca);
     let server = serve_with_env(&args, &[("HTTPS_PROXY", &env_proxy)]);
     assert_eq!(
         proxy.asked(),
@@ -1267,15 +1265,7 @@ async fn buyer_token_keys_are_fetched_through_the_proxy_https_proxy_names() {
 
     // This machine is never reached through the proxy (the key server's own URL names
     // 127.0.0.1); nor is a host `NO_PROXY` lists, which here no resolver knows.
-    let direct = [
-        "--in-memory",
-        "--auth",
-        "jwt",
-        "--jwt-key",
-        &provider.url,
-        "--jwt-ca",
-        &ca,
-    ];
+    let direct = key_url_args(&provider.url, &ca);
     let server = serve_with_env(&direct, &[("HTTPS_PROXY", &env_proxy)]);
     server.terminate(Duration::from_secs(30));
     for no_proxy in ["keys.test", ".test", "example.com, *"] {
