@@ -1274,7 +1274,12 @@ async fn buyer_token_keys_are_fetched_through_the_proxy_https_proxy_names() {
             &[("HTTPS_PROXY", &env_proxy), ("NO_PROXY", no_proxy)],
         );
         assert_eq!(code, 2, "{no_proxy}: {stderr}");
-        assert!(stderr.contains("cannot connect"), "{no_proxy}: {stderr}");
+        // Resolving `keys.test` fails at once, or, where the machine's name server is out
+        // of reach, outlasts the fetch's time limit; either way the proxy is not asked.
+        assert!(
+            stderr.contains("cannot connect") || stderr.contains("no whole answer within"),
+            "{no_proxy}: {stderr}"
+        );
     }
     assert_eq!(proxy.asked().len(), 1, "{:?}", proxy.asked());
 

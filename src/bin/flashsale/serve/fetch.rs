@@ -114,7 +114,6 @@ struct Proxy {
 }
 
 /// One `NO_PROXY` entry.
-#[derive(Debug, PartialEq)]
 enum Bypass {
     /// `*`: every host.
     All,
