@@ -1641,6 +1641,87 @@ async fn the_event_feed_resumes_across_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_that_fall_due_while_serve_is_down_follow_their_orders_in_the_feed() {
+    let dir = scratch("feed-due");
+    let data = dir.join("data");
+    let data = data.to_str().unwrap();
+    let catalog = write_catalog(
+        &dir,
+        "[[sku]]\nid = 1\nstock = 100\nhold = \"1s\"\n\n[[sku]]\nid = 2\nstock = 100\nhold = \"1s\"\n",
+    );
+    let args = [
+        "--data",
+        data,
+        "--no-sync",
+        "--catalog",
+        &catalog,
+        "--shards",
+        "2",
+        "--admin-token",
+        "tok",
+    ];
+    let server = serve(&args);
+    let http = client();
+    for (user, sku) in [(1, "1"), (2, "2"), (3, "1"), (4, "2")] {
+        let (status, _) = buy(
+            &http,
+            &server,
+            sku,
+            json!({"user": user, "qty": 1, "key": 1}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    server.terminate(Duration::from_secs(30));
+    // Both holds of each shard fall due while it is down: the restarted engine expires them
+    // at once, while the feed is still being rebuilt from the journals.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let server = serve(&args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        let (status, page) = call(
+            http.get(server.url("/orders/events?limit=100&wait_ms=1000"))
+                .bearer_auth("tok"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        if page["events"].as_array().unwrap().len() >= 8 || std::time::Instant::now() > deadline {
+            break page;
+        }
+    };
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 8, "{page}");
+    for shard in 0..2 {
+        let of_shard: Vec<_> = events
+            .iter()
+            .filter(|event| event["shard"] == shard)
+            .map(|event| {
+                (
+                    event["kind"].as_str().unwrap(),
+                    event["order"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(of_shard.len(), 4, "{page}");
+        let kinds: Vec<_> = of_shard.iter().map(|(kind, _)| *kind).collect();
+        assert_eq!(
+            kinds,
+            ["confirmed", "confirmed", "expired", "expired"],
+            "{page}"
+        );
+        let mut confirmed: Vec<_> = of_shard[..2].iter().map(|(_, order)| *order).collect();
+        let mut expired: Vec<_> = of_shard[2..].iter().map(|(_, order)| *order).collect();
+        confirmed.sort_unstable();
+        expired.sort_unstable();
+        assert_eq!(confirmed, expired, "{page}");
+    }
+    assert_eq!(page["cursor"], "4,4");
+    server.terminate(Duration::from_secs(30));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkill_under_load_loses_no_answered_order() {
     let dir = scratch("crash");
     let data = dir.join("data");
