@@ -181,6 +181,31 @@ fn write_catalog(dir: &Path, text: &str) -> String {
     path.display().to_string()
 }
 
+/// `serve`'s arguments for a sale of `catalog` journaled unsynced in `data`, with the
+/// operator token `tok`, and `more`.
+fn unsynced_with_operator<'a>(data: &'a str, catalog: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--data",
+        data,
+        "--no-sync",
+        "--catalog",
+        catalog,
+        "--admin-token",
+        "tok",
+    ];
+    args.extend_from_slice(more);
+    args
+}
+
+/// A scratch directory `name`, the path of a data directory in it (not made yet) and the
+/// path of `catalog` written in it.
+fn scratch_sale(name: &str, catalog: &str) -> (PathBuf, String, String) {
+    let dir = scratch(name);
+    let data = dir.join("data").display().to_string();
+    let catalog = write_catalog(&dir, catalog);
+    (dir, data, catalog)
+}
+
 const TEST_SALE: &str = r#"
 [[sku]]
 id = 1
@@ -643,14 +668,11 @@ fn start_up_errors_are_one_line_and_exit_2() {
 
 #[test]
 fn a_data_directory_of_another_sale_is_refused() {
-    let dir = scratch("mismatch");
-    let data = dir.join("data");
-    let data = data.to_str().unwrap();
-    let catalog = write_catalog(
-        &dir,
+    let (dir, data, catalog) = scratch_sale(
+        "mismatch",
         "[[sku]]\nid = 1\nstock = 5\n[[sku]]\nid = 2\nstock = 5\n",
     );
-    let server = serve(&["--data", data, "--catalog", &catalog]);
+    let server = serve(&["--data", &data, "--catalog", &catalog]);
     server.terminate(Duration::from_secs(30));
     let other = dir.join("other.toml");
     std::fs::write(
@@ -658,10 +680,10 @@ fn a_data_directory_of_another_sale_is_refused() {
         "[[sku]]\nid = 1\nstock = 1\n[[sku]]\nid = 2\nstock = 5\n",
     )
     .unwrap();
-    let (code, stderr) = serve_fails(&["--data", data, "--catalog", other.to_str().unwrap()]);
+    let (code, stderr) = serve_fails(&["--data", &data, "--catalog", other.to_str().unwrap()]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("catalog fingerprint"), "{stderr}");
-    let (code, stderr) = serve_fails(&["--data", data, "--catalog", &catalog, "--shards", "2"]);
+    let (code, stderr) = serve_fails(&["--data", &data, "--catalog", &catalog, "--shards", "2"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("shard count"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -1525,19 +1547,8 @@ async fn buyers_are_who_their_token_or_proxy_says() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_feed_resumes_across_a_restart() {
-    let dir = scratch("feed");
-    let data = dir.join("data");
-    let data = data.to_str().unwrap();
-    let catalog = write_catalog(&dir, "[[sku]]\nid = 1\nstock = 100\nlimit = 1\n");
-    let args = [
-        "--data",
-        data,
-        "--no-sync",
-        "--catalog",
-        &catalog,
-        "--admin-token",
-        "tok",
-    ];
+    let (dir, data, catalog) = scratch_sale("feed", "[[sku]]\nid = 1\nstock = 100\nlimit = 1\n");
+    let args = unsynced_with_operator(&data, &catalog, &[]);
     let server = serve(&args);
     let http = client();
     let mut orders = Vec::new();
@@ -1642,24 +1653,11 @@ async fn the_event_feed_resumes_across_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_that_fall_due_while_serve_is_down_follow_their_orders_in_the_feed() {
-    let dir = scratch("feed-due");
-    let data = dir.join("data");
-    let data = data.to_str().unwrap();
-    let catalog = write_catalog(
-        &dir,
+    let (dir, data, catalog) = scratch_sale(
+        "feed-due",
         "[[sku]]\nid = 1\nstock = 100\nhold = \"1s\"\n\n[[sku]]\nid = 2\nstock = 100\nhold = \"1s\"\n",
     );
-    let args = [
-        "--data",
-        data,
-        "--no-sync",
-        "--catalog",
-        &catalog,
-        "--shards",
-        "2",
-        "--admin-token",
-        "tok",
-    ];
+    let args = unsynced_with_operator(&data, &catalog, &["--shards", "2"]);
     let server = serve(&args);
     let http = client();
     for (user, sku) in [(1, "1"), (2, "2"), (3, "1"), (4, "2")] {
@@ -1723,17 +1721,14 @@ async fn holds_that_fall_due_while_serve_is_down_follow_their_orders_in_the_feed
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkill_under_load_loses_no_answered_order() {
-    let dir = scratch("crash");
-    let data = dir.join("data");
-    let data = data.to_str().unwrap();
     const STOCK: u64 = 300;
-    let catalog = write_catalog(
-        &dir,
+    let (dir, data, catalog) = scratch_sale(
+        "crash",
         &format!("[[sku]]\nid = 1\nstock = {STOCK}\nlimit = 1\n"),
     );
     let args = [
         "--data",
-        data,
+        &data,
         "--catalog",
         &catalog,
         "--admin-token",
