@@ -22,6 +22,8 @@ struct Serve {
     addr: String,
     /// Its standard error, line by line, after "ready".
     lines: mpsc::Receiver<String>,
+    /// The line that said it was ready.
+    ready: String,
 }
 
 /// `flashsale serve --addr 127.0.0.1:0 <args>` with `env` set, and no forward proxy from
@@ -59,7 +61,7 @@ fn serve_with_env(args: &[&str], env: &[(&str, &str)]) -> Serve {
     });
     let mut addr = None;
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let ready = loop {
         let line = lines
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .unwrap_or_else(|_| {
@@ -70,15 +72,16 @@ fn serve_with_env(args: &[&str], env: &[(&str, &str)]) -> Serve {
             addr = rest.split_whitespace().next().map(str::to_owned);
         }
         if line.contains("ready:") {
-            break;
+            break line;
         }
-    }
+    };
     let addr = addr.expect("the listening address is printed");
     Serve {
         child,
         base: format!("http://{addr}"),
         addr,
         lines,
+        ready,
     }
 }
 
@@ -1609,6 +1612,11 @@ async fn the_event_feed_resumes_across_a_restart() {
     server.terminate(Duration::from_secs(30));
 
     let server = serve(&args);
+    assert!(
+        server.ready.contains("recovered in") && server.ready.contains("holds 7 events"),
+        "{}",
+        server.ready
+    );
     let feed = |after: &str| {
         http.get(server.url(&format!("/orders/events?limit=100&wait_ms=0&after={after}")))
             .bearer_auth("tok")

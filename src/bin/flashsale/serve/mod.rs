@@ -350,18 +350,26 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
 
     let recovered = match nats {
         Some(nats) => connect_gateway(&args, &runtime, nats, &catalog, &server),
-        None => recover(&args, data.as_deref(), &catalog, epoch).map(|running| {
-            let _ = server.running.set(running);
-            format!(
-                "{} SKUs on {} shard(s), {}",
-                catalog.skus().len(),
-                args.shards,
-                data.as_ref().map_or(
-                    "in memory (nothing survives a restart)".to_owned(),
-                    |dir| format!("data in {}", dir.display())
-                ),
-            )
-        }),
+        None => {
+            let started = std::time::Instant::now();
+            recover(&args, data.as_deref(), &catalog, epoch).map(|running| {
+                let events: usize = running.feed.lengths().iter().sum();
+                let _ = server.running.set(running);
+                format!(
+                    "{} SKUs on {} shard(s), {}",
+                    catalog.skus().len(),
+                    args.shards,
+                    data.as_ref().map_or(
+                        "in memory (nothing survives a restart)".to_owned(),
+                        |dir| format!(
+                            "data in {} (recovered in {:.2} s; the order feed holds {events} events)",
+                            dir.display(),
+                            started.elapsed().as_secs_f64()
+                        )
+                    ),
+                )
+            })
+        }
     };
     let what = match recovered {
         Ok(what) => what,
