@@ -1680,7 +1680,7 @@ async fn holds_that_fall_due_while_serve_is_down_follow_their_orders_in_the_feed
     }
     server.terminate(Duration::from_secs(30));
     // Both holds of each shard fall due while it is down: the restarted engine expires them
-    // at once, while the feed is still being rebuilt from the journals.
+    // as it starts, once the feed has replayed the journals.
     std::thread::sleep(Duration::from_millis(1500));
 
     let server = serve(&args);
@@ -1695,6 +1695,7 @@ async fn holds_that_fall_due_while_serve_is_down_follow_their_orders_in_the_feed
         if page["events"].as_array().unwrap().len() >= 8 || std::time::Instant::now() > deadline {
             break page;
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let events = page["events"].as_array().unwrap();
     assert_eq!(events.len(), 8, "{page}");
