@@ -20,6 +20,8 @@
 //! With the `cluster` feature, on NATS JetStream:
 //! - `nats`: the sale's streams, buckets and epoch;
 //! - `run_node`: an engine node, leading some partitions and standing by for the rest;
+//! - `follow`: a follower of every partition's log that leads nothing, for the order
+//!   events (what `serve --nats --feed` serves as its order event feed);
 //! - `Gateway`: buys through the cluster, batched per partition.
 
 pub mod gate;
@@ -36,6 +38,6 @@ pub mod wire;
 #[cfg(all(feature = "cluster", not(loom)))]
 pub use gateway::{Decided, Gateway, GatewayConfig, GatewayError, GatewayStats};
 #[cfg(all(feature = "cluster", not(loom)))]
-pub use node::{NodeConfig, NodeLatency, PartitionStatus, run_node};
+pub use node::{EventSink, NodeConfig, NodeLatency, PartitionStatus, follow, run_node};
 
 pub use replica::{Answer, Gap, Replica, ReplicaSnapshotError, Reply, Step};

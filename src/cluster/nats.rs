@@ -281,6 +281,21 @@ impl Opened {
         UNIX_EPOCH + Duration::from_nanos(self.epoch_unix_ns)
     }
 
+    /// The position of each partition's last log entry now (0: none yet), in partition
+    /// order: where a [`follow`](super::follow)er that started now is current.
+    ///
+    /// # Errors
+    /// A stream's leader did not answer.
+    pub async fn log_ends(&self) -> Result<Vec<u64>, NatsError> {
+        let mut ends = Vec::with_capacity(self.streams.len());
+        for stream in &self.streams {
+            let mut stream = stream.clone();
+            let info = stream.info().await.map_err(at("read a log's end"))?;
+            ends.push(info.state.last_sequence);
+        }
+        Ok(ends)
+    }
+
     /// An instant on the sale's clock from a Unix-epoch one (0 before the epoch).
     pub(crate) fn sale_ns(&self, unix_ns: i128) -> u64 {
         u64::try_from(unix_ns.saturating_sub(i128::from(self.epoch_unix_ns))).unwrap_or(0)

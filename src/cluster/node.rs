@@ -22,6 +22,7 @@ use tokio::time::{MissedTickBehavior, interval};
 use super::nats::{NatsError, Opened, SaleOnNats};
 use super::wire;
 use super::{Gap, Replica, Reply, Step};
+use crate::OrderEvent;
 use crate::catalog::{Catalog, Placement};
 use crate::types::ShardId;
 
@@ -97,6 +98,82 @@ pub async fn run_node(
     status: Option<watch::Sender<Vec<PartitionStatus>>>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), NatsError> {
+    run_partitions(client, sale, opened, catalog, config, None, status, stop).await
+}
+
+/// Receives one partition's order events, in log order, as [`follow`] applies the log.
+pub type EventSink = Box<dyn FnMut(&OrderEvent) + Send + Sync>;
+
+/// Follows every partition's log from its first entry without ever leading, handing each
+/// partition's order events (confirmed, paid, cancelled, expired) to its sink in
+/// `sinks` (one per partition, in partition order) until `stop` turns true.
+///
+/// A follower reads the logs as an engine node does (the same consumers, the same checks
+/// for silent readers and for entries a pull lost) and applies every entry to a replica
+/// of its own, but never takes a lease, answers nothing, logs no ticks and stores no
+/// snapshots. Its events are therefore the same on every follower, counted from the
+/// log's first entry, whenever and wherever it starts: a position in them means the same
+/// thing on another follower or after a restart. An entry reaches a follower only once
+/// JetStream has stored it on a quorum of the stream's servers, so an event is never
+/// handed over that a failover could take back. Starting from the first entry, a
+/// follower holds every partition's state, as a node does (see
+/// [`NodeConfig::order_capacity`]).
+///
+/// # Errors
+/// [`NatsError`] if `sinks` does not hold one sink per partition, or as
+/// [`run_node`].
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the same arguments as run_node, and the sinks"
+)]
+pub async fn follow(
+    client: async_nats::Client,
+    sale: SaleOnNats,
+    opened: Opened,
+    catalog: Catalog,
+    config: NodeConfig,
+    sinks: Vec<EventSink>,
+    status: Option<watch::Sender<Vec<PartitionStatus>>>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), NatsError> {
+    if sinks.len() != usize::from(sale.partitions()) {
+        return Err(NatsError::new(
+            "follow the sale's logs",
+            format!(
+                "{} event sinks for {} partitions",
+                sinks.len(),
+                sale.partitions()
+            ),
+        ));
+    }
+    run_partitions(
+        client,
+        sale,
+        opened,
+        catalog,
+        config,
+        Some(sinks),
+        status,
+        stop,
+    )
+    .await
+}
+
+/// One task per partition, leading where it can (`sinks` `None`) or only following.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "run_node's and follow's arguments, passed through"
+)]
+async fn run_partitions(
+    client: async_nats::Client,
+    sale: SaleOnNats,
+    opened: Opened,
+    catalog: Catalog,
+    config: NodeConfig,
+    sinks: Option<Vec<EventSink>>,
+    status: Option<watch::Sender<Vec<PartitionStatus>>>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), NatsError> {
     let placement = Placement::new(&catalog, usize::from(sale.partitions()))
         .map_err(|error| NatsError::new("place the catalog", error.to_string()))?;
     let status = status.unwrap_or_else(|| watch::channel(Vec::new()).0);
@@ -104,19 +181,23 @@ pub async fn run_node(
         PartitionStatus::default();
         usize::from(sale.partitions())
     ]);
+    let mut sinks = sinks.map(Vec::into_iter);
     let mut tasks = tokio::task::JoinSet::new();
     for partition in 0..sale.partitions() {
+        let events = sinks.as_mut().and_then(Iterator::next);
+        let mut replica = Replica::with_order_capacity(
+            &catalog,
+            &placement,
+            ShardId(partition),
+            config.max_quantity,
+            config.order_capacity,
+        );
+        replica.record_events(events.is_some());
         let task = PartitionTask {
             client: client.clone(),
             sale: sale.clone(),
             opened: opened.clone(),
-            replica: Replica::with_order_capacity(
-                &catalog,
-                &placement,
-                ShardId(partition),
-                config.max_quantity,
-                config.order_capacity,
-            ),
+            replica,
             catalog: catalog.clone(),
             placement: placement.clone(),
             config: config.clone(),
@@ -130,6 +211,7 @@ pub async fn run_node(
             recent: std::collections::VecDeque::new(),
             reader: None,
             repulled: false,
+            events,
         };
         tasks.spawn(task.run(stop.clone()));
     }
@@ -171,6 +253,9 @@ struct PartitionTask {
     reader: Option<PullConsumer>,
     /// Whether the reader was pulled again for silence since its last new entry.
     repulled: bool,
+    /// A follower's sink for the partition's order events (see [`follow`]); `None` on an
+    /// engine node.
+    events: Option<EventSink>,
 }
 
 /// How long a partition's reader may stay silent before the node asks the log whether it
@@ -326,12 +411,20 @@ fn polled_entries(stream: async_nats::jetstream::stream::Stream, next: u64) -> E
 
 impl PartitionTask {
     async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), NatsError> {
-        self.restore_snapshot().await;
-        let mut asks = self
-            .client
-            .subscribe(self.sale.subject_ask(self.partition))
-            .await
-            .map_err(|error| NatsError::new("subscribe to reads", error.to_string()))?;
+        // A follower starts from the log's first entry (its events are counted from
+        // there) and answers no reads.
+        let following = self.events.is_some();
+        let mut asks: std::pin::Pin<Box<dyn futures_util::Stream<Item = _> + Send>> = if following {
+            Box::pin(futures_util::stream::pending())
+        } else {
+            self.restore_snapshot().await;
+            Box::pin(
+                self.client
+                    .subscribe(self.sale.subject_ask(self.partition))
+                    .await
+                    .map_err(|error| NatsError::new("subscribe to reads", error.to_string()))?,
+            )
+        };
         let mut lease_timer = interval(self.config.lease / 3);
         lease_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let (renewed_tx, mut renewed_rx) = mpsc::channel(1);
@@ -386,7 +479,7 @@ impl PartitionTask {
                 tokio::select! {
                     biased;
                     _ = stop.changed() => break 'consume,
-                    _ = lease_timer.tick(), if !renewing => {
+                    _ = lease_timer.tick(), if !renewing && !following => {
                         renewing = true;
                         self.start_renewal(&renewed_tx);
                     }
@@ -556,6 +649,9 @@ impl PartitionTask {
             Step::Applied { .. } => {}
             Step::AlreadyApplied => return Ok(false),
         }
+        if let Some(sink) = &mut self.events {
+            self.replica.take_events().for_each(|event| sink(&event));
+        }
         if self.lease_revision.is_some() {
             self.publish_replies(position, replies, out);
             if let Some(latency) = &self.config.latency
@@ -566,7 +662,7 @@ impl PartitionTask {
                     .lock()
                     .saturating_record_n(now.saturating_sub(stamp).max(1), replies.len() as u64);
             }
-        } else if !replies.is_empty() {
+        } else if !replies.is_empty() && self.events.is_none() {
             if self.recent.len() == RECENT_MAX {
                 self.recent.pop_front();
             }

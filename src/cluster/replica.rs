@@ -186,6 +186,18 @@ impl Replica {
         &self.core
     }
 
+    /// Starts or stops recording order events as entries are applied (see
+    /// [`ShardCore::record_events`]); off by default.
+    pub fn record_events(&mut self, on: bool) {
+        self.core.record_events(on);
+    }
+
+    /// The order events recorded since the last call, oldest first (see
+    /// [`ShardCore::take_events`]).
+    pub fn take_events(&mut self) -> impl Iterator<Item = crate::OrderEvent> + '_ {
+        self.core.take_events()
+    }
+
     /// Buys waiting for an outcome (pooled or on a waitlist).
     pub fn waiting(&self) -> usize {
         self.waiting.len()
