@@ -6,18 +6,25 @@
 //! gateways serve one sale, and one can die at any moment (a buyer whose answer it held
 //! retries with the same key through another and gets the same order).
 //!
-//! Not here: the order event feed and the live page, which read one process's engine
-//! (`serve` alone has them); they answer 501 `not_in_cluster`.
+//! With `--feed`, a gateway also serves the order event feed: a follower of every
+//! partition's log ([`flashsale::cluster::follow`]), on a thread and a NATS connection of
+//! its own, hands each partition's events to a [`Feed`] as `serve` alone does from its
+//! journals. The events come from the logs alone, so every gateway with `--feed` holds
+//! the same events at the same positions, and a cursor from one means the same on another
+//! or after a restart. Without `--feed` the feed answers 501 `not_in_cluster`, and so does
+//! the live page, which reads one process's engine.
 #![allow(
     clippy::result_large_err,
     reason = "the Err of a check is the HTTP answer itself, 128 bytes, on the refusal path"
 )]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -25,13 +32,17 @@ use axum::routing::{any, get, post};
 use flashsale::Catalog;
 use flashsale::cluster::nats::{self, Opened, SaleOnNats};
 use flashsale::cluster::wire::Control;
-use flashsale::cluster::{Gateway, GatewayConfig, GatewayError};
+use flashsale::cluster::{
+    EventSink, Gateway, GatewayConfig, GatewayError, NodeConfig, PartitionStatus, follow,
+};
 use flashsale::core::Applied;
 use flashsale::{ControlError, OrderId, OrderStatus, OrderView, Outcome};
 use serde_json::{Value, json};
 use tokio::runtime::Runtime;
+use tokio::sync::watch;
 
 use super::answer::{self, fail, ok};
+use super::feed::Feed;
 use super::routes::{
     self, AdminAction, admin_request, buy_request, confirmed, order_json, path_number, path_sku,
     rejected, sale_json,
@@ -116,7 +127,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/sales", get(sales))
         .route("/sales/{sku}", get(sale))
         .route("/sales/{sku}/buy", post(buy))
-        .route("/orders/events", any(not_in_cluster))
+        .route("/orders/events", get(events))
         .route("/orders/{id}", get(order))
         .route("/orders/{id}/pay", post(pay))
         .route("/orders/{id}/cancel", post(cancel))
@@ -137,8 +148,169 @@ async fn not_in_cluster(State(server): Shared) -> Response {
         &server.counts,
         StatusCode::NOT_IMPLEMENTED,
         "not_in_cluster",
-        json!({ "error": "the order feed and the live page read one process's engine: run `flashsale serve` alone for them" }),
+        json!({ "error": "the live page reads one process's engine: run `flashsale serve` alone for it" }),
     )
+}
+
+/// How long a cursor from a gateway whose follower is further on is waited for.
+const FEED_PATIENCE: Duration = Duration::from_secs(2);
+
+/// `GET /orders/events`, with `--feed`.
+async fn events(
+    State(server): Shared,
+    headers: HeaderMap,
+    params: Result<axum::extract::Query<routes::FeedParams>, QueryRejection>,
+) -> Response {
+    let Some(followed) = &server.followed else {
+        return fail(
+            &server.counts,
+            StatusCode::NOT_IMPLEMENTED,
+            "not_in_cluster",
+            json!({ "error": "this gateway does not follow the logs: start it with --feed for the order event feed" }),
+        );
+    };
+    if !followed.caught_up.load(Ordering::Acquire) {
+        return fail(
+            &server.counts,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "recovering",
+            json!({ "error": "this gateway is still reading the partitions' logs for the order feed" }),
+        );
+    }
+    routes::feed_page(&server, &followed.feed, &headers, params, FEED_PATIENCE).await
+}
+
+/// With `--feed`: the order event feed, and whether its follower has caught up with the
+/// logs as they were when it started (until then the feed answers 503 `recovering`).
+pub struct FollowedFeed {
+    feed: Arc<Feed>,
+    caught_up: Arc<AtomicBool>,
+}
+
+impl FollowedFeed {
+    /// Starts the follower on a thread of its own, which connects to NATS (retrying while
+    /// it cannot) and follows the logs until `stopping` turns true, starting again from
+    /// the first entries if its follower fails.
+    pub fn start(
+        args: &ServeArgs,
+        catalog: &Catalog,
+        stopping: watch::Receiver<bool>,
+    ) -> Result<Self, Failure> {
+        let urls = args.nats.clone().unwrap_or_default();
+        let sale = SaleOnNats::new(&args.sale, args.partitions, args.replicas)
+            .map_err(|error| (2, error.to_string()))?;
+        let feed = Feed::new(usize::from(args.partitions));
+        let caught_up = Arc::new(AtomicBool::new(false));
+        let config = NodeConfig {
+            id: format!("feed-{}", std::process::id()),
+            max_quantity: args.max_quantity,
+            ..NodeConfig::default()
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| (1, format!("cannot start the feed's runtime: {error}")))?;
+        let follower = Follower {
+            urls,
+            sale,
+            catalog: catalog.clone(),
+            config,
+            feed: feed.clone(),
+            caught_up: caught_up.clone(),
+        };
+        std::thread::Builder::new()
+            .name("feed".to_owned())
+            .spawn(move || runtime.block_on(follower.run(stopping)))
+            .map_err(|error| (1, format!("cannot start the feed's thread: {error}")))?;
+        Ok(Self { feed, caught_up })
+    }
+}
+
+/// What the feed's thread runs.
+struct Follower {
+    urls: String,
+    sale: SaleOnNats,
+    catalog: Catalog,
+    config: NodeConfig,
+    feed: Arc<Feed>,
+    caught_up: Arc<AtomicBool>,
+}
+
+impl Follower {
+    /// Follows until `stopping` turns true, starting again a second after a failure.
+    async fn run(self, mut stopping: watch::Receiver<bool>) {
+        loop {
+            if let Err(error) = self.follow_once(stopping.clone()).await {
+                eprintln!("flashsale serve: the order feed's follower: {error}; starting again");
+            }
+            if *stopping.borrow() {
+                return;
+            }
+            tokio::select! {
+                _ = stopping.changed() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Connects, opens the sale and follows its logs from their first entries. Events a
+    /// run before this one already added are not added again (every run hands over the
+    /// same events in the same order).
+    async fn follow_once(&self, stopping: watch::Receiver<bool>) -> Result<(), String> {
+        let name = format!("feed-{}", std::process::id());
+        let client = nats::connect(&self.urls, &name)
+            .await
+            .map_err(|error| error.to_string())?;
+        let opened = self
+            .sale
+            .open(client.clone(), Duration::from_secs(2))
+            .await
+            .map_err(|error| error.to_string())?;
+        let ends = opened.log_ends().await.map_err(|error| error.to_string())?;
+        let sinks = (0..usize::from(self.sale.partitions()))
+            .map(|partition| {
+                let feed = self.feed.clone();
+                let mut seen = 0;
+                Box::new(move |event: &flashsale::OrderEvent| {
+                    if seen >= feed.len_of(partition) {
+                        feed.push(partition, event);
+                    }
+                    seen += 1;
+                }) as EventSink
+            })
+            .collect();
+        let (status, mut progress) = watch::channel(Vec::<PartitionStatus>::new());
+        let caught_up = self.caught_up.clone();
+        let watching = tokio::spawn(async move {
+            loop {
+                let current = {
+                    let status = progress.borrow_and_update();
+                    status.len() == ends.len()
+                        && status.iter().zip(&ends).all(|(at, &end)| at.applied >= end)
+                };
+                if current {
+                    caught_up.store(true, Ordering::Release);
+                    return;
+                }
+                if progress.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let followed = follow(
+            client,
+            self.sale.clone(),
+            opened,
+            self.catalog.clone(),
+            self.config.clone(),
+            sinks,
+            Some(status),
+            stopping,
+        )
+        .await;
+        watching.abort();
+        followed.map_err(|error| error.to_string())
+    }
 }
 
 /// The gateway, or the 503 to answer while it connects.

@@ -29,8 +29,10 @@ pub struct Feed {
 pub enum CursorError {
     /// Not `n` or `n0,n1,...` with one canonical number per shard.
     Malformed,
-    /// Past the events this feed holds (another data directory's cursor).
-    Ahead,
+    /// Past the events this feed holds (another data directory's cursor, or, on a
+    /// cluster's gateways, one from a gateway whose follower is a little further on):
+    /// the positions it names.
+    Ahead(Vec<usize>),
 }
 
 impl Feed {
@@ -105,14 +107,45 @@ impl Feed {
         if positions.len() != self.shards.len() {
             return Err(CursorError::Malformed);
         }
-        if positions
+        if self.is_ahead(&positions) {
+            return Err(CursorError::Ahead(positions));
+        }
+        Ok(positions)
+    }
+
+    /// Whether `positions` is past the events this feed holds.
+    fn is_ahead(&self, positions: &[usize]) -> bool {
+        positions
             .iter()
             .zip(self.lengths())
             .any(|(&at, len)| at > len)
-        {
-            return Err(CursorError::Ahead);
+    }
+
+    /// Waits up to `within` for the feed to reach `positions`; true if it did.
+    pub async fn reach(&self, positions: &[usize], within: Duration) -> bool {
+        let mut added = self.added.subscribe();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            added.borrow_and_update();
+            if !self.is_ahead(positions) {
+                return true;
+            }
+            tokio::select! {
+                changed = added.changed() => if changed.is_err() { return false },
+                () = tokio::time::sleep_until(deadline) => return !self.is_ahead(positions),
+            }
         }
-        Ok(positions)
+    }
+
+    /// Adds shard `shard`'s next event and wakes the long polls.
+    pub fn push(&self, shard: usize, event: &OrderEvent) {
+        self.shards[shard].write().push(*event);
+        self.added.send_modify(|count| *count += 1);
+    }
+
+    /// Events shard `shard` holds.
+    pub fn len_of(&self, shard: usize) -> usize {
+        self.shards[shard].read().len()
     }
 
     /// Writes a cursor.
@@ -176,7 +209,6 @@ impl OrderSink for FeedSink {
     }
 
     fn on_event(&mut self, event: &OrderEvent) {
-        self.feed.shards[self.shard].write().push(*event);
-        self.feed.added.send_modify(|count| *count += 1);
+        self.feed.push(self.shard, event);
     }
 }

@@ -166,6 +166,12 @@ pub struct ServeArgs {
     #[cfg(feature = "cluster")]
     #[arg(long, default_value_t = 16, requires = "nats")]
     max_quantity: u32,
+    /// With --nats: also serve the order event feed (`GET /orders/events`), from a
+    /// follower of every partition's log on a thread and a NATS connection of its own.
+    /// It holds every partition's state, as an engine node does.
+    #[cfg(feature = "cluster")]
+    #[arg(long, requires = "nats")]
+    feed: bool,
 }
 
 /// Buyer identification modes.
@@ -192,6 +198,9 @@ pub struct Server {
     /// With `--nats`: the gateway, once connected.
     #[cfg(feature = "cluster")]
     pub gateway: OnceLock<flashsale::cluster::Gateway>,
+    /// With `--nats --feed`: the order event feed, from a follower of the logs.
+    #[cfg(feature = "cluster")]
+    pub followed: Option<cluster::FollowedFeed>,
     pub catalog: Catalog,
     /// The wall-clock time of the engine clock's 0.
     pub epoch: SystemTime,
@@ -274,10 +283,17 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
     )
     .allow_burst(NonZeroU32::new(args.burst_per_buyer).unwrap_or(NonZeroU32::MIN));
     let (stop, stopping) = watch::channel(false);
+    #[cfg(feature = "cluster")]
+    let followed = args
+        .feed
+        .then(|| cluster::FollowedFeed::start(&args, &catalog, stopping.clone()))
+        .transpose()?;
     let server = Arc::new(Server {
         running: OnceLock::new(),
         #[cfg(feature = "cluster")]
         gateway: OnceLock::new(),
+        #[cfg(feature = "cluster")]
+        followed,
         catalog: catalog.clone(),
         epoch,
         counts: answer::Counts::default(),
@@ -463,7 +479,12 @@ fn connect_gateway(
         args.partitions
     );
     let _ = server.gateway.set(gateway);
-    Ok(what)
+    let feed = if server.followed.is_some() {
+        "; the order feed follows every partition's log from its first entry"
+    } else {
+        ""
+    };
+    Ok(format!("{what}{feed}"))
 }
 
 #[cfg(not(feature = "cluster"))]

@@ -557,7 +557,7 @@ async fn change_order(server: &Server, id: &str, headers: &HeaderMap, pay: bool)
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FeedParams {
+pub struct FeedParams {
     after: Option<String>,
     limit: Option<usize>,
     wait_ms: Option<u64>,
@@ -576,6 +576,19 @@ async fn events(
         Ok(running) => running,
         Err(response) => return response,
     };
+    feed_page(&server, &running.feed, &headers, params, Duration::ZERO).await
+}
+
+/// A page of `feed` after the request's cursor (`GET /orders/events`), for the operator.
+/// A cursor past the feed's end is waited for up to `patience` (a cluster's gateways
+/// follow the logs a few milliseconds apart), then refused.
+pub async fn feed_page(
+    server: &Server,
+    feed: &Feed,
+    headers: &HeaderMap,
+    params: Result<Query<FeedParams>, QueryRejection>,
+    patience: Duration,
+) -> Response {
     let open = matches!(server.buyers, Buyers::Demo) && server.admin_token.is_none();
     if !open && server.admin_token.is_none() {
         return fail(
@@ -585,7 +598,7 @@ async fn events(
             json!({ "error": "buyers are authenticated: the event feed needs --admin-token" }),
         );
     }
-    if !open && !is_operator(&server, &headers) {
+    if !open && !is_operator(server, headers) {
         return fail(
             &server.counts,
             StatusCode::UNAUTHORIZED,
@@ -601,9 +614,13 @@ async fn events(
             return bad_request(&server.counts, &field, message);
         }
     };
-    let feed: &Feed = &running.feed;
     let positions = match feed.cursor(params.after.as_deref()) {
         Ok(positions) => positions,
+        Err(CursorError::Ahead(positions))
+            if !patience.is_zero() && feed.reach(&positions, patience).await =>
+        {
+            positions
+        }
         Err(CursorError::Malformed) => {
             return bad_request(
                 &server.counts,
@@ -614,7 +631,7 @@ async fn events(
                 ),
             );
         }
-        Err(CursorError::Ahead) => {
+        Err(CursorError::Ahead(_)) => {
             return bad_request(
                 &server.counts,
                 "after",
