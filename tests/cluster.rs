@@ -5,7 +5,8 @@
 //! (dropped with buys in flight) and an HTTP gateway (SIGKILL; its buyers retry on the
 //! other with the same keys). Afterwards every partition's
 //! log is replayed from scratch and checked against everything that was answered and
-//! published. `cargo test --features cluster --test cluster` runs 2 cycles; the ignored
+//! published, and against the order event feed of the HTTP gateway that lived (`--feed`,
+//! a follower of the logs). `cargo test --features cluster --test cluster` runs 2 cycles; the ignored
 //! `a_hundred_kill_cycles` runs 100. Every process started here is killed by its PID, on
 //! failure too.
 
@@ -286,8 +287,15 @@ fn start_node(
     Process { child }
 }
 
-/// A `flashsale serve --nats` process: an HTTP gateway.
-fn start_http_gateway(urls: &str, sale: &str, catalog: &Path, port: u16, dir: &Path) -> Process {
+/// A `flashsale serve --nats` process: an HTTP gateway, with `extra` arguments.
+fn start_http_gateway(
+    urls: &str,
+    sale: &str,
+    catalog: &Path,
+    port: u16,
+    dir: &Path,
+    extra: &[&str],
+) -> Process {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -299,6 +307,7 @@ fn start_http_gateway(urls: &str, sale: &str, catalog: &Path, port: u16, dir: &P
         .args(["--addr", &format!("127.0.0.1:{port}")])
         .args(["--max-quantity", &MAX_QUANTITY.to_string()])
         .args(["--rate-per-buyer", "100000", "--burst-per-buyer", "100000"])
+        .args(extra)
         .arg("--catalog")
         .arg(catalog)
         .stdout(log.try_clone().unwrap())
@@ -436,10 +445,14 @@ async fn sale_with_kills(base: u16, cycle: u32) {
         wait_ready(&dir, id).await;
     }
     // Two HTTP gateways (`flashsale serve --nats`); the second is SIGKILLed during the sale.
+    // The first also serves the order event feed, checked against the replay at the end.
     let http_ports = [base + 60, base + 61];
-    let mut http_gateways: Vec<Process> = http_ports
+    let mut http_gateways: Vec<Process> = [&["--feed"][..], &[]]
         .iter()
-        .map(|&port| start_http_gateway(&urls, &sale_name, &catalog_path, port, &dir))
+        .zip(http_ports)
+        .map(|(extra, port)| {
+            start_http_gateway(&urls, &sale_name, &catalog_path, port, &dir, extra)
+        })
         .collect();
     let http = reqwest::Client::new();
     for port in http_ports {
@@ -719,58 +732,49 @@ async fn sale_with_kills(base: u16, cycle: u32) {
     let js = async_nats::jetstream::new(client.clone());
     let mut replicas = Vec::new();
     let mut replayed: Published = HashMap::new();
+    let mut replayed_events = Vec::new();
     for partition in 0..PARTITIONS {
-        // The restarted server may still be catching up: retry for a while.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let (stream, last) = loop {
-            let attempt = async {
-                let mut stream = js.get_stream(sale.stream(partition)).await.ok()?;
-                let last = stream.info().await.ok()?.state.last_sequence;
-                Some((stream, last))
-            };
-            if let Some(found) = attempt.await {
-                break found;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "partition {partition}'s stream unreadable"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        let epoch = sale_epoch(&js, &sale_name).await;
         let mut replica = Replica::new(&catalog, &placement, ShardId(partition), MAX_QUANTITY);
-        let consumer = stream
-            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
-            .await
-            .unwrap();
-        let mut messages = consumer.messages().await.unwrap();
-        let mut replies: Vec<Reply> = Vec::new();
-        while replica.applied() < last {
-            let message = messages.next().await.unwrap().unwrap();
-            let info = message.info().unwrap();
-            let stamp = u64::try_from(
-                info.published
-                    .unix_timestamp_nanos()
-                    .saturating_sub(i128::from(epoch)),
-            )
-            .unwrap_or(0);
-            replies.clear();
-            replica
-                .apply(info.stream_sequence, stamp, &message.payload, &mut replies)
-                .unwrap();
-            let mut by_gateway: BTreeMap<u64, Vec<_>> = BTreeMap::new();
-            for reply in &replies {
-                by_gateway
-                    .entry(reply.gateway)
-                    .or_default()
-                    .push((reply.request, reply.answer));
-            }
-            for (gateway, answers) in by_gateway {
-                replayed.insert((partition, info.stream_sequence, gateway), answers);
-            }
-        }
+        replica.record_events(true);
+        replay_log(
+            &js,
+            &sale,
+            &sale_name,
+            partition,
+            &mut replica,
+            |position, replies| {
+                let mut by_gateway: BTreeMap<u64, Vec<_>> = BTreeMap::new();
+                for reply in replies {
+                    by_gateway
+                        .entry(reply.gateway)
+                        .or_default()
+                        .push((reply.request, reply.answer));
+                }
+                for (gateway, answers) in by_gateway {
+                    replayed.insert((partition, position, gateway), answers);
+                }
+            },
+        )
+        .await;
+        replayed_events.push(events_json(partition, &mut replica));
         replicas.push(replica);
     }
+
+    // The first HTTP gateway's order feed, through the kills, is the replay's events.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut fed: Vec<Vec<serde_json::Value>> = vec![Vec::new(); usize::from(PARTITIONS)];
+    let mut cursor = None;
+    while fed.iter().map(Vec::len).sum::<usize>() < replayed_events.iter().map(Vec::len).sum() {
+        assert!(Instant::now() < deadline, "the feed stalled");
+        let (status, events, next) =
+            feed_page(&http, http_ports[0], cursor.as_deref(), 10_000, 1_000).await;
+        assert_eq!(status, 200);
+        for event in events {
+            fed[event["shard"].as_u64().unwrap() as usize].push(event);
+        }
+        cursor = next;
+    }
+    assert_eq!(fed, replayed_events, "the order feed");
 
     // Every published reply is what the replay says for that entry.
     let published = published.lock();
@@ -892,6 +896,57 @@ async fn sale_with_kills(base: u16, cycle: u32) {
     drop(nats);
     if std::env::var_os("FLASHSALE_KEEP_LOGS").is_none() {
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Replays partition `partition`'s log of sale `sale_name` from its first entry to its
+/// last (as of now) into `replica`, handing `each` every entry's position and replies. A
+/// restarted server may still be catching up, so the stream is asked again for a while.
+async fn replay_log(
+    js: &async_nats::jetstream::Context,
+    sale: &SaleOnNats,
+    sale_name: &str,
+    partition: u16,
+    replica: &mut Replica,
+    mut each: impl FnMut(u64, &[Reply]),
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (stream, last) = loop {
+        let attempt = async {
+            let mut stream = js.get_stream(sale.stream(partition)).await.ok()?;
+            let last = stream.info().await.ok()?.state.last_sequence;
+            Some((stream, last))
+        };
+        if let Some(found) = attempt.await {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partition {partition}'s stream unreadable"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let epoch = sale_epoch(js, sale_name).await;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut replies: Vec<Reply> = Vec::new();
+    while replica.applied() < last {
+        let message = messages.next().await.unwrap().unwrap();
+        let info = message.info().unwrap();
+        let stamp = u64::try_from(
+            info.published
+                .unix_timestamp_nanos()
+                .saturating_sub(i128::from(epoch)),
+        )
+        .unwrap_or(0);
+        replies.clear();
+        replica
+            .apply(info.stream_sequence, stamp, &message.payload, &mut replies)
+            .unwrap();
+        each(info.stream_sequence, &replies);
     }
 }
 
@@ -1145,6 +1200,208 @@ async fn a_hundred_kill_cycles() {
     for cycle in 0..100 {
         sale_with_kills(16_000, cycle).await;
     }
+}
+
+/// The events `replica` recorded, as the order event feed writes them.
+fn events_json(partition: u16, replica: &mut Replica) -> Vec<serde_json::Value> {
+    replica
+        .take_events()
+        .map(|event| {
+            serde_json::json!({
+                "shard": partition,
+                "sequence": event.sequence,
+                "kind": event.kind.name(),
+                "order": event.order.0,
+                "user": event.user.0,
+                "sku": event.sku.0,
+                "qty": event.quantity,
+            })
+        })
+        .collect()
+}
+
+/// One page of an HTTP gateway's order event feed after `cursor`: the status, and the
+/// events and the next cursor when it is 200.
+async fn feed_page(
+    http: &reqwest::Client,
+    port: u16,
+    cursor: Option<&str>,
+    limit: usize,
+    wait_ms: u64,
+) -> (u16, Vec<serde_json::Value>, Option<String>) {
+    let mut url = format!("http://127.0.0.1:{port}/orders/events?limit={limit}&wait_ms={wait_ms}");
+    if let Some(cursor) = cursor {
+        url.push_str(&format!("&after={cursor}"));
+    }
+    let response = http.get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap();
+    if status != 200 {
+        return (status, Vec::new(), None);
+    }
+    let events = body["events"].as_array().unwrap().clone();
+    (status, events, body["cursor"].as_str().map(str::to_owned))
+}
+
+/// `serve --nats --feed`: the cluster's order event feed is every partition's events as a
+/// replay of its log from scratch gives them, each once and in order, read in small pages
+/// from one gateway, which is then killed (SIGKILL), and from its cursor on another that
+/// started after (which answers 503 `recovering` until its follower caught up): confirmations, a
+/// payment, a cancellation and the expiries of the rest, whose ticks the leader logged. A
+/// gateway without `--feed` answers 501 `not_in_cluster`; a cursor past the end, 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_feed_of_a_cluster_is_its_logs_events_across_a_gateways_death() {
+    const BUYS: u64 = 40;
+    const HOLD_NS: u64 = 2_000_000_000;
+    let toml: String = (1..=SKUS)
+        .map(|id| format!("[[sku]]\nid = {id}\nstock = 100\nlimit = 2\nhold = \"2s\"\n\n"))
+        .collect();
+    let catalog = Catalog::builder()
+        .skus((1..=SKUS).map(|id| SkuSpec::new(SkuId(id), 100).limit(2).hold(HOLD_NS)))
+        .build()
+        .unwrap();
+    let scene = OneNode::start("feed", 20_000, "feed", &toml, catalog.clone(), None).await;
+    let urls = scene.nats.as_ref().unwrap().urls();
+    let catalog_path = scene.dir.join("catalog.toml");
+    let (first_port, plain_port, second_port) = (20_300, 20_301, 20_302);
+    let mut first = start_http_gateway(
+        &urls,
+        "feed",
+        &catalog_path,
+        first_port,
+        &scene.dir,
+        &["--feed"],
+    );
+    let _plain = start_http_gateway(&urls, "feed", &catalog_path, plain_port, &scene.dir, &[]);
+    let http = reqwest::Client::new();
+    wait_http_ready(&http, first_port).await;
+    wait_http_ready(&http, plain_port).await;
+
+    let answer = http
+        .get(format!("http://127.0.0.1:{plain_port}/orders/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 501);
+    let answer: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(answer["reason"], "not_in_cluster");
+
+    let mut orders = Vec::new();
+    for buyer in 0..BUYS {
+        let decided = scene
+            .gateway
+            .buy(new_buyers_intent(buyer, buyer), false)
+            .await
+            .unwrap();
+        orders.push(decided.order().expect("stock for every buyer"));
+    }
+    let done = |applied: Applied| matches!(applied, Applied::Done { .. });
+    assert!(done(
+        scene
+            .gateway
+            .control(Control::Pay(orders[0]))
+            .await
+            .unwrap()
+    ));
+    assert!(done(
+        scene
+            .gateway
+            .control(Control::Cancel(orders[1]))
+            .await
+            .unwrap()
+    ));
+    // Each order confirmed, one paid, one cancelled, the rest expired.
+    let total = (BUYS + 2 + (BUYS - 2)) as usize;
+
+    // The first half from the first gateway, 7 at a time.
+    let mut got = Vec::new();
+    let mut cursor: Option<String> = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < total / 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the first gateway's feed stalled at {}",
+            got.len()
+        );
+        let (status, events, next) =
+            feed_page(&http, first_port, cursor.as_deref(), 7, 1_000).await;
+        match status {
+            200 => {
+                assert!(events.len() <= 7);
+                got.extend(events);
+                cursor = next;
+            }
+            503 => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!("the feed answered {other}"),
+        }
+    }
+    first.kill();
+
+    // The rest from a gateway started after, from the first one's cursor.
+    let _second = start_http_gateway(
+        &urls,
+        "feed",
+        &catalog_path,
+        second_port,
+        &scene.dir,
+        &["--feed"],
+    );
+    wait_http_ready(&http, second_port).await;
+    let mut recovering = 0;
+    while got.len() < total {
+        assert!(
+            Instant::now() < deadline,
+            "the second gateway's feed stalled at {}",
+            got.len()
+        );
+        let (status, events, next) =
+            feed_page(&http, second_port, cursor.as_deref(), 7, 1_000).await;
+        match status {
+            200 => {
+                got.extend(events);
+                cursor = next;
+            }
+            503 => {
+                recovering += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => panic!("the feed answered {other}"),
+        }
+    }
+    let (status, more, _) = feed_page(&http, second_port, cursor.as_deref(), 7, 500).await;
+    assert_eq!((status, more.len()), (200, 0), "nothing after the expiries");
+    let (status, ..) = feed_page(&http, second_port, Some("999,999"), 7, 0).await;
+    assert_eq!(status, 400, "a cursor past the end");
+
+    // Each partition's events, as a replay of its log from scratch records them.
+    let placement = Placement::new(&catalog, usize::from(PARTITIONS)).unwrap();
+    let js = async_nats::jetstream::new(scene.client.clone());
+    for partition in 0..PARTITIONS {
+        let mut replica = Replica::new(&catalog, &placement, ShardId(partition), MAX_QUANTITY);
+        replica.record_events(true);
+        replay_log(&js, &scene.sale, "feed", partition, &mut replica, |_, _| {}).await;
+        let replayed = events_json(partition, &mut replica);
+        let fed: Vec<_> = got
+            .iter()
+            .filter(|event| event["shard"] == u64::from(partition))
+            .cloned()
+            .collect();
+        assert_eq!(fed, replayed, "partition {partition}'s feed");
+    }
+    let kinds = |kind: &str| got.iter().filter(|event| event["kind"] == kind).count();
+    assert_eq!(
+        [
+            kinds("confirmed"),
+            kinds("paid"),
+            kinds("cancelled"),
+            kinds("expired")
+        ],
+        [BUYS as usize, 1, 1, BUYS as usize - 2]
+    );
+    eprintln!(
+        "feed: {} events, the second gateway answered 503 {recovering} times while catching up",
+        got.len()
+    );
 }
 
 /// `flashsale compare --nats` runs the scenario through a throwaway sale on the cluster (an
