@@ -761,18 +761,12 @@ async fn sale_with_kills(base: u16, cycle: u32) {
     }
 
     // The first HTTP gateway's order feed, through the kills, is the replay's events.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut got = Vec::new();
+    let total = replayed_events.iter().map(Vec::len).sum();
+    read_feed(&http, http_ports[0], &mut None, &mut got, total, 10_000).await;
     let mut fed: Vec<Vec<serde_json::Value>> = vec![Vec::new(); usize::from(PARTITIONS)];
-    let mut cursor = None;
-    while fed.iter().map(Vec::len).sum::<usize>() < replayed_events.iter().map(Vec::len).sum() {
-        assert!(Instant::now() < deadline, "the feed stalled");
-        let (status, events, next) =
-            feed_page(&http, http_ports[0], cursor.as_deref(), 10_000, 1_000).await;
-        assert_eq!(status, 200);
-        for event in events {
-            fed[event["shard"].as_u64().unwrap() as usize].push(event);
-        }
-        cursor = next;
+    for event in got {
+        fed[event["shard"].as_u64().unwrap() as usize].push(event);
     }
     assert_eq!(fed, replayed_events, "the order feed");
 
@@ -1243,11 +1237,48 @@ async fn feed_page(
     (status, events, body["cursor"].as_str().map(str::to_owned))
 }
 
+/// Reads an HTTP gateway's order feed from `cursor` in pages of up to `limit` into `got`
+/// until it holds `until` events, moving `cursor` on; asks again after a 503 (its
+/// follower catching up) and says how many it got.
+async fn read_feed(
+    http: &reqwest::Client,
+    port: u16,
+    cursor: &mut Option<String>,
+    got: &mut Vec<serde_json::Value>,
+    until: usize,
+    limit: usize,
+) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut recovering = 0;
+    while got.len() < until {
+        assert!(
+            Instant::now() < deadline,
+            "gateway {port}'s feed stalled at {} events",
+            got.len()
+        );
+        let (status, events, next) = feed_page(http, port, cursor.as_deref(), limit, 1_000).await;
+        match status {
+            200 => {
+                assert!(events.len() <= limit);
+                got.extend(events);
+                *cursor = next;
+            }
+            503 => {
+                recovering += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => panic!("gateway {port}'s feed answered {other}"),
+        }
+    }
+    recovering
+}
+
 /// `serve --nats --feed`: the cluster's order event feed is every partition's events as a
 /// replay of its log from scratch gives them, each once and in order, read in small pages
 /// from one gateway, which is then killed (SIGKILL), and from its cursor on another that
 /// started after (which answers 503 `recovering` until its follower caught up): confirmations, a
-/// payment, a cancellation and the expiries of the rest, whose ticks the leader logged. A
+/// payment, a cancellation and the expiries of the rest, whose ticks the leader logged,
+/// with snapshots stored every 10 entries that the second must not start from. A
 /// gateway without `--feed` answers 501 `not_in_cluster`; a cursor past the end, 400.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_order_feed_of_a_cluster_is_its_logs_events_across_a_gateways_death() {
@@ -1260,7 +1291,9 @@ async fn the_order_feed_of_a_cluster_is_its_logs_events_across_a_gateways_death(
         .skus((1..=SKUS).map(|id| SkuSpec::new(SkuId(id), 100).limit(2).hold(HOLD_NS)))
         .build()
         .unwrap();
-    let scene = OneNode::start("feed", 20_000, "feed", &toml, catalog.clone(), None).await;
+    // The leader stores a snapshot every 10 entries: a follower must not start from one
+    // (its events count from each log's first entry).
+    let scene = OneNode::start("feed", 20_000, "feed", &toml, catalog.clone(), Some(10)).await;
     let urls = scene.nats.as_ref().unwrap().urls();
     let catalog_path = scene.dir.join("catalog.toml");
     let (first_port, plain_port, second_port) = (20_300, 20_301, 20_302);
@@ -1316,25 +1349,7 @@ async fn the_order_feed_of_a_cluster_is_its_logs_events_across_a_gateways_death(
     // The first half from the first gateway, 7 at a time.
     let mut got = Vec::new();
     let mut cursor: Option<String> = None;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while got.len() < total / 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the first gateway's feed stalled at {}",
-            got.len()
-        );
-        let (status, events, next) =
-            feed_page(&http, first_port, cursor.as_deref(), 7, 1_000).await;
-        match status {
-            200 => {
-                assert!(events.len() <= 7);
-                got.extend(events);
-                cursor = next;
-            }
-            503 => tokio::time::sleep(Duration::from_millis(100)).await,
-            other => panic!("the feed answered {other}"),
-        }
-    }
+    read_feed(&http, first_port, &mut cursor, &mut got, total / 2, 7).await;
     first.kill();
 
     // The rest from a gateway started after, from the first one's cursor.
@@ -1347,27 +1362,7 @@ async fn the_order_feed_of_a_cluster_is_its_logs_events_across_a_gateways_death(
         &["--feed"],
     );
     wait_http_ready(&http, second_port).await;
-    let mut recovering = 0;
-    while got.len() < total {
-        assert!(
-            Instant::now() < deadline,
-            "the second gateway's feed stalled at {}",
-            got.len()
-        );
-        let (status, events, next) =
-            feed_page(&http, second_port, cursor.as_deref(), 7, 1_000).await;
-        match status {
-            200 => {
-                got.extend(events);
-                cursor = next;
-            }
-            503 => {
-                recovering += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            other => panic!("the feed answered {other}"),
-        }
-    }
+    let recovering = read_feed(&http, second_port, &mut cursor, &mut got, total, 7).await;
     let (status, more, _) = feed_page(&http, second_port, cursor.as_deref(), 7, 500).await;
     assert_eq!((status, more.len()), (200, 0), "nothing after the expiries");
     let (status, ..) = feed_page(&http, second_port, Some("999,999"), 7, 0).await;
