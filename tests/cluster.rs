@@ -1399,6 +1399,99 @@ async fn the_order_feed_of_a_cluster_is_its_logs_events_across_a_gateways_death(
     );
 }
 
+/// How fast a follower of the logs (what a `serve --nats --feed` gateway runs) catches up
+/// at its start: 5 s of buys from 8,192 tasks, every one confirmed, then a follower
+/// started in this process reads both partitions' logs from their first entries; prints
+/// the entries and events per second until it has applied every entry, and checks that it
+/// handed over one `confirmed` event per order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it with --release --nocapture"]
+async fn a_followers_catch_up() {
+    let (toml, catalog) = never_sold_out();
+    let scene = OneNode::start("catchup", 20_500, "catchup", &toml, catalog.clone(), None).await;
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut buyers = tokio::task::JoinSet::new();
+    for buyer in 0..8_192u64 {
+        let gateway = scene.gateway.clone();
+        buyers.spawn(async move {
+            let mut confirmed = 0u64;
+            for press in 1u64.. {
+                if Instant::now() >= until {
+                    break;
+                }
+                if let Ok(decided) = gateway.buy(new_buyers_intent(buyer, press), false).await {
+                    confirmed += u64::from(decided.order().is_some());
+                }
+            }
+            confirmed
+        });
+    }
+    let mut confirmed = 0u64;
+    while let Some(joined) = buyers.join_next().await {
+        confirmed += joined.unwrap();
+    }
+
+    let opened = scene
+        .sale
+        .open(scene.client.clone(), Duration::from_secs(2))
+        .await
+        .unwrap();
+    let ends = opened.log_ends().await.unwrap();
+    let events = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sinks = (0..PARTITIONS)
+        .map(|_| {
+            let events = events.clone();
+            Box::new(move |_: &flashsale::OrderEvent| {
+                events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }) as flashsale::cluster::EventSink
+        })
+        .collect();
+    let (status, mut progress) = tokio::sync::watch::channel(Vec::new());
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let follower = tokio::spawn(flashsale::cluster::follow(
+        scene.client.clone(),
+        scene.sale.clone(),
+        opened,
+        catalog,
+        flashsale::cluster::NodeConfig {
+            max_quantity: MAX_QUANTITY,
+            ..Default::default()
+        },
+        sinks,
+        Some(status),
+        stopping,
+    ));
+    loop {
+        let current = progress
+            .borrow_and_update()
+            .iter()
+            .zip(&ends)
+            .all(|(at, &end)| at.applied >= end)
+            && progress.borrow().len() == ends.len();
+        if current {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the follower never caught up"
+        );
+        progress.changed().await.unwrap();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = stop.send(true);
+    follower.await.unwrap().unwrap();
+    let entries: u64 = ends.iter().sum();
+    let events = events.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "a follower caught up with {entries} entries ({confirmed} orders, {events} events) in \
+         {seconds:.2} s: {:.0} entries/s, {:.0} events/s",
+        entries as f64 / seconds,
+        events as f64 / seconds
+    );
+    assert_eq!(events, confirmed, "one confirmed event per order");
+}
+
 /// `flashsale compare --nats` runs the scenario through a throwaway sale on the cluster (an
 /// engine node and a gateway in its own process) beside the in-process engine, with every
 /// invariant checked against the levels the cluster's leader reports, and deletes the
