@@ -1367,6 +1367,30 @@ async fn the_order_feed_of_a_cluster_is_its_logs_events_across_a_gateways_death(
     assert_eq!((status, more.len()), (200, 0), "nothing after the expiries");
     let (status, ..) = feed_page(&http, second_port, Some("999,999"), 7, 0).await;
     assert_eq!(status, 400, "a cursor past the end");
+    let metrics = http
+        .get(format!("http://127.0.0.1:{second_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\nflashsale_feed_caught_up 1\n"),
+        "{metrics}"
+    );
+    let fed_of = |partition: u64| {
+        got.iter()
+            .filter(|event| event["shard"] == partition)
+            .count()
+    };
+    for partition in 0..u64::from(PARTITIONS) {
+        let line = format!(
+            "\nflashsale_order_events{{shard=\"{partition}\"}} {}\n",
+            fed_of(partition)
+        );
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
 
     // Each partition's events, as a replay of its log from scratch records them.
     let placement = Placement::new(&catalog, usize::from(PARTITIONS)).unwrap();

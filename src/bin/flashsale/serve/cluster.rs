@@ -169,7 +169,7 @@ async fn events(
             json!({ "error": "this gateway does not follow the logs: start it with --feed for the order event feed" }),
         );
     };
-    if !followed.caught_up.load(Ordering::Acquire) {
+    if !followed.caught_up() {
         return fail(
             &server.counts,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -177,7 +177,7 @@ async fn events(
             json!({ "error": "this gateway is still reading the partitions' logs for the order feed" }),
         );
     }
-    routes::feed_page(&server, &followed.feed, &headers, params, FEED_PATIENCE).await
+    routes::feed_page(&server, followed.feed(), &headers, params, FEED_PATIENCE).await
 }
 
 /// With `--feed`: the order event feed, and whether its follower has caught up with the
@@ -188,6 +188,16 @@ pub struct FollowedFeed {
 }
 
 impl FollowedFeed {
+    /// The feed.
+    pub fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    /// Whether the follower has applied every entry the logs held when it started.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
     /// Starts the follower on a thread of its own, which connects to NATS (retrying while
     /// it cannot) and follows the logs until `stopping` turns true, starting again from
     /// the first entries if its follower fails.

@@ -117,6 +117,22 @@ pub async fn metrics(State(server): State<Arc<Server>>) -> Response {
     if let Some(gateway) = server.gateway.get() {
         gateway_metrics(&mut out, gateway);
     }
+    #[cfg(feature = "cluster")]
+    if let Some(followed) = &server.followed {
+        help(
+            &mut out,
+            "flashsale_feed_caught_up",
+            "gauge",
+            "1 once this gateway's follower has applied every entry the logs held at its start (the feed answers 503 until then).",
+        );
+        line(
+            &mut out,
+            "flashsale_feed_caught_up",
+            "",
+            u8::from(followed.caught_up()),
+        );
+        order_events(&mut out, &followed.feed().lengths());
+    }
     let Some(running) = server.running.get() else {
         return text(out);
     };
@@ -174,21 +190,26 @@ pub async fn metrics(State(server): State<Arc<Server>>) -> Response {
         "",
         live.decided_by_shards,
     );
+    order_events(&mut out, &running.feed.lengths());
+    text(out)
+}
+
+/// The feed's events per shard (a cluster's: per partition).
+fn order_events(out: &mut String, lengths: &[usize]) {
     help(
-        &mut out,
+        out,
         "flashsale_order_events",
         "gauge",
         "Order events in the feed, per shard (since the sale began).",
     );
-    for (shard, events) in running.feed.lengths().into_iter().enumerate() {
+    for (shard, events) in lengths.iter().enumerate() {
         line(
-            &mut out,
+            out,
             "flashsale_order_events",
             &format!(r#"shard="{shard}""#),
             events,
         );
     }
-    text(out)
 }
 
 fn text(out: String) -> Response {
