@@ -1352,14 +1352,15 @@ async fn the_order_feed_of_a_cluster_is_its_logs_events_across_a_gateways_death(
     read_feed(&http, first_port, &mut cursor, &mut got, total / 2, 7).await;
     first.kill();
 
-    // The rest from a gateway started after, from the first one's cursor.
+    // The rest from a gateway started after, from the first one's cursor; its follower
+    // makes room for 8 orders per partition and grows its order book past them.
     let _second = start_http_gateway(
         &urls,
         "feed",
         &catalog_path,
         second_port,
         &scene.dir,
-        &["--feed"],
+        &["--feed", "--feed-order-capacity", "8"],
     );
     wait_http_ready(&http, second_port).await;
     let recovering = read_feed(&http, second_port, &mut cursor, &mut got, total, 7).await;

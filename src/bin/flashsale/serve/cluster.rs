@@ -214,6 +214,8 @@ impl FollowedFeed {
         let config = NodeConfig {
             id: format!("feed-{}", std::process::id()),
             max_quantity: args.max_quantity,
+            // Within its range (clap checked it), so it fits a usize.
+            order_capacity: args.feed_order_capacity.map(|orders| orders as usize),
             ..NodeConfig::default()
         };
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -172,6 +172,12 @@ pub struct ServeArgs {
     #[cfg(feature = "cluster")]
     #[arg(long, requires = "nats")]
     feed: bool,
+    /// With --feed: orders the follower makes room for in each partition at start-up, as
+    /// a node's --order-capacity (default: its stock, up to 4,194,304). Past it the
+    /// follower's order book grows, which pauses the feed, not the sale.
+    #[cfg(feature = "cluster")]
+    #[arg(long, requires = "feed", value_parser = clap::value_parser!(u64).range(0..=flashsale::EngineBuilder::ORDER_CAPACITY_MAX as u64))]
+    feed_order_capacity: Option<u64>,
 }
 
 /// Buyer identification modes.
