@@ -15,6 +15,10 @@ use flashsale::{
     RejectReason, SaleWindow, ShardId, SkuId, SkuSpec, SubmitError, Submitted, WaitStrategy,
 };
 
+/// Miri runs the tests that race threads through the rings and the park protocol (see
+/// `.ci/run`), about a thousand times slower: their sizes shrink by this much under it.
+const MIRI_SHRINK: u64 = if cfg!(miri) { 50 } else { 1 };
+
 fn one_sku(stock: u32, limit: u32) -> Catalog {
     Catalog::builder()
         .sku(SkuSpec::new(SkuId(1), stock).limit(limit))
@@ -235,10 +239,12 @@ fn busy_hands_the_intent_back_and_nothing_is_lost() {
 /// return at once when nothing is in flight; with the shards parking too (nothing spins).
 #[test]
 fn a_parking_producer_moved_to_another_thread_waits_for_every_outcome() {
-    const INTENTS: u64 = 20_000;
+    const INTENTS: u64 = 20_000 / MIRI_SHRINK;
+    // Each SKU's stock is a quarter of the intents: both sell out.
+    const STOCK: u32 = (INTENTS / 4) as u32;
     let catalog = Catalog::builder()
-        .sku(SkuSpec::new(SkuId(1), 5_000))
-        .sku(SkuSpec::new(SkuId(2), 5_000))
+        .sku(SkuSpec::new(SkuId(1), STOCK))
+        .sku(SkuSpec::new(SkuId(2), STOCK))
         .build()
         .unwrap();
     let engine = Engine::builder(catalog)
@@ -287,10 +293,10 @@ fn a_parking_producer_moved_to_another_thread_waits_for_every_outcome() {
     assert_eq!(outcomes.len() as u64, INTENTS, "one outcome per intent");
     assert!(busy > 0, "the lanes were full at times");
     let confirmed = outcomes.iter().filter(|o| o.order().is_some()).count();
-    assert_eq!(confirmed, 10_000, "both SKUs sold out exactly");
+    assert_eq!(confirmed, 2 * STOCK as usize, "both SKUs sold out exactly");
     assert_eq!(reason(last), RejectReason::SoldOut);
     let report = engine.shutdown();
-    assert_eq!(report.confirmed_orders, 10_000);
+    assert_eq!(report.confirmed_orders, 2 * u64::from(STOCK));
 }
 
 /// A buy that goes to wait on a waitlist gives its ring slot back: the poll that takes
@@ -350,15 +356,17 @@ fn wait_for_arrivals_returns_when_a_waiting_buy_freed_the_lane() {
 
 #[test]
 fn shutdown_drains_accepted_intents_and_refuses_later_ones() {
+    const INTENTS: u64 = 1000 / MIRI_SHRINK;
+    const STOCK: u64 = INTENTS / 10;
     for wait in [WaitStrategy::Spin, WaitStrategy::Yield, WaitStrategy::Park] {
-        let engine = Engine::builder(one_sku(100, u32::MAX))
+        let engine = Engine::builder(one_sku(STOCK as u32, u32::MAX))
             .ring_capacity(1024)
             .wait_strategy(wait)
             .sold_out_gate(false)
             .start()
             .unwrap();
         let mut producer = engine.producer();
-        for key in 0..1000 {
+        for key in 0..INTENTS {
             assert_eq!(
                 producer.submit(intent(key, key, 1, 1)).unwrap(),
                 Submitted::Queued(flashsale::Ticket(key as u32))
@@ -368,13 +376,13 @@ fn shutdown_drains_accepted_intents_and_refuses_later_ones() {
         let mut completions = Vec::new();
         producer.poll(|completion| completions.push(completion));
         assert_eq!(
-            completions.len(),
-            1000,
+            completions.len() as u64,
+            INTENTS,
             "{wait:?}: every accepted intent answered"
         );
         assert_eq!(producer.in_flight(), 0);
-        assert_eq!(report.confirmed_orders, 100);
-        assert_eq!(report.rejected(RejectReason::SoldOut), 900);
+        assert_eq!(report.confirmed_orders, STOCK);
+        assert_eq!(report.rejected(RejectReason::SoldOut), INTENTS - STOCK);
         assert_eq!(
             producer.submit(intent(1, 5000, 1, 1)),
             Err(SubmitError::ShutDown(intent(1, 5000, 1, 1)))
@@ -388,7 +396,7 @@ fn shutdown_drains_accepted_intents_and_refuses_later_ones() {
 
 #[test]
 fn shutdown_racing_many_submitters_loses_nothing() {
-    let engine = Engine::builder(one_sku(1_000_000, u32::MAX))
+    let engine = Engine::builder(one_sku((1_000_000 / MIRI_SHRINK) as u32, u32::MAX))
         .sold_out_gate(false)
         .ring_capacity(64)
         .start()
@@ -397,7 +405,7 @@ fn shutdown_racing_many_submitters_loses_nothing() {
     // Every submitter has had intents accepted before the shutdown starts (a count, not a
     // sleep): the race is with submitters in full flow. A submitter that panics is seen
     // by the wait below (its thread finished), so the test fails rather than hangs.
-    const ACCEPTED_BEFORE_SHUTDOWN: u64 = 1_000;
+    const ACCEPTED_BEFORE_SHUTDOWN: u64 = 1_000 / MIRI_SHRINK;
     let under_way = std::sync::Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = producers
         .into_iter()
