@@ -24,6 +24,8 @@ struct Serve {
     lines: mpsc::Receiver<String>,
     /// The line that said it was ready.
     ready: String,
+    /// What it said before that line.
+    said_before_ready: Vec<String>,
 }
 
 /// `flashsale serve --addr 127.0.0.1:0 <args>` with `env` set, and no forward proxy from
@@ -60,6 +62,7 @@ fn serve_with_env(args: &[&str], env: &[(&str, &str)]) -> Serve {
         }
     });
     let mut addr = None;
+    let mut said_before_ready = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     let ready = loop {
         let line = lines
@@ -74,6 +77,7 @@ fn serve_with_env(args: &[&str], env: &[(&str, &str)]) -> Serve {
         if line.contains("ready:") {
             break line;
         }
+        said_before_ready.push(line);
     };
     let addr = addr.expect("the listening address is printed");
     Serve {
@@ -82,6 +86,7 @@ fn serve_with_env(args: &[&str], env: &[(&str, &str)]) -> Serve {
         addr,
         lines,
         ready,
+        said_before_ready,
     }
 }
 
@@ -1548,6 +1553,130 @@ async fn buyers_are_who_their_token_or_proxy_says() {
     server.terminate(Duration::from_secs(30));
 }
 
+/// The order feed's checkpoint (written by a clean stop) is used only while every journal
+/// is the one it was written from: after buys and a SIGKILL the journals have moved on and
+/// the restart replays them; a damaged checkpoint (one flipped bit, or cut short) is named
+/// and replayed past. Each way the feed reads the same events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_checkpoint_is_used_only_with_the_journals_it_was_written_from() {
+    let (dir, data, catalog) =
+        scratch_sale("checkpoint", "[[sku]]\nid = 1\nstock = 100\nlimit = 1\n");
+    let args = unsynced_with_operator(&data, &catalog, &["--shards", "1"]);
+    let http = client();
+    let kinds_and_users = |server: &Serve| {
+        let http = http.clone();
+        let url = server.url("/orders/events?limit=100&wait_ms=0");
+        async move {
+            let (status, page) = call(http.get(url).bearer_auth("tok")).await;
+            assert_eq!(status, StatusCode::OK);
+            page["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|event| {
+                    (
+                        event["kind"].as_str().unwrap().to_owned(),
+                        event["user"].as_u64().unwrap(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let buy_as = |server: &Serve, user: u64| {
+        let http = http.clone();
+        let url = server.url("/sales/1/buy");
+        async move {
+            let (status, _) = call(
+                http.post(url)
+                    .json(&json!({"user": user, "qty": 1, "key": 1})),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+        }
+    };
+    let confirmed = |users: std::ops::RangeInclusive<u64>| {
+        users
+            .map(|user| ("confirmed".to_owned(), user))
+            .collect::<Vec<_>>()
+    };
+    let checkpoint = std::path::Path::new(&data).join("feed.checkpoint");
+
+    let server = serve(&args);
+    for user in 1..=3 {
+        buy_as(&server, user).await;
+    }
+    server.terminate(Duration::from_secs(30));
+    let written = std::fs::read(&checkpoint).unwrap();
+
+    // From the checkpoint; then two more buys, and a SIGKILL: no new checkpoint.
+    let server = serve(&args);
+    assert!(
+        server.ready.contains("holds 3 events, from its checkpoint"),
+        "{}",
+        server.ready
+    );
+    for user in 4..=5 {
+        buy_as(&server, user).await;
+    }
+    server.kill();
+    assert_eq!(
+        std::fs::read(&checkpoint).unwrap(),
+        written,
+        "the old checkpoint is still there"
+    );
+    let server = serve(&args);
+    assert!(
+        server.ready.contains("holds 5 events, from the journals"),
+        "{}",
+        server.ready
+    );
+    assert!(
+        server.said_before_ready.iter().any(|line| line
+            .contains("shard 0's journal is not the one the checkpoint was written from")),
+        "{:?}",
+        server.said_before_ready
+    );
+    assert_eq!(kinds_and_users(&server).await, confirmed(1..=5));
+    server.terminate(Duration::from_secs(30));
+
+    // Damaged: one bit flipped in an event, or the file cut short.
+    let whole = std::fs::read(&checkpoint).unwrap();
+    let mut flipped = whole.clone();
+    flipped[whole.len() - 30] ^= 0x10;
+    for (damage, bytes) in [
+        ("flipped", flipped),
+        ("cut", whole[..whole.len() - 41].to_vec()),
+    ] {
+        std::fs::write(&checkpoint, bytes).unwrap();
+        let server = serve(&args);
+        assert!(
+            server.ready.contains("holds 5 events, from the journals"),
+            "{damage}: {}",
+            server.ready
+        );
+        assert!(
+            server
+                .said_before_ready
+                .iter()
+                .any(|line| line.contains("the order feed's checkpoint is not used")),
+            "{damage}: {:?}",
+            server.said_before_ready
+        );
+        assert_eq!(kinds_and_users(&server).await, confirmed(1..=5), "{damage}");
+        server.terminate(Duration::from_secs(30));
+    }
+    // And whole again after that clean stop.
+    let server = serve(&args);
+    assert!(
+        server.ready.contains("holds 5 events, from its checkpoint"),
+        "{}",
+        server.ready
+    );
+    assert_eq!(kinds_and_users(&server).await, confirmed(1..=5));
+    server.terminate(Duration::from_secs(30));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_feed_resumes_across_a_restart() {
     let (dir, data, catalog) = scratch_sale("feed", "[[sku]]\nid = 1\nstock = 100\nlimit = 1\n");
@@ -1609,11 +1738,22 @@ async fn the_event_feed_resumes_across_a_restart() {
         StatusCode::BAD_REQUEST,
         "unknown parameters are refused"
     );
-    server.terminate(Duration::from_secs(30));
+    assert!(
+        server.ready.contains("from the journals"),
+        "{}",
+        server.ready
+    );
+    let (_, said) = server.terminate(Duration::from_secs(30));
+    assert!(
+        said.contains("the order feed's checkpoint: 7 events"),
+        "{said}"
+    );
 
+    // A clean stop left the feed's checkpoint: the restart reads it, not the journals.
     let server = serve(&args);
     assert!(
-        server.ready.contains("recovered in") && server.ready.contains("holds 7 events"),
+        server.ready.contains("recovered in")
+            && server.ready.contains("holds 7 events, from its checkpoint"),
         "{}",
         server.ready
     );

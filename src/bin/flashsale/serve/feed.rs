@@ -11,7 +11,9 @@
 
 use std::time::Duration;
 
-use flashsale::{Catalog, JournalConfig, OrderEvent, OrderSink, Placement, ShardCore, ShardId};
+use flashsale::{
+    Catalog, JournalConfig, OrderEvent, OrderEventKind, OrderSink, Placement, ShardCore, ShardId,
+};
 use parking_lot::RwLock;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -71,6 +73,138 @@ impl Feed {
             commands += journal.records.len() as u64;
         }
         Ok(commands)
+    }
+
+    /// Saves every event to the data directory's checkpoint (`feed.checkpoint`), with the
+    /// length and CRC-32 of each shard's journal, which the events are exactly those of:
+    /// written after a clean shutdown, when every journaled command's events are in the
+    /// feed. Written to a temporary file, synced, renamed over the old one, and the
+    /// directory synced. Returns the bytes written.
+    pub fn save_checkpoint(&self, config: &JournalConfig) -> std::io::Result<u64> {
+        let mut bytes = CHECKPOINT_MAGIC.to_vec();
+        bytes.extend_from_slice(&(self.shards.len() as u32).to_le_bytes());
+        let shards: Vec<_> = self.shards.iter().map(|events| events.read()).collect();
+        for (shard, events) in shards.iter().enumerate() {
+            let (length, crc) = journal_print(config, ShardId(shard as u16))?;
+            bytes.extend_from_slice(&length.to_le_bytes());
+            bytes.extend_from_slice(&crc.to_le_bytes());
+            bytes.extend_from_slice(&(events.len() as u64).to_le_bytes());
+        }
+        bytes.reserve(shards.iter().map(|events| events.len()).sum::<usize>() * EVENT_LEN + 4);
+        for event in shards.iter().flat_map(|events| events.iter()) {
+            bytes.extend_from_slice(&event.sequence.to_le_bytes());
+            bytes.extend_from_slice(&event.order.0.to_le_bytes());
+            bytes.extend_from_slice(&event.user.0.to_le_bytes());
+            bytes.extend_from_slice(&event.sku.0.to_le_bytes());
+            bytes.extend_from_slice(&event.quantity.to_le_bytes());
+            bytes.push(kind_index(event.kind));
+            bytes.extend_from_slice(&[0; 7]);
+        }
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        let path = config.dir.join(CHECKPOINT);
+        let temporary = path.with_extension("tmp");
+        {
+            let mut file = std::fs::File::create(&temporary)?;
+            std::io::Write::write_all(&mut file, &bytes)?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&temporary, &path)?;
+        std::fs::File::open(&config.dir)?.sync_all()?;
+        Ok(bytes.len() as u64)
+    }
+
+    /// Fills the (empty) feed from the data directory's checkpoint instead of replaying
+    /// the journals, if there is one and every shard's journal is, byte for byte, the one
+    /// it was written from (its length and CRC-32): the events are a function of the
+    /// journals (the manifest has already fixed the catalog and the shard count), so they
+    /// are the events a replay would give. `Ok(false)`: there is no checkpoint. `Err`: why
+    /// it cannot be used (damaged, or the journals moved on since: a start after a crash);
+    /// the feed is left empty then.
+    pub fn load_checkpoint(&self, config: &JournalConfig) -> Result<bool, String> {
+        let path = config.dir.join(CHECKPOINT);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
+        };
+        let events = self.check_checkpoint(config, &bytes)?;
+        for (shard, events) in self.shards.iter().zip(events) {
+            *shard.write() = events;
+        }
+        Ok(true)
+    }
+
+    /// Reads a checkpoint's events, per shard, if it is whole and matches the journals.
+    fn check_checkpoint(
+        &self,
+        config: &JournalConfig,
+        bytes: &[u8],
+    ) -> Result<Vec<Vec<OrderEvent>>, String> {
+        let shards = self.shards.len();
+        let head = CHECKPOINT_MAGIC.len() + 4 + shards * 20;
+        let Some((body, crc)) = bytes.split_last_chunk::<4>() else {
+            return Err("the checkpoint is cut short".to_owned());
+        };
+        if crc32fast::hash(body) != u32::from_le_bytes(*crc) {
+            return Err("the checkpoint's checksum does not match: it is damaged".to_owned());
+        }
+        if body.len() < head || !body.starts_with(CHECKPOINT_MAGIC) {
+            return Err("the checkpoint is not one this version writes".to_owned());
+        }
+        let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().unwrap());
+        let u32_at = |at: usize| u32::from_le_bytes(body[at..at + 4].try_into().unwrap());
+        if u32_at(CHECKPOINT_MAGIC.len()) as usize != shards {
+            return Err("the checkpoint is of another shard count".to_owned());
+        }
+        let mut counts = Vec::with_capacity(shards);
+        for shard in 0..shards {
+            let at = CHECKPOINT_MAGIC.len() + 4 + shard * 20;
+            let written = (u64_at(at), u32_at(at + 8));
+            let now = journal_print(config, ShardId(shard as u16))
+                .map_err(|error| format!("cannot read shard {shard}'s journal: {error}"))?;
+            if written != now {
+                return Err(format!(
+                    "shard {shard}'s journal is not the one the checkpoint was written from                      ({} bytes then, {} now)",
+                    written.0, now.0
+                ));
+            }
+            counts.push(u64_at(at + 12));
+        }
+        let total = counts
+            .iter()
+            .try_fold(0u64, |sum, &count| sum.checked_add(count));
+        if total.and_then(|total| total.checked_mul(EVENT_LEN as u64))
+            != Some((body.len() - head) as u64)
+        {
+            return Err("the checkpoint's event counts do not match its length".to_owned());
+        }
+        let mut records = body[head..].chunks_exact(EVENT_LEN);
+        let mut all = Vec::with_capacity(shards);
+        for count in counts {
+            let mut events = Vec::with_capacity(count as usize);
+            for record in records.by_ref().take(count as usize) {
+                let field = |at: usize| u64::from_le_bytes(record[at..at + 8].try_into().unwrap());
+                let small = |at: usize| u32::from_le_bytes(record[at..at + 4].try_into().unwrap());
+                let kind = match record[32] {
+                    0 => OrderEventKind::Confirmed,
+                    1 => OrderEventKind::Paid,
+                    2 => OrderEventKind::Cancelled,
+                    3 => OrderEventKind::Expired,
+                    other => return Err(format!("the checkpoint names an event kind {other}")),
+                };
+                events.push(OrderEvent {
+                    sequence: field(0),
+                    kind,
+                    order: flashsale::OrderId(field(8)),
+                    user: flashsale::UserId(field(16)),
+                    sku: flashsale::SkuId(small(24)),
+                    quantity: small(28),
+                });
+            }
+            all.push(events);
+        }
+        Ok(all)
     }
 
     /// The order sink that feeds shard `shard`'s live events in.
@@ -144,6 +278,7 @@ impl Feed {
     }
 
     /// Events shard `shard` holds.
+    #[cfg(feature = "cluster")]
     pub fn len_of(&self, shard: usize) -> usize {
         self.shards[shard].read().len()
     }
@@ -192,6 +327,33 @@ impl Feed {
                 () = &mut stop => return (page, positions),
             }
         }
+    }
+}
+
+/// The feed's checkpoint in the data directory.
+const CHECKPOINT: &str = "feed.checkpoint";
+
+/// What a checkpoint starts with (its format's version in the last two bytes).
+const CHECKPOINT_MAGIC: &[u8; 8] = b"FSFEED01";
+
+/// One event in a checkpoint: its sequence, order, user, SKU, quantity, kind, 7 zeros.
+const EVENT_LEN: usize = 40;
+
+fn kind_index(kind: OrderEventKind) -> u8 {
+    match kind {
+        OrderEventKind::Confirmed => 0,
+        OrderEventKind::Paid => 1,
+        OrderEventKind::Cancelled => 2,
+        OrderEventKind::Expired => 3,
+    }
+}
+
+/// A shard's journal as its length and CRC-32 (0 and 0 if it has none).
+fn journal_print(config: &JournalConfig, shard: ShardId) -> std::io::Result<(u64, u32)> {
+    match std::fs::read(config.path_of(shard)) {
+        Ok(bytes) => Ok((bytes.len() as u64, crc32fast::hash(&bytes))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok((0, 0)),
+        Err(error) => Err(error),
     }
 }
 

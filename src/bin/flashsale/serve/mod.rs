@@ -196,6 +196,9 @@ pub struct Running {
     pub engine: Engine,
     pub client: AsyncClient,
     pub feed: Arc<Feed>,
+    /// Where the feed's events up to the start came from: "its checkpoint" or "the
+    /// journals" (replayed).
+    pub feed_from: &'static str,
 }
 
 /// What every request handler shares.
@@ -376,6 +379,7 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
             let started = std::time::Instant::now();
             recover(&args, data.as_deref(), &catalog, epoch).map(|running| {
                 let events: usize = running.feed.lengths().iter().sum();
+                let feed_from = running.feed_from;
                 let _ = server.running.set(running);
                 format!(
                     "{} SKUs on {} shard(s), {}",
@@ -384,9 +388,10 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
                     data.as_ref().map_or(
                         "in memory (nothing survives a restart)".to_owned(),
                         |dir| format!(
-                            "data in {} (recovered in {:.2} s; the order feed holds {events} events)",
+                            "data in {} (recovered in {:.2} s; the order feed holds {events} events, from {})",
                             dir.display(),
-                            started.elapsed().as_secs_f64()
+                            started.elapsed().as_secs_f64(),
+                            feed_from
                         )
                     ),
                 )
@@ -422,7 +427,25 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
     match server.and_then(|server| server.running.into_inner()) {
         Some(running) => {
             drop(running.client);
-            eprintln!("{}", running.engine.shutdown());
+            let report = running.engine.shutdown();
+            eprintln!("{report}");
+            // Every journaled command's events are in the feed now, unless a shard failed
+            // (its journal may hold a group whose events were never released).
+            if let Some(dir) = &data
+                && report.failed_shards.is_empty()
+            {
+                let started = std::time::Instant::now();
+                match running.feed.save_checkpoint(&JournalConfig::durable(dir)) {
+                    Ok(bytes) => eprintln!(
+                        "flashsale serve: the order feed's checkpoint: {} events, {bytes} bytes, in {:.2} s",
+                        running.feed.lengths().iter().sum::<usize>(),
+                        started.elapsed().as_secs_f64()
+                    ),
+                    Err(error) => eprintln!(
+                        "flashsale serve: the order feed's checkpoint was not written ({error}); the next start replays the journals"
+                    ),
+                }
+            }
         }
         None => {
             eprintln!("flashsale serve: requests still hold the engine; it stops with the process")
@@ -746,6 +769,7 @@ fn recover(
     let placement = Placement::new(catalog, shards)
         .map_err(|error| (2, format!("--shards {shards}: {error}")))?;
     let feed = Feed::new(placement.shards());
+    let mut feed_from = "the journals";
     let since_epoch = SystemTime::now()
         .duration_since(epoch)
         .unwrap_or_default()
@@ -768,8 +792,20 @@ fn recover(
         config
             .check_manifest(catalog, placement.shards())
             .map_err(|error| (2, error.to_string()))?;
-        feed.rebuild(&config, catalog, &placement)
-            .map_err(|error| (1, format!("cannot read the journal: {error}")))?;
+        // The checkpoint a clean shutdown left, if the journals are still the ones it
+        // was written from; else the journals replayed.
+        let checkpoint = feed.load_checkpoint(&config);
+        if let Err(why) = &checkpoint {
+            eprintln!(
+                "flashsale serve: the order feed's checkpoint is not used ({why}): replaying the journals"
+            );
+        }
+        if checkpoint == Ok(true) {
+            feed_from = "its checkpoint";
+        } else {
+            feed.rebuild(&config, catalog, &placement)
+                .map_err(|error| (1, format!("cannot read the journal: {error}")))?;
+        }
         builder = builder.journal(config);
     }
     let sinks = feed.clone();
@@ -792,6 +828,7 @@ fn recover(
         engine,
         client,
         feed,
+        feed_from,
     })
 }
 
