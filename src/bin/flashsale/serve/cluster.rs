@@ -280,16 +280,7 @@ impl Follower {
             .map_err(|error| error.to_string())?;
         let ends = opened.log_ends().await.map_err(|error| error.to_string())?;
         let sinks = (0..usize::from(self.sale.partitions()))
-            .map(|partition| {
-                let feed = self.feed.clone();
-                let mut seen = 0;
-                Box::new(move |event: &flashsale::OrderEvent| {
-                    if seen >= feed.len_of(partition) {
-                        feed.push(partition, event);
-                    }
-                    seen += 1;
-                }) as EventSink
-            })
+            .map(|partition| Box::new(self.feed.resuming_sink(partition)) as EventSink)
             .collect();
         let (status, mut progress) = watch::channel(Vec::<PartitionStatus>::new());
         let caught_up = self.caught_up.clone();

@@ -277,10 +277,26 @@ impl Feed {
         self.added.send_modify(|count| *count += 1);
     }
 
-    /// Events shard `shard` holds.
-    #[cfg(feature = "cluster")]
-    pub fn len_of(&self, shard: usize) -> usize {
-        self.shards[shard].read().len()
+    /// A sink for shard `shard`'s events from a source that hands them over from the
+    /// first one again each time it starts (a cluster's follower, after a failure): the
+    /// n-th event it is handed is added only if the feed does not hold n events of that
+    /// shard yet, so a start again adds no event twice.
+    #[cfg_attr(
+        not(feature = "cluster"),
+        allow(dead_code, reason = "the cluster's follower uses it; tested alone")
+    )]
+    pub fn resuming_sink(
+        self: &Arc<Self>,
+        shard: usize,
+    ) -> impl FnMut(&OrderEvent) + Send + Sync + 'static {
+        let feed = self.clone();
+        let mut handed = 0;
+        move |event| {
+            if handed >= feed.shards[shard].read().len() {
+                feed.push(shard, event);
+            }
+            handed += 1;
+        }
     }
 
     /// Writes a cursor.
@@ -372,5 +388,35 @@ impl OrderSink for FeedSink {
 
     fn on_event(&mut self, event: &OrderEvent) {
         self.feed.push(self.shard, event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flashsale::{OrderId, SkuId, UserId};
+
+    fn event(sequence: u64) -> OrderEvent {
+        OrderEvent {
+            sequence,
+            kind: OrderEventKind::Confirmed,
+            order: OrderId(sequence),
+            user: UserId(sequence),
+            sku: SkuId(1),
+            quantity: 1,
+        }
+    }
+
+    #[test]
+    fn a_resuming_sink_started_again_adds_no_event_twice() {
+        let feed = Feed::new(2);
+        let mut first = feed.resuming_sink(1);
+        (0..3).map(event).for_each(|e| first(&e));
+        // Started again from the first event, it goes further this time.
+        let mut again = feed.resuming_sink(1);
+        (0..5).map(event).for_each(|e| again(&e));
+        assert_eq!(feed.lengths(), [0, 5]);
+        let sequences: Vec<u64> = feed.shards[1].read().iter().map(|e| e.sequence).collect();
+        assert_eq!(sequences, [0, 1, 2, 3, 4]);
     }
 }
