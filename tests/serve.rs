@@ -1631,8 +1631,10 @@ async fn the_feed_checkpoint_is_used_only_with_the_journals_it_was_written_from(
         server.ready
     );
     assert!(
-        server.said_before_ready.iter().any(|line| line
-            .contains("shard 0's journal is not the one the checkpoint was written from")),
+        server.said_before_ready.iter().any(|line| {
+            line.contains("shard 0's journal is not the one the checkpoint was written from (")
+                && line.contains(" bytes then, ")
+        }),
         "{:?}",
         server.said_before_ready
     );

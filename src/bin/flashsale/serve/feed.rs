@@ -165,7 +165,8 @@ impl Feed {
                 .map_err(|error| format!("cannot read shard {shard}'s journal: {error}"))?;
             if written != now {
                 return Err(format!(
-                    "shard {shard}'s journal is not the one the checkpoint was written from                      ({} bytes then, {} now)",
+                    "shard {shard}'s journal is not the one the checkpoint was written from \
+                     ({} bytes then, {} now)",
                     written.0, now.0
                 ));
             }
