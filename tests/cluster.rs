@@ -1237,6 +1237,22 @@ async fn feed_page(
     (status, events, body["cursor"].as_str().map(str::to_owned))
 }
 
+/// One snapshot of a gateway's live page stream (`GET /events?limit=1`).
+async fn live_snapshot(http: &reqwest::Client, port: u16) -> serde_json::Value {
+    let stream = http
+        .get(format!("http://127.0.0.1:{port}/events?limit=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let text = stream.text().await.unwrap();
+    let data = text
+        .lines()
+        .find_map(|line| line.strip_prefix("data: "))
+        .unwrap_or_else(|| panic!("a snapshot in {text}"));
+    serde_json::from_str(data).unwrap()
+}
+
 /// Reads an HTTP gateway's order feed from `cursor` in pages of up to `limit` into `got`
 /// until it holds `until` events, moving `cursor` on; asks again after a 503 (its
 /// follower catching up) and says how many it got.
@@ -1279,7 +1295,8 @@ async fn read_feed(
 /// started after (which answers 503 `recovering` until its follower caught up): confirmations, a
 /// payment, a cancellation and the expiries of the rest, whose ticks the leader logged,
 /// with snapshots stored every 10 entries that the second must not start from. A
-/// gateway without `--feed` answers 501 `not_in_cluster`; a cursor past the end, 400.
+/// gateway without `--feed` answers 501 `not_in_cluster`; a cursor past the end, 400. The
+/// live page of either gateway shows the whole sale's levels and its own answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_order_feed_of_a_cluster_is_its_logs_events_across_a_gateways_death() {
     const BUYS: u64 = 40;
@@ -1422,6 +1439,61 @@ async fn the_order_feed_of_a_cluster_is_its_logs_events_across_a_gateways_death(
         "feed: {} events, the second gateway answered 503 {recovering} times while catching up",
         got.len()
     );
+
+    // The live page on a gateway: the whole sale's levels (as the leaders answer them),
+    // beside this gateway's own answers. One more buy, through the gateway without --feed.
+    let (order, _) = http_buy(&http, &[plain_port], 0, new_buyers_intent(BUYS, BUYS))
+        .await
+        .unwrap();
+    assert!(order.is_some(), "stock for one more buyer");
+    let page = http
+        .get(format!("http://127.0.0.1:{plain_port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("This gateway's answers")
+    );
+    for (port, confirmed) in [(plain_port, 1), (second_port, 0)] {
+        let snap = live_snapshot(&http, port).await;
+        assert_eq!(
+            (snap["state"].as_str(), snap["scope"].as_str()),
+            (Some("ready"), Some("gateway")),
+            "{snap}"
+        );
+        assert_eq!(
+            snap["confirmed"], confirmed,
+            "this gateway's orders: {snap}"
+        );
+        let skus = snap["skus"].as_array().unwrap();
+        assert_eq!(skus.len(), SKUS as usize, "{snap}");
+        let sum = |field: &str| {
+            skus.iter()
+                .map(|sku| sku[field].as_u64().unwrap())
+                .sum::<u64>()
+        };
+        // The paid order is sold; the new one is held until it expires; the rest is back.
+        assert_eq!(sum("sold"), 1, "{snap}");
+        assert!(sum("held") <= 1, "{snap}");
+        assert_eq!(
+            sum("sold") + sum("held") + sum("available"),
+            u64::from(SKUS) * 100,
+            "{snap}"
+        );
+        let events = snap["events"].as_u64();
+        if port == plain_port {
+            assert_eq!(events, None, "no feed without --feed: {snap}");
+        } else {
+            assert!(
+                events.is_some_and(|events| events >= got.len() as u64),
+                "{snap}"
+            );
+        }
+    }
 }
 
 /// How fast a follower of the logs (what a `serve --nats --feed` gateway runs) catches up

@@ -11,8 +11,11 @@
 //! its own, hands each partition's events to a [`Feed`] as `serve` alone does from its
 //! journals. The events come from the logs alone, so every gateway with `--feed` holds
 //! the same events at the same positions, and a cursor from one means the same on another
-//! or after a restart. Without `--feed` the feed answers 501 `not_in_cluster`, and so does
-//! the live page, which reads one process's engine.
+//! or after a restart. Without `--feed` the feed answers 501 `not_in_cluster`.
+//!
+//! The live page (`GET /`) shows each SKU's levels as the partitions' leaders answer them,
+//! which are the whole sale's, beside this gateway's own answers, rates and latency (other
+//! gateways answer buyers too); its snapshots say so with `"scope": "gateway"`.
 #![allow(
     clippy::result_large_err,
     reason = "the Err of a check is the HTTP answer itself, 128 bytes, on the refusal path"
@@ -28,7 +31,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::{any, get, post};
+use axum::routing::{get, post};
 use flashsale::Catalog;
 use flashsale::cluster::nats::{self, Opened, SaleOnNats};
 use flashsale::cluster::wire::Control;
@@ -37,7 +40,7 @@ use flashsale::cluster::{
 };
 use flashsale::core::Applied;
 use flashsale::{ControlError, OrderId, OrderStatus, OrderView, Outcome};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
@@ -135,21 +138,51 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(super::metrics::metrics))
-        .route("/", any(not_in_cluster))
-        .route("/events", any(not_in_cluster))
+        .route("/", get(super::dashboard::page))
+        .route("/events", get(super::dashboard::events))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .with_state(server)
 }
 
-async fn not_in_cluster(State(server): Shared) -> Response {
-    fail(
-        &server.counts,
-        StatusCode::NOT_IMPLEMENTED,
-        "not_in_cluster",
-        json!({ "error": "the live page reads one process's engine: run `flashsale serve` alone for it" }),
-    )
+/// The sale now, as the page shows it on a cluster's gateway: each SKU's levels as its
+/// partition's leader answers them (the whole sale's), beside this gateway's own answers
+/// and latency (`"scope": "gateway"`: other gateways answer buyers too, so the rates and
+/// the count of orders are this gateway's share). Pools are not read through a gateway.
+pub async fn live_snapshot(
+    server: &Arc<Server>,
+    gateway: &Gateway,
+    answers: Map<String, Value>,
+    latency: Value,
+) -> Value {
+    let confirmed = answers.get("confirmed").cloned().unwrap_or(json!(0));
+    let sales = match gateway.sales().await {
+        Ok(sales) => sales,
+        Err(error) => {
+            let state = match error {
+                GatewayError::Unanswered => "unanswered",
+                GatewayError::ShutDown => "shut_down",
+            };
+            return json!({ "state": state, "scope": "gateway", "answers": answers, "latency": latency });
+        }
+    };
+    let now_ns = gateway.now_ns();
+    let skus: Vec<Value> = sales
+        .iter()
+        .map(|sale| sale_json(server, now_ns, sale))
+        .collect();
+    json!({
+        "state": "ready",
+        "scope": "gateway",
+        "now": super::catalog_file::wall_time(server.epoch, now_ns),
+        "at_ms": now_ns as f64 / 1e6,
+        "skus": skus,
+        "answers": answers,
+        "confirmed": confirmed,
+        "latency": latency,
+        "events": server.followed.as_ref().map(|followed| followed.feed().lengths().iter().sum::<usize>()),
+    })
 }
 
 /// How long a cursor from a gateway whose follower is further on is waited for.

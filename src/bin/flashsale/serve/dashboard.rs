@@ -122,6 +122,10 @@ pub async fn snapshot(server: &Arc<Server>) -> Value {
         })
     };
     let Some(running) = server.running.get() else {
+        #[cfg(feature = "cluster")]
+        if let Some(gateway) = server.gateway.get() {
+            return super::cluster::live_snapshot(server, gateway, answers, latency).await;
+        }
         return json!({ "state": "recovering", "answers": answers, "latency": latency });
     };
     let control = running.engine.control();
