@@ -1471,6 +1471,11 @@ async fn the_order_feed_of_a_cluster_is_its_logs_events_across_a_gateways_death(
         );
         let skus = snap["skus"].as_array().unwrap();
         assert_eq!(skus.len(), SKUS as usize, "{snap}");
+        assert_eq!(
+            snap["pools"],
+            serde_json::json!([]),
+            "no pooled SKU: {snap}"
+        );
         let sum = |field: &str| {
             skus.iter()
                 .map(|sku| sku[field].as_u64().unwrap())
@@ -1596,7 +1601,8 @@ async fn a_followers_catch_up() {
 /// An opening draw served in slices through the log: 300 buyers enter during its window,
 /// the leader logs a tick for each slice of 8 steps (75 slices), and every buyer is
 /// answered after the window, with exactly the stock confirmed; a first-come SKU on the
-/// same partition sells meanwhile.
+/// same partition sells meanwhile. The gateway reads the pool waiting, then served with
+/// every buyer's ticket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draw_is_served_in_slices_through_the_log() {
     const BUYERS: u64 = 300;
@@ -1645,6 +1651,21 @@ async fn a_draw_is_served_in_slices_through_the_log() {
         unix_ns() + 3_000_000_000 < window_ends,
         "the presses went out well inside the window"
     );
+    // The pool as its leader has it, through the gateway: waiting for its draw.
+    let pools = scene.gateway.pools().await.unwrap();
+    assert_eq!(pools.len(), 1, "{pools:?}");
+    assert_eq!(
+        (pools[0].first_sku, pools[0].policy, pools[0].served),
+        (
+            SkuId(1),
+            flashsale::Policy::OpeningDraw {
+                window_ns: WINDOW_NS,
+                seed: 5
+            },
+            false
+        )
+    );
+    assert!(pools[0].tickets <= BUYERS, "{pools:?}");
     // First-come buys of the other SKU, while the draw waits and while it is served.
     let mut user = 1_000_000u64;
     while unix_ns() < window_ends + 1_000_000_000 {
@@ -1691,6 +1712,12 @@ async fn a_draw_is_served_in_slices_through_the_log() {
         .find(|sale| sale.levels.id == SkuId(1))
         .unwrap();
     assert_eq!((draw.levels.available, draw.levels.held), (0, UNITS));
+    let pools = scene.gateway.pools().await.unwrap();
+    assert_eq!(
+        (pools.len(), pools[0].served, pools[0].tickets),
+        (1, true, BUYERS),
+        "{pools:?}"
+    );
 }
 
 /// Runs `flashsale ARGS` (with `--json`) off the runtime's threads; its report.

@@ -27,10 +27,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::Answer;
 use super::gate::{GateUpdate, KeyFilter};
 use super::nats::{NatsError, Opened, SaleOnNats};
-use super::view::{Query, decode_order, decode_view, encode_query};
+use super::view::{Query, decode_order, decode_pools, decode_view, encode_query};
 use super::wire::{self, BatchWriter, Buy};
 use crate::catalog::{Catalog, Placement};
-use crate::core::{Applied, LiveSale, OrderView};
+use crate::core::{Applied, LiveSale, OrderView, PoolLevels};
 use crate::hash::SequentialMap;
 use crate::types::{Intent, OrderId, Outcome, RejectReason, ShardId, SkuId};
 
@@ -447,6 +447,38 @@ impl Gateway {
         let bytes = self.ask(partition, Query::Sales).await?;
         let view = decode_view(&bytes).map_err(|_| GatewayError::Unanswered)?;
         Ok(view.sales.into_iter().find(|sale| sale.levels.id == sku))
+    }
+
+    /// Every pool (opening draws, one each first) in catalog order, each as its partition's
+    /// leader has it now, with its policy from the catalog (one question to each
+    /// partition's leader, asked at once).
+    ///
+    /// # Errors
+    /// As [`sales`](Self::sales); also [`GatewayError::Unanswered`] for a pool whose SKU
+    /// this gateway's catalog does not have (a leader of another catalog).
+    pub async fn pools(&self) -> Result<Vec<PoolLevels>, GatewayError> {
+        let asked = (0..self.inner.sale.partitions()).map(|partition| async move {
+            let bytes = self.ask(partition, Query::Pools).await?;
+            decode_pools(&bytes).map_err(|_| GatewayError::Unanswered)
+        });
+        let catalog = &self.inner.catalog;
+        let mut pools = Vec::new();
+        for answer in futures_util::future::join_all(asked).await {
+            for pool in answer?.pools {
+                let spec = catalog
+                    .sku(pool.first_sku)
+                    .ok_or(GatewayError::Unanswered)?;
+                pools.push(PoolLevels {
+                    policy: catalog.policy_of(spec),
+                    first_sku: pool.first_sku,
+                    serve_at_ns: pool.serve_at_ns,
+                    served: pool.served,
+                    tickets: pool.tickets,
+                });
+            }
+        }
+        pools.sort_by_key(|pool| catalog.index_of(pool.first_sku));
+        Ok(pools)
     }
 
     /// An order and where it stands, from its partition's leader; `None` if no partition

@@ -1,5 +1,6 @@
 //! Reads of a partition's state, answered by the node that leads it: the messages a
-//! gateway asks with ([`Query`]) and the answers ([`PartitionView`], [`OrderAnswer`]).
+//! gateway asks with ([`Query`]) and the answers ([`PartitionView`], [`OrderAnswer`],
+//! [`PoolsAnswer`]).
 //! Like the log's messages they carry a magic and a checksum, and every way one can be
 //! wrong is a [`WireError`].
 //!
@@ -18,12 +19,17 @@ pub const QUERY_MAGIC: [u8; 4] = *b"FSQ1";
 pub const VIEW_MAGIC: [u8; 4] = *b"FSV1";
 /// An order answer's magic.
 pub const ORDER_MAGIC: [u8; 4] = *b"FSO1";
+/// A pools answer's magic.
+pub const POOLS_MAGIC: [u8; 4] = *b"FSP1";
 
 const QUERY_LEN: usize = 4 + 1 + 8 + 4;
 const VIEW_HEAD_LEN: usize = 4 + 2 + 8 + 8 + 4;
 /// Bytes per SKU in a view.
 pub const SALE_LEN: usize = 6 * 4 + 7 * 8 + 1;
 const ORDER_LEN: usize = 4 + 1 + 8 + 8 + 4 + 4 + 1 + 8 + 8 + 4;
+const POOLS_HEAD_LEN: usize = 4 + 8 + 4;
+/// Bytes per pool in a pools answer.
+pub const POOL_LEN: usize = 4 + 8 + 1 + 8;
 
 /// What a gateway asks a partition's leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +41,8 @@ pub enum Query {
     /// The partition's whole confirmed-key filter ([`super::gate::KeyFilter`]), with the
     /// position it is at.
     Filter,
+    /// The partition's pools (opening draws, one each first): buyers in, served or when.
+    Pools,
 }
 
 /// A partition's sales as its leader had them after applying log entry `applied`.
@@ -57,6 +65,28 @@ pub struct OrderAnswer {
     pub order: Option<OrderView>,
     /// The last log position applied when it was read.
     pub applied: u64,
+}
+
+/// A pool as its partition's leader has it (its policy is the catalog's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolView {
+    /// The first SKU of the product.
+    pub first_sku: SkuId,
+    /// When it is (or was) served, ns on the sale's clock.
+    pub serve_at_ns: u64,
+    /// Whether it has been served.
+    pub served: bool,
+    /// Distinct buyers who got a ticket.
+    pub tickets: u64,
+}
+
+/// The answer to [`Query::Pools`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolsAnswer {
+    /// The last log position applied when it was read.
+    pub applied: u64,
+    /// The partition's pools, in its order.
+    pub pools: Vec<PoolView>,
 }
 
 /// Appends the checksum of everything before it.
@@ -111,6 +141,7 @@ pub fn encode_query(query: Query) -> Vec<u8> {
         Query::Sales => (1u8, 0u64),
         Query::Order(id) => (2, id.0),
         Query::Filter => (3, 0),
+        Query::Pools => (4, 0),
     };
     out.push(kind);
     out.extend_from_slice(&value.to_le_bytes());
@@ -135,6 +166,8 @@ pub fn decode_query(bytes: &[u8]) -> Result<Query, WireError> {
         2 => Ok(Query::Order(OrderId(value))),
         3 if value == 0 => Ok(Query::Filter),
         3 => Err(WireError::Length(bytes.len())),
+        4 if value == 0 => Ok(Query::Pools),
+        4 => Err(WireError::Length(bytes.len())),
         other => Err(WireError::Kind(other)),
     }
 }
@@ -319,6 +352,54 @@ pub fn decode_order(bytes: &[u8]) -> Result<OrderAnswer, WireError> {
     Ok(OrderAnswer { order, applied })
 }
 
+/// A pools answer as bytes.
+pub fn encode_pools(answer: &PoolsAnswer) -> Vec<u8> {
+    let mut out = Vec::with_capacity(POOLS_HEAD_LEN + answer.pools.len() * POOL_LEN + 4);
+    out.extend_from_slice(&POOLS_MAGIC);
+    out.extend_from_slice(&answer.applied.to_le_bytes());
+    out.extend_from_slice(&(answer.pools.len() as u32).to_le_bytes());
+    for pool in &answer.pools {
+        out.extend_from_slice(&pool.first_sku.0.to_le_bytes());
+        out.extend_from_slice(&pool.serve_at_ns.to_le_bytes());
+        out.push(u8::from(pool.served));
+        out.extend_from_slice(&pool.tickets.to_le_bytes());
+    }
+    seal(&mut out);
+    out
+}
+
+/// A pools answer from bytes.
+///
+/// # Errors
+/// The [`WireError`] naming what is wrong ([`WireError::Count`] for a count that does not
+/// match the length, [`WireError::Flag`] for a served flag other than 0 or 1).
+pub fn decode_pools(bytes: &[u8]) -> Result<PoolsAnswer, WireError> {
+    let mut fields = Fields(open(bytes, POOLS_MAGIC, POOLS_HEAD_LEN + 4)?);
+    let applied = fields.u64();
+    let count = fields.u32() as usize;
+    if fields.0.len() != count.saturating_mul(POOL_LEN) {
+        return Err(WireError::Count(count));
+    }
+    let mut pools = Vec::with_capacity(count);
+    for _ in 0..count {
+        let first_sku = SkuId(fields.u32());
+        let serve_at_ns = fields.u64();
+        let served = match fields.u8() {
+            0 => false,
+            1 => true,
+            other => return Err(WireError::Flag(other)),
+        };
+        let tickets = fields.u64();
+        pools.push(PoolView {
+            first_sku,
+            serve_at_ns,
+            served,
+            tickets,
+        });
+    }
+    Ok(PoolsAnswer { applied, pools })
+}
+
 impl super::Replica {
     /// The partition's sales now, as a view.
     pub fn view(&self, partition: u16) -> PartitionView {
@@ -343,6 +424,19 @@ impl super::Replica {
                 applied: self.applied(),
             }),
             Query::Filter => self.filter().encode(partition, self.applied()),
+            Query::Pools => encode_pools(&PoolsAnswer {
+                applied: self.applied(),
+                pools: self
+                    .core()
+                    .pools()
+                    .map(|pool| PoolView {
+                        first_sku: pool.first_sku,
+                        serve_at_ns: pool.serve_at_ns,
+                        served: pool.served,
+                        tickets: pool.tickets,
+                    })
+                    .collect(),
+            }),
         }
     }
 }
@@ -374,12 +468,22 @@ mod tests {
         }
     }
 
+    fn pool(sku: u32, served: bool) -> PoolView {
+        PoolView {
+            first_sku: SkuId(sku),
+            serve_at_ns: u64::MAX - 1,
+            served,
+            tickets: 629_000,
+        }
+    }
+
     #[test]
     fn every_message_comes_back_as_it_went() {
         for query in [
             Query::Sales,
             Query::Order(OrderId(u64::MAX - 3)),
             Query::Filter,
+            Query::Pools,
         ] {
             assert_eq!(decode_query(&encode_query(query)), Ok(query));
         }
@@ -390,6 +494,16 @@ mod tests {
             sales: vec![sale(1, false), sale(2, true)],
         };
         assert_eq!(decode_view(&encode_view(&view)), Ok(view));
+        let pools = PoolsAnswer {
+            applied: 12,
+            pools: vec![pool(1, false), pool(9, true)],
+        };
+        assert_eq!(decode_pools(&encode_pools(&pools)), Ok(pools));
+        let none = PoolsAnswer {
+            applied: 0,
+            pools: Vec::new(),
+        };
+        assert_eq!(decode_pools(&encode_pools(&none)), Ok(none));
         for status in [
             OrderStatus::Held { pay_by_ns: None },
             OrderStatus::Held {
@@ -436,6 +550,26 @@ mod tests {
         for cut in 0..view.len() {
             assert!(decode_view(&view[..cut]).is_err(), "cut at {cut}");
         }
+        let pools = encode_pools(&PoolsAnswer {
+            applied: 3,
+            pools: vec![pool(4, true)],
+        });
+        for index in 0..pools.len() {
+            for bit in 0..8 {
+                let mut damaged = pools.clone();
+                damaged[index] ^= 1 << bit;
+                assert!(decode_pools(&damaged).is_err(), "byte {index} bit {bit}");
+            }
+        }
+        for cut in 0..pools.len() {
+            assert!(decode_pools(&pools[..cut]).is_err(), "cut at {cut}");
+        }
+        // A served flag other than 0 or 1, checksum intact, is named.
+        let mut flag = pools[..pools.len() - 4].to_vec();
+        flag[POOLS_HEAD_LEN + 12] = 2;
+        let crc = crc32fast::hash(&flag);
+        flag.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_pools(&flag), Err(WireError::Flag(2)));
         let query = encode_query(Query::Order(OrderId(9)));
         assert_eq!(decode_query(&query[..5]), Err(WireError::Length(5)));
         let mut bad = query.clone();

@@ -13,8 +13,8 @@
 //! the same events at the same positions, and a cursor from one means the same on another
 //! or after a restart. Without `--feed` the feed answers 501 `not_in_cluster`.
 //!
-//! The live page (`GET /`) shows each SKU's levels as the partitions' leaders answer them,
-//! which are the whole sale's, beside this gateway's own answers, rates and latency (other
+//! The live page (`GET /`) shows each SKU's levels and each pool as the partitions' leaders
+//! answer them, which are the whole sale's, beside this gateway's own answers, rates and latency (other
 //! gateways answer buyers too); its snapshots say so with `"scope": "gateway"`.
 #![allow(
     clippy::result_large_err,
@@ -149,7 +149,7 @@ pub fn router(server: Arc<Server>) -> Router {
 /// The sale now, as the page shows it on a cluster's gateway: each SKU's levels as its
 /// partition's leader answers them (the whole sale's), beside this gateway's own answers
 /// and latency (`"scope": "gateway"`: other gateways answer buyers too, so the rates and
-/// the count of orders are this gateway's share). Pools are not read through a gateway.
+/// the count of orders are this gateway's share), and the pools as their leaders have them.
 pub async fn live_snapshot(
     server: &Arc<Server>,
     gateway: &Gateway,
@@ -157,8 +157,9 @@ pub async fn live_snapshot(
     latency: Value,
 ) -> Value {
     let confirmed = answers.get("confirmed").cloned().unwrap_or(json!(0));
-    let sales = match gateway.sales().await {
-        Ok(sales) => sales,
+    let read = futures_util::future::try_join(gateway.sales(), gateway.pools()).await;
+    let (sales, pools) = match read {
+        Ok(read) => read,
         Err(error) => {
             let state = match error {
                 GatewayError::Unanswered => "unanswered",
@@ -172,9 +173,14 @@ pub async fn live_snapshot(
         .iter()
         .map(|sale| sale_json(server, now_ns, sale))
         .collect();
+    let pools: Vec<Value> = pools
+        .iter()
+        .map(|pool| super::dashboard::pool_json(now_ns, pool))
+        .collect();
     json!({
         "state": "ready",
         "scope": "gateway",
+        "pools": pools,
         "now": super::catalog_file::wall_time(server.epoch, now_ns),
         "at_ms": now_ns as f64 / 1e6,
         "skus": skus,

@@ -141,23 +141,11 @@ pub async fn snapshot(server: &Arc<Server>) -> Value {
             return json!({ "state": super::answer::control_error(error).1, "answers": answers, "latency": latency });
         }
     };
-    let ms = |ns: u64| ns / 1_000_000;
     let skus: Vec<Value> = sales
         .iter()
         .map(|sale| super::routes::sale_json(server, now_ns, sale))
         .collect();
-    let pools: Vec<Value> = pools
-        .iter()
-        .map(|pool| {
-            json!({
-                "sku": pool.first_sku.0,
-                "policy": pool.policy.name(),
-                "buyers": pool.tickets,
-                "served": pool.served,
-                "serve_in_ms": ms(pool.serve_at_ns.saturating_sub(now_ns)),
-            })
-        })
-        .collect();
+    let pools: Vec<Value> = pools.iter().map(|pool| pool_json(now_ns, pool)).collect();
     let live = running.engine.live();
     json!({
         "state": "ready",
@@ -169,5 +157,16 @@ pub async fn snapshot(server: &Arc<Server>) -> Value {
         "confirmed": live.confirmed_orders,
         "latency": latency,
         "events": running.feed.lengths().iter().sum::<usize>(),
+    })
+}
+
+/// A pool as the page shows it, at `now_ns` on the engine's (or the sale's) clock.
+pub fn pool_json(now_ns: u64, pool: &flashsale::PoolLevels) -> Value {
+    json!({
+        "sku": pool.first_sku.0,
+        "policy": pool.policy.name(),
+        "buyers": pool.tickets,
+        "served": pool.served,
+        "serve_in_ms": pool.serve_at_ns.saturating_sub(now_ns) / 1_000_000,
     })
 }
