@@ -532,6 +532,23 @@ mod tests {
         assert_eq!(decode_order(&encode_order(&none)), Ok(none));
     }
 
+    /// Every flipped bit and every cut of `bytes` is an error of `decode`.
+    fn every_flip_and_cut_is_refused<T: std::fmt::Debug>(
+        bytes: &[u8],
+        decode: impl Fn(&[u8]) -> Result<T, WireError>,
+    ) {
+        for index in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut damaged = bytes.to_vec();
+                damaged[index] ^= 1 << bit;
+                assert!(decode(&damaged).is_err(), "byte {index} bit {bit}");
+            }
+        }
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
     #[test]
     fn damage_is_named_never_read() {
         let view = encode_view(&PartitionView {
@@ -540,30 +557,12 @@ mod tests {
             clock_ns: 2,
             sales: vec![sale(1, false)],
         });
-        for index in 0..view.len() {
-            for bit in 0..8 {
-                let mut damaged = view.clone();
-                damaged[index] ^= 1 << bit;
-                assert!(decode_view(&damaged).is_err(), "byte {index} bit {bit}");
-            }
-        }
-        for cut in 0..view.len() {
-            assert!(decode_view(&view[..cut]).is_err(), "cut at {cut}");
-        }
+        every_flip_and_cut_is_refused(&view, decode_view);
         let pools = encode_pools(&PoolsAnswer {
             applied: 3,
             pools: vec![pool(4, true)],
         });
-        for index in 0..pools.len() {
-            for bit in 0..8 {
-                let mut damaged = pools.clone();
-                damaged[index] ^= 1 << bit;
-                assert!(decode_pools(&damaged).is_err(), "byte {index} bit {bit}");
-            }
-        }
-        for cut in 0..pools.len() {
-            assert!(decode_pools(&pools[..cut]).is_err(), "cut at {cut}");
-        }
+        every_flip_and_cut_is_refused(&pools, decode_pools);
         // A served flag other than 0 or 1, checksum intact, is named.
         let mut flag = pools[..pools.len() - 4].to_vec();
         flag[POOLS_HEAD_LEN + 12] = 2;
