@@ -1296,7 +1296,8 @@ async fn read_feed(
 /// payment, a cancellation and the expiries of the rest, whose ticks the leader logged,
 /// with snapshots stored every 10 entries that the second must not start from. A
 /// gateway without `--feed` answers 501 `not_in_cluster`; a cursor past the end, 400. The
-/// live page of either gateway shows the whole sale's levels and its own answers.
+/// live page of either gateway shows the whole sale's levels, and its orders: its own
+/// without `--feed`, the sale's with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_order_feed_of_a_cluster_is_its_logs_events_across_a_gateways_death() {
     const BUYS: u64 = 40;
@@ -1458,16 +1459,26 @@ async fn the_order_feed_of_a_cluster_is_its_logs_events_across_a_gateways_death(
             .unwrap()
             .contains("This gateway's answers")
     );
-    for (port, confirmed) in [(plain_port, 1), (second_port, 0)] {
-        let snap = live_snapshot(&http, port).await;
+    // Orders: this gateway's 1 without --feed; the whole sale's (the feed's confirmations,
+    // once its follower has applied the last buy) with it.
+    for (port, confirmed, scope) in [(plain_port, 1, "gateway"), (second_port, BUYS + 1, "sale")] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let snap = loop {
+            let snap = live_snapshot(&http, port).await;
+            if snap["confirmed"] == confirmed || Instant::now() > deadline {
+                break snap;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert_eq!(
             (snap["state"].as_str(), snap["scope"].as_str()),
             (Some("ready"), Some("gateway")),
             "{snap}"
         );
         assert_eq!(
-            snap["confirmed"], confirmed,
-            "this gateway's orders: {snap}"
+            (&snap["confirmed"], snap["confirmed_scope"].as_str()),
+            (&serde_json::json!(confirmed), Some(scope)),
+            "{snap}"
         );
         let skus = snap["skus"].as_array().unwrap();
         assert_eq!(skus.len(), SKUS as usize, "{snap}");

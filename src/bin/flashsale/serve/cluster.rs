@@ -148,15 +148,24 @@ pub fn router(server: Arc<Server>) -> Router {
 
 /// The sale now, as the page shows it on a cluster's gateway: each SKU's levels as its
 /// partition's leader answers them (the whole sale's), beside this gateway's own answers
-/// and latency (`"scope": "gateway"`: other gateways answer buyers too, so the rates and
-/// the count of orders are this gateway's share), and the pools as their leaders have them.
+/// and latency (`"scope": "gateway"`: other gateways answer buyers too, so the rates are
+/// this gateway's share), and the pools as their leaders have them. The count of orders is
+/// the whole sale's with `--feed` (its confirmations in the logs), else this gateway's
+/// (`"confirmed_scope"` says which).
 pub async fn live_snapshot(
     server: &Arc<Server>,
     gateway: &Gateway,
     answers: Map<String, Value>,
     latency: Value,
 ) -> Value {
-    let confirmed = answers.get("confirmed").cloned().unwrap_or(json!(0));
+    // With --feed, the sale's orders (its confirmations in the logs); else this gateway's.
+    let (confirmed, confirmed_scope) = match &server.followed {
+        Some(followed) => (json!(followed.feed().confirmed()), "sale"),
+        None => (
+            answers.get("confirmed").cloned().unwrap_or(json!(0)),
+            "gateway",
+        ),
+    };
     let read = futures_util::future::try_join(gateway.sales(), gateway.pools()).await;
     let (sales, pools) = match read {
         Ok(read) => read,
@@ -186,6 +195,7 @@ pub async fn live_snapshot(
         "skus": skus,
         "answers": answers,
         "confirmed": confirmed,
+        "confirmed_scope": confirmed_scope,
         "latency": latency,
         "events": server.followed.as_ref().map(|followed| followed.feed().lengths().iter().sum::<usize>()),
     })

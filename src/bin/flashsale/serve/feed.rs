@@ -16,6 +16,7 @@ use flashsale::{
 };
 use parking_lot::RwLock;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::watch;
 
 /// Every event so far, per shard, and a signal when more arrive.
@@ -24,6 +25,16 @@ pub struct Feed {
     shards: Vec<RwLock<Vec<OrderEvent>>>,
     /// Bumped after events are added (long polls wait on it).
     added: watch::Sender<u64>,
+    /// How many of the events are confirmations (orders confirmed in the whole sale).
+    confirmed: AtomicU64,
+}
+
+/// How many of `events` are confirmations.
+fn confirmations(events: &[OrderEvent]) -> u64 {
+    events
+        .iter()
+        .filter(|event| event.kind == OrderEventKind::Confirmed)
+        .count() as u64
 }
 
 /// Why a cursor was refused.
@@ -43,6 +54,7 @@ impl Feed {
         Arc::new(Self {
             shards: (0..shards).map(|_| RwLock::new(Vec::new())).collect(),
             added: watch::channel(0).0,
+            confirmed: AtomicU64::new(0),
         })
     }
 
@@ -65,11 +77,14 @@ impl Feed {
             let mut core = ShardCore::with_order_capacity(catalog, placement, shard, Some(0));
             core.record_events(true);
             let mut events = events.write();
+            let before = events.len();
             for (_, command) in &journal.records {
                 core.apply(command);
                 events.extend(core.take_events());
                 core.take_deferred().for_each(drop);
             }
+            self.confirmed
+                .fetch_add(confirmations(&events[before..]), Ordering::Relaxed);
             commands += journal.records.len() as u64;
         }
         Ok(commands)
@@ -130,6 +145,8 @@ impl Feed {
         };
         let events = self.check_checkpoint(config, &bytes)?;
         for (shard, events) in self.shards.iter().zip(events) {
+            self.confirmed
+                .fetch_add(confirmations(&events), Ordering::Relaxed);
             *shard.write() = events;
         }
         Ok(true)
@@ -216,6 +233,18 @@ impl Feed {
         }
     }
 
+    /// How many of the events are confirmations: the orders the sale has confirmed.
+    #[cfg_attr(
+        not(feature = "cluster"),
+        allow(
+            dead_code,
+            reason = "a cluster gateway's live page uses it; tested alone"
+        )
+    )]
+    pub fn confirmed(&self) -> u64 {
+        self.confirmed.load(Ordering::Relaxed)
+    }
+
     /// Events in the feed, per shard.
     pub fn lengths(&self) -> Vec<usize> {
         self.shards
@@ -275,6 +304,9 @@ impl Feed {
     /// Adds shard `shard`'s next event and wakes the long polls.
     pub fn push(&self, shard: usize, event: &OrderEvent) {
         self.shards[shard].write().push(*event);
+        if event.kind == OrderEventKind::Confirmed {
+            self.confirmed.fetch_add(1, Ordering::Relaxed);
+        }
         self.added.send_modify(|count| *count += 1);
     }
 
@@ -419,5 +451,12 @@ mod tests {
         assert_eq!(feed.lengths(), [0, 5]);
         let sequences: Vec<u64> = feed.shards[1].read().iter().map(|e| e.sequence).collect();
         assert_eq!(sequences, [0, 1, 2, 3, 4]);
+        assert_eq!(feed.confirmed(), 5, "each confirmation counted once");
+        let paid = OrderEvent {
+            kind: OrderEventKind::Paid,
+            ..event(5)
+        };
+        again(&paid);
+        assert_eq!((feed.lengths(), feed.confirmed()), (vec![0, 6], 5));
     }
 }
