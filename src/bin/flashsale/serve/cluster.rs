@@ -14,8 +14,9 @@
 //! or after a restart. Without `--feed` the feed answers 501 `not_in_cluster`.
 //!
 //! The live page (`GET /`) shows each SKU's levels and each pool as the partitions' leaders
-//! answer them, which are the whole sale's, beside this gateway's own answers, rates and latency (other
-//! gateways answer buyers too); its snapshots say so with `"scope": "gateway"`.
+//! answer them, which are the whole sale's, beside this gateway's own answers, rates and
+//! latency (other gateways answer buyers too); its snapshots say so with `"scope":
+//! "gateway"`. Its count of orders is the sale's with `--feed`, else this gateway's.
 #![allow(
     clippy::result_large_err,
     reason = "the Err of a check is the HTTP answer itself, 128 bytes, on the refusal path"
