@@ -144,12 +144,14 @@ engine_percentiles() {
     ' "$1"
 }
 
-# Answers by status, from the server's metrics.
+# Answers by status during the run, from the server's metrics: the counts after it (the
+# second page) less those before (the first: the readiness polls while it recovered).
 answers() {
     awk -F'[{}" ,]+' '
+        FILENAME == ARGV[1] && /^flashsale_http_answers_total\{/ && $5 != "ok" { n[$3] -= $NF; next }
         /^flashsale_http_answers_total\{/ && $5 != "ok" { n[$3] += $NF }
         END { for (s in n) if (n[s] > 0) printf "%s: %d  ", s, n[s] }
-    ' "$1"
+    ' "$1" "$2"
 }
 
 # Buy answers (every answer but "ok") and 5xx answers in a metrics page.
@@ -237,7 +239,7 @@ scenario() {
     if [ "$name" != "http-only" ]; then
         printf '           engine part of each buy (server-side): %s\n' \
             "$(engine_percentiles "$dir/metrics.txt")"
-        printf '           answers: %s\n' "$(answers "$dir/metrics.txt")"
+        printf '           answers during the run: %s\n' "$(answers "$dir/before.txt" "$dir/metrics.txt")"
         grep -E '^submit-to-outcome' "$dir/server.log" |
             sed 's/^submit-to-outcome latency:/           shard part (engine report, arrival to outcome of the buys queued):/' || true
     fi
