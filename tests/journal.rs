@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use flashsale::core::SnapshotError;
 use flashsale::journal::{self, JournalWriter, Tail};
 use flashsale::{
     Applied, Catalog, Command, Deferred, GroupId, GroupSpec, Intent, OrderId, Outcome, Placement,
@@ -240,6 +241,141 @@ fn a_snapshot_restores_the_core_exactly() {
         )
         .is_err()
     );
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+/// A snapshot whose checksum holds but whose contents were changed (a writer's bug, or
+/// damage the checksum missed) is refused with the reason named, or restores a core that
+/// agrees with itself: the rest of the commands then run on it without a panic (these
+/// tests build with debug assertions and overflow checks), its units conserved after each.
+/// The changes: one to three bytes of the payload flipped, set to 0 or 0xff, or one more,
+/// and the checksum written again over them.
+#[test]
+fn a_sealed_snapshot_with_changed_contents_is_refused_by_name_or_runs() {
+    // The header's 36 bytes end with the payload's checksum.
+    const HEADER: usize = 36;
+    let catalog = catalog();
+    let placement = Placement::new(&catalog, 1).unwrap();
+    let path = scratch("sealed");
+    let mut original = ShardCore::whole(&catalog);
+    commands(&mut original, 2_000, &path);
+    let records = journal::read(&path).unwrap().records;
+    let mut rng = flashsale::workload::Rng::new(7);
+    let mut refused = std::collections::BTreeMap::new();
+    let mut ran = 0;
+    for cut in [300, 1_500] {
+        let mut before = ShardCore::whole(&catalog);
+        for (_, command) in &records[..cut] {
+            before.apply(command);
+            before.take_deferred().for_each(drop);
+        }
+        let bytes = before.snapshot();
+        for _ in 0..1_500 {
+            let mut changed = bytes.clone();
+            for _ in 0..1 + rng.next_u64() % 3 {
+                let at = HEADER + rng.next_u64() as usize % (bytes.len() - HEADER);
+                changed[at] = match rng.next_u64() % 4 {
+                    0 => changed[at] ^ 1 << (rng.next_u64() % 8),
+                    1 => 0,
+                    2 => 0xff,
+                    _ => changed[at].wrapping_add(1),
+                };
+            }
+            let checksum = crc32fast::hash(&changed[HEADER..]);
+            changed[HEADER - 4..HEADER].copy_from_slice(&checksum.to_le_bytes());
+            match ShardCore::restore(&catalog, &placement, ShardId(0), None, &changed) {
+                Err(SnapshotError::Mismatch(reason)) => *refused.entry(reason).or_insert(0) += 1,
+                Err(other) => panic!("a sealed payload refused for its header: {other}"),
+                Ok(mut core) => {
+                    ran += 1;
+                    for (_, command) in &records[cut..] {
+                        core.apply(command);
+                        core.take_deferred().for_each(drop);
+                        for level in core.levels() {
+                            assert_eq!(level.available + level.held + level.sold, level.stock);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Each check caught changes (the reasons as the errors name them), and changes to what
+    // no check can judge (a window, a clock, a key) restored.
+    for reason in [
+        "a SKU's units",
+        "a SKU's units against its orders",
+        "a held order without its deadline",
+        "a further key without its buyer's marked holding",
+        "a holding's units against its orders",
+        "a holding out of place or twice",
+        "a further key out of place or twice",
+        "order book entries against orders",
+        "a buyer the buyers' filter does not have",
+    ] {
+        assert!(refused.contains_key(reason), "{reason}: {refused:?}");
+    }
+    assert!(ran > 0);
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+/// A snapshot taken with another room for orders than the restoring shard makes restores
+/// into a table of the restoring shard's room (a larger book is not allocated because the
+/// snapshot says so; a smaller one does not keep a shard restarted with more room short of
+/// it), and runs on as the original does.
+#[test]
+fn a_snapshot_with_another_room_restores_into_the_room_made() {
+    let catalog = catalog();
+    let placement = Placement::new(&catalog, 1).unwrap();
+    let path = scratch("room");
+    let mut original = ShardCore::whole(&catalog);
+    commands(&mut original, 2_000, &path);
+    let records = journal::read(&path).unwrap().records;
+    let mut roomy = ShardCore::with_order_capacity(&catalog, &placement, ShardId(0), Some(1 << 16));
+    let cut = 1_000;
+    for (_, command) in &records[..cut] {
+        roomy.apply(command);
+        roomy.take_deferred().for_each(drop);
+    }
+    let bytes = roomy.snapshot();
+    assert_eq!(roomy.order_room(), 1 << 16);
+    // Restored with the default room (the stock, 60 orders), it has the room a core made
+    // with the default room has after the same commands (grown for its orders); and a
+    // snapshot of that core, restored with the larger room, the larger room.
+    let mut default = ShardCore::whole(&catalog);
+    for (_, command) in &records[..cut] {
+        default.apply(command);
+        default.take_deferred().for_each(drop);
+    }
+    let mut restored = ShardCore::restore(&catalog, &placement, ShardId(0), None, &bytes).unwrap();
+    assert_eq!(restored.order_room(), default.order_room());
+    assert!(restored.order_room() < 1 << 16);
+    let again = ShardCore::restore(
+        &catalog,
+        &placement,
+        ShardId(0),
+        Some(1 << 16),
+        &restored.snapshot(),
+    )
+    .unwrap();
+    assert_eq!(again.order_room(), 1 << 16);
+    assert_eq!(state(&again), state(&roomy));
+    assert_eq!(state(&restored), state(&roomy));
+    // Its table is the smaller one: a snapshot of it holds as many bytes (the same
+    // entries) but not the same ones (the table's size, and where the entries sit).
+    assert_eq!(restored.snapshot().len(), bytes.len());
+    assert_ne!(restored.snapshot(), bytes);
+    for (sequence, command) in &records[cut..] {
+        assert_eq!(
+            restored.apply(command),
+            roomy.apply(command),
+            "command {sequence}"
+        );
+        assert_eq!(
+            restored.take_deferred().collect::<Vec<_>>(),
+            roomy.take_deferred().collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(state(&restored), state(&original));
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
 

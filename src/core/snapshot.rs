@@ -11,6 +11,7 @@
 
 use std::collections::BinaryHeap;
 
+use super::book::Marks;
 use super::pool::{PoolTicket, Serving, SplitMix64};
 use super::{OrderRecord, OrderState, ShardCore, Waiter};
 use crate::catalog::{Catalog, Placement};
@@ -302,6 +303,8 @@ impl ShardCore {
     ) -> Result<Self, SnapshotError> {
         let payload = payload_of(bytes, shard)?;
         let mut core = Self::made(catalog, placement, shard, orders, false);
+        let stock: u64 = core.skus.iter().map(|sku| u64::from(sku.cold.stock)).sum();
+        let room = Self::orders_to_make_room_for(stock, orders);
         let mut input = In(payload);
         core.sequence_next = input.u64()?;
         core.orders_confirmed = input.u64()?;
@@ -314,14 +317,16 @@ impl ShardCore {
         for word in core.buyers.words.iter_mut() {
             *word = input.u64()?;
         }
+        let words_left = input.0.len() / 8;
         core.book = (core.book)
-            .read_from(&mut || input.u64().ok())
+            .read_from(room, words_left, &mut || input.u64().ok())
             .ok_or(SnapshotError::Mismatch("order book"))?;
         core.read_orders(&mut input)?;
         core.read_pools(&mut input)?;
         if !input.0.is_empty() {
             return Err(SnapshotError::Mismatch("trailing bytes"));
         }
+        core.check_restored()?;
         core.next_due_ns = core.compute_next_due();
         Ok(core)
     }
@@ -335,6 +340,7 @@ impl ShardCore {
             if input.u32()? != sku.id.0 {
                 return Err(SnapshotError::Mismatch("SKU ids"));
             }
+            let catalog_stock = u64::from(sku.cold.stock);
             sku.available = input.u32()?;
             sku.held = input.u32()?;
             sku.opens_at_ns = input.u64()?;
@@ -348,6 +354,15 @@ impl ShardCore {
             cold.restocked = input.u64()?;
             cold.reduced = input.u64()?;
             cold.waitlist_filled = input.u64()?;
+            // Units are conserved, and the stock is the catalog's with the restocks and
+            // reductions since.
+            let units = u64::from(sku.available) + u64::from(sku.held) + u64::from(cold.sold);
+            if units != u64::from(cold.stock)
+                || u128::from(catalog_stock) + u128::from(cold.restocked)
+                    != u128::from(cold.stock) + u128::from(cold.reduced)
+            {
+                return Err(SnapshotError::Mismatch("a SKU's units"));
+            }
             let waiters = input.len(sku.waitlist_capacity as usize)?;
             for _ in 0..waiters {
                 let origin = input.u64()?;
@@ -405,6 +420,55 @@ impl ShardCore {
         }
         self.deadlines = BinaryHeap::from(heap);
         Ok(())
+    }
+
+    /// Checks that what a snapshot restored agrees with itself, so that a snapshot whose
+    /// checksum holds but whose contents do not (a writer's bug, or damage the checksum
+    /// missed) is refused by name rather than run: each SKU's held, sold, cancelled and
+    /// expired units are those of its orders; every held order of a SKU with a payment
+    /// deadline has one; the order book has each order's key and holds each buyer's units
+    /// of its orders, where its look-ups find them; and the buyers' filter has every buyer
+    /// of the book (a bit set beyond them only makes a decision look in the book). (Each
+    /// SKU's own units were checked as it was read.)
+    fn check_restored(&self) -> Result<(), SnapshotError> {
+        // Held, sold, cancelled and expired units of each SKU's orders, and the orders'
+        // marks for the book's check.
+        let mut units = vec![[0u64; 4]; self.skus.len()];
+        let mut marks = Marks::default();
+        for (number, order) in self.orders.0.iter().enumerate() {
+            let local = order.sku_local;
+            let state = match order.state {
+                OrderState::Held => 0,
+                OrderState::Sold => 1,
+                OrderState::Cancelled => 2,
+                OrderState::Expired => 3,
+            };
+            units[local as usize][state] += u64::from(order.units);
+            marks.add_order(number as u64, order.user, self.limit_key(local));
+            if state < 2 {
+                marks.add_units(order.user, local, order.units);
+            }
+            let hold = self.skus[local as usize].cold.hold_ns;
+            if state == 0 && hold.is_some() && order.pay_by_ns == u64::MAX {
+                return Err(SnapshotError::Mismatch("a held order without its deadline"));
+            }
+        }
+        for (sku, units) in self.skus.iter().zip(&units) {
+            let counted = [
+                u64::from(sku.held),
+                u64::from(sku.cold.sold),
+                sku.cold.cancelled,
+                sku.cold.expired,
+            ];
+            if *units != counted {
+                return Err(SnapshotError::Mismatch("a SKU's units against its orders"));
+            }
+        }
+        (self.book)
+            .check_against(self.orders_confirmed, marks, |user| {
+                self.buyers.may_hold(user)
+            })
+            .map_err(SnapshotError::Mismatch)
     }
 
     /// Reads what [`write_pools`](Self::write_pools) wrote into this core's pools.
