@@ -367,6 +367,9 @@ impl ShardCore {
             for _ in 0..waiters {
                 let origin = input.u64()?;
                 let intent = input.intent()?;
+                if intent.sku != sku.id {
+                    return Err(SnapshotError::Mismatch("a waiter's SKU"));
+                }
                 cold.waiters.push_back(Waiter { origin, intent });
             }
         }
@@ -487,6 +490,9 @@ impl ShardCore {
                 let intent = input.intent()?;
                 let local = input.u32()?;
                 let wait = input.u8()? != 0;
+                if !pool.skus.contains(&local) || self.skus[local as usize].id != intent.sku {
+                    return Err(SnapshotError::Mismatch("a pool's ticket"));
+                }
                 // Who holds a ticket matters only while the pool takes tickets.
                 if !pool.served {
                     pool.buyers.insert(intent.user.0);
@@ -519,7 +525,10 @@ impl ShardCore {
                     } else {
                         (tickets as u64 * 2).saturating_sub(1)
                     };
-                    if done > steps
+                    // Only a pool marked served is served (one not marked would be
+                    // started again).
+                    if !pool.served
+                        || done > steps
                         || (checked && wants.len() as u64 != done.min(tickets as u64))
                         || !(granted.is_empty() || granted.len() == tickets)
                     {
@@ -530,7 +539,8 @@ impl ShardCore {
                         let (origin, intent, local) = (input.u64()?, input.intent()?, input.u32()?);
                         let arrival_ns = input.u64()?;
                         let wait = input.u8()? != 0;
-                        if !pool.skus.contains(&local) {
+                        if !pool.skus.contains(&local) || self.skus[local as usize].id != intent.sku
+                        {
                             return Err(SnapshotError::Mismatch("a buy waiting for a pool"));
                         }
                         let ticket = PoolTicket {
@@ -552,14 +562,28 @@ impl ShardCore {
                 }
             };
         }
+        // The pools being served, in the order they started: each of them once, and no
+        // other.
         let pools = self.pools.len();
         self.serving.clear();
         for _ in 0..input.len(pools)? {
             let pool = input.u32()?;
-            if pool as usize >= pools || self.pools[pool as usize].serving.is_none() {
+            if pool as usize >= pools
+                || self.pools[pool as usize].serving.is_none()
+                || self.serving.contains(&pool)
+            {
                 return Err(SnapshotError::Mismatch("a pool being served"));
             }
             self.serving.push_back(pool);
+        }
+        if self
+            .pools
+            .iter()
+            .filter(|pool| pool.serving.is_some())
+            .count()
+            != self.serving.len()
+        {
+            return Err(SnapshotError::Mismatch("a pool being served"));
         }
         self.sliced_at = input.u64()?;
         Ok(())
