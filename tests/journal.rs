@@ -113,6 +113,14 @@ fn commands(
     results
 }
 
+/// Applies journaled commands to `core`, dropping their deferred outcomes.
+fn apply_all(core: &mut ShardCore, records: &[(u64, Command)]) {
+    for (_, command) in records {
+        core.apply(command);
+        core.take_deferred().for_each(drop);
+    }
+}
+
 fn state(core: &ShardCore) -> String {
     let mut out = format!(
         "{:?}\n{:?}\n{} {} {}\n",
@@ -184,10 +192,7 @@ fn a_snapshot_restores_the_core_exactly() {
     let records = journal::read(&path).unwrap().records;
     for cut in [0, 1, 150, 1_234, 2_999, 3_000] {
         let mut before = ShardCore::whole(&catalog);
-        for (_, command) in &records[..cut] {
-            before.apply(command);
-            before.take_deferred().for_each(drop);
-        }
+        apply_all(&mut before, &records[..cut]);
         let bytes = before.snapshot();
         assert_eq!(ShardCore::snapshot_sequence(&bytes), Some(cut as u64));
         let mut restored =
@@ -265,10 +270,7 @@ fn a_sealed_snapshot_with_changed_contents_is_refused_by_name_or_runs() {
     let mut ran = 0;
     for cut in [300, 1_500] {
         let mut before = ShardCore::whole(&catalog);
-        for (_, command) in &records[..cut] {
-            before.apply(command);
-            before.take_deferred().for_each(drop);
-        }
+        apply_all(&mut before, &records[..cut]);
         let bytes = before.snapshot();
         for _ in 0..1_500 {
             let mut changed = bytes.clone();
@@ -332,20 +334,14 @@ fn a_snapshot_with_another_room_restores_into_the_room_made() {
     let records = journal::read(&path).unwrap().records;
     let mut roomy = ShardCore::with_order_capacity(&catalog, &placement, ShardId(0), Some(1 << 16));
     let cut = 1_000;
-    for (_, command) in &records[..cut] {
-        roomy.apply(command);
-        roomy.take_deferred().for_each(drop);
-    }
+    apply_all(&mut roomy, &records[..cut]);
     let bytes = roomy.snapshot();
     assert_eq!(roomy.order_room(), 1 << 16);
     // Restored with the default room (the stock, 60 orders), it has the room a core made
     // with the default room has after the same commands (grown for its orders); and a
     // snapshot of that core, restored with the larger room, the larger room.
     let mut default = ShardCore::whole(&catalog);
-    for (_, command) in &records[..cut] {
-        default.apply(command);
-        default.take_deferred().for_each(drop);
-    }
+    apply_all(&mut default, &records[..cut]);
     let mut restored = ShardCore::restore(&catalog, &placement, ShardId(0), None, &bytes).unwrap();
     assert_eq!(restored.order_room(), default.order_room());
     assert!(restored.order_room() < 1 << 16);
