@@ -440,7 +440,10 @@ fn agree(draw: &CatalogDraw, steps: &[Step]) -> Result<(), TestCaseError> {
         let bytes = core.snapshot();
         let restored = ShardCore::restore(&catalog, &placement, core.shard(), None, &bytes);
         prop_assert!(restored.is_ok(), "refused: {:?}", restored.err());
-        prop_assert!(restored.unwrap().snapshot() == bytes, "restored to other bytes");
+        prop_assert!(
+            restored.unwrap().snapshot() == bytes,
+            "restored to other bytes"
+        );
         prop_assert_eq!(core.levels().collect::<Vec<_>>(), model.levels());
         prop_assert_eq!(core.commands_applied(), model.commands_applied());
         prop_assert_eq!(core.orders_confirmed(), model.orders_confirmed());
