@@ -106,8 +106,9 @@ pub use core::{
 };
 pub use engine::client::{self, AsyncClient, Buy};
 pub use engine::{
-    Control, Engine, EngineBuilder, EngineError, JournalConfig, LiveCounts, OrderSink, Producer,
-    RecoveredShard, SubmitError, Submitted, WaitStrategy,
+    Control, Engine, EngineBuilder, EngineError, JournalConfig, LiveCounts, OrderSink,
+    PassedOverSnapshot, Producer, RecoveredShard, SnapshotPassedOver, SubmitError, Submitted,
+    WaitStrategy,
 };
 pub use report::{LatencySummary, Report};
 pub use types::{

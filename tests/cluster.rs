@@ -637,7 +637,8 @@ async fn sale_with_kills(base: u16, cycle: u32) {
     tokio::time::sleep(Duration::from_millis(2_000)).await;
     let log = std::fs::read_to_string(dir.join(format!("{leader}.log"))).unwrap();
     assert!(
-        log.contains("started from a snapshot at"),
+        log.contains("started from a snapshot at")
+            && !log.contains("the stored snapshot was not used"),
         "node {leader} restarted without a snapshot:\n{log}"
     );
     let other = if leader == "a" { "b" } else { "a" };
@@ -1729,6 +1730,47 @@ async fn a_draw_is_served_in_slices_through_the_log() {
         (1, true, BUYERS),
         "{pools:?}"
     );
+
+    // A damaged snapshot in the store: the node, restarted, says it did not use it and
+    // reads partition 0's log from its first entry, to the same levels.
+    let store = js.get_object_store("fs_draw_snap").await.unwrap();
+    store
+        .put("p0", &mut std::io::Cursor::new(b"not a snapshot".to_vec()))
+        .await
+        .unwrap();
+    let mut scene = scene;
+    drop(scene.node.take());
+    let urls = scene.nats.as_ref().unwrap().urls();
+    let catalog_path = scene.dir.join("catalog.toml");
+    scene.node = Some(start_node(
+        &urls,
+        "draw",
+        &catalog_path,
+        "a",
+        &scene.dir,
+        None,
+    ));
+    wait_ready_again(&scene.dir, "a").await;
+    let log = std::fs::read_to_string(scene.dir.join("a.log")).unwrap();
+    assert!(
+        log.contains(
+            "partition 0: the stored snapshot was not used (not a whole replica snapshot): \
+             replayed the log from its first entry instead"
+        ),
+        "{log}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let levels = scene.gateway.sales().await;
+        if let Ok(levels) = &levels
+            && let Some(draw) = levels.iter().find(|sale| sale.levels.id == SkuId(1))
+            && (draw.levels.available, draw.levels.held) == (0, UNITS)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{levels:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Runs `flashsale ARGS` (with `--json`) off the runtime's threads; its report.

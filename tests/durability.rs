@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::intent;
+use flashsale::core::SnapshotError;
 use flashsale::journal;
 use flashsale::storage::{FileStorage, Storage, StorageFile};
 use flashsale::{
-    Catalog, Engine, GroupId, JournalConfig, OrderId, Outcome, Placement, RejectReason, ShardCore,
-    ShardId, SkuId, SkuSpec, Submitted,
+    Catalog, Engine, GroupId, JournalConfig, OrderId, Outcome, PassedOverSnapshot, Placement,
+    RejectReason, ShardCore, ShardId, SkuId, SkuSpec, SnapshotPassedOver, Submitted,
 };
 
 fn catalog() -> Catalog {
@@ -312,29 +313,71 @@ fn restarts_from_snapshots_replay_only_the_tail() {
             .map(|sku| (sku.held, sku.sold, sku.available))
             .collect::<Vec<_>>()
     };
-    let second = start().shutdown();
+    let second = start();
+    assert_eq!(second.snapshots_passed_over(), []);
+    let second = second.shutdown();
     assert!(second.recovered_commands < first.commands_applied / 2);
     assert_eq!(second.commands_applied, first.commands_applied);
     assert_eq!(levels(&second), levels(&first));
     // Damage every shard's newest snapshot: recovery uses an older one, same state.
     // (Shard 1 sells only SKU 3, whose 50 units the sold-out gate guards, so it may have
     // applied too few commands for a snapshot.)
+    // Each file passed over is named, with the reason.
     assert!(!config.snapshots_of(ShardId(0)).is_empty());
+    let mut damaged = Vec::new();
     for shard in 0..SHARDS {
         let mut snapshots = config.snapshots_of(ShardId(shard as u16));
         snapshots.sort();
-        let Some((_, newest)) = snapshots.last() else {
+        let Some((sequence, newest)) = snapshots.last() else {
             continue;
         };
         let mut bytes = std::fs::read(newest).unwrap();
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0xFF;
         std::fs::write(newest, bytes).unwrap();
+        damaged.push(PassedOverSnapshot {
+            shard: ShardId(shard as u16),
+            path: newest.clone(),
+            sequence: *sequence,
+            why: SnapshotPassedOver::Refused(SnapshotError::Checksum),
+        });
     }
-    let third = start().shutdown();
+    let third = start();
+    assert_eq!(third.snapshots_passed_over(), damaged);
+    let line = third.snapshots_passed_over()[0].to_string();
+    assert!(
+        line.starts_with("shard 0: snapshot ") && line.ends_with("passed over: checksum mismatch"),
+        "{line}"
+    );
+    let third = third.shutdown();
     assert_eq!(third.commands_applied, first.commands_applied);
     assert_eq!(levels(&third), levels(&first));
     assert!(third.recovered_commands > second.recovered_commands);
+    // A journal cut short behind its snapshots (as a crash can leave an unsynced one): the
+    // snapshots it no longer reaches are passed over, each saying how far the journal goes.
+    let journal = config.path_of(ShardId(0));
+    let length = std::fs::metadata(&journal).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&journal)
+        .unwrap()
+        .set_len(length / 8)
+        .unwrap();
+    let fourth = start();
+    let ahead: Vec<_> = fourth
+        .snapshots_passed_over()
+        .iter()
+        .filter(|passed| passed.shard == ShardId(0))
+        .collect();
+    assert!(!ahead.is_empty());
+    for passed in ahead {
+        let SnapshotPassedOver::AheadOfJournal { journaled } = passed.why else {
+            panic!("{passed}");
+        };
+        assert!(journaled < passed.sequence, "{passed}");
+    }
+    let fourth = fourth.shutdown();
+    assert!(fourth.commands_applied < third.commands_applied);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

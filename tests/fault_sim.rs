@@ -11,28 +11,32 @@ use sim::{Ended, check};
 #[test]
 fn thousands_of_seeds_recover_everything_released() {
     let seeds: u64 = if cfg!(miri) { 5 } else { 2_000 };
-    let (mut recovered, mut rot, mut released, mut from_snapshots) = (0, 0, 0, 0);
+    let (mut recovered, mut rot, mut released, mut from_snapshots, mut passed_over) =
+        (0, 0, 0, 0, 0);
     for seed in 0..seeds {
         match check(seed) {
             Ended::Recovered {
                 released: n,
                 from_snapshots: s,
+                passed_over: p,
                 ..
             } => {
                 recovered += 1;
                 released += n;
                 from_snapshots += s;
+                passed_over += p;
             }
             Ended::ReportedRot => rot += 1,
         }
     }
     eprintln!(
         "{seeds} seeds: {recovered} recovered after every crash ({released} released \
-         commands checked, {from_snapshots} restarts from a snapshot), {rot} refused bit \
-         rot by offset"
+         commands checked, {from_snapshots} restarts from a snapshot, {passed_over} rotten \
+         snapshots passed over and reported), {rot} refused bit rot by offset"
     );
     assert!(recovered > 0 && rot > 0, "both endings were exercised");
     assert!(from_snapshots > 0, "recovery from snapshots was exercised");
+    assert!(passed_over > 0, "rotten snapshots were passed over");
     assert!(
         released > seeds as usize * 50,
         "seeds released work to check"

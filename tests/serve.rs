@@ -1679,6 +1679,63 @@ async fn the_feed_checkpoint_is_used_only_with_the_journals_it_was_written_from(
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A damaged snapshot is passed over at start-up with one line naming its file and the
+/// reason; the journal replayed from an older point gives the same orders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_passed_over_at_start_up_is_named() {
+    let (dir, data, catalog) = scratch_sale("passed", "[[sku]]\nid = 1\nstock = 100\nlimit = 1\n");
+    let args = unsynced_with_operator(&data, &catalog, &["--shards", "1", "--snapshot-every", "2"]);
+    let http = client();
+    let server = serve(&args);
+    for user in 1..=5u64 {
+        let (status, _) = buy(
+            &http,
+            &server,
+            "1",
+            json!({"user": user, "qty": 1, "key": 1}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    server.terminate(Duration::from_secs(30));
+    let mut snapshots: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "fss"))
+        .collect();
+    snapshots.sort();
+    let newest = snapshots.last().expect("snapshots were written");
+    let mut bytes = std::fs::read(newest).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(newest, bytes).unwrap();
+
+    let server = serve(&args);
+    let named = format!(
+        "flashsale serve: shard 0: snapshot {} (taken at command ",
+        newest.display()
+    );
+    assert!(
+        server.said_before_ready.iter().any(|line| line.starts_with(&named)
+            && line.ends_with("passed over: checksum mismatch; replayed the journal from an older point instead")),
+        "{:?}",
+        server.said_before_ready
+    );
+    // The five orders are there: a sixth buy of each buyer is over the limit.
+    for user in 1..=5u64 {
+        let (status, answer) = buy(
+            &http,
+            &server,
+            "1",
+            json!({"user": user, "qty": 1, "key": 2}),
+        )
+        .await;
+        assert_eq!(answer["reason"], "user_limit", "{status} {answer}");
+    }
+    server.terminate(Duration::from_secs(30));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_feed_resumes_across_a_restart() {
     let (dir, data, catalog) = scratch_sale("feed", "[[sku]]\nid = 1\nstock = 100\nlimit = 1\n");

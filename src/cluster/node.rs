@@ -78,6 +78,10 @@ pub struct PartitionStatus {
     pub refused: u64,
     /// The log position of the snapshot the partition started from, if it did.
     pub restored_from: Option<u64>,
+    /// Why the stored snapshot was not used, if one was fetched and refused: the
+    /// partition then started from the log's first entry (the same state, a longer
+    /// replay), and the snapshot store deserves a look.
+    pub snapshot_refused: Option<crate::cluster::ReplicaSnapshotError>,
     /// Consumers the partition's reader set out to make: the first, and one each time the
     /// last was gone (its NATS server died) or failed; more than 0 once reading began.
     pub reader_restarts: u64,
@@ -874,19 +878,22 @@ impl PartitionTask {
         let Some(bytes) = fetched else {
             return;
         };
-        if let Ok(replica) = Replica::restore_with_order_capacity(
+        match Replica::restore_with_order_capacity(
             &self.catalog,
             &self.placement,
             ShardId(self.partition),
             self.config.order_capacity,
             &bytes,
         ) {
-            let position = replica.applied();
-            self.replica = replica;
-            self.update_status(|status| {
-                status.restored_from = Some(position);
-                status.applied = position;
-            });
+            Ok(replica) => {
+                let position = replica.applied();
+                self.replica = replica;
+                self.update_status(|status| {
+                    status.restored_from = Some(position);
+                    status.applied = position;
+                });
+            }
+            Err(why) => self.update_status(|status| status.snapshot_refused = Some(why)),
         }
     }
 

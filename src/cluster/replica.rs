@@ -59,7 +59,7 @@ pub struct Gap {
 }
 
 /// Why a replica snapshot was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ReplicaSnapshotError {
     /// Not a replica snapshot, cut short, or damaged.
     #[error("not a whole replica snapshot")]

@@ -23,7 +23,7 @@ const VERSION: u32 = 3;
 const HEADER_LEN: usize = 8 + 4 + 2 + 2 + 8 + 8 + 4;
 
 /// Why a snapshot could not be restored.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SnapshotError {
     /// Not a version-3 snapshot, or cut short.
     #[error("not a complete version-3 snapshot")]

@@ -197,17 +197,29 @@ impl JournalConfig {
         snapshots.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
         let mut core = None;
         let mut from = 0;
+        let mut passed_over = Vec::new();
         for (sequence, path) in snapshots {
-            if sequence > journaled {
-                continue;
-            }
-            let restored = self.storage.read_file(&path).ok().and_then(|bytes| {
-                ShardCore::restore(catalog, placement, shard, orders, &bytes).ok()
-            });
-            if restored.is_some() {
-                core = restored;
-                from = sequence;
-                break;
+            let restored = if sequence > journaled {
+                Err(SnapshotPassedOver::AheadOfJournal { journaled })
+            } else {
+                match self.storage.read_file(&path) {
+                    Err(error) => Err(SnapshotPassedOver::Unreadable(error.kind())),
+                    Ok(bytes) => ShardCore::restore(catalog, placement, shard, orders, &bytes)
+                        .map_err(SnapshotPassedOver::Refused),
+                }
+            };
+            match restored {
+                Ok(restored) => {
+                    core = Some(restored);
+                    from = sequence;
+                    break;
+                }
+                Err(why) => passed_over.push(PassedOverSnapshot {
+                    shard,
+                    path,
+                    sequence,
+                    why,
+                }),
             }
         }
         let mut core = core
@@ -229,6 +241,7 @@ impl JournalConfig {
             writer,
             replayed: journaled - from,
             snapshot_at: from,
+            passed_over,
         })
     }
 
@@ -271,10 +284,65 @@ pub struct RecoveredShard {
     pub replayed: u64,
     /// The sequence of the snapshot restored (0: none, the whole journal was replayed).
     pub snapshot_at: u64,
+    /// The snapshots newer than the one restored that were tried and not used, newest
+    /// first, each with the reason; empty when the newest snapshot restored (or there was
+    /// none).
+    pub passed_over: Vec<PassedOverSnapshot>,
+}
+
+/// A snapshot recovery did not use although it was newer than the one it restored (or
+/// than the whole journal): the shard then replays more of its journal, which is correct
+/// but slower, and the file deserves a look. See [`Engine::snapshots_passed_over`].
+///
+/// [`Engine::snapshots_passed_over`]: crate::Engine::snapshots_passed_over
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassedOverSnapshot {
+    /// The shard whose snapshot it is.
+    pub shard: ShardId,
+    /// The snapshot file.
+    pub path: std::path::PathBuf,
+    /// The command sequence it was taken at (from its name).
+    pub sequence: u64,
+    /// Why it was not used.
+    pub why: SnapshotPassedOver,
+}
+
+impl core::fmt::Display for PassedOverSnapshot {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "shard {}: snapshot {} (taken at command {}) passed over: {}",
+            self.shard.0,
+            self.path.display(),
+            self.sequence,
+            self.why
+        )
+    }
+}
+
+/// Why recovery passed over a snapshot (see [`PassedOverSnapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotPassedOver {
+    /// Taken after more commands than the journal holds (a journal cut short behind
+    /// it, e.g. by a crash of a shard that journals without syncing): restoring it would
+    /// skip commands the journal does not have.
+    #[error("the journal holds only {journaled} commands")]
+    AheadOfJournal {
+        /// Commands in the journal.
+        journaled: u64,
+    },
+    /// The file could not be read.
+    #[error("cannot read it: {0}")]
+    Unreadable(std::io::ErrorKind),
+    /// Read, and refused by [`ShardCore::restore`]: damaged, cut short, of another shard,
+    /// or with contents that do not add up (the check named).
+    #[error("{0}")]
+    Refused(crate::core::SnapshotError),
 }
 
 /// Opens a shard's journal and replays it into its core; remembers the keys of the orders it
-/// confirmed in the gate, so that their retries still reach the shard.
+/// confirmed in the gate, so that their retries still reach the shard. Also gives the
+/// snapshots it passed over.
 pub(crate) fn recover(
     core: &mut ShardCore,
     config: &JournalConfig,
@@ -282,7 +350,7 @@ pub(crate) fn recover(
     placement: &Placement,
     orders: Option<usize>,
     gate: &SoldOutGate,
-) -> Result<Journaling, EngineError> {
+) -> Result<(Journaling, Vec<PassedOverSnapshot>), EngineError> {
     let shard = core.shard();
     let recovered = config.recover_shard(catalog, placement, shard, orders)?;
     *core = recovered.core;
@@ -290,12 +358,13 @@ pub(crate) fn recover(
     for (user, client_key) in core.confirmed_keys() {
         gate.remember(usize::from(shard.0), user, client_key);
     }
-    Ok(Journaling::new(
+    let journaling = Journaling::new(
         recovered.writer,
         config,
         recovered.replayed,
         recovered.snapshot_at,
-    ))
+    );
+    Ok((journaling, recovered.passed_over))
 }
 
 /// Everything a shard decided and holds back until the journal holds the commands that

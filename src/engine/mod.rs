@@ -43,7 +43,7 @@ use crate::sync::{Arc, Mutex};
 use crate::types::{ShardId, SkuId};
 
 pub use control::Control;
-pub use durability::{JournalConfig, RecoveredShard};
+pub use durability::{JournalConfig, PassedOverSnapshot, RecoveredShard, SnapshotPassedOver};
 pub use error::EngineError;
 pub(crate) use lane::Notify;
 pub use producer::{Producer, SubmitError, Submitted};
@@ -322,7 +322,7 @@ impl EngineBuilder {
                 .iter()
                 .map(|core| core.levels().map(|sku| u64::from(sku.stock)).sum()),
         );
-        let journals = self.recover(&mut cores, &placement, &gate)?;
+        let (journals, passed_over) = self.recover(&mut cores, &placement, &gate)?;
         let resume_ns = cores.iter().map(ShardCore::now_ns).max().unwrap_or(0);
         let shards = cores.iter().map(ShardShared::new).collect();
         let shared = Arc::new(EngineShared {
@@ -346,19 +346,23 @@ impl EngineBuilder {
             producers: Mutex::new(Vec::new()),
         });
         let (wait, batch_max) = (self.wait, self.batch_max);
-        spawn_workers(shared, cores, journals, self.sink_factory, wait, batch_max)
+        let mut engine =
+            spawn_workers(shared, cores, journals, self.sink_factory, wait, batch_max)?;
+        engine.passed_over = passed_over;
+        Ok(engine)
     }
 
     /// With a journal: recovers every shard from its directory into `cores` (see
-    /// [`JournalConfig::recover_shard`]); one journal per shard, or none without.
+    /// [`JournalConfig::recover_shard`]); one journal per shard, or none without; and the
+    /// snapshots passed over, shard by shard.
     fn recover(
         &self,
         cores: &mut [ShardCore],
         placement: &Placement,
         gate: &SoldOutGate,
-    ) -> Result<Vec<durability::Journaling>, EngineError> {
+    ) -> Result<(Vec<durability::Journaling>, Vec<PassedOverSnapshot>), EngineError> {
         let Some(config) = &self.journal else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         };
         config
             .storage
@@ -368,19 +372,21 @@ impl EngineBuilder {
                 source,
             })?;
         config.check_manifest(&self.catalog, placement.shards())?;
-        cores
-            .iter_mut()
-            .map(|core| {
-                durability::recover(
-                    core,
-                    config,
-                    &self.catalog,
-                    placement,
-                    self.order_capacity,
-                    gate,
-                )
-            })
-            .collect()
+        let mut journals = Vec::with_capacity(cores.len());
+        let mut passed_over = Vec::new();
+        for core in cores.iter_mut() {
+            let (journal, passed) = durability::recover(
+                core,
+                config,
+                &self.catalog,
+                placement,
+                self.order_capacity,
+                gate,
+            )?;
+            journals.push(journal);
+            passed_over.extend(passed);
+        }
+        Ok((journals, passed_over))
     }
 }
 
@@ -397,6 +403,7 @@ fn spawn_workers(
     let mut engine = Engine {
         shared: shared.clone(),
         workers: Vec::with_capacity(cores.len()),
+        passed_over: Vec::new(),
     };
     let mut journals = journals.into_iter();
     for core in cores {
@@ -441,6 +448,8 @@ pub struct LiveCounts {
 pub struct Engine {
     shared: Arc<EngineShared>,
     workers: Vec<Task<ShardReport>>,
+    /// The snapshots recovery passed over (see [`Engine::snapshots_passed_over`]).
+    passed_over: Vec<PassedOverSnapshot>,
 }
 
 impl fmt::Debug for Engine {
@@ -552,6 +561,16 @@ impl Engine {
                 )
             })
             .collect()
+    }
+
+    /// The snapshots that recovery at start-up tried and did not use, shard by shard,
+    /// newest first, each with its file and the reason: damaged, unreadable, refused by a
+    /// restore check (named), or ahead of a journal cut short. Each shard then restored an
+    /// older snapshot or replayed its whole journal: the state is the same, the start
+    /// slower. Empty without a journal, and when every shard restored its newest snapshot
+    /// (or had none). Worth logging at start-up: `flashsale serve` prints each.
+    pub fn snapshots_passed_over(&self) -> &[PassedOverSnapshot] {
+        &self.passed_over
     }
 
     /// Live counts, as the shards last published them (after each batch).

@@ -40,13 +40,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use flashsale::core::SnapshotError;
 use flashsale::journal::{HEADER_LEN, JournalError};
 use flashsale::reference::Model;
 use flashsale::storage::{Storage, StorageFile};
 use flashsale::workload::Rng;
 use flashsale::{
     Catalog, Command, EngineError, GroupId, GroupSpec, Intent, JournalConfig, OrderId, Placement,
-    Policy, ShardCore, ShardId, SkuId, SkuSpec, UserId,
+    Policy, ShardCore, ShardId, SkuId, SkuSpec, SnapshotPassedOver, UserId,
 };
 
 /// Buyers in the simulation (few, so that limits and retries bite).
@@ -113,6 +114,9 @@ pub struct Disk {
     /// Files written whole (snapshots): durable once written and synced; one whose write
     /// failed holds part of its bytes, and a crash keeps a random prefix of those.
     whole: Mutex<BTreeMap<PathBuf, (Vec<u8>, bool)>>,
+    /// Whole files a bit of which flipped at rest (each must be passed over, and said so,
+    /// if recovery reaches it).
+    rotten: Mutex<std::collections::BTreeSet<PathBuf>>,
     rng: Mutex<Rng>,
     faults: Mutex<Faults>,
     /// Simulated ns spent in syncs since the shard last looked.
@@ -125,6 +129,7 @@ impl Disk {
         Arc::new(Self {
             files: Mutex::default(),
             whole: Mutex::default(),
+            rotten: Mutex::default(),
             rng: Mutex::new(Rng::new(seed ^ 0xD15C)),
             faults: Mutex::new(faults),
             sync_ns: Mutex::new(0),
@@ -168,16 +173,17 @@ impl Disk {
             state.volatile.clear();
         }
         let mut whole = self.whole.lock().unwrap();
-        for (bytes, durable) in whole.values_mut() {
+        for (path, (bytes, durable)) in whole.iter_mut() {
             if !*durable {
                 let kept = self.below(bytes.len() as u64 + 1) as usize;
                 bytes.truncate(kept);
                 *durable = true;
             } else if !bytes.is_empty() && self.roll(faults.rot) {
-                // Rot in a snapshot: recovery must pass over it (the journal still holds
-                // every command).
+                // Rot in a snapshot: recovery must pass over it, and say so (the journal
+                // still holds every command).
                 let at = self.below(bytes.len() as u64) as usize;
                 bytes[at] ^= 1 << self.below(8);
+                self.rotten.lock().unwrap().insert(path.clone());
             }
         }
         // An operator freed some space before the restart.
@@ -194,6 +200,11 @@ impl Disk {
             .get(path)
             .map(|state| state.durable.clone())
             .unwrap_or_default()
+    }
+
+    /// Whether a bit of this whole file flipped at rest.
+    pub fn rotten(&self, path: &Path) -> bool {
+        self.rotten.lock().unwrap().contains(path)
     }
 
     /// Simulated time spent in syncs since the last call.
@@ -238,6 +249,7 @@ impl Storage for SimStorage {
             .lock()
             .unwrap()
             .insert(path.to_path_buf(), (bytes[..kept].to_vec(), !failed));
+        self.0.rotten.lock().unwrap().remove(path);
         if failed {
             return Err(io::Error::from_raw_os_error(5));
         }
@@ -265,6 +277,12 @@ impl Storage for SimStorage {
             .remove(from)
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         whole.insert(to.to_path_buf(), file);
+        let mut rotten = self.0.rotten.lock().unwrap();
+        if rotten.remove(from) {
+            rotten.insert(to.to_path_buf());
+        } else {
+            rotten.remove(to);
+        }
         Ok(())
     }
 
@@ -281,6 +299,7 @@ impl Storage for SimStorage {
 
     fn remove(&self, path: &Path) -> io::Result<()> {
         self.0.whole.lock().unwrap().remove(path);
+        self.0.rotten.lock().unwrap().remove(path);
         Ok(())
     }
 }
@@ -443,6 +462,8 @@ pub enum Ended {
         crashes: u32,
         released: usize,
         from_snapshots: u64,
+        /// Rotten snapshots recovery passed over (each reported with its file).
+        passed_over: u64,
     },
     /// Recovery refused the journal as damaged at rest (where the bit flipped).
     ReportedRot,
@@ -475,6 +496,7 @@ pub fn run(seed: u64, faults: Option<Faults>) -> Result<Ended, String> {
     let mut crashes = 0;
     let mut flipped: Option<usize> = None;
     let mut from_snapshots = 0;
+    let mut passed_over = 0;
     for _life in 0..1 + rng.below(6) {
         // Restart: recover as the engine does (the newest snapshot that checks out, then
         // the journal after it).
@@ -507,6 +529,36 @@ pub fn run(seed: u64, faults: Option<Faults>) -> Result<Ended, String> {
             ));
         }
         from_snapshots += u64::from(recovered.snapshot_at > 0);
+        // Every snapshot passed over is one the disk rotted, refused by its checksum or
+        // header (a restore check refusing one the shard wrote would be a writer's bug; one
+        // ahead of the journal, a snapshot written before its commands were durable); and
+        // every rotten one newer than the snapshot restored was passed over and said so.
+        for passed in &recovered.passed_over {
+            let by_checksum = matches!(
+                passed.why,
+                SnapshotPassedOver::Refused(
+                    SnapshotError::Checksum
+                        | SnapshotError::BadHeader
+                        | SnapshotError::WrongShard(_)
+                )
+            );
+            if !disk.rotten(&passed.path) || !by_checksum {
+                return Err(format!("{passed}, and the disk did not rot it"));
+            }
+        }
+        for (sequence, path) in config.snapshots_of(ShardId(0)) {
+            let reported = recovered
+                .passed_over
+                .iter()
+                .any(|passed| passed.path == path && passed.sequence == sequence);
+            if sequence > recovered.snapshot_at && disk.rotten(&path) && !reported {
+                return Err(format!(
+                    "the rotten snapshot {} was passed over without a word",
+                    path.display()
+                ));
+            }
+        }
+        passed_over += recovered.passed_over.len() as u64;
         // What the journal holds now (its torn tail cut away), read back from the disk.
         let bytes = disk.durable(&path);
         let records = flashsale::journal::scan(&bytes, &path)
@@ -606,6 +658,7 @@ pub fn run(seed: u64, faults: Option<Faults>) -> Result<Ended, String> {
         crashes,
         released: released.len(),
         from_snapshots,
+        passed_over,
     })
 }
 

@@ -178,6 +178,16 @@ async fn node(args: NodeArgs) -> Result<(), String> {
                         args.sale,
                         args.partitions
                     );
+                    for (partition, status) in watching.borrow().iter().enumerate() {
+                        if let Some(why) = status.snapshot_refused {
+                            eprintln!(
+                                "{} flashsale node {id}: partition {partition}: the stored \
+                                 snapshot was not used ({why}): replayed the log from its \
+                                 first entry instead",
+                                stamp()
+                            );
+                        }
+                    }
                 }
 
                 for (partition, (&was, &is)) in leading.iter().chain(std::iter::repeat(&false)).zip(&now).enumerate() {

@@ -384,6 +384,9 @@ pub fn run(
     mut on_progress: impl FnMut(u64),
 ) -> Result<RunResult, String> {
     let engine = start_engine(scenario, &plan.catalog, journal)?;
+    for passed in engine.snapshots_passed_over() {
+        eprintln!("{passed}; replayed the journal from an older point instead");
+    }
     for short in engine.order_room_short() {
         if scenario.presses_sent() > short.2 as f64 {
             eprintln!("{}", crate::order_room_note("shard", short));

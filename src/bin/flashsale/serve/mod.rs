@@ -816,6 +816,9 @@ fn recover(
             flashsale::EngineError::JournalMismatch { .. } => (2, error.to_string()),
             other => (1, other.to_string()),
         })?;
+    for passed in engine.snapshots_passed_over() {
+        eprintln!("flashsale serve: {passed}; replayed the journal from an older point instead");
+    }
     for short in engine.order_room_short() {
         eprintln!(
             "flashsale serve: {}",
