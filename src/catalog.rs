@@ -148,7 +148,8 @@ impl SkuSpec {
     }
 
     /// Sets the payment window: an unpaid order's units go back on sale `hold_ns` after it
-    /// was confirmed.
+    /// was confirmed (a deadline past the end of the engine clock, `u64::MAX` ns, is the
+    /// clock's last instant but one).
     pub fn hold(mut self, hold_ns: u64) -> Self {
         self.hold_ns = Some(hold_ns);
         self

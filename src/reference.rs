@@ -719,7 +719,9 @@ impl Model {
         let group = sku.group;
         let number = self.orders.len() as u64;
         if let Some(hold_ns) = sku.hold_ns {
-            self.deadlines.push((now.saturating_add(hold_ns), number));
+            // Past the clock's end: its last instant but one (as the shard keeps it).
+            let deadline = now.saturating_add(hold_ns).min(u64::MAX - 1);
+            self.deadlines.push((deadline, number));
         }
         let id = OrderId::new(self.shard, number);
         self.orders.push(ModelOrder {

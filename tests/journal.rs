@@ -375,6 +375,60 @@ fn a_snapshot_with_another_room_restores_into_the_room_made() {
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
 
+/// An order confirmed so near the end of the engine clock that its hold would run past
+/// it keeps a deadline (the clock's last instant but one), so its snapshot restores, and it
+/// expires there as the reference model has it.
+#[test]
+fn a_hold_past_the_end_of_the_clock_keeps_a_deadline() {
+    let catalog = Catalog::builder()
+        .sku(SkuSpec::new(SkuId(1), 5).hold(1_000))
+        .build()
+        .unwrap();
+    let placement = Placement::new(&catalog, 1).unwrap();
+    let mut core = ShardCore::whole(&catalog);
+    let mut model = flashsale::reference::Model::whole(&catalog);
+    let late = u64::MAX - 10;
+    let intent = Intent {
+        user: UserId(1),
+        client_key: 1,
+        sku: SkuId(1),
+        quantity: 1,
+    };
+    let buy = Command::Buy {
+        intent,
+        arrival_ns: late,
+    };
+    let Applied::Decided(Outcome::Confirmed(order)) = core.apply(&buy) else {
+        panic!("confirmed");
+    };
+    assert_eq!(
+        model.apply(&buy),
+        Applied::Decided(Outcome::Confirmed(order))
+    );
+    let view = core.order(order.id).unwrap();
+    assert_eq!(
+        view.status,
+        flashsale::OrderStatus::Held {
+            pay_by_ns: Some(u64::MAX - 1)
+        }
+    );
+    let mut restored =
+        ShardCore::restore(&catalog, &placement, ShardId(0), None, &core.snapshot()).unwrap();
+    assert_eq!(restored.snapshot(), core.snapshot());
+    for now_ns in [u64::MAX - 2, u64::MAX - 1] {
+        let tick = Command::Tick { now_ns };
+        let applied = core.apply(&tick);
+        assert_eq!(restored.apply(&tick), applied);
+        assert_eq!(model.apply(&tick), applied);
+        assert_eq!(restored.levels_of(SkuId(1)), core.levels_of(SkuId(1)));
+        assert_eq!(
+            core.levels_of(SkuId(1)).unwrap().held,
+            u32::from(now_ns < u64::MAX - 1),
+            "expired at the clock's last instant but one"
+        );
+    }
+}
+
 #[test]
 fn a_torn_tail_loses_only_the_commands_never_committed() {
     let catalog = catalog();

@@ -236,7 +236,10 @@ impl ShardCore {
         self.orders_confirmed += 1;
         let mut pay_by_ns = u64::MAX;
         if let Some(hold_ns) = sku.cold.hold_ns {
-            let deadline = now_ns.saturating_add(hold_ns);
+            // A deadline past the clock's end is its last instant but one: `u64::MAX`
+            // means "no deadline" in the order's record, and a held order of a SKU with
+            // a hold always has one.
+            let deadline = now_ns.saturating_add(hold_ns).min(u64::MAX - 1);
             pay_by_ns = deadline;
             self.deadlines.push(Reverse((deadline, number)));
             self.next_due_ns = self.next_due_ns.min(deadline);
