@@ -32,7 +32,8 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 targets=(shard_vs_model:none catalog:none engine_threads:none engine_threads:address
-    journal_reader:none fault_sim:none snapshot:none replica_log:none cluster_wire:none)
+    journal_reader:none fault_sim:none snapshot:none replica_log:none cluster_wire:none
+    operator_files:none)
 for entry in "${targets[@]}"; do
     target="${entry%%:*}"
     sanitizer="${entry##*:}"
