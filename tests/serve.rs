@@ -1680,9 +1680,11 @@ async fn the_feed_checkpoint_is_used_only_with_the_journals_it_was_written_from(
 }
 
 /// A damaged snapshot is passed over at start-up with one line naming its file and the
-/// reason; the journal replayed from an older point gives the same orders.
+/// reason; the journal replayed from an older point gives the same orders. `flashsale
+/// check` reads the directory without changing it and says the same beforehand, and that
+/// a journal damaged inside would be refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_passed_over_at_start_up_is_named() {
+async fn a_snapshot_passed_over_is_named_by_serve_and_by_check() {
     let (dir, data, catalog) = scratch_sale("passed", "[[sku]]\nid = 1\nstock = 100\nlimit = 1\n");
     let args = unsynced_with_operator(&data, &catalog, &["--shards", "1", "--snapshot-every", "2"]);
     let http = client();
@@ -1698,6 +1700,34 @@ async fn a_snapshot_passed_over_at_start_up_is_named() {
         assert_eq!(status, StatusCode::OK);
     }
     server.terminate(Duration::from_secs(30));
+    let check = |more: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .args(["check", "--data", &data, "--catalog", &catalog])
+            .args(more)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, said, _) = check(&[]);
+    assert_eq!(code, Some(0), "{said}");
+    for line in [
+        "shard 0: journal ",
+        "5 commands, closed cleanly",
+        "(at command 4): restores (a restart starts from it)",
+        "(at command 2): restores (older: a fallback)",
+        "shard 0: a restart restores the snapshot at command 4 and replays 1 command\n",
+        "that state is the whole journal's: 5 orders, 5 units held, 0 sold",
+        "order feed: its checkpoint matches the journals (5 events)",
+        "verdict: a restart recovers every shard",
+    ] {
+        assert!(said.contains(line), "{line:?} in {said}");
+    }
+    let (code, _, why) = check(&["--shards", "2"]);
+    assert_eq!(code, Some(2), "{why}");
     let mut snapshots: Vec<_> = std::fs::read_dir(&data)
         .unwrap()
         .map(|entry| entry.unwrap().path())
@@ -1709,6 +1739,13 @@ async fn a_snapshot_passed_over_at_start_up_is_named() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0x01;
     std::fs::write(newest, bytes).unwrap();
+    let (code, said, _) = check(&[]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("(at command 4): passed over: checksum mismatch")
+            && said.contains("a restart restores the snapshot at command 2 and replays 3"),
+        "{said}"
+    );
 
     let server = serve(&args);
     let named = format!(
@@ -1733,6 +1770,23 @@ async fn a_snapshot_passed_over_at_start_up_is_named() {
         assert_eq!(answer["reason"], "user_limit", "{status} {answer}");
     }
     server.terminate(Duration::from_secs(30));
+    // A record damaged inside the journal: a restart would refuse it, and the check says
+    // so, changing nothing.
+    let journal = std::path::Path::new(&data).join("shard-00000.fsj");
+    let mut bytes = std::fs::read(&journal).unwrap();
+    bytes[70] ^= 0x01;
+    std::fs::write(&journal, &bytes).unwrap();
+    let (code, said, _) = check(&[]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("corrupt record at byte") && said.contains("a restart refuses it"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read(&journal).unwrap(),
+        bytes,
+        "the check changed nothing"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

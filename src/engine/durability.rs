@@ -193,37 +193,12 @@ impl JournalConfig {
         let (writer, scanned) =
             JournalWriter::open_in(&*self.storage, &self.path_of(shard), shard)?;
         let journaled = scanned.records.len() as u64;
-        let mut snapshots = self.snapshots_of(shard);
-        snapshots.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
-        let mut core = None;
-        let mut from = 0;
-        let mut passed_over = Vec::new();
-        for (sequence, path) in snapshots {
-            let restored = if sequence > journaled {
-                Err(SnapshotPassedOver::AheadOfJournal { journaled })
-            } else {
-                match self.storage.read_file(&path) {
-                    Err(error) => Err(SnapshotPassedOver::Unreadable(error.kind())),
-                    Ok(bytes) => ShardCore::restore(catalog, placement, shard, orders, &bytes)
-                        .map_err(SnapshotPassedOver::Refused),
-                }
-            };
-            match restored {
-                Ok(restored) => {
-                    core = Some(restored);
-                    from = sequence;
-                    break;
-                }
-                Err(why) => passed_over.push(PassedOverSnapshot {
-                    shard,
-                    path,
-                    sequence,
-                    why,
-                }),
-            }
-        }
-        let mut core = core
-            .unwrap_or_else(|| ShardCore::with_order_capacity(catalog, placement, shard, orders));
+        let (restored, passed_over) =
+            self.restore_newest_snapshot(catalog, placement, shard, orders, journaled);
+        let (from, mut core) = restored.unwrap_or_else(|| {
+            let fresh = ShardCore::with_order_capacity(catalog, placement, shard, orders);
+            (0, fresh)
+        });
         for &(sequence, ref command) in &scanned.records[from as usize..] {
             let expected = core.commands_applied();
             if sequence != expected {
@@ -243,6 +218,45 @@ impl JournalConfig {
             snapshot_at: from,
             passed_over,
         })
+    }
+
+    /// The newest of a shard's snapshots that restores and that a journal of `journaled`
+    /// commands reaches, as recovery picks it: its sequence and the core restored from it
+    /// (none: recovery replays the whole journal); and the newer snapshots it passed over,
+    /// newest first, each with the reason. Reads the snapshot files and changes nothing
+    /// (for a check of a directory, e.g. `flashsale check`).
+    pub fn restore_newest_snapshot(
+        &self,
+        catalog: &Catalog,
+        placement: &Placement,
+        shard: ShardId,
+        orders: Option<usize>,
+        journaled: u64,
+    ) -> (Option<(u64, ShardCore)>, Vec<PassedOverSnapshot>) {
+        let mut snapshots = self.snapshots_of(shard);
+        snapshots.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
+        let mut passed_over = Vec::new();
+        for (sequence, path) in snapshots {
+            let restored = if sequence > journaled {
+                Err(SnapshotPassedOver::AheadOfJournal { journaled })
+            } else {
+                match self.storage.read_file(&path) {
+                    Err(error) => Err(SnapshotPassedOver::Unreadable(error.kind())),
+                    Ok(bytes) => ShardCore::restore(catalog, placement, shard, orders, &bytes)
+                        .map_err(SnapshotPassedOver::Refused),
+                }
+            };
+            match restored {
+                Ok(core) => return (Some((sequence, core)), passed_over),
+                Err(why) => passed_over.push(PassedOverSnapshot {
+                    shard,
+                    path,
+                    sequence,
+                    why,
+                }),
+            }
+        }
+        (None, passed_over)
     }
 
     /// Writes a snapshot of `core` as the engine does: to a temporary file, synced, then

@@ -55,6 +55,10 @@ enum CliCommand {
     /// Serve a sale over HTTP: buys, payments, the order event feed, operator routes.
     #[cfg(all(feature = "serve", not(loom)))]
     Serve(serve::ServeArgs),
+    /// Check a `serve` data directory without changing it: whether a restart recovers
+    /// every shard, from which snapshot, and with the state its whole journal gives.
+    #[cfg(all(feature = "serve", not(loom)))]
+    Check(serve::check::CheckArgs),
     /// Run an engine node of a sale on NATS JetStream (feature `cluster`).
     #[cfg(all(feature = "cluster", not(loom)))]
     Node(node::NodeArgs),
@@ -486,6 +490,10 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    #[cfg(all(feature = "serve", not(loom)))]
+    if let CliCommand::Check(args) = cli.command {
+        return ExitCode::from(serve::check::run(args));
+    }
     let result = match &cli.command {
         CliCommand::Simulate(args) => simulate(args),
         CliCommand::Compare(args) => compare::compare(args),
@@ -493,6 +501,8 @@ fn main() -> ExitCode {
         CliCommand::Fsync(args) => fsync::fsync(args),
         #[cfg(all(feature = "serve", not(loom)))]
         CliCommand::Serve(_) => unreachable!("served above"),
+        #[cfg(all(feature = "serve", not(loom)))]
+        CliCommand::Check(_) => unreachable!("checked above"),
         #[cfg(all(feature = "cluster", not(loom)))]
         CliCommand::Node(_) => unreachable!("run above"),
     };

@@ -17,6 +17,7 @@
 mod answer;
 mod auth;
 pub mod catalog_file;
+pub mod check;
 #[cfg(feature = "cluster")]
 mod cluster;
 mod dashboard;
