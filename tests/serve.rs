@@ -1689,14 +1689,9 @@ async fn a_snapshot_passed_over_is_named_by_serve_and_by_check() {
     let args = unsynced_with_operator(&data, &catalog, &["--shards", "1", "--snapshot-every", "2"]);
     let http = client();
     let server = serve(&args);
+    let one = |user: u64, key: u64| json!({"user": user, "qty": 1, "key": key});
     for user in 1..=5u64 {
-        let (status, _) = buy(
-            &http,
-            &server,
-            "1",
-            json!({"user": user, "qty": 1, "key": 1}),
-        )
-        .await;
+        let (status, _) = buy(&http, &server, "1", one(user, 1)).await;
         assert_eq!(status, StatusCode::OK);
     }
     server.terminate(Duration::from_secs(30));
@@ -1760,13 +1755,7 @@ async fn a_snapshot_passed_over_is_named_by_serve_and_by_check() {
     );
     // The five orders are there: a sixth buy of each buyer is over the limit.
     for user in 1..=5u64 {
-        let (status, answer) = buy(
-            &http,
-            &server,
-            "1",
-            json!({"user": user, "qty": 1, "key": 2}),
-        )
-        .await;
+        let (status, answer) = buy(&http, &server, "1", one(user, 2)).await;
         assert_eq!(answer["reason"], "user_limit", "{status} {answer}");
     }
     server.terminate(Duration::from_secs(30));

@@ -8,7 +8,7 @@
 //! differ, 2 for bad arguments or a directory of another sale.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use clap::Args;
 use flashsale::journal::{Scanned, Tail};
@@ -51,26 +51,15 @@ pub fn run(args: CheckArgs) -> u8 {
 /// The sale's epoch, read from the directory (never written: a directory `serve` has not
 /// started on is refused).
 fn epoch_of(args: &CheckArgs) -> Result<SystemTime, (u8, String)> {
-    let path = args.data.join("sale.epoch");
-    let text = std::fs::read_to_string(&path).map_err(|error| {
+    super::read_epoch(&args.data)?.ok_or_else(|| {
         (
             2,
             format!(
-                "{}: {error}: not a data directory `flashsale serve` has run on",
-                path.display()
+                "{}: no sale.epoch: not a data directory `flashsale serve` has run on",
+                args.data.display()
             ),
         )
-    })?;
-    let nanos: u64 = text.trim().parse().map_err(|_| {
-        (
-            2,
-            format!(
-                "{}: not a sale epoch (nanoseconds since 1970)",
-                path.display()
-            ),
-        )
-    })?;
-    Ok(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos))
+    })
 }
 
 /// Whether a restart recovers every shard; `Err` for arguments or a directory that do not

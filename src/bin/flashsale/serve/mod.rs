@@ -733,6 +733,20 @@ fn epoch_of(dir: &std::path::Path) -> Result<SystemTime, Failure> {
             ),
         )
     })?;
+    if let Some(epoch) = read_epoch(dir)? {
+        return Ok(epoch);
+    }
+    let path = dir.join("sale.epoch");
+    let now = SystemTime::now();
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, format!("{}\n", catalog_file::unix_nanos(now)))
+        .and_then(|()| std::fs::rename(&temporary, &path))
+        .map_err(|error| (1, format!("cannot write {}: {error}", path.display())))?;
+    Ok(now)
+}
+
+/// The sale's epoch as the data directory records it (`sale.epoch`), if it does.
+fn read_epoch(dir: &std::path::Path) -> Result<Option<SystemTime>, Failure> {
     let path = dir.join("sale.epoch");
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -745,16 +759,9 @@ fn epoch_of(dir: &std::path::Path) -> Result<SystemTime, Failure> {
                     ),
                 )
             })?;
-            Ok(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos))
+            Ok(Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos)))
         }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let now = SystemTime::now();
-            let temporary = path.with_extension("tmp");
-            std::fs::write(&temporary, format!("{}\n", catalog_file::unix_nanos(now)))
-                .and_then(|()| std::fs::rename(&temporary, &path))
-                .map_err(|error| (1, format!("cannot write {}: {error}", path.display())))?;
-            Ok(now)
-        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err((1, format!("cannot read {}: {error}", path.display()))),
     }
 }
