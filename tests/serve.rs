@@ -1707,8 +1707,22 @@ async fn a_snapshot_passed_over_is_named_by_serve_and_by_check() {
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
     };
+    let files = || {
+        let mut files: Vec<_> = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|entry| {
+                let path = entry.unwrap().path();
+                let bytes = std::fs::read(&path).unwrap();
+                (path, bytes)
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = files();
     let (code, said, _) = check(&[]);
     assert_eq!(code, Some(0), "{said}");
+    assert!(files() == before, "the check changed nothing");
     for line in [
         "shard 0: journal ",
         "5 commands, closed cleanly",
