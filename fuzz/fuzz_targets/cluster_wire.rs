@@ -16,6 +16,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use arbitrary::Arbitrary;
+use common::{change_byte, replies_round_trip, reseal};
 use flashsale::cluster::gate::{FILTER_MAGIC, GATE_MAGIC, GateUpdate, KeyFilter};
 use flashsale::cluster::view::Query;
 use flashsale::cluster::view::{self, ORDER_MAGIC, POOLS_MAGIC, QUERY_MAGIC, VIEW_MAGIC};
@@ -24,7 +25,12 @@ use flashsale::cluster::{Replica, Reply};
 use flashsale::{OrderId, Placement, ShardId};
 use libfuzzer_sys::fuzz_target;
 
-#[allow(dead_code, reason = "the reference model's answers are replica_log's part")]
+mod common;
+
+#[allow(
+    dead_code,
+    reason = "the reference model's answers are replica_log's part"
+)]
 #[path = "../../tests/replica_log/mod.rs"]
 mod replica_log;
 
@@ -104,22 +110,6 @@ fn real(kind: u8, seed: u64, entries: u8, pick: u16) -> Vec<u8> {
         5 => replica.answer(0, Query::Pools),
         6 => replica.answer(0, Query::Filter),
         _ => replica.take_gate().encode(),
-    }
-}
-
-fn change_byte(byte: &mut u8, how: u8, by: u8) {
-    *byte = match how % 3 {
-        0 => *byte ^ 1 << (by % 8),
-        1 => by,
-        _ => byte.wrapping_add(by),
-    };
-}
-
-/// Writes the checksum over the last four bytes.
-fn reseal(bytes: &mut [u8]) {
-    if let Some(covered) = bytes.len().checked_sub(4) {
-        let crc = crc32fast::hash(&bytes[..covered]);
-        bytes[covered..].copy_from_slice(&crc.to_le_bytes());
     }
 }
 
@@ -214,18 +204,7 @@ fuzz_target!(|input: Input| {
     }
     match kind {
         0 => log_entry(&bytes),
-        1 => {
-            if let Ok(replies) = wire::decode_replies(&bytes) {
-                let mut again = Vec::new();
-                wire::encode_replies(
-                    replies.partition,
-                    replies.position,
-                    replies.answers.iter().copied(),
-                    &mut again,
-                );
-                assert_eq!(wire::decode_replies(&again), Ok(replies));
-            }
-        }
+        1 => replies_round_trip(&bytes),
         2 => {
             if let Ok(query) = view::decode_query(&bytes) {
                 assert_eq!(view::decode_query(&view::encode_query(query)), Ok(query));
