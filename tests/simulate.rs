@@ -310,9 +310,25 @@ fn a_shard_past_its_order_room_is_noted_and_grows_without_loss() {
 #[test]
 fn closed_loop_and_rate_sweep_run() {
     let mut args = SMALL.to_vec();
-    args.extend(["--mode", "closed", "--producers", "2"]);
+    args.extend(["--mode", "closed", "--producers", "2", "--json"]);
     let output = simulate(&args);
     assert!(output.status.success(), "{}", stderr_line(&output));
+    // A closed loop's headline rate is the run's own: its intents over its time, not
+    // whole 10 ms buckets counted from before its producers started.
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let (achieved, measured) = (
+        report["achieved_per_s"].as_f64().unwrap(),
+        report["intents_per_s"].as_f64().unwrap(),
+    );
+    assert!(
+        (achieved - measured).abs() <= 1e-9 * measured,
+        "{achieved} against {measured}"
+    );
+    let headline = report["headline"].as_str().unwrap();
+    assert!(
+        headline.contains("(2 producers sending as fast as answered)"),
+        "{headline}"
+    );
     let output = simulate(&[
         "--scenario",
         "steady",

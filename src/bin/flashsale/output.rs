@@ -192,10 +192,10 @@ fn headline(
             }
         ),
         _ => format!(
-            "sustained {} intents/s in a closed loop ({} producers sending as fast as \
-             answered); p99 {} from submit",
+            "sustained {} intents/s in a closed loop ({} sending as fast as answered); p99 \
+             {} from submit",
             millions(achieved_per_s),
-            scenario.producers,
+            counted(scenario.producers.into(), "producer"),
             Nanos(p99_ns)
         ),
     }
@@ -213,7 +213,15 @@ impl RunJson {
         let mut opens_at_run_ms: Vec<f64> =
             result.opens_ns.iter().map(|&ns| ns as f64 / 1e6).collect();
         opens_at_run_ms.dedup();
-        let achieved_per_s = result.outcomes as f64 / active_buckets as f64 * per_bucket;
+        // An open loop's rate is over the buckets from its first press's due time to its
+        // last answer, against the rate offered over the same time; a closed loop's is
+        // over the run's own time, not rounded up to whole buckets (a run of 60 ms would
+        // read a sixth low).
+        let achieved_per_s = if result.offered.is_some() {
+            result.outcomes as f64 / active_buckets as f64 * per_bucket
+        } else {
+            result.outcomes as f64 / elapsed_s.max(1e-9)
+        };
         let peak_achieved_per_s =
             result.timeline.iter().copied().max().unwrap_or(0) as f64 * per_bucket;
         let saturated = result
@@ -298,22 +306,21 @@ impl RunJson {
         let s = &self.scenario;
         let _ = writeln!(
             out,
-            "scenario {} ({} loop, seed {}): {} sellers x {} products x {} variants, {} units, \
-             {} producers, {} shards",
+            "scenario {} ({} loop, seed {}): {} x {} x {}, {} units, {}, {}",
             s.name,
             match s.mode {
                 crate::scenario::Mode::Open => "open",
                 crate::scenario::Mode::Closed => "closed",
             },
             s.seed,
-            s.sellers,
-            s.products_per_seller,
-            s.variants_per_product,
+            counted(s.sellers.into(), "seller"),
+            counted(s.products_per_seller.into(), "product"),
+            counted(s.variants_per_product.into(), "variant"),
             u64::from(s.sellers)
                 * u64::from(s.products_per_seller)
                 * u64::from(s.stock_per_product),
-            s.producers,
-            s.shards
+            counted(s.producers.into(), "producer"),
+            counted(s.shards.into(), "shard")
         );
         if let Some(through) = &self.through {
             let _ = writeln!(out, "through {through}");
@@ -638,4 +645,13 @@ pub fn durability_table(memory: &RunJson, journaled: &RunJson) -> String {
         journaled.intents_per_s / memory.intents_per_s
     );
     out
+}
+
+/// `count` and `noun`, in the plural unless the count is one ("1 shard", "2 shards").
+fn counted(count: u64, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
 }

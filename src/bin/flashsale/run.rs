@@ -383,6 +383,17 @@ pub fn run(
     journal: Option<flashsale::JournalConfig>,
     mut on_progress: impl FnMut(u64),
 ) -> Result<RunResult, String> {
+    // Everything the run needs is made before the engine starts, so that the engine's
+    // clock (which the schedules count from) does not run while this thread allocates:
+    // the tallies touch every page they reserve, a fifth of a second for millions of
+    // orders, which once ate the schedules' whole lead.
+    let shared = Arc::new(Shared::new(scenario, &plan));
+    let wait = scenario.waitlist > 0;
+    let buckets = (plan.last_press_ns / BUCKET_NS + 2) as usize;
+    let stock = plan.catalog.total_stock();
+    let offered = (scenario.mode == Mode::Open).then_some(plan.offered);
+    let tallies =
+        ProducerTally::for_schedules(&plan.schedules, plan.catalog.skus().len(), buckets, stock);
     let engine = start_engine(scenario, &plan.catalog, journal)?;
     for passed in engine.snapshots_passed_over() {
         eprintln!("{passed}; replayed the journal from an older point instead");
@@ -392,7 +403,6 @@ pub fn run(
             eprintln!("{}", crate::order_room_note("shard", short));
         }
     }
-    let shared = Arc::new(Shared::new(scenario, &plan));
     // The payment desk: pays, cancels or pays late every confirmed order, as the
     // scenario says; only when orders have a life after confirmation.
     let (desk_tx, desk_rx) = crossbeam_channel::unbounded::<DeskTask>();
@@ -401,13 +411,27 @@ pub fn run(
         std::thread::spawn(move || desk_loop(&control, &desk_rx))
     });
     let desk_tx = desk.is_some().then_some(desk_tx);
-    let wait = scenario.waitlist > 0;
-    let buckets = (plan.last_press_ns / BUCKET_NS + 2) as usize;
-    let stock = plan.catalog.total_stock();
-    let offered = (scenario.mode == Mode::Open).then_some(plan.offered);
-    let tallies =
-        ProducerTally::for_schedules(&plan.schedules, plan.catalog.skus().len(), buckets, stock);
-    let wall_start = Instant::now();
+    // The schedules count from `start_ns` on the engine's clock, and so do the sale's
+    // windows, the timeline and the run's time: a closed loop starts there too (as an
+    // open loop's first press is due there), so that rates and timelines are of the run
+    // alone.
+    let lead_left_ns = plan.start_ns.saturating_sub(engine.now_ns());
+    let mut wall_start = Instant::now() + Duration::from_nanos(lead_left_ns);
+    if lead_left_ns == 0 {
+        eprintln!(
+            "note: the engine took {:.1} ms to start, past the schedule's lead of {:.0} ms: \
+             the first presses are sent late, and an open loop counts their lateness as \
+             latency",
+            engine.now_ns() as f64 / 1e6,
+            plan.start_ns as f64 / 1e6
+        );
+    } else if scenario.mode == Mode::Closed {
+        std::thread::sleep(Duration::from_nanos(lead_left_ns));
+        while engine.now_ns() < plan.start_ns {
+            std::hint::spin_loop();
+        }
+        wall_start = Instant::now();
+    }
     let threads: Vec<_> = plan
         .schedules
         .into_iter()
