@@ -308,9 +308,14 @@ mod real {
         let share = (in_flight as usize / schedules.len().max(1)).max(1);
         let catalog = Arc::new(plan.catalog.clone());
         let clock = Arc::new(EngineClock::start());
+        // Made before the clock starts, as every peer's are (see `on_threads`).
+        let tallies: Vec<ProducerTally> = schedules
+            .iter()
+            .map(|schedule| tally_for(&catalog, schedule))
+            .collect();
         let started = Instant::now();
         let mut running = tokio::task::JoinSet::new();
-        for schedule in schedules {
+        for (schedule, mut tally) in schedules.into_iter().zip(tallies) {
             let (gateway, catalog, clock) = (gateway.clone(), catalog.clone(), clock.clone());
             let sample = scenario.latency_sample;
             // Outside tokio's cooperative budget: past about 128 awaits a turn, each
@@ -319,7 +324,6 @@ mod real {
             // then timed itself, at a fraction of the cluster's rate). It still yields
             // whenever none of its buys is ready.
             running.spawn(tokio::task::unconstrained(async move {
-                let mut tally = tally_for(&catalog, &schedule);
                 let mut sampler = run::Sampler::new(sample);
                 let mut waiting = FuturesUnordered::new();
                 let record =

@@ -40,7 +40,7 @@ pub(super) fn crossbeam_peer(scenario: &Scenario) -> Result<PeerJson, String> {
         &clock,
     );
     drop(reply_tx);
-    let ran = on_threads(plan, |index, schedule, catalog| {
+    let ran = on_threads(plan, |index, schedule, catalog, tally| {
         let producer = ChannelProducer {
             index: index as u16,
             replies: &reply_rx[index],
@@ -50,7 +50,7 @@ pub(super) fn crossbeam_peer(scenario: &Scenario) -> Result<PeerJson, String> {
             max_quantity: max_quantity(scenario),
             latency_sample: scenario.latency_sample,
         };
-        producer.run(schedule, catalog)
+        producer.run(schedule, catalog, tally)
     })?;
     drop(request_tx);
     let cores = workers
@@ -138,8 +138,12 @@ struct ChannelProducer<'a> {
 impl ChannelProducer<'_> {
     /// Sends every press of `schedule` to its shard (answering malformed ones itself),
     /// taking replies as they come, and waits for the last.
-    fn run(&self, schedule: &[Press], catalog: &Catalog) -> ProducerTally {
-        let mut tally = tally_for(catalog, schedule);
+    fn run(
+        &self,
+        schedule: &[Press],
+        catalog: &Catalog,
+        mut tally: ProducerTally,
+    ) -> ProducerTally {
         let mut in_flight = 0u64;
         let mut sampler = run::Sampler::new(self.latency_sample);
         for press in schedule {

@@ -15,8 +15,7 @@ pub(super) fn mutex_peer(scenario: &Scenario) -> Result<PeerJson, String> {
     let model = Mutex::new(Model::whole_with_capacity(&plan.catalog, stock));
     let clock = EngineClock::start();
     let max_quantity = max_quantity(scenario);
-    let ran = on_threads(plan, |_, schedule, catalog| {
-        let mut tally = tally_for(catalog, schedule);
+    let ran = on_threads(plan, |_, schedule, catalog, mut tally| {
         let mut sampler = run::Sampler::new(scenario.latency_sample);
         for press in schedule {
             let sent = tally.sent_at(&mut sampler, || clock.now_ns());

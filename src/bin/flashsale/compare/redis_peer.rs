@@ -268,8 +268,7 @@ return {0, tonumber(order)}
             max_quantity: max_quantity(&scenario),
         };
         let errors = Mutex::new(Vec::new());
-        let ran = on_threads(plan, |_, schedule, catalog| {
-            let mut tally = tally_for(catalog, schedule);
+        let ran = on_threads(plan, |_, schedule, catalog, mut tally| {
             let driven = connect(address).and_then(|mut connection| {
                 let timing = (&clock, pipeline as usize);
                 calls.drive(&mut connection, schedule, catalog, timing, &mut tally)
