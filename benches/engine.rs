@@ -8,7 +8,9 @@
 //! - `e2e_1p1s`: one producer thread submitting to one shard thread and taking every
 //!   outcome back. Workloads: `burst` (10,000 units, 10M intents from distinct users) with
 //!   the sold-out gate on and off, and `all_confirmed` (stock never runs out). Baselines:
-//!   the same `ShardCore` fed through `crossbeam-channel` (bounded, both directions), and
+//!   the same `ShardCore` fed through `crossbeam-channel` (bounded, both directions; its
+//!   shard thread takes up to 256 requests at a time and decides them with
+//!   `ShardCore::buy_many`, prefetching as the engine's worker does), and
 //!   the `Mutex<Model>` baseline called straight from the producer thread. Every peer makes
 //!   room up front, outside the timing, for the orders the sale can confirm (10,000 in
 //!   `burst`, 10M in `all_confirmed`; the engine with `order_capacity`), so none grows
@@ -32,7 +34,8 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use crossbeam_channel::{TryRecvError, TrySendError, bounded};
 use flashsale::{
-    Completion, Engine, Intent, Placement, ShardCore, ShardId, SubmitError, Submitted, WaitStrategy,
+    Completion, Engine, Intent, Outcome, Placement, ShardCore, ShardId, SubmitError, Submitted,
+    WaitStrategy,
 };
 
 use common::{
@@ -194,18 +197,26 @@ fn crossbeam_case(stock: u32) -> impl FnMut(u64) -> Duration {
                 Some(orders_max(stock)),
             );
             let shard = std::thread::spawn(move || {
-                for intent in request_rx {
-                    let outcome = core.buy(&intent, 0).outcome().expect("first come");
-                    if outcome_tx
-                        .send(Completion {
+                // As the engine's shard worker does: take what has arrived, up to 256, and
+                // decide it with each buy's cache misses started ahead of it.
+                let mut batch: Vec<Intent> = Vec::with_capacity(256);
+                let mut outcomes: Vec<Outcome> = Vec::with_capacity(256);
+                while let Ok(first) = request_rx.recv() {
+                    batch.push(first);
+                    batch.extend(request_rx.try_iter().take(255));
+                    core.buy_many(&batch, 0, |_, applied| {
+                        outcomes.push(applied.outcome().expect("first come"));
+                    });
+                    for (intent, outcome) in batch.drain(..).zip(outcomes.drain(..)) {
+                        let completion = Completion {
                             intent,
                             outcome,
                             ticket: flashsale::Ticket(0),
                             waited: false,
-                        })
-                        .is_err()
-                    {
-                        break;
+                        };
+                        if outcome_tx.send(completion).is_err() {
+                            return;
+                        }
                     }
                 }
             });

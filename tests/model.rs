@@ -487,6 +487,62 @@ proptest! {
     fn core_and_model_agree(draw in catalog_draw(), steps in proptest::collection::vec(step(), 0..120)) {
         agree(&draw, &steps)?;
     }
+
+    #[test]
+    fn buy_many_decides_as_buy_does(
+        draw in catalog_draw(),
+        buys in proptest::collection::vec((0u64..6, 0u64..4, 0usize..9, 0u32..4), 0..120),
+        batch in 1usize..40,
+    ) {
+        buy_many_agrees(&draw, &buys, batch)?;
+    }
+}
+
+/// `ShardCore::buy_many` over batches of `batch` buys (each batch at its own instant) gives
+/// every buy the result, and the core the state, that `buy` one at a time gives.
+fn buy_many_agrees(
+    draw: &CatalogDraw,
+    buys: &[(u64, u64, usize, u32)],
+    batch: usize,
+) -> Result<(), TestCaseError> {
+    let catalog = build(draw);
+    let placement = Placement::new(&catalog, 1).expect("one shard fits");
+    let mut one_by_one = ShardCore::new(&catalog, &placement, ShardId(0));
+    let mut batched = ShardCore::new(&catalog, &placement, ShardId(0));
+    let intents: Vec<Intent> = buys
+        .iter()
+        .map(|&(user, client_key, index, quantity)| Intent {
+            user: UserId(user),
+            client_key,
+            // One past the catalog is a SKU nobody sells.
+            sku: sku_id(index.min(draw.skus.len())),
+            quantity,
+        })
+        .collect();
+    for (number, chunk) in intents.chunks(batch).enumerate() {
+        let arrival_ns = number as u64 * 37;
+        let expected: Vec<_> = chunk
+            .iter()
+            .map(|intent| one_by_one.buy(intent, arrival_ns))
+            .collect();
+        let mut got = Vec::new();
+        batched.buy_many(chunk, arrival_ns, |position, applied| {
+            got.push((position, applied));
+        });
+        let positions: Vec<usize> = got.iter().map(|(position, _)| *position).collect();
+        prop_assert_eq!(positions, (0..chunk.len()).collect::<Vec<_>>());
+        let got: Vec<_> = got.into_iter().map(|(_, applied)| applied).collect();
+        prop_assert_eq!(got, expected, "batch {}", number);
+        prop_assert_eq!(
+            batched.take_deferred().collect::<Vec<_>>(),
+            one_by_one.take_deferred().collect::<Vec<_>>()
+        );
+    }
+    prop_assert!(
+        batched.snapshot() == one_by_one.snapshot(),
+        "the same state"
+    );
+    Ok(())
 }
 
 /// Regression, found while writing the model: the core, fed directly (the engine's producer

@@ -6,7 +6,7 @@ use rustc_hash::FxHashMap;
 use super::gate::{GateUpdate, KeyFilter};
 use super::wire::{self, Body, WireError};
 use crate::catalog::{Catalog, Placement};
-use crate::core::{Applied, Command, ShardCore, SnapshotError};
+use crate::core::{Applied, Command, PREFETCH_AHEAD, ShardCore, SnapshotError};
 use crate::types::{Outcome, RejectReason, ShardId};
 
 /// What became of a request, for the gateway that sent it.
@@ -71,9 +71,6 @@ pub enum ReplicaSnapshotError {
     #[error("its core: {0}")]
     Core(SnapshotError),
 }
-
-/// How many buys ahead of the one being decided [`Replica::apply`] prefetches.
-const PREFETCH_AHEAD: usize = 16;
 
 const SNAPSHOT_MAGIC: [u8; 8] = *b"FSREPL02";
 

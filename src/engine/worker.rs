@@ -23,7 +23,7 @@ use rustc_hash::FxHashMap;
 use super::durability::Durability;
 use super::lane::{ControlRequest, DeferredQueue, Reply, Request, WorkerLane};
 use super::shared::{EngineShared, OrderSink, Query, WaitStrategy};
-use crate::core::{Applied, Command, Deferred, Effects, OrderEvent, ShardCore};
+use crate::core::{Applied, Command, Deferred, Effects, OrderEvent, PREFETCH_AHEAD, ShardCore};
 use crate::report::ShardReport;
 use crate::report::{CONFIRMED_ORDERS, CONFIRMED_UNITS, COUNTER_SLOTS};
 use crate::sync::Arc;
@@ -72,13 +72,6 @@ pub(crate) struct Worker {
     /// In memory or journaled: whether outputs go out at once or once durable.
     durability: Durability,
 }
-
-/// How many requests of a batch ahead of the one being decided have their cache misses
-/// started: enough to keep the core's miss buffers busy while it decides. With the whole
-/// batch prefetched before the first decision, those prefetches waited for the miss
-/// buffers with nothing to overlap (the order book bench confirmed about 1.15x faster,
-/// by medians, this way).
-const PREFETCH_AHEAD: usize = 16;
 
 /// Starts loading what deciding `request` reads and writes: its order book slots and, if
 /// it may be confirmed, its word of the sold-out gate's filter. A hint only.

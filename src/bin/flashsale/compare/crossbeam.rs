@@ -7,6 +7,10 @@ use super::*;
 /// A shard's answer to a request, on the crossbeam peer.
 type PeerReply = (PeerRequest, Outcome);
 
+/// The most requests a shard of the crossbeam peer takes off its channel at once, as the
+/// engine's shard worker takes at most this many off a ring.
+const BATCH: usize = 256;
+
 /// A request on the crossbeam peer: who sent it, what, and when.
 struct PeerRequest {
     producer: u16,
@@ -107,14 +111,28 @@ fn spawn_shards(
             let replies = reply_tx.to_vec();
             let clock = clock.clone();
             std::thread::spawn(move || {
-                for request in requests {
-                    let outcome = core
-                        .buy(&request.intent, clock.now_ns())
-                        .outcome()
-                        .expect("compare runs first-come sales: every buy is decided at once");
-                    let producer = usize::from(request.producer);
-                    if replies[producer].send((request, outcome)).is_err() {
-                        break;
+                // As the engine's shard worker does: take what has arrived, up to a batch,
+                // and decide it with each buy's cache misses started ahead of it.
+                let mut batch: Vec<PeerRequest> = Vec::with_capacity(BATCH);
+                let mut intents: Vec<Intent> = Vec::with_capacity(BATCH);
+                let mut outcomes: Vec<Outcome> = Vec::with_capacity(BATCH);
+                while let Ok(first) = requests.recv() {
+                    batch.push(first);
+                    batch.extend(requests.try_iter().take(BATCH - 1));
+                    intents.extend(batch.iter().map(|request| request.intent));
+                    core.buy_many(&intents, clock.now_ns(), |_, applied| {
+                        outcomes.push(
+                            applied.outcome().expect(
+                                "compare runs first-come sales: every buy is decided at once",
+                            ),
+                        );
+                    });
+                    intents.clear();
+                    for (request, outcome) in batch.drain(..).zip(outcomes.drain(..)) {
+                        let producer = usize::from(request.producer);
+                        if replies[producer].send((request, outcome)).is_err() {
+                            return core;
+                        }
                     }
                 }
                 core
