@@ -309,10 +309,12 @@ mod real {
         let catalog = Arc::new(plan.catalog.clone());
         let clock = Arc::new(EngineClock::start());
         // Made before the clock starts, as every peer's are (see `on_threads`).
-        let tallies: Vec<ProducerTally> = schedules
-            .iter()
-            .map(|schedule| tally_for(&catalog, schedule))
-            .collect();
+        let tallies = ProducerTally::for_schedules(
+            &schedules,
+            catalog.skus().len(),
+            1,
+            catalog.total_stock(),
+        );
         let started = Instant::now();
         let mut running = tokio::task::JoinSet::new();
         for (schedule, mut tally) in schedules.into_iter().zip(tallies) {

@@ -369,11 +369,12 @@ where
     F: Fn(usize, &[Press], &Catalog, ProducerTally) -> ProducerTally + Sync,
 {
     let catalog = &plan.catalog;
-    let ready: Vec<ProducerTally> = plan
-        .schedules
-        .iter()
-        .map(|schedule| tally_for(catalog, schedule))
-        .collect();
+    let ready = ProducerTally::for_schedules(
+        &plan.schedules,
+        catalog.skus().len(),
+        1,
+        catalog.total_stock(),
+    );
     let start = Instant::now();
     let tallies = std::thread::scope(|scope| {
         let handles: Vec<_> = plan
@@ -401,15 +402,6 @@ where
         total.merge(tally);
     }
     Ok((total, elapsed, plan))
-}
-
-fn tally_for(catalog: &Catalog, schedule: &[Press]) -> ProducerTally {
-    let stock = catalog.total_stock();
-    ProducerTally::new(
-        catalog.skus().len(),
-        1,
-        (schedule.len() as u64).min(stock) as usize,
-    )
 }
 
 fn finish(
