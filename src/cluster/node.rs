@@ -199,6 +199,7 @@ async fn run_partitions(
         replica.record_events(events.is_some());
         let task = PartitionTask {
             client: client.clone(),
+            outbox: outbox(client.clone()),
             sale: sale.clone(),
             opened: opened.clone(),
             replica,
@@ -232,6 +233,8 @@ async fn run_partitions(
 
 struct PartitionTask {
     client: async_nats::Client,
+    /// Replies and gate updates, published in the order they are queued (see [`outbox`]).
+    outbox: mpsc::UnboundedSender<(String, bytes::Bytes)>,
     sale: SaleOnNats,
     opened: Opened,
     replica: Replica,
@@ -260,6 +263,23 @@ struct PartitionTask {
     /// A follower's sink for the partition's order events (see [`follow`]); `None` on an
     /// engine node.
     events: Option<EventSink>,
+}
+
+/// A partition's publisher: one task that publishes what is queued, in queue order, so
+/// that a gateway hears an entry's replies after those of the entries before it (a buy's
+/// `Waiting` before the outcome a later entry decides for it) and the gate's updates in
+/// order. A task per message, as before, let the runtime run them in any order. Queuing
+/// never waits, so the partition's entries never wait for the connection; the task ends
+/// once the partition's sender is dropped and what was queued is published.
+fn outbox(client: async_nats::Client) -> mpsc::UnboundedSender<(String, bytes::Bytes)> {
+    let (outbox, mut queued) = mpsc::unbounded_channel::<(String, bytes::Bytes)>();
+    tokio::spawn(async move {
+        while let Some((subject, payload)) = queued.recv().await {
+            // Core NATS publishes are buffered by the client; this only queues there.
+            let _ = client.publish(subject, payload).await;
+        }
+    });
+    outbox
 }
 
 /// How long a partition's reader may stay silent before the node asks the log whether it
@@ -755,12 +775,7 @@ impl PartitionTask {
                 out,
             );
             let subject = self.sale.subject_out(group[0].gateway);
-            let client = self.client.clone();
-            let payload = out.clone().into();
-            // Core NATS publishes are buffered by the client; this only queues.
-            tokio::spawn(async move {
-                let _ = client.publish(subject, payload).await;
-            });
+            let _ = self.outbox.send((subject, out.clone().into()));
         }
     }
 
@@ -797,12 +812,8 @@ impl PartitionTask {
             return;
         }
         self.gate_published = (applied, tokio::time::Instant::now());
-        let client = self.client.clone();
         let subject = self.sale.subject_gate(self.partition);
-        let payload = update.encode();
-        tokio::spawn(async move {
-            let _ = client.publish(subject, payload.into()).await;
-        });
+        let _ = self.outbox.send((subject, update.encode().into()));
     }
 
     /// Logs a tick when something fell due (once per due instant), or, while a pool is
