@@ -628,19 +628,21 @@ async fn batch_loop(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let js = js.clone();
-        let subject = subject.clone();
-        let inner = inner.clone();
         inner.stats.batches.fetch_add(1, Ordering::Relaxed);
+        // Handed to the connection here, in the order the buys came, so that the log
+        // has a gateway's batches in that order; only the acks are awaited in the
+        // background. (A task per publish, as before, let the runtime send them in any
+        // order.) One attempt: a batch that is not acked (no stream leader for a moment,
+        // a server gone) is covered by its buys' resubmission, which keeps the gateway
+        // from piling retries onto a cluster that is electing.
+        let publish = PublishMessage::build()
+            .payload(payload)
+            .message_id(&message_id);
+        let sent = js.send_publish(subject.clone(), publish).await;
+        let inner = inner.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            // One attempt: a batch that is not acked (no stream leader for a moment, a
-            // server gone) is covered by its buys' resubmission, which keeps the gateway
-            // from piling retries onto a cluster that is electing.
-            let publish = PublishMessage::build()
-                .payload(payload)
-                .message_id(&message_id);
-            let acked = match js.send_publish(subject, publish).await {
+            let acked = match sent {
                 Ok(ack) => ack.await.is_ok(),
                 Err(_) => false,
             };
