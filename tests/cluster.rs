@@ -1098,6 +1098,27 @@ async fn the_gate_turns_away_sold_out_buys_but_never_a_retry_of_a_confirmed_one(
         .unwrap();
     let scene = OneNode::start("gate", 15_500, "gate", &toml, catalog, SNAPSHOT_EVERY_SHORT).await;
     let first = &scene.gateway;
+    // A gateway's buys reach the log in the order `buy` was called, however their futures
+    // are polled: here they are spawned last called first.
+    let called: Vec<_> = (0..20)
+        .map(|user| {
+            let intent = Intent {
+                user: UserId(10_000 + user),
+                client_key: 1,
+                sku: SkuId(SKUS),
+                quantity: 1,
+            };
+            first.buy(intent, false)
+        })
+        .collect();
+    let mut spawned: Vec<_> = called.into_iter().rev().map(tokio::spawn).collect();
+    spawned.reverse();
+    let mut sequences = Vec::new();
+    for answer in spawned {
+        let decided = answer.await.unwrap().unwrap();
+        sequences.push(decided.outcome.sequence().expect("confirmed"));
+    }
+    assert!(sequences.is_sorted_by(|a, b| a < b), "{sequences:?}");
     let buy = |gateway: &Gateway, user: u64, sku: u32| {
         let gateway = gateway.clone();
         async move {

@@ -341,35 +341,56 @@ impl Gateway {
     /// [`Command::BuyOrWait`](crate::Command::BuyOrWait)). Malformed intents are answered
     /// here, without the cluster.
     ///
+    /// The buy is queued for its partition's log when `buy` is called, not when the
+    /// future is first polled: a gateway's buys reach each partition's log in the order
+    /// of their calls, however their futures are spawned or polled. Dropping the future
+    /// does not take the buy back; its answer is then dropped.
+    ///
     /// # Errors
     /// [`GatewayError`]: no answer in time, or the gateway is shutting down.
-    pub async fn buy(&self, intent: Intent, wait: bool) -> Result<Decided, GatewayError> {
+    pub fn buy(
+        &self,
+        intent: Intent,
+        wait: bool,
+    ) -> impl Future<Output = Result<Decided, GatewayError>> + Send + 'static {
+        let queued = self.queue(intent, wait);
+        async move {
+            match queued {
+                Queued::Sent(answered) => answered.await.unwrap_or(Err(GatewayError::ShutDown)),
+                Queued::Answered(answer) => answer,
+            }
+        }
+    }
+
+    /// Queues a buy for its partition's batch: the receiver of its answer, or the answer
+    /// itself where the gateway gives it (malformed, turned away by the gate, shut down).
+    fn queue(&self, intent: Intent, wait: bool) -> Queued {
         let inner = &self.inner;
         let partition = match inner.catalog.admit(&intent, inner.config.max_quantity) {
             Ok(index) => {
                 let partition = inner.placement.route(index).0.0;
                 if !wait && inner.gate.read().turns_away(index, partition, &intent) {
                     inner.stats.turned_away.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Decided {
+                    return Queued::Answered(Ok(Decided {
                         outcome: Outcome::Rejected {
                             reason: RejectReason::SoldOut,
                             sequence: None,
                         },
                         attempts: 0,
                         waited: false,
-                    });
+                    }));
                 }
                 partition
             }
             Err(reason) => {
-                return Ok(Decided {
+                return Queued::Answered(Ok(Decided {
                     outcome: Outcome::Rejected {
                         reason,
                         sequence: None,
                     },
                     attempts: 0,
                     waited: false,
-                });
+                }));
             }
         };
         let request = inner.next_request.fetch_add(1, Ordering::Relaxed);
@@ -394,9 +415,9 @@ impl Gateway {
         );
         if inner.batchers[usize::from(partition)].send(buy).is_err() {
             inner.pending.lock().remove(&request);
-            return Err(GatewayError::ShutDown);
+            return Queued::Answered(Err(GatewayError::ShutDown));
         }
-        answered.await.unwrap_or(Err(GatewayError::ShutDown))
+        Queued::Sent(answered)
     }
 }
 
@@ -590,6 +611,14 @@ fn random_id() -> u64 {
     );
     hasher.write_u32(std::process::id());
     hasher.finish()
+}
+
+/// What became of a buy handed to [`Gateway::buy`].
+enum Queued {
+    /// Queued for its partition's log; its answer arrives here.
+    Sent(oneshot::Receiver<Result<Decided, GatewayError>>),
+    /// Answered by the gateway itself (malformed, turned away by the gate, shut down).
+    Answered(Result<Decided, GatewayError>),
 }
 
 /// Gathers a partition's buys into batches and publishes each until JetStream acks it.

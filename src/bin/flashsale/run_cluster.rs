@@ -378,9 +378,11 @@ mod real {
                 tally.sent_at(&mut sampler, sale_now)
             };
             tally.submitted += 1;
-            let (intent, gateway, answers) = (press.intent, gateway.clone(), answers.clone());
+            // Queued here, in the schedule's order; only its answer is awaited apart.
+            let (intent, answers) = (press.intent, answers.clone());
+            let answer = gateway.buy(intent, how.wait);
             tokio::spawn(async move {
-                let decided = gateway.buy(intent, how.wait).await;
+                let decided = answer.await;
                 let _ = answers.send((intent, sent, decided, sale_now()));
             });
         }

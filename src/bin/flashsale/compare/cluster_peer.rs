@@ -353,9 +353,9 @@ mod real {
                     }
                     tally.submitted += 1;
                     let sent = tally.sent_at(&mut sampler, || clock.now_ns());
-                    let gateway = &gateway;
-                    waiting
-                        .push(async move { (press, sent, gateway.buy(press.intent, false).await) });
+                    // Queued now, in the schedule's order; awaited with the others.
+                    let answer = gateway.buy(press.intent, false);
+                    waiting.push(async move { (press, sent, answer.await) });
                 }
                 while let Some(answered) = waiting.next().await {
                     record(&mut tally, answered);
