@@ -660,8 +660,8 @@ async fn batch_loop(
         inner.stats.batches.fetch_add(1, Ordering::Relaxed);
         // Handed to the connection here, in the order the buys came, so that the log
         // has a gateway's batches in that order; only the acks are awaited in the
-        // background. (A task per publish, as before, let the runtime send them in any
-        // order.) One attempt: a batch that is not acked (no stream leader for a moment,
+        // background (a task per publish would let the runtime send them in any order).
+        // One attempt: a batch that is not acked (no stream leader for a moment,
         // a server gone) is covered by its buys' resubmission, which keeps the gateway
         // from piling retries onto a cluster that is electing.
         let publish = PublishMessage::build()

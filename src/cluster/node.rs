@@ -268,7 +268,7 @@ struct PartitionTask {
 /// A partition's publisher: one task that publishes what is queued, in queue order, so
 /// that a gateway hears an entry's replies after those of the entries before it (a buy's
 /// `Waiting` before the outcome a later entry decides for it) and the gate's updates in
-/// order. A task per message, as before, let the runtime run them in any order. Queuing
+/// order (a task per message would let the runtime publish them in any order). Queuing
 /// never waits, so the partition's entries never wait for the connection; the task ends
 /// once the partition's sender is dropped and what was queued is published.
 fn outbox(client: async_nats::Client) -> mpsc::UnboundedSender<(String, bytes::Bytes)> {
