@@ -95,7 +95,7 @@ pub struct Decided {
     /// Times it was published (more than 1 after a failover).
     pub attempts: u32,
     /// Whether it waited for its outcome (pooled for a draw, or on a waitlist): the node
-    /// answered "waiting" first.
+    /// answered "waiting" first, or the outcome came from a later entry than the buy's.
     pub waited: bool,
 }
 
@@ -773,6 +773,10 @@ async fn reply_loop(inner: Arc<Inner>, mut replies: async_nats::Subscriber) {
         };
         let mut pending = inner.pending.lock();
         for (request, answer) in replies.answers {
+            // A deferred outcome is always of a buy that waited, even if the reply that
+            // said so was lost (core NATS delivers at most once: a reply published while
+            // this gateway's connection is down never arrives).
+            let deferred = matches!(answer, Answer::Deferred(_));
             let outcome = match answer {
                 Answer::Applied(Applied::Waiting { .. }) => {
                     if let Some(buy) = pending.get_mut(&request) {
@@ -799,7 +803,7 @@ async fn reply_loop(inner: Arc<Inner>, mut replies: async_nats::Subscriber) {
             let _ = buy.answer.send(Ok(Decided {
                 outcome,
                 attempts: buy.attempts,
-                waited: buy.waiting,
+                waited: buy.waiting || deferred,
             }));
         }
     }
