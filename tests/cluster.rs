@@ -1888,6 +1888,15 @@ async fn compare_runs_the_scenario_through_the_cluster() {
     let run = through_the_cluster("simulate", &["--policy", "opening-draw"], &urls).await;
     assert!(run["through"].as_str().unwrap().contains("NATS JetStream"));
     assert_invariants(&run);
+    // What the gateway did is in the report: batches published, and (an ack may still be
+    // on its way when the last answer is in) at most as many acked or not.
+    let gateway = &run["gateway"];
+    let batches = gateway["batches"].as_u64().unwrap();
+    assert!(batches > 0, "{gateway}");
+    assert!(
+        gateway["acked"].as_u64().unwrap() + gateway["unacked"].as_u64().unwrap() <= batches,
+        "{gateway}"
+    );
     // The node's latency, in place of the engine's: one sample per answer it published.
     let node = &run["engine_latency_ns"];
     assert!(node["samples"].as_u64().unwrap() > 0, "{node}");
@@ -1931,9 +1940,10 @@ async fn compare_runs_the_scenario_through_the_cluster() {
     assert_eq!(count("control_calls_refused_otherwise"), 0, "{life}");
     assert!(
         run["wait_latency_ns"]["samples"].as_u64().unwrap() > 0,
-        "presses waited: {} confirmed orders, rejections {}, {life}",
+        "presses waited: {} confirmed orders, rejections {}, gateway {}, {life}",
         run["confirmed_orders"],
-        run["rejections"]
+        run["rejections"],
+        run["gateway"]
     );
     for field in [
         "paid_orders",

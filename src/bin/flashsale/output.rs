@@ -101,6 +101,24 @@ pub struct TimelinePoint {
     pub rejected_per_s: f64,
 }
 
+/// What a cluster's gateway did in a run (its counters at the end).
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayJson {
+    /// Batches of buys published to the partitions' logs.
+    pub batches: u64,
+    /// Of those, acknowledged by JetStream.
+    pub acked: u64,
+    /// Of those, not acknowledged in time (their buys were published again if unanswered).
+    pub unacked: u64,
+    /// Buys published again for want of an answer.
+    pub resubmitted: u64,
+    /// Buys the gateway's sold-out gate answered without the log.
+    pub turned_away: u64,
+    /// Times a partition's whole key filter was fetched (at the start, and after a missed
+    /// update or a change of leader).
+    pub gate_fetches: u64,
+}
+
 /// One run, as `--json` prints it. Keys are stable: tests read them back.
 #[derive(Debug, Serialize)]
 pub struct RunJson {
@@ -137,6 +155,9 @@ pub struct RunJson {
     /// What the scenario ran through, when not the in-process engine (a cluster).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub through: Option<String>,
+    /// Through a cluster: what its gateway did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayJson>,
     /// Like `latency_ns`, for presses that waited (pooled for a draw, or on a waitlist)
     /// before their outcome; their wait is most of it.
     pub wait_latency_ns: LatencyJson,
@@ -259,6 +280,7 @@ impl RunJson {
             latency_ns: latency,
             engine_latency_ns: result.engine.latency.into(),
             through: None,
+            gateway: result.gateway.clone(),
             journal_commits: result.engine.journal_commits,
             wait_latency_ns: LatencySummary::from_histogram(&result.wait_latency_ns).into(),
             lifecycle: LifecycleJson::of(result),
@@ -324,6 +346,19 @@ impl RunJson {
         );
         if let Some(through) = &self.through {
             let _ = writeln!(out, "through {through}");
+        }
+        if let Some(gateway) = &self.gateway {
+            let _ = writeln!(
+                out,
+                "gateway: {} batches ({} acked, {} not in time), {} buys published again, \
+                 {} turned away by its gate, {} key filter fetches",
+                gateway.batches,
+                gateway.acked,
+                gateway.unacked,
+                gateway.resubmitted,
+                gateway.turned_away,
+                gateway.gate_fetches
+            );
         }
         let _ = writeln!(out, "{}", self.headline);
         let _ = writeln!(

@@ -255,6 +255,8 @@ pub struct RunResult {
     pub engine: Report,
     pub wait_latency_ns: Histogram<u64>,
     pub desk: DeskTally,
+    /// Through a cluster: what its gateway did.
+    pub gateway: Option<crate::output::GatewayJson>,
 }
 
 /// What the payment desk did.
@@ -978,6 +980,7 @@ pub fn summarize(
         offered: None,
         wait_latency_ns: tally.wait_latency_ns.clone(),
         desk,
+        gateway: None,
         elapsed,
         presses,
         outcomes: tally.outcomes,

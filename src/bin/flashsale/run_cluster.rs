@@ -25,6 +25,7 @@ mod real {
     use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
     use crate::compare::cluster_peer::{ClusterKnobs, levels_of, on_throwaway_sale};
+    use crate::output::GatewayJson;
     use crate::plan::{Plan, Press, Rng};
     use crate::run::{
         self, BUCKET_NS, DeskPlan, DeskTally, DeskTask, ProducerTally, RunResult, Sampler, UNTIMED,
@@ -174,7 +175,8 @@ mod real {
             None => DeskTally::new(),
         };
         let levels = levels_of(&gateway, &catalog).await?;
-        let turned_away = gateway.stats().turned_away;
+        let stats = gateway.stats();
+        let turned_away = stats.turned_away;
         let node_latency = node_latency.lock().clone();
         let report = report_of(
             &catalog,
@@ -187,6 +189,14 @@ mod real {
         let opens_ns = plan.opens_ns.clone();
         Ok(RunResult {
             offered: (scenario.mode == Mode::Open).then_some(plan.offered),
+            gateway: Some(GatewayJson {
+                batches: stats.batches,
+                acked: stats.acked,
+                unacked: stats.unacked,
+                resubmitted: stats.resubmitted,
+                turned_away: stats.turned_away,
+                gate_fetches: stats.gate_fetches,
+            }),
             ..run::summarize(
                 scenario,
                 &opens_ns,
