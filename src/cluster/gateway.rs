@@ -182,8 +182,8 @@ struct Counters {
     gate_fetches: AtomicU64,
 }
 
-/// What a gateway did so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What a gateway did so far (its `Display` is a one-line summary).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct GatewayStats {
     /// Batches published.
     pub batches: u64,
@@ -198,6 +198,22 @@ pub struct GatewayStats {
     /// Times a partition's whole key filter was fetched (at the start, and after a missed
     /// update or a change of leader).
     pub gate_fetches: u64,
+}
+
+impl std::fmt::Display for GatewayStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} batches ({} acked, {} not in time), {} buys published again, {} turned away \
+             by its gate, {} key filter fetches",
+            self.batches,
+            self.acked,
+            self.unacked,
+            self.resubmitted,
+            self.turned_away,
+            self.gate_fetches
+        )
+    }
 }
 
 /// A handle to the cluster for buys; cheap to clone, usable from any task.

@@ -25,7 +25,6 @@ mod real {
     use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
     use crate::compare::cluster_peer::{ClusterKnobs, levels_of, on_throwaway_sale};
-    use crate::output::GatewayJson;
     use crate::plan::{Plan, Press, Rng};
     use crate::run::{
         self, BUCKET_NS, DeskPlan, DeskTally, DeskTask, ProducerTally, RunResult, Sampler, UNTIMED,
@@ -189,14 +188,7 @@ mod real {
         let opens_ns = plan.opens_ns.clone();
         Ok(RunResult {
             offered: (scenario.mode == Mode::Open).then_some(plan.offered),
-            gateway: Some(GatewayJson {
-                batches: stats.batches,
-                acked: stats.acked,
-                unacked: stats.unacked,
-                resubmitted: stats.resubmitted,
-                turned_away: stats.turned_away,
-                gate_fetches: stats.gate_fetches,
-            }),
+            gateway: Some(stats),
             ..run::summarize(
                 scenario,
                 &opens_ns,
