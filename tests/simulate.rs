@@ -801,6 +801,9 @@ fn runs_too_long_or_too_large_are_refused_before_they_start() {
     for (args, field) in [
         (vec!["--rate", "1e-9", "--intents", "10"], "rate"),
         (vec!["--speed", "1e-300"], "speed"),
+        // Past the schedule's nanosecond resolution.
+        (vec!["--speed", "1e300"], "speed"),
+        (vec!["--rate", "5000M"], "rate"),
     ] {
         let output = simulate(&args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");

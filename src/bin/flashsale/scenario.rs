@@ -412,13 +412,20 @@ impl Scenario {
                 self.zipf_exponent
             ));
         }
-        if !(self.speed.is_finite() && self.speed > 0.0) {
-            return Err(format!("speed: must be above 0, got {}", self.speed));
+        if !(self.speed.is_finite() && self.speed > 0.0 && self.speed <= SPEED_MAX) {
+            return Err(format!(
+                "speed: must be above 0 and at most {SPEED_MAX} (a scenario millisecond to a \
+                 nanosecond of the run), got {}",
+                self.speed
+            ));
         }
         if let Some(rate) = self.rate
-            && !(rate.is_finite() && rate > 0.0)
+            && !(rate.is_finite() && rate > 0.0 && rate <= RATE_MAX)
         {
-            return Err(format!("rate: must be above 0 intents/s, got {rate}"));
+            return Err(format!(
+                "rate: must be above 0 and at most {RATE_MAX} intents/s (a press a \
+                 nanosecond), got {rate}"
+            ));
         }
         Ok(())
     }
@@ -649,6 +656,11 @@ pub const LATENCY_SAMPLE_MAX: u32 = 1 << 20;
 pub const SCENARIO_MS_MAX: u64 = 7 * 24 * 3_600 * 1_000;
 /// Longest run, in wall seconds (estimated before it starts).
 pub const WALL_SECONDS_MAX: f64 = 3_600.0;
+/// Fastest scenario time: a scenario millisecond to a nanosecond of the run, the
+/// schedule's resolution (faster, presses due apart would be sent as one).
+pub const SPEED_MAX: f64 = 1e6;
+/// Highest constant offered rate: one press a nanosecond, the schedule's resolution.
+pub const RATE_MAX: f64 = 1e9;
 /// Steepest variant popularity.
 pub const ZIPF_MAX: f64 = 10.0;
 /// A retry comes up to this long after its press.
@@ -732,6 +744,8 @@ mod tests {
         check(|s| s.press_fraction = 1.5, "press_fraction");
         check(|s| s.viewers_max = 1, "viewers_max");
         check(|s| s.speed = 0.0, "speed");
+        check(|s| s.speed = 1e300, "speed");
+        check(|s| s.rate = Some(2e9), "rate");
         check(|s| s.pay_rate = 1.2, "pay_rate");
         check(
             |s| {
