@@ -656,6 +656,17 @@ fn start_up_errors_are_one_line_and_exit_2() {
     }
     let (code, stderr) = serve_fails(&["--in-memory", "--threads", "0"]);
     assert_eq!(code, 2, "{stderr}");
+    // Limits that would refuse every client.
+    for (flag, value) in [
+        ("--header-timeout", "0s"),
+        ("--body-timeout", "0ms"),
+        ("--body-limit", "0"),
+        ("--body-limit", "255"),
+    ] {
+        let (code, stderr) = serve_fails(&["--in-memory", flag, value]);
+        assert_eq!(code, 2, "{flag} {value}: {stderr}");
+        assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+    }
     let (code, stderr) = serve_fails(&["--in-memory", "--order-capacity", "67108865"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--order-capacity"), "{stderr}");

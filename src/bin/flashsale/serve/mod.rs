@@ -125,15 +125,16 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..))]
     burst_per_buyer: u32,
     /// Longest time a client may take to send a request's headers; also how long an
-    /// idle keep-alive connection stays open.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    /// idle keep-alive connection stays open (above 0).
+    #[arg(long, default_value = "5s", value_parser = positive_duration)]
     header_timeout: Duration,
-    /// Longest time a client may take to send a request's body.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    /// Longest time a client may take to send a request's body (above 0).
+    #[arg(long, default_value = "5s", value_parser = positive_duration)]
     body_timeout: Duration,
-    /// Largest request body, bytes (413 beyond).
-    #[arg(long, default_value_t = 4096)]
-    body_limit: usize,
+    /// Largest request body, bytes (413 beyond); at least 256 (a buy's body, every field at
+    /// its largest, is under 100).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(256..))]
+    body_limit: u32,
     /// Most connections open at once; more wait in the listen backlog.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
@@ -179,6 +180,16 @@ pub struct ServeArgs {
     #[cfg(feature = "cluster")]
     #[arg(long, requires = "feed", value_parser = clap::value_parser!(u64).range(0..=flashsale::EngineBuilder::ORDER_CAPACITY_MAX as u64))]
     feed_order_capacity: Option<u64>,
+}
+
+/// A duration as `humantime` reads it (`5s`, `250ms`), refused when zero: a timeout of
+/// nothing would cut off every client.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be above 0".to_owned()),
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// Buyer identification modes.
@@ -311,7 +322,7 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
         buyers,
         admin_token: args.admin_token.clone().filter(|token| !token.is_empty()),
         limiter: governor::RateLimiter::keyed(quota),
-        body_limit: args.body_limit,
+        body_limit: args.body_limit as usize,
         body_timeout: args.body_timeout,
         stopping,
     });
