@@ -2224,3 +2224,106 @@ async fn throughput() {
         );
     }
 }
+
+/// Settings a node or a gateway cannot run with are refused by name, by the library and
+/// by the command line before anything connects (the URL here has no server): a lease of
+/// 0 had made the lease bucket's entries never expire and the node's lease timer panic.
+#[test]
+fn settings_that_cannot_run_are_refused_before_connecting() {
+    use flashsale::cluster::NodeConfig;
+    let refused = |config: NodeConfig, what: &str| {
+        let error = config.check().unwrap_err().to_string();
+        assert!(error.contains(what), "{error}");
+    };
+    assert!(NodeConfig::default().check().is_ok());
+    for lease in [
+        Duration::ZERO,
+        Duration::from_nanos(1),
+        Duration::from_secs(7_200),
+    ] {
+        let config = NodeConfig {
+            lease,
+            ..NodeConfig::default()
+        };
+        refused(config, "lease");
+    }
+    let config = NodeConfig {
+        snapshot_every: 0,
+        ..NodeConfig::default()
+    };
+    refused(config, "snapshot_every");
+    let config = NodeConfig {
+        max_quantity: 0,
+        ..NodeConfig::default()
+    };
+    refused(config, "max_quantity");
+    assert!(GatewayConfig::default().check().is_ok());
+    for (config, what) in [
+        (
+            GatewayConfig {
+                linger: Duration::from_secs(2),
+                ..GatewayConfig::default()
+            },
+            "linger",
+        ),
+        (
+            GatewayConfig {
+                resubmit_after: Duration::ZERO,
+                ..GatewayConfig::default()
+            },
+            "resubmit_after",
+        ),
+        (
+            GatewayConfig {
+                give_up_after: Duration::MAX,
+                ..GatewayConfig::default()
+            },
+            "give_up_after",
+        ),
+        (
+            GatewayConfig {
+                read_timeout: Duration::ZERO,
+                ..GatewayConfig::default()
+            },
+            "read_timeout",
+        ),
+        (
+            GatewayConfig {
+                max_quantity: 0,
+                ..GatewayConfig::default()
+            },
+            "max_quantity",
+        ),
+    ] {
+        let error = config.check().unwrap_err().to_string();
+        assert!(error.contains(what), "{error}");
+    }
+    let nowhere = "nats://127.0.0.1:1";
+    for (args, what) in [
+        (vec!["node", "--nats", nowhere, "--lease", "0s"], "lease"),
+        (
+            vec!["node", "--nats", nowhere, "--snapshot-every", "0"],
+            "snapshot_every",
+        ),
+        (
+            vec!["node", "--nats", nowhere, "--max-quantity", "0"],
+            "max_quantity",
+        ),
+        (vec!["serve", "--nats", nowhere, "--linger", "5s"], "linger"),
+        (
+            vec!["serve", "--nats", nowhere, "--max-quantity", "0"],
+            "max_quantity",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(
+            stderr.contains(what) && !stderr.contains("connect"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

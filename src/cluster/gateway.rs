@@ -73,6 +73,53 @@ impl Default for GatewayConfig {
     }
 }
 
+impl GatewayConfig {
+    /// The longest [`linger`](Self::linger): a batch that waits longer than this for more
+    /// buys is a delay no buyer should see.
+    pub const LINGER_MAX: Duration = Duration::from_secs(1);
+    /// The shortest [`resubmit_after`](Self::resubmit_after) (the gateway looks for buys to
+    /// publish again four times as often).
+    pub const RESUBMIT_MIN: Duration = Duration::from_millis(1);
+    /// The longest of the gateway's other times (a year: any longer is "never").
+    pub const TIME_MAX: Duration = Duration::from_secs(365 * 24 * 3_600);
+
+    /// Whether a gateway can run with these settings: [`linger`](Self::linger) at most
+    /// [`LINGER_MAX`](Self::LINGER_MAX), [`resubmit_after`](Self::resubmit_after) from
+    /// [`RESUBMIT_MIN`](Self::RESUBMIT_MIN), the other times above 0, every time at most
+    /// [`TIME_MAX`](Self::TIME_MAX), and quantities of at least 1.
+    /// [`Gateway::connect`] checks it before it connects.
+    ///
+    /// # Errors
+    /// [`NatsError`] naming the setting and its range.
+    pub fn check(&self) -> Result<(), NatsError> {
+        let refuse = |why: String| Err(NatsError::new("gateway settings", why));
+        if self.linger > Self::LINGER_MAX {
+            return refuse(format!(
+                "linger: {:?} is above {:?}",
+                self.linger,
+                Self::LINGER_MAX
+            ));
+        }
+        for (name, time, least) in [
+            ("resubmit_after", self.resubmit_after, Self::RESUBMIT_MIN),
+            ("give_up_after", self.give_up_after, Duration::from_nanos(1)),
+            ("wait_at_most", self.wait_at_most, Duration::from_nanos(1)),
+            ("read_timeout", self.read_timeout, Duration::from_nanos(1)),
+        ] {
+            if !(least..=Self::TIME_MAX).contains(&time) {
+                return refuse(format!(
+                    "{name}: {time:?} is outside {least:?} to {:?}",
+                    Self::TIME_MAX
+                ));
+            }
+        }
+        if self.max_quantity == 0 {
+            return refuse("max_quantity: must be at least 1".to_owned());
+        }
+        Ok(())
+    }
+}
+
 /// Why a buy has no outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
@@ -248,13 +295,15 @@ impl Gateway {
     /// to come). Its id is random; its replies come on its own subject.
     ///
     /// # Errors
-    /// NATS refused a step, or the catalog does not fit the sale's partitions.
+    /// Settings that [`GatewayConfig::check`] refuses, NATS refused a step, or the catalog
+    /// does not fit the sale's partitions.
     pub async fn connect(
         client: async_nats::Client,
         sale: SaleOnNats,
         catalog: Catalog,
         config: GatewayConfig,
     ) -> Result<Self, NatsError> {
+        config.check()?;
         let opened = sale.open(client.clone(), Duration::from_secs(2)).await?;
         Self::connect_opened(client, sale, opened, catalog, config).await
     }
@@ -271,6 +320,7 @@ impl Gateway {
         catalog: Catalog,
         config: GatewayConfig,
     ) -> Result<Self, NatsError> {
+        config.check()?;
         let placement = Placement::new(&catalog, usize::from(sale.partitions()))
             .map_err(|error| NatsError::new("place the catalog", error.to_string()))?;
         let id = random_id();

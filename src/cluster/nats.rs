@@ -175,14 +175,18 @@ impl SaleOnNats {
 
     /// Creates what the sale needs where it is missing (streams, buckets) and returns them
     /// with the sale's epoch (set now by the first caller, read by every later one).
+    /// `lease` is the lease bucket's entry lifetime, as [`NodeConfig::lease`](super::NodeConfig::lease).
     ///
     /// # Errors
-    /// NATS refused a step (which is named).
+    /// A lease outside [`NodeConfig::LEASE_MIN`](super::NodeConfig::LEASE_MIN) to
+    /// [`NodeConfig::LEASE_MAX`](super::NodeConfig::LEASE_MAX), or NATS refused a step
+    /// (which is named).
     pub async fn open(
         &self,
         client: async_nats::Client,
         lease: Duration,
     ) -> Result<Opened, NatsError> {
+        super::node::check_lease(lease)?;
         let js = jetstream::new(client);
         let mut streams = Vec::with_capacity(usize::from(self.partitions));
         for partition in 0..self.partitions {

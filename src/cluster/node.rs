@@ -67,6 +67,55 @@ impl Default for NodeConfig {
     }
 }
 
+impl NodeConfig {
+    /// The shortest lease: renewed three times per lease, a shorter one would have the
+    /// leader writing to the lease bucket more often than every 33 ms.
+    pub const LEASE_MIN: Duration = Duration::from_millis(100);
+    /// The longest lease: a partition whose leader died waits up to this long for a
+    /// standby to take over.
+    pub const LEASE_MAX: Duration = Duration::from_secs(3_600);
+
+    /// Whether a node can run with these settings: a lease from [`LEASE_MIN`](Self::LEASE_MIN)
+    /// to [`LEASE_MAX`](Self::LEASE_MAX), snapshots and quantities of at least 1.
+    /// [`run_node`] and [`follow`] check it before they start.
+    ///
+    /// # Errors
+    /// [`NatsError`] naming the setting and its range.
+    pub fn check(&self) -> Result<(), NatsError> {
+        check_lease(self.lease)?;
+        if self.snapshot_every == 0 {
+            return Err(NatsError::new(
+                "node settings",
+                "snapshot_every: must be at least 1 entry",
+            ));
+        }
+        if self.max_quantity == 0 {
+            return Err(NatsError::new(
+                "node settings",
+                "max_quantity: must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A lease within [`NodeConfig::LEASE_MIN`] ..= [`NodeConfig::LEASE_MAX`] (a lease of 0
+/// would be a lease bucket whose entries never expire, and no standby would ever take
+/// over).
+pub(super) fn check_lease(lease: Duration) -> Result<(), NatsError> {
+    if (NodeConfig::LEASE_MIN..=NodeConfig::LEASE_MAX).contains(&lease) {
+        return Ok(());
+    }
+    Err(NatsError::new(
+        "node settings",
+        format!(
+            "lease: {lease:?} is outside {:?} to {:?}",
+            NodeConfig::LEASE_MIN,
+            NodeConfig::LEASE_MAX
+        ),
+    ))
+}
+
 /// What one partition's task saw, for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PartitionStatus {
@@ -92,7 +141,7 @@ pub struct PartitionStatus {
 /// ended; a task ends early only when NATS fails in a way it cannot retry.
 ///
 /// # Errors
-/// The first partition task's failure.
+/// Settings that [`NodeConfig::check`] refuses, or the first partition task's failure.
 pub async fn run_node(
     client: async_nats::Client,
     sale: SaleOnNats,
@@ -178,6 +227,7 @@ async fn run_partitions(
     status: Option<watch::Sender<Vec<PartitionStatus>>>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), NatsError> {
+    config.check()?;
     let placement = Placement::new(&catalog, usize::from(sale.partitions()))
         .map_err(|error| NatsError::new("place the catalog", error.to_string()))?;
     let status = status.unwrap_or_else(|| watch::channel(Vec::new()).0);

@@ -84,6 +84,18 @@ async fn node(args: NodeArgs) -> Result<(), String> {
     let id = args
         .id
         .unwrap_or_else(|| format!("node-{}", std::process::id()));
+    // Within its range (clap checked it), so it fits a usize.
+    let order_capacity = args.order_capacity.map(|orders| orders as usize);
+    let config = NodeConfig {
+        id: id.clone(),
+        lease: args.lease,
+        snapshot_every: args.snapshot_every,
+        max_quantity: args.max_quantity,
+        order_capacity,
+        latency: None,
+    };
+    // Settings the node would refuse, before anything connects.
+    config.check().map_err(|e| e.to_string())?;
     let client = connect(&args.nats, &id).await.map_err(|e| e.to_string())?;
     // A cluster that is still electing its leaders times requests out: retry for a while.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -102,8 +114,6 @@ async fn node(args: NodeArgs) -> Result<(), String> {
         None => catalog_file::parse("demo sale", crate::serve::DEMO_SALE, opened.epoch())
             .map_err(|e| e.to_string())?,
     };
-    // Within its range (clap checked it), so it fits a usize.
-    let order_capacity = args.order_capacity.map(|orders| orders as usize);
     if let Ok(placement) = flashsale::Placement::new(&catalog, usize::from(args.partitions)) {
         for short in flashsale::ShardCore::order_room_short(&catalog, &placement, order_capacity) {
             let note = crate::order_room_note("partition", short);
@@ -112,14 +122,6 @@ async fn node(args: NodeArgs) -> Result<(), String> {
     }
     let (status, mut watching) = watch::channel(Vec::<PartitionStatus>::new());
     let (stop, stopping) = watch::channel(false);
-    let config = NodeConfig {
-        id: id.clone(),
-        lease: args.lease,
-        snapshot_every: args.snapshot_every,
-        max_quantity: args.max_quantity,
-        order_capacity,
-        latency: None,
-    };
     let mut running = tokio::spawn(run_node(
         client,
         sale,

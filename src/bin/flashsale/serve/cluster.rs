@@ -77,6 +77,10 @@ pub fn open(args: &ServeArgs, runtime: &Runtime) -> Result<Option<Opening>, Fail
     };
     let sale = SaleOnNats::new(&args.sale, args.partitions, args.replicas)
         .map_err(|error| (2, error.to_string()))?;
+    // Settings the gateway would refuse, before anything connects.
+    gateway_config(args)
+        .check()
+        .map_err(|error| (2, error.to_string()))?;
     runtime.block_on(async {
         let name = format!("gateway-{}", std::process::id());
         let client = nats::connect(urls, &name)
@@ -109,20 +113,24 @@ pub fn connect(
     opening: Opening,
     catalog: &Catalog,
 ) -> Result<Gateway, Failure> {
-    let config = GatewayConfig {
-        linger: args.linger,
-        max_quantity: args.max_quantity,
-        ..GatewayConfig::default()
-    };
     runtime
         .block_on(Gateway::connect_opened(
             opening.client,
             opening.sale,
             opening.opened,
             catalog.clone(),
-            config,
+            gateway_config(args),
         ))
         .map_err(|error| (1, error.to_string()))
+}
+
+/// The gateway's settings from the command line.
+fn gateway_config(args: &ServeArgs) -> GatewayConfig {
+    GatewayConfig {
+        linger: args.linger,
+        max_quantity: args.max_quantity,
+        ..GatewayConfig::default()
+    }
 }
 
 /// Every route of a gateway.
