@@ -143,3 +143,18 @@ fn any_executor_drives_it() {
 }
 
 use std::future::Future as _;
+
+/// A lane count past the limit is refused by name rather than allocated (each lane is a
+/// producer with a ring to every shard); 0 lanes means 1.
+#[test]
+fn lanes_past_the_limit_are_refused() {
+    let engine = Engine::builder(catalog()).start().unwrap();
+    let error = AsyncClient::new(&engine, AsyncClient::LANES_MAX + 1).unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(error.to_string().contains("lanes"), "{error}");
+    let client = AsyncClient::new(&engine, 0).unwrap();
+    let outcome = block_on(client.buy(intent(1, 0, 3, 1))).unwrap();
+    assert!(outcome.order().is_some(), "{outcome:?}");
+    drop(client);
+    engine.shutdown();
+}

@@ -190,13 +190,23 @@ impl fmt::Debug for AsyncClient {
 }
 
 impl AsyncClient {
+    /// The most lanes a client takes (each is a producer, with a ring to every shard).
+    pub const LANES_MAX: usize = 4_096;
+
     /// A client with `lanes` producer lanes (at least 1; a few per core is plenty: each
     /// lane holds up to the engine's ring capacity in flight per shard) and its pump
     /// thread.
     ///
     /// # Errors
-    /// The OS refused the pump thread.
+    /// [`InvalidInput`](std::io::ErrorKind::InvalidInput) for more than
+    /// [`LANES_MAX`](Self::LANES_MAX) lanes, or the OS refused the pump thread.
     pub fn new(engine: &Engine, lanes: usize) -> std::io::Result<Self> {
+        if lanes > Self::LANES_MAX {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{lanes} lanes: at most {}", Self::LANES_MAX),
+            ));
+        }
         // The pump's thread handle goes into the lanes' notify, so it starts first and
         // waits (parked) until its client is handed over in `slot`.
         let slot: Arc<Mutex<Option<Arc<Inner>>>> = Arc::new(Mutex::new(None));
