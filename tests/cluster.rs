@@ -2227,7 +2227,9 @@ async fn throughput() {
 
 /// Settings a node or a gateway cannot run with are refused by name, by the library and
 /// by the command line before anything connects (the URL here has no server): a lease of
-/// 0 had made the lease bucket's entries never expire and the node's lease timer panic.
+/// 0 had made the lease bucket's entries never expire and the node's lease timer panic,
+/// and a catalog that does not fit the partitions was refused only after their streams
+/// were made.
 #[test]
 fn settings_that_cannot_run_are_refused_before_connecting() {
     use flashsale::cluster::NodeConfig;
@@ -2313,6 +2315,16 @@ fn settings_that_cannot_run_are_refused_before_connecting() {
         (
             vec!["serve", "--nats", nowhere, "--max-quantity", "0"],
             "max_quantity",
+        ),
+        // The demo sale's products make 3 placement units: opening the sale would have
+        // created 64 streams before the catalog was placed and refused.
+        (
+            vec!["node", "--nats", nowhere, "--partitions", "64"],
+            "place the catalog",
+        ),
+        (
+            vec!["serve", "--nats", nowhere, "--partitions", "64"],
+            "place the catalog",
         ),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))

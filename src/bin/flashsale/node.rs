@@ -94,8 +94,10 @@ async fn node(args: NodeArgs) -> Result<(), String> {
         order_capacity,
         latency: None,
     };
-    // Settings the node would refuse, before anything connects.
+    // Settings the node would refuse, and a catalog that does not fit the partitions,
+    // before anything connects (opening the sale creates a stream per partition).
     config.check().map_err(|e| e.to_string())?;
+    catalog_file::check_before_opening(args.catalog.as_deref(), args.partitions)?;
     let client = connect(&args.nats, &id).await.map_err(|e| e.to_string())?;
     // A cluster that is still electing its leaders times requests out: retry for a while.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -77,10 +77,13 @@ pub fn open(args: &ServeArgs, runtime: &Runtime) -> Result<Option<Opening>, Fail
     };
     let sale = SaleOnNats::new(&args.sale, args.partitions, args.replicas)
         .map_err(|error| (2, error.to_string()))?;
-    // Settings the gateway would refuse, before anything connects.
+    // Settings the gateway would refuse, and a catalog that does not fit the partitions,
+    // before anything connects (opening the sale creates a stream per partition).
     gateway_config(args)
         .check()
         .map_err(|error| (2, error.to_string()))?;
+    super::catalog_file::check_before_opening(args.catalog.as_deref(), args.partitions)
+        .map_err(|why| (2, why))?;
     runtime.block_on(async {
         let name = format!("gateway-{}", std::process::id());
         let client = nats::connect(urls, &name)
