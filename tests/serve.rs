@@ -685,6 +685,38 @@ fn start_up_errors_are_one_line_and_exit_2() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Every example catalog starts a sale today, whatever the date (a fixed drop date in an
+/// example had made it refuse to start once the date passed); a window that closed before
+/// the sale's first start is refused by name.
+#[test]
+fn the_example_catalogs_start_and_a_window_already_over_is_refused() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sales");
+    let mut started = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "toml") {
+            let server = serve(&["--in-memory", "--catalog", path.to_str().unwrap()]);
+            assert!(server.ready.contains("ready:"), "{}", path.display());
+            started += 1;
+        }
+    }
+    assert!(started >= 3, "{started} example catalogs");
+    let dir = scratch("window-over");
+    for closes in ["2020-01-01T00:00:00Z", "+0s"] {
+        let over = write_catalog(
+            &dir,
+            &format!("[[sku]]\nid = 1\nstock = 5\ncloses = \"{closes}\"\n"),
+        );
+        let (code, stderr) = serve_fails(&["--in-memory", "--catalog", &over]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains("field `closes`") && stderr.contains("not after the sale's start"),
+            "{stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_data_directory_of_another_sale_is_refused() {
     let (dir, data, catalog) = scratch_sale(

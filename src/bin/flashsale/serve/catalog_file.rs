@@ -153,7 +153,21 @@ pub fn parse(name: &str, text: &str, epoch: SystemTime) -> Result<Catalog, Catal
             None => 0,
         };
         let closes_at_ns = match &sku.closes {
-            Some(closes) => instant(closes, epoch).map_err(|why| fail("closes", why))?,
+            Some(closes) => match instant(closes, epoch).map_err(|why| fail("closes", why))? {
+                // At or before the sale's start (an instant that has passed, for a new
+                // sale): the window would be over before it opened.
+                0 => {
+                    return Err(fail(
+                        "closes",
+                        format!(
+                            "{closes:?} is not after the sale's start ({}): the window would \
+                             be over before it opened",
+                            wall_time(epoch, 0)
+                        ),
+                    ));
+                }
+                ns => ns,
+            },
             None => u64::MAX,
         };
         spec = spec.window(SaleWindow {
