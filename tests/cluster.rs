@@ -2339,3 +2339,75 @@ fn settings_that_cannot_run_are_refused_before_connecting() {
         );
     }
 }
+
+/// Every process of a sale runs it with one shape (catalog, partitions, largest
+/// quantity): the first records it, and a gateway or node with another is refused by name
+/// before it publishes or applies anything. A gateway placing a SKU on another partition,
+/// or a node deciding under another catalog, could otherwise oversell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_with_another_shape_of_the_sale_is_refused() {
+    let scene = OneNode::start("shape", 22_000, "shape", &catalog_toml(), catalog(), None).await;
+    // The node (from the catalog file) and the gateway (from the builder) agree.
+    let _same = scene.gateway().await;
+    let refused = |connected: Result<Gateway, flashsale::cluster::nats::NatsError>| {
+        let error = connected.map(drop).unwrap_err().to_string();
+        assert!(error.contains("check the sale's shape"), "{error}");
+    };
+    let other_quantity = GatewayConfig {
+        max_quantity: MAX_QUANTITY / 2,
+        ..scene.config.clone()
+    };
+    refused(
+        Gateway::connect(
+            scene.client.clone(),
+            scene.sale.clone(),
+            scene.catalog.clone(),
+            other_quantity,
+        )
+        .await,
+    );
+    let more_stock = Catalog::builder()
+        .skus((1..=SKUS).map(|id| SkuSpec::new(SkuId(id), STOCK + 1).limit(2)))
+        .build()
+        .unwrap();
+    refused(
+        Gateway::connect(
+            scene.client.clone(),
+            scene.sale.clone(),
+            more_stock,
+            scene.config.clone(),
+        )
+        .await,
+    );
+    let more_partitions = SaleOnNats::new("shape", PARTITIONS + 1, 3).unwrap();
+    refused(
+        Gateway::connect(
+            scene.client.clone(),
+            more_partitions,
+            scene.catalog.clone(),
+            scene.config.clone(),
+        )
+        .await,
+    );
+    // A node process with another largest quantity stops at once, naming it.
+    let catalog_path = scene.dir.join("catalog.toml");
+    let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args(["node", "--nats", &scene.nats.as_ref().unwrap().urls()])
+        .args(["--sale", "shape", "--id", "other"])
+        .args([
+            "--partitions",
+            &PARTITIONS.to_string(),
+            "--max-quantity",
+            "8",
+        ])
+        .arg("--catalog")
+        .arg(&catalog_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("check the sale's shape") && stderr.contains("largest quantity 8"),
+        "{stderr}"
+    );
+}

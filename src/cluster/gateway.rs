@@ -323,6 +323,7 @@ impl Gateway {
         config.check()?;
         let placement = Placement::new(&catalog, usize::from(sale.partitions()))
             .map_err(|error| NatsError::new("place the catalog", error.to_string()))?;
+        opened.check_shape(&catalog, config.max_quantity).await?;
         let id = random_id();
         let replies = client
             .subscribe(sale.subject_out(id))

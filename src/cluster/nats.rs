@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, kv, object_store, stream};
 
+use crate::catalog::Catalog;
+
 /// Something NATS refused or a sale that does not fit; the message says which step.
 #[derive(Debug, thiserror::Error)]
 #[error("{step}: {source}")]
@@ -242,6 +244,7 @@ impl SaleOnNats {
             streams,
             leases,
             snapshots,
+            meta,
             epoch_unix_ns: epoch,
         })
     }
@@ -267,6 +270,7 @@ pub struct Opened {
     pub(crate) streams: Vec<stream::Stream>,
     pub(crate) leases: kv::Store,
     pub(crate) snapshots: object_store::ObjectStore,
+    meta: kv::Store,
     epoch_unix_ns: u64,
 }
 
@@ -280,6 +284,49 @@ impl std::fmt::Debug for Opened {
 }
 
 impl Opened {
+    /// Checks that this process runs the sale as every other one does: the same catalog
+    /// (by [`Catalog::fingerprint`]), the same partitions and the same largest quantity.
+    /// The first process to check records its shape in the sale's meta bucket; every later
+    /// one must match it. A node with another catalog or placement would decide the log's
+    /// entries differently from its peers, and a gateway that places a SKU on another
+    /// partition would have two partitions sell its stock: either could oversell.
+    /// [`run_node`](super::run_node), [`follow`](super::follow) and
+    /// [`Gateway::connect_opened`](super::Gateway::connect_opened) check it (once the
+    /// catalog is placed over the partitions) before they start. A sale keeps its shape
+    /// until it is [removed](SaleOnNats::remove).
+    ///
+    /// # Errors
+    /// [`NatsError`] naming the shape recorded and this one, or NATS refused the read.
+    pub async fn check_shape(&self, catalog: &Catalog, max_quantity: u32) -> Result<(), NatsError> {
+        let step = "check the sale's shape";
+        let ours = format!(
+            "catalog {:016x}, {} partitions, largest quantity {max_quantity}",
+            catalog.fingerprint(),
+            self.streams.len()
+        );
+        // First writer wins; everyone compares with what won.
+        let _ = self.meta.create("shape", ours.clone().into()).await;
+        let recorded = self
+            .meta
+            .get("shape")
+            .await
+            .map_err(at(step))?
+            .ok_or_else(|| NatsError::new(step, "no shape recorded"))?;
+        let recorded = String::from_utf8_lossy(&recorded);
+        if recorded != ours {
+            return Err(NatsError::new(
+                step,
+                format!(
+                    "the sale runs with {recorded}; this process has {ours} (every node and \
+                     gateway of a sale needs the same catalog, partitions and largest \
+                     quantity, for the sale's whole life: to start it again with another, \
+                     remove it first)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The sale clock's zero, ns since the Unix epoch (the catalog's offsets count from it).
     pub fn epoch(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_nanos(self.epoch_unix_ns)
