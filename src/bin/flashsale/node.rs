@@ -1,6 +1,6 @@
 //! `flashsale node`: an engine node of a sale on NATS JetStream.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
@@ -53,6 +53,23 @@ pub struct NodeArgs {
     status_every: Option<Duration>,
 }
 
+/// The checks of a sale on NATS that need no connection, made before one creates the
+/// sale's streams: the catalog file (or the demo sale if none) reads, and its products
+/// spread over `partitions`. The sale's epoch is not known yet, so instants are read
+/// against the Unix epoch: the same checks pass as against the sale's own, except for
+/// instants past the year 2554.
+pub fn check_catalog_before_opening(path: Option<&Path>, partitions: u16) -> Result<(), String> {
+    let epoch = std::time::SystemTime::UNIX_EPOCH;
+    let catalog = match path {
+        Some(path) => catalog_file::load(path, epoch),
+        None => catalog_file::parse("the demo sale", crate::serve::DEMO_SALE, epoch),
+    }
+    .map_err(|error| error.0)?;
+    flashsale::Placement::new(&catalog, usize::from(partitions))
+        .map(drop)
+        .map_err(|error| format!("place the catalog: {error}"))
+}
+
 /// Runs the node until SIGTERM or SIGINT; the exit code.
 pub fn run(args: NodeArgs) -> u8 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -97,7 +114,7 @@ async fn node(args: NodeArgs) -> Result<(), String> {
     // Settings the node would refuse, and a catalog that does not fit the partitions,
     // before anything connects (opening the sale creates a stream per partition).
     config.check().map_err(|e| e.to_string())?;
-    catalog_file::check_before_opening(args.catalog.as_deref(), args.partitions)?;
+    check_catalog_before_opening(args.catalog.as_deref(), args.partitions)?;
     let client = connect(&args.nats, &id).await.map_err(|e| e.to_string())?;
     // A cluster that is still electing its leaders times requests out: retry for a while.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

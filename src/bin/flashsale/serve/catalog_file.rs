@@ -88,23 +88,6 @@ pub fn load(path: &Path, epoch: SystemTime) -> Result<Catalog, CatalogFileError>
     parse(&name, &text, epoch)
 }
 
-/// The checks of a sale on NATS that need no connection, made before one creates the
-/// sale's streams: the catalog file (or the demo sale if none) reads, and its products
-/// spread over `partitions`. The sale's epoch is not known yet, so instants are read
-/// against the Unix epoch: the same checks pass as against the sale's own, except for
-/// instants past the year 2554.
-pub fn check_before_opening(path: Option<&Path>, partitions: u16) -> Result<(), String> {
-    let epoch = SystemTime::UNIX_EPOCH;
-    let catalog = match path {
-        Some(path) => load(path, epoch),
-        None => parse("the demo sale", crate::serve::DEMO_SALE, epoch),
-    }
-    .map_err(|error| error.0)?;
-    flashsale::Placement::new(&catalog, usize::from(partitions))
-        .map(drop)
-        .map_err(|error| format!("place the catalog: {error}"))
-}
-
 /// [`load`] on text already read; `name` names it in errors.
 pub fn parse(name: &str, text: &str, epoch: SystemTime) -> Result<Catalog, CatalogFileError> {
     let file: File = toml::from_str(text).map_err(|error| {

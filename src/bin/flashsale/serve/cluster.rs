@@ -82,7 +82,7 @@ pub fn open(args: &ServeArgs, runtime: &Runtime) -> Result<Option<Opening>, Fail
     gateway_config(args)
         .check()
         .map_err(|error| (2, error.to_string()))?;
-    super::catalog_file::check_before_opening(args.catalog.as_deref(), args.partitions)
+    crate::node::check_catalog_before_opening(args.catalog.as_deref(), args.partitions)
         .map_err(|why| (2, why))?;
     runtime.block_on(async {
         let name = format!("gateway-{}", std::process::id());
