@@ -283,6 +283,10 @@ impl std::fmt::Debug for Opened {
     }
 }
 
+/// How long [`Opened::check_shape`] tries the sale's meta bucket again while it does not
+/// answer.
+const SHAPE_PATIENCE: Duration = Duration::from_secs(30);
+
 impl Opened {
     /// Checks that this process runs the sale as every other one does: the same catalog
     /// (by [`Catalog::fingerprint`]), the same partitions and the same largest quantity.
@@ -296,7 +300,8 @@ impl Opened {
     /// until it is [removed](SaleOnNats::remove).
     ///
     /// # Errors
-    /// [`NatsError`] naming the shape recorded and this one, or NATS refused the read.
+    /// [`NatsError`] naming the shape recorded and this one, or the meta bucket did not
+    /// answer for 30 s.
     pub async fn check_shape(&self, catalog: &Catalog, max_quantity: u32) -> Result<(), NatsError> {
         let step = "check the sale's shape";
         let ours = format!(
@@ -304,14 +309,20 @@ impl Opened {
             catalog.fingerprint(),
             self.streams.len()
         );
-        // First writer wins; everyone compares with what won.
-        let _ = self.meta.create("shape", ours.clone().into()).await;
-        let recorded = self
-            .meta
-            .get("shape")
-            .await
-            .map_err(at(step))?
-            .ok_or_else(|| NatsError::new(step, "no shape recorded"))?;
+        // First writer wins; everyone compares with what won. The bucket may be electing
+        // its leader (a server just died): its reads are tried again for a while.
+        let deadline = tokio::time::Instant::now() + SHAPE_PATIENCE;
+        let recorded = loop {
+            let _ = self.meta.create("shape", ours.clone().into()).await;
+            match self.meta.get("shape").await {
+                Ok(Some(recorded)) => break recorded,
+                Ok(None) | Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Ok(None) => return Err(NatsError::new(step, "no shape recorded")),
+                Err(error) => return Err(at(step)(error)),
+            }
+        };
         let recorded = String::from_utf8_lossy(&recorded);
         if recorded != ours {
             return Err(NatsError::new(
