@@ -2225,6 +2225,22 @@ async fn throughput() {
     }
 }
 
+/// One setting changed from the defaults, and the name its refusal must give.
+type Change<C> = (fn(&mut C), &'static str);
+
+/// Each change of the default settings is refused by `check`, naming the setting.
+fn refused_after_changes<C: Default>(
+    changes: &[Change<C>],
+    check: fn(&C) -> Result<(), flashsale::cluster::nats::NatsError>,
+) {
+    for (change, what) in changes {
+        let mut config = C::default();
+        change(&mut config);
+        let error = check(&config).unwrap_err().to_string();
+        assert!(error.contains(what), "{error}");
+    }
+}
+
 /// Settings a node or a gateway cannot run with are refused by name, by the library and
 /// by the command line before anything connects (the URL here has no server): a lease of
 /// 0 had made the lease bucket's entries never expire and the node's lease timer panic,
@@ -2233,73 +2249,28 @@ async fn throughput() {
 #[test]
 fn settings_that_cannot_run_are_refused_before_connecting() {
     use flashsale::cluster::NodeConfig;
-    let refused = |config: NodeConfig, what: &str| {
-        let error = config.check().unwrap_err().to_string();
-        assert!(error.contains(what), "{error}");
-    };
     assert!(NodeConfig::default().check().is_ok());
-    for lease in [
-        Duration::ZERO,
-        Duration::from_nanos(1),
-        Duration::from_secs(7_200),
-    ] {
-        let config = NodeConfig {
-            lease,
-            ..NodeConfig::default()
-        };
-        refused(config, "lease");
-    }
-    let config = NodeConfig {
-        snapshot_every: 0,
-        ..NodeConfig::default()
-    };
-    refused(config, "snapshot_every");
-    let config = NodeConfig {
-        max_quantity: 0,
-        ..NodeConfig::default()
-    };
-    refused(config, "max_quantity");
+    refused_after_changes::<NodeConfig>(
+        &[
+            (|c| c.lease = Duration::ZERO, "lease"),
+            (|c| c.lease = Duration::from_nanos(1), "lease"),
+            (|c| c.lease = Duration::from_secs(7_200), "lease"),
+            (|c| c.snapshot_every = 0, "snapshot_every"),
+            (|c| c.max_quantity = 0, "max_quantity"),
+        ],
+        NodeConfig::check,
+    );
     assert!(GatewayConfig::default().check().is_ok());
-    for (config, what) in [
-        (
-            GatewayConfig {
-                linger: Duration::from_secs(2),
-                ..GatewayConfig::default()
-            },
-            "linger",
-        ),
-        (
-            GatewayConfig {
-                resubmit_after: Duration::ZERO,
-                ..GatewayConfig::default()
-            },
-            "resubmit_after",
-        ),
-        (
-            GatewayConfig {
-                give_up_after: Duration::MAX,
-                ..GatewayConfig::default()
-            },
-            "give_up_after",
-        ),
-        (
-            GatewayConfig {
-                read_timeout: Duration::ZERO,
-                ..GatewayConfig::default()
-            },
-            "read_timeout",
-        ),
-        (
-            GatewayConfig {
-                max_quantity: 0,
-                ..GatewayConfig::default()
-            },
-            "max_quantity",
-        ),
-    ] {
-        let error = config.check().unwrap_err().to_string();
-        assert!(error.contains(what), "{error}");
-    }
+    refused_after_changes::<GatewayConfig>(
+        &[
+            (|c| c.linger = Duration::from_secs(2), "linger"),
+            (|c| c.resubmit_after = Duration::ZERO, "resubmit_after"),
+            (|c| c.give_up_after = Duration::MAX, "give_up_after"),
+            (|c| c.read_timeout = Duration::ZERO, "read_timeout"),
+            (|c| c.max_quantity = 0, "max_quantity"),
+        ],
+        GatewayConfig::check,
+    );
     let nowhere = "nats://127.0.0.1:1";
     for (args, what) in [
         (vec!["node", "--nats", nowhere, "--lease", "0s"], "lease"),
