@@ -158,3 +158,88 @@ fn lanes_past_the_limit_are_refused() {
     drop(client);
     engine.shutdown();
 }
+
+/// Records that it was woken: for waiting by hand until an outcome has arrived.
+#[derive(Default)]
+struct Woken(std::sync::atomic::AtomicBool);
+impl Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// A future polled once (submitted), and the flag its waker sets.
+struct Polled<'a> {
+    buy: std::pin::Pin<Box<flashsale::Buy<'a>>>,
+    woken: Arc<Woken>,
+}
+
+impl<'a> Polled<'a> {
+    fn submit(mut buy: flashsale::Buy<'a>) -> Self {
+        let woken = Arc::new(Woken::default());
+        let waker = Waker::from(woken.clone());
+        let poll = std::pin::Pin::new(&mut buy).poll(&mut Context::from_waker(&waker));
+        assert!(poll.is_pending(), "queued, not answered at once: {poll:?}");
+        Self {
+            buy: Box::pin(buy),
+            woken,
+        }
+    }
+
+    /// Waits until the pump has handed the outcome over (not for an instant: a hang guard).
+    fn wait_arrived(&self) {
+        let start = std::time::Instant::now();
+        while !self.woken.0.load(Ordering::Acquire) {
+            assert!(start.elapsed().as_secs() < 60, "the outcome never arrived");
+            std::thread::yield_now();
+        }
+    }
+
+    /// Polls the arrived outcome: `user`'s confirmed order.
+    fn confirmed_to(mut self, user: u64) {
+        let waker = Waker::from(self.woken.clone());
+        match self.buy.as_mut().poll(&mut Context::from_waker(&waker)) {
+            Poll::Ready(Ok(outcome)) => {
+                let order = outcome.order().expect("confirmed");
+                assert_eq!(order.user, flashsale::UserId(user), "{outcome:?}");
+            }
+            other => panic!("user {user}'s outcome: {other:?}"),
+        }
+    }
+}
+
+/// A lane hands outcomes over in cells by ticket (as many as the intents that can be in
+/// flight): a ticket whose cell still holds an earlier one's outcome, not yet taken, goes
+/// through the lane's map instead, and each future gets its own outcome either way; futures
+/// dropped with their outcome waiting, in a cell or in the map, free it for later tickets.
+#[test]
+fn outcomes_reach_their_own_futures_when_tickets_share_a_cell() {
+    // One shard with rings of 2: two cells a lane, so tickets 0, 2, 4 share one.
+    let engine = Engine::builder(catalog()).ring_capacity(2).start().unwrap();
+    let client = AsyncClient::new(&engine, 1).unwrap();
+    let buy = |user| Polled::submit(client.buy(intent(user, 0, 1, 1)));
+    let (first, second) = (buy(0), buy(1));
+    first.wait_arrived();
+    second.wait_arrived();
+    // Both cells hold an outcome nobody has taken: these two go through the map.
+    let (third, fourth) = (buy(2), buy(3));
+    third.wait_arrived();
+    third.confirmed_to(2);
+    drop(fourth); // its outcome, arrived or not, is nobody's
+    first.confirmed_to(0);
+    // The first's cell is free again; dropping a future whose cell holds its outcome frees
+    // that one too.
+    let fifth = buy(4);
+    fifth.wait_arrived();
+    drop(fifth);
+    second.confirmed_to(1);
+    for user in 5..50 {
+        let next = buy(user);
+        next.wait_arrived();
+        next.confirmed_to(user);
+    }
+    drop(client);
+    let report = engine.shutdown();
+    assert_eq!(report.outcomes(), 50);
+    assert_eq!(report.confirmed_orders, 50);
+}

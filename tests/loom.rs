@@ -17,6 +17,7 @@
 //! | `engine_control_races_shutdown` | control plane: command posted under the registry lock, generation bump, worker wake-up, reply slot and caller park/unpark, vs shutdown closing the registry |
 //! | `engine_cancel_serves_a_waiting_buy` | a waiting buy's outcome delivered to its producer's lane by another thread's cancel; gate flag lowered (Release) when the unit comes back |
 //! | `client_buy_resolves_through_the_pump` | the `AsyncClient` itself, under a runtime-free executor: its pump's start-up hand-over, lane lock and slot, the pump's `sleeping` flag (store, SeqCst fence, check / publish, SeqCst fence, load) woken by the worker's completion on the ring, and the future's waker |
+//! | `client_future_polled_without_a_wake_takes_its_outcome_from_its_cell` | the client's outcome cells: a future polled without waiting for its wake takes the outcome the pump wrote, ordered only by the cell's Release store and Acquire load |
 //! | `client_wait_is_served_by_a_cancel` | the same for the deferred queue: a queued `buy_or_wait` served by a cancel wakes the pump, which wakes the future (its waker replaced on the second poll) |
 //! | `a_clock_advance_wakes_the_worker_to_expire_a_hold` | a `ManualClock` advance unparks a worker parked with a deadline ahead; the hold expires and the waiting buy is served |
 #![cfg(loom)]
@@ -415,6 +416,32 @@ fn client_buy_resolves_through_the_pump() {
         let outcome = block_on(client.buy(intent(1, 1))).unwrap();
         assert!(outcome.order().is_some());
         drop(client); // stops and joins the pump
+        assert_eq!(engine.shutdown().confirmed_orders, 1);
+    });
+}
+
+/// The same buy, its future polled again and again (yielding between polls) without
+/// waiting to be woken, as a future inside a `select!` may be: it takes its outcome out of
+/// its cell without the lane's lock the moment the pump has filled it, so only the cell's
+/// Release/Acquire pair orders the pump's write of the outcome before the future's read;
+/// loom reports the read as a data race without it.
+#[test]
+fn client_future_polled_without_a_wake_takes_its_outcome_from_its_cell() {
+    loom::model(|| {
+        let engine = one_unit_engine(false);
+        let client = AsyncClient::new(&engine, 1).unwrap();
+        let outcome = {
+            let mut buy = std::pin::pin!(client.buy(intent(1, 1)));
+            let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+            loop {
+                if let std::task::Poll::Ready(outcome) = buy.as_mut().poll(&mut context) {
+                    break outcome.unwrap();
+                }
+                thread::yield_now();
+            }
+        };
+        assert!(outcome.order().is_some());
+        drop(client);
         assert_eq!(engine.shutdown().confirmed_orders, 1);
     });
 }

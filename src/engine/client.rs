@@ -18,15 +18,16 @@
 
 use core::fmt;
 use core::future::Future;
+use core::mem::MaybeUninit;
 use core::pin::Pin;
 use core::task::{Context, Poll, Waker};
 use std::cell::{Cell, RefCell};
 
 use rustc_hash::FxHashMap;
 
-use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::thread::{self, JoinHandle, ThreadId};
-use crate::sync::{Arc, Mutex};
+use crate::sync::{Arc, Mutex, UnsafeCell};
 
 use super::lane::Notify;
 use super::producer::{Route, Screened};
@@ -35,32 +36,171 @@ use super::{Engine, Producer, SubmitError, Submitted};
 use crate::hash::SequentialMap;
 use crate::types::{Intent, Outcome, Ticket};
 
-/// An outcome not yet taken by its future, and who to wake.
+/// An outcome not yet taken by its future, and who to wake: where a ticket's cell was
+/// taken by another ticket still (see [`Cells`]).
 struct Slot {
     outcome: Option<Outcome>,
     waker: Option<Waker>,
 }
 
+/// The most cells a lane keeps (see [`Cells`]): 4,096 of 48 bytes.
+const CELLS_MAX: usize = 4_096;
+
+#[cfg(not(loom))]
+const _: () = assert!(core::mem::size_of::<OutcomeCell>() == 48);
+
+/// A cell's state: no ticket holds it.
+const FREE: u64 = 0;
+
+/// A cell's state while `ticket`'s future waits for its outcome.
+#[inline]
+fn waiting(ticket: Ticket) -> u64 {
+    (u64::from(ticket.0) + 1) << 1
+}
+
+/// A cell's state once `ticket`'s outcome is in it.
+#[inline]
+fn ready(ticket: Ticket) -> u64 {
+    waiting(ticket) | 1
+}
+
+/// One ticket's outcome on its way from the pump to its future.
+struct OutcomeCell {
+    /// [`FREE`], [`waiting`] or [`ready`] for the ticket that holds it.
+    state: AtomicU64,
+    /// Written by the pump (under the lane's lock) while the state is `waiting`, before it
+    /// stores `ready` (Release); read by the future, without the lock, after it loads
+    /// `ready` (Acquire), before it stores `FREE` (Release).
+    outcome: UnsafeCell<MaybeUninit<Outcome>>,
+}
+
+/// Where a lane's outcomes wait for their futures, by ticket: a ticket's cell is its number
+/// modulo the cells' count. A future takes its outcome out of its cell without the lane's
+/// lock (an Acquire load of the state, a read, a Release store), so that a buy takes the
+/// lock once (to submit), not twice. Tickets are numbered in sequence, so the tickets in
+/// flight hold distinct cells unless one waits for longer than the cells' count of later
+/// submits (a waiting buy, or a future not polled for a while): a ticket whose cell is
+/// held goes to the lane's [`SequentialMap`] of [`Slot`]s instead, under the lock.
+///
+/// Who touches what: a cell is taken (`FREE` to `waiting`) by the submitting future and
+/// filled (`waiting` to `ready`) by the pump, both under the lane's lock; emptied (`ready`
+/// to `FREE`) by its future, with or without the lock, or by its dropped future (`waiting`
+/// or `ready` to `FREE`) under the lock. Only the emptying without the lock meets another
+/// thread unguarded, and it touches only a `ready` cell, which nobody else writes.
+struct Cells {
+    cells: Box<[OutcomeCell]>,
+    mask: usize,
+}
+
+// SAFETY: a cell's outcome is written only by the pump while the cell is `waiting` (under
+// the lane's lock, which every other writer of a `waiting` cell also holds) and read only
+// by its own future once the cell is `ready`, with the Release/Acquire pair on `state`
+// ordering the write before the read, and the read before the next taking of the cell
+// (see `Cells`). `Outcome` is `Copy + Send`.
+unsafe impl Sync for Cells {}
+
+impl Cells {
+    /// Cells for a lane with `in_flight` tickets at most in flight at once (rounded up to a
+    /// power of two, at most [`CELLS_MAX`]).
+    fn new(in_flight: usize) -> Self {
+        let count = in_flight.clamp(1, CELLS_MAX).next_power_of_two();
+        Self {
+            cells: (0..count)
+                .map(|_| OutcomeCell {
+                    state: AtomicU64::new(FREE),
+                    outcome: UnsafeCell::new(MaybeUninit::uninit()),
+                })
+                .collect(),
+            mask: count - 1,
+        }
+    }
+
+    #[inline]
+    fn index(&self, ticket: Ticket) -> usize {
+        ticket.0 as usize & self.mask
+    }
+
+    /// Takes `ticket`'s cell if it is free (the lane's lock held); its index if so.
+    #[inline]
+    fn take(&self, ticket: Ticket) -> Option<usize> {
+        let index = self.index(ticket);
+        let cell = &self.cells[index];
+        // Acquire: a future that emptied the cell without the lock has read its outcome.
+        (cell.state.load(Ordering::Acquire) == FREE).then(|| {
+            cell.state.store(waiting(ticket), Ordering::Relaxed);
+            index
+        })
+    }
+
+    /// The pump, the lane's lock held: puts `outcome` in `ticket`'s cell if the ticket
+    /// holds it and waits; false otherwise.
+    #[inline]
+    fn fill(&self, ticket: Ticket, outcome: Outcome) -> bool {
+        let cell = &self.cells[self.index(ticket)];
+        if cell.state.load(Ordering::Relaxed) != waiting(ticket) {
+            return false;
+        }
+        // SAFETY: the cell is `waiting` for this ticket, and only the pump writes a waiting
+        // cell's outcome, under the lane's lock, which it holds; its future reads the
+        // outcome only after the Release store below (see `Cells`).
+        cell.outcome
+            .with_mut(|pointer| unsafe { (*pointer).write(outcome) });
+        cell.state.store(ready(ticket), Ordering::Release);
+        true
+    }
+
+    /// The future of `ticket`, which holds the cell at `index`: its outcome, emptying the
+    /// cell, if it has arrived (with or without the lane's lock).
+    #[inline]
+    fn take_outcome(&self, index: usize, ticket: Ticket) -> Option<Outcome> {
+        let cell = &self.cells[index];
+        if cell.state.load(Ordering::Acquire) != ready(ticket) {
+            return None;
+        }
+        // SAFETY: the Acquire load saw `ready` for this ticket, so the pump's write of the
+        // outcome happened before, and nobody writes a `ready` cell but its own future
+        // (this one, which is not polled and dropped at once); the cell is freed below only
+        // after the read.
+        let outcome = cell
+            .outcome
+            .with_mut(|pointer| unsafe { (*pointer).assume_init_read() });
+        cell.state.store(FREE, Ordering::Release);
+        Some(outcome)
+    }
+
+    /// A dropped future's cell, emptied (the lane's lock held): an outcome in it is
+    /// `Copy`, so dropping it needs nothing.
+    fn abandon(&self, index: usize) {
+        self.cells[index].state.store(FREE, Ordering::Release);
+    }
+}
+
 /// One producer lane and the futures waiting on it.
 struct LaneState {
     producer: Producer,
-    /// By ticket: a producer numbers its submits in sequence (see `SequentialMap`).
+    /// The waker of each cell's future, by the cell's index (see [`Cells`]).
+    wakers: Box<[Option<Waker>]>,
+    /// By ticket, those whose cell was held: a producer numbers its submits in sequence
+    /// (see `SequentialMap`).
     slots: SequentialMap<Ticket, Slot>,
     /// Futures refused `Busy`, to wake when this lane's outcomes free room.
     room: Vec<Waker>,
 }
 
 impl LaneState {
-    /// Takes every arrived completion into its slot; returns how many, and collects the
-    /// wakers to call (outside the lock).
-    fn take_arrivals(&mut self, wake: &mut Vec<Waker>) -> usize {
+    /// Takes every arrived completion into its cell or slot; returns how many, and collects
+    /// the wakers to call (outside the lock).
+    fn take_arrivals(&mut self, cells: &Cells, wake: &mut Vec<Waker>) -> usize {
         let slots = &mut self.slots;
+        let wakers = &mut self.wakers;
         let taken = self.producer.poll(|completion| {
-            // No slot: its future was dropped; the outcome has nobody to go to.
-            if let Some(slot) = slots.get_mut(&completion.ticket) {
+            if cells.fill(completion.ticket, completion.outcome) {
+                wake.extend(wakers[cells.index(completion.ticket)].take());
+            } else if let Some(slot) = slots.get_mut(&completion.ticket) {
                 slot.outcome = Some(completion.outcome);
                 wake.extend(slot.waker.take());
             }
+            // Neither: its future was dropped; the outcome has nobody to go to.
         });
         if taken > 0 {
             wake.append(&mut self.room);
@@ -69,10 +209,12 @@ impl LaneState {
     }
 }
 
-/// A lane: its state, and the counters every submit through it is counted in (by any
-/// thread, so with atomic adds; the lane's producer itself never counts).
+/// A lane: its state, the cells its outcomes wait in, and the counters every submit
+/// through it is counted in (by any thread, so with atomic adds; the lane's producer
+/// itself never counts).
 struct ClientLane {
     state: Mutex<LaneState>,
+    cells: Cells,
     counters: Arc<ProducerCounters>,
 }
 
@@ -195,7 +337,9 @@ impl AsyncClient {
 
     /// A client with `lanes` producer lanes (at least 1; a few per core is plenty: each
     /// lane holds up to the engine's ring capacity in flight per shard) and its pump
-    /// thread.
+    /// thread. Besides its producer's rings, each lane keeps a cell for each intent it can
+    /// have in flight, up to 4,096 (64 bytes each with its waker), where the pump leaves
+    /// outcomes for their futures.
     ///
     /// # Errors
     /// [`InvalidInput`](std::io::ErrorKind::InvalidInput) for more than
@@ -224,16 +368,21 @@ impl AsyncClient {
             })?
         };
         let notify = Arc::new(Notify::new(pump.thread().clone()));
+        let shared = engine.shared();
+        let in_flight = shared.ring_capacity.saturating_mul(shared.shards.len());
         let lanes = (0..lanes.max(1))
             .map(|_| {
                 let producer = engine.producer_notifying(notify.clone());
+                let cells = Cells::new(in_flight);
                 ClientLane {
                     counters: producer.counters().clone(),
                     state: Mutex::new(LaneState {
                         producer,
+                        wakers: (0..cells.cells.len()).map(|_| None).collect(),
                         slots: SequentialMap::default(),
                         room: Vec::new(),
                     }),
+                    cells,
                 }
             })
             .collect();
@@ -304,6 +453,7 @@ impl AsyncClient {
             refuse_busy: false,
             lane: 0,
             ticket: None,
+            cell: None,
             done: false,
         }
     }
@@ -315,7 +465,7 @@ fn pump(inner: &Inner) {
     loop {
         let mut taken = 0;
         for lane in inner.lanes.iter() {
-            taken += lane.state.lock().take_arrivals(&mut wake);
+            taken += lane.state.lock().take_arrivals(&lane.cells, &mut wake);
         }
         for waker in wake.drain(..) {
             waker.wake();
@@ -347,6 +497,8 @@ pub struct Buy<'a> {
     lane: usize,
     /// Set once submitted and queued.
     ticket: Option<Ticket>,
+    /// The index of its outcome's cell on the lane, if it took one (its slot otherwise).
+    cell: Option<usize>,
     done: bool,
 }
 
@@ -394,13 +546,20 @@ impl Buy<'_> {
             Ok(Submitted::Queued(ticket)) => {
                 self.lane = index;
                 self.ticket = Some(ticket);
-                lane.slots.insert(
-                    ticket,
-                    Slot {
-                        outcome: None,
-                        waker: Some(cx.waker().clone()),
-                    },
-                );
+                let waker = Some(cx.waker().clone());
+                self.cell = self.inner.lanes[index].cells.take(ticket);
+                match self.cell {
+                    Some(cell) => lane.wakers[cell] = waker,
+                    None => {
+                        lane.slots.insert(
+                            ticket,
+                            Slot {
+                                outcome: None,
+                                waker,
+                            },
+                        );
+                    }
+                }
                 Poll::Pending
             }
             Ok(Submitted::Answered(outcome)) => {
@@ -441,7 +600,26 @@ impl Future for Buy<'_> {
             this.done = true;
             return Poll::Ready(early);
         };
-        let mut lane = inner.lanes[this.lane].state.lock();
+        let client_lane = &inner.lanes[this.lane];
+        if let Some(cell) = this.cell {
+            // Without the lock: the pump has filled the cell.
+            if let Some(outcome) = client_lane.cells.take_outcome(cell, ticket) {
+                this.done = true;
+                return Poll::Ready(Ok(outcome));
+            }
+            // Not yet: the waker is the lane's to change (the pump takes it under the lock).
+            let mut lane = client_lane.state.lock();
+            if let Some(outcome) = client_lane.cells.take_outcome(cell, ticket) {
+                this.done = true;
+                return Poll::Ready(Ok(outcome));
+            }
+            let waker = &mut lane.wakers[cell];
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        let mut lane = client_lane.state.lock();
         let slot = lane
             .slots
             .get_mut(&ticket)
@@ -467,11 +645,17 @@ impl Drop for Buy<'_> {
     fn drop(&mut self) {
         if let (Some(ticket), false) = (self.ticket, self.done) {
             // Decided anyway (and counted, and sunk if confirmed); nobody takes it.
-            self.inner.lanes[self.lane]
-                .state
-                .lock()
-                .slots
-                .remove(&ticket);
+            let lane = &self.inner.lanes[self.lane];
+            let mut state = lane.state.lock();
+            match self.cell {
+                Some(cell) => {
+                    state.wakers[cell] = None;
+                    lane.cells.abandon(cell);
+                }
+                None => {
+                    state.slots.remove(&ticket);
+                }
+            }
         }
     }
 }
