@@ -214,7 +214,7 @@ fn the_sink_sees_every_event_as_a_replay_of_the_journal_records_them() {
 }
 
 #[test]
-fn a_journal_directory_refuses_another_catalog_or_shard_count() {
+fn a_journal_directory_refuses_another_catalog_or_shard_count_or_no_manifest() {
     let dir = scratch("manifest");
     let two_skus = |stock| {
         Catalog::builder()
@@ -257,5 +257,28 @@ fn a_journal_directory_refuses_another_catalog_or_shard_count() {
 
     std::fs::write(dir.join("flashsale.manifest"), "garbage").unwrap();
     assert_eq!(refused(Engine::builder(two_skus(5))), "manifest");
+
+    // No manifest beside a journal: refused under its own catalog too, nothing written.
+    std::fs::remove_file(dir.join("flashsale.manifest")).unwrap();
+    match Engine::builder(two_skus(5))
+        .journal(JournalConfig::durable(&dir))
+        .start()
+    {
+        Err(EngineError::ManifestMissing { found, .. }) => {
+            assert_eq!(found, dir.join("shard-00000.fsj"));
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("adopted a journal no manifest vouches for"),
+    }
+    assert!(!dir.join("flashsale.manifest").exists());
+    // A directory with no journal or snapshot gets its manifest.
+    std::fs::remove_file(dir.join("shard-00000.fsj")).unwrap();
+    let engine = Engine::builder(two_skus(5))
+        .journal(JournalConfig::durable(&dir))
+        .start()
+        .expect("a directory with no journal starts afresh");
+    assert_eq!(engine.available(SkuId(1)), Some(5));
+    engine.shutdown();
+    assert!(dir.join("flashsale.manifest").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -737,6 +737,29 @@ fn a_data_directory_of_another_sale_is_refused() {
     let (code, stderr) = serve_fails(&["--data", &data, "--catalog", &catalog, "--shards", "2"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("shard count"), "{stderr}");
+    // Without its manifest, the journal is refused under any catalog, its own included
+    // (nothing says which it is), and `check` says a restart would refuse it.
+    let manifest = std::path::Path::new(&data).join("flashsale.manifest");
+    let kept = std::fs::read(&manifest).unwrap();
+    std::fs::remove_file(&manifest).unwrap();
+    for with in [&catalog, other.to_str().unwrap()] {
+        let (code, stderr) = serve_fails(&["--data", &data, "--catalog", with]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains("but no manifest") && stderr.contains("shard-00000.fsj"),
+            "{stderr}"
+        );
+    }
+    assert!(!manifest.exists(), "nothing written in its place");
+    let check = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args(["check", "--data", &data, "--catalog", &catalog])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("no manifest beside"), "{stdout}");
+    std::fs::write(&manifest, kept).unwrap();
+    serve(&["--data", &data, "--catalog", &catalog]).terminate(Duration::from_secs(30));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -81,13 +81,41 @@ impl JournalConfig {
         self.dir.join("flashsale.manifest")
     }
 
+    /// A shard's journal or snapshot in the directory, the first by name, if there is one.
+    ///
+    /// # Errors
+    /// [`EngineError::Journal`] if the directory cannot be listed.
+    pub fn first_shard_file(&self) -> Result<Option<std::path::PathBuf>, EngineError> {
+        let files =
+            self.storage
+                .list(&self.dir)
+                .map_err(|source| crate::journal::JournalError::Io {
+                    path: self.dir.clone(),
+                    source,
+                })?;
+        Ok(files
+            .into_iter()
+            .filter(|path| {
+                path.file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| {
+                        name.starts_with("shard-")
+                            && (name.ends_with(".fsj") || name.ends_with(".fss"))
+                    })
+            })
+            .min())
+    }
+
     /// Checks the directory's manifest against `catalog` and `shards`, or writes it if the
-    /// directory has none yet (a new directory, or one written before manifests existed).
+    /// directory has none yet and holds no journal or snapshot (a new directory). A
+    /// manifest is written before any journal, so journals without one are another
+    /// process's doing (a manifest deleted or lost): they are refused, not adopted.
     ///
     /// # Errors
     /// [`EngineError::JournalMismatch`] if the manifest names another catalog or shard
-    /// count, or cannot be read as a manifest; [`EngineError::Journal`] if it cannot be
-    /// written.
+    /// count, or cannot be read as a manifest; [`EngineError::ManifestMissing`] if there is
+    /// none but a shard's journal or snapshot is there; [`EngineError::Journal`] if the
+    /// directory cannot be listed or the manifest cannot be written.
     pub fn check_manifest(&self, catalog: &Catalog, shards: usize) -> Result<(), EngineError> {
         let fingerprint = format!("{:016x}", catalog.fingerprint());
         let path = self.manifest_path();
@@ -130,6 +158,13 @@ impl JournalConfig {
                 Ok(())
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(found) = self.first_shard_file()? {
+                    return Err(EngineError::ManifestMissing {
+                        dir: self.dir.clone(),
+                        found,
+                        manifest: path,
+                    });
+                }
                 let text = format!(
                     "flashsale journal directory\ncatalog {fingerprint}\nshards {shards}\n"
                 );

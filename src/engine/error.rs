@@ -53,4 +53,20 @@ pub enum EngineError {
         /// What this engine has.
         expected: String,
     },
+    /// The journal directory holds a shard's journal or snapshot but no manifest: which
+    /// catalog and shard count wrote them is not known, and replaying them under another
+    /// would decide differently, so they are not replayed.
+    #[error(
+        "the journal directory {dir} holds {found} but no manifest ({manifest}): which catalog and \
+         shard count wrote it is not known; write the manifest back (\"catalog <fingerprint>\" and \
+         \"shards <count>\" lines) or move the journals and snapshots away"
+    )]
+    ManifestMissing {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// The first journal or snapshot file found in it.
+        found: std::path::PathBuf,
+        /// Where the manifest belongs.
+        manifest: std::path::PathBuf,
+    },
 }

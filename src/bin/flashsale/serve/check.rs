@@ -83,6 +83,13 @@ fn check(args: &CheckArgs) -> Result<bool, (u8, String)> {
             .check_manifest(&catalog, shards)
             .map_err(|error| (2, error.to_string()))?;
     }
+    let unmanifested = if manifest {
+        None
+    } else {
+        config
+            .first_shard_file()
+            .map_err(|error| (1, error.to_string()))?
+    };
     let orders = args
         .order_capacity
         .map(|orders| usize::try_from(orders).unwrap_or(usize::MAX));
@@ -92,13 +99,17 @@ fn check(args: &CheckArgs) -> Result<bool, (u8, String)> {
         catalog.fingerprint(),
         if shards == 1 { "" } else { "s" }
     );
-    if !manifest {
-        println!(
-            "no manifest: nothing says which catalog and shard count wrote these journals (a \
-             restart writes one for these)"
-        );
-    }
     let mut sound = true;
+    if let Some(found) = &unmanifested {
+        println!(
+            "no manifest beside {}: nothing says which catalog and shard count wrote the \
+             journals, and a restart refuses them (write the manifest back, or move them away)",
+            found.display()
+        );
+        sound = false;
+    } else if !manifest {
+        println!("no manifest and no journal yet: a start writes one");
+    }
     for shard in 0..shards {
         sound &= check_shard(&config, &catalog, &placement, ShardId(shard as u16), orders);
     }

@@ -832,7 +832,8 @@ fn recover(
         .order_sink(move |shard| sinks.sink(shard))
         .start()
         .map_err(|error| match error {
-            flashsale::EngineError::JournalMismatch { .. } => (2, error.to_string()),
+            flashsale::EngineError::JournalMismatch { .. }
+            | flashsale::EngineError::ManifestMissing { .. } => (2, error.to_string()),
             other => (1, other.to_string()),
         })?;
     for passed in engine.snapshots_passed_over() {
