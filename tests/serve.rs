@@ -717,6 +717,20 @@ fn the_example_catalogs_start_and_a_window_already_over_is_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `flashsale check` on a data directory: its exit code, standard output and error.
+fn check(data: &str, catalog: &str, more: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args(["check", "--data", data, "--catalog", catalog])
+        .args(more)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn a_data_directory_of_another_sale_is_refused() {
     let (dir, data, catalog) = scratch_sale(
@@ -751,14 +765,25 @@ fn a_data_directory_of_another_sale_is_refused() {
         );
     }
     assert!(!manifest.exists(), "nothing written in its place");
-    let check = Command::new(env!("CARGO_BIN_EXE_flashsale"))
-        .args(["check", "--data", &data, "--catalog", &catalog])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&check.stdout);
-    assert_eq!(check.status.code(), Some(1), "{stdout}");
+    let (code, stdout, _) = check(&data, &catalog, &[]);
+    assert_eq!(code, Some(1), "{stdout}");
     assert!(stdout.contains("no manifest beside"), "{stdout}");
     std::fs::write(&manifest, kept).unwrap();
+    // Nor without the sale's epoch, which the journal's instants count from.
+    let epoch = std::path::Path::new(&data).join("sale.epoch");
+    let kept = std::fs::read(&epoch).unwrap();
+    std::fs::remove_file(&epoch).unwrap();
+    let (code, stderr) = serve_fails(&["--data", &data, "--catalog", &catalog]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("shard-00000.fsj but no sale.epoch"),
+        "{stderr}"
+    );
+    assert!(!epoch.exists(), "nothing written in its place");
+    let (code, _, stderr) = check(&data, &catalog, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("a restart refuses"), "{stderr}");
+    std::fs::write(&epoch, kept).unwrap();
     serve(&["--data", &data, "--catalog", &catalog]).terminate(Duration::from_secs(30));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1761,18 +1786,7 @@ async fn a_snapshot_passed_over_is_named_by_serve_and_by_check() {
         assert_eq!(status, StatusCode::OK);
     }
     server.terminate(Duration::from_secs(30));
-    let check = |more: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
-            .args(["check", "--data", &data, "--catalog", &catalog])
-            .args(more)
-            .output()
-            .unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+    let check = |more: &[&str]| check(&data, &catalog, more);
     let files = || {
         let mut files: Vec<_> = std::fs::read_dir(&data)
             .unwrap()

@@ -81,7 +81,8 @@ impl JournalConfig {
         self.dir.join("flashsale.manifest")
     }
 
-    /// A shard's journal or snapshot in the directory, the first by name, if there is one.
+    /// A shard's journal or snapshot in the directory, if there is one (a journal first,
+    /// then by name).
     ///
     /// # Errors
     /// [`EngineError::Journal`] if the directory cannot be listed.
@@ -103,7 +104,10 @@ impl JournalConfig {
                             && (name.ends_with(".fsj") || name.ends_with(".fss"))
                     })
             })
-            .min())
+            .min_by_key(|path| {
+                let journal = path.extension().is_some_and(|extension| extension == "fsj");
+                (!journal, path.clone())
+            }))
     }
 
     /// Checks the directory's manifest against `catalog` and `shards`, or writes it if the

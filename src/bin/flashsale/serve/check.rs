@@ -51,14 +51,29 @@ pub fn run(args: CheckArgs) -> u8 {
 /// The sale's epoch, read from the directory (never written: a directory `serve` has not
 /// started on is refused).
 fn epoch_of(args: &CheckArgs) -> Result<SystemTime, (u8, String)> {
-    super::read_epoch(&args.data)?.ok_or_else(|| {
-        (
+    if let Some(epoch) = super::read_epoch(&args.data)? {
+        return Ok(epoch);
+    }
+    let found = JournalConfig::durable(&args.data)
+        .first_shard_file()
+        .map_err(|error| (1, error.to_string()))?;
+    Err(match found {
+        Some(found) => (
+            1,
+            format!(
+                "{}: no sale.epoch beside {}: a restart refuses the directory (the journal's \
+                 instants count from its epoch; write it back, or move the journals away)",
+                args.data.display(),
+                found.display()
+            ),
+        ),
+        None => (
             2,
             format!(
                 "{}: no sale.epoch: not a data directory `flashsale serve` has run on",
                 args.data.display()
             ),
-        )
+        ),
     })
 }
 

@@ -733,7 +733,10 @@ async fn refresh_keys(server: Arc<Server>, keys: Arc<KeySource>, every: Duration
     }
 }
 
-/// The sale's epoch: read from the data directory, or written there on its first start.
+/// The sale's epoch: read from the data directory, or written there (synced, before any
+/// journal) on its first start. A directory that holds journals but no epoch is refused:
+/// their instants count from the epoch they were written under, and a new one would move
+/// every instant the catalog gives as a date.
 fn epoch_of(dir: &std::path::Path) -> Result<SystemTime, Failure> {
     std::fs::create_dir_all(dir).map_err(|error| {
         (
@@ -748,11 +751,32 @@ fn epoch_of(dir: &std::path::Path) -> Result<SystemTime, Failure> {
         return Ok(epoch);
     }
     let path = dir.join("sale.epoch");
+    let journals = JournalConfig::durable(dir);
+    if let Some(found) = journals
+        .first_shard_file()
+        .map_err(|error| (1, error.to_string()))?
+    {
+        return Err((
+            2,
+            format!(
+                "{} holds {} but no sale.epoch: the journal's instants count from the epoch \
+                 it was written under; write it back (nanoseconds since 1970) or move the \
+                 journals and snapshots away",
+                dir.display(),
+                found.display()
+            ),
+        ));
+    }
     let now = SystemTime::now();
     let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, format!("{}\n", catalog_file::unix_nanos(now)))
-        .and_then(|()| std::fs::rename(&temporary, &path))
-        .map_err(|error| (1, format!("cannot write {}: {error}", path.display())))?;
+    let storage = flashsale::storage::FileStorage;
+    flashsale::storage::Storage::write_file(
+        &storage,
+        &temporary,
+        format!("{}\n", catalog_file::unix_nanos(now)).as_bytes(),
+    )
+    .and_then(|()| flashsale::storage::Storage::rename(&storage, &temporary, &path))
+    .map_err(|error| (1, format!("cannot write {}: {error}", path.display())))?;
     Ok(now)
 }
 
