@@ -85,6 +85,45 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)
     }
+
+    /// Takes the directory's lock for as long as the returned guard lives, so that one
+    /// engine at a time appends to its journals: an exclusive `flock` on
+    /// [`DirLock::FILE`] in `dir` (created if missing), which the OS releases when the
+    /// guard is dropped or the process dies. Another engine holding it, in this process or
+    /// another, is `WouldBlock`. A storage without directories returns [`DirLock::none`].
+    ///
+    /// # Errors
+    /// `WouldBlock` while another holds the lock; the OS error otherwise.
+    fn lock_dir(&self, dir: &Path) -> io::Result<DirLock> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(DirLock::FILE))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock { _held: Some(file) }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(std::fs::TryLockError::Error(error)) => Err(error),
+        }
+    }
+}
+
+/// A journal directory's lock (see [`Storage::lock_dir`]); released when dropped.
+#[derive(Debug)]
+pub struct DirLock {
+    /// The locked file; closing it releases the lock.
+    _held: Option<File>,
+}
+
+impl DirLock {
+    /// The lock file's name in the directory.
+    pub const FILE: &'static str = "flashsale.lock";
+
+    /// No lock: for a storage that has no directories to share (a simulated disk).
+    pub fn none() -> Self {
+        Self { _held: None }
+    }
 }
 
 /// One open file: read whole, appended to, synced, cut short.

@@ -1066,6 +1066,10 @@ impl Storage for RootedStorage {
         FileStorage.rename(&self.at(from), &self.at(to))
     }
 
+    fn lock_dir(&self, dir: &Path) -> std::io::Result<flashsale::storage::DirLock> {
+        FileStorage.lock_dir(&self.at(dir))
+    }
+
     fn list(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         let listed = FileStorage.list(&self.at(dir))?;
         Ok(listed
@@ -1127,4 +1131,41 @@ fn the_engine_reaches_the_disk_only_through_its_storage() {
     assert!(!Path::new("/proc/flashsale-journal").exists());
     assert!(root.join("proc/flashsale-journal").is_dir());
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// One engine at a time appends to a journal directory: a second engine on it, in the same
+/// process here (another process is refused the same way, and `serve`'s test shows it), is
+/// refused by name while the first runs; once the first has shut
+/// down, the second starts and finds the first one's orders.
+#[test]
+fn a_journal_directory_is_one_engines_at_a_time() {
+    let dir = scratch("in-use");
+    let start = || {
+        Engine::builder(catalog())
+            .journal(JournalConfig::durable(&dir))
+            .start()
+    };
+    let first = start().unwrap();
+    assert!(
+        first
+            .producer()
+            .buy(intent(1, 1, 1, 1))
+            .unwrap()
+            .order()
+            .is_some()
+    );
+    match start() {
+        Err(flashsale::EngineError::DirectoryInUse { dir: refused, lock }) => {
+            assert_eq!((refused, lock), (dir.clone(), dir.join("flashsale.lock")));
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("a second engine appends to the same journal"),
+    }
+    assert_eq!(first.shutdown().confirmed_orders, 1);
+    let second = start().expect("the lock is released at shutdown");
+    assert_eq!(second.available(SkuId(1)), Some(299_999));
+    // Dropped without a shutdown, the engine releases it too.
+    drop(second);
+    start().expect("the lock is released on drop").shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
 }

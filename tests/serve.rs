@@ -738,6 +738,10 @@ fn a_data_directory_of_another_sale_is_refused() {
         "[[sku]]\nid = 1\nstock = 5\n[[sku]]\nid = 2\nstock = 5\n",
     );
     let server = serve(&["--data", &data, "--catalog", &catalog]);
+    // A second process on the same directory while the first serves from it.
+    let (code, stderr) = serve_fails(&["--data", &data, "--catalog", &catalog]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("in use by another engine"), "{stderr}");
     server.terminate(Duration::from_secs(30));
     let other = dir.join("other.toml");
     std::fs::write(

@@ -714,6 +714,10 @@ pub(crate) struct Journaling {
     /// The sequence of the newest snapshot (or where recovery started).
     pub(crate) snapshot_at: u64,
     pub(crate) snapshots: u64,
+    /// The directory's lock, shared by the engine's shards; the last field, so that it
+    /// is released only after the writer and the journal thread (joined as the pipe
+    /// drops) are done with the journal. (A `std` Arc under loom too: it orders nothing.)
+    pub(crate) lock: Option<std::sync::Arc<crate::storage::DirLock>>,
 }
 
 impl Journaling {
@@ -738,6 +742,7 @@ impl Journaling {
             config: config.clone(),
             snapshot_at,
             snapshots: 0,
+            lock: None,
         }
     }
 }

@@ -53,6 +53,18 @@ pub enum EngineError {
         /// What this engine has.
         expected: String,
     },
+    /// Another engine, in this process or another, has the journal directory: two appending
+    /// to the same journals would each sell the whole stock, and their records would
+    /// interleave into a journal neither could recover.
+    #[error(
+        "the journal directory {dir} is in use by another engine (it holds the lock on {lock})"
+    )]
+    DirectoryInUse {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Its lock file.
+        lock: std::path::PathBuf,
+    },
     /// The journal directory holds a shard's journal or snapshot but no manifest: which
     /// catalog and shard count wrote them is not known, and replaying them under another
     /// would decide differently, so they are not replayed.

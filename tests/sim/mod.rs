@@ -236,6 +236,11 @@ impl Storage for SimStorage {
         Ok(())
     }
 
+    /// Nor a lock: one engine at a time uses a simulated disk.
+    fn lock_dir(&self, _dir: &Path) -> io::Result<flashsale::storage::DirLock> {
+        Ok(flashsale::storage::DirLock::none())
+    }
+
     fn write_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         let faults = *self.0.faults.lock().unwrap();
         let failed = self.0.roll(faults.write_error) || self.0.roll(faults.sync_error);
