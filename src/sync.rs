@@ -245,7 +245,7 @@ pub(crate) mod reuse {
         let mut spins = 0u32;
         while job.lock().is_none() {
             spins = spins.wrapping_add(1);
-            if spins % 16 == 0 {
+            if spins.is_multiple_of(16) {
                 if Instant::now() >= until {
                     return;
                 }

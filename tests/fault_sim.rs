@@ -70,7 +70,7 @@ fn long_run() {
     while start.elapsed().as_secs() < seconds {
         check(seed);
         seed += 1;
-        if (seed - first) % 10_000 == 0 {
+        if (seed - first).is_multiple_of(10_000) {
             eprintln!(
                 "{} seeds, {:.0} seeds/s",
                 seed - first,

@@ -370,7 +370,7 @@ fn buyers_and_a_payment_desk_at_once() {
                     },
                     _ => {}
                 }
-                if seen % 25 == 0 {
+                if seen.is_multiple_of(25) {
                     let sku = SkuId(1 + (seen / 25 % 4) as u32);
                     control.restock(sku, 1).unwrap();
                     *restocked.entry(sku).or_default() += 1;

@@ -25,7 +25,7 @@ pub fn hot_and_cold_intents(count: u64) -> Vec<Intent> {
     (0..count)
         .map(|user| {
             let random = rng.next_u64();
-            let sku = if random % 10 == 0 {
+            let sku = if random.is_multiple_of(10) {
                 1 + (random >> 8) as u32 % 999
             } else {
                 0
