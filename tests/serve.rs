@@ -755,39 +755,37 @@ fn a_data_directory_of_another_sale_is_refused() {
     let (code, stderr) = serve_fails(&["--data", &data, "--catalog", &catalog, "--shards", "2"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("shard count"), "{stderr}");
-    // Without its manifest, the journal is refused under any catalog, its own included
-    // (nothing says which it is), and `check` says a restart would refuse it.
-    let manifest = std::path::Path::new(&data).join("flashsale.manifest");
-    let kept = std::fs::read(&manifest).unwrap();
-    std::fs::remove_file(&manifest).unwrap();
-    for with in [&catalog, other.to_str().unwrap()] {
-        let (code, stderr) = serve_fails(&["--data", &data, "--catalog", with]);
-        assert_eq!(code, 2, "{stderr}");
+    // Without its manifest, or its sale epoch (which the journal's instants count from),
+    // the journal is refused under any catalog, its own included, nothing is written in
+    // the file's place, and `check` says a restart would refuse it.
+    for (file, refused, checked) in [
+        (
+            "flashsale.manifest",
+            "but no manifest",
+            "no manifest beside",
+        ),
+        ("sale.epoch", "but no sale.epoch", "a restart refuses"),
+    ] {
+        let path = std::path::Path::new(&data).join(file);
+        let kept = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        for with in [&catalog, other.to_str().unwrap()] {
+            let (code, stderr) = serve_fails(&["--data", &data, "--catalog", with]);
+            assert_eq!(code, 2, "{stderr}");
+            assert!(
+                stderr.contains(&format!("shard-00000.fsj {refused}")),
+                "{stderr}"
+            );
+        }
+        assert!(!path.exists(), "nothing written in place of {file}");
+        let (code, stdout, stderr) = check(&data, &catalog, &[]);
+        assert_eq!(code, Some(1), "{stdout}{stderr}");
         assert!(
-            stderr.contains("but no manifest") && stderr.contains("shard-00000.fsj"),
-            "{stderr}"
+            stdout.contains(checked) || stderr.contains(checked),
+            "{stdout}{stderr}"
         );
+        std::fs::write(&path, kept).unwrap();
     }
-    assert!(!manifest.exists(), "nothing written in its place");
-    let (code, stdout, _) = check(&data, &catalog, &[]);
-    assert_eq!(code, Some(1), "{stdout}");
-    assert!(stdout.contains("no manifest beside"), "{stdout}");
-    std::fs::write(&manifest, kept).unwrap();
-    // Nor without the sale's epoch, which the journal's instants count from.
-    let epoch = std::path::Path::new(&data).join("sale.epoch");
-    let kept = std::fs::read(&epoch).unwrap();
-    std::fs::remove_file(&epoch).unwrap();
-    let (code, stderr) = serve_fails(&["--data", &data, "--catalog", &catalog]);
-    assert_eq!(code, 2, "{stderr}");
-    assert!(
-        stderr.contains("shard-00000.fsj but no sale.epoch"),
-        "{stderr}"
-    );
-    assert!(!epoch.exists(), "nothing written in its place");
-    let (code, _, stderr) = check(&data, &catalog, &[]);
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("a restart refuses"), "{stderr}");
-    std::fs::write(&epoch, kept).unwrap();
     serve(&["--data", &data, "--catalog", &catalog]).terminate(Duration::from_secs(30));
     let _ = std::fs::remove_dir_all(&dir);
 }
