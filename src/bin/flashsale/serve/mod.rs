@@ -830,6 +830,24 @@ fn recover(
             snapshot_every: Some(args.snapshot_every),
             ..JournalConfig::durable(dir)
         };
+        // A directory another process is serving from is refused before its journals
+        // are read (they may be mid-append). The engine takes the lock for good when it
+        // starts; this early look only makes the refusal come first.
+        if let Err(error) = flashsale::storage::Storage::lock_dir(&*config.storage, dir) {
+            let in_use = error.kind() == std::io::ErrorKind::WouldBlock;
+            return Err((
+                1,
+                if in_use {
+                    flashsale::EngineError::DirectoryInUse {
+                        dir: dir.to_path_buf(),
+                        lock: dir.join(flashsale::storage::DirLock::FILE),
+                    }
+                    .to_string()
+                } else {
+                    format!("cannot lock the data directory {}: {error}", dir.display())
+                },
+            ));
+        }
         // The manifest first: a directory of another sale is refused before anything is
         // replayed under this catalog.
         config
