@@ -742,7 +742,14 @@ fn a_data_directory_of_another_sale_is_refused() {
     let (code, stderr) = serve_fails(&["--data", &data, "--catalog", &catalog]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("in use by another engine"), "{stderr}");
+    let (_, stdout, _) = check(&data, &catalog, &[]);
+    assert!(
+        stdout.contains("an engine is serving from this directory now"),
+        "{stdout}"
+    );
     server.terminate(Duration::from_secs(30));
+    let (_, stdout, _) = check(&data, &catalog, &[]);
+    assert!(!stdout.contains("serving from this directory"), "{stdout}");
     let other = dir.join("other.toml");
     std::fs::write(
         &other,

@@ -114,6 +114,17 @@ fn check(args: &CheckArgs) -> Result<bool, (u8, String)> {
         catalog.fingerprint(),
         if shards == 1 { "" } else { "s" }
     );
+    // A look at the lock (released at once; only where its file is, so that nothing is
+    // created): `check` reads, and may run beside `serve`.
+    if args.data.join(flashsale::storage::DirLock::FILE).exists()
+        && flashsale::storage::Storage::lock_dir(&*config.storage, &args.data)
+            .is_err_and(|error| error.kind() == std::io::ErrorKind::WouldBlock)
+    {
+        println!(
+            "note: an engine is serving from this directory now: what follows is what its \
+             files held as they were read, and a journal's last group may be mid-write"
+        );
+    }
     let mut sound = true;
     if let Some(found) = &unmanifested {
         println!(
