@@ -2297,6 +2297,15 @@ fn settings_that_cannot_run_are_refused_before_connecting() {
             vec!["serve", "--nats", nowhere, "--partitions", "64"],
             "place the catalog",
         ),
+        // What only a data directory uses: a gateway has none, and would ignore them.
+        (
+            vec!["serve", "--nats", nowhere, "--data", "somewhere"],
+            "cannot be used with",
+        ),
+        (
+            vec!["serve", "--nats", nowhere, "--snapshot-every", "5"],
+            "cannot be used with",
+        ),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
             .args(&args)

@@ -146,7 +146,11 @@ pub struct ServeArgs {
     /// rather than with an engine in this process: decisions come from `flashsale node`s
     /// through the sale's JetStream logs.
     #[cfg(feature = "cluster")]
-    #[arg(long, env = "FLASHSALE_NATS", conflicts_with_all = ["in_memory", "no_sync", "shards"])]
+    #[arg(
+        long,
+        env = "FLASHSALE_NATS",
+        conflicts_with_all = ["in_memory", "no_sync", "shards", "data", "snapshot_every"]
+    )]
     nats: Option<String>,
     /// With --nats: the sale's name (as its nodes').
     #[cfg(feature = "cluster")]
