@@ -81,6 +81,26 @@ impl JournalConfig {
         self.dir.join("flashsale.manifest")
     }
 
+    /// Takes the directory's lock (see [`Storage::lock_dir`](crate::storage::Storage::lock_dir))
+    /// for as long as the guard lives: one engine at a time appends to its journals.
+    ///
+    /// # Errors
+    /// [`EngineError::DirectoryInUse`] while another engine holds it;
+    /// [`EngineError::Journal`] if the lock file cannot be opened or locked.
+    pub fn lock(&self) -> Result<crate::storage::DirLock, EngineError> {
+        let lock = self.dir.join(crate::storage::DirLock::FILE);
+        self.storage.lock_dir(&self.dir).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::WouldBlock {
+                EngineError::DirectoryInUse {
+                    dir: self.dir.clone(),
+                    lock,
+                }
+            } else {
+                crate::journal::JournalError::Io { path: lock, source }.into()
+            }
+        })
+    }
+
     /// A shard's journal or snapshot in the directory, if there is one (a journal first,
     /// then by name).
     ///

@@ -372,21 +372,7 @@ impl EngineBuilder {
                 source,
             })?;
         // Before anything in the directory is read or written: one engine at a time.
-        let lock = config.storage.lock_dir(&config.dir).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::WouldBlock {
-                EngineError::DirectoryInUse {
-                    dir: config.dir.clone(),
-                    lock: config.dir.join(crate::storage::DirLock::FILE),
-                }
-            } else {
-                crate::journal::JournalError::Io {
-                    path: config.dir.join(crate::storage::DirLock::FILE),
-                    source,
-                }
-                .into()
-            }
-        })?;
-        let lock = std::sync::Arc::new(lock);
+        let lock = std::sync::Arc::new(config.lock()?);
         config.check_manifest(&self.catalog, placement.shards())?;
         let mut journals = Vec::with_capacity(cores.len());
         let mut passed_over = Vec::new();

@@ -117,8 +117,10 @@ fn check(args: &CheckArgs) -> Result<bool, (u8, String)> {
     // A look at the lock (released at once; only where its file is, so that nothing is
     // created): `check` reads, and may run beside `serve`.
     if args.data.join(flashsale::storage::DirLock::FILE).exists()
-        && flashsale::storage::Storage::lock_dir(&*config.storage, &args.data)
-            .is_err_and(|error| error.kind() == std::io::ErrorKind::WouldBlock)
+        && matches!(
+            config.lock(),
+            Err(flashsale::EngineError::DirectoryInUse { .. })
+        )
     {
         println!(
             "note: an engine is serving from this directory now: what follows is what its \

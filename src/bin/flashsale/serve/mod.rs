@@ -837,21 +837,7 @@ fn recover(
         // A directory another process is serving from is refused before its journals
         // are read (they may be mid-append). The engine takes the lock for good when it
         // starts; this early look only makes the refusal come first.
-        if let Err(error) = flashsale::storage::Storage::lock_dir(&*config.storage, dir) {
-            let in_use = error.kind() == std::io::ErrorKind::WouldBlock;
-            return Err((
-                1,
-                if in_use {
-                    flashsale::EngineError::DirectoryInUse {
-                        dir: dir.to_path_buf(),
-                        lock: dir.join(flashsale::storage::DirLock::FILE),
-                    }
-                    .to_string()
-                } else {
-                    format!("cannot lock the data directory {}: {error}", dir.display())
-                },
-            ));
-        }
+        config.lock().map_err(|error| (1, error.to_string()))?;
         // The manifest first: a directory of another sale is refused before anything is
         // replayed under this catalog.
         config
