@@ -620,6 +620,100 @@ fn slow_clients_time_out_and_cannot_hold_shutdown() {
     drop(hanging);
 }
 
+/// A server whose standard error is read by nobody any more (a log shipper that died, a
+/// `| head`) keeps serving and stops cleanly: its log lines are lost, not its sale. It
+/// logs a line on SIGHUP, and its stop logs the engine's report and writes the order
+/// feed's checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_standard_error_neither_stops_the_server_nor_its_clean_stop() {
+    let (dir, data, catalog) = scratch_sale("stderr", "[[sku]]\nid = 1\nstock = 10\nlimit = 1\n");
+    let mut child = serve_command(&unsynced_with_operator(&data, &catalog, &[]), &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flashsale serve starts");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    // Killed if the test fails before it exits.
+    struct Reaped(Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reaped(child);
+    let mut addr = None;
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 && !line.contains("ready:") {
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            addr = rest.split_whitespace().next().map(str::to_owned);
+        }
+        line.clear();
+    }
+    assert!(line.contains("ready:"), "serve did not get ready");
+    let base = format!("http://{}", addr.expect("the listening address is printed"));
+    // The reader goes away: every later write to standard error fails with EPIPE.
+    drop(stderr);
+    let http = client();
+    let buy = |user: u64| {
+        call(
+            http.post(format!("{base}/sales/1/buy"))
+                .json(&json!({"user": user, "qty": 1, "key": 1})),
+        )
+    };
+    assert_eq!(buy(1).await.0, StatusCode::OK);
+    // SIGHUP: the server logs that it has no token keys to read again.
+    // SAFETY: kill(2) on our own child's pid; it has not been reaped (wait not called).
+    unsafe {
+        libc::kill(child.0.id() as i32, libc::SIGHUP);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        buy(2).await.0,
+        StatusCode::OK,
+        "still serving after a log line"
+    );
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(child.0.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "a clean stop: {status}");
+    assert!(
+        dir.join("data/feed.checkpoint").is_file(),
+        "the clean stop wrote the order feed's checkpoint"
+    );
+    // And the next start takes the feed from it, with both orders.
+    let server = serve(&unsynced_with_operator(&data, &catalog, &[]));
+    let (status, page) = call(
+        http.get(server.url("/orders/events?limit=10&wait_ms=0"))
+            .bearer_auth("tok"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["events"].as_array().unwrap().len(), 2, "{page}");
+    assert!(
+        server
+            .said_before_ready
+            .iter()
+            .any(|line| line.contains("checkpoint"))
+            || server.ready.contains("checkpoint"),
+        "the feed is read from its checkpoint: {:?} {}",
+        server.said_before_ready,
+        server.ready
+    );
+}
+
 #[test]
 fn start_up_errors_are_one_line_and_exit_2() {
     let dir = scratch("startup");

@@ -1,6 +1,17 @@
 //! `flashsale`: the load simulator. `flashsale simulate` runs a live-stream flash sale
 //! against the engine and prints a report a capacity planner can act on.
 
+/// Writes a line to standard error as `eprintln!` does, but a failed write is ignored:
+/// `serve` and `node` keep SIGPIPE ignored (a client that goes away must not end them), so
+/// with their log's reader gone (a log shipper that died, a `| head`) `eprintln!` would
+/// panic, mid-sale or mid-stop. Their log lines are lost then, not their sale.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod compare;
 mod fsync;
 mod hiccups;
@@ -509,11 +520,11 @@ fn main() -> ExitCode {
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            eprintln!("error: an invariant was violated (see the report)");
+            note!("error: an invariant was violated (see the report)");
             ExitCode::from(1)
         }
         Err(message) => {
-            eprintln!("error: {message}");
+            note!("error: {message}");
             ExitCode::from(2)
         }
     }

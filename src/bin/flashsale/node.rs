@@ -79,14 +79,14 @@ pub fn run(args: NodeArgs) -> u8 {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("flashsale node: cannot start the runtime: {error}");
+            note!("flashsale node: cannot start the runtime: {error}");
             return 1;
         }
     };
     match runtime.block_on(node(args)) {
         Ok(()) => 0,
         Err(error) => {
-            eprintln!("flashsale node: {error}");
+            note!("flashsale node: {error}");
             1
         }
     }
@@ -122,7 +122,7 @@ async fn node(args: NodeArgs) -> Result<(), String> {
         match sale.open(client.clone(), args.lease).await {
             Ok(opened) => break opened,
             Err(error) if tokio::time::Instant::now() < deadline => {
-                eprintln!("{} flashsale node {id}: {error}; retrying", stamp());
+                note!("{} flashsale node {id}: {error}; retrying", stamp());
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(error) => return Err(error.to_string()),
@@ -136,7 +136,7 @@ async fn node(args: NodeArgs) -> Result<(), String> {
     if let Ok(placement) = flashsale::Placement::new(&catalog, usize::from(args.partitions)) {
         for short in flashsale::ShardCore::order_room_short(&catalog, &placement, order_capacity) {
             let note = crate::order_room_note("partition", short);
-            eprintln!("{} flashsale node {id}: {note}", stamp());
+            note!("{} flashsale node {id}: {note}", stamp());
         }
     }
     let (status, mut watching) = watch::channel(Vec::<PartitionStatus>::new());
@@ -161,7 +161,7 @@ async fn node(args: NodeArgs) -> Result<(), String> {
         tokio::select! {
             _ = status_timer.tick(), if printing => {
                 for (partition, status) in watching.borrow().iter().enumerate() {
-                    eprintln!(
+                    note!(
                         "{} flashsale node {id}: partition {partition}: applied {}, {}, \
                          {} refused, {} reader restarts{}",
                         stamp(),
@@ -193,7 +193,7 @@ async fn node(args: NodeArgs) -> Result<(), String> {
                 let reading = watching.borrow().iter().all(|p| p.reader_restarts > 0);
                 if reading && !announced {
                     announced = true;
-                    eprintln!(
+                    note!(
                         "{} flashsale node {id}: ready, sale {:?}, {} partitions",
                         stamp(),
                         args.sale,
@@ -201,7 +201,7 @@ async fn node(args: NodeArgs) -> Result<(), String> {
                     );
                     for (partition, status) in watching.borrow().iter().enumerate() {
                         if let Some(why) = status.snapshot_refused {
-                            eprintln!(
+                            note!(
                                 "{} flashsale node {id}: partition {partition}: the stored \
                                  snapshot was not used ({why}): replayed the log from its \
                                  first entry instead",
@@ -214,7 +214,7 @@ async fn node(args: NodeArgs) -> Result<(), String> {
                 for (partition, (&was, &is)) in leading.iter().chain(std::iter::repeat(&false)).zip(&now).enumerate() {
                     if was != is {
                         let role = if is { "leading" } else { "standing by for" };
-                        eprintln!("{} flashsale node {id}: {role} partition {partition}", stamp());
+                        note!("{} flashsale node {id}: {role} partition {partition}", stamp());
                     }
                 }
                 leading = now;

@@ -398,11 +398,11 @@ pub fn run(
         ProducerTally::for_schedules(&plan.schedules, plan.catalog.skus().len(), buckets, stock);
     let engine = start_engine(scenario, &plan.catalog, journal)?;
     for passed in engine.snapshots_passed_over() {
-        eprintln!("{passed}; replayed the journal from an older point instead");
+        note!("{passed}; replayed the journal from an older point instead");
     }
     for short in engine.order_room_short() {
         if scenario.presses_sent() > short.2 as f64 {
-            eprintln!("{}", crate::order_room_note("shard", short));
+            note!("{}", crate::order_room_note("shard", short));
         }
     }
     // The payment desk: pays, cancels or pays late every confirmed order, as the
@@ -420,7 +420,7 @@ pub fn run(
     let lead_left_ns = plan.start_ns.saturating_sub(engine.now_ns());
     let mut wall_start = Instant::now() + Duration::from_nanos(lead_left_ns);
     if lead_left_ns == 0 {
-        eprintln!(
+        note!(
             "note: the engine took {:.1} ms to start, past the schedule's lead of {:.0} ms: \
              the first presses are sent late, and an open loop counts their lateness as \
              latency",

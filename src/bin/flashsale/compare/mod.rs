@@ -161,7 +161,7 @@ pub fn compare(args: &CompareArgs) -> Result<bool, String> {
     let scenario = checked_scenario(args)?;
     let say = |line: &str| {
         if !args.knobs.quiet {
-            eprintln!("{line}");
+            note!("{line}");
         }
     };
     let mut peers = Vec::new();

@@ -42,7 +42,7 @@ pub fn run(args: CheckArgs) -> u8 {
         Ok(true) => 0,
         Ok(false) => 1,
         Err((code, message)) => {
-            eprintln!("flashsale check: {message}");
+            note!("flashsale check: {message}");
             code
         }
     }

@@ -100,7 +100,7 @@ pub fn open(args: &ServeArgs, runtime: &Runtime) -> Result<Option<Opening>, Fail
                     }));
                 }
                 Err(error) if tokio::time::Instant::now() < deadline => {
-                    eprintln!("flashsale serve: {error}; retrying");
+                    note!("flashsale serve: {error}; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(error) => return Err((1, error.to_string())),
@@ -314,7 +314,7 @@ impl Follower {
     async fn run(self, mut stopping: watch::Receiver<bool>) {
         loop {
             if let Err(error) = self.follow_once(stopping.clone()).await {
-                eprintln!("flashsale serve: the order feed's follower: {error}; starting again");
+                note!("flashsale serve: the order feed's follower: {error}; starting again");
             }
             if *stopping.borrow() {
                 return;

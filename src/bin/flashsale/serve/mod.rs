@@ -246,7 +246,7 @@ pub fn run(args: ServeArgs) -> u8 {
     match start(args) {
         Ok(()) => 0,
         Err((code, message)) => {
-            eprintln!("flashsale serve: {message}");
+            note!("flashsale serve: {message}");
             code
         }
     }
@@ -379,15 +379,15 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
         .map(|keys| runtime.spawn(refresh_keys(server.clone(), keys, args.jwt_key_refresh)));
 
     match &server.buyers {
-        auth::Buyers::Demo => eprintln!(
+        auth::Buyers::Demo => note!(
             "flashsale serve: DEMO MODE: buyers are whoever the body's \"user\" says; use --auth header or --auth jwt in front of real buyers"
         ),
-        other => eprintln!("flashsale serve: buyers identified by {other:?}"),
+        other => note!("flashsale serve: buyers identified by {other:?}"),
     }
     if server.admin_token.is_none() {
-        eprintln!("flashsale serve: operator routes (/admin) are off: no --admin-token");
+        note!("flashsale serve: operator routes (/admin) are off: no --admin-token");
     }
-    eprintln!("flashsale serve: listening on http://{local} (recovering...)");
+    note!("flashsale serve: listening on http://{local} (recovering...)");
 
     let recovered = match nats {
         Some(nats) => connect_gateway(&args, &runtime, nats, &catalog, &server),
@@ -424,14 +424,14 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
             return Err(failure);
         }
     };
-    eprintln!("flashsale serve: ready: {what}; try GET http://{local}/sales");
+    note!("flashsale serve: ready: {what}; try GET http://{local}/sales");
 
     runtime.block_on(async {
         let _ = signal.await;
     });
     reload.abort();
     refresh.iter().for_each(|task| task.abort());
-    eprintln!(
+    note!(
         "flashsale serve: stopping (up to {:?} for requests in flight)",
         args.shutdown_grace
     );
@@ -444,7 +444,7 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
         Some(running) => {
             drop(running.client);
             let report = running.engine.shutdown();
-            eprintln!("{report}");
+            note!("{report}");
             // Every journaled command's events are in the feed now, unless a shard failed
             // (its journal may hold a group whose events were never released).
             if let Some(dir) = &data
@@ -452,19 +452,19 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
             {
                 let started = std::time::Instant::now();
                 match running.feed.save_checkpoint(&JournalConfig::durable(dir)) {
-                    Ok(bytes) => eprintln!(
+                    Ok(bytes) => note!(
                         "flashsale serve: the order feed's checkpoint: {} events, {bytes} bytes, in {:.2} s",
                         running.feed.lengths().iter().sum::<usize>(),
                         started.elapsed().as_secs_f64()
                     ),
-                    Err(error) => eprintln!(
+                    Err(error) => note!(
                         "flashsale serve: the order feed's checkpoint was not written ({error}); the next start replays the journals"
                     ),
                 }
             }
         }
         None => {
-            eprintln!("flashsale serve: requests still hold the engine; it stops with the process")
+            note!("flashsale serve: requests still hold the engine; it stops with the process")
         }
     }
     Ok(())
@@ -714,7 +714,7 @@ async fn refresh_keys(server: Arc<Server>, keys: Arc<KeySource>, every: Duration
             () = tokio::time::sleep(wait) => {}
             () = asked_for => {
                 asked = Some(tokio::time::Instant::now());
-                eprintln!("flashsale serve: a token names a key not among ours: fetching the keys again");
+                note!("flashsale serve: a token names a key not among ours: fetching the keys again");
             }
         }
         wait = every;
@@ -722,14 +722,14 @@ async fn refresh_keys(server: Arc<Server>, keys: Arc<KeySource>, every: Duration
             Ok(None) => {}
             Ok(Some(loaded)) => {
                 tokens.replace(loaded);
-                eprintln!(
+                note!(
                     "flashsale serve: buyer token keys changed where they are read from: {} keys",
                     tokens.key_count()
                 );
             }
             Err((_, why)) => {
                 wait = every.min(KEY_RETRY);
-                eprintln!(
+                note!(
                     "flashsale serve: buyer token keys not read again (the old ones stay; next try in {wait:?}): {why}"
                 );
             }
@@ -847,7 +847,7 @@ fn recover(
         // was written from; else the journals replayed.
         let checkpoint = feed.load_checkpoint(&config);
         if let Err(why) = &checkpoint {
-            eprintln!(
+            note!(
                 "flashsale serve: the order feed's checkpoint is not used ({why}): replaying the journals"
             );
         }
@@ -869,10 +869,10 @@ fn recover(
             other => (1, other.to_string()),
         })?;
     for passed in engine.snapshots_passed_over() {
-        eprintln!("flashsale serve: {passed}; replayed the journal from an older point instead");
+        note!("flashsale serve: {passed}; replayed the journal from an older point instead");
     }
     for short in engine.order_room_short() {
-        eprintln!(
+        note!(
             "flashsale serve: {}",
             crate::order_room_note("shard", short)
         );
@@ -974,7 +974,7 @@ async fn accept_loop(
     })
     .await;
     if drained.is_err() {
-        eprintln!(
+        note!(
             "flashsale serve: {} connection(s) still open after the grace period; closing them",
             connections.len()
         );
@@ -1014,19 +1014,19 @@ impl Signals {
     ) {
         while hangup.recv().await.is_some() {
             let (auth::Buyers::Jwt(tokens), Some(keys)) = (&server.buyers, &keys) else {
-                eprintln!("flashsale serve: SIGHUP: nothing to read again (no --jwt-key)");
+                note!("flashsale serve: SIGHUP: nothing to read again (no --jwt-key)");
                 continue;
             };
             match keys.load().await {
                 Ok(loaded) => {
                     tokens.replace(loaded);
-                    eprintln!(
+                    note!(
                         "flashsale serve: SIGHUP: buyer token keys read again: {} keys",
                         tokens.key_count()
                     );
                 }
                 Err((_, why)) => {
-                    eprintln!("flashsale serve: SIGHUP: the old buyer token keys stay: {why}")
+                    note!("flashsale serve: SIGHUP: the old buyer token keys stay: {why}")
                 }
             }
         }
