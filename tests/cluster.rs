@@ -2312,7 +2312,11 @@ fn settings_that_cannot_run_are_refused_before_connecting() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{args:?}");
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "bad input: {args:?}: {stderr}"
+        );
         assert!(
             stderr.contains(what) && !stderr.contains("connect"),
             "{args:?}: {stderr}"

@@ -70,7 +70,11 @@ pub fn check_catalog_before_opening(path: Option<&Path>, partitions: u16) -> Res
         .map_err(|error| format!("place the catalog: {error}"))
 }
 
-/// Runs the node until SIGTERM or SIGINT; the exit code.
+/// Runs the node until SIGTERM or SIGINT; the exit code: 0 after a clean stop, 2 for bad
+/// input found before it connects (settings, the catalog file, a catalog that does not
+/// fit the partitions) or in the catalog once it has the sale's epoch, 1 when it cannot
+/// run (the NATS servers, the sale's streams, a catalog of another shape than the sale
+/// recorded), as `flashsale serve` answers.
 pub fn run(args: NodeArgs) -> u8 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -85,19 +89,28 @@ pub fn run(args: NodeArgs) -> u8 {
     };
     match runtime.block_on(node(args)) {
         Ok(()) => 0,
-        Err(error) => {
+        Err((code, error)) => {
             note!("flashsale node: {error}");
-            1
+            code
         }
     }
 }
 
-async fn node(args: NodeArgs) -> Result<(), String> {
+/// Bad input: exit 2.
+fn bad_input(error: impl ToString) -> (u8, String) {
+    (2, error.to_string())
+}
+
+/// Cannot run: exit 1.
+fn cannot_run(error: impl ToString) -> (u8, String) {
+    (1, error.to_string())
+}
+
+async fn node(args: NodeArgs) -> Result<(), (u8, String)> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let sale =
-        SaleOnNats::new(&args.sale, args.partitions, args.replicas).map_err(|e| e.to_string())?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(cannot_run)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(cannot_run)?;
+    let sale = SaleOnNats::new(&args.sale, args.partitions, args.replicas).map_err(bad_input)?;
     let id = args
         .id
         .unwrap_or_else(|| format!("node-{}", std::process::id()));
@@ -113,9 +126,9 @@ async fn node(args: NodeArgs) -> Result<(), String> {
     };
     // Settings the node would refuse, and a catalog that does not fit the partitions,
     // before anything connects (opening the sale creates a stream per partition).
-    config.check().map_err(|e| e.to_string())?;
-    check_catalog_before_opening(args.catalog.as_deref(), args.partitions)?;
-    let client = connect(&args.nats, &id).await.map_err(|e| e.to_string())?;
+    config.check().map_err(bad_input)?;
+    check_catalog_before_opening(args.catalog.as_deref(), args.partitions).map_err(bad_input)?;
+    let client = connect(&args.nats, &id).await.map_err(cannot_run)?;
     // A cluster that is still electing its leaders times requests out: retry for a while.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let opened = loop {
@@ -125,13 +138,13 @@ async fn node(args: NodeArgs) -> Result<(), String> {
                 note!("{} flashsale node {id}: {error}; retrying", stamp());
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(error) => return Err(error.to_string()),
+            Err(error) => return Err(cannot_run(error)),
         }
     };
     let catalog = match &args.catalog {
-        Some(path) => catalog_file::load(path, opened.epoch()).map_err(|e| e.to_string())?,
+        Some(path) => catalog_file::load(path, opened.epoch()).map_err(|e| bad_input(e.0))?,
         None => catalog_file::parse("demo sale", crate::serve::DEMO_SALE, opened.epoch())
-            .map_err(|e| e.to_string())?,
+            .map_err(|e| bad_input(e.0))?,
     };
     if let Ok(placement) = flashsale::Placement::new(&catalog, usize::from(args.partitions)) {
         for short in flashsale::ShardCore::order_room_short(&catalog, &placement, order_capacity) {
@@ -181,8 +194,8 @@ async fn node(args: NodeArgs) -> Result<(), String> {
             ended = &mut running => {
                 return match ended {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(error)) => Err(error.to_string()),
-                    Err(error) => Err(error.to_string()),
+                    Ok(Err(error)) => Err(cannot_run(error)),
+                    Err(error) => Err(cannot_run(error)),
                 };
             }
             changed = watching.changed() => {
@@ -224,9 +237,9 @@ async fn node(args: NodeArgs) -> Result<(), String> {
     let _ = stop.send(true);
     match tokio::time::timeout(Duration::from_secs(5), running).await {
         Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(error))) => Err(error.to_string()),
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(_) => Err("the partitions did not stop within 5 s".into()),
+        Ok(Ok(Err(error))) => Err(cannot_run(error)),
+        Ok(Err(error)) => Err(cannot_run(error)),
+        Err(_) => Err(cannot_run("the partitions did not stop within 5 s")),
     }
 }
 
