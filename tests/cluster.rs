@@ -1097,6 +1097,19 @@ async fn the_gate_turns_away_sold_out_buys_but_never_a_retry_of_a_confirmed_one(
         .build()
         .unwrap();
     let scene = OneNode::start("gate", 15_500, "gate", &toml, catalog, SNAPSHOT_EVERY_SHORT).await;
+    // A SIGHUP (which ends a process by default) leaves the node deciding: it says so, and
+    // every buy below is decided by it.
+    let node = scene.node.as_ref().unwrap().child.id();
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped.
+    unsafe {
+        libc::kill(node as i32, libc::SIGHUP);
+    }
+    let log = scene.dir.join("a.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).is_ok_and(|text| text.contains("SIGHUP")) {
+        assert!(Instant::now() < deadline, "the node did not answer SIGHUP");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let first = &scene.gateway;
     // A gateway's buys reach the log in the order `buy` was called, however their futures
     // are polled: here they are spawned last called first.

@@ -110,6 +110,9 @@ async fn node(args: NodeArgs) -> Result<(), (u8, String)> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).map_err(cannot_run)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(cannot_run)?;
+    // SIGHUP (a closed terminal, a log rotation's signal to every daemon) would end the
+    // process by default: a node has nothing to read again, so it says so and goes on.
+    let mut hangup = signal(SignalKind::hangup()).map_err(cannot_run)?;
     let sale = SaleOnNats::new(&args.sale, args.partitions, args.replicas).map_err(bad_input)?;
     let id = args
         .id
@@ -191,6 +194,9 @@ async fn node(args: NodeArgs) -> Result<(), (u8, String)> {
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+            _ = hangup.recv() => {
+                note!("{} flashsale node {id}: SIGHUP: nothing to read again; going on", stamp());
+            }
             ended = &mut running => {
                 return match ended {
                     Ok(Ok(())) => Ok(()),
