@@ -235,6 +235,10 @@ fn a_journal_directory_refuses_another_catalog_or_shard_count_or_no_manifest() {
         .start()
     {
         Err(EngineError::JournalMismatch { what, .. }) => what,
+        Err(EngineError::ManifestDamaged { manifest }) => {
+            assert_eq!(manifest, dir.join("flashsale.manifest"));
+            "damaged"
+        }
         Err(other) => panic!("refused for another reason: {other}"),
         Ok(_) => panic!("started on another catalog's journal"),
     };
@@ -255,8 +259,32 @@ fn a_journal_directory_refuses_another_catalog_or_shard_count_or_no_manifest() {
     assert_eq!(engine.available(SkuId(1)), Some(4), "recovered");
     engine.shutdown();
 
+    // Every bit of the manifest flipped, its title's too, is refused: as damage, or where
+    // the flip leaves another sale's manifest whole (another fingerprint or shard count),
+    // as that. Nothing is read past.
+    let path = dir.join("flashsale.manifest");
+    let manifest = std::fs::read(&path).unwrap();
+    for bit in 0..manifest.len() * 8 {
+        let mut damaged = manifest.clone();
+        damaged[bit / 8] ^= 1 << (bit % 8);
+        std::fs::write(&path, &damaged).unwrap();
+        let what = refused(Engine::builder(two_skus(5)));
+        let title = bit / 8 < manifest.iter().position(|&byte| byte == b'\n').unwrap();
+        assert!(
+            ["damaged", "catalog fingerprint", "shard count"].contains(&what)
+                && (!title || what == "damaged"),
+            "bit {bit}: {what}"
+        );
+    }
+    std::fs::write(&path, &manifest).unwrap();
+    Engine::builder(two_skus(5))
+        .journal(JournalConfig::durable(&dir))
+        .start()
+        .expect("the manifest written back")
+        .shutdown();
+
     std::fs::write(dir.join("flashsale.manifest"), "garbage").unwrap();
-    assert_eq!(refused(Engine::builder(two_skus(5))), "manifest");
+    assert_eq!(refused(Engine::builder(two_skus(5))), "damaged");
 
     // No manifest beside a journal: refused under its own catalog too, nothing written.
     std::fs::remove_file(dir.join("flashsale.manifest")).unwrap();

@@ -887,6 +887,20 @@ fn a_data_directory_of_another_sale_is_refused() {
         );
         std::fs::write(&path, kept).unwrap();
     }
+    // A manifest with one bit of its title flipped: damage, refused by `serve` (exit 1,
+    // the journal cannot be read) and reported by `check` (exit 1).
+    let path = std::path::Path::new(&data).join("flashsale.manifest");
+    let kept = std::fs::read(&path).unwrap();
+    let mut damaged = kept.clone();
+    damaged[3] ^= 0x04;
+    std::fs::write(&path, &damaged).unwrap();
+    let (code, stderr) = serve_fails(&["--data", &data, "--catalog", &catalog]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("is damaged"), "{stderr}");
+    let (code, stdout, stderr) = check(&data, &catalog, &[]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("is damaged"), "{stdout}{stderr}");
+    std::fs::write(&path, kept).unwrap();
     serve(&["--data", &data, "--catalog", &catalog]).terminate(Duration::from_secs(30));
     let _ = std::fs::remove_dir_all(&dir);
 }

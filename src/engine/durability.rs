@@ -137,7 +137,8 @@ impl JournalConfig {
     ///
     /// # Errors
     /// [`EngineError::JournalMismatch`] if the manifest names another catalog or shard
-    /// count, or cannot be read as a manifest; [`EngineError::ManifestMissing`] if there is
+    /// count; [`EngineError::ManifestDamaged`] if it does not read exactly as written (any
+    /// damage, or not a manifest); [`EngineError::ManifestMissing`] if there is
     /// none but a shard's journal or snapshot is there; [`EngineError::Journal`] if the
     /// directory cannot be listed or the manifest cannot be written.
     pub fn check_manifest(&self, catalog: &Catalog, shards: usize) -> Result<(), EngineError> {
@@ -149,21 +150,31 @@ impl JournalConfig {
             found,
             expected,
         };
+        let manifest = manifest_text(&fingerprint, shards);
         match self.storage.read_file(&path) {
+            // Byte for byte what this catalog and shard count write: so any damage to the
+            // file (a flipped bit in its title too) is refused, not read past.
+            Ok(bytes) if bytes == manifest.as_bytes() => Ok(()),
             Ok(bytes) => {
-                let text = String::from_utf8_lossy(&bytes);
-                let field = |name: &str| {
-                    text.lines()
-                        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-                        .map(str::trim)
-                };
-                let (Some(found_catalog), Some(found_shards)) = (field("catalog"), field("shards"))
-                else {
-                    return Err(mismatch(
-                        "manifest",
-                        format!("{} (unreadable)", path.display()),
-                        "a flashsale manifest".into(),
-                    ));
+                // Another sale's manifest, whole, names what differs; anything else is
+                // damaged or not a manifest.
+                let found = std::str::from_utf8(&bytes).ok().and_then(|text| {
+                    let mut lines = text.strip_suffix('\n')?.split('\n');
+                    let _title = lines.next()?;
+                    let catalog = lines.next()?.strip_prefix("catalog ")?;
+                    let shards = lines.next()?.strip_prefix("shards ")?;
+                    let hex = catalog.len() == 16
+                        && catalog
+                            .bytes()
+                            .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'));
+                    // The title and the numbers' form, as written.
+                    let whole = hex
+                        && lines.next().is_none()
+                        && manifest_text(catalog, shards.parse().ok()?) == text;
+                    whole.then_some((catalog, shards))
+                });
+                let Some((found_catalog, found_shards)) = found else {
+                    return Err(EngineError::ManifestDamaged { manifest: path });
                 };
                 if found_catalog != fingerprint {
                     return Err(mismatch(
@@ -172,14 +183,11 @@ impl JournalConfig {
                         fingerprint,
                     ));
                 }
-                if found_shards != shards.to_string() {
-                    return Err(mismatch(
-                        "shard count",
-                        found_shards.into(),
-                        shards.to_string(),
-                    ));
-                }
-                Ok(())
+                Err(mismatch(
+                    "shard count",
+                    found_shards.into(),
+                    shards.to_string(),
+                ))
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 if let Some(found) = self.first_shard_file()? {
@@ -189,12 +197,9 @@ impl JournalConfig {
                         manifest: path,
                     });
                 }
-                let text = format!(
-                    "flashsale journal directory\ncatalog {fingerprint}\nshards {shards}\n"
-                );
                 let temporary = path.with_extension("tmp");
                 self.storage
-                    .write_file(&temporary, text.as_bytes())
+                    .write_file(&temporary, manifest.as_bytes())
                     .and_then(|()| self.storage.rename(&temporary, &path))
                     .map_err(|source| crate::journal::JournalError::Io { path, source })?;
                 Ok(())
@@ -484,6 +489,15 @@ impl Outbox {
         self.events.extend(later.events);
         self.answers.extend(later.answers);
     }
+}
+
+/// A manifest's first line.
+const MANIFEST_TITLE: &str = "flashsale journal directory";
+
+/// The whole text of the manifest for a catalog's fingerprint (16 hex digits) and a shard
+/// count.
+fn manifest_text(fingerprint: &str, shards: usize) -> String {
+    format!("{MANIFEST_TITLE}\ncatalog {fingerprint}\nshards {shards}\n")
 }
 
 /// How a shard keeps what it decides: in memory, where every output goes out as soon as it

@@ -70,8 +70,9 @@ pub enum EngineError {
     /// would decide differently, so they are not replayed.
     #[error(
         "the journal directory {dir} holds {found} but no manifest ({manifest}): which catalog and \
-         shard count wrote it is not known; write the manifest back (\"catalog <fingerprint>\" and \
-         \"shards <count>\" lines) or move the journals and snapshots away"
+         shard count wrote it is not known; write the manifest back (three lines: \"flashsale journal \
+         directory\", \"catalog <fingerprint>\", \"shards <count>\") or move the journals and \
+         snapshots away"
     )]
     ManifestMissing {
         /// The directory.
@@ -79,6 +80,19 @@ pub enum EngineError {
         /// The first journal or snapshot file found in it.
         found: std::path::PathBuf,
         /// Where the manifest belongs.
+        manifest: std::path::PathBuf,
+    },
+    /// The journal directory's manifest does not read exactly as a start writes it: damaged
+    /// (a flipped bit anywhere in it, its title's too) or not a manifest at all. Which
+    /// catalog and shard count wrote the journals is then not known, so nothing is replayed.
+    #[error(
+        "the journal directory's manifest {manifest} is damaged or not a flashsale manifest: it \
+         must read exactly as a start writes it (three lines: \"flashsale journal directory\", \
+         \"catalog <16 hex digits>\", \"shards <count>\"); write it back or move the journals and \
+         snapshots away"
+    )]
+    ManifestDamaged {
+        /// The manifest.
         manifest: std::path::PathBuf,
     },
 }

@@ -94,9 +94,13 @@ fn check(args: &CheckArgs) -> Result<bool, (u8, String)> {
     // checked, so that nothing here writes.)
     let manifest = config.manifest_path().exists();
     if manifest {
+        // Another sale's manifest is bad input (exit 2); a damaged one is damage found.
         config
             .check_manifest(&catalog, shards)
-            .map_err(|error| (2, error.to_string()))?;
+            .map_err(|error| match error {
+                flashsale::EngineError::ManifestDamaged { .. } => (1, error.to_string()),
+                other => (2, other.to_string()),
+            })?;
     }
     let unmanifested = if manifest {
         None

@@ -842,7 +842,11 @@ fn recover(
         // replayed under this catalog.
         config
             .check_manifest(catalog, placement.shards())
-            .map_err(|error| (2, error.to_string()))?;
+            .map_err(|error| match error {
+                // Damage: the journal cannot be read (exit 1), not another sale (exit 2).
+                flashsale::EngineError::ManifestDamaged { .. } => (1, error.to_string()),
+                other => (2, other.to_string()),
+            })?;
         // The checkpoint a clean shutdown left, if the journals are still the ones it
         // was written from; else the journals replayed.
         let checkpoint = feed.load_checkpoint(&config);
