@@ -901,6 +901,40 @@ fn a_data_directory_of_another_sale_is_refused() {
     assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert!(stderr.contains("is damaged"), "{stdout}{stderr}");
     std::fs::write(&path, kept).unwrap();
+    // The sale's epoch: a digit changed unnoticed would move every instant of the sale.
+    // Each bit of a leading and a middle digit, both line ends and the check line's first
+    // letter and digit flipped: refused as damage (exit 1), by `serve` and by `check`.
+    let path = std::path::Path::new(&data).join("sale.epoch");
+    let kept = std::fs::read(&path).unwrap();
+    let text = String::from_utf8(kept.clone()).unwrap();
+    let (digits, check_line) = text.trim_end().split_once('\n').unwrap();
+    assert!(digits.bytes().all(|b| b.is_ascii_digit()), "{text:?}");
+    assert!(check_line.starts_with("check "), "{text:?}");
+    let first_end = digits.len();
+    for at in [
+        0,
+        first_end / 2,
+        first_end,
+        first_end + 1,
+        first_end + 7,
+        kept.len() - 1,
+    ] {
+        for bit in 0..8 {
+            let mut damaged = kept.clone();
+            damaged[at] ^= 1 << bit;
+            std::fs::write(&path, &damaged).unwrap();
+            let (code, stderr) = serve_fails(&["--data", &data, "--catalog", &catalog]);
+            assert_eq!(code, 1, "byte {at} bit {bit}: {stderr}");
+            assert!(stderr.contains("is damaged"), "{stderr}");
+        }
+    }
+    let (code, stdout, stderr) = check(&data, &catalog, &[]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("is damaged"), "{stdout}{stderr}");
+    // Written back by hand, the number alone: served.
+    std::fs::write(&path, format!("{digits}\n")).unwrap();
+    serve(&["--data", &data, "--catalog", &catalog]).terminate(Duration::from_secs(30));
+    std::fs::write(&path, kept).unwrap();
     serve(&["--data", &data, "--catalog", &catalog]).terminate(Duration::from_secs(30));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -777,30 +777,56 @@ fn epoch_of(dir: &std::path::Path) -> Result<SystemTime, Failure> {
     flashsale::storage::Storage::write_file(
         &storage,
         &temporary,
-        format!("{}\n", catalog_file::unix_nanos(now)).as_bytes(),
+        epoch_text(catalog_file::unix_nanos(now)).as_bytes(),
     )
     .and_then(|()| flashsale::storage::Storage::rename(&storage, &temporary, &path))
     .map_err(|error| (1, format!("cannot write {}: {error}", path.display())))?;
     Ok(now)
 }
 
-/// The sale's epoch as the data directory records it (`sale.epoch`), if it does.
+/// `sale.epoch` as a start writes it: the epoch's nanoseconds since 1970, then a line
+/// `check <CRC-32 of those digits>`, so that a flipped bit anywhere in the file is found.
+/// A digit changed unnoticed would move the sale's clock: every instant in the journals,
+/// every window given as a date and every payment deadline counts from the epoch.
+fn epoch_text(nanos: u128) -> String {
+    let digits = nanos.to_string();
+    format!(
+        "{digits}\ncheck {:08x}\n",
+        crc32fast::hash(digits.as_bytes())
+    )
+}
+
+/// The sale's epoch as the data directory records it (`sale.epoch`), if it does: as a
+/// start writes it, or as an operator writes it back by hand (the number alone on one
+/// line). Anything else is damage, refused (exit 1).
 fn read_epoch(dir: &std::path::Path) -> Result<Option<SystemTime>, Failure> {
     let path = dir.join("sale.epoch");
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let nanos: u64 = text.trim().parse().map_err(|_| {
-                (
-                    2,
+            let first = text.split('\n').next().unwrap_or_default();
+            let nanos = first.parse::<u64>().ok().filter(|&nanos| {
+                let by_hand = text.trim() == first && first.bytes().all(|b| b.is_ascii_digit());
+                text == epoch_text(u128::from(nanos)) || by_hand
+            });
+            let Some(nanos) = nanos else {
+                return Err((
+                    1,
                     format!(
-                        "{}: not a sale epoch (nanoseconds since 1970)",
+                        "{} is damaged or not a sale epoch: a start writes the nanoseconds since \
+                         1970 and a line \"check <their CRC-32>\"; written back by hand, the \
+                         number alone",
                         path.display()
                     ),
-                )
-            })?;
+                ));
+            };
             Ok(Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos)))
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        // Not UTF-8 is damage too.
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => Err((
+            1,
+            format!("{} is damaged or not a sale epoch", path.display()),
+        )),
         Err(error) => Err((1, format!("cannot read {}: {error}", path.display()))),
     }
 }
