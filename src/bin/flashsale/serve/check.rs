@@ -97,10 +97,7 @@ fn check(args: &CheckArgs) -> Result<bool, (u8, String)> {
         // Another sale's manifest is bad input (exit 2); a damaged one is damage found.
         config
             .check_manifest(&catalog, shards)
-            .map_err(|error| match error {
-                flashsale::EngineError::ManifestDamaged { .. } => (1, error.to_string()),
-                other => (2, other.to_string()),
-            })?;
+            .map_err(super::engine_failure)?;
     }
     let unmanifested = if manifest {
         None

@@ -831,6 +831,17 @@ fn read_epoch(dir: &std::path::Path) -> Result<Option<SystemTime>, Failure> {
     }
 }
 
+/// An engine's refusal of a data directory as an exit: 2 for a directory of another sale
+/// (another catalog or shard count, or journals no manifest vouches for), 1 for one that
+/// cannot be read (a damaged manifest among it) or an engine that cannot run.
+pub(super) fn engine_failure(error: flashsale::EngineError) -> Failure {
+    match error {
+        flashsale::EngineError::JournalMismatch { .. }
+        | flashsale::EngineError::ManifestMissing { .. } => (2, error.to_string()),
+        other => (1, other.to_string()),
+    }
+}
+
 /// Rebuilds the event feed from the journals and starts the engine on them.
 fn recover(
     args: &ServeArgs,
@@ -868,11 +879,7 @@ fn recover(
         // replayed under this catalog.
         config
             .check_manifest(catalog, placement.shards())
-            .map_err(|error| match error {
-                // Damage: the journal cannot be read (exit 1), not another sale (exit 2).
-                flashsale::EngineError::ManifestDamaged { .. } => (1, error.to_string()),
-                other => (2, other.to_string()),
-            })?;
+            .map_err(engine_failure)?;
         // The checkpoint a clean shutdown left, if the journals are still the ones it
         // was written from; else the journals replayed.
         let checkpoint = feed.load_checkpoint(&config);
@@ -893,11 +900,7 @@ fn recover(
     let engine = builder
         .order_sink(move |shard| sinks.sink(shard))
         .start()
-        .map_err(|error| match error {
-            flashsale::EngineError::JournalMismatch { .. }
-            | flashsale::EngineError::ManifestMissing { .. } => (2, error.to_string()),
-            other => (1, other.to_string()),
-        })?;
+        .map_err(engine_failure)?;
     for passed in engine.snapshots_passed_over() {
         note!("flashsale serve: {passed}; replayed the journal from an older point instead");
     }
