@@ -1362,7 +1362,7 @@ async fn the_order_feed_of_a_cluster_is_its_logs_events_across_a_gateways_death(
         &scene.dir,
         &["--feed"],
     );
-    let _plain = start_http_gateway(&urls, "feed", &catalog_path, plain_port, &scene.dir, &[]);
+    let mut plain = start_http_gateway(&urls, "feed", &catalog_path, plain_port, &scene.dir, &[]);
     let http = reqwest::Client::new();
     wait_http_ready(&http, first_port).await;
     wait_http_ready(&http, plain_port).await;
@@ -1549,6 +1549,27 @@ async fn the_order_feed_of_a_cluster_is_its_logs_events_across_a_gateways_death(
             );
         }
     }
+    // SIGTERM: a gateway stops cleanly and says the sale goes on (it has no engine that
+    // requests could hold).
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped.
+    unsafe {
+        libc::kill(plain.child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = plain.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the gateway did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    let log = std::fs::read_to_string(scene.dir.join(format!("http-{plain_port}.log"))).unwrap();
+    assert!(
+        log.contains("the gateway stopped; the sale goes on on its nodes")
+            && !log.contains("hold the engine"),
+        "{log}"
+    );
 }
 
 /// How fast a follower of the logs (what a `serve --nats --feed` gateway runs) catches up

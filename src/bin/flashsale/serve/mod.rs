@@ -264,7 +264,8 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
         .build()
         .map_err(|error| (1, format!("cannot start the HTTP runtime: {error}")))?;
     let nats = open_nats(&args, &runtime)?;
-    let data = (!args.in_memory && nats.is_none()).then(|| args.data.clone());
+    let gateway = nats.is_some();
+    let data = (!args.in_memory && !gateway).then(|| args.data.clone());
     let epoch = match (&nats, &data) {
         (Some(nats), _) => nats_epoch(nats),
         (None, Some(dir)) => epoch_of(dir)?,
@@ -462,6 +463,10 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
                     ),
                 }
             }
+        }
+        // A gateway has no engine of its own: its sale is decided on the nodes.
+        None if gateway => {
+            note!("flashsale serve: the gateway stopped; the sale goes on on its nodes")
         }
         None => {
             note!("flashsale serve: requests still hold the engine; it stops with the process")
