@@ -750,6 +750,28 @@ fn start_up_errors_are_one_line_and_exit_2() {
     }
     let (code, stderr) = serve_fails(&["--in-memory", "--threads", "0"]);
     assert_eq!(code, 2, "{stderr}");
+    // Room for orders past any machine's memory (64 shards of 6 GiB): refused by name
+    // before any of it is made, not written until the kernel kills the process.
+    let many: String = (1..=64)
+        .map(|id| format!("[[sku]]\nid = {id}\nstock = 10\n"))
+        .collect();
+    let many = write_catalog(&dir, &many);
+    let room = [
+        "--in-memory",
+        "--catalog",
+        &many,
+        "--shards",
+        "64",
+        "--order-capacity",
+        "67108864",
+    ];
+    let (code, stderr) = serve_fails(&room);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("the room for orders of 64 shard(s) needs 384.0 GiB")
+            && stderr.contains("--order-capacity"),
+        "{stderr}"
+    );
     // Limits that would refuse every client.
     for (flag, value) in [
         ("--header-timeout", "0s"),

@@ -363,6 +363,11 @@ impl OrderBook {
         (orders.max(8) * 2).next_power_of_two()
     }
 
+    /// The bytes of the table of a book made with room for `orders`.
+    pub(super) fn bytes_for(orders: usize) -> u64 {
+        Self::slots_for(orders) as u64 * size_of::<Slot>() as u64
+    }
+
     /// Entries (orders) the book holds before it next doubles: half its slots.
     pub(super) fn room(&self) -> usize {
         self.slots.len() / 2

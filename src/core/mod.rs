@@ -121,8 +121,8 @@ impl ShardCore {
     /// Like [`new`](Self::new), making room for `orders` confirmed orders up front instead
     /// of the default: the shard's stock, capped at [`ORDER_CAPACITY_DEFAULT_MAX`]. Every
     /// order takes at least one unit, so the stock bounds the orders; past the room made,
-    /// the order book doubles on the hot path (one slow decision). Costs at least 88 bytes
-    /// per order of room (64 of order book, kept at most half full, and a 24-byte record;
+    /// the order book doubles on the hot path (one slow decision). Costs at least 96 bytes
+    /// per order of room (64 of order book, kept at most half full, and a 32-byte record;
     /// the book's slots round up to a power of two), allocated and faulted in here.
     ///
     /// # Panics
@@ -438,6 +438,25 @@ impl ShardCore {
     /// [`with_order_capacity`](Self::with_order_capacity)), without making one.
     pub fn order_room_for(stock: u64, orders: Option<usize>) -> usize {
         OrderBook::slots_for(Self::orders_to_make_room_for(stock, orders)) / 2
+    }
+
+    /// The memory a fresh core of `placement`'s `shard` makes up front for its orders
+    /// with room for `orders` (see [`with_order_capacity`](Self::with_order_capacity)):
+    /// its order book's table and its order records, written at start (so resident), in
+    /// bytes. The rest of a core (its SKUs, its buyer filter) is small beside it.
+    pub fn order_room_bytes(
+        catalog: &Catalog,
+        placement: &Placement,
+        shard: ShardId,
+        orders: Option<usize>,
+    ) -> u64 {
+        let stock: u64 = placement
+            .skus_of(shard)
+            .iter()
+            .map(|&sku| u64::from(catalog.skus()[sku as usize].stock))
+            .sum();
+        let room = Self::orders_to_make_room_for(stock, orders);
+        OrderBook::bytes_for(room) + room as u64 * size_of::<OrderRecord>() as u64
     }
 
     /// The shards of `placement` whose stock is more than a fresh core makes room for with

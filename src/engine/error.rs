@@ -82,6 +82,23 @@ pub enum EngineError {
         /// Where the manifest belongs.
         manifest: std::path::PathBuf,
     },
+    /// The room for orders the shards would make at start (their order books and order
+    /// records, written up front) is more than this machine's physical memory: starting
+    /// would end in the kernel's out-of-memory killer, not in a sale.
+    #[error(
+        "the room for orders of {shards} shard(s) needs {:.1} GiB, more than this machine's \
+         {:.1} GiB of memory: lower order_capacity (--order-capacity), or run fewer shards",
+        *needs_bytes as f64 / f64::from(1u32 << 30),
+        *has_bytes as f64 / f64::from(1u32 << 30)
+    )]
+    NotEnoughMemory {
+        /// Bytes the room would take, all shards together.
+        needs_bytes: u64,
+        /// The machine's physical memory (`MemTotal` in `/proc/meminfo`).
+        has_bytes: u64,
+        /// Shards.
+        shards: usize,
+    },
     /// The journal directory's manifest does not read exactly as a start writes it: damaged
     /// (a flipped bit anywhere in it, its title's too) or not a manifest at all. Which
     /// catalog and shard count wrote the journals is then not known, so nothing is replayed.

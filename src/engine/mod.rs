@@ -56,6 +56,18 @@ pub use crate::report::PRODUCER_SLOTS;
 
 type SinkFactory = Box<dyn FnMut(ShardId) -> Box<dyn OrderSink>>;
 
+/// This machine's physical memory (`MemTotal`), where the OS says (Linux); `None`
+/// elsewhere and under Miri.
+fn physical_memory_bytes() -> Option<u64> {
+    if cfg!(miri) || !cfg!(target_os = "linux") {
+        return None;
+    }
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// Configures and starts an [`Engine`].
 pub struct EngineBuilder {
     catalog: Catalog,
@@ -210,7 +222,7 @@ impl EngineBuilder {
     /// Largest [`batch_max`](Self::batch_max) (a shard reserves room for one batch).
     pub const BATCH_MAX_MAX: usize = 1 << 16;
     /// Largest [`order_capacity`](Self::order_capacity): 2^26 orders a shard, about
-    /// 5.5 GiB of order book room and order records (88 bytes an order), allocated at
+    /// 6 GiB of order book room and order records (96 bytes an order), allocated at
     /// start-up.
     pub const ORDER_CAPACITY_MAX: usize = 1 << 26;
     /// Largest [`JournalConfig::group_commands`].
@@ -219,12 +231,17 @@ impl EngineBuilder {
     pub const GROUP_DELAY_MAX: core::time::Duration = core::time::Duration::from_secs(1);
 
     /// Checks every setting against its supported range (the bounds above; a shard
-    /// count also against the catalog, see [`Placement`]) without allocating or starting
-    /// anything. [`start`](Self::start) does this first.
+    /// count also against the catalog, see [`Placement`]; the room for orders against the
+    /// machine's memory) without making any room or starting anything.
+    /// [`start`](Self::start) does this first.
     ///
     /// # Errors
-    /// [`EngineError::OutOfRange`] naming the first setting out of range, or
-    /// [`EngineError::Placement`].
+    /// [`EngineError::OutOfRange`] naming the first setting out of range,
+    /// [`EngineError::Placement`], or [`EngineError::NotEnoughMemory`] where the room for
+    /// orders the shards would make at start (see
+    /// [`ShardCore::order_room_bytes`](crate::ShardCore::order_room_bytes)) is more than
+    /// this machine's physical memory (read from `/proc/meminfo` on Linux; not checked
+    /// elsewhere).
     pub fn validate(&self) -> Result<(), EngineError> {
         fn within(
             setting: &'static str,
@@ -288,7 +305,28 @@ impl EngineBuilder {
                 within("snapshot_every", u128::from(every), 1, u128::from(u64::MAX))?;
             }
         }
-        Placement::new(&self.catalog, self.shards)?;
+        let placement = Placement::new(&self.catalog, self.shards)?;
+        // Room past the machine's memory would be written at start until the kernel's
+        // out-of-memory killer ends the process (or another): refuse it by name instead.
+        if let Some(has_bytes) = physical_memory_bytes() {
+            let needs_bytes: u64 = (0..placement.shards())
+                .map(|shard| {
+                    ShardCore::order_room_bytes(
+                        &self.catalog,
+                        &placement,
+                        ShardId(shard as u16),
+                        self.order_capacity,
+                    )
+                })
+                .sum();
+            if needs_bytes > has_bytes {
+                return Err(EngineError::NotEnoughMemory {
+                    needs_bytes,
+                    has_bytes,
+                    shards: placement.shards(),
+                });
+            }
+        }
         Ok(())
     }
 

@@ -72,8 +72,8 @@ pub struct ServeArgs {
     ring_capacity: u32,
     /// Orders each shard makes room for at start-up (default: its stock, up to
     /// 4,194,304). A shard that confirms more grows its order book mid-sale, which pauses
-    /// its decisions: about a second per 4M orders on a small VM. Room costs about 88
-    /// bytes an order, allocated at start.
+    /// its decisions: about a second per 4M orders on a small VM. Room costs about 96
+    /// bytes an order, allocated at start; room past the machine's memory is refused.
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=flashsale::EngineBuilder::ORDER_CAPACITY_MAX as u64))]
     order_capacity: Option<u64>,
     /// HTTP worker threads (default: one per core).
@@ -836,13 +836,15 @@ fn read_epoch(dir: &std::path::Path) -> Result<Option<SystemTime>, Failure> {
     }
 }
 
-/// An engine's refusal of a data directory as an exit: 2 for a directory of another sale
-/// (another catalog or shard count, or journals no manifest vouches for), 1 for one that
-/// cannot be read (a damaged manifest among it) or an engine that cannot run.
+/// An engine's refusal as an exit: 2 for bad input (a directory of another sale: another
+/// catalog or shard count, or journals no manifest vouches for; room for orders past the
+/// machine's memory), 1 for a directory that cannot be read (a damaged manifest among
+/// it) or an engine that cannot run.
 pub(super) fn engine_failure(error: flashsale::EngineError) -> Failure {
     match error {
         flashsale::EngineError::JournalMismatch { .. }
-        | flashsale::EngineError::ManifestMissing { .. } => (2, error.to_string()),
+        | flashsale::EngineError::ManifestMissing { .. }
+        | flashsale::EngineError::NotEnoughMemory { .. } => (2, error.to_string()),
         other => (1, other.to_string()),
     }
 }
