@@ -57,15 +57,19 @@ pub use crate::report::PRODUCER_SLOTS;
 type SinkFactory = Box<dyn FnMut(ShardId) -> Box<dyn OrderSink>>;
 
 /// This machine's physical memory (`MemTotal`), where the OS says (Linux); `None`
-/// elsewhere and under Miri.
+/// elsewhere and under Miri. Read once per process: a process that starts many small
+/// engines (a test suite, a fuzzer) does not read the file for each.
 fn physical_memory_bytes() -> Option<u64> {
-    if cfg!(miri) || !cfg!(target_os = "linux") {
-        return None;
-    }
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|line| line.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
+    static BYTES: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        if cfg!(miri) || !cfg!(target_os = "linux") {
+            return None;
+        }
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = text.lines().find(|line| line.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        kib.checked_mul(1024)
+    })
 }
 
 /// Configures and starts an [`Engine`].
