@@ -2306,7 +2306,28 @@ fn settings_that_cannot_run_are_refused_before_connecting() {
         GatewayConfig::check,
     );
     let nowhere = "nats://127.0.0.1:1";
+    // 64 SKUs: room for 2^26 orders on each of 64 partitions is past any machine's memory.
+    let many = std::env::temp_dir().join(format!("flashsale-many-{}.toml", std::process::id()));
+    let skus: String = (1..=64)
+        .map(|id| format!("[[sku]]\nid = {id}\nstock = 10\n"))
+        .collect();
+    std::fs::write(&many, skus).unwrap();
+    let many = many.to_str().unwrap();
     for (args, what) in [
+        (
+            vec![
+                "node",
+                "--nats",
+                nowhere,
+                "--catalog",
+                many,
+                "--partitions",
+                "64",
+                "--order-capacity",
+                "67108864",
+            ],
+            "the room for orders of 64 shard(s) needs 384.0 GiB",
+        ),
         (vec!["node", "--nats", nowhere, "--lease", "0s"], "lease"),
         (
             vec!["node", "--nats", nowhere, "--snapshot-every", "0"],
@@ -2356,6 +2377,7 @@ fn settings_that_cannot_run_are_refused_before_connecting() {
             "{args:?}: {stderr}"
         );
     }
+    let _ = std::fs::remove_file(many);
 }
 
 /// Every process of a sale runs it with one shape (catalog, partitions, largest

@@ -230,6 +230,8 @@ async fn run_partitions(
     config.check()?;
     let placement = Placement::new(&catalog, usize::from(sale.partitions()))
         .map_err(|error| NatsError::new("place the catalog", error.to_string()))?;
+    crate::EngineBuilder::check_order_room(&catalog, &placement, config.order_capacity)
+        .map_err(|error| NatsError::new("node settings", error.to_string()))?;
     opened.check_shape(&catalog, config.max_quantity).await?;
     let status = status.unwrap_or_else(|| watch::channel(Vec::new()).0);
     status.send_replace(vec![

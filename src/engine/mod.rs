@@ -310,26 +310,37 @@ impl EngineBuilder {
             }
         }
         let placement = Placement::new(&self.catalog, self.shards)?;
-        // Room past the machine's memory would be written at start until the kernel's
-        // out-of-memory killer ends the process (or another): refuse it by name instead.
-        if let Some(has_bytes) = physical_memory_bytes() {
-            let needs_bytes: u64 = (0..placement.shards())
-                .map(|shard| {
-                    ShardCore::order_room_bytes(
-                        &self.catalog,
-                        &placement,
-                        ShardId(shard as u16),
-                        self.order_capacity,
-                    )
-                })
-                .sum();
-            if needs_bytes > has_bytes {
-                return Err(EngineError::NotEnoughMemory {
-                    needs_bytes,
-                    has_bytes,
-                    shards: placement.shards(),
-                });
-            }
+        Self::check_order_room(&self.catalog, &placement, self.order_capacity)
+    }
+
+    /// Whether the room for orders that a core per shard of `placement` makes with room
+    /// for `orders` (see [`ShardCore::order_room_bytes`]) fits this machine's physical
+    /// memory: [`validate`](Self::validate) checks it, and so can a caller that makes
+    /// shard cores itself (a cluster node, one per partition). Room past the memory would
+    /// be written at start until the kernel's out-of-memory killer ended the process (or
+    /// another one). Not checked where the memory cannot be read (other than Linux).
+    ///
+    /// # Errors
+    /// [`EngineError::NotEnoughMemory`].
+    pub fn check_order_room(
+        catalog: &Catalog,
+        placement: &Placement,
+        orders: Option<usize>,
+    ) -> Result<(), EngineError> {
+        let Some(has_bytes) = physical_memory_bytes() else {
+            return Ok(());
+        };
+        let needs_bytes: u64 = (0..placement.shards())
+            .map(|shard| {
+                ShardCore::order_room_bytes(catalog, placement, ShardId(shard as u16), orders)
+            })
+            .sum();
+        if needs_bytes > has_bytes {
+            return Err(EngineError::NotEnoughMemory {
+                needs_bytes,
+                has_bytes,
+                shards: placement.shards(),
+            });
         }
         Ok(())
     }

@@ -58,16 +58,19 @@ pub struct NodeArgs {
 /// spread over `partitions`. The sale's epoch is not known yet, so instants are read
 /// against the Unix epoch: the same checks pass as against the sale's own, except for
 /// instants past the year 2554.
-pub fn check_catalog_before_opening(path: Option<&Path>, partitions: u16) -> Result<(), String> {
+pub fn check_catalog_before_opening(
+    path: Option<&Path>,
+    partitions: u16,
+) -> Result<(flashsale::Catalog, flashsale::Placement), String> {
     let epoch = std::time::SystemTime::UNIX_EPOCH;
     let catalog = match path {
         Some(path) => catalog_file::load(path, epoch),
         None => catalog_file::parse("the demo sale", crate::serve::DEMO_SALE, epoch),
     }
     .map_err(|error| error.0)?;
-    flashsale::Placement::new(&catalog, usize::from(partitions))
-        .map(drop)
-        .map_err(|error| format!("place the catalog: {error}"))
+    let placement = flashsale::Placement::new(&catalog, usize::from(partitions))
+        .map_err(|error| format!("place the catalog: {error}"))?;
+    Ok((catalog, placement))
 }
 
 /// Runs the node until SIGTERM or SIGINT; the exit code: 0 after a clean stop, 2 for bad
@@ -130,7 +133,12 @@ async fn node(args: NodeArgs) -> Result<(), (u8, String)> {
     // Settings the node would refuse, and a catalog that does not fit the partitions,
     // before anything connects (opening the sale creates a stream per partition).
     config.check().map_err(bad_input)?;
-    check_catalog_before_opening(args.catalog.as_deref(), args.partitions).map_err(bad_input)?;
+    let (catalog, placement) =
+        check_catalog_before_opening(args.catalog.as_deref(), args.partitions)
+            .map_err(bad_input)?;
+    // Its room for orders (a core per partition) within the machine's memory.
+    flashsale::EngineBuilder::check_order_room(&catalog, &placement, order_capacity)
+        .map_err(bad_input)?;
     let client = connect(&args.nats, &id).await.map_err(cannot_run)?;
     // A cluster that is still electing its leaders times requests out: retry for a while.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

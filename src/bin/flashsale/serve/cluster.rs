@@ -83,6 +83,7 @@ pub fn open(args: &ServeArgs, runtime: &Runtime) -> Result<Option<Opening>, Fail
         .check()
         .map_err(|error| (2, error.to_string()))?;
     crate::node::check_catalog_before_opening(args.catalog.as_deref(), args.partitions)
+        .map(drop)
         .map_err(|why| (2, why))?;
     runtime.block_on(async {
         let name = format!("gateway-{}", std::process::id());
