@@ -450,12 +450,7 @@ impl ShardCore {
         shard: ShardId,
         orders: Option<usize>,
     ) -> u64 {
-        let stock: u64 = placement
-            .skus_of(shard)
-            .iter()
-            .map(|&sku| u64::from(catalog.skus()[sku as usize].stock))
-            .sum();
-        let room = Self::orders_to_make_room_for(stock, orders);
+        let room = Self::orders_to_make_room_for(shard_stock(catalog, placement, shard), orders);
         OrderBook::bytes_for(room) + room as u64 * size_of::<OrderRecord>() as u64
     }
 
@@ -471,11 +466,7 @@ impl ShardCore {
         (0..placement.shards())
             .filter_map(|index| {
                 let shard = ShardId(index as u16);
-                let stock: u64 = placement
-                    .skus_of(shard)
-                    .iter()
-                    .map(|&sku| u64::from(catalog.skus()[sku as usize].stock))
-                    .sum();
+                let stock = shard_stock(catalog, placement, shard);
                 let room = Self::order_room_for(stock, orders);
                 (stock > room as u64).then_some((shard, stock, room))
             })
@@ -613,6 +604,15 @@ fn limit_key_of(skus: &[SkuState], local: u32) -> u64 {
         Some(group) => u64::from(group),
         None => SKU_LIMIT_KEY | u64::from(local),
     }
+}
+
+/// The units of `placement`'s `shard`, all its SKUs together.
+fn shard_stock(catalog: &Catalog, placement: &Placement, shard: ShardId) -> u64 {
+    placement
+        .skus_of(shard)
+        .iter()
+        .map(|&sku| u64::from(catalog.skus()[sku as usize].stock))
+        .sum()
 }
 
 #[cfg(test)]
