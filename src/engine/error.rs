@@ -83,18 +83,21 @@ pub enum EngineError {
         manifest: std::path::PathBuf,
     },
     /// The room for orders the shards would make at start (their order books and order
-    /// records, written up front) is more than this machine's physical memory: starting
-    /// would end in the kernel's out-of-memory killer, not in a sale.
+    /// records, written up front) is more than the memory this process may have (the
+    /// machine's, or its control group's limit where lower): starting would end in the
+    /// kernel's out-of-memory killer, not in a sale.
     #[error(
-        "the room for orders of {shards} shard(s) needs {:.1} GiB, more than this machine's \
-         {:.1} GiB of memory: lower order_capacity (--order-capacity), or run fewer shards",
+        "the room for orders of {shards} shard(s) needs {:.1} GiB, more than the {:.1} GiB of \
+         memory this process may have (the machine's, or its control group's limit): lower \
+         order_capacity (--order-capacity), or run fewer shards",
         *needs_bytes as f64 / f64::from(1u32 << 30),
         *has_bytes as f64 / f64::from(1u32 << 30)
     )]
     NotEnoughMemory {
         /// Bytes the room would take, all shards together.
         needs_bytes: u64,
-        /// The machine's physical memory (`MemTotal` in `/proc/meminfo`).
+        /// The machine's physical memory (`MemTotal` in `/proc/meminfo`), or its control
+        /// group's memory limit where that is lower.
         has_bytes: u64,
         /// Shards.
         shards: usize,

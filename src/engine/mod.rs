@@ -56,20 +56,66 @@ pub use crate::report::PRODUCER_SLOTS;
 
 type SinkFactory = Box<dyn FnMut(ShardId) -> Box<dyn OrderSink>>;
 
-/// This machine's physical memory (`MemTotal`), where the OS says (Linux); `None`
-/// elsewhere and under Miri. Read once per process: a process that starts many small
-/// engines (a test suite, a fuzzer) does not read the file for each.
+/// The memory this process may have: the machine's physical memory (`MemTotal`), or its
+/// control group's limit where that is lower (a container's, cgroup v2 `memory.max` or v1
+/// `memory.limit_in_bytes`: where the kernel's out-of-memory killer acts), on Linux;
+/// `None` elsewhere and under Miri. Read once per process: a process that starts many
+/// small engines (a test suite, a fuzzer) does not read the files for each.
 fn physical_memory_bytes() -> Option<u64> {
     static BYTES: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     *BYTES.get_or_init(|| {
         if cfg!(miri) || !cfg!(target_os = "linux") {
             return None;
         }
-        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-        let line = text.lines().find(|line| line.starts_with("MemTotal:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        kib.checked_mul(1024)
+        let read = |path: &str| std::fs::read_to_string(path).ok();
+        let total = read("/proc/meminfo").and_then(|text| mem_total(&text))?;
+        let cgroups = read("/proc/self/cgroup").unwrap_or_default();
+        let limit = memory_limit_files(&cgroups)
+            .iter()
+            .filter_map(|path| read(path).and_then(|text| cgroup_limit(&text)))
+            .min();
+        Some(limit.map_or(total, |limit| limit.min(total)))
     })
+}
+
+/// `MemTotal` of `/proc/meminfo`, in bytes.
+fn mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// The files that may hold this process's memory limit, given `/proc/self/cgroup`: the
+/// cgroup v2 group's `memory.max` (line `0::PATH`), the v1 memory controller's
+/// `memory.limit_in_bytes` (line `N:...memory...:PATH`), each also at the mount's root
+/// (what a container with its own cgroup namespace sees as its group).
+fn memory_limit_files(cgroups: &str) -> Vec<String> {
+    let mut files = vec![
+        "/sys/fs/cgroup/memory.max".to_owned(),
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes".to_owned(),
+    ];
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let path = path.trim_end_matches('/');
+        if controllers.is_empty() {
+            files.push(format!("/sys/fs/cgroup{path}/memory.max"));
+        } else if controllers.split(',').any(|name| name == "memory") {
+            files.push(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"));
+        }
+    }
+    files
+}
+
+/// A cgroup memory limit file's value in bytes; `None` for no limit (`max`, or v1's
+/// "unlimited", a number near `i64::MAX`).
+fn cgroup_limit(text: &str) -> Option<u64> {
+    let bytes: u64 = text.trim().parse().ok()?;
+    (bytes < 1 << 60).then_some(bytes)
 }
 
 /// Configures and starts an [`Engine`].
@@ -244,8 +290,7 @@ impl EngineBuilder {
     /// [`EngineError::Placement`], or [`EngineError::NotEnoughMemory`] where the room for
     /// orders the shards would make at start (see
     /// [`ShardCore::order_room_bytes`](crate::ShardCore::order_room_bytes)) is more than
-    /// this machine's physical memory (read from `/proc/meminfo` on Linux; not checked
-    /// elsewhere).
+    /// the memory this process may have (see [`check_order_room`](Self::check_order_room)).
     pub fn validate(&self) -> Result<(), EngineError> {
         fn within(
             setting: &'static str,
@@ -318,7 +363,9 @@ impl EngineBuilder {
     /// memory: [`validate`](Self::validate) checks it, and so can a caller that makes
     /// shard cores itself (a cluster node, one per partition). Room past the memory would
     /// be written at start until the kernel's out-of-memory killer ended the process (or
-    /// another one). Not checked where the memory cannot be read (other than Linux).
+    /// another one). The memory is the machine's (`MemTotal`), or the process's control
+    /// group's limit where lower (a container's); not checked where it cannot be read
+    /// (other than Linux).
     ///
     /// # Errors
     /// [`EngineError::NotEnoughMemory`].
@@ -685,6 +732,41 @@ impl Drop for Engine {
         if !self.workers.is_empty() {
             // Dropping must not panic; a report that cannot be built is simply discarded.
             let _ = catch_unwind(AssertUnwindSafe(|| self.stop()));
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_limit_is_read_from_meminfo_and_the_control_groups() {
+        assert_eq!(
+            mem_total("MemTotal:       24641944 kB\nMemFree: 1 kB\n"),
+            Some(24_641_944 * 1024)
+        );
+        assert_eq!(mem_total("MemFree: 1 kB\n"), None);
+        // cgroup v2 (one line `0::PATH`) and v1 (the memory controller's line).
+        let v2 = memory_limit_files("0::/kubepods/pod1/app\n");
+        assert!(v2.contains(&"/sys/fs/cgroup/kubepods/pod1/app/memory.max".to_owned()));
+        let v1 = memory_limit_files("5:devices:/\n4:memory:/docker/abc\n0::/\n");
+        assert!(v1.contains(&"/sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes".to_owned()));
+        assert!(v1.contains(&"/sys/fs/cgroup/memory.max".to_owned()));
+        let joined = memory_limit_files("3:cpu,memory:/a\n");
+        assert!(joined.contains(&"/sys/fs/cgroup/memory/a/memory.limit_in_bytes".to_owned()));
+        assert_eq!(memory_limit_files("garbage\n").len(), 2);
+        // Limits: a number, or none.
+        assert_eq!(cgroup_limit("2147483648\n"), Some(1 << 31));
+        assert_eq!(cgroup_limit("max\n"), None);
+        assert_eq!(cgroup_limit("9223372036854771712\n"), None);
+        // This machine: at most its MemTotal.
+        if cfg!(target_os = "linux") {
+            let total = std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|text| mem_total(&text));
+            let has = physical_memory_bytes();
+            assert!(has.is_some() && has <= total, "{has:?} {total:?}");
         }
     }
 }
