@@ -909,19 +909,26 @@ fn a_data_directory_of_another_sale_is_refused() {
         );
         std::fs::write(&path, kept).unwrap();
     }
-    // A manifest with one bit of its title flipped: damage, refused by `serve` (exit 1,
-    // the journal cannot be read) and reported by `check` (exit 1).
+    // Damage in the directory's small files: refused by `serve` (exit 1, the journal
+    // cannot be read) and reported by `check` (exit 1).
+    let serve_refuses_damage = |context: &str| {
+        let (code, stderr) = serve_fails(&["--data", &data, "--catalog", &catalog]);
+        assert_eq!(code, 1, "{context}: {stderr}");
+        assert!(stderr.contains("is damaged"), "{stderr}");
+    };
+    let check_reports_damage = || {
+        let (code, stdout, stderr) = check(&data, &catalog, &[]);
+        assert_eq!(code, Some(1), "{stdout}{stderr}");
+        assert!(stderr.contains("is damaged"), "{stdout}{stderr}");
+    };
+    // A manifest with one bit of its title flipped.
     let path = std::path::Path::new(&data).join("flashsale.manifest");
     let kept = std::fs::read(&path).unwrap();
     let mut damaged = kept.clone();
     damaged[3] ^= 0x04;
     std::fs::write(&path, &damaged).unwrap();
-    let (code, stderr) = serve_fails(&["--data", &data, "--catalog", &catalog]);
-    assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("is damaged"), "{stderr}");
-    let (code, stdout, stderr) = check(&data, &catalog, &[]);
-    assert_eq!(code, Some(1), "{stdout}{stderr}");
-    assert!(stderr.contains("is damaged"), "{stdout}{stderr}");
+    serve_refuses_damage("the manifest's title");
+    check_reports_damage();
     std::fs::write(&path, kept).unwrap();
     // The sale's epoch: a digit changed unnoticed would move every instant of the sale.
     // Each bit of a leading and a middle digit, both line ends and the check line's first
@@ -945,14 +952,10 @@ fn a_data_directory_of_another_sale_is_refused() {
             let mut damaged = kept.clone();
             damaged[at] ^= 1 << bit;
             std::fs::write(&path, &damaged).unwrap();
-            let (code, stderr) = serve_fails(&["--data", &data, "--catalog", &catalog]);
-            assert_eq!(code, 1, "byte {at} bit {bit}: {stderr}");
-            assert!(stderr.contains("is damaged"), "{stderr}");
+            serve_refuses_damage(&format!("byte {at} bit {bit}"));
         }
     }
-    let (code, stdout, stderr) = check(&data, &catalog, &[]);
-    assert_eq!(code, Some(1), "{stdout}{stderr}");
-    assert!(stderr.contains("is damaged"), "{stdout}{stderr}");
+    check_reports_damage();
     // Written back by hand, the number alone: served.
     std::fs::write(&path, format!("{digits}\n")).unwrap();
     serve(&["--data", &data, "--catalog", &catalog]).terminate(Duration::from_secs(30));
