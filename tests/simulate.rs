@@ -513,6 +513,27 @@ fn compare_refuses_bad_knobs_with_exit_2() {
     }
 }
 
+/// A peer on a server that cannot be reached (or that this build lacks) is refused before
+/// any row runs, not after the in-process rows: the only line on standard error is the
+/// refusal (the engine's row would first note its shard's small room for orders).
+#[test]
+fn a_peer_server_that_cannot_be_reached_is_refused_before_any_row() {
+    for (peer, field) in [
+        (["--redis", "127.0.0.1:1"], "redis"),
+        (["--nats", "nats://127.0.0.1:1"], "nats"),
+    ] {
+        let output =
+            compare(&[&["--viewers", "20000", "--order-capacity", "8"][..], &peer].concat());
+        assert_eq!(output.status.code(), Some(2), "{peer:?}");
+        let message = stderr_line(&output);
+        assert!(
+            message.starts_with(&format!("error: {field}:")) && !message.contains('\n'),
+            "{peer:?}: {message}"
+        );
+        assert!(output.stdout.is_empty(), "{peer:?}");
+    }
+}
+
 #[cfg(not(feature = "redis-peer"))]
 #[test]
 fn compare_without_the_redis_peer_says_how_to_get_it() {
@@ -860,6 +881,40 @@ fn flags_that_would_be_ignored_are_refused() {
     let output = compare(&["--skip", "engine,mutex,crossbeam"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr_line(&output).starts_with("error: skip:"));
+}
+
+/// A plot or a journal directory that cannot be written is refused before the run, not
+/// after it: the only line on standard error is the refusal (a run would first note its
+/// shard's small room for orders), and nothing is printed as a report.
+#[test]
+fn an_output_that_cannot_be_written_is_refused_before_the_run() {
+    let dir = std::env::temp_dir().join(format!("flashsale-unwritable-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let under_file = file.join("below");
+    let plot = under_file.join("run.svg");
+    for (args, field) in [
+        (vec!["--plot", plot.to_str().unwrap()], "plot"),
+        (vec!["--journal", under_file.to_str().unwrap()], "journal"),
+        (vec!["--journal", file.to_str().unwrap()], "journal"),
+    ] {
+        let output = simulate(&[&SMALL[..], &["--order-capacity", "8"], &args].concat());
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let message = stderr_line(&output);
+        assert!(
+            message.starts_with(&format!("error: {field}:")) && !message.contains('\n'),
+            "{args:?}: {message}"
+        );
+        assert!(output.stdout.is_empty(), "{args:?}");
+    }
+    // A plot path that can be written is left as it was found when the check passes: a
+    // missing file is not made by the check (the plot makes it after the run).
+    let fine = dir.join("fine.svg");
+    let output = simulate(&[&SMALL[..], &["--plot", fine.to_str().unwrap()]].concat());
+    assert!(output.status.success(), "{}", stderr_line(&output));
+    assert!(std::fs::read_to_string(&fine).unwrap().starts_with("<svg"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The plot (SVG) names the scenario, seed and loop, says where latency is measured from,

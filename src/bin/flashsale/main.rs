@@ -403,6 +403,10 @@ fn simulate(args: &SimulateArgs) -> Result<bool, String> {
         return Ok(all_hold);
     }
     let cluster = args.nats.knobs()?;
+    // A plot that cannot be written is refused before the run, not after it.
+    if let Some(path) = &args.plot {
+        plot::check_writable(path).map_err(|error| format!("plot: {}: {error}", path.display()))?;
+    }
     if let Some(dir) = &args.journal {
         if cluster.is_some() {
             return Err(
@@ -415,16 +419,17 @@ fn simulate(args: &SimulateArgs) -> Result<bool, String> {
         Some(knobs) => run_on_cluster(&scenario, knobs, args.knobs.quiet)?,
         None => run_once(&scenario, args.knobs.quiet)?,
     };
-    if let Some(path) = &args.plot {
-        plot::draw(path, &run, &latency_ns)
-            .map_err(|error| format!("plot: {}: {error}", path.display()))?;
-    }
+    // The report first: a plot that fails to draw must not take the run's figures with it.
     if args.knobs.json {
         let text = serde_json::to_string_pretty(&run).map_err(|error| error.to_string())?;
         println!("{text}");
     } else {
         print!("{}", run.table());
-        if let Some(path) = &args.plot {
+    }
+    if let Some(path) = &args.plot {
+        plot::draw(path, &run, &latency_ns)
+            .map_err(|error| format!("plot: {}: {error}", path.display()))?;
+        if !args.knobs.json {
             println!("plot written to {}", path.display());
         }
     }
@@ -444,6 +449,9 @@ fn simulate_journaled(
             dir.display()
         ));
     }
+    // Made before the in-memory run, so that a directory that cannot be made is refused
+    // before either run rather than after the first.
+    std::fs::create_dir_all(dir).map_err(|error| format!("journal: {}: {error}", dir.display()))?;
     let config = flashsale::JournalConfig {
         sync: !args.no_fsync,
         ..flashsale::JournalConfig::durable(dir)

@@ -66,6 +66,21 @@ fn failed(error: impl std::fmt::Display) -> String {
     error.to_string()
 }
 
+/// Whether the plot's file can be written, checked before a run: the file is opened for
+/// writing (made if missing, and then removed again), its contents left as they are.
+pub fn check_writable(path: &Path) -> std::io::Result<()> {
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    if !existed {
+        std::fs::remove_file(path)?;
+    }
+    Ok(())
+}
+
 pub fn draw(path: &Path, run: &RunJson, latency_ns: &Histogram<u64>) -> Result<(), String> {
     let root = SVGBackend::new(path, (1100, 860)).into_drawing_area();
     root.fill(&WHITE).map_err(failed)?;

@@ -2,9 +2,9 @@
 //! JetStream, and what `--nats` says without the feature.
 
 #[cfg(not(all(feature = "cluster", not(loom))))]
-pub use absent::run;
+pub use absent::{check, run};
 #[cfg(all(feature = "cluster", not(loom)))]
-pub use real::run;
+pub use real::{check, run};
 
 #[cfg(all(feature = "cluster", not(loom)))]
 pub use real::{levels_of, on_throwaway_sale};
@@ -129,6 +129,19 @@ mod real {
             .max()
             .unwrap_or(0);
         Duration::from_nanos(end_ns.saturating_sub(now_ns))
+    }
+
+    /// Whether the NATS servers take a connection, checked before any peer runs, so that
+    /// a wrong address is refused before the in-process rows rather than after them.
+    pub fn check(knobs: &ClusterKnobs) -> Result<(), String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| format!("nats: cannot start the runtime: {error}"))?;
+        runtime
+            .block_on(connect(&knobs.urls, "flashsale-compare-check"))
+            .map(drop)
+            .map_err(|error| format!("nats: {error}"))
     }
 
     pub fn run(scenario: &Scenario, knobs: &ClusterKnobs) -> Result<PeerJson, String> {
@@ -398,7 +411,13 @@ mod absent {
     use super::super::*;
     use super::ClusterKnobs;
 
+    const ABSENT: &str = "nats: this build has no cluster peer; build with `--features cluster`";
+
+    pub fn check(_: &ClusterKnobs) -> Result<(), String> {
+        Err(ABSENT.into())
+    }
+
     pub fn run(_: &Scenario, _: &ClusterKnobs) -> Result<PeerJson, String> {
-        Err("nats: this build has no cluster peer; build with `--features cluster`".into())
+        Err(ABSENT.into())
     }
 }

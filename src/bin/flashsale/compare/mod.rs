@@ -159,6 +159,15 @@ impl PeerJson {
 /// Runs the comparison; `Ok(false)` if a peer broke an invariant.
 pub fn compare(args: &CompareArgs) -> Result<bool, String> {
     let scenario = checked_scenario(args)?;
+    // The peers on servers are checked first: a server that cannot be reached is refused
+    // before the in-process rows run, not after them (whose figures would be lost).
+    let cluster = args.nats.knobs()?;
+    if let Some(knobs) = &cluster {
+        cluster_peer::check(knobs)?;
+    }
+    if let Some(address) = &args.redis {
+        redis_peer::check(address)?;
+    }
     let say = |line: &str| {
         if !args.knobs.quiet {
             note!("{line}");
@@ -177,12 +186,12 @@ pub fn compare(args: &CompareArgs) -> Result<bool, String> {
         say("running crossbeam-channel ...");
         peers.push(crossbeam_peer(&scenario)?);
     }
-    if let Some(knobs) = args.nats.knobs()? {
+    if let Some(knobs) = &cluster {
         say(&format!(
             "running the cluster on NATS at {} ...",
             knobs.urls
         ));
-        peers.push(cluster_peer::run(&scenario, &knobs)?);
+        peers.push(cluster_peer::run(&scenario, knobs)?);
     }
     if let Some(address) = &args.redis {
         say(&format!("running Redis + Lua at {address} ..."));

@@ -1,9 +1,9 @@
 //! The Redis + Lua peer (feature `redis-peer`), and what `--redis` says without it.
 
 #[cfg(not(feature = "redis-peer"))]
-pub use absent::run;
+pub use absent::{check, run};
 #[cfg(feature = "redis-peer")]
-pub use real::run;
+pub use real::{check, run};
 
 #[cfg(feature = "redis-peer")]
 mod real {
@@ -232,6 +232,16 @@ return {0, tonumber(order)}
             .map_or(String::new(), |usec| format!(", server {usec} µs/call")))
     }
 
+    /// Whether the server at `address` answers, checked before any peer runs, so that a
+    /// wrong address is refused before the in-process rows rather than after them.
+    pub fn check(address: &str) -> Result<(), String> {
+        let mut connection = connect(address)?;
+        redis::cmd("PING")
+            .query::<String>(&mut connection)
+            .map_err(failed)?;
+        Ok(())
+    }
+
     pub fn run(
         scenario: &Scenario,
         address: &str,
@@ -302,11 +312,14 @@ mod absent {
 
     use super::super::*;
 
+    const ABSENT: &str = "redis: this build has no Redis peer; build with `--features \
+                          redis-peer` (benches/peers/redis.sh does)";
+
+    pub fn check(_: &str) -> Result<(), String> {
+        Err(ABSENT.into())
+    }
+
     pub fn run(_: &Scenario, _: &str, _: u32, _: u32) -> Result<PeerJson, String> {
-        Err(
-            "redis: this build has no Redis peer; build with `--features redis-peer` \
-             (benches/peers/redis.sh does)"
-                .into(),
-        )
+        Err(ABSENT.into())
     }
 }
