@@ -714,6 +714,36 @@ async fn a_closed_standard_error_neither_stops_the_server_nor_its_clean_stop() {
     );
 }
 
+/// A data directory on a filesystem in memory is named as such at the start: its journal
+/// survives a restart of the process, not of the machine.
+#[test]
+fn a_data_directory_in_memory_is_noted_at_the_start() {
+    let on_tmpfs = std::fs::read_to_string("/proc/mounts").is_ok_and(|mounts| {
+        mounts.lines().any(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            fields.get(1) == Some(&"/dev/shm") && fields.get(2) == Some(&"tmpfs")
+        })
+    });
+    if !on_tmpfs {
+        println!("skipped: /dev/shm is not a tmpfs mount here");
+        return;
+    }
+    let data = PathBuf::from(format!("/dev/shm/flashsale-serve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let server = serve(&["--data", data.to_str().unwrap()]);
+    assert!(
+        server
+            .said_before_ready
+            .iter()
+            .any(|line| line.contains("on tmpfs, in memory")),
+        "{:?}",
+        server.said_before_ready
+    );
+    let (status, _) = server.terminate(Duration::from_secs(30));
+    assert!(status.success());
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
 #[test]
 fn start_up_errors_are_one_line_and_exit_2() {
     let dir = scratch("startup");

@@ -591,6 +591,30 @@ fn fsync_probe_measures_the_disk() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("fdatasync"));
     let output = flashsale("fsync", &["--count", "0"]);
     assert_eq!(output.status.code(), Some(2));
+    // A directory in memory is named as such: its syncs reach no disk.
+    if !dev_shm_is_tmpfs() {
+        println!("skipped the tmpfs note: /dev/shm is not a tmpfs mount here");
+        return;
+    }
+    let output = flashsale("fsync", &["--dir", "/dev/shm", "--count", "5", "--json"]);
+    assert!(output.status.success(), "{}", stderr_line(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["in_memory_filesystem"], "tmpfs");
+    assert!(
+        stderr_line(&output).contains("is on tmpfs, in memory"),
+        "{}",
+        stderr_line(&output)
+    );
+}
+
+/// Whether `/dev/shm` is a tmpfs mount, as the kernel's mount table says.
+fn dev_shm_is_tmpfs() -> bool {
+    std::fs::read_to_string("/proc/mounts").is_ok_and(|mounts| {
+        mounts.lines().any(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            fields.get(1) == Some(&"/dev/shm") && fields.get(2) == Some(&"tmpfs")
+        })
+    })
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! floor under a durable group commit (one `write` plus one `fdatasync` per group).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
@@ -37,6 +37,9 @@ pub struct FsyncArgs {
 #[derive(Debug, Serialize)]
 struct FsyncJson {
     dir: PathBuf,
+    /// `tmpfs` or `ramfs` where the directory is on a filesystem in memory (whose syncs
+    /// reach no disk), else null.
+    in_memory_filesystem: Option<&'static str>,
     count: u32,
     bytes: usize,
     per_s: f64,
@@ -89,6 +92,7 @@ pub fn fsync(args: &FsyncArgs) -> Result<bool, String> {
     let elapsed = started.elapsed().as_secs_f64();
     let report = FsyncJson {
         dir: args.dir.clone(),
+        in_memory_filesystem: in_memory_filesystem(&args.dir),
         count: args.count,
         bytes: args.bytes,
         per_s: f64::from(args.count) / elapsed,
@@ -97,6 +101,13 @@ pub fn fsync(args: &FsyncArgs) -> Result<bool, String> {
         p99_ns: latency.value_at_quantile(0.99),
         max_ns: latency.max(),
     };
+    if let Some(kind) = report.in_memory_filesystem {
+        note!(
+            "note: {} is on {kind}, in memory: its syncs reach no disk, so these are not a \
+             disk's figures",
+            args.dir.display()
+        );
+    }
     if args.json {
         let text = serde_json::to_string_pretty(&report).map_err(|error| error.to_string())?;
         println!("{text}");
@@ -114,4 +125,38 @@ pub fn fsync(args: &FsyncArgs) -> Result<bool, String> {
         Nanos(report.max_ns)
     );
     Ok(true)
+}
+
+/// The in-memory filesystem (`tmpfs`, `ramfs`) that `dir` is on, if it is on one: what is
+/// written and synced there lives in memory, so it survives a restart of the process but
+/// not of the machine, and a sync there costs what a copy does. `None` elsewhere, and
+/// where the filesystem cannot be read.
+#[cfg(target_os = "linux")]
+pub fn in_memory_filesystem(dir: &Path) -> Option<&'static str> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string alive for the call, and `stats` is room for
+    // one `statfs`, which the call only writes.
+    if unsafe { libc::statfs(path.as_ptr(), stats.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: `statfs` returned 0, so it filled `stats` in.
+    let kind = unsafe { stats.assume_init() }.f_type;
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "the field's type differs by platform"
+    )]
+    // The filesystems' magic numbers, as linux/magic.h has them.
+    match kind as u64 & 0xFFFF_FFFF {
+        0x0102_1994 => Some("tmpfs"),
+        0x8584_58f6 => Some("ramfs"),
+        _ => None,
+    }
+}
+
+/// Elsewhere than Linux: not known, so never said.
+#[cfg(not(target_os = "linux"))]
+pub fn in_memory_filesystem(_: &Path) -> Option<&'static str> {
+    None
 }

@@ -452,6 +452,13 @@ fn simulate_journaled(
     // Made before the in-memory run, so that a directory that cannot be made is refused
     // before either run rather than after the first.
     std::fs::create_dir_all(dir).map_err(|error| format!("journal: {}: {error}", dir.display()))?;
+    if let Some(kind) = fsync::in_memory_filesystem(dir) {
+        note!(
+            "note: {} is on {kind}, in memory: its syncs reach no disk, so the journaled run \
+             is not a disk's",
+            dir.display()
+        );
+    }
     let config = flashsale::JournalConfig {
         sync: !args.no_fsync,
         ..flashsale::JournalConfig::durable(dir)

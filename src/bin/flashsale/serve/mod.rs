@@ -425,6 +425,12 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
             return Err(failure);
         }
     };
+    if let Some(kind) = data.as_deref().and_then(crate::fsync::in_memory_filesystem) {
+        note!(
+            "flashsale serve: note: the data directory is on {kind}, in memory: its journal \
+             survives a restart of the process, not of the machine"
+        );
+    }
     note!("flashsale serve: ready: {what}; try GET http://{local}/sales");
 
     runtime.block_on(async {
