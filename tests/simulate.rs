@@ -907,9 +907,10 @@ fn flags_that_would_be_ignored_are_refused() {
     assert!(stderr_line(&output).starts_with("error: skip:"));
 }
 
-/// A plot or a journal directory that cannot be written is refused before the run, not
-/// after it: the only line on standard error is the refusal (a run would first note its
-/// shard's small room for orders), and nothing is printed as a report.
+/// A plot or a journal directory that cannot be written, or a rate of a sweep out of
+/// range, is refused before any run, not after one: the only line on standard error is
+/// the refusal (a run would first note its shard's small room for orders), and nothing
+/// is printed as a report.
 #[test]
 fn an_output_that_cannot_be_written_is_refused_before_the_run() {
     let dir = std::env::temp_dir().join(format!("flashsale-unwritable-{}", std::process::id()));
@@ -922,6 +923,8 @@ fn an_output_that_cannot_be_written_is_refused_before_the_run() {
         (vec!["--plot", plot.to_str().unwrap()], "plot"),
         (vec!["--journal", under_file.to_str().unwrap()], "journal"),
         (vec!["--journal", file.to_str().unwrap()], "journal"),
+        // A sweep whose last rate is out of range runs none of its rates.
+        (vec!["--rates", "1M,2000M"], "rate"),
     ] {
         let output = simulate(&[&SMALL[..], &["--order-capacity", "8"], &args].concat());
         assert_eq!(output.status.code(), Some(2), "{args:?}");

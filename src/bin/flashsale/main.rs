@@ -379,16 +379,23 @@ fn simulate(args: &SimulateArgs) -> Result<bool, String> {
         return Err("nats: --rates runs the in-process engine only; not with --nats".into());
     }
     if let Some(rates) = &args.rates {
+        // Every rate is checked before the first runs, so that a rate out of range is
+        // refused before the sweep rather than after the runs before it.
+        let sweep = rates
+            .iter()
+            .map(|&rate| {
+                let mut at_rate = scenario.clone();
+                at_rate.rate = Some(rate);
+                at_rate.mode = Mode::Open;
+                at_rate.validate().map(|()| (rate, at_rate))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut lines = Vec::new();
         let mut all_hold = true;
-        for &rate in rates {
-            let mut at_rate = scenario.clone();
-            at_rate.rate = Some(rate);
-            at_rate.mode = Mode::Open;
-            at_rate.validate()?;
-            let (run, _) = run_once(&at_rate, args.knobs.quiet)?;
+        for (rate, at_rate) in &sweep {
+            let (run, _) = run_once(at_rate, args.knobs.quiet)?;
             all_hold &= run.all_invariants_hold();
-            lines.push(RateJson::of(rate, &run));
+            lines.push(RateJson::of(*rate, &run));
         }
         if args.knobs.json {
             let text = serde_json::to_string_pretty(&lines).map_err(|error| error.to_string())?;
