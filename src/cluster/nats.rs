@@ -372,6 +372,51 @@ impl Opened {
     }
 }
 
+/// How long [`check_jetstream`] gives servers that are still starting JetStream, in
+/// `flashsale`'s commands: a booting server answers within a second or two.
+pub const JETSTREAM_WITHIN: Duration = Duration::from_secs(10);
+
+/// Waits (up to `within`) until the servers `client` is connected to answer JetStream's
+/// API, and refuses by name servers that never do: a server started without JetStream
+/// (`nats-server` without `-js`, or no `jetstream` block in its configuration) has no
+/// responder for it, which an opening would otherwise retry until its own deadline. A
+/// JetStream that answers with an error (a cluster still electing its leaders) or slowly
+/// counts as there: the opening's own retries wait for it.
+///
+/// # Errors
+/// No server answered JetStream's API within `within`.
+pub async fn check_jetstream(
+    client: &async_nats::Client,
+    within: Duration,
+) -> Result<(), NatsError> {
+    let js = jetstream::new(client.clone());
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match js.query_account().await {
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    async_nats::jetstream::context::AccountErrorKind::JetStreamUnavailable
+                ) =>
+            {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(NatsError::new(
+                        "check JetStream",
+                        format!(
+                            "no server answered JetStream's API for {} s: JetStream is not \
+                             enabled on these NATS servers (start nats-server with -js, or \
+                             give its configuration a jetstream block)",
+                            within.as_secs()
+                        ),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// Connects to a NATS cluster given as comma-separated URLs (any one that answers will do;
 /// the client learns the rest and moves to another when one dies).
 ///

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use flashsale::cluster::nats::{SaleOnNats, connect};
+use flashsale::cluster::nats::{JETSTREAM_WITHIN, SaleOnNats, check_jetstream, connect};
 use flashsale::cluster::{NodeConfig, PartitionStatus, run_node};
 use tokio::sync::watch;
 
@@ -140,6 +140,9 @@ async fn node(args: NodeArgs) -> Result<(), (u8, String)> {
     flashsale::EngineBuilder::check_order_room(&catalog, &placement, order_capacity)
         .map_err(bad_input)?;
     let client = connect(&args.nats, &id).await.map_err(cannot_run)?;
+    check_jetstream(&client, JETSTREAM_WITHIN)
+        .await
+        .map_err(cannot_run)?;
     // A cluster that is still electing its leaders times requests out: retry for a while.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let opened = loop {

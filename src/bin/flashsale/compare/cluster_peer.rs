@@ -73,7 +73,7 @@ mod real {
     use std::time::{SystemTime, UNIX_EPOCH};
 
     use flashsale::Policy;
-    use flashsale::cluster::nats::{SaleOnNats, connect};
+    use flashsale::cluster::nats::{JETSTREAM_WITHIN, SaleOnNats, check_jetstream, connect};
     use flashsale::cluster::{
         Gateway, GatewayConfig, NodeConfig, NodeLatency, PartitionStatus, run_node,
     };
@@ -139,8 +139,10 @@ mod real {
             .build()
             .map_err(|error| format!("nats: cannot start the runtime: {error}"))?;
         runtime
-            .block_on(connect(&knobs.urls, "flashsale-compare-check"))
-            .map(drop)
+            .block_on(async {
+                let client = connect(&knobs.urls, "flashsale-compare-check").await?;
+                check_jetstream(&client, JETSTREAM_WITHIN).await
+            })
             .map_err(|error| format!("nats: {error}"))
     }
 
@@ -211,6 +213,9 @@ mod real {
         let partitions = u16::try_from(scenario.shards).map_err(|_| "shards: too many")?;
         let sale = SaleOnNats::new(&name, partitions, knobs.replicas).map_err(nats)?;
         let client = connect(&knobs.urls, &format!("flashsale-{prefix}"))
+            .await
+            .map_err(nats)?;
+        check_jetstream(&client, JETSTREAM_WITHIN)
             .await
             .map_err(nats)?;
         let lease = Duration::from_secs(2);

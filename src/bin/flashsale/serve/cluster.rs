@@ -90,6 +90,9 @@ pub fn open(args: &ServeArgs, runtime: &Runtime) -> Result<Option<Opening>, Fail
         let client = nats::connect(urls, &name)
             .await
             .map_err(|error| (1, error.to_string()))?;
+        nats::check_jetstream(&client, nats::JETSTREAM_WITHIN)
+            .await
+            .map_err(|error| (1, error.to_string()))?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             match sale.open(client.clone(), Duration::from_secs(2)).await {
