@@ -107,8 +107,8 @@ pub use core::{
 pub use engine::client::{self, AsyncClient, Buy};
 pub use engine::{
     Control, Engine, EngineBuilder, EngineError, JournalConfig, LiveCounts, OrderSink,
-    PassedOverSnapshot, Producer, RecoveredShard, SnapshotPassedOver, SubmitError, Submitted,
-    WaitStrategy,
+    PassedOverSnapshot, Producer, RecoveredShard, ShardFailure, SnapshotPassedOver, SubmitError,
+    Submitted, WaitStrategy,
 };
 pub use report::{LatencySummary, Report};
 pub use types::{

@@ -176,6 +176,7 @@ pub struct Refusals {
 pub(crate) struct ShardReport {
     pub(crate) shard: ShardId,
     pub(crate) failed: bool,
+    pub(crate) failure: Option<crate::ShardFailure>,
     pub(crate) counts: [u64; COUNTER_SLOTS],
     pub(crate) levels: Vec<SkuLevels>,
     pub(crate) pools: Vec<PoolLevels>,
@@ -192,6 +193,9 @@ impl ShardReport {
         Self {
             shard,
             failed: true,
+            failure: Some(crate::ShardFailure::Panicked(
+                "its thread died; nothing of its state is known".to_owned(),
+            )),
             counts: [0; COUNTER_SLOTS],
             levels: Vec::new(),
             pools: Vec::new(),
@@ -233,8 +237,11 @@ pub struct Report {
     pub skus: Vec<SkuReport>,
     /// The pools of pooled products (opening draws, one-each-first), by shard.
     pub pools: Vec<PoolLevels>,
-    /// Shards that failed (their order sink panicked).
+    /// Shards that failed (see [`failures`](Self::failures) for why).
     pub failed_shards: Vec<ShardId>,
+    /// Each failed shard and why it failed (its journal could not be written, its order
+    /// sink panicked, or a bug), in shard order.
+    pub failures: Vec<(ShardId, crate::ShardFailure)>,
     /// Submit-to-outcome latency of the intents that reached a shard, merged over shards.
     pub latency: LatencySummary,
     /// The merged histogram behind [`latency`](Self::latency), in ns.
@@ -257,6 +264,7 @@ impl Report {
             journal_commits,
             snapshots,
             failed_shards,
+            failures,
             latency_histogram,
         } = Totals::of(&mut shard_reports);
         let levels_of_shard: Vec<&Vec<SkuLevels>> =
@@ -300,6 +308,7 @@ impl Report {
             snapshots,
             skus,
             failed_shards,
+            failures,
             latency: LatencySummary::from_histogram(&latency_histogram),
             latency_histogram,
         }
@@ -326,6 +335,7 @@ struct Totals {
     journal_commits: u64,
     snapshots: u64,
     failed_shards: Vec<ShardId>,
+    failures: Vec<(ShardId, crate::ShardFailure)>,
     latency_histogram: Histogram<u64>,
 }
 
@@ -349,6 +359,7 @@ impl Totals {
             journal_commits: 0,
             snapshots: 0,
             failed_shards: Vec::new(),
+            failures: Vec::new(),
             latency_histogram,
         };
         for (position, report) in reports.iter().enumerate() {
@@ -363,6 +374,10 @@ impl Totals {
             totals.snapshots += report.snapshots;
             if report.failed {
                 totals.failed_shards.push(report.shard);
+                // A failed shard's worker names why before it raises the flag.
+                if let Some(why) = &report.failure {
+                    totals.failures.push((report.shard, why.clone()));
+                }
             }
             if position > 0 {
                 // Histograms with identical bounds always merge; a lost shard's is empty.
@@ -422,8 +437,8 @@ impl fmt::Display for Report {
             "refused submits: busy {}, shut down {}, shard failed {}",
             self.refusals.busy, self.refusals.shut_down, self.refusals.shard_failed
         )?;
-        if !self.failed_shards.is_empty() {
-            writeln!(f, "FAILED shards: {:?}", self.failed_shards)?;
+        for (shard, why) in &self.failures {
+            writeln!(f, "FAILED shard {}: {why}", shard.0)?;
         }
         writeln!(f, "submit-to-outcome latency: {}", self.latency)?;
         writeln!(

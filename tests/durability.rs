@@ -22,7 +22,7 @@ use flashsale::journal;
 use flashsale::storage::{FileStorage, Storage, StorageFile};
 use flashsale::{
     Catalog, Engine, GroupId, JournalConfig, OrderId, Outcome, PassedOverSnapshot, Placement,
-    RejectReason, ShardCore, ShardId, SkuId, SkuSpec, SnapshotPassedOver, Submitted,
+    RejectReason, ShardCore, ShardFailure, ShardId, SkuId, SkuSpec, SnapshotPassedOver, Submitted,
 };
 
 fn catalog() -> Catalog {
@@ -924,9 +924,10 @@ impl StorageFile for FailingFile {
 /// Sells from two producers until the journal fails under the engine, then checks that
 /// the shard failed closed: every order a producer was told is confirmed is in the journal
 /// (recovered from the directory afterwards), and intents after the failure are answered
-/// `ShardFailed`, never confirmed. `arm` breaks the disk after 2,000 buys (a full disk
-/// needs no arming).
-fn sell_until_the_disk_fails(config: JournalConfig, arm: impl FnOnce()) {
+/// `ShardFailed`, never confirmed; the engine names the failure as the journal's, with
+/// the system's error (`says`), while it runs and in its report. `arm` breaks the disk
+/// after 2,000 buys (a full disk needs no arming).
+fn sell_until_the_disk_fails(config: JournalConfig, arm: impl FnOnce(), says: &str) {
     let catalog = Catalog::builder()
         .sku(SkuSpec::new(SkuId(1), 1_000_000).limit(u32::MAX))
         .build()
@@ -958,9 +959,18 @@ fn sell_until_the_disk_fails(config: JournalConfig, arm: impl FnOnce()) {
             other => panic!("unexpected {other:?}"),
         }
     }
+    let named = |failures: &[(ShardId, ShardFailure)]| {
+        assert!(
+            matches!(failures, [(ShardId(0), ShardFailure::Journal(why))]
+                if why.contains("shard-00000.fsj") && why.contains(says)),
+            "{failures:?}"
+        );
+    };
+    named(&engine.control().failures());
     let report = engine.shutdown();
     assert!(failed > 0, "the disk failure reached the shard");
     assert_eq!(report.failed_shards, vec![ShardId(0)]);
+    named(&report.failures);
     assert!(confirmed.len() >= 2_000, "{} confirmed", confirmed.len());
     // Every confirmation a producer saw is durable: the directory recovers it.
     let recovered = JournalConfig::durable(&config.dir)
@@ -993,14 +1003,18 @@ fn a_failed_write_or_sync_fails_the_shard_closed() {
             storage: Arc::new(FailingStorage(disk.clone())),
             ..JournalConfig::durable(&dir)
         };
-        sell_until_the_disk_fails(config, || {
-            let flag = if fail_sync {
-                &disk.fail_sync
-            } else {
-                &disk.fail_append
-            };
-            flag.store(true, std::sync::atomic::Ordering::Relaxed);
-        });
+        sell_until_the_disk_fails(
+            config,
+            || {
+                let flag = if fail_sync {
+                    &disk.fail_sync
+                } else {
+                    &disk.fail_append
+                };
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            },
+            "Input/output error",
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
@@ -1033,7 +1047,11 @@ fn a_full_disk_fails_the_shard_closed() {
     }
     let _unmount = Unmount(dir.clone());
     // 20,000 records of about 60 bytes do not fit in 256 KiB: the disk fills mid-sale.
-    sell_until_the_disk_fails(JournalConfig::durable(&dir), || {});
+    sell_until_the_disk_fails(
+        JournalConfig::durable(&dir),
+        || {},
+        "No space left on device",
+    );
 }
 
 /// Files under a root of its own: every path the engine hands it is taken relative to

@@ -12,7 +12,8 @@ mod common;
 use common::{check_invariants, intent, submit_one};
 use flashsale::{
     Catalog, Completion, Engine, EngineError, GroupId, Intent, Outcome, PlacementError,
-    RejectReason, SaleWindow, ShardId, SkuId, SkuSpec, SubmitError, Submitted, WaitStrategy,
+    RejectReason, SaleWindow, ShardFailure, ShardId, SkuId, SkuSpec, SubmitError, Submitted,
+    WaitStrategy,
 };
 
 /// Miri runs the tests that race threads through the rings and the park protocol (see
@@ -538,8 +539,21 @@ fn panicking_sink_fails_its_shard_only() {
     ));
     // The other shard goes on.
     assert!(producer.buy(intent(1, 1, 2, 1)).unwrap().order().is_some());
+    // Why is named, with the sink's own message, while the engine runs and after.
+    let why = vec![(
+        ShardId(0),
+        ShardFailure::SinkPanicked("payment service down".into()),
+    )];
+    assert_eq!(engine.control().failures(), why);
     let report = engine.shutdown();
     assert_eq!(report.failed_shards, vec![ShardId(0)]);
+    assert_eq!(report.failures, why);
+    assert!(
+        report
+            .to_string()
+            .contains("FAILED shard 0: the order sink panicked: payment service down"),
+        "{report}"
+    );
     assert_eq!(report.rejected(RejectReason::ShardFailed), 18);
     assert_eq!(report.refusals.shard_failed, 2);
     assert_eq!(

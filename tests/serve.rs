@@ -714,6 +714,92 @@ async fn a_closed_standard_error_neither_stops_the_server_nor_its_clean_stop() {
     );
 }
 
+/// A shard whose journal's disk fills up fails closed: 503 `shard_failed` from then on,
+/// no confirmation after the first refusal, and serve says at once which shard failed and
+/// why, naming the journal file and the system's error (buyers see only the 503). Once
+/// the disk has room again, a restart recovers every order that was confirmed. The disk is
+/// a 20 KiB tmpfs the test mounts (it needs root on Linux; skipped otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_its_shard_closed_and_serve_says_why() {
+    let (dir, _, catalog) =
+        scratch_sale("full-disk", "[[sku]]\nid = 1\nstock = 100000\nlimit = 1\n");
+    let disk = dir.join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=20k", "tmpfs"])
+        .arg(&disk)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !mounted {
+        println!("skipped: cannot mount a small tmpfs here (needs root on Linux)");
+        return;
+    }
+    // Unmounted also when the checks fail.
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let unmount = Unmount(disk.clone());
+    let data = disk.join("data").display().to_string();
+    let args = ["--data", &data, "--catalog", &catalog];
+    let server = serve(&args);
+    let http = client();
+    let mut confirmed = 0u64;
+    let mut refused = false;
+    for user in 1..=20_000u64 {
+        let (status, body) = buy(
+            &http,
+            &server,
+            "1",
+            json!({"user": user, "qty": 1, "key": 1}),
+        )
+        .await;
+        match status {
+            StatusCode::OK => confirmed += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(body["reason"], "shard_failed", "{body}");
+                refused = true;
+                break;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(refused, "the disk never filled ({confirmed} confirmed)");
+    // Failed for good: no later buy is confirmed.
+    let (status, _) = buy(&http, &server, "1", json!({"user": 0, "qty": 1, "key": 1})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let said = server.said("shard 0 FAILED");
+    assert!(
+        said.contains("its journal could not be written")
+            && said.contains("shard-00000.fsj")
+            && said.contains("No space left on device"),
+        "{said}"
+    );
+    let (status, rest) = server.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{rest}");
+    assert!(
+        rest.contains("FAILED shard 0: its journal could not be written"),
+        "{rest}"
+    );
+    // Room again: a restart recovers every confirmed order, and nothing more.
+    let grown = Command::new("mount")
+        .args(["-o", "remount,size=1m"])
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    let again = serve(&args);
+    let (status, sales) = call(http.get(again.url("/sales"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(sales["sales"][0]["held"], confirmed, "{sales}");
+    again.kill();
+    drop(unmount);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A data directory on a filesystem in memory is named as such at the start: its journal
 /// survives a restart of the process, not of the machine.
 #[test]

@@ -11,6 +11,7 @@
 
 use core::fmt;
 
+use super::error::ShardFailure;
 use super::lane::{ControlRequest, ReplySlot};
 use super::shared::EngineShared;
 use crate::catalog::SaleWindow;
@@ -44,6 +45,23 @@ impl fmt::Debug for Control {
 impl Control {
     pub(super) fn new(shared: Arc<EngineShared>) -> Self {
         Self { shared }
+    }
+
+    /// The shards that have failed and why, in shard order; empty while every shard
+    /// runs. A failed shard answers `ShardFailed` to every buy and call from then on, so
+    /// a service polls this to say why (a full disk names its journal file) rather than
+    /// only count the refusals. Reads each shard's flag, and only a failed shard's lock.
+    pub fn failures(&self) -> Vec<(ShardId, ShardFailure)> {
+        self.shared
+            .shards
+            .iter()
+            .enumerate()
+            .filter(|(_, shard)| shard.failed.load(Ordering::Acquire))
+            .filter_map(|(index, shard)| {
+                let why = shard.failure.lock().clone()?;
+                Some((ShardId(index as u16), why))
+            })
+            .collect()
     }
 
     /// Nanoseconds on the engine clock (the clock of holds and sale windows).

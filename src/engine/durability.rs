@@ -713,6 +713,17 @@ impl Durability {
         }
     }
 
+    /// The error of the journal's write or sync that failed, if one has.
+    pub(crate) fn failure(&self) -> Option<String> {
+        match self {
+            Self::Memory => None,
+            Self::Journal(journal) => journal
+                .failure
+                .clone()
+                .or_else(|| journal.pipe.as_ref().and_then(Pipe::failure)),
+        }
+    }
+
     /// Commands recovered at start, groups committed, snapshots written.
     pub(crate) fn counts(&self) -> (u64, u64, u64) {
         match self {
@@ -748,6 +759,8 @@ pub(crate) struct Journaling {
     /// The sequence of the newest snapshot (or where recovery started).
     pub(crate) snapshot_at: u64,
     pub(crate) snapshots: u64,
+    /// The error of the first commit that failed, when the shard writes itself.
+    pub(crate) failure: Option<String>,
     /// The directory's lock, shared by the engine's shards; the last field, so that it
     /// is released only after the writer and the journal thread (joined as the pipe
     /// drops) are done with the journal. (A `std` Arc under loom too: it orders nothing.)
@@ -776,6 +789,7 @@ impl Journaling {
             config: config.clone(),
             snapshot_at,
             snapshots: 0,
+            failure: None,
             lock: None,
         }
     }
@@ -804,10 +818,18 @@ impl Journaling {
     /// so configured), and everything that was held behind it, for the caller to release
     /// as decided if it does, or as failed if it does not.
     pub(crate) fn commit(&mut self) -> (bool, Outbox) {
-        let committed = self
-            .writer
-            .as_mut()
-            .is_some_and(|writer| writer.commit(self.sync).is_ok());
+        let committed = match self.writer.as_mut().map(|writer| writer.commit(self.sync)) {
+            Some(Ok(_)) => true,
+            Some(Err(error)) => {
+                self.failure.get_or_insert_with(|| error.to_string());
+                false
+            }
+            None => {
+                self.failure
+                    .get_or_insert_with(|| "the journal's writer is gone".to_owned());
+                false
+            }
+        };
         if committed {
             self.commits += 1;
         }

@@ -116,3 +116,35 @@ pub enum EngineError {
         manifest: std::path::PathBuf,
     },
 }
+
+/// Why a shard failed. A failed shard decides nothing more: what it had decided but not
+/// yet made durable is answered `ShardFailed` (never released as decided), and so is every
+/// later submit and operator call to it, until the engine is started again (which recovers
+/// what its journal holds). From [`Control::failures`](crate::Control::failures) while the
+/// engine runs, and [`Report::failures`](crate::Report::failures) after.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShardFailure {
+    /// Its journal could not be written or synced (a full disk, an I/O error): the
+    /// writer's error, naming the file.
+    #[error("its journal could not be written: {0}")]
+    Journal(String),
+    /// The [`OrderSink`](crate::OrderSink) panicked, with this message (empty when the
+    /// panic's payload was not text).
+    #[error("the order sink panicked: {0}")]
+    SinkPanicked(String),
+    /// The shard's own loop panicked, with this message: a bug in the engine.
+    #[error("the shard panicked (a bug): {0}")]
+    Panicked(String),
+}
+
+impl ShardFailure {
+    /// The text of a panic's payload (`&str` or `String`), or an empty string.
+    pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+        payload
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default()
+    }
+}

@@ -40,6 +40,8 @@ struct Shared {
     done: AtomicU64,
     /// A write or sync failed: that group and every later one are not durable.
     failed: AtomicBool,
+    /// The first failure's error, set before `failed` is raised.
+    failure: Mutex<Option<String>>,
     /// The shard's thread, woken when a group is done.
     shard: Thread,
     /// The journal thread, woken when a job arrives.
@@ -97,6 +99,7 @@ impl Pipe {
             jobs: Mutex::new(VecDeque::new()),
             done: AtomicU64::new(0),
             failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
             shard: shard_thread,
             thread: Mutex::new(None),
             writer: Mutex::new(Some(writer)),
@@ -168,6 +171,11 @@ impl Pipe {
     /// Whether a write or sync has failed.
     pub(crate) fn failed(&self) -> bool {
         self.shared.failed.load(Ordering::Acquire)
+    }
+
+    /// The error of the write or sync that failed, if one has.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.shared.failure.lock().clone()
     }
 
     /// The outbox of the group in flight (for an output that depends only on commands
@@ -255,8 +263,9 @@ fn serve(mut writer: JournalWriter, shared: &Shared) -> JournalWriter {
         match job {
             Some(Job::Write { mut bytes, records }) => {
                 if !shared.failed.load(Ordering::Acquire)
-                    && writer.commit_encoded(&bytes, records, true).is_err()
+                    && let Err(error) = writer.commit_encoded(&bytes, records, true)
                 {
+                    *shared.failure.lock() = Some(error.to_string());
                     shared.failed.store(true, Ordering::Release);
                 }
                 bytes.clear();

@@ -44,7 +44,7 @@ use crate::types::{ShardId, SkuId};
 
 pub use control::Control;
 pub use durability::{JournalConfig, PassedOverSnapshot, RecoveredShard, SnapshotPassedOver};
-pub use error::EngineError;
+pub use error::{EngineError, ShardFailure};
 pub(crate) use lane::Notify;
 pub use producer::{Producer, SubmitError, Submitted};
 pub(crate) use shared::{EngineShared, ShardShared};

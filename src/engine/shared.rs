@@ -149,8 +149,11 @@ impl EngineShared {
 /// The control-plane side of one shard: registration of new producers, its status flags
 /// and its published counters.
 pub(crate) struct ShardShared {
-    /// Raised by the worker when its order sink panicked; producers refuse submits to it.
+    /// Raised by the worker when the shard failed (see [`ShardFailure`]); producers
+    /// refuse submits to it.
     pub(crate) failed: CachePadded<AtomicBool>,
+    /// Why, set by the worker before it raises `failed`.
+    pub(crate) failure: Mutex<Option<super::ShardFailure>>,
     /// Raised by the worker just before it parks (see the park protocol in `worker`).
     pub(crate) sleeping: CachePadded<AtomicBool>,
     /// The worker thread, for unparking it.
@@ -176,6 +179,7 @@ impl ShardShared {
             stock_at_start: core.levels().map(|sku| u64::from(sku.stock)).sum(),
             order_room_at_start: core.order_room(),
             failed: CachePadded::new(AtomicBool::new(false)),
+            failure: Mutex::new(None),
             sleeping: CachePadded::new(AtomicBool::new(false)),
             thread: Mutex::new(None),
             registry: Mutex::new(Registry::default()),

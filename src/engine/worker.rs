@@ -21,6 +21,7 @@ use hdrhistogram::Histogram;
 use rustc_hash::FxHashMap;
 
 use super::durability::Durability;
+use super::error::ShardFailure;
 use super::lane::{ControlRequest, DeferredQueue, Reply, Request, WorkerLane};
 use super::shared::{EngineShared, OrderSink, Query, WaitStrategy};
 use crate::core::{Applied, Command, Deferred, Effects, OrderEvent, PREFETCH_AHEAD, ShardCore};
@@ -157,7 +158,9 @@ impl Worker {
         loop {
             match catch_unwind(AssertUnwindSafe(|| self.serve_until_stopped())) {
                 Ok(()) => break,
-                Err(_) => self.mark_failed(),
+                Err(payload) => {
+                    self.mark_failed(ShardFailure::Panicked(ShardFailure::panic_text(&*payload)));
+                }
             }
         }
         self.counts_publish();
@@ -165,6 +168,7 @@ impl Worker {
         ShardReport {
             shard: self.shard,
             failed: self.failed,
+            failure: self.shared.shard(self.shard).failure.lock().clone(),
             counts: self.counts,
             levels: self.core.levels().collect(),
             pools: self.core.pools().collect(),
@@ -265,7 +269,8 @@ impl Worker {
                 answer(false);
             }
             if !self.failed {
-                self.mark_failed();
+                let why = self.durability.failure().unwrap_or_default();
+                self.mark_failed(ShardFailure::Journal(why));
             }
         }
     }
@@ -748,35 +753,38 @@ impl Worker {
     /// Hands an order event to the sink; a panic there fails the shard.
     fn sink_event(&mut self, event: &OrderEvent) {
         if let Some(sink) = self.sink.as_mut()
-            && catch_unwind(AssertUnwindSafe(|| sink.on_event(event))).is_err()
+            && let Err(payload) = catch_unwind(AssertUnwindSafe(|| sink.on_event(event)))
         {
             if let Some(sink) = self.sink.take() {
                 std::mem::forget(sink);
             }
-            self.mark_failed();
+            self.mark_failed(ShardFailure::SinkPanicked(ShardFailure::panic_text(
+                &*payload,
+            )));
         }
     }
 
     /// Hands a confirmed order to the sink; a panic there fails the shard.
     fn sink_order(&mut self, order: &Order) {
         if let Some(sink) = self.sink.as_mut()
-            && catch_unwind(AssertUnwindSafe(|| sink.on_confirmed(order))).is_err()
+            && let Err(payload) = catch_unwind(AssertUnwindSafe(|| sink.on_confirmed(order)))
         {
             // The sink may be in any state after a panic; dropping it could panic again,
             // so it is leaked rather than dropped.
             if let Some(sink) = self.sink.take() {
                 std::mem::forget(sink);
             }
-            self.mark_failed();
+            self.mark_failed(ShardFailure::SinkPanicked(ShardFailure::panic_text(
+                &*payload,
+            )));
         }
     }
 
-    fn mark_failed(&mut self) {
+    fn mark_failed(&mut self, why: ShardFailure) {
         self.failed = true;
-        self.shared
-            .shard(self.shard)
-            .failed
-            .store(true, Ordering::Release);
+        let shared = self.shared.shard(self.shard);
+        shared.failure.lock().get_or_insert(why);
+        shared.failed.store(true, Ordering::Release);
         // The core decides nothing more, so nothing waiting in it will be decided.
         self.answer_pending(RejectReason::ShardFailed);
     }

@@ -434,6 +434,7 @@ mod real {
             skus,
             pools: Vec::new(),
             failed_shards: Vec::new(),
+            failures: Vec::new(),
             latency: LatencySummary::from_histogram(&histogram),
             latency_histogram: histogram,
         }

@@ -432,10 +432,15 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
         );
     }
     note!("flashsale serve: ready: {what}; try GET http://{local}/sales");
+    let failures = server
+        .running
+        .get()
+        .map(|running| runtime.spawn(say_failures(running.engine.control())));
 
     runtime.block_on(async {
         let _ = signal.await;
     });
+    failures.iter().for_each(|task| task.abort());
     reload.abort();
     refresh.iter().for_each(|task| task.abort());
     note!(
@@ -479,6 +484,25 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// Says once, as soon as it is seen (within a quarter of a second), each shard that
+/// failed and why: a full disk names the journal file and the system's error. Buyers get
+/// only 503 `shard_failed`, which says nothing of the disk.
+async fn say_failures(control: flashsale::Control) {
+    let mut said = std::collections::HashSet::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for (shard, why) in control.failures() {
+            if said.insert(shard) {
+                note!(
+                    "flashsale serve: shard {} FAILED: {why}; it answers shard_failed (503) \
+                     until serve is restarted, which recovers what its journal holds",
+                    shard.0
+                );
+            }
+        }
+    }
 }
 
 /// With `--nats`: the sale's NATS connection and streams, opened.
