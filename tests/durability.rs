@@ -1024,34 +1024,19 @@ fn a_failed_write_or_sync_fails_the_shard_closed() {
 #[test]
 fn a_full_disk_fails_the_shard_closed() {
     let dir = scratch("full-disk");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mounted = cfg!(target_os = "linux")
-        && Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-            .arg(&dir)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-    if !mounted {
+    let Some(disk) = common::SmallDisk::mount(&dir, "256k") else {
         eprintln!("skipped: cannot mount a small tmpfs here (needs root on Linux)");
         let _ = std::fs::remove_dir_all(&dir);
         return;
-    }
-    // Unmounted also when the checks fail.
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _unmount = Unmount(dir.clone());
+    };
     // 20,000 records of about 60 bytes do not fit in 256 KiB: the disk fills mid-sale.
     sell_until_the_disk_fails(
         JournalConfig::durable(&dir),
         || {},
         "No space left on device",
     );
+    drop(disk);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Files under a root of its own: every path the engine hands it is taken relative to

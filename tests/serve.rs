@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+mod common;
+
 /// A `flashsale serve` process, killed when dropped.
 struct Serve {
     child: Child,
@@ -724,25 +726,10 @@ async fn a_full_disk_fails_its_shard_closed_and_serve_says_why() {
     let (dir, _, catalog) =
         scratch_sale("full-disk", "[[sku]]\nid = 1\nstock = 100000\nlimit = 1\n");
     let disk = dir.join("disk");
-    std::fs::create_dir_all(&disk).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=20k", "tmpfs"])
-        .arg(&disk)
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if !mounted {
+    let Some(small) = common::SmallDisk::mount(&disk, "20k") else {
         println!("skipped: cannot mount a small tmpfs here (needs root on Linux)");
         return;
-    }
-    // Unmounted also when the checks fail.
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let unmount = Unmount(disk.clone());
+    };
     let data = disk.join("data").display().to_string();
     let args = ["--data", &data, "--catalog", &catalog];
     let server = serve(&args);
@@ -785,18 +772,13 @@ async fn a_full_disk_fails_its_shard_closed_and_serve_says_why() {
         "{rest}"
     );
     // Room again: a restart recovers every confirmed order, and nothing more.
-    let grown = Command::new("mount")
-        .args(["-o", "remount,size=1m"])
-        .arg(&disk)
-        .status()
-        .unwrap();
-    assert!(grown.success());
+    small.resize("1m");
     let again = serve(&args);
     let (status, sales) = call(http.get(again.url("/sales"))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(sales["sales"][0]["held"], confirmed, "{sales}");
     again.kill();
-    drop(unmount);
+    drop(small);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -804,13 +786,7 @@ async fn a_full_disk_fails_its_shard_closed_and_serve_says_why() {
 /// survives a restart of the process, not of the machine.
 #[test]
 fn a_data_directory_in_memory_is_noted_at_the_start() {
-    let on_tmpfs = std::fs::read_to_string("/proc/mounts").is_ok_and(|mounts| {
-        mounts.lines().any(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            fields.get(1) == Some(&"/dev/shm") && fields.get(2) == Some(&"tmpfs")
-        })
-    });
-    if !on_tmpfs {
+    if !common::dev_shm_is_tmpfs() {
         println!("skipped: /dev/shm is not a tmpfs mount here");
         return;
     }

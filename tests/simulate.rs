@@ -4,6 +4,7 @@
 
 use std::process::{Command, Output};
 
+mod common;
 mod peers;
 
 /// Runs `flashsale SUBCOMMAND ARGS...`.
@@ -592,7 +593,7 @@ fn fsync_probe_measures_the_disk() {
     let output = flashsale("fsync", &["--count", "0"]);
     assert_eq!(output.status.code(), Some(2));
     // A directory in memory is named as such: its syncs reach no disk.
-    if !dev_shm_is_tmpfs() {
+    if !common::dev_shm_is_tmpfs() {
         println!("skipped the tmpfs note: /dev/shm is not a tmpfs mount here");
         return;
     }
@@ -605,16 +606,6 @@ fn fsync_probe_measures_the_disk() {
         "{}",
         stderr_line(&output)
     );
-}
-
-/// Whether `/dev/shm` is a tmpfs mount, as the kernel's mount table says.
-fn dev_shm_is_tmpfs() -> bool {
-    std::fs::read_to_string("/proc/mounts").is_ok_and(|mounts| {
-        mounts.lines().any(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            fields.get(1) == Some(&"/dev/shm") && fields.get(2) == Some(&"tmpfs")
-        })
-    })
 }
 
 #[test]
@@ -905,6 +896,40 @@ fn flags_that_would_be_ignored_are_refused() {
     let output = compare(&["--skip", "engine,mutex,crossbeam"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr_line(&output).starts_with("error: skip:"));
+}
+
+/// A journaled run whose disk fills up names the failed shard and why in its report (the
+/// journal file and the system's error) and exits 1, rather than only reading as violated
+/// invariants. The disk is a 20 KiB tmpfs the test mounts (it needs root on Linux;
+/// skipped otherwise).
+#[test]
+fn a_journaled_run_on_a_full_disk_says_which_shard_failed_and_why() {
+    let dir = std::env::temp_dir().join(format!("flashsale-sim-full-{}", std::process::id()));
+    let Some(disk) = common::SmallDisk::mount(&dir, "20k") else {
+        println!("skipped: cannot mount a small tmpfs here (needs root on Linux)");
+        return;
+    };
+    let journal = dir.join("journal");
+    let output = simulate(
+        &[
+            &SMALL[..],
+            &["--json", "--journal", journal.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_line(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["in_memory"]["failed_shards"], serde_json::json!([]));
+    let failed = report["journaled"]["failed_shards"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let why = failed[0].as_str().unwrap();
+    assert!(
+        why.starts_with("shard 0: its journal could not be written")
+            && why.contains("No space left on device"),
+        "{why}"
+    );
+    drop(disk);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A plot or a journal directory that cannot be written, or a rate of a sweep out of

@@ -173,3 +173,49 @@ pub fn check_invariants(catalog: &Catalog, all: &[Completion], report: &flashsal
 fn report_placement(catalog: &Catalog, report: &flashsale::Report) -> flashsale::Placement {
     flashsale::Placement::new(catalog, report.shards).unwrap()
 }
+
+/// A small tmpfs mounted at `dir` (made if missing) for as long as this lives, so that a
+/// test meets a real full disk; unmounted on drop, also when the test fails. `None` where
+/// it cannot be mounted (it needs root on Linux): the caller says it skipped.
+pub struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` reads it, e.g. `20k`) at `dir`.
+    pub fn mount(dir: &std::path::Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).ok()?;
+        let mounted = cfg!(target_os = "linux")
+            && std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success());
+        mounted.then(|| Self(dir.to_owned()))
+    }
+
+    /// Gives the mounted disk `size` (the files on it stay).
+    pub fn resize(&self, size: &str) {
+        let resized = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|status| status.success());
+        assert!(resized, "remounting {} with size {size}", self.0.display());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Whether `/dev/shm` is a tmpfs mount, as the kernel's mount table says.
+pub fn dev_shm_is_tmpfs() -> bool {
+    std::fs::read_to_string("/proc/mounts").is_ok_and(|mounts| {
+        mounts.lines().any(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            fields.get(1) == Some(&"/dev/shm") && fields.get(2) == Some(&"tmpfs")
+        })
+    })
+}

@@ -542,7 +542,7 @@ fn main() -> ExitCode {
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            note!("error: an invariant was violated (see the report)");
+            note!("error: an invariant was violated or a shard failed (see the report)");
             ExitCode::from(1)
         }
         Err(message) => {

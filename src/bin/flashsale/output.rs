@@ -144,6 +144,10 @@ pub struct RunJson {
     pub rejections: std::collections::BTreeMap<&'static str, u64>,
     pub answered_at_submit: u64,
     pub invariants: InvariantsJson,
+    /// Shards that failed and why (`shard 0: its journal could not be written: ...`);
+    /// empty when every shard ran to the end. A failed shard answers `shard_failed` from
+    /// then on, so the invariants that need its stock sold do not hold.
+    pub failed_shards: Vec<String>,
     /// From the intended send time (open loop) or submit (closed) to the outcome; a
     /// closed loop times one press in `scenario.latency_sample`.
     pub latency_ns: LatencyJson,
@@ -275,6 +279,12 @@ impl RunJson {
                 no_undersell: result.invariants.no_undersell,
                 limits_held: result.invariants.limits_held,
             },
+            failed_shards: result
+                .engine
+                .failures
+                .iter()
+                .map(|(shard, why)| format!("shard {}: {why}", shard.0))
+                .collect(),
             latency_ns: latency,
             engine_latency_ns: result.engine.latency.into(),
             through: None,
@@ -367,6 +377,9 @@ impl RunJson {
             if *count > 0 {
                 let _ = writeln!(out, "  {reason:<20}{count:>12}");
             }
+        }
+        for failed in &self.failed_shards {
+            let _ = writeln!(out, "FAILED {failed}");
         }
     }
 
@@ -667,6 +680,11 @@ pub fn durability_table(memory: &RunJson, journaled: &RunJson) -> String {
         "journaled/in-memory throughput: {:.2}; shard-side latency (stamp to outcome published)",
         journaled.intents_per_s / memory.intents_per_s
     );
+    for (name, run) in [("in memory", memory), ("journaled", journaled)] {
+        for failed in &run.failed_shards {
+            let _ = writeln!(out, "FAILED ({name}) {failed}");
+        }
+    }
     out
 }
 
