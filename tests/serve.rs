@@ -537,6 +537,7 @@ async fn every_route_answers_and_every_error_is_json_with_a_reason() {
         r#"flashsale_http_answers_total{status="413",reason="body_too_large"} 1"#,
         r#"flashsale_http_answers_total{status="400",reason="bad_request"} 13"#,
         r#"flashsale_sku_available{sku="1"} 1"#,
+        r#"flashsale_shard_failed{shard="0"} 0"#,
     ] {
         assert!(metrics.contains(line), "{line} missing from\n{metrics}");
     }
@@ -758,6 +759,18 @@ async fn a_full_disk_fails_its_shard_closed_and_serve_says_why() {
     // Failed for good: no later buy is confirmed.
     let (status, _) = buy(&http, &server, "1", json!({"user": 0, "qty": 1, "key": 1})).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"flashsale_shard_failed{shard="0"} 1"#),
+        "{metrics}"
+    );
     let said = server.said("shard 0 FAILED");
     assert!(
         said.contains("its journal could not be written")

@@ -190,6 +190,22 @@ pub async fn metrics(State(server): State<Arc<Server>>) -> Response {
         "",
         live.decided_by_shards,
     );
+    help(
+        &mut out,
+        "flashsale_shard_failed",
+        "gauge",
+        "1 for each shard that failed (its journal could not be written, or its order sink panicked; serve's log says why): it answers shard_failed until serve is restarted.",
+    );
+    let failed = running.engine.control().failures();
+    for shard in 0..running.engine.placement().shards() {
+        let down = failed.iter().any(|(id, _)| usize::from(id.0) == shard);
+        line(
+            &mut out,
+            "flashsale_shard_failed",
+            &format!(r#"shard="{shard}""#),
+            u8::from(down),
+        );
+    }
     order_events(&mut out, &running.feed.lengths());
     text(out)
 }
