@@ -177,6 +177,8 @@ pub(crate) struct ShardReport {
     pub(crate) shard: ShardId,
     pub(crate) failed: bool,
     pub(crate) failure: Option<crate::ShardFailure>,
+    pub(crate) snapshot_failures: u64,
+    pub(crate) snapshot_error: Option<String>,
     pub(crate) counts: [u64; COUNTER_SLOTS],
     pub(crate) levels: Vec<SkuLevels>,
     pub(crate) pools: Vec<PoolLevels>,
@@ -196,6 +198,8 @@ impl ShardReport {
             failure: Some(crate::ShardFailure::Panicked(
                 "its thread died; nothing of its state is known".to_owned(),
             )),
+            snapshot_failures: 0,
+            snapshot_error: None,
             counts: [0; COUNTER_SLOTS],
             levels: Vec::new(),
             pools: Vec::new(),
@@ -233,6 +237,11 @@ pub struct Report {
     pub journal_commits: u64,
     /// Snapshots written.
     pub snapshots: u64,
+    /// Snapshots that could not be written (each was skipped: the journal alone still
+    /// recovers).
+    pub snapshots_failed: u64,
+    /// Each shard whose snapshots could not be written: how many, and the last error.
+    pub snapshot_failures: Vec<(ShardId, u64, String)>,
     /// Per SKU, in catalog order.
     pub skus: Vec<SkuReport>,
     /// The pools of pooled products (opening draws, one-each-first), by shard.
@@ -263,6 +272,7 @@ impl Report {
             recovered_commands,
             journal_commits,
             snapshots,
+            snapshot_failures,
             failed_shards,
             failures,
             latency_histogram,
@@ -306,6 +316,8 @@ impl Report {
             recovered_commands,
             journal_commits,
             snapshots,
+            snapshots_failed: snapshot_failures.iter().map(|(_, count, _)| count).sum(),
+            snapshot_failures,
             skus,
             failed_shards,
             failures,
@@ -334,6 +346,7 @@ struct Totals {
     recovered_commands: u64,
     journal_commits: u64,
     snapshots: u64,
+    snapshot_failures: Vec<(ShardId, u64, String)>,
     failed_shards: Vec<ShardId>,
     failures: Vec<(ShardId, crate::ShardFailure)>,
     latency_histogram: Histogram<u64>,
@@ -358,6 +371,7 @@ impl Totals {
             recovered_commands: 0,
             journal_commits: 0,
             snapshots: 0,
+            snapshot_failures: Vec::new(),
             failed_shards: Vec::new(),
             failures: Vec::new(),
             latency_histogram,
@@ -372,6 +386,13 @@ impl Totals {
             totals.recovered_commands += report.recovered_commands;
             totals.journal_commits += report.journal_commits;
             totals.snapshots += report.snapshots;
+            if report.snapshot_failures > 0 {
+                totals.snapshot_failures.push((
+                    report.shard,
+                    report.snapshot_failures,
+                    report.snapshot_error.clone().unwrap_or_default(),
+                ));
+            }
             if report.failed {
                 totals.failed_shards.push(report.shard);
                 // A failed shard's worker names why before it raises the flag.
@@ -439,6 +460,13 @@ impl fmt::Display for Report {
         )?;
         for (shard, why) in &self.failures {
             writeln!(f, "FAILED shard {}: {why}", shard.0)?;
+        }
+        for (shard, count, why) in &self.snapshot_failures {
+            writeln!(
+                f,
+                "snapshots of shard {} not written: {count} (the last: {why}); its journal alone recovers it",
+                shard.0
+            )?;
         }
         writeln!(f, "submit-to-outcome latency: {}", self.latency)?;
         writeln!(

@@ -871,6 +871,10 @@ fn crash_many_times() {
 struct FailingDisk {
     fail_append: std::sync::atomic::AtomicBool,
     fail_sync: std::sync::atomic::AtomicBool,
+    /// Whole-file writes (snapshots) fail as on a full disk while set.
+    fail_whole_files: std::sync::atomic::AtomicBool,
+    /// Whole-file writes tried.
+    whole_files: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -888,6 +892,15 @@ impl Storage for FailingStorage {
             file: FileStorage.open(path)?,
             disk: self.0.clone(),
         }))
+    }
+
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0.whole_files.fetch_add(1, Relaxed);
+        if self.0.fail_whole_files.load(Relaxed) {
+            return Err(std::io::Error::from_raw_os_error(28));
+        }
+        FileStorage.write_file(path, bytes)
     }
 }
 
@@ -1017,6 +1030,78 @@ fn a_failed_write_or_sync_fails_the_shard_closed() {
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// Snapshots that cannot be written (a disk too full for a snapshot, with room left for
+/// the journal's appends) fail the shard nothing: every buy is decided and journaled, the
+/// journal alone recovers them all. Each failure is counted and named (while the engine
+/// runs and in its report), and the next try waits for another `snapshot_every` commands
+/// rather than come at every group commit, where a snapshot the size of the whole state
+/// would be written and thrown away again and again.
+#[test]
+fn snapshots_that_cannot_be_written_are_named_and_tried_again_later() {
+    const BUYS: u64 = 20_000;
+    const EVERY: u64 = 1_000;
+    let dir = scratch("snapshots-fail");
+    let disk = Arc::new(FailingDisk::default());
+    let config = JournalConfig {
+        storage: Arc::new(FailingStorage(disk.clone())),
+        snapshot_every: Some(EVERY),
+        // Small groups: many commits between two snapshots that fall due.
+        group_commands: 16,
+        ..JournalConfig::durable(&dir)
+    };
+    let catalog = Catalog::builder()
+        .sku(SkuSpec::new(SkuId(1), 1_000_000).limit(u32::MAX))
+        .build()
+        .unwrap();
+    let engine = Engine::builder(catalog.clone())
+        .journal(config.clone())
+        .start()
+        .unwrap();
+    // From here on, once the start has written its manifest.
+    let whole_files_at_start = disk.whole_files.load(std::sync::atomic::Ordering::Relaxed);
+    disk.fail_whole_files
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut producer = engine.producer();
+    for user in 0..BUYS {
+        let outcome = producer.buy(intent(user, 1, 1, 1)).unwrap();
+        assert!(outcome.order().is_some(), "{outcome:?}");
+    }
+    let live = engine.control().snapshot_failures();
+    let report = engine.shutdown();
+    let tried = disk.whole_files.load(std::sync::atomic::Ordering::Relaxed) - whole_files_at_start;
+    assert!(report.failed_shards.is_empty());
+    assert_eq!(report.snapshots, 0);
+    assert!(tried >= BUYS / EVERY - 1, "{tried} snapshots tried");
+    assert!(
+        tried <= BUYS / EVERY + 1,
+        "{tried} snapshots tried for {BUYS} buys, one due every {EVERY}"
+    );
+    assert_eq!(report.snapshots_failed, tried);
+    assert!(
+        matches!(&report.snapshot_failures[..], [(ShardId(0), count, why)]
+            if *count == tried && why.contains(".fss: No space left on device")),
+        "{:?}",
+        report.snapshot_failures
+    );
+    assert!(
+        matches!(&live[..], [(ShardId(0), count, why)]
+            if *count >= 1 && why.contains("No space left on device")),
+        "{live:?}"
+    );
+    // The journal alone recovers every order.
+    let recovered = JournalConfig::durable(&dir)
+        .recover_shard(
+            &catalog,
+            &Placement::new(&catalog, 1).unwrap(),
+            ShardId(0),
+            None,
+        )
+        .unwrap();
+    let level = recovered.core.levels().next().unwrap();
+    assert_eq!(u64::from(level.stock - level.available), BUYS);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A real full disk: a 256 KiB tmpfs mounted by the test (it needs root; without it, or

@@ -538,6 +538,7 @@ async fn every_route_answers_and_every_error_is_json_with_a_reason() {
         r#"flashsale_http_answers_total{status="400",reason="bad_request"} 13"#,
         r#"flashsale_sku_available{sku="1"} 1"#,
         r#"flashsale_shard_failed{shard="0"} 0"#,
+        r#"flashsale_snapshots_failed_total{shard="0"} 0"#,
     ] {
         assert!(metrics.contains(line), "{line} missing from\n{metrics}");
     }

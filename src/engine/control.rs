@@ -64,6 +64,23 @@ impl Control {
             .collect()
     }
 
+    /// The shards whose snapshots could not be written: how many times, and the last
+    /// error (the file and the system's error), in shard order; empty while every snapshot
+    /// due was written. Such a shard goes on deciding (its journal alone still recovers
+    /// it, only replaying more), and tries again `snapshot_every` commands later.
+    pub fn snapshot_failures(&self) -> Vec<(ShardId, u64, String)> {
+        self.shared
+            .shards
+            .iter()
+            .enumerate()
+            .filter_map(|(index, shard)| {
+                let count = shard.snapshot_failures.load(Ordering::Acquire);
+                let why = shard.snapshot_error.lock().clone();
+                (count > 0).then(|| (ShardId(index as u16), count, why.unwrap_or_default()))
+            })
+            .collect()
+    }
+
     /// Nanoseconds on the engine clock (the clock of holds and sale windows).
     pub fn now_ns(&self) -> u64 {
         self.shared.clock.now_ns()

@@ -699,10 +699,12 @@ impl Durability {
         }
     }
 
-    /// After a commit that held: a snapshot, if one is due.
-    pub(crate) fn snapshot_if_due(&mut self, core: &ShardCore) {
-        if let Self::Journal(journal) = self {
-            journal.snapshot_if_due(core);
+    /// After a commit that held: a snapshot, if one is due; the error of one that could
+    /// not be written.
+    pub(crate) fn snapshot_if_due(&mut self, core: &ShardCore) -> Option<String> {
+        match self {
+            Self::Journal(journal) => journal.snapshot_if_due(core),
+            Self::Memory => None,
         }
     }
 
@@ -839,21 +841,27 @@ impl Journaling {
 
     /// Writes a snapshot of `core` when enough commands were applied since the last: to a
     /// temporary file, synced, then renamed into place; the two newest are kept. A
-    /// snapshot that cannot be written is skipped (the journal alone still recovers).
-    pub(crate) fn snapshot_if_due(&mut self, core: &ShardCore) {
+    /// snapshot that cannot be written is skipped (the journal alone still recovers) and
+    /// its error returned; the next try waits for another `snapshot_every` commands, as
+    /// after one written (trying again at every group commit would write the whole state
+    /// again and again on a disk with room for appends but not for a snapshot).
+    pub(crate) fn snapshot_if_due(&mut self, core: &ShardCore) -> Option<String> {
         let at = core.commands_applied();
-        let Some(every) = self.config.snapshot_every else {
-            return;
-        };
+        let every = self.config.snapshot_every?;
         if at < self.snapshot_at.saturating_add(every.max(1)) || core.has_deferred() {
-            return;
-        }
-        if self.config.write_snapshot(core).is_err() {
-            // Skipped: the journal alone still recovers.
-            return;
+            return None;
         }
         self.snapshot_at = at;
-        self.snapshots += 1;
+        match self.config.write_snapshot(core) {
+            Ok(()) => {
+                self.snapshots += 1;
+                None
+            }
+            Err(error) => Some(format!(
+                "{}: {error}",
+                self.config.snapshot_path(core.shard(), at).display()
+            )),
+        }
     }
 
     /// Seals the journal at a clean shutdown, so that recovery can tell damage in its last

@@ -154,6 +154,9 @@ pub(crate) struct ShardShared {
     pub(crate) failed: CachePadded<AtomicBool>,
     /// Why, set by the worker before it raises `failed`.
     pub(crate) failure: Mutex<Option<super::ShardFailure>>,
+    /// Snapshots that could not be written, and the last one's error (set first).
+    pub(crate) snapshot_failures: AtomicU64,
+    pub(crate) snapshot_error: Mutex<Option<String>>,
     /// Raised by the worker just before it parks (see the park protocol in `worker`).
     pub(crate) sleeping: CachePadded<AtomicBool>,
     /// The worker thread, for unparking it.
@@ -180,6 +183,8 @@ impl ShardShared {
             order_room_at_start: core.order_room(),
             failed: CachePadded::new(AtomicBool::new(false)),
             failure: Mutex::new(None),
+            snapshot_failures: AtomicU64::new(0),
+            snapshot_error: Mutex::new(None),
             sleeping: CachePadded::new(AtomicBool::new(false)),
             thread: Mutex::new(None),
             registry: Mutex::new(Registry::default()),

@@ -169,6 +169,12 @@ impl Worker {
             shard: self.shard,
             failed: self.failed,
             failure: self.shared.shard(self.shard).failure.lock().clone(),
+            snapshot_failures: self
+                .shared
+                .shard(self.shard)
+                .snapshot_failures
+                .load(Ordering::Acquire),
+            snapshot_error: self.shared.shard(self.shard).snapshot_error.lock().clone(),
             counts: self.counts,
             levels: self.core.levels().collect(),
             pools: self.core.pools().collect(),
@@ -263,7 +269,11 @@ impl Worker {
                 answer(true);
             }
             self.durability.recycle(outbox);
-            self.durability.snapshot_if_due(&self.core);
+            if let Some(error) = self.durability.snapshot_if_due(&self.core) {
+                let shared = self.shared.shard(self.shard);
+                *shared.snapshot_error.lock() = Some(error);
+                shared.snapshot_failures.fetch_add(1, Ordering::Release);
+            }
         } else {
             for answer in outbox.answers.drain(..) {
                 answer(false);

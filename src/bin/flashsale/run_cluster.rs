@@ -431,6 +431,8 @@ mod real {
             recovered_commands: 0,
             journal_commits: 0,
             snapshots: 0,
+            snapshots_failed: 0,
+            snapshot_failures: Vec::new(),
             skus,
             pools: Vec::new(),
             failed_shards: Vec::new(),

@@ -206,6 +206,25 @@ pub async fn metrics(State(server): State<Arc<Server>>) -> Response {
             u8::from(down),
         );
     }
+    help(
+        &mut out,
+        "flashsale_snapshots_failed_total",
+        "counter",
+        "Snapshots a shard could not write (it goes on; a restart replays more of its journal; serve's log says why).",
+    );
+    let snapshots = running.engine.control().snapshot_failures();
+    for shard in 0..running.engine.placement().shards() {
+        let count = snapshots
+            .iter()
+            .find(|(id, _, _)| usize::from(id.0) == shard)
+            .map_or(0, |(_, count, _)| *count);
+        line(
+            &mut out,
+            "flashsale_snapshots_failed_total",
+            &format!(r#"shard="{shard}""#),
+            count,
+        );
+    }
     order_events(&mut out, &running.feed.lengths());
     text(out)
 }

@@ -488,9 +488,12 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
 
 /// Says once, as soon as it is seen (within a quarter of a second), each shard that
 /// failed and why: a full disk names the journal file and the system's error. Buyers get
-/// only 503 `shard_failed`, which says nothing of the disk.
+/// only 503 `shard_failed`, which says nothing of the disk. Snapshots that could not be
+/// written are said too, when first seen and then as their count doubles (one may fall
+/// due every `--snapshot-every` commands, many a second in a busy sale).
 async fn say_failures(control: flashsale::Control) {
     let mut said = std::collections::HashSet::new();
+    let mut snapshots_said = std::collections::HashMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         for (shard, why) in control.failures() {
@@ -498,6 +501,17 @@ async fn say_failures(control: flashsale::Control) {
                 note!(
                     "flashsale serve: shard {} FAILED: {why}; it answers shard_failed (503) \
                      until serve is restarted, which recovers what its journal holds",
+                    shard.0
+                );
+            }
+        }
+        for (shard, count, why) in control.snapshot_failures() {
+            let before = snapshots_said.insert(shard, count).unwrap_or(0);
+            // The first, then the 2nd, 4th, 8th...
+            if before == 0 || count.ilog2() > before.ilog2() {
+                note!(
+                    "flashsale serve: shard {}: {count} snapshot(s) could not be written, the \
+                     last: {why}; the shard goes on, and a restart replays more of its journal",
                     shard.0
                 );
             }
