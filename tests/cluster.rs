@@ -1227,6 +1227,69 @@ async fn the_gate_turns_away_sold_out_buys_but_never_a_retry_of_a_confirmed_one(
     );
 }
 
+/// A leader whose snapshots cannot be stored (here the sale's snapshot store is deleted
+/// under it) goes on deciding every buy, and says so: how many snapshots failed and the
+/// store's error, in its log and in its status lines. Each failure waits for the next
+/// snapshot due, not a retry per entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_that_cannot_be_stored_are_said_and_the_sale_goes_on() {
+    let (toml, catalog) = never_sold_out();
+    let scene = OneNode::start("snapfail", 23_500, "snapfail", &toml, catalog, Some(5)).await;
+    let js = async_nats::jetstream::new(scene.client.clone());
+    js.delete_object_store("fs_snapfail_snap").await.unwrap();
+    for press in 1..=100u64 {
+        let decided = scene
+            .gateway
+            .buy(new_buyers_intent(0, press), false)
+            .await
+            .unwrap();
+        assert!(decided.outcome.order().is_some(), "{decided:?}");
+    }
+    let log = scene.dir.join("a.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let said = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .find(|line| line.contains("could not be stored"))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot failure said:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        said.contains("snapshot(s) could not be stored, the last: ")
+            && said.contains("the partition goes on"),
+        "{said}"
+    );
+    // The status lines count them (every second): some failed, and no more than one
+    // per five entries.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let failed: u64 = text
+            .lines()
+            .filter_map(|line| line.split(" snapshots stored, ").nth(1))
+            .filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        if failed > 0 {
+            // 100 buys are at most 100 entries, on two partitions.
+            assert!(failed <= 100 / 5 + 2, "{failed} failures said:\n{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no status line counts them:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "100 kill cycles: minutes"]
 async fn a_hundred_kill_cycles() {

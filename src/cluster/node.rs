@@ -117,7 +117,7 @@ pub(super) fn check_lease(lease: Duration) -> Result<(), NatsError> {
 }
 
 /// What one partition's task saw, for logs and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartitionStatus {
     /// The last log position applied.
     pub applied: u64,
@@ -134,6 +134,14 @@ pub struct PartitionStatus {
     /// Consumers the partition's reader set out to make: the first, and one each time the
     /// last was gone (its NATS server died) or failed; more than 0 once reading began.
     pub reader_restarts: u64,
+    /// Snapshots this node stored while leading the partition.
+    pub snapshots_stored: u64,
+    /// Snapshots it could not store (each is skipped: the next is tried
+    /// `snapshot_every` entries later, and a restart replays more of the log meanwhile),
+    /// and the last one's error.
+    pub snapshots_failed: u64,
+    /// The error of the last snapshot that could not be stored.
+    pub snapshot_error: Option<String>,
 }
 
 /// Runs a node of `sale` (opened with [`SaleOnNats::open`]) until `stop` turns true: one
@@ -914,11 +922,24 @@ impl PartitionTask {
         let bytes = self.replica.snapshot();
         let name = format!("p{}", self.partition);
         let snapshots = self.opened.snapshots.clone();
+        let status = self.status.clone();
+        let partition = usize::from(self.partition);
         self.since_snapshot = 0;
         self.storing = Some(tokio::spawn(async move {
             let mut reader = std::io::Cursor::new(bytes);
-            // A store that fails is retried with the next snapshot.
-            let _ = snapshots.put(name.as_str(), &mut reader).await;
+            // A store that fails is counted and named; the next snapshot tries again.
+            let stored = snapshots.put(name.as_str(), &mut reader).await;
+            status.send_modify(|all| {
+                if let Some(status) = all.get_mut(partition) {
+                    match stored {
+                        Ok(_) => status.snapshots_stored += 1,
+                        Err(error) => {
+                            status.snapshots_failed += 1;
+                            status.snapshot_error = Some(error.to_string());
+                        }
+                    }
+                }
+            });
         }));
     }
 

@@ -181,6 +181,7 @@ async fn node(args: NodeArgs) -> Result<(), (u8, String)> {
     // restored) and reading its log: building takes seconds for a large stock.
     let mut announced = false;
     let mut leading: Vec<bool> = Vec::new();
+    let mut snapshots_failed_said: Vec<u64> = Vec::new();
     let mut status_timer =
         tokio::time::interval(args.status_every.unwrap_or(Duration::from_secs(3_600)));
     let printing = args.status_every.is_some();
@@ -190,12 +191,14 @@ async fn node(args: NodeArgs) -> Result<(), (u8, String)> {
                 for (partition, status) in watching.borrow().iter().enumerate() {
                     note!(
                         "{} flashsale node {id}: partition {partition}: applied {}, {}, \
-                         {} refused, {} reader restarts{}",
+                         {} refused, {} reader restarts, {} snapshots stored, {} failed{}",
                         stamp(),
                         status.applied,
                         if status.leading { "leading" } else { "standing by" },
                         status.refused,
                         status.reader_restarts,
+                        status.snapshots_stored,
+                        status.snapshots_failed,
                         status
                             .restored_from
                             .map(|at| format!(", started from a snapshot at {at}"))
@@ -218,6 +221,25 @@ async fn node(args: NodeArgs) -> Result<(), (u8, String)> {
             changed = watching.changed() => {
                 if changed.is_err() {
                     continue;
+                }
+                // A snapshot that could not be stored: said when first seen, then as the
+                // count doubles.
+                for (partition, status) in watching.borrow().iter().enumerate() {
+                    if snapshots_failed_said.len() <= partition {
+                        snapshots_failed_said.resize(partition + 1, 0);
+                    }
+                    let before = snapshots_failed_said[partition];
+                    let count = status.snapshots_failed;
+                    if count > before && (before == 0 || count.ilog2() > before.ilog2()) {
+                        snapshots_failed_said[partition] = count;
+                        note!(
+                            "{} flashsale node {id}: partition {partition}: {count} snapshot(s) \
+                             could not be stored, the last: {}; the partition goes on, and a \
+                             restart replays more of its log",
+                            stamp(),
+                            status.snapshot_error.as_deref().unwrap_or("")
+                        );
+                    }
                 }
                 let now: Vec<bool> = watching.borrow().iter().map(|p| p.leading).collect();
                 let reading = watching.borrow().iter().all(|p| p.reader_restarts > 0);
