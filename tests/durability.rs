@@ -934,13 +934,9 @@ impl StorageFile for FailingFile {
     }
 }
 
-/// Sells from two producers until the journal fails under the engine, then checks that
-/// the shard failed closed: every order a producer was told is confirmed is in the journal
-/// (recovered from the directory afterwards), and intents after the failure are answered
-/// `ShardFailed`, never confirmed; the engine names the failure as the journal's, with
-/// the system's error (`says`), while it runs and in its report. `arm` breaks the disk
-/// after 2,000 buys (a full disk needs no arming).
-fn sell_until_the_disk_fails(config: JournalConfig, arm: impl FnOnce(), says: &str) {
+/// One SKU of a million units with no limit per buyer, and an engine journaled by
+/// `config` selling it.
+fn journaled_million(config: &JournalConfig) -> (Catalog, Engine) {
     let catalog = Catalog::builder()
         .sku(SkuSpec::new(SkuId(1), 1_000_000).limit(u32::MAX))
         .build()
@@ -949,6 +945,29 @@ fn sell_until_the_disk_fails(config: JournalConfig, arm: impl FnOnce(), says: &s
         .journal(config.clone())
         .start()
         .unwrap();
+    (catalog, engine)
+}
+
+/// The one shard of a sale of `catalog`, recovered from the journal directory `dir`.
+fn recover_the_one_shard(dir: &Path, catalog: &Catalog) -> flashsale::RecoveredShard {
+    JournalConfig::durable(dir)
+        .recover_shard(
+            catalog,
+            &Placement::new(catalog, 1).unwrap(),
+            ShardId(0),
+            None,
+        )
+        .unwrap()
+}
+
+/// Sells from two producers until the journal fails under the engine, then checks that
+/// the shard failed closed: every order a producer was told is confirmed is in the journal
+/// (recovered from the directory afterwards), and intents after the failure are answered
+/// `ShardFailed`, never confirmed; the engine names the failure as the journal's, with
+/// the system's error (`says`), while it runs and in its report. `arm` breaks the disk
+/// after 2,000 buys (a full disk needs no arming).
+fn sell_until_the_disk_fails(config: JournalConfig, arm: impl FnOnce(), says: &str) {
+    let (catalog, engine) = journaled_million(&config);
     let mut producer = engine.producer();
     let mut confirmed = Vec::new();
     let mut failed = 0;
@@ -986,14 +1005,7 @@ fn sell_until_the_disk_fails(config: JournalConfig, arm: impl FnOnce(), says: &s
     named(&report.failures);
     assert!(confirmed.len() >= 2_000, "{} confirmed", confirmed.len());
     // Every confirmation a producer saw is durable: the directory recovers it.
-    let recovered = JournalConfig::durable(&config.dir)
-        .recover_shard(
-            &catalog,
-            &Placement::new(&catalog, 1).unwrap(),
-            ShardId(0),
-            None,
-        )
-        .unwrap();
+    let recovered = recover_the_one_shard(&config.dir, &catalog);
     for (user, id) in confirmed {
         assert_eq!(
             recovered.core.order_for_key(user, 1, SkuId(1)),
@@ -1051,14 +1063,7 @@ fn snapshots_that_cannot_be_written_are_named_and_tried_again_later() {
         group_commands: 16,
         ..JournalConfig::durable(&dir)
     };
-    let catalog = Catalog::builder()
-        .sku(SkuSpec::new(SkuId(1), 1_000_000).limit(u32::MAX))
-        .build()
-        .unwrap();
-    let engine = Engine::builder(catalog.clone())
-        .journal(config.clone())
-        .start()
-        .unwrap();
+    let (catalog, engine) = journaled_million(&config);
     // From here on, once the start has written its manifest.
     let whole_files_at_start = disk.whole_files.load(std::sync::atomic::Ordering::Relaxed);
     disk.fail_whole_files
@@ -1091,14 +1096,7 @@ fn snapshots_that_cannot_be_written_are_named_and_tried_again_later() {
         "{live:?}"
     );
     // The journal alone recovers every order.
-    let recovered = JournalConfig::durable(&dir)
-        .recover_shard(
-            &catalog,
-            &Placement::new(&catalog, 1).unwrap(),
-            ShardId(0),
-            None,
-        )
-        .unwrap();
+    let recovered = recover_the_one_shard(&dir, &catalog);
     let level = recovered.core.levels().next().unwrap();
     assert_eq!(u64::from(level.stock - level.available), BUYS);
     std::fs::remove_dir_all(&dir).unwrap();

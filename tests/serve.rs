@@ -244,6 +244,11 @@ fn client() -> reqwest::Client {
 }
 
 /// Status and JSON body.
+/// The body of `GET url`, as text.
+async fn text_of(http: &reqwest::Client, url: &str) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 async fn call(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
     let response = request.send().await.unwrap();
     let status = response.status();
@@ -522,14 +527,7 @@ async fn every_route_answers_and_every_error_is_json_with_a_reason() {
         (status, ready["status"].as_str()),
         (StatusCode::OK, Some("ready"))
     );
-    let metrics = http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = text_of(&http, &server.url("/metrics")).await;
     for line in [
         r#"flashsale_http_answers_total{status="409",reason="sold_out"} 1"#,
         r#"flashsale_http_answers_total{status="404",reason="not_found"} 2"#,
@@ -760,14 +758,7 @@ async fn a_full_disk_fails_its_shard_closed_and_serve_says_why() {
     // Failed for good: no later buy is confirmed.
     let (status, _) = buy(&http, &server, "1", json!({"user": 0, "qty": 1, "key": 1})).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    let metrics = http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = text_of(&http, &server.url("/metrics")).await;
     assert!(
         metrics.contains(r#"flashsale_shard_failed{shard="0"} 1"#),
         "{metrics}"

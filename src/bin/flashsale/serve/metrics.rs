@@ -190,60 +190,55 @@ pub async fn metrics(State(server): State<Arc<Server>>) -> Response {
         "",
         live.decided_by_shards,
     );
-    help(
+    let control = running.engine.control();
+    let failed = control.failures();
+    let snapshots = control.snapshot_failures();
+    let shards = running.engine.placement().shards();
+    per_shard(
         &mut out,
         "flashsale_shard_failed",
         "gauge",
         "1 for each shard that failed (its journal could not be written, or its order sink panicked; serve's log says why): it answers shard_failed until serve is restarted.",
+        (0..shards).map(|shard| u64::from(failed.iter().any(|(id, _)| usize::from(id.0) == shard))),
     );
-    let failed = running.engine.control().failures();
-    for shard in 0..running.engine.placement().shards() {
-        let down = failed.iter().any(|(id, _)| usize::from(id.0) == shard);
-        line(
-            &mut out,
-            "flashsale_shard_failed",
-            &format!(r#"shard="{shard}""#),
-            u8::from(down),
-        );
-    }
-    help(
+    per_shard(
         &mut out,
         "flashsale_snapshots_failed_total",
         "counter",
         "Snapshots a shard could not write (it goes on; a restart replays more of its journal; serve's log says why).",
+        (0..shards).map(|shard| {
+            snapshots
+                .iter()
+                .find(|(id, _, _)| usize::from(id.0) == shard)
+                .map_or(0, |(_, count, _)| *count)
+        }),
     );
-    let snapshots = running.engine.control().snapshot_failures();
-    for shard in 0..running.engine.placement().shards() {
-        let count = snapshots
-            .iter()
-            .find(|(id, _, _)| usize::from(id.0) == shard)
-            .map_or(0, |(_, count, _)| *count);
-        line(
-            &mut out,
-            "flashsale_snapshots_failed_total",
-            &format!(r#"shard="{shard}""#),
-            count,
-        );
-    }
     order_events(&mut out, &running.feed.lengths());
     text(out)
 }
 
 /// The feed's events per shard (a cluster's: per partition).
 fn order_events(out: &mut String, lengths: &[usize]) {
-    help(
+    per_shard(
         out,
         "flashsale_order_events",
         "gauge",
         "Order events in the feed, per shard (since the sale began).",
+        lengths.iter().map(|&events| events as u64),
     );
-    for (shard, events) in lengths.iter().enumerate() {
-        line(
-            out,
-            "flashsale_order_events",
-            &format!(r#"shard="{shard}""#),
-            events,
-        );
+}
+
+/// A metric with one value per shard, labelled `shard="N"`.
+fn per_shard(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    text: &str,
+    values: impl Iterator<Item = u64>,
+) {
+    help(out, name, kind, text);
+    for (shard, value) in values.enumerate() {
+        line(out, name, &format!(r#"shard="{shard}""#), value);
     }
 }
 
