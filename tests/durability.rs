@@ -1102,6 +1102,54 @@ fn snapshots_that_cannot_be_written_are_named_and_tried_again_later() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A snapshot whose writing a crash cut short leaves its temporary file (as large as the
+/// shard's state); the next start removes it, and only it: another shard's, a whole
+/// snapshot and a file of the operator's stay.
+#[test]
+fn a_start_removes_the_temporary_files_of_snapshots_cut_short() {
+    let dir = scratch("cut-short");
+    let config = JournalConfig {
+        snapshot_every: Some(10),
+        ..JournalConfig::durable(&dir)
+    };
+    let (_, engine) = journaled_million(&config);
+    let mut producer = engine.producer();
+    for user in 0..25 {
+        assert!(
+            producer
+                .buy(intent(user, 1, 1, 1))
+                .unwrap()
+                .order()
+                .is_some()
+        );
+    }
+    drop(producer);
+    engine.shutdown();
+    let cut_short = dir.join("shard-00000-00000000000000000030.tmp");
+    std::fs::write(&cut_short, vec![7u8; 4096]).unwrap();
+    let others = [
+        dir.join("shard-00001-00000000000000000030.tmp"),
+        dir.join("notes.tmp"),
+    ];
+    for other in &others {
+        std::fs::write(other, b"kept").unwrap();
+    }
+    let sorted = |mut snapshots: Vec<(u64, PathBuf)>| {
+        snapshots.sort();
+        snapshots
+    };
+    let whole = sorted(config.snapshots_of(ShardId(0)));
+    assert!(!whole.is_empty());
+    let (_, engine) = journaled_million(&config);
+    assert!(!cut_short.exists(), "the cut-short snapshot is still there");
+    for other in &others {
+        assert!(other.exists(), "{} was removed", other.display());
+    }
+    assert_eq!(sorted(config.snapshots_of(ShardId(0))), whole);
+    assert_eq!(engine.shutdown().confirmed_orders, 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A real full disk: a 256 KiB tmpfs mounted by the test (it needs root; without it, or
 /// off Linux, the test says why and passes).
 #[test]

@@ -238,11 +238,28 @@ impl JournalConfig {
             .collect()
     }
 
+    /// Removes the temporary files of a shard's snapshots whose writing a crash cut short:
+    /// never a whole snapshot (a whole one was renamed into place), and each as large as
+    /// the shard's state, so that crashes during snapshots would otherwise fill the disk.
+    fn remove_cut_short_snapshots(&self, shard: ShardId) {
+        let prefix = format!("shard-{:05}-", shard.0);
+        for path in self.storage.list(&self.dir).unwrap_or_default() {
+            let cut_short = path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with(&prefix) && name.ends_with(".tmp"));
+            if cut_short {
+                let _ = self.storage.remove(&path);
+            }
+        }
+    }
+
     /// Recovers one shard from this directory, as the engine does at start-up: opens its
     /// journal (truncating a torn tail, see [`JournalWriter::open_in`]), restores the
     /// newest snapshot that checks out and that the journal reaches, and replays the
     /// journal after it. The writer continues the journal. The core makes its room for
-    /// `orders` once: from the snapshot restored, or where none restores, fresh.
+    /// `orders` once: from the snapshot restored, or where none restores, fresh. The
+    /// temporary files of snapshots a crash cut short are removed.
     ///
     /// # Errors
     /// [`EngineError::Journal`] for a journal that cannot be read or is corrupt;
@@ -256,6 +273,7 @@ impl JournalConfig {
     ) -> Result<RecoveredShard, EngineError> {
         let (writer, scanned) =
             JournalWriter::open_in(&*self.storage, &self.path_of(shard), shard)?;
+        self.remove_cut_short_snapshots(shard);
         let journaled = scanned.records.len() as u64;
         let (restored, passed_over) =
             self.restore_newest_snapshot(catalog, placement, shard, orders, journaled);
