@@ -963,6 +963,17 @@ fn a_data_directory_of_another_sale_is_refused() {
     server.terminate(Duration::from_secs(30));
     let (_, stdout, _) = check(&data, &catalog, &[]);
     assert!(!stdout.contains("serving from this directory"), "{stdout}");
+    // A snapshot a crash cut short: check names it, and the next start removes it.
+    let cut_short = Path::new(&data).join("shard-00000-00000000000000000009.tmp");
+    std::fs::write(&cut_short, [0u8; 100]).unwrap();
+    let (_, stdout, _) = check(&data, &catalog, &[]);
+    assert!(
+        stdout.contains("shard-00000-00000000000000000009.tmp: a snapshot a crash cut short (100 bytes); a restart removes it"),
+        "{stdout}"
+    );
+    assert!(cut_short.exists(), "check changes nothing");
+    serve(&["--data", &data, "--catalog", &catalog]).terminate(Duration::from_secs(30));
+    assert!(!cut_short.exists(), "the start left it");
     let other = dir.join("other.toml");
     std::fs::write(
         &other,

@@ -206,6 +206,23 @@ fn check_shard(
         ));
         return false;
     }
+    // Temporary files of snapshots a crash cut short: a restart removes them.
+    let prefix = format!("shard-{:05}-", shard.0);
+    for entry in std::fs::read_dir(&config.dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(".tmp") {
+            say(format!(
+                "{}: a snapshot a crash cut short ({} bytes); a restart removes it",
+                entry.path().display(),
+                entry.metadata().map_or(0, |meta| meta.len())
+            ));
+        }
+    }
     let journaled = scanned.records.len() as u64;
     say(format!(
         "journal {}: {journaled} commands, {}",
