@@ -2338,61 +2338,85 @@ fn refused_after_changes<C: Default>(
     }
 }
 
+/// NATS servers started without JetStream are refused by name, within the short wait
+/// given to a server still starting it, by every command that opens a sale on them:
+/// `node`, `serve --nats`, `compare --nats` (before its in-process rows) and
+/// `simulate --nats`, where the opening's retries would otherwise wait out their deadline.
+/// So, at once, are servers whose JetStream is not enabled for the connection's account.
+#[test]
+fn servers_without_jetstream_are_refused_by_name() {
+    let dir = std::env::temp_dir().join(format!("flashsale-nojs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // JetStream on, but not for the account unauthenticated connections get.
+    let account = dir.join("account.conf");
+    std::fs::write(
+        &account,
+        format!(
+            "listen: 127.0.0.1:23001\njetstream {{ store_dir: \"{}\" }}\n\
+             accounts {{ A {{ users: [{{user: a, password: a}}] }} }}\nno_auth_user: a\n",
+            dir.join("store").display()
+        ),
+    )
+    .unwrap();
+    for (port, server_args, says) in [
+        (
+            23_000u16,
+            vec!["-a", "127.0.0.1", "-p", "23000"],
+            "JetStream is not enabled on these NATS servers",
+        ),
+        (
+            23_001,
+            vec!["-c", account.to_str().unwrap()],
+            "JetStream is not enabled for the account this connection uses",
+        ),
+    ] {
+        let _server = Process {
+            child: Command::new(nats_server())
+                .args(&server_args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server starts"),
+        };
+        let url = format!("nats://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let commands: [&[&str]; 4] = [
+            &["node", "--nats", &url, "--sale", "nojs", "--id", "n1"],
+            &[
+                "serve",
+                "--nats",
+                &url,
+                "--sale",
+                "nojs",
+                "--addr",
+                "127.0.0.1:0",
+            ],
+            &["compare", "--quiet", "--viewers", "20000", "--nats", &url],
+            &["simulate", "--quiet", "--intents", "1000", "--nats", &url],
+        ];
+        for args in commands {
+            let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+                .args(args)
+                .output()
+                .expect("flashsale runs");
+            let said = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{args:?}: {said}");
+            assert!(said.contains(says), "{args:?}: {said}");
+            assert!(output.stdout.is_empty(), "{args:?}: no report, no row");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Settings a node or a gateway cannot run with are refused by name, by the library and
 /// by the command line before anything connects (the URL here has no server): a lease of
 /// 0 had made the lease bucket's entries never expire and the node's lease timer panic,
 /// and a catalog that does not fit the partitions was refused only after their streams
 /// were made.
-/// NATS servers started without JetStream are refused by name, within the short wait
-/// given to a server still starting it, by every command that opens a sale on them:
-/// `node`, `serve --nats`, `compare --nats` (before its in-process rows) and
-/// `simulate --nats`, where the opening's retries would otherwise wait out their deadline.
-#[test]
-fn servers_without_jetstream_are_refused_by_name() {
-    const PORT: u16 = 23_000;
-    let _server = Process {
-        child: Command::new(nats_server())
-            .args(["-a", "127.0.0.1", "-p", &PORT.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server starts"),
-    };
-    let url = format!("nats://127.0.0.1:{PORT}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", PORT)).is_err() {
-        assert!(Instant::now() < deadline, "nats-server never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let commands: [&[&str]; 4] = [
-        &["node", "--nats", &url, "--sale", "nojs", "--id", "n1"],
-        &[
-            "serve",
-            "--nats",
-            &url,
-            "--sale",
-            "nojs",
-            "--addr",
-            "127.0.0.1:0",
-        ],
-        &["compare", "--quiet", "--viewers", "20000", "--nats", &url],
-        &["simulate", "--quiet", "--intents", "1000", "--nats", &url],
-    ];
-    for args in commands {
-        let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
-            .args(args)
-            .output()
-            .expect("flashsale runs");
-        let said = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{args:?}: {said}");
-        assert!(
-            said.contains("JetStream is not enabled on these NATS servers"),
-            "{args:?}: {said}"
-        );
-        assert!(output.stdout.is_empty(), "{args:?}: no report, no row");
-    }
-}
-
 #[test]
 fn settings_that_cannot_run_are_refused_before_connecting() {
     use flashsale::cluster::NodeConfig;

@@ -412,6 +412,24 @@ pub async fn check_jetstream(
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+            // Servers with JetStream, but not for this connection's account: no wait
+            // changes that.
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    async_nats::jetstream::context::AccountErrorKind::JetStream(refused)
+                        if refused.error_code()
+                            == async_nats::jetstream::ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT
+                ) =>
+            {
+                return Err(NatsError::new(
+                    "check JetStream",
+                    format!(
+                        "{error}: JetStream is not enabled for the account this connection \
+                         uses (give the account jetstream limits in the servers' configuration)"
+                    ),
+                ));
+            }
             _ => return Ok(()),
         }
     }
