@@ -2412,6 +2412,101 @@ fn servers_without_jetstream_are_refused_by_name() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// NATS servers that want credentials get them from the URL (`user:password@`, percent-
+/// encoded, or a `token@`), and the URL's credentials are never printed: a sale runs
+/// through each server, a wrong password is refused by the server, and `compare` names
+/// the servers without the password.
+#[test]
+fn credentials_in_a_url_are_used_and_never_printed() {
+    let dir = std::env::temp_dir().join(format!("flashsale-creds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let users = dir.join("users.conf");
+    std::fs::write(
+        &users,
+        format!(
+            "listen: 127.0.0.1:23002\njetstream {{ store_dir: \"{}\" }}\n\
+             accounts {{ B {{ jetstream: enabled, users: [{{user: b, password: \"p@ss word\"}}] }} }}\n",
+            dir.join("users-store").display()
+        ),
+    )
+    .unwrap();
+    let token = dir.join("token.conf");
+    std::fs::write(
+        &token,
+        format!(
+            "listen: 127.0.0.1:23003\njetstream {{ store_dir: \"{}\" }}\n\
+             authorization {{ token: \"s3cret\" }}\n",
+            dir.join("token-store").display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .args(args)
+            .output()
+            .expect("flashsale runs")
+    };
+    for (port, config, good, bad) in [
+        (
+            23_002u16,
+            &users,
+            "nats://b:p%40ss%20word@127.0.0.1:23002",
+            "nats://b:wrong@127.0.0.1:23002",
+        ),
+        (
+            23_003,
+            &token,
+            "nats://s3cret@127.0.0.1:23003",
+            "nats://wrong@127.0.0.1:23003",
+        ),
+    ] {
+        let _server = Process {
+            child: Command::new(nats_server())
+                .arg("-c")
+                .arg(config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server starts"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let output = run(&[
+            "compare",
+            "--viewers",
+            "20000",
+            "--skip",
+            "mutex,crossbeam",
+            "--nats",
+            good,
+            "--nats-replicas",
+            "1",
+        ]);
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{good}: {said}");
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("cluster: gateway + node"),
+            "no cluster row"
+        );
+        assert!(
+            said.contains(&format!("NATS at nats://127.0.0.1:{port}")),
+            "{said}"
+        );
+        for secret in ["p%40ss", "p@ss", "s3cret"] {
+            assert!(!said.contains(secret), "{said}");
+            assert!(!String::from_utf8_lossy(&output.stdout).contains(secret));
+        }
+        let output = run(&["simulate", "--quiet", "--intents", "1000", "--nats", bad]);
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{bad}: {said}");
+        assert!(said.contains("authorization violation"), "{bad}: {said}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Settings a node or a gateway cannot run with are refused by name, by the library and
 /// by the command line before anything connects (the URL here has no server): a lease of
 /// 0 had made the lease bucket's entries never expire and the node's lease timer panic,

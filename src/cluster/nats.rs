@@ -449,10 +449,26 @@ pub async fn connect(urls: &str, name: &str) -> Result<async_nats::Client, NatsE
     if urls.is_empty() {
         return Err(NatsError::new("connect", "no NATS URL given"));
     }
-    async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name(name)
-        .connection_timeout(Duration::from_secs(5))
-        .connect(urls)
-        .await
-        .map_err(at("connect to NATS"))
+        .connection_timeout(Duration::from_secs(5));
+    // Credentials in a URL (`nats://user:password@host`, or `nats://token@host`), which
+    // the client does not take from the address itself: the first URL that has some.
+    if let Some(address) = urls
+        .iter()
+        .filter_map(|url| url.parse::<async_nats::ServerAddr>().ok())
+        .find(async_nats::ServerAddr::has_user_pass)
+    {
+        let decoded = |text: &str| {
+            percent_encoding::percent_decode_str(text)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let user = decoded(address.username().unwrap_or_default());
+        options = match address.password() {
+            Some(password) => options.user_and_password(user, decoded(password)),
+            None => options.token(user),
+        };
+    }
+    options.connect(urls).await.map_err(at("connect to NATS"))
 }

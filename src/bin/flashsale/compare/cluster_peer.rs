@@ -49,6 +49,26 @@ impl NatsArgs {
     }
 }
 
+/// `urls` (comma-separated) with any credentials taken out, for logs and reports.
+pub fn without_credentials(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| {
+            let url = url.trim();
+            match url.split_once("://") {
+                Some((scheme, rest)) => match rest.rsplit_once('@') {
+                    Some((_, host)) => format!("{scheme}://{host}"),
+                    None => url.to_owned(),
+                },
+                None => url
+                    .rsplit_once('@')
+                    .map_or(url, |(_, host)| host)
+                    .to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// How a run on the cluster goes.
 #[cfg_attr(
     not(all(feature = "cluster", not(loom))),
@@ -424,5 +444,18 @@ mod absent {
 
     pub fn run(_: &Scenario, _: &ClusterKnobs) -> Result<PeerJson, String> {
         Err(ABSENT.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_are_taken_out_of_urls() {
+        assert_eq!(
+            super::without_credentials(
+                "nats://user:p%40ss@a:4222, nats://token@b, nats://c:4222,d,e:f@g:1"
+            ),
+            "nats://a:4222,nats://b,nats://c:4222,d,g:1"
+        );
     }
 }

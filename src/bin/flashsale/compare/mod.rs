@@ -189,7 +189,7 @@ pub fn compare(args: &CompareArgs) -> Result<bool, String> {
     if let Some(knobs) = &cluster {
         say(&format!(
             "running the cluster on NATS at {} ...",
-            knobs.urls
+            cluster_peer::without_credentials(&knobs.urls)
         ));
         peers.push(cluster_peer::run(&scenario, knobs)?);
     }
