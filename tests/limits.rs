@@ -2,7 +2,9 @@
 //! maximum, its maximum + 1 and its type's maximum, `start()` either starts or refuses
 //! with `EngineError::OutOfRange` naming the setting, and a refusal allocates nothing near
 //! the size asked for (a counting allocator watches the largest single allocation). Its
-//! own binary, so that no other test's allocations are counted.
+//! own binary, so that no other test's allocations are counted, and its tests take
+//! [`one_at_a_time`] so that neither counts the other's (an engine started at a setting's
+//! maximum allocates a MiB at once while the other test is between reset and read).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +35,12 @@ unsafe impl GlobalAlloc for Largest {
 
 #[global_allocator]
 static GLOBAL: Largest = Largest;
+
+/// Held by each test for its whole run: the counter is process-wide.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A catalog of `skus` SKUs of 10 units each (one placement unit per SKU).
 fn catalog(skus: u32) -> Catalog {
@@ -152,6 +160,7 @@ fn settings() -> Vec<Setting> {
 
 #[test]
 fn every_setting_is_bounded_and_refused_by_name() {
+    let _alone = one_at_a_time();
     let many_skus = catalog(EngineBuilder::SHARDS_MAX as u32);
     let one_sku = catalog(1);
     for setting in settings() {
@@ -241,6 +250,7 @@ fn every_setting_is_bounded_and_refused_by_name() {
 #[test]
 #[cfg(target_os = "linux")]
 fn room_past_the_machines_memory_is_refused_by_name() {
+    let _alone = one_at_a_time();
     let shards = EngineBuilder::SHARDS_MAX;
     let builder = Engine::builder(catalog(shards as u32))
         .shards(shards)
