@@ -718,9 +718,10 @@ async fn a_closed_standard_error_neither_stops_the_server_nor_its_clean_stop() {
 
 /// A shard whose journal's disk fills up fails closed: 503 `shard_failed` from then on,
 /// no confirmation after the first refusal, and serve says at once which shard failed and
-/// why, naming the journal file and the system's error (buyers see only the 503). Once
-/// the disk has room again, a restart recovers every order that was confirmed. The disk is
-/// a 20 KiB tmpfs the test mounts (it needs root on Linux; skipped otherwise).
+/// why, naming the journal file and the system's error (buyers see only the 503), and
+/// exits 1 when stopped. Once the disk has room again, a restart recovers every order that
+/// was confirmed. The disk is a 20 KiB tmpfs the test mounts (it needs root on Linux;
+/// skipped otherwise).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_its_shard_closed_and_serve_says_why() {
     let (dir, _, catalog) =
@@ -770,10 +771,12 @@ async fn a_full_disk_fails_its_shard_closed_and_serve_says_why() {
             && said.contains("No space left on device"),
         "{said}"
     );
+    // It stops as asked, but with exit 1: a supervisor sees the failure without the log.
     let (status, rest) = server.terminate(Duration::from_secs(30));
-    assert!(status.success(), "{rest}");
+    assert_eq!(status.code(), Some(1), "{rest}");
     assert!(
-        rest.contains("FAILED shard 0: its journal could not be written"),
+        rest.contains("FAILED shard 0: its journal could not be written")
+            && rest.contains("stopped with 1 failed shard(s) (0)"),
         "{rest}"
     );
     // Room again: a restart recovers every confirmed order, and nothing more.

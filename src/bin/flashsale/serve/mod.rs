@@ -240,8 +240,9 @@ pub struct Server {
     pub stopping: watch::Receiver<bool>,
 }
 
-/// Exit status: 0 after a clean shutdown, 1 when the server could not run, 2 for bad input
-/// (the catalog file, the arguments, a data directory of another sale).
+/// Exit status: 0 after a clean shutdown, 1 when the server could not run or a shard failed
+/// while it ran (a supervisor sees the failure even if nobody read the log), 2 for bad
+/// input (the catalog file, the arguments, a data directory of another sale).
 pub fn run(args: ServeArgs) -> u8 {
     match start(args) {
         Ok(()) => 0,
@@ -451,12 +452,14 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
         let _ = tokio::time::timeout(args.shutdown_grace + Duration::from_secs(1), accept).await;
     });
     runtime.shutdown_timeout(Duration::from_millis(100));
+    let mut failed = Vec::new();
     let server = Arc::into_inner(server);
     match server.and_then(|server| server.running.into_inner()) {
         Some(running) => {
             drop(running.client);
             let report = running.engine.shutdown();
             note!("{report}");
+            failed = report.failed_shards.clone();
             // Every journaled command's events are in the feed now, unless a shard failed
             // (its journal may hold a group whose events were never released).
             if let Some(dir) = &data
@@ -483,7 +486,20 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
             note!("flashsale serve: requests still hold the engine; it stops with the process")
         }
     }
-    Ok(())
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        let shards: Vec<String> = failed.iter().map(|shard| shard.0.to_string()).collect();
+        Err((
+            1,
+            format!(
+                "stopped with {} failed shard(s) ({}); every order it confirmed is in its journal, \
+                 which the next start recovers once the cause above is fixed",
+                failed.len(),
+                shards.join(", ")
+            ),
+        ))
+    }
 }
 
 /// Says once, as soon as it is seen (within a quarter of a second), each shard that
