@@ -727,6 +727,28 @@ async fn sale_with_kills(base: u16, cycle: u32) {
         sales["sales"][0]["stock"].as_u64(),
         Some(u64::from(STOCK) + 5)
     );
+    assert_eq!(sales["next"], serde_json::Value::Null, "{sales}");
+    // A page at a time, as serve alone answers it.
+    let skus = |page: &serde_json::Value| -> Vec<u64> {
+        page["sales"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|sale| sale["sku"].as_u64().unwrap())
+            .collect()
+    };
+    let (status, first) = read("/sales?limit=3".to_owned()).await;
+    assert_eq!((status, skus(&first)), (200, vec![1, 2, 3]), "{first}");
+    assert_eq!(first["next"], 3, "{first}");
+    let (status, last) = read("/sales?after=3&limit=3".to_owned()).await;
+    assert_eq!((status, skus(&last)), (200, vec![4]), "{last}");
+    assert_eq!(last["next"], serde_json::Value::Null, "{last}");
+    let (status, refused) = read("/sales?after=99".to_owned()).await;
+    assert_eq!(
+        (status, refused["field"].as_str()),
+        (400, Some("after")),
+        "{refused}"
+    );
 
     // Let the last replies land.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1584,6 +1606,7 @@ async fn the_order_feed_of_a_cluster_is_its_logs_events_across_a_gateways_death(
         );
         let skus = snap["skus"].as_array().unwrap();
         assert_eq!(skus.len(), SKUS as usize, "{snap}");
+        assert_eq!(snap["skus_total"], SKUS, "{snap}");
         assert_eq!(
             snap["pools"],
             serde_json::json!([]),

@@ -1,5 +1,6 @@
 //! What a service asks the engine without changing anything, and what it is told: an
-//! order's state ([`Control::order`](flashsale::Control::order)), live levels, every order
+//! order's state ([`Control::order`](flashsale::Control::order)), live levels (a page at a
+//! time too), every order
 //! event through the sink (the same events a replay of the journal records), and the
 //! journal directory's manifest refusing another catalog or shard count.
 
@@ -128,6 +129,57 @@ fn an_order_is_asked_for_without_changing_it() {
     let report = engine.shutdown();
     assert_eq!(report.confirmed_orders, 3);
     assert_eq!(control.order(held.id), Err(ControlError::ShutDown));
+}
+
+/// A page of sales is the whole read's slice from the SKU after the one asked, in catalog
+/// order across shards, shorter only at the catalog's end; an `after` the catalog does not
+/// have is refused by name; every shard answers the readiness question, and a stopped
+/// engine says so.
+#[test]
+fn sales_are_read_a_page_at_a_time_in_catalog_order() {
+    // Ids out of order, so that catalog order is not id order; three shards.
+    let ids: Vec<u32> = (1..=40).map(|n| (n * 37) % 101).collect();
+    let catalog = Catalog::builder()
+        .skus(ids.iter().map(|&id| SkuSpec::new(SkuId(id), 5 + id % 7)))
+        .build()
+        .unwrap();
+    let engine = Engine::builder(catalog).shards(3).start().unwrap();
+    let control = engine.control();
+    let mut producer = engine.producer();
+    for (user, &id) in ids.iter().enumerate().step_by(3) {
+        confirmed(producer.buy(intent(user as u64, 1, id, 2)).unwrap());
+    }
+    control.answering().unwrap();
+    let all = control.sales().unwrap();
+    assert_eq!(
+        all.iter().map(|sale| sale.levels.id.0).collect::<Vec<_>>(),
+        ids
+    );
+    for limit in [1, 7, 40, 41, usize::MAX] {
+        let mut read = Vec::new();
+        let mut after = None;
+        loop {
+            let page = control.sales_page(after, limit).unwrap();
+            assert!(page.len() <= limit);
+            let at_end = page.len() < limit || read.len() + page.len() == all.len();
+            after = page.last().map(|sale| sale.levels.id);
+            read.extend(page);
+            if at_end {
+                break;
+            }
+        }
+        assert_eq!(read, all, "pages of {limit}");
+    }
+    assert_eq!(control.sales_page(Some(SkuId(ids[39])), 5).unwrap(), []);
+    assert_eq!(control.sales_page(None, 0).unwrap(), []);
+    assert_eq!(
+        control.sales_page(Some(SkuId(1_000)), 5),
+        Err(ControlError::UnknownSku(SkuId(1_000)))
+    );
+    drop(producer);
+    drop(engine.shutdown());
+    assert_eq!(control.answering(), Err(ControlError::ShutDown));
+    assert_eq!(control.sales_page(None, 5), Err(ControlError::ShutDown));
 }
 
 /// Collects every event its shard hands it.

@@ -365,6 +365,7 @@ async fn every_route_answers_and_every_error_is_json_with_a_reason() {
     // Sales.
     let (status, sales) = call(http.get(server.url("/sales"))).await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(sales["next"], Value::Null, "the catalog fits one page");
     let sales = sales["sales"].as_array().unwrap();
     assert_eq!(sales.len(), 3);
     assert_eq!(
@@ -376,6 +377,57 @@ async fn every_route_answers_and_every_error_is_json_with_a_reason() {
         (Some("sold_out"), Some(3), Some(0))
     );
     assert_eq!(sales[1]["state"], "upcoming");
+    // Pages in catalog order: `next` names the SKU to ask after, until the last page.
+    let ids = |page: &Value| -> Vec<u64> {
+        page["sales"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|sale| sale["sku"].as_u64().unwrap())
+            .collect()
+    };
+    for (query, skus, next) in [
+        ("limit=2", vec![1, 2], json!(2)),
+        ("after=2&limit=2", vec![3], Value::Null),
+        ("after=1", vec![2, 3], Value::Null),
+        ("after=3", vec![], Value::Null),
+        ("after=1&limit=0", vec![2], json!(2)),
+    ] {
+        let (status, page) = call(http.get(server.url(&format!("/sales?{query}")))).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {page}");
+        assert_eq!(
+            (ids(&page), &page["next"]),
+            (skus, &next),
+            "{query}: {page}"
+        );
+    }
+    for (query, field) in [
+        ("after=99", "after"),
+        ("after=x", "after"),
+        ("limit=-1", "limit"),
+        ("page=2", "page"),
+    ] {
+        let (status, refused) = call(http.get(server.url(&format!("/sales?{query}")))).await;
+        assert_eq!(
+            (
+                status,
+                refused["reason"].as_str(),
+                refused["field"].as_str()
+            ),
+            (StatusCode::BAD_REQUEST, Some("bad_request"), Some(field)),
+            "{query}: {refused}"
+        );
+    }
+    let (status, refused) = call(
+        http.get(server.url("/orders/events?limit=x"))
+            .bearer_auth("tok"),
+    )
+    .await;
+    assert_eq!(
+        (status, refused["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("limit")),
+        "{refused}"
+    );
     let (status, one) = call(http.get(server.url("/sales/3"))).await;
     assert_eq!(
         (status, one["state"].as_str(), one["stock"].as_u64()),
@@ -533,7 +585,7 @@ async fn every_route_answers_and_every_error_is_json_with_a_reason() {
         r#"flashsale_http_answers_total{status="404",reason="not_found"} 2"#,
         r#"flashsale_http_answers_total{status="405",reason="method_not_allowed"} 1"#,
         r#"flashsale_http_answers_total{status="413",reason="body_too_large"} 1"#,
-        r#"flashsale_http_answers_total{status="400",reason="bad_request"} 13"#,
+        r#"flashsale_http_answers_total{status="400",reason="bad_request"} 18"#,
         r#"flashsale_sku_available{sku="1"} 1"#,
         r#"flashsale_shard_failed{shard="0"} 0"#,
         r#"flashsale_snapshots_failed_total{shard="0"} 0"#,
@@ -788,6 +840,88 @@ async fn a_full_disk_fails_its_shard_closed_and_serve_says_why() {
     again.kill();
     drop(small);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A sale of many SKUs is read a page at a time: `GET /sales` pages through every SKU in
+/// catalog order over two shards, and the live page's snapshot shows the first 200 and
+/// says how many there are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_of_many_skus_is_read_a_page_at_a_time() {
+    let dir = scratch("many-skus");
+    // Ids in descending order: catalog order is not id order.
+    let text: String = (1..=1_250u32)
+        .rev()
+        .map(|id| format!("[[sku]]\nid = {id}\nstock = {}\n\n", 1 + id % 5))
+        .collect();
+    let catalog = write_catalog(&dir, &text);
+    let server = serve(&["--in-memory", "--catalog", &catalog, "--shards", "2"]);
+    let http = client();
+    let (status, _) = call(http.get(server.url("/readyz"))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, bought) = buy(
+        &http,
+        &server,
+        "700",
+        json!({"user": 1, "qty": 1, "key": 1}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{bought}");
+    let mut read = Vec::new();
+    let mut pages = 0;
+    let mut after = String::new();
+    loop {
+        let (status, page) = call(http.get(server.url(&format!("/sales?limit=300{after}")))).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        pages += 1;
+        for sale in page["sales"].as_array().unwrap() {
+            read.push((
+                sale["sku"].as_u64().unwrap(),
+                sale["sold"].as_u64().unwrap() + sale["held"].as_u64().unwrap(),
+            ));
+        }
+        match page["next"].as_u64() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 5);
+    let ids: Vec<u64> = read.iter().map(|&(sku, _)| sku).collect();
+    assert_eq!(ids, (1..=1_250u64).rev().collect::<Vec<_>>());
+    let taken: Vec<u64> = read
+        .iter()
+        .filter(|&&(_, taken)| taken > 0)
+        .map(|&(sku, _)| sku)
+        .collect();
+    assert_eq!(taken, [700]);
+    let (status, first) = call(http.get(server.url("/sales"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (first["sales"].as_array().unwrap().len(), &first["next"]),
+        (1_000, &json!(251)),
+        "a page of 1,000 unless asked"
+    );
+    let stream = http
+        .get(server.url("/events?limit=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let text = stream.text().await.unwrap();
+    let snapshot: Value = serde_json::from_str(
+        text.lines()
+            .find_map(|line| line.strip_prefix("data: "))
+            .unwrap_or_else(|| panic!("a snapshot in {text}")),
+    )
+    .unwrap();
+    let shown = snapshot["skus"].as_array().unwrap();
+    assert_eq!(
+        (shown.len(), &snapshot["skus_total"], &shown[0]["sku"]),
+        (200, &json!(1_250), &json!(1_250)),
+        "{snapshot}"
+    );
+    let (status, report) = server.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A data directory on a filesystem in memory is named as such at the start: its journal

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -48,8 +48,8 @@ use tokio::sync::watch;
 use super::answer::{self, fail, ok};
 use super::feed::Feed;
 use super::routes::{
-    self, AdminAction, admin_request, buy_request, confirmed, order_json, path_number, path_sku,
-    rejected, sale_json,
+    self, AdminAction, SalesParams, admin_request, buy_request, confirmed, order_json, path_number,
+    path_sku, rejected, sale_json, sales_page_json, sales_params,
 };
 use super::{Failure, ServeArgs, Server};
 
@@ -196,6 +196,7 @@ pub async fn live_snapshot(
     let now_ns = gateway.now_ns();
     let skus: Vec<Value> = sales
         .iter()
+        .take(super::dashboard::SKUS_SHOWN)
         .map(|sale| sale_json(server, now_ns, sale))
         .collect();
     let pools: Vec<Value> = pools
@@ -209,6 +210,7 @@ pub async fn live_snapshot(
         "now": super::catalog_file::wall_time(server.epoch, now_ns),
         "at_ms": now_ns as f64 / 1e6,
         "skus": skus,
+        "skus_total": server.catalog.skus().len(),
         "answers": answers,
         "confirmed": confirmed,
         "confirmed_scope": confirmed_scope,
@@ -444,19 +446,34 @@ async fn buy(
     }
 }
 
-async fn sales(State(server): Shared) -> Response {
+/// A page of the sale's SKUs, as `serve` alone answers it. The partitions' leaders each
+/// answer with all their SKUs (the cluster's query has no range), and the gateway keeps
+/// the page.
+async fn sales(
+    State(server): Shared,
+    params: Result<Query<SalesParams>, QueryRejection>,
+) -> Response {
     let gateway = match gateway(&server) {
         Ok(gateway) => gateway,
         Err(response) => return response,
     };
+    let (after, limit) = match sales_params(&server, params) {
+        Ok(page) => page,
+        Err(response) => return response,
+    };
     match gateway.sales().await {
         Ok(sales) => {
-            let now_ns = gateway.now_ns();
-            let sales: Vec<Value> = sales
-                .iter()
-                .map(|sale| sale_json(&server, now_ns, sale))
-                .collect();
-            ok(&server.counts, json!({ "sales": sales }))
+            let from = after.map_or(0, |after| {
+                sales
+                    .iter()
+                    .position(|sale| sale.levels.id == after)
+                    .map_or(sales.len(), |at| at + 1)
+            });
+            let page = &sales[from..from.saturating_add(limit).min(sales.len())];
+            ok(
+                &server.counts,
+                sales_page_json(&server, gateway.now_ns(), page),
+            )
         }
         Err(error) => gateway_failed(&server, error),
     }
@@ -600,8 +617,8 @@ async fn readyz(State(server): Shared) -> Response {
         Ok(gateway) => gateway,
         Err(response) => return response,
     };
-    // Ready when every partition has a leader that answers.
-    match gateway.sales().await {
+    // Ready when every partition has a leader that answers (its pools: a short answer).
+    match gateway.pools().await {
         Ok(_) => ok(&server.counts, json!({ "status": "ready" })),
         Err(error) => gateway_failed(&server, error),
     }

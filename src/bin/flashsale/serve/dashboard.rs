@@ -1,6 +1,6 @@
 //! The operator's live page: `GET /` serves one HTML page (no build step, no CDN: it is in
 //! the binary), which follows the sale through `GET /events`, a server-sent event stream
-//! of snapshots twice a second: units left per SKU, answers by reason (the page turns them
+//! of snapshots twice a second: units left per SKU (the first 200 SKUs), answers by reason (the page turns them
 //! into rates), waitlists and pools, the engine's latency percentiles, the countdown to
 //! each opening. With an operator token, `/events` needs it as `?token=` (an EventSource
 //! cannot send headers); the page takes it from its address's `#token=` fragment, which
@@ -25,6 +25,11 @@ const PAGE: &str = include_str!("page.html");
 
 /// How often a snapshot goes out.
 const EVERY: Duration = Duration::from_millis(500);
+
+/// The most SKUs a snapshot shows (the first in catalog order; `skus_total` says how many
+/// the sale has). Reading every SKU of a large catalog twice a second per open page would
+/// hold each shard's decisions for milliseconds each time; `GET /sales` pages through all.
+pub const SKUS_SHOWN: usize = 200;
 
 /// `GET /`.
 pub async fn page(State(server): State<Arc<Server>>) -> Response {
@@ -131,7 +136,7 @@ pub async fn snapshot(server: &Arc<Server>) -> Value {
     let control = running.engine.control();
     let now_ns = running.engine.now_ns();
     let asked = tokio::task::spawn_blocking(move || {
-        Ok::<_, flashsale::ControlError>((control.sales()?, control.pools()?))
+        Ok::<_, flashsale::ControlError>((control.sales_page(None, SKUS_SHOWN)?, control.pools()?))
     })
     .await
     .unwrap_or(Err(flashsale::ControlError::ShutDown));
@@ -152,6 +157,7 @@ pub async fn snapshot(server: &Arc<Server>) -> Value {
         "now": super::catalog_file::wall_time(server.epoch, now_ns),
         "at_ms": now_ns as f64 / 1e6,
         "skus": skus,
+        "skus_total": server.catalog.skus().len(),
         "pools": pools,
         "answers": answers,
         "confirmed": live.confirmed_orders,

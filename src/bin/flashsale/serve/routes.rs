@@ -419,21 +419,91 @@ pub(super) fn sale_json(server: &Server, now_ns: u64, sale: &LiveSale) -> Value 
     })
 }
 
-async fn sales(State(server): Shared) -> Response {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SalesParams {
+    after: Option<u32>,
+    limit: Option<usize>,
+}
+
+/// The field a query string's refusal names: an unknown one in backticks, one whose value
+/// does not parse as `field: why` after the query string.
+fn query_field(message: &str) -> String {
+    if let Some(quoted) = message.split('`').nth(1) {
+        return quoted.to_owned();
+    }
+    message
+        .rsplit("query string: ")
+        .next()
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(field, _)| field.trim())
+        .filter(|field| !field.is_empty() && !field.contains(' '))
+        .unwrap_or("query")
+        .to_owned()
+}
+
+/// How many SKUs a page of `GET /sales` holds when the request does not say, and at most.
+const SALES_PAGE: usize = 1_000;
+const SALES_PAGE_MAX: usize = 10_000;
+
+/// The page `GET /sales` asks for: the SKU it starts after (which must be in the catalog)
+/// and how many SKUs, or the 400 naming the field.
+pub(super) fn sales_params(
+    server: &Server,
+    params: Result<Query<SalesParams>, QueryRejection>,
+) -> Result<(Option<SkuId>, usize), Response> {
+    let Query(params) = params.map_err(|rejection| {
+        let message = rejection.body_text();
+        bad_request(&server.counts, &query_field(&message), message)
+    })?;
+    let after = params.after.map(SkuId);
+    if let Some(sku) = after
+        && server.catalog.index_of(sku).is_none()
+    {
+        return Err(bad_request(
+            &server.counts,
+            "after",
+            format!("SKU {} is not in the catalog", sku.0),
+        ));
+    }
+    let limit = params.limit.unwrap_or(SALES_PAGE).clamp(1, SALES_PAGE_MAX);
+    Ok((after, limit))
+}
+
+/// A page of `GET /sales`: its SKUs, and `next` (the page's last SKU, to ask `after`) when
+/// the catalog has more after it.
+pub(super) fn sales_page_json(server: &Server, now_ns: u64, page: &[LiveSale]) -> Value {
+    let sales: Vec<Value> = page
+        .iter()
+        .map(|sale| sale_json(server, now_ns, sale))
+        .collect();
+    let last = page.last().map(|sale| sale.levels.id);
+    let next = last.filter(|&sku| {
+        server
+            .catalog
+            .skus()
+            .last()
+            .is_some_and(|end| end.id != sku)
+    });
+    json!({ "sales": sales, "next": next.map(|sku| sku.0) })
+}
+
+async fn sales(
+    State(server): Shared,
+    params: Result<Query<SalesParams>, QueryRejection>,
+) -> Response {
     let running = match running(&server) {
         Ok(running) => running,
         Err(response) => return response,
     };
+    let (after, limit) = match sales_params(&server, params) {
+        Ok(page) => page,
+        Err(response) => return response,
+    };
     let control = running.engine.control();
     let now_ns = running.engine.now_ns();
-    match blocking(move || control.sales()).await {
-        Ok(levels) => {
-            let sales: Vec<Value> = levels
-                .iter()
-                .map(|sku| sale_json(&server, now_ns, sku))
-                .collect();
-            ok(&server.counts, json!({ "sales": sales }))
-        }
+    match blocking(move || control.sales_page(after, limit)).await {
+        Ok(page) => ok(&server.counts, sales_page_json(&server, now_ns, &page)),
         Err(error) => control_failed(&server, error),
     }
 }
@@ -610,8 +680,7 @@ pub async fn feed_page(
         Ok(params) => params,
         Err(rejection) => {
             let message = rejection.body_text();
-            let field = message.split('`').nth(1).unwrap_or("query").to_owned();
-            return bad_request(&server.counts, &field, message);
+            return bad_request(&server.counts, &query_field(&message), message);
         }
     };
     let positions = match feed.cursor(params.after.as_deref()) {
@@ -848,8 +917,8 @@ async fn readyz(State(server): Shared) -> Response {
         Err(response) => return response,
     };
     let control = running.engine.control();
-    match blocking(move || control.sales()).await {
-        Ok(_) => ok(&server.counts, json!({ "status": "ready" })),
+    match blocking(move || control.answering()).await {
+        Ok(()) => ok(&server.counts, json!({ "status": "ready" })),
         Err(error) => control_failed(&server, error),
     }
 }
