@@ -258,6 +258,14 @@ pub struct Report {
 }
 
 impl Report {
+    /// Up to this many SKUs, the report's text ([`Display`](fmt::Display)) has a row for
+    /// each; past it, rows for the [`SKU_ROWS_BUSIEST`](Self::SKU_ROWS_BUSIEST) SKUs with
+    /// the most units held or sold (in catalog order), then the totals of all
+    /// ([`skus`](Self::skus) has every one).
+    pub const SKU_ROWS: usize = 40;
+    /// See [`SKU_ROWS`](Self::SKU_ROWS).
+    pub const SKU_ROWS_BUSIEST: usize = 20;
+
     pub(crate) fn new(
         catalog: &Catalog,
         placement: &Placement,
@@ -474,12 +482,48 @@ impl fmt::Display for Report {
             "{:>8}  {:<24}{:>10}{:>10}{:>10}{:>10}{:>10}",
             "sku", "product / variant", "stock", "held", "sold", "expired", "left"
         )?;
-        for sku in &self.skus {
+        // A large catalog: the SKUs that sold most, and the totals (a line per SKU of
+        // 200,000 is a log no one reads, and took seconds to write at a server's stop).
+        let shown: Vec<&SkuReport> = if self.skus.len() <= Self::SKU_ROWS {
+            self.skus.iter().collect()
+        } else {
+            let mut busiest: Vec<(usize, &SkuReport)> = self.skus.iter().enumerate().collect();
+            busiest.sort_by_key(|&(at, sku)| {
+                (
+                    std::cmp::Reverse(u64::from(sku.sold) + u64::from(sku.held)),
+                    at,
+                )
+            });
+            busiest.truncate(Self::SKU_ROWS_BUSIEST);
+            busiest.sort_by_key(|&(at, _)| at);
+            busiest.into_iter().map(|(_, sku)| sku).collect()
+        };
+        for sku in &shown {
             let label = fit_words(&format!("{} {}", sku.product, sku.variant), 23);
             writeln!(
                 f,
                 "{:>8}  {:<24}{:>10}{:>10}{:>10}{:>10}{:>10}",
                 sku.id.0, label, sku.stock, sku.held, sku.sold, sku.expired, sku.available
+            )?;
+        }
+        if shown.len() < self.skus.len() {
+            let sum = |field: fn(&SkuReport) -> u64| self.skus.iter().map(field).sum::<u64>();
+            writeln!(
+                f,
+                "{:>8}  {} more SKUs",
+                "...",
+                self.skus.len() - shown.len()
+            )?;
+            writeln!(
+                f,
+                "{:>8}  {:<24}{:>10}{:>10}{:>10}{:>10}{:>10}",
+                "all",
+                format!("{} SKUs", self.skus.len()),
+                sum(|sku| u64::from(sku.stock)),
+                sum(|sku| u64::from(sku.held)),
+                sum(|sku| u64::from(sku.sold)),
+                sum(|sku| sku.expired),
+                sum(|sku| u64::from(sku.available))
             )?;
         }
         for pool in &self.pools {

@@ -182,6 +182,64 @@ fn sales_are_read_a_page_at_a_time_in_catalog_order() {
     assert_eq!(control.sales_page(None, 5), Err(ControlError::ShutDown));
 }
 
+/// A report of a large catalog names the SKUs that sold most and the totals of all, not a
+/// line per SKU; a small catalog's has a line for each.
+#[test]
+fn a_report_of_many_skus_shows_the_busiest_and_the_totals() {
+    let catalog = Catalog::builder()
+        .skus((1..=100).map(|id| SkuSpec::new(SkuId(id), 10)))
+        .build()
+        .unwrap();
+    let engine = Engine::builder(catalog).shards(2).start().unwrap();
+    let mut producer = engine.producer();
+    // SKU 3n holds min(n, 10) units for n in 1..=30 (orders not yet paid).
+    for n in 1..=30u32 {
+        for unit in 0..n.min(10) {
+            confirmed(
+                producer
+                    .buy(intent(u64::from(n * 100 + unit), 1, 3 * n, 1))
+                    .unwrap(),
+            );
+        }
+    }
+    drop(producer);
+    let report = engine.shutdown();
+    assert_eq!(report.skus.len(), 100);
+    let text = report.to_string();
+    let rows: Vec<u32> = text
+        .lines()
+        .skip_while(|line| !line.contains("product / variant"))
+        .skip(1)
+        .map_while(|line| line.split_whitespace().next()?.parse().ok())
+        .collect();
+    // Ties (SKUs 30 to 90 all sold 10) go to the earlier in the catalog.
+    assert_eq!(rows, (10..=29).map(|n| 3 * n).collect::<Vec<_>>(), "{text}");
+    let held: u64 = (1..=30u64).map(|n| n.min(10)).sum();
+    let all = format!(
+        "{:>8}  {:<24}{:>10}{:>10}{:>10}{:>10}{:>10}",
+        "all",
+        "100 SKUs",
+        1_000,
+        held,
+        0,
+        0,
+        1_000 - held
+    );
+    assert!(text.contains("     ...  80 more SKUs"), "{text}");
+    assert!(text.contains(&all), "{all:?} in\n{text}");
+
+    let small = Engine::builder(held_catalog(3)).start().unwrap().shutdown();
+    assert!(!small.to_string().contains("more SKUs"));
+    assert_eq!(
+        small
+            .to_string()
+            .lines()
+            .filter(|line| line.trim_start().starts_with(['1', '2']))
+            .count(),
+        2
+    );
+}
+
 /// Collects every event its shard hands it.
 struct Events(Arc<Mutex<Vec<OrderEvent>>>);
 
