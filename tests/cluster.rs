@@ -1312,6 +1312,99 @@ async fn snapshots_that_cannot_be_stored_are_said_and_the_sale_goes_on() {
     }
 }
 
+/// A catalog too large for one answer: 40,000 SKUs on two partitions are views of 1.6 MB
+/// each, past NATS's largest message (1 MiB by default). A SKU, a page, and every SKU are
+/// read all the same (a partition answers the SKUs asked, and the whole catalog is read a
+/// page at a time), and the HTTP gateway is ready and answers `GET /sales`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_past_the_largest_message_is_read_a_page_at_a_time() {
+    const MANY: u32 = 40_000;
+    let toml: String = (1..=MANY)
+        .map(|id| format!("[[sku]]\nid = {id}\nstock = 10\n\n"))
+        .collect();
+    let catalog = Catalog::builder()
+        .skus((1..=MANY).map(|id| SkuSpec::new(SkuId(id), 10)))
+        .build()
+        .unwrap();
+    let scene = OneNode::start("manyskus", 23_600, "manyskus", &toml, catalog, None).await;
+    let bought = scene
+        .gateway
+        .buy(
+            Intent {
+                user: UserId(1),
+                client_key: 1,
+                sku: SkuId(31_313),
+                quantity: 3,
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(bought.outcome.order().is_some(), "{bought:?}");
+    let one = scene.gateway.sale(SkuId(31_313)).await.unwrap().unwrap();
+    assert_eq!((one.levels.id, one.levels.held), (SkuId(31_313), 3));
+    let page = scene
+        .gateway
+        .sales_page(Some(SkuId(31_312)), 5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|sale| sale.levels.id.0).collect::<Vec<_>>(),
+        (31_313..31_318).collect::<Vec<_>>()
+    );
+    assert_eq!(page[0].levels.held, 3);
+    assert_eq!(
+        scene.gateway.sales_page(Some(SkuId(MANY + 1)), 5).await,
+        Ok(None)
+    );
+    let all = scene.gateway.sales().await.unwrap();
+    assert_eq!(
+        all.iter().map(|sale| sale.levels.id.0).collect::<Vec<_>>(),
+        (1..=MANY).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        all.iter()
+            .map(|sale| u64::from(sale.levels.held))
+            .sum::<u64>(),
+        3
+    );
+    // Through an HTTP gateway too.
+    let port = 23_610;
+    let urls = scene.nats.as_ref().unwrap().urls();
+    let _http_gateway = start_http_gateway(
+        &urls,
+        "manyskus",
+        &scene.dir.join("catalog.toml"),
+        port,
+        &scene.dir,
+        &[],
+    );
+    let http = reqwest::Client::new();
+    wait_http_ready(&http, port).await;
+    let answer: serde_json::Value = http
+        .get(format!("http://127.0.0.1:{port}/sales?after=31312&limit=2"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            &answer["sales"][0]["sku"],
+            &answer["sales"][0]["held"],
+            &answer["next"]
+        ),
+        (
+            &serde_json::json!(31_313),
+            &serde_json::json!(3),
+            &serde_json::json!(31_314)
+        ),
+        "{answer}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "100 kill cycles: minutes"]
 async fn a_hundred_kill_cycles() {

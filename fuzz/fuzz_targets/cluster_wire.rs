@@ -99,13 +99,24 @@ fn real(kind: u8, seed: u64, entries: u8, pick: u16) -> Vec<u8> {
             );
             bytes
         }
-        2 => view::encode_query(match pick % 4 {
+        2 => view::encode_query(match pick % 5 {
             0 => Query::Sales,
             1 => Query::Order(order),
             2 => Query::Filter,
-            _ => Query::Pools,
+            3 => Query::Pools,
+            _ => Query::SalesAt {
+                first: (pick / 5 % 4) as u32,
+                count: (pick / 20) as u32,
+            },
         }),
-        3 => replica.answer(0, Query::Sales),
+        3 if pick % 2 == 0 => replica.answer(0, Query::Sales),
+        3 => replica.answer(
+            0,
+            Query::SalesAt {
+                first: (pick / 2 % 4) as u32,
+                count: (pick / 8 % 5) as u32,
+            },
+        ),
         4 => replica.answer(0, Query::Order(order)),
         5 => replica.answer(0, Query::Pools),
         6 => replica.answer(0, Query::Filter),

@@ -11,7 +11,10 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[allow(dead_code, reason = "the binary's file reading; only the parsing is fuzzed")]
+#[allow(
+    dead_code,
+    reason = "the binary's file reading; only the parsing is fuzzed"
+)]
 #[path = "../../src/bin/flashsale/input.rs"]
 mod input;
 

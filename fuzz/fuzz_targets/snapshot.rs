@@ -104,13 +104,9 @@ fuzz_target!(|input: Input| {
             panic!("after {command:?}: {failure}");
         }
     }
-    if let Err(error) = ShardCore::restore(
-        &catalog,
-        &placement,
-        ShardId(0),
-        None,
-        &restored.snapshot(),
-    ) {
+    if let Err(error) =
+        ShardCore::restore(&catalog, &placement, ShardId(0), None, &restored.snapshot())
+    {
         panic!("a snapshot of the restored core is refused: {error}");
     }
 });

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::Answer;
 use super::gate::{GateUpdate, KeyFilter};
 use super::nats::{NatsError, Opened, SaleOnNats};
-use super::view::{Query, decode_order, decode_pools, decode_view, encode_query};
+use super::view::{Query, SALES_AT_MAX, decode_order, decode_pools, decode_view, encode_query};
 use super::wire::{self, BatchWriter, Buy};
 use crate::catalog::{Catalog, Placement};
 use crate::core::{Applied, LiveSale, OrderView, PoolLevels};
@@ -502,19 +502,73 @@ impl Gateway {
         }
     }
 
-    /// Every SKU's sale, in catalog order, each as its partition's leader has it now (one
-    /// question to each partition's leader, asked at once).
+    /// Every SKU's sale, in catalog order, each as its partition's leader has it now
+    /// (questions of at most [`SALES_AT_MAX`] SKUs to each partition's leader, asked at
+    /// once: a larger answer would be past NATS's largest message).
     ///
     /// # Errors
     /// [`GatewayError::Unanswered`]: a partition's leader did not answer within
     /// [`GatewayConfig::read_timeout`], or its answer was not a view.
     pub async fn sales(&self) -> Result<Vec<LiveSale>, GatewayError> {
-        let asked = (0..self.inner.sale.partitions()).map(|partition| async move {
-            let bytes = self.ask(partition, Query::Sales).await?;
+        self.sales_in(0, self.inner.catalog.skus().len()).await
+    }
+
+    /// Up to `limit` SKUs' sales in catalog order, from the SKU after `after` (from the
+    /// first when `None`), each as its partition's leader has it now: only the page's SKUs
+    /// are asked for. `None` if the catalog has no SKU `after`.
+    ///
+    /// # Errors
+    /// As [`sales`](Self::sales).
+    pub async fn sales_page(
+        &self,
+        after: Option<SkuId>,
+        limit: usize,
+    ) -> Result<Option<Vec<LiveSale>>, GatewayError> {
+        let catalog = &self.inner.catalog;
+        let from = match after {
+            None => 0,
+            Some(sku) => match catalog.index_of(sku) {
+                Some(index) => index + 1,
+                None => return Ok(None),
+            },
+        };
+        let until = from.saturating_add(limit).min(catalog.skus().len());
+        self.sales_in(from, until).await.map(Some)
+    }
+
+    /// The sales of the SKUs at catalog indices `from..until`. A placement lists each
+    /// partition's SKUs in catalog order, so those of a range are consecutive on each
+    /// partition: one question per partition per [`SALES_AT_MAX`] SKUs, all asked at once.
+    async fn sales_in(&self, from: usize, until: usize) -> Result<Vec<LiveSale>, GatewayError> {
+        let partitions = usize::from(self.inner.sale.partitions());
+        let mut ranges: Vec<Option<(u32, u32)>> = vec![None; partitions];
+        for index in from..until {
+            let (ShardId(partition), local) = self.inner.placement.route(index);
+            match &mut ranges[usize::from(partition)] {
+                Some((_, count)) => *count += 1,
+                none => *none = Some((local, 1)),
+            }
+        }
+        let questions = ranges
+            .into_iter()
+            .enumerate()
+            .filter_map(|(partition, range)| Some((partition as u16, range?)))
+            .flat_map(|(partition, (first, count))| {
+                (0..count.div_ceil(SALES_AT_MAX)).map(move |page| {
+                    let skipped = page * SALES_AT_MAX;
+                    let query = Query::SalesAt {
+                        first: first + skipped,
+                        count: (count - skipped).min(SALES_AT_MAX),
+                    };
+                    (partition, query)
+                })
+            });
+        let asked = questions.map(|(partition, query)| async move {
+            let bytes = self.ask(partition, query).await?;
             decode_view(&bytes).map_err(|_| GatewayError::Unanswered)
         });
         let views = futures_util::future::join_all(asked).await;
-        let mut sales = Vec::with_capacity(self.inner.catalog.skus().len());
+        let mut sales = Vec::with_capacity(until.saturating_sub(from));
         for view in views {
             sales.extend(view?.sales);
         }
@@ -531,8 +585,12 @@ impl Gateway {
         let Some(index) = self.inner.catalog.index_of(sku) else {
             return Ok(None);
         };
-        let partition = self.inner.placement.route(index).0.0;
-        let bytes = self.ask(partition, Query::Sales).await?;
+        let (ShardId(partition), local) = self.inner.placement.route(index);
+        let query = Query::SalesAt {
+            first: local,
+            count: 1,
+        };
+        let bytes = self.ask(partition, query).await?;
         let view = decode_view(&bytes).map_err(|_| GatewayError::Unanswered)?;
         Ok(view.sales.into_iter().find(|sale| sale.levels.id == sku))
     }

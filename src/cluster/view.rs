@@ -26,6 +26,9 @@ const QUERY_LEN: usize = 4 + 1 + 8 + 4;
 const VIEW_HEAD_LEN: usize = 4 + 2 + 8 + 8 + 4;
 /// Bytes per SKU in a view.
 pub const SALE_LEN: usize = 6 * 4 + 7 * 8 + 1;
+/// The most SKUs a gateway asks of a partition at once ([`Query::SalesAt`]): an answer of
+/// 810 KB, within NATS's default largest message (1 MiB).
+pub const SALES_AT_MAX: u32 = 10_000;
 const ORDER_LEN: usize = 4 + 1 + 8 + 8 + 4 + 4 + 1 + 8 + 8 + 4;
 const POOLS_HEAD_LEN: usize = 4 + 8 + 4;
 /// Bytes per pool in a pools answer.
@@ -34,8 +37,19 @@ pub const POOL_LEN: usize = 4 + 8 + 1 + 8;
 /// What a gateway asks a partition's leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Query {
-    /// Every SKU of the partition: levels, window, closed early.
+    /// Every SKU of the partition: levels, window, closed early. A partition of more than
+    /// [`SALES_AT_MAX`] SKUs answers with more than NATS's default largest message (1 MiB),
+    /// which it cannot send: ask [`SalesAt`](Self::SalesAt).
     Sales,
+    /// The partition's SKUs at positions `first..first + count` of its own list (the
+    /// placement's local indices, which keep catalog order), as
+    /// [`Sales`](Self::Sales) answers them: one SKU, or a page.
+    SalesAt {
+        /// The first SKU's local index.
+        first: u32,
+        /// How many SKUs from there (fewer at the end of the partition's list).
+        count: u32,
+    },
     /// One order and where it stands.
     Order(OrderId),
     /// The partition's whole confirmed-key filter ([`super::gate::KeyFilter`]), with the
@@ -142,6 +156,7 @@ pub fn encode_query(query: Query) -> Vec<u8> {
         Query::Order(id) => (2, id.0),
         Query::Filter => (3, 0),
         Query::Pools => (4, 0),
+        Query::SalesAt { first, count } => (5, u64::from(first) | u64::from(count) << 32),
     };
     out.push(kind);
     out.extend_from_slice(&value.to_le_bytes());
@@ -168,6 +183,10 @@ pub fn decode_query(bytes: &[u8]) -> Result<Query, WireError> {
         3 => Err(WireError::Length(bytes.len())),
         4 if value == 0 => Ok(Query::Pools),
         4 => Err(WireError::Length(bytes.len())),
+        5 => Ok(Query::SalesAt {
+            first: value as u32,
+            count: (value >> 32) as u32,
+        }),
         other => Err(WireError::Kind(other)),
     }
 }
@@ -415,10 +434,27 @@ impl super::Replica {
         }
     }
 
+    /// The partition's SKUs at local indices `first..first + count`, as a view.
+    pub fn view_at(&self, partition: u16, first: u32, count: u32) -> PartitionView {
+        let core = self.core();
+        PartitionView {
+            partition,
+            applied: self.applied(),
+            clock_ns: self.clock_ns(),
+            sales: core
+                .levels()
+                .skip(first as usize)
+                .take(count as usize)
+                .filter_map(|levels| core.live_sale(levels.id))
+                .collect(),
+        }
+    }
+
     /// Answers a query from the replica's state.
     pub fn answer(&self, partition: u16, query: Query) -> Vec<u8> {
         match query {
             Query::Sales => encode_view(&self.view(partition)),
+            Query::SalesAt { first, count } => encode_view(&self.view_at(partition, first, count)),
             Query::Order(id) => encode_order(&OrderAnswer {
                 order: self.core().order(id),
                 applied: self.applied(),
@@ -484,6 +520,11 @@ mod tests {
             Query::Order(OrderId(u64::MAX - 3)),
             Query::Filter,
             Query::Pools,
+            Query::SalesAt { first: 0, count: 1 },
+            Query::SalesAt {
+                first: u32::MAX - 1,
+                count: SALES_AT_MAX,
+            },
         ] {
             assert_eq!(decode_query(&encode_query(query)), Ok(query));
         }

@@ -182,9 +182,13 @@ pub async fn live_snapshot(
             "gateway",
         ),
     };
-    let read = futures_util::future::try_join(gateway.sales(), gateway.pools()).await;
+    let read = futures_util::future::try_join(
+        gateway.sales_page(None, super::dashboard::SKUS_SHOWN),
+        gateway.pools(),
+    )
+    .await;
     let (sales, pools) = match read {
-        Ok(read) => read,
+        Ok((sales, pools)) => (sales.unwrap_or_default(), pools),
         Err(error) => {
             let state = match error {
                 GatewayError::Unanswered => "unanswered",
@@ -196,7 +200,6 @@ pub async fn live_snapshot(
     let now_ns = gateway.now_ns();
     let skus: Vec<Value> = sales
         .iter()
-        .take(super::dashboard::SKUS_SHOWN)
         .map(|sale| sale_json(server, now_ns, sale))
         .collect();
     let pools: Vec<Value> = pools
@@ -446,9 +449,8 @@ async fn buy(
     }
 }
 
-/// A page of the sale's SKUs, as `serve` alone answers it. The partitions' leaders each
-/// answer with all their SKUs (the cluster's query has no range), and the gateway keeps
-/// the page.
+/// A page of the sale's SKUs, as `serve` alone answers it: each partition's leader is
+/// asked for its SKUs of the page.
 async fn sales(
     State(server): Shared,
     params: Result<Query<SalesParams>, QueryRejection>,
@@ -461,20 +463,13 @@ async fn sales(
         Ok(page) => page,
         Err(response) => return response,
     };
-    match gateway.sales().await {
-        Ok(sales) => {
-            let from = after.map_or(0, |after| {
-                sales
-                    .iter()
-                    .position(|sale| sale.levels.id == after)
-                    .map_or(sales.len(), |at| at + 1)
-            });
-            let page = &sales[from..from.saturating_add(limit).min(sales.len())];
-            ok(
-                &server.counts,
-                sales_page_json(&server, gateway.now_ns(), page),
-            )
-        }
+    match gateway.sales_page(after, limit).await {
+        Ok(Some(page)) => ok(
+            &server.counts,
+            sales_page_json(&server, gateway.now_ns(), &page),
+        ),
+        // The gateway's catalog is the server's, which `sales_params` checked `after` in.
+        Ok(None) => answer::bad_request(&server.counts, "after", "not in the catalog"),
         Err(error) => gateway_failed(&server, error),
     }
 }
