@@ -1341,6 +1341,7 @@ async fn a_catalog_past_the_largest_message_is_read_a_page_at_a_time() {
         .await
         .unwrap();
     assert!(bought.outcome.order().is_some(), "{bought:?}");
+    scene.gateway.answering().await.unwrap();
     let one = scene.gateway.sale(SkuId(31_313)).await.unwrap().unwrap();
     assert_eq!((one.levels.id, one.levels.held), (SkuId(31_313), 3));
     let page = scene

@@ -577,6 +577,24 @@ impl Gateway {
         Ok(sales)
     }
 
+    /// Whether every partition's leader answers: asks each for none of its SKUs, at once
+    /// (a readiness probe whose answers are a few dozen bytes).
+    ///
+    /// # Errors
+    /// As [`sales`](Self::sales).
+    pub async fn answering(&self) -> Result<(), GatewayError> {
+        let asked = (0..self.inner.sale.partitions()).map(|partition| async move {
+            let bytes = self
+                .ask(partition, Query::SalesAt { first: 0, count: 0 })
+                .await?;
+            decode_view(&bytes).map_err(|_| GatewayError::Unanswered)
+        });
+        for answer in futures_util::future::join_all(asked).await {
+            answer?;
+        }
+        Ok(())
+    }
+
     /// One SKU's sale, from its partition's leader; `None` if the catalog has no such SKU.
     ///
     /// # Errors

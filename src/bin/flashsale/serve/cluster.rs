@@ -612,9 +612,9 @@ async fn readyz(State(server): Shared) -> Response {
         Ok(gateway) => gateway,
         Err(response) => return response,
     };
-    // Ready when every partition has a leader that answers (its pools: a short answer).
-    match gateway.pools().await {
-        Ok(_) => ok(&server.counts, json!({ "status": "ready" })),
+    // Ready when every partition has a leader that answers.
+    match gateway.answering().await {
+        Ok(()) => ok(&server.counts, json!({ "status": "ready" })),
         Err(error) => gateway_failed(&server, error),
     }
 }
