@@ -377,6 +377,12 @@ async fn every_route_answers_and_every_error_is_json_with_a_reason() {
         (Some("sold_out"), Some(3), Some(0))
     );
     assert_eq!(sales[1]["state"], "upcoming");
+    // A limit, and none (null, as a window that never closes).
+    assert_eq!(
+        (&sales[0]["limit_per_buyer"], &sales[1]["limit_per_buyer"]),
+        (&json!(2), &Value::Null)
+    );
+    assert_eq!(sales[1]["closes_at"], Value::Null);
     // Pages in catalog order: `next` names the SKU to ask after, until the last page.
     let ids = |page: &Value| -> Vec<u64> {
         page["sales"]

@@ -410,7 +410,8 @@ pub(super) fn sale_json(server: &Server, now_ns: u64, sale: &LiveSale) -> Value 
         "held": levels.held,
         "sold": levels.sold,
         "waiting": levels.waiting,
-        "limit_per_buyer": limit,
+        // No limit (`u32::MAX` in the catalog) is null, as a window that never closes is.
+        "limit_per_buyer": (limit != u32::MAX).then_some(limit),
         "opens_at": time(window.opens_at_ns),
         "closes_at": (window.closes_at_ns != u64::MAX).then(|| time(window.closes_at_ns)),
         "opens_in_ms": window.opens_at_ns.saturating_sub(now_ns) / 1_000_000,
