@@ -1256,7 +1256,7 @@ async fn the_gate_turns_away_sold_out_buys_but_never_a_retry_of_a_confirmed_one(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_that_cannot_be_stored_are_said_and_the_sale_goes_on() {
     let (toml, catalog) = never_sold_out();
-    let scene = OneNode::start("snapfail", 23_500, "snapfail", &toml, catalog, Some(5)).await;
+    let mut scene = OneNode::start("snapfail", 23_500, "snapfail", &toml, catalog, Some(5)).await;
     let js = async_nats::jetstream::new(scene.client.clone());
     js.delete_object_store("fs_snapfail_snap").await.unwrap();
     for press in 1..=100u64 {
@@ -1310,6 +1310,33 @@ async fn snapshots_that_cannot_be_stored_are_said_and_the_sale_goes_on() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // SIGTERM: the node says it stops, then where each partition was, and exits 0.
+    let mut node = scene.node.take().unwrap();
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped.
+    unsafe {
+        libc::kill(node.child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = node.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the node did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}\n{text}");
+    let stopped = text
+        .lines()
+        .find(|line| line.contains("flashsale node a: stopped ("))
+        .unwrap_or_else(|| panic!("no stop said:\n{text}"));
+    assert!(
+        text.contains("flashsale node a: SIGTERM: stopping")
+            && stopped.contains("partition 0 at entry ")
+            && stopped.contains("partition 1 at entry ")
+            && stopped.contains("handed over"),
+        "{text}"
+    );
 }
 
 /// A catalog too large for one answer: 40,000 SKUs on two partitions are views of 1.6 MB

@@ -206,8 +206,14 @@ async fn node(args: NodeArgs) -> Result<(), (u8, String)> {
                     );
                 }
             }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            _ = terminate.recv() => {
+                note!("{} flashsale node {id}: SIGTERM: stopping", stamp());
+                break;
+            }
+            _ = interrupt.recv() => {
+                note!("{} flashsale node {id}: SIGINT: stopping", stamp());
+                break;
+            }
             _ = hangup.recv() => {
                 note!("{} flashsale node {id}: SIGHUP: nothing to read again; going on", stamp());
             }
@@ -274,7 +280,22 @@ async fn node(args: NodeArgs) -> Result<(), (u8, String)> {
         }
     }
     let _ = stop.send(true);
-    match tokio::time::timeout(Duration::from_secs(5), running).await {
+    let stopped = tokio::time::timeout(Duration::from_secs(5), running).await;
+    if matches!(stopped, Ok(Ok(Ok(())))) {
+        let applied: Vec<String> = watching
+            .borrow()
+            .iter()
+            .enumerate()
+            .map(|(partition, status)| format!("partition {partition} at entry {}", status.applied))
+            .collect();
+        note!(
+            "{} flashsale node {id}: stopped ({}); the partitions it led were handed over \
+             (their leases let go, for a standby to take at once)",
+            stamp(),
+            applied.join(", ")
+        );
+    }
+    match stopped {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(error))) => Err(cannot_run(error)),
         Ok(Err(error)) => Err(cannot_run(error)),
