@@ -88,6 +88,25 @@ impl Drop for Process {
     }
 }
 
+/// One nats-server with `args` (without JetStream unless they say so), once it listens on
+/// `port`; stopped when dropped.
+fn one_nats_server(args: &[&str], port: u16) -> Process {
+    let server = Process {
+        child: Command::new(nats_server())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
+}
+
 /// The nats-server binary, installed by the first test that asks (the others wait).
 fn nats_server() -> PathBuf {
     static SERVER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -2514,20 +2533,8 @@ fn servers_without_jetstream_are_refused_by_name() {
             "JetStream is not enabled for the account this connection uses",
         ),
     ] {
-        let _server = Process {
-            child: Command::new(nats_server())
-                .args(&server_args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("nats-server starts"),
-        };
+        let _server = one_nats_server(&server_args, port);
         let url = format!("nats://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server never listened");
-            std::thread::sleep(Duration::from_millis(50));
-        }
         let commands: [&[&str]; 4] = [
             &["node", "--nats", &url, "--sale", "nojs", "--id", "n1"],
             &[
@@ -2604,20 +2611,7 @@ fn credentials_in_a_url_are_used_and_never_printed() {
             "nats://wrong@127.0.0.1:23003",
         ),
     ] {
-        let _server = Process {
-            child: Command::new(nats_server())
-                .arg("-c")
-                .arg(config)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("nats-server starts"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server never listened");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let _server = one_nats_server(&["-c", config.to_str().unwrap()], port);
         let output = run(&[
             "compare",
             "--viewers",
