@@ -80,6 +80,22 @@ impl Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Sends SIGTERM and waits up to 30 s for `what` to exit.
+    async fn terminate(mut self, what: &str) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{what} did not stop");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Process {
@@ -1330,19 +1346,7 @@ async fn snapshots_that_cannot_be_stored_are_said_and_the_sale_goes_on() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // SIGTERM: the node says it stops, then where each partition was, and exits 0.
-    let mut node = scene.node.take().unwrap();
-    // SAFETY: kill(2) on our own child's pid, which has not been reaped.
-    unsafe {
-        libc::kill(node.child.id() as i32, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = node.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the node did not stop");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = scene.node.take().unwrap().terminate("the node").await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{status}\n{text}");
     let stopped = text
@@ -1587,7 +1591,7 @@ async fn the_order_feed_of_a_cluster_is_its_logs_events_across_a_gateways_death(
         &scene.dir,
         &["--feed"],
     );
-    let mut plain = start_http_gateway(&urls, "feed", &catalog_path, plain_port, &scene.dir, &[]);
+    let plain = start_http_gateway(&urls, "feed", &catalog_path, plain_port, &scene.dir, &[]);
     let http = reqwest::Client::new();
     wait_http_ready(&http, first_port).await;
     wait_http_ready(&http, plain_port).await;
@@ -1777,18 +1781,7 @@ async fn the_order_feed_of_a_cluster_is_its_logs_events_across_a_gateways_death(
     }
     // SIGTERM: a gateway stops cleanly and says the sale goes on (it has no engine that
     // requests could hold).
-    // SAFETY: kill(2) on our own child's pid, which has not been reaped.
-    unsafe {
-        libc::kill(plain.child.id() as i32, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = plain.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the gateway did not stop");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = plain.terminate("the gateway").await;
     assert!(status.success(), "{status}");
     let log = std::fs::read_to_string(scene.dir.join(format!("http-{plain_port}.log"))).unwrap();
     assert!(

@@ -422,16 +422,7 @@ pub fn decode_pools(bytes: &[u8]) -> Result<PoolsAnswer, WireError> {
 impl super::Replica {
     /// The partition's sales now, as a view.
     pub fn view(&self, partition: u16) -> PartitionView {
-        let core = self.core();
-        PartitionView {
-            partition,
-            applied: self.applied(),
-            clock_ns: self.clock_ns(),
-            sales: core
-                .levels()
-                .filter_map(|levels| core.live_sale(levels.id))
-                .collect(),
-        }
+        self.view_at(partition, 0, u32::MAX)
     }
 
     /// The partition's SKUs at local indices `first..first + count`, as a view.
