@@ -822,6 +822,12 @@ async fn a_full_disk_fails_its_shard_closed_and_serve_says_why() {
         metrics.contains(r#"flashsale_shard_failed{shard="0"} 1"#),
         "{metrics}"
     );
+    let (status, ready) = call(http.get(server.url("/readyz"))).await;
+    assert_eq!(
+        (status, ready["reason"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("shard_failed")),
+        "{ready}"
+    );
     let said = server.said("shard 0 FAILED");
     assert!(
         said.contains("its journal could not be written")
