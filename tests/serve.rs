@@ -931,6 +931,25 @@ async fn a_sale_of_many_skus_is_read_a_page_at_a_time() {
         (200, &json!(1_250), &json!(1_250)),
         "{snapshot}"
     );
+    // Pages opened at once share snapshots (each read of the shards is sent to every page
+    // asking within a quarter second): forty pages do not make forty.
+    let opened: Vec<_> = (0..40)
+        .map(|_| {
+            let request = http.get(server.url("/events?limit=1"));
+            tokio::spawn(async move { request.send().await.unwrap().text().await.unwrap() })
+        })
+        .collect();
+    let mut taken = std::collections::BTreeSet::new();
+    for page in opened {
+        let text = page.await.unwrap();
+        let data = text
+            .lines()
+            .find_map(|line| line.strip_prefix("data: "))
+            .unwrap_or_else(|| panic!("a snapshot in {text}"));
+        let snapshot: Value = serde_json::from_str(data).unwrap();
+        taken.insert(snapshot["at_ms"].to_string());
+    }
+    assert!(taken.len() < 40, "{} snapshots for 40 pages", taken.len());
     let (status, report) = server.terminate(Duration::from_secs(30));
     assert!(status.success(), "{report}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -4,11 +4,13 @@
 //! into rates), waitlists and pools, the engine's latency percentiles, the countdown to
 //! each opening. With an operator token, `/events` needs it as `?token=` (an EventSource
 //! cannot send headers); the page takes it from its address's `#token=` fragment, which
-//! browsers do not send to the server.
+//! browsers do not send to the server. Every open page is sent the same snapshot when
+//! they ask within a quarter second of each other, so many pages cost the shards what one
+//! does.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -25,6 +27,29 @@ const PAGE: &str = include_str!("page.html");
 
 /// How often a snapshot goes out.
 const EVERY: Duration = Duration::from_millis(500);
+
+/// How long a snapshot is sent to every page that asks for one: pages open at once share
+/// one read of the shards and one serialization (a hundred pages cost the shards what one
+/// does).
+const SHARED_FOR: Duration = Duration::from_millis(250);
+
+/// The last snapshot sent (as its JSON text) and when it was taken.
+#[derive(Default)]
+pub struct LastSnapshot(tokio::sync::Mutex<Option<(Instant, Arc<str>)>>);
+
+/// The snapshot to send now: the last one if it is younger than [`SHARED_FOR`], else a new
+/// one (pages asking meanwhile wait for it rather than read the shards again).
+async fn shared_snapshot(server: &Arc<Server>) -> Arc<str> {
+    let mut last = server.live_page.0.lock().await;
+    if let Some((taken, text)) = &*last
+        && taken.elapsed() < SHARED_FOR
+    {
+        return text.clone();
+    }
+    let text: Arc<str> = snapshot(server).await.to_string().into();
+    *last = Some((Instant::now(), text.clone()));
+    text
+}
 
 /// The most SKUs a snapshot shows (the first in catalog order; `skus_total` says how many
 /// the sale has). Reading every SKU of a large catalog twice a second per open page would
@@ -94,10 +119,8 @@ pub async fn events(
             if *server.stopping.borrow() {
                 return None;
             }
-            let snapshot = snapshot(&server).await;
-            let mut event = Event::default()
-                .event("snapshot")
-                .data(snapshot.to_string());
+            let snapshot = shared_snapshot(&server).await;
+            let mut event = Event::default().event("snapshot").data(&*snapshot);
             if sent + 1 == limit {
                 // The last one: the browser should not reconnect soon.
                 event = event.retry(Duration::from_secs(3600));

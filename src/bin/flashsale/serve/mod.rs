@@ -238,6 +238,8 @@ pub struct Server {
     pub body_timeout: Duration,
     /// Flips to true when shutdown starts (long polls return).
     pub stopping: watch::Receiver<bool>,
+    /// The live page's last snapshot, shared by every open page.
+    pub live_page: dashboard::LastSnapshot,
 }
 
 /// Exit status: 0 after a clean shutdown, 1 when the server could not run or a shard failed
@@ -331,6 +333,7 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
         body_limit: args.body_limit as usize,
         body_timeout: args.body_timeout,
         stopping,
+        live_page: dashboard::LastSnapshot::default(),
     });
 
     let listener = runtime
