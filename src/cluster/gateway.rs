@@ -120,6 +120,10 @@ impl GatewayConfig {
     }
 }
 
+/// Reads of a partition's SKUs a gateway has in flight at once for one
+/// [`Gateway::sales`] or [`Gateway::sales_page`] (each answer up to 324 KiB).
+const READS_AT_ONCE: usize = 8;
+
 /// Why a buy has no outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
@@ -503,8 +507,8 @@ impl Gateway {
     }
 
     /// Every SKU's sale, in catalog order, each as its partition's leader has it now
-    /// (questions of at most [`SALES_AT_MAX`] SKUs to each partition's leader, asked at
-    /// once: a larger answer would be past NATS's largest message).
+    /// (questions of at most [`SALES_AT_MAX`] SKUs to each partition's leader, a few at a
+    /// time: a partition's whole answer would pass NATS's largest message).
     ///
     /// # Errors
     /// [`GatewayError::Unanswered`]: a partition's leader did not answer within
@@ -538,7 +542,8 @@ impl Gateway {
 
     /// The sales of the SKUs at catalog indices `from..until`. A placement lists each
     /// partition's SKUs in catalog order, so those of a range are consecutive on each
-    /// partition: one question per partition per [`SALES_AT_MAX`] SKUs, all asked at once.
+    /// partition: one question per partition per [`SALES_AT_MAX`] SKUs, up to
+    /// [`READS_AT_ONCE`] of them in flight.
     async fn sales_in(&self, from: usize, until: usize) -> Result<Vec<LiveSale>, GatewayError> {
         let partitions = usize::from(self.inner.sale.partitions());
         let mut ranges: Vec<Option<(u32, u32)>> = vec![None; partitions];
@@ -563,11 +568,14 @@ impl Gateway {
                     (partition, query)
                 })
             });
-        let asked = questions.map(|(partition, query)| async move {
-            let bytes = self.ask(partition, query).await?;
-            decode_view(&bytes).map_err(|_| GatewayError::Unanswered)
-        });
-        let views = futures_util::future::join_all(asked).await;
+        let views: Vec<Result<_, GatewayError>> = futures_util::stream::iter(questions)
+            .map(|(partition, query)| async move {
+                let bytes = self.ask(partition, query).await?;
+                decode_view(&bytes).map_err(|_| GatewayError::Unanswered)
+            })
+            .buffer_unordered(READS_AT_ONCE)
+            .collect()
+            .await;
         let mut sales = Vec::with_capacity(until.saturating_sub(from));
         for view in views {
             sales.extend(view?.sales);

@@ -27,8 +27,9 @@ const VIEW_HEAD_LEN: usize = 4 + 2 + 8 + 8 + 4;
 /// Bytes per SKU in a view.
 pub const SALE_LEN: usize = 6 * 4 + 7 * 8 + 1;
 /// The most SKUs a gateway asks of a partition at once ([`Query::SalesAt`]): an answer of
-/// 810 KB, within NATS's default largest message (1 MiB).
-pub const SALES_AT_MAX: u32 = 10_000;
+/// 324 KiB, well within NATS's default largest message (1 MiB; servers are sometimes set
+/// lower, and large messages are the first a busy server's client falls behind on).
+pub const SALES_AT_MAX: u32 = 4_096;
 const ORDER_LEN: usize = 4 + 1 + 8 + 8 + 4 + 4 + 1 + 8 + 8 + 4;
 const POOLS_HEAD_LEN: usize = 4 + 8 + 4;
 /// Bytes per pool in a pools answer.
