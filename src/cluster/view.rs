@@ -434,9 +434,7 @@ impl super::Replica {
             applied: self.applied(),
             clock_ns: self.clock_ns(),
             sales: core
-                .levels()
-                .skip(first as usize)
-                .take(count as usize)
+                .levels_in(first as usize, count as usize)
                 .filter_map(|levels| core.live_sale(levels.id))
                 .collect(),
         }

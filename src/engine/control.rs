@@ -208,7 +208,7 @@ impl Control {
     /// first when `None`): one question to each shard that owns a SKU of the page, about
     /// those SKUs only. [`sales`](Self::sales) reads every SKU of every shard, which with a
     /// large catalog holds each shard's decisions for as long as that takes (all 200,000 SKUs
-    /// of a two-shard sale took 12-33 ms here, a page of 1,000 0.24-0.30 ms); a page bounds
+    /// of a two-shard sale took 12-34 ms here, a page of 1,000 0.24-0.35 ms); a page bounds
     /// it. The page is shorter than `limit` only
     /// at the catalog's end.
     ///
