@@ -541,6 +541,23 @@ impl Catalog {
         self.sku_index.get(sku)
     }
 
+    /// The catalog indices of a page of SKUs: the first `limit` after `after` (from the
+    /// first SKU when `None`), fewer at the end of the catalog.
+    ///
+    /// # Errors
+    /// `after` itself, when it is not in the catalog.
+    pub fn page(
+        &self,
+        after: Option<SkuId>,
+        limit: usize,
+    ) -> Result<std::ops::Range<usize>, SkuId> {
+        let from = match after {
+            None => 0,
+            Some(sku) => self.index_of(sku).ok_or(sku)? + 1,
+        };
+        Ok(from..from.saturating_add(limit).min(self.skus.len()))
+    }
+
     /// The rule every intent passes before anything decides it, wherever it is decided
     /// (the producer's screen, and the baselines it is compared with): a quantity in
     /// `1..=max_quantity` (else [`InvalidQuantity`](crate::RejectReason::InvalidQuantity))
@@ -697,6 +714,21 @@ mod tests {
 
     fn sku(id: u32) -> SkuSpec {
         SkuSpec::new(SkuId(id), 10).limit(2)
+    }
+
+    #[test]
+    fn a_page_starts_after_its_sku_and_stops_at_the_catalogs_end() {
+        let catalog = Catalog::builder()
+            .skus([9, 4, 7, 2, 5].map(sku))
+            .build()
+            .unwrap();
+        assert_eq!(catalog.page(None, 2), Ok(0..2));
+        assert_eq!(catalog.page(Some(SkuId(4)), 2), Ok(2..4));
+        assert_eq!(catalog.page(Some(SkuId(2)), 1_000), Ok(4..5));
+        assert_eq!(catalog.page(Some(SkuId(5)), 10), Ok(5..5));
+        assert_eq!(catalog.page(Some(SkuId(9)), usize::MAX), Ok(1..5));
+        assert_eq!(catalog.page(None, 0), Ok(0..0));
+        assert_eq!(catalog.page(Some(SkuId(3)), 2), Err(SkuId(3)));
     }
 
     #[test]

@@ -384,14 +384,7 @@ async fn every_route_answers_and_every_error_is_json_with_a_reason() {
     );
     assert_eq!(sales[1]["closes_at"], Value::Null);
     // Pages in catalog order: `next` names the SKU to ask after, until the last page.
-    let ids = |page: &Value| -> Vec<u64> {
-        page["sales"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|sale| sale["sku"].as_u64().unwrap())
-            .collect()
-    };
+    let ids = common::page_skus;
     for (query, skus, next) in [
         ("limit=2", vec![1, 2], json!(2)),
         ("after=2&limit=2", vec![3], Value::Null),

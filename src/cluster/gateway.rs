@@ -528,16 +528,10 @@ impl Gateway {
         after: Option<SkuId>,
         limit: usize,
     ) -> Result<Option<Vec<LiveSale>>, GatewayError> {
-        let catalog = &self.inner.catalog;
-        let from = match after {
-            None => 0,
-            Some(sku) => match catalog.index_of(sku) {
-                Some(index) => index + 1,
-                None => return Ok(None),
-            },
-        };
-        let until = from.saturating_add(limit).min(catalog.skus().len());
-        self.sales_in(from, until).await.map(Some)
+        match self.inner.catalog.page(after, limit) {
+            Ok(page) => self.sales_in(page.start, page.end).await.map(Some),
+            Err(_) => Ok(None),
+        }
     }
 
     /// The sales of the SKUs at catalog indices `from..until`. A placement lists each

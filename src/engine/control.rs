@@ -221,17 +221,15 @@ impl Control {
         limit: usize,
     ) -> Result<Vec<LiveSale>, ControlError> {
         let catalog = &self.shared.catalog;
-        let from = match after {
-            None => 0,
-            Some(sku) => catalog.index_of(sku).ok_or(ControlError::UnknownSku(sku))? + 1,
-        };
-        let until = from.saturating_add(limit).min(catalog.skus().len());
+        let page = catalog
+            .page(after, limit)
+            .map_err(ControlError::UnknownSku)?;
         let mut owned: Vec<Vec<SkuId>> = vec![Vec::new(); self.shared.shards.len()];
-        for index in from..until {
+        let mut sales = Vec::with_capacity(page.len());
+        for index in page {
             let (ShardId(shard), _) = self.shared.placement.route(index);
             owned[usize::from(shard)].push(catalog.skus()[index].id);
         }
-        let mut sales = Vec::with_capacity(until - from);
         for (shard, skus) in owned.into_iter().enumerate() {
             if skus.is_empty() {
                 continue;
