@@ -197,3 +197,33 @@ fn a_damaged_snapshot_or_another_partitions_is_refused() {
         assert!(Replica::restore(&catalog, &placement, ShardId(1), &damaged).is_err());
     }
 }
+
+#[test]
+fn a_page_of_skus_is_at_most_what_one_message_can_carry() {
+    use flashsale::cluster::view::{Query, SALES_AT_MAX, decode_view};
+    use flashsale::{Catalog, SkuSpec};
+    let many = SALES_AT_MAX + 10;
+    let catalog = Catalog::builder()
+        .skus((1..=many).map(|id| SkuSpec::new(SkuId(id), 5)))
+        .build()
+        .unwrap();
+    let placement = Placement::new(&catalog, 1).unwrap();
+    let replica = Replica::new(&catalog, &placement, ShardId(0), MAX_QUANTITY);
+    let page = |first, count| {
+        let view = decode_view(&replica.answer(0, Query::SalesAt { first, count })).unwrap();
+        view.sales
+            .iter()
+            .map(|sale| sale.levels.id.0)
+            .collect::<Vec<_>>()
+    };
+    // Whoever asks for more, a leader answers one message's worth.
+    assert_eq!(page(0, u32::MAX), (1..=SALES_AT_MAX).collect::<Vec<_>>());
+    assert_eq!(page(3, SALES_AT_MAX + 1).len(), SALES_AT_MAX as usize);
+    // The rest of the list, then nothing past its end.
+    assert_eq!(
+        page(SALES_AT_MAX, u32::MAX),
+        (SALES_AT_MAX + 1..=many).collect::<Vec<_>>()
+    );
+    assert_eq!(page(many, 1), Vec::<u32>::new());
+    assert_eq!(page(u32::MAX, u32::MAX), Vec::<u32>::new());
+}

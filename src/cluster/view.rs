@@ -48,7 +48,9 @@ pub enum Query {
     SalesAt {
         /// The first SKU's local index.
         first: u32,
-        /// How many SKUs from there (fewer at the end of the partition's list).
+        /// How many SKUs from there (fewer at the end of the partition's list; at most
+        /// [`SALES_AT_MAX`]: a leader answers a larger count with that many, so that no
+        /// question, whoever asks it, gets an answer too large to send).
         count: u32,
     },
     /// One order and where it stands.
@@ -444,7 +446,9 @@ impl super::Replica {
     pub fn answer(&self, partition: u16, query: Query) -> Vec<u8> {
         match query {
             Query::Sales => encode_view(&self.view(partition)),
-            Query::SalesAt { first, count } => encode_view(&self.view_at(partition, first, count)),
+            Query::SalesAt { first, count } => {
+                encode_view(&self.view_at(partition, first, count.min(SALES_AT_MAX)))
+            }
             Query::Order(id) => encode_order(&OrderAnswer {
                 order: self.core().order(id),
                 applied: self.applied(),
