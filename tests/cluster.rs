@@ -2818,4 +2818,27 @@ async fn a_process_with_another_shape_of_the_sale_is_refused() {
         stderr.contains("check the sale's shape") && stderr.contains("largest quantity 8"),
         "{stderr}"
     );
+    // A sale started by processes of another protocol (another build, whose messages
+    // this one may not read) refuses this build's processes, naming both.
+    let js = async_nats::jetstream::new(scene.client.clone());
+    let meta = js.get_key_value("fs_shape_meta").await.unwrap();
+    let ours = String::from_utf8(meta.get("shape").await.unwrap().unwrap().to_vec()).unwrap();
+    let protocol = format!("protocol {}", flashsale::cluster::PROTOCOL);
+    assert!(ours.ends_with(&protocol), "{ours}");
+    let theirs = ours.replace(&protocol, "protocol 0");
+    meta.put("shape", theirs.clone().into()).await.unwrap();
+    let connected = Gateway::connect(
+        scene.client.clone(),
+        scene.sale.clone(),
+        scene.catalog.clone(),
+        scene.config.clone(),
+    )
+    .await;
+    let error = connected.map(drop).unwrap_err().to_string();
+    assert!(
+        error.contains(&format!(
+            "the sale runs with {theirs}; this process has {ours}"
+        )),
+        "{error}"
+    );
 }

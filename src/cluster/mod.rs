@@ -41,3 +41,42 @@ pub use gateway::{Decided, Gateway, GatewayConfig, GatewayError, GatewayStats};
 pub use node::{EventSink, NodeConfig, NodeLatency, PartitionStatus, follow, run_node};
 
 pub use replica::{Answer, Gap, Replica, ReplicaSnapshotError, Reply, Step};
+
+/// The version of what a sale's processes say to each other: the log's messages and the
+/// replies ([`wire`]), the reads and their answers ([`view`]), the gate's updates and
+/// filters ([`gate`]) and a replica's snapshot. Raised with any change to one of them.
+///
+/// A sale's shape (checked by every node and gateway before it applies or publishes
+/// anything) includes it, so every process of a sale runs one protocol for the sale's
+/// whole life: a process of another is refused at its start, by name, rather than
+/// meeting messages it cannot read mid-sale. Upgrade between sales, not during one.
+pub const PROTOCOL: u32 = 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tripwire: a format's magic changed (a new format) while [`PROTOCOL`] did not.
+    /// Change both together, and this list with them.
+    #[test]
+    fn a_new_format_comes_with_a_new_protocol() {
+        let magics = [
+            wire::MAGIC,
+            wire::REPLIES_MAGIC,
+            view::QUERY_MAGIC,
+            view::VIEW_MAGIC,
+            view::ORDER_MAGIC,
+            view::POOLS_MAGIC,
+            gate::GATE_MAGIC,
+            gate::FILTER_MAGIC,
+        ];
+        assert_eq!(
+            (PROTOCOL, magics.concat(), replica::SNAPSHOT_MAGIC),
+            (
+                1,
+                b"FSC2FSR2FSQ1FSV1FSO1FSP1FSG1FSF1".to_vec(),
+                *b"FSREPL02"
+            )
+        );
+    }
+}

@@ -289,7 +289,8 @@ const SHAPE_PATIENCE: Duration = Duration::from_secs(30);
 
 impl Opened {
     /// Checks that this process runs the sale as every other one does: the same catalog
-    /// (by [`Catalog::fingerprint`]), the same partitions and the same largest quantity.
+    /// (by [`Catalog::fingerprint`]), the same partitions, the same largest quantity and
+    /// the same [`PROTOCOL`](super::PROTOCOL) (the version of the cluster's messages).
     /// The first process to check records its shape in the sale's meta bucket; every later
     /// one must match it. A node with another catalog or placement would decide the log's
     /// entries differently from its peers, and a gateway that places a SKU on another
@@ -297,7 +298,8 @@ impl Opened {
     /// [`run_node`](super::run_node), [`follow`](super::follow) and
     /// [`Gateway::connect_opened`](super::Gateway::connect_opened) check it (once the
     /// catalog is placed over the partitions) before they start. A sale keeps its shape
-    /// until it is [removed](SaleOnNats::remove).
+    /// until it is [removed](SaleOnNats::remove). A process of another protocol (another
+    /// flashsale build, whose messages the others may not read) is refused the same way.
     ///
     /// # Errors
     /// [`NatsError`] naming the shape recorded and this one, or the meta bucket did not
@@ -305,9 +307,10 @@ impl Opened {
     pub async fn check_shape(&self, catalog: &Catalog, max_quantity: u32) -> Result<(), NatsError> {
         let step = "check the sale's shape";
         let ours = format!(
-            "catalog {:016x}, {} partitions, largest quantity {max_quantity}",
+            "catalog {:016x}, {} partitions, largest quantity {max_quantity}, protocol {}",
             catalog.fingerprint(),
-            self.streams.len()
+            self.streams.len(),
+            super::PROTOCOL
         );
         // First writer wins; everyone compares with what won. The bucket may be electing
         // its leader (a server just died): its reads are tried again for a while.
@@ -329,9 +332,9 @@ impl Opened {
                 step,
                 format!(
                     "the sale runs with {recorded}; this process has {ours} (every node and \
-                     gateway of a sale needs the same catalog, partitions and largest \
-                     quantity, for the sale's whole life: to start it again with another, \
-                     remove it first)"
+                     gateway of a sale needs the same catalog, partitions, largest quantity \
+                     and protocol, the version of the cluster's messages, for the sale's \
+                     whole life: to start it again with another, remove it first)"
                 ),
             ));
         }

@@ -72,7 +72,7 @@ pub enum ReplicaSnapshotError {
     Core(SnapshotError),
 }
 
-const SNAPSHOT_MAGIC: [u8; 8] = *b"FSREPL02";
+pub(super) const SNAPSHOT_MAGIC: [u8; 8] = *b"FSREPL02";
 
 /// One partition's state machine on a replicated log. Every replica that applies the same
 /// entries (position, instant, bytes) ends in the same state and gives the same replies:
