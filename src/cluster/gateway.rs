@@ -14,6 +14,7 @@
 //! further back in the gap, in which case the buy ends [`GatewayError::Unanswered`]
 //! after [`GatewayConfig::wait_at_most`].
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -514,7 +515,7 @@ impl Gateway {
     /// [`GatewayError::Unanswered`]: a partition's leader did not answer within
     /// [`GatewayConfig::read_timeout`], or its answer was not a view.
     pub async fn sales(&self) -> Result<Vec<LiveSale>, GatewayError> {
-        self.sales_in(0, self.inner.catalog.skus().len()).await
+        self.sales_in(0..self.inner.catalog.skus().len()).await
     }
 
     /// Up to `limit` SKUs' sales in catalog order, from the SKU after `after` (from the
@@ -529,19 +530,20 @@ impl Gateway {
         limit: usize,
     ) -> Result<Option<Vec<LiveSale>>, GatewayError> {
         match self.inner.catalog.page(after, limit) {
-            Ok(page) => self.sales_in(page.start, page.end).await.map(Some),
+            Ok(page) => self.sales_in(page).await.map(Some),
             Err(_) => Ok(None),
         }
     }
 
-    /// The sales of the SKUs at catalog indices `from..until`. A placement lists each
+    /// The sales of the SKUs at catalog indices `indices`. A placement lists each
     /// partition's SKUs in catalog order, so those of a range are consecutive on each
     /// partition: one question per partition per [`SALES_AT_MAX`] SKUs, up to
     /// [`READS_AT_ONCE`] of them in flight.
-    async fn sales_in(&self, from: usize, until: usize) -> Result<Vec<LiveSale>, GatewayError> {
+    async fn sales_in(&self, indices: Range<usize>) -> Result<Vec<LiveSale>, GatewayError> {
         let partitions = usize::from(self.inner.sale.partitions());
         let mut ranges: Vec<Option<(u32, u32)>> = vec![None; partitions];
-        for index in from..until {
+        let len = indices.len();
+        for index in indices {
             let (ShardId(partition), local) = self.inner.placement.route(index);
             match &mut ranges[usize::from(partition)] {
                 Some((_, count)) => *count += 1,
@@ -570,7 +572,7 @@ impl Gateway {
             .buffer_unordered(READS_AT_ONCE)
             .collect()
             .await;
-        let mut sales = Vec::with_capacity(until.saturating_sub(from));
+        let mut sales = Vec::with_capacity(len);
         for view in views {
             sales.extend(view?.sales);
         }
