@@ -1013,3 +1013,26 @@ fn the_plot_says_what_it_shows() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--version` names the protocol of the build's cluster messages (every node and gateway
+/// of a sale must share it), on the binary and on its subcommands.
+#[test]
+fn the_version_names_the_cluster_protocol() {
+    let protocol = format!("(cluster protocol {})", flashsale::cluster::PROTOCOL);
+    let mut asked = vec![&["--version"][..], &["simulate", "--version"]];
+    if cfg!(feature = "cluster") {
+        asked.push(&["node", "--version"]);
+    }
+    for args in asked {
+        let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .args(args)
+            .output()
+            .expect("the binary runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{args:?}: {stdout}");
+        assert!(
+            stdout.contains(env!("CARGO_PKG_VERSION")) && stdout.contains(&protocol),
+            "{args:?}: {stdout}"
+        );
+    }
+}

@@ -41,10 +41,21 @@ use scenario::{Mode, PRESETS, PolicyKind, Scenario, Wait};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The build's version, with the protocol of its cluster messages: every node and gateway
+/// of a sale must be of one protocol (see `flashsale::cluster::PROTOCOL`).
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (cluster protocol {})",
+        env!("CARGO_PKG_VERSION"),
+        flashsale::cluster::PROTOCOL
+    )
+});
+
 #[derive(Parser)]
 #[command(
     name = "flashsale",
-    version,
+    version = VERSION.as_str(),
+    propagate_version = true,
     about = "Simulate live-stream flash sales against the flashsale engine"
 )]
 struct Cli {
