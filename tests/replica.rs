@@ -227,3 +227,45 @@ fn a_page_of_skus_is_at_most_what_one_message_can_carry() {
     assert_eq!(page(many, 1), Vec::<u32>::new());
     assert_eq!(page(u32::MAX, u32::MAX), Vec::<u32>::new());
 }
+
+/// A tripwire for replicas of two builds in one sale. Every node of a sale applies the
+/// same log and must decide it the same way: a build that decides any entry otherwise
+/// (a changed rule, a fix), or answers or snapshots it in other bytes, may not join a sale
+/// of the builds before it, so it must raise `cluster::PROTOCOL`, which the sale's shape
+/// check compares. This replays fixed logs and digests every reply as the leader
+/// publishes it, and each final snapshot. When the digest changes: if the decisions or
+/// formats changed, raise the protocol and record both here; if only this test's log
+/// generator changed, record the new digest alone.
+#[test]
+fn what_a_replica_decides_is_fixed_by_the_protocol() {
+    use flashsale::cluster::{PROTOCOL, wire};
+    let catalog = catalog();
+    let placement = Placement::new(&catalog, 1).unwrap();
+    // FNV-1a, 64 bits: stable across builds and platforms.
+    let mut digest = 0xcbf2_9ce4_8422_2325u64;
+    let mut fold = |bytes: &[u8]| {
+        for &byte in bytes {
+            digest = (digest ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    let mut published = Vec::new();
+    for seed in 0..40 {
+        let log = log(seed, 400);
+        let mut replica = Replica::new(&catalog, &placement, ShardId(0), MAX_QUANTITY);
+        for (index, entry) in log.iter().enumerate() {
+            let position = index as u64 + 1;
+            let mut replies = Vec::new();
+            replica
+                .apply(position, entry.stamp_ns, &entry.payload, &mut replies)
+                .unwrap();
+            for reply in &replies {
+                fold(&reply.gateway.to_le_bytes());
+            }
+            let answers = replies.iter().map(|reply| (reply.request, reply.answer));
+            wire::encode_replies(0, position, answers, &mut published);
+            fold(&published);
+        }
+        fold(&replica.snapshot());
+    }
+    assert_eq!((PROTOCOL, digest), (1, 0x73d2_ad07_8a65_1d28), "digest {digest:#018x}");
+}

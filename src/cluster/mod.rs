@@ -42,9 +42,13 @@ pub use node::{EventSink, NodeConfig, NodeLatency, PartitionStatus, follow, run_
 
 pub use replica::{Answer, Gap, Replica, ReplicaSnapshotError, Reply, Step};
 
-/// The version of what a sale's processes say to each other: the log's messages and the
-/// replies ([`wire`]), the reads and their answers ([`view`]), the gate's updates and
-/// filters ([`gate`]) and a replica's snapshot. Raised with any change to one of them.
+/// The version of what a sale's processes say to each other and of how its replicas
+/// decide: the log's messages and the replies ([`wire`]), the reads and their answers
+/// ([`view`]), the gate's updates and filters ([`gate`]), a replica's snapshot, and the
+/// answer a replica gives to each entry of a log (replicas of two builds that decide one
+/// entry differently would part ways at a failover). Raised with any change to one of
+/// them; tests tie it to the formats' magics and to the digest of what replicas decide
+/// on fixed logs.
 ///
 /// A sale's shape (checked by every node and gateway before it applies or publishes
 /// anything) includes it, so every process of a sale runs one protocol for the sale's
