@@ -267,5 +267,9 @@ fn what_a_replica_decides_is_fixed_by_the_protocol() {
         }
         fold(&replica.snapshot());
     }
-    assert_eq!((PROTOCOL, digest), (1, 0x73d2_ad07_8a65_1d28), "digest {digest:#018x}");
+    assert_eq!(
+        (PROTOCOL, digest),
+        (1, 0x73d2_ad07_8a65_1d28),
+        "digest {digest:#018x}"
+    );
 }
