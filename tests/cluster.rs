@@ -26,7 +26,6 @@ use flashsale::{
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 
-mod common;
 mod peers;
 
 const PARTITIONS: u16 = 2;
@@ -765,7 +764,7 @@ async fn sale_with_kills(base: u16, cycle: u32) {
     );
     assert_eq!(sales["next"], serde_json::Value::Null, "{sales}");
     // A page at a time, as serve alone answers it.
-    let skus = common::page_skus;
+    let skus = peers::page_skus;
     let (status, first) = read("/sales?limit=3".to_owned()).await;
     assert_eq!((status, skus(&first)), (200, vec![1, 2, 3]), "{first}");
     assert_eq!(first["next"], 3, "{first}");

@@ -16,6 +16,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 mod common;
+mod peers;
 
 /// A `flashsale serve` process, killed when dropped.
 struct Serve {
@@ -384,7 +385,7 @@ async fn every_route_answers_and_every_error_is_json_with_a_reason() {
     );
     assert_eq!(sales[1]["closes_at"], Value::Null);
     // Pages in catalog order: `next` names the SKU to ask after, until the last page.
-    let ids = common::page_skus;
+    let ids = peers::page_skus;
     for (query, skus, next) in [
         ("limit=2", vec![1, 2], json!(2)),
         ("after=2&limit=2", vec![3], Value::Null),

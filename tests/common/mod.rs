@@ -219,13 +219,3 @@ pub fn dev_shm_is_tmpfs() -> bool {
         })
     })
 }
-
-/// The SKU ids of a page of `GET /sales` (`{"sales": [{"sku": …}, …], "next": …}`), in order.
-pub fn page_skus(page: &serde_json::Value) -> Vec<u64> {
-    page["sales"]
-        .as_array()
-        .expect("a page's sales")
-        .iter()
-        .map(|sale| sale["sku"].as_u64().expect("a sale's sku"))
-        .collect()
-}

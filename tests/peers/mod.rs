@@ -1,5 +1,7 @@
-//! Checks of a `flashsale compare --json` peer row, shared by the simulator's tests and the
-//! cluster's.
+//! Reading the JSON the binary prints and serves, shared by the simulator's, the service's
+//! and the cluster's tests: a `flashsale compare --json` peer row, a page of `GET /sales`.
+//! Kept apart from `common`, which a fuzz target builds without `serde_json`.
+#![allow(dead_code)]
 
 /// Every invariant the run checked held in this JSON report (a `simulate` run or a
 /// `compare` peer).
@@ -32,4 +34,14 @@ pub fn assert_peer_sold(peer: &serde_json::Value, intents: u64, units: u64) {
         .sum::<u64>()
         + peer["confirmed_orders"].as_u64().unwrap();
     assert_eq!(answered, intents, "every intent answered once: {peer}");
+}
+
+/// The SKU ids of a page of `GET /sales` (`{"sales": [{"sku": …}, …], "next": …}`), in order.
+pub fn page_skus(page: &serde_json::Value) -> Vec<u64> {
+    page["sales"]
+        .as_array()
+        .expect("a page's sales")
+        .iter()
+        .map(|sale| sale["sku"].as_u64().expect("a sale's sku"))
+        .collect()
 }
