@@ -1888,10 +1888,6 @@ async fn a_followers_catch_up() {
     assert_eq!(events, confirmed, "one confirmed event per order");
 }
 
-/// `flashsale compare --nats` runs the scenario through a throwaway sale on the cluster (an
-/// engine node and a gateway in its own process) beside the in-process engine, with every
-/// invariant checked against the levels the cluster's leader reports, and deletes the
-/// sale's streams and buckets when done.
 /// An opening draw served in slices through the log: 300 buyers enter during its window,
 /// the leader logs a tick for each slice of 8 steps (75 slices), and every buyer is
 /// answered after the window, with exactly the stock confirmed; a first-come SKU on the
@@ -1901,10 +1897,14 @@ async fn a_followers_catch_up() {
 async fn a_draw_is_served_in_slices_through_the_log() {
     const BUYERS: u64 = 300;
     const UNITS: u32 = 40;
-    const WINDOW_NS: u64 = 8_000_000_000;
+    // The window counts from the sale's epoch, set as the scene starts: long enough that
+    // the presses go out inside it when a loaded machine starts the scene slowly (a debug
+    // build under CI's load took over 5 s).
+    const WINDOW_S: u64 = 15;
+    const WINDOW_NS: u64 = WINDOW_S * 1_000_000_000;
     let toml = format!(
         "pool_slice = 8\n\n[[sku]]\nid = 1\nstock = {UNITS}\npolicy = \"opening-draw\"\n\
-         window = \"8s\"\nseed = 5\n\n[[sku]]\nid = 2\nstock = 100000\n"
+         window = \"{WINDOW_S}s\"\nseed = 5\n\n[[sku]]\nid = 2\nstock = 100000\n"
     );
     let catalog = Catalog::builder()
         .pool_slice(8)
@@ -2110,6 +2110,10 @@ fn assert_invariants(run: &serde_json::Value) {
     }
 }
 
+/// `flashsale compare --nats` runs the scenario through a throwaway sale on the cluster (an
+/// engine node and a gateway in its own process) beside the in-process engine, with every
+/// invariant checked against the levels the cluster's leader reports, and deletes the
+/// sale's streams and buckets when done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_runs_the_scenario_through_the_cluster() {
     let dir = std::env::temp_dir().join(format!("flashsale-compare-{}", std::process::id()));
