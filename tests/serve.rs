@@ -329,6 +329,13 @@ async fn every_route_answers_and_every_error_is_json_with_a_reason() {
         ("1", r#"{"qty":1,"key":1}"#, "user"),
         ("1", r#"{"user":1,"qty":1,"key":1} {}"#, "body"),
         ("1", r#"[1,2]"#, "body"),
+        // Every field by position: serde would read it, the API does not.
+        ("1", r#" [1,1,1,false]"#, "body"),
+        (
+            "18446744073709551616",
+            r#"{"user":1,"qty":1,"key":1}"#,
+            "sku",
+        ),
         ("1", r#"not json"#, "body"),
     ] {
         let (status, answer) = call(
@@ -585,7 +592,7 @@ async fn every_route_answers_and_every_error_is_json_with_a_reason() {
         r#"flashsale_http_answers_total{status="404",reason="not_found"} 2"#,
         r#"flashsale_http_answers_total{status="405",reason="method_not_allowed"} 1"#,
         r#"flashsale_http_answers_total{status="413",reason="body_too_large"} 1"#,
-        r#"flashsale_http_answers_total{status="400",reason="bad_request"} 18"#,
+        r#"flashsale_http_answers_total{status="400",reason="bad_request"} 20"#,
         r#"flashsale_sku_available{sku="1"} 1"#,
         r#"flashsale_shard_failed{shard="0"} 0"#,
         r#"flashsale_snapshots_failed_total{shard="0"} 0"#,

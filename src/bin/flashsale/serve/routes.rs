@@ -95,7 +95,9 @@ pub(super) fn path_number(server: &Server, field: &str, text: &str) -> Result<u6
             &server.counts,
             field,
             format!(
-                "{field} must be a number in plain decimal (no sign, no leading zero), not {text:?}"
+                "{field} must be a number from 0 to {} in plain decimal (no sign, no leading \
+                 zero), not {text:?}",
+                u64::MAX
             ),
         )
     })
@@ -159,6 +161,14 @@ pub(super) fn parse<T: DeserializeOwned>(server: &Server, bytes: &[u8]) -> Resul
     } else {
         bytes
     };
+    // serde reads a struct from a JSON array too, by position: a body is an object.
+    if text.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(bad_request(
+            &server.counts,
+            "body",
+            "the body must be a JSON object",
+        ));
+    }
     let mut json = serde_json::Deserializer::from_slice(text);
     let value = serde_path_to_error::deserialize::<_, T>(&mut json).map_err(|error| {
         let message = error.inner().to_string();
