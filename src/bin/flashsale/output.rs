@@ -689,7 +689,7 @@ pub fn durability_table(memory: &RunJson, journaled: &RunJson) -> String {
 }
 
 /// `count` and `noun`, in the plural unless the count is one ("1 shard", "2 shards").
-fn counted(count: u64, noun: &str) -> String {
+pub fn counted(count: u64, noun: &str) -> String {
     if count == 1 {
         format!("1 {noun}")
     } else {

@@ -145,8 +145,8 @@ fn check(args: &CheckArgs) -> Result<bool, (u8, String)> {
     let feed = Feed::new(shards);
     match feed.load_checkpoint(&config) {
         Ok(true) => println!(
-            "order feed: its checkpoint matches the journals ({} events): a restart reads it",
-            feed.lengths().iter().sum::<usize>()
+            "order feed: its checkpoint matches the journals ({}): a restart reads it",
+            crate::output::counted(feed.lengths().iter().sum::<usize>() as u64, "event")
         ),
         Ok(false) => println!("order feed: no checkpoint: a restart replays the journals"),
         Err(why) => println!(
@@ -225,8 +225,9 @@ fn check_shard(
     }
     let journaled = scanned.records.len() as u64;
     say(format!(
-        "journal {}: {journaled} commands, {}",
+        "journal {}: {}, {}",
         path.display(),
+        crate::output::counted(journaled, "command"),
         match scanned.tail {
             Tail::Clean if !exists => "none yet (a restart starts it)".to_owned(),
             Tail::Clean if scanned.sealed => "closed cleanly".to_owned(),
@@ -299,9 +300,12 @@ fn check_shard(
         return false;
     }
     say(format!(
-        "that state is the whole journal's: {} orders, {} units held, {} sold",
-        whole.orders_confirmed(),
-        whole.levels().map(|sku| u64::from(sku.held)).sum::<u64>(),
+        "that state is the whole journal's: {}, {} held, {} sold",
+        crate::output::counted(whole.orders_confirmed(), "order"),
+        crate::output::counted(
+            whole.levels().map(|sku| u64::from(sku.held)).sum::<u64>(),
+            "unit"
+        ),
         whole.levels().map(|sku| u64::from(sku.sold)).sum::<u64>()
     ));
     true

@@ -409,9 +409,10 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
                     data.as_ref().map_or(
                         "in memory (nothing survives a restart)".to_owned(),
                         |dir| format!(
-                            "data in {} (recovered in {:.2} s; the order feed holds {events} events, from {})",
+                            "data in {} (recovered in {:.2} s; the order feed holds {}, from {})",
                             dir.display(),
                             started.elapsed().as_secs_f64(),
+                            crate::output::counted(events as u64, "event"),
                             feed_from
                         )
                     ),
