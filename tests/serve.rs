@@ -1004,6 +1004,15 @@ fn start_up_errors_are_one_line_and_exit_2() {
     let (code, stderr) = serve_fails(&["--in-memory", "--catalog", &bad]);
     assert_eq!(code, 2);
     assert!(stderr.contains("sku[1] (id 1): field `id`"), "{stderr}");
+    // An entry as an array of its values, in the order the fields are declared: refused,
+    // where an inline table of named fields is read.
+    let bad = write_catalog(&dir, "sku = [[101, \"Stratos\", \"EU 42\", 600, 1]]\n");
+    let (code, stderr) = serve_fails(&["--in-memory", "--catalog", &bad]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("sale.toml: line 1: invalid type: sequence, expected a table"),
+        "{stderr}"
+    );
     let bad = write_catalog(&dir, "pool_slice = 0\n[[sku]]\nid = 1\nstock = 5\n");
     let (code, stderr) = serve_fails(&["--in-memory", "--catalog", &bad]);
     assert_eq!(code, 2);

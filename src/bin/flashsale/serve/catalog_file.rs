@@ -21,10 +21,42 @@ struct File {
     pool_capacity: Option<u32>,
     #[serde(default)]
     pool_slice: Option<u32>,
-    #[serde(default, rename = "group")]
+    #[serde(default, rename = "group", deserialize_with = "tables")]
     groups: Vec<GroupEntry>,
-    #[serde(default, rename = "sku")]
+    #[serde(default, rename = "sku", deserialize_with = "tables")]
     skus: Vec<SkuEntry>,
+}
+
+/// Entries that are tables of named fields. serde would also read an entry from an array
+/// of its values in the order the struct declares them (`sku = [[101, "Stratos", "EU 42",
+/// 600]]`), where a swapped stock and limit would pass unseen: that form is refused.
+fn tables<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Table<T>(T);
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Table<T> {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Fields<T>(std::marker::PhantomData<T>);
+            impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Fields<T> {
+                type Value = T;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str(
+                        "a table of named fields (`[[sku]]` or `[[group]]`, then `id = ...`)",
+                    )
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                    T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                }
+            }
+            deserializer
+                .deserialize_map(Fields(std::marker::PhantomData))
+                .map(Table)
+        }
+    }
+    let entries: Vec<Table<T>> = Vec::deserialize(deserializer)?;
+    Ok(entries.into_iter().map(|Table(entry)| entry).collect())
 }
 
 #[derive(Debug, Deserialize)]
@@ -316,4 +348,31 @@ pub fn unix_nanos(time: SystemTime) -> u128 {
     time.duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_a_table_of_named_fields_not_an_array_of_values() {
+        let inline = parse(
+            "inline",
+            "sku = [{ id = 101, stock = 600, limit = 1 }]\n",
+            UNIX_EPOCH,
+        )
+        .expect("an inline table is a table");
+        assert_eq!(inline.skus().len(), 1);
+        assert_eq!(inline.skus()[0].stock, 600);
+        for (text, entry) in [
+            ("sku = [[101, \"Stratos\", \"EU 42\", 600, 1]]\n", "sku"),
+            ("group = [[1, 2]]\n[[sku]]\nid = 1\nstock = 5\n", "group"),
+        ] {
+            let CatalogFileError(error) = parse("positional", text, UNIX_EPOCH).expect_err(entry);
+            assert!(
+                error.contains("invalid type: sequence, expected a table of named fields"),
+                "{entry}: {error}"
+            );
+        }
+    }
 }
