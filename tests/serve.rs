@@ -1496,6 +1496,23 @@ async fn buyer_tokens_verify_with_public_keys_and_key_sets() {
         let (status, _) = buy(token).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{why}");
     }
+    // Two Authorization headers, each with a token that verifies: which would speak is not
+    // for the server to guess.
+    let (status, refused) = call(
+        http.post(server.url("/sales/1/buy"))
+            .bearer_auth(signed(RS256, "rsa-private.pem", None, "5", 600))
+            .bearer_auth(signed(ES256, "ec-private.pem", None, "7", 600))
+            .json(&json!({"qty": 1, "key": 2})),
+    )
+    .await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (
+            StatusCode::UNAUTHORIZED,
+            Some("more than one Authorization header")
+        ),
+        "{refused}"
+    );
     server.terminate(Duration::from_secs(30));
 
     // A JWKS: `rsa-1` for RS256 only, `ed-1` for EdDSA, `rsa-enc` (the same RSA key, for
@@ -2091,6 +2108,20 @@ async fn buyers_are_who_their_token_or_proxy_says() {
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The header twice (a proxy that appended its own to the client's): refused, not the
+    // first taken.
+    let (status, refused) = call(
+        http.post(server.url("/sales/1/buy"))
+            .header("x-buyer-id", "6")
+            .header("x-buyer-id", "5")
+            .json(&body),
+    )
+    .await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("more than one buyer header")),
+        "{refused}"
+    );
     let as_five = |key: u64| {
         http.post(server.url("/sales/1/buy"))
             .header("x-buyer-id", "5")

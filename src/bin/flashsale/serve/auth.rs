@@ -374,9 +374,15 @@ impl Buyers {
         match self {
             Self::Demo => Ok(None),
             Self::Header(name) => {
-                let value = headers
-                    .get(name)
+                // A proxy that appends its header to one the client sent would otherwise
+                // let the client's, the first, name the buyer.
+                let mut values = headers.get_all(name).iter();
+                let value = values
+                    .next()
                     .ok_or(NotABuyer::Unauthorized("no buyer header"))?;
+                if values.next().is_some() {
+                    return Err(NotABuyer::Unauthorized("more than one buyer header"));
+                }
                 let text = value
                     .to_str()
                     .map_err(|_| NotABuyer::Unauthorized("the buyer header is not text"))?;
@@ -385,6 +391,11 @@ impl Buyers {
                     .ok_or(NotABuyer::Unauthorized("the buyer header is not a u64"))
             }
             Self::Jwt(tokens) => {
+                if headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
+                    return Err(NotABuyer::Unauthorized(
+                        "more than one Authorization header",
+                    ));
+                }
                 let token = bearer(headers).ok_or(NotABuyer::Unauthorized("no bearer token"))?;
                 let keys = tokens.keys.read();
                 let Some(claims) = keys.verify(token) else {
@@ -404,14 +415,15 @@ impl Buyers {
     }
 }
 
-/// The bearer token of an `Authorization` header.
+/// The bearer token of the request's `Authorization` header (none where it has more than
+/// one: which would speak is not for the server to guess).
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    value.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
 
 /// Whether the request carries the operator token (compared in constant time).
