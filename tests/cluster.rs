@@ -2655,8 +2655,19 @@ fn credentials_in_a_url_are_used_and_never_printed() {
 fn settings_that_cannot_run_are_refused_before_connecting() {
     use flashsale::cluster::NodeConfig;
     assert!(NodeConfig::default().check().is_ok());
+    // The default id names the host as well as the process (whose id alone repeats across
+    // machines, and is 1 in every container).
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        assert_eq!(
+            NodeConfig::default().id,
+            format!("node-{}-{}", host.trim(), std::process::id())
+        );
+    }
     refused_after_changes::<NodeConfig>(
         &[
+            (|c| c.id = String::new(), "id: \"\": 1 to 256 bytes"),
+            (|c| c.id = "a\nb".to_owned(), "id: \"a\\nb\""),
+            (|c| c.id = "n".repeat(NodeConfig::ID_MAX + 1), "id: \"nnn"),
             (|c| c.lease = Duration::ZERO, "lease"),
             (|c| c.lease = Duration::from_nanos(1), "lease"),
             (|c| c.lease = Duration::from_secs(7_200), "lease"),
@@ -2700,6 +2711,7 @@ fn settings_that_cannot_run_are_refused_before_connecting() {
             "the room for orders of 64 shard(s) needs 384.0 GiB",
         ),
         (vec!["node", "--nats", nowhere, "--lease", "0s"], "lease"),
+        (vec!["node", "--nats", nowhere, "--id", ""], "id: \"\""),
         (
             vec!["node", "--nats", nowhere, "--snapshot-every", "0"],
             "snapshot_every",

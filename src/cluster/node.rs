@@ -57,7 +57,7 @@ pub type NodeLatency = Arc<parking_lot::Mutex<hdrhistogram::Histogram<u64>>>;
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
-            id: format!("node-{}", std::process::id()),
+            id: default_id(),
             lease: Duration::from_secs(2),
             snapshot_every: 100_000,
             max_quantity: 16,
@@ -67,7 +67,24 @@ impl Default for NodeConfig {
     }
 }
 
+/// `node-<host>-<pid>`, or `node-<pid>` where the host's name cannot be read: the process
+/// id alone repeats across machines (and is 1 in every container), and a leader whose
+/// renewal failed takes an entry holding its own id as its lease, so after a failover a
+/// paused leader and its successor of the same id would both lead from then on
+/// (harmless, each publishing the same replies, but twice the traffic).
+fn default_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    if host.is_empty() {
+        format!("node-{}", std::process::id())
+    } else {
+        format!("node-{host}-{}", std::process::id())
+    }
+}
+
 impl NodeConfig {
+    /// The longest node id, in bytes.
+    pub const ID_MAX: usize = 256;
     /// The shortest lease: renewed three times per lease, a shorter one would have the
     /// leader writing to the lease bucket more often than every 33 ms.
     pub const LEASE_MIN: Duration = Duration::from_millis(100);
@@ -75,13 +92,27 @@ impl NodeConfig {
     /// standby to take over.
     pub const LEASE_MAX: Duration = Duration::from_secs(3_600);
 
-    /// Whether a node can run with these settings: a lease from [`LEASE_MIN`](Self::LEASE_MIN)
+    /// Whether a node can run with these settings: an id of 1 to [`ID_MAX`](Self::ID_MAX)
+    /// bytes without control characters, a lease from [`LEASE_MIN`](Self::LEASE_MIN)
     /// to [`LEASE_MAX`](Self::LEASE_MAX), snapshots and quantities of at least 1.
     /// [`run_node`] and [`follow`] check it before they start.
     ///
     /// # Errors
     /// [`NatsError`] naming the setting and its range.
     pub fn check(&self) -> Result<(), NatsError> {
+        if self.id.is_empty()
+            || self.id.len() > Self::ID_MAX
+            || self.id.chars().any(char::is_control)
+        {
+            return Err(NatsError::new(
+                "node settings",
+                format!(
+                    "id: {:?}: 1 to {} bytes of text without control characters",
+                    self.id,
+                    Self::ID_MAX
+                ),
+            ));
+        }
         check_lease(self.lease)?;
         if self.snapshot_every == 0 {
             return Err(NatsError::new(

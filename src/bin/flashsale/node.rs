@@ -117,9 +117,7 @@ async fn node(args: NodeArgs) -> Result<(), (u8, String)> {
     // process by default: a node has nothing to read again, so it says so and goes on.
     let mut hangup = signal(SignalKind::hangup()).map_err(cannot_run)?;
     let sale = SaleOnNats::new(&args.sale, args.partitions, args.replicas).map_err(bad_input)?;
-    let id = args
-        .id
-        .unwrap_or_else(|| format!("node-{}", std::process::id()));
+    let id = args.id.unwrap_or_else(|| NodeConfig::default().id);
     // Within its range (clap checked it), so it fits a usize.
     let order_capacity = args.order_capacity.map(|orders| orders as usize);
     let config = NodeConfig {
