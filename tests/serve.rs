@@ -1593,9 +1593,19 @@ async fn buyer_tokens_name_the_audience_and_issuer_asked_for() {
             "no issuer",
             json!({"sub": "7", "exp": exp, "aud": "flash-shop"}),
         ),
+        (
+            "not valid for another hour",
+            json!({"sub": "7", "exp": exp, "aud": "flash-shop", "iss": iss,
+                "nbf": unix_now() + 3_600}),
+        ),
     ] {
         let (status, _) = buy(token(claims)).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{why}");
+    }
+    // Valid from a moment ago, or from within the leeway ahead (clocks differ a little).
+    for (user, nbf) in [(9, unix_now() - 5), (10, unix_now() + 30)] {
+        let claims = json!({"sub": user.to_string(), "exp": exp, "aud": "flash-shop", "iss": iss, "nbf": nbf});
+        assert_bought(buy(token(claims)).await, user, &format!("nbf {nbf}"));
     }
     server.terminate(Duration::from_secs(30));
 

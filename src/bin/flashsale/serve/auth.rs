@@ -139,6 +139,9 @@ impl TokenKey {
     ) -> Self {
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms.to_vec();
+        // A token not valid before an instant (`nbf`, where it has one) is refused until
+        // then, within the same leeway as `exp`.
+        validation.validate_nbf = true;
         let mut required = vec!["exp", "sub"];
         if !rules.audience.is_empty() {
             validation.set_audience(&rules.audience);
