@@ -202,7 +202,7 @@ fn unsynced_with_operator<'a>(data: &'a str, catalog: &'a str, more: &[&'a str])
         "--catalog",
         catalog,
         "--admin-token",
-        "tok",
+        "operator-token-16",
     ];
     args.extend_from_slice(more);
     args
@@ -271,9 +271,15 @@ async fn buy(http: &reqwest::Client, serve: &Serve, sku: &str, body: Value) -> (
 async fn every_route_answers_and_every_error_is_json_with_a_reason() {
     let dir = scratch("routes");
     let catalog = write_catalog(&dir, TEST_SALE);
-    let server = serve(&["--in-memory", "--catalog", &catalog, "--admin-token", "tok"]);
+    let server = serve(&[
+        "--in-memory",
+        "--catalog",
+        &catalog,
+        "--admin-token",
+        "operator-token-16",
+    ]);
     let http = client();
-    let admin = |path: &str| http.post(server.url(path)).bearer_auth("tok");
+    let admin = |path: &str| http.post(server.url(path)).bearer_auth("operator-token-16");
 
     let (status, first) = buy(&http, &server, "1", json!({"user": 7, "qty": 1, "key": 1})).await;
     assert_eq!(status, StatusCode::OK, "{first}");
@@ -427,7 +433,7 @@ async fn every_route_answers_and_every_error_is_json_with_a_reason() {
     }
     let (status, refused) = call(
         http.get(server.url("/orders/events?limit=x"))
-            .bearer_auth("tok"),
+            .bearer_auth("operator-token-16"),
     )
     .await;
     assert_eq!(
@@ -758,7 +764,7 @@ async fn a_closed_standard_error_neither_stops_the_server_nor_its_clean_stop() {
     let server = serve(&unsynced_with_operator(&data, &catalog, &[]));
     let (status, page) = call(
         http.get(server.url("/orders/events?limit=10&wait_ms=0"))
-            .bearer_auth("tok"),
+            .bearer_auth("operator-token-16"),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
@@ -1967,7 +1973,15 @@ fn bad_token_keys_stop_the_start_with_a_reason() {
         (vec!["--jwt-key", missing.to_str().unwrap()], "missing.pem"),
         (vec!["--jwt-key", "/dev/zero"], "not a file"),
         (vec!["--jwt-key", dir.to_str().unwrap()], "not a file"),
-        (vec!["--jwt-key", &public, "--jwt-secret", "k1"], "not both"),
+        (
+            vec![
+                "--jwt-key",
+                &public,
+                "--jwt-secret",
+                "a-32-byte-secret-for-buyer-token",
+            ],
+            "not both",
+        ),
         (vec![], "needs --jwt-secret"),
         (vec!["--jwt-key", &provider.url], "invalid peer certificate"),
         (
@@ -1999,12 +2013,24 @@ fn bad_token_keys_stop_the_start_with_a_reason() {
             vec!["--jwt-key", &public, "--jwt-key-refresh", "0s"],
             "must be above 0",
         ),
+        // Secrets short enough to find by trying, named by flag and length only.
+        (
+            vec!["--jwt-secret", "k1-short-hmac-secret"],
+            "--jwt-secret (or FLASHSALE_JWT_SECRET): 20 bytes; a secret of at least 32",
+        ),
+        (
+            vec!["--jwt-key", &public, "--admin-token", "tok"],
+            "--admin-token (or FLASHSALE_ADMIN_TOKEN): 3 bytes; a secret of at least 16",
+        ),
     ] {
         let mut all = vec!["--in-memory", "--auth", "jwt"];
         all.extend(args);
         let (code, stderr) = serve_fails(&all);
         assert_eq!(code, 2, "{all:?}: {stderr}");
         assert!(stderr.contains(expected), "{all:?}: {stderr}");
+        for secret in ["k1-short-hmac-secret", "tok"] {
+            assert!(!stderr.contains(&format!("{secret}\"")), "{stderr}");
+        }
     }
     // A machine without a CA bundle (the system's roots are read from these when set).
     let missing = missing.to_str().unwrap();
@@ -2027,7 +2053,13 @@ fn bad_token_keys_stop_the_start_with_a_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buyers_are_who_their_token_or_proxy_says() {
-    let server = serve(&["--in-memory", "--auth", "jwt", "--jwt-secret", "k1"]);
+    let server = serve(&[
+        "--in-memory",
+        "--auth",
+        "jwt",
+        "--jwt-secret",
+        "a-32-byte-secret-for-buyer-token",
+    ]);
     let http = client();
     let body = json!({"qty": 1, "key": 1});
     let post = || http.post(server.url("/sales/1/buy"));
@@ -2038,11 +2070,16 @@ async fn buyers_are_who_their_token_or_proxy_says() {
     );
     let (status, _) = call(post().bearer_auth(token("other-secret", "5")).json(&body)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, _) = call(post().bearer_auth(token("k1", "five")).json(&body)).await;
+    let (status, _) = call(
+        post()
+            .bearer_auth(token("a-32-byte-secret-for-buyer-token", "five"))
+            .json(&body),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, mismatch) = call(
         post()
-            .bearer_auth(token("k1", "5"))
+            .bearer_auth(token("a-32-byte-secret-for-buyer-token", "5"))
             .json(&json!({"user": 6, "qty": 1, "key": 1})),
     )
     .await;
@@ -2050,12 +2087,17 @@ async fn buyers_are_who_their_token_or_proxy_says() {
         (status, mismatch["reason"].as_str()),
         (StatusCode::FORBIDDEN, Some("buyer_mismatch"))
     );
-    let (status, bought) = call(post().bearer_auth(token("k1", "5")).json(&body)).await;
+    let (status, bought) = call(
+        post()
+            .bearer_auth(token("a-32-byte-secret-for-buyer-token", "5"))
+            .json(&body),
+    )
+    .await;
     assert_eq!((status, bought["user"].as_u64()), (StatusCode::OK, Some(5)));
     let order = bought["order"].as_u64().unwrap();
     let (status, theirs) = call(
         http.get(server.url(&format!("/orders/{order}")))
-            .bearer_auth(token("k1", "6")),
+            .bearer_auth(token("a-32-byte-secret-for-buyer-token", "6")),
     )
     .await;
     assert_eq!(
@@ -2064,13 +2106,13 @@ async fn buyers_are_who_their_token_or_proxy_says() {
     );
     let (status, _) = call(
         http.post(server.url(&format!("/orders/{order}/cancel")))
-            .bearer_auth(token("k1", "6")),
+            .bearer_auth(token("a-32-byte-secret-for-buyer-token", "6")),
     )
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, mine) = call(
         http.post(server.url(&format!("/orders/{order}/pay")))
-            .bearer_auth(token("k1", "5")),
+            .bearer_auth(token("a-32-byte-secret-for-buyer-token", "5")),
     )
     .await;
     assert_eq!(
@@ -2079,7 +2121,7 @@ async fn buyers_are_who_their_token_or_proxy_says() {
     );
     let (status, _) = call(
         http.get(server.url("/orders/events"))
-            .bearer_auth(token("k1", "5")),
+            .bearer_auth(token("a-32-byte-secret-for-buyer-token", "5")),
     )
     .await;
     assert_eq!(
@@ -2161,7 +2203,7 @@ async fn the_feed_checkpoint_is_used_only_with_the_journals_it_was_written_from(
         let http = http.clone();
         let url = server.url("/orders/events?limit=100&wait_ms=0");
         async move {
-            let (status, page) = call(http.get(url).bearer_auth("tok")).await;
+            let (status, page) = call(http.get(url).bearer_auth("operator-token-16")).await;
             assert_eq!(status, StatusCode::OK);
             page["events"]
                 .as_array()
@@ -2394,7 +2436,10 @@ async fn the_event_feed_resumes_across_a_restart() {
         assert_eq!(status, StatusCode::OK);
         orders.push(bought["order"].as_u64().unwrap());
     }
-    let admin = |path: String| http.post(server.url(&path)).bearer_auth("tok");
+    let admin = |path: String| {
+        http.post(server.url(&path))
+            .bearer_auth("operator-token-16")
+    };
     assert_eq!(
         call(admin(format!("/orders/{}/pay", orders[0]))).await.0,
         StatusCode::OK
@@ -2405,7 +2450,7 @@ async fn the_event_feed_resumes_across_a_restart() {
     );
     let feed = |after: &str| {
         http.get(server.url(&format!("/orders/events?limit=3&wait_ms=0{after}")))
-            .bearer_auth("tok")
+            .bearer_auth("operator-token-16")
     };
     let (status, page) = call(feed("")).await;
     assert_eq!(status, StatusCode::OK);
@@ -2429,7 +2474,7 @@ async fn the_event_feed_resumes_across_a_restart() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "a cursor past the end");
     let (status, _) = call(
         http.get(server.url("/orders/events?after=0&colour=red"))
-            .bearer_auth("tok"),
+            .bearer_auth("operator-token-16"),
     )
     .await;
     assert_eq!(
@@ -2458,7 +2503,7 @@ async fn the_event_feed_resumes_across_a_restart() {
     );
     let feed = |after: &str| {
         http.get(server.url(&format!("/orders/events?limit=100&wait_ms=0&after={after}")))
-            .bearer_auth("tok")
+            .bearer_auth("operator-token-16")
     };
     let (status, rest) = call(feed(&cursor)).await;
     assert_eq!(status, StatusCode::OK);
@@ -2478,7 +2523,7 @@ async fn the_event_feed_resumes_across_a_restart() {
     let waiting = {
         let http = http.clone();
         let url = server.url(&format!("/orders/events?wait_ms=20000&after={end}"));
-        tokio::spawn(async move { call(http.get(url).bearer_auth("tok")).await })
+        tokio::spawn(async move { call(http.get(url).bearer_auth("operator-token-16")).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -2527,7 +2572,7 @@ async fn holds_that_fall_due_while_serve_is_down_follow_their_orders_in_the_feed
     let page = loop {
         let (status, page) = call(
             http.get(server.url("/orders/events?limit=100&wait_ms=1000"))
-                .bearer_auth("tok"),
+                .bearer_auth("operator-token-16"),
         )
         .await;
         assert_eq!(status, StatusCode::OK);
@@ -2580,7 +2625,7 @@ async fn a_sigkill_under_load_loses_no_answered_order() {
         "--catalog",
         &catalog,
         "--admin-token",
-        "tok",
+        "operator-token-16",
         "--rate-per-buyer",
         "1000",
     ];
@@ -2657,7 +2702,7 @@ async fn a_sigkill_under_load_loses_no_answered_order() {
     assert!(held >= answered.len() as u64, "{sale}");
     let (_, feed) = call(
         http.get(server.url("/orders/events?limit=10000&wait_ms=0"))
-            .bearer_auth("tok"),
+            .bearer_auth("operator-token-16"),
     )
     .await;
     assert_eq!(

@@ -79,8 +79,8 @@ pub struct ServeArgs {
     /// HTTP worker threads (default: one per core).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     threads: Option<u32>,
-    /// Operator token for the `/admin` routes (or FLASHSALE_ADMIN_TOKEN); without one
-    /// they are off.
+    /// Operator token for the `/admin` routes (or FLASHSALE_ADMIN_TOKEN), at least 16
+    /// bytes; without one they are off.
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// How buyers are identified: `demo` (the body's `user`, unchecked: for trying it
@@ -91,7 +91,8 @@ pub struct ServeArgs {
     /// The header a trusted front proxy puts the authenticated buyer id in.
     #[arg(long, default_value = "x-buyer-id")]
     buyer_header: String,
-    /// The HS256 secret buyer tokens are signed with (or FLASHSALE_JWT_SECRET).
+    /// The HS256 secret buyer tokens are signed with (or FLASHSALE_JWT_SECRET), at least
+    /// 32 bytes.
     #[arg(long, env = "FLASHSALE_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
     /// Public keys buyer tokens are signed with: a file or an https URL holding a PEM
@@ -257,7 +258,51 @@ pub fn run(args: ServeArgs) -> u8 {
 
 type Failure = (u8, String);
 
+/// The fewest bytes of an HS256 secret: the hash's size (RFC 7518, section 3.2, says a
+/// shorter key must not be used), so that it cannot be found by trying.
+const JWT_SECRET_MIN: usize = 32;
+
+/// The fewest bytes of an operator token, so that it cannot be found by trying.
+const ADMIN_TOKEN_MIN: usize = 16;
+
+/// Refuses an operator token or HS256 secret short enough to be guessed, naming its flag
+/// and length, never the secret itself.
+fn check_secrets(args: &ServeArgs) -> Result<(), Failure> {
+    let jwt_secret = args
+        .jwt_secret
+        .as_ref()
+        .filter(|_| args.auth == AuthMode::Jwt);
+    for (flag, secret, min) in [
+        (
+            "--admin-token (or FLASHSALE_ADMIN_TOKEN)",
+            args.admin_token.as_ref(),
+            ADMIN_TOKEN_MIN,
+        ),
+        (
+            "--jwt-secret (or FLASHSALE_JWT_SECRET)",
+            jwt_secret,
+            JWT_SECRET_MIN,
+        ),
+    ] {
+        if let Some(secret) = secret
+            && !secret.is_empty()
+            && secret.len() < min
+        {
+            return Err((
+                2,
+                format!(
+                    "{flag}: {} bytes; a secret of at least {min} cannot be found by trying \
+                     (make one with `openssl rand -hex 32`)",
+                    secret.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn start(args: ServeArgs) -> Result<(), Failure> {
+    check_secrets(&args)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(threads) = args.threads {
