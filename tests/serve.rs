@@ -1031,6 +1031,23 @@ fn start_up_errors_are_one_line_and_exit_2() {
     }
     let (code, stderr) = serve_fails(&["--in-memory", "--threads", "0"]);
     assert_eq!(code, 2, "{stderr}");
+    // Demo mode (anyone buys as anyone) by default only on a loopback address: refused
+    // before it listens anywhere else.
+    for addr in ["0.0.0.0:0", "[::]:0"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .args(["serve", "--in-memory", "--addr", addr])
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "--addr {addr}: other machines could buy as any buyer"
+            )) && stderr.contains("--auth demo to serve the demo there anyway"),
+            "{stderr}"
+        );
+    }
     // Room for orders past any machine's memory (64 shards of 6 GiB): refused by name
     // before any of it is made, not written until the kernel kills the process.
     let many: String = (1..=64)

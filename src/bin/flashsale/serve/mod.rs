@@ -86,8 +86,9 @@ pub struct ServeArgs {
     /// How buyers are identified: `demo` (the body's `user`, unchecked: for trying it
     /// out), `header` (a trusted proxy's header, see --buyer-header), `jwt` (a signed
     /// bearer token whose `sub` is the buyer id, see --jwt-secret and --jwt-key).
-    #[arg(long, value_enum, default_value = "demo")]
-    auth: AuthMode,
+    /// Without it, `demo`, on a loopback --addr only: another address needs it named.
+    #[arg(long, value_enum)]
+    auth: Option<AuthMode>,
     /// The header a trusted front proxy puts the authenticated buyer id in.
     #[arg(long, default_value = "x-buyer-id")]
     buyer_header: String,
@@ -271,7 +272,7 @@ fn check_secrets(args: &ServeArgs) -> Result<(), Failure> {
     let jwt_secret = args
         .jwt_secret
         .as_ref()
-        .filter(|_| args.auth == AuthMode::Jwt);
+        .filter(|_| args.auth == Some(AuthMode::Jwt));
     for (flag, secret, min) in [
         (
             "--admin-token (or FLASHSALE_ADMIN_TOKEN)",
@@ -303,6 +304,19 @@ fn check_secrets(args: &ServeArgs) -> Result<(), Failure> {
 
 fn start(args: ServeArgs) -> Result<(), Failure> {
     check_secrets(&args)?;
+    // Demo mode lets anyone buy as anyone and read every order: by default, only from this
+    // machine (as Redis's protected mode keeps a server without a password to loopback).
+    if args.auth.is_none() && !args.addr.ip().is_loopback() {
+        return Err((
+            2,
+            format!(
+                "--addr {}: other machines could buy as any buyer in demo mode (the default, \
+                 which takes the body's \"user\"): give --auth header or --auth jwt, or \
+                 --auth demo to serve the demo there anyway",
+                args.addr
+            ),
+        ));
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(threads) = args.threads {
@@ -332,12 +346,12 @@ fn start(args: ServeArgs) -> Result<(), Failure> {
         ("--jwt-ca", args.jwt_ca.is_empty()),
     ];
     if let Some((flag, _)) = token_flags.iter().find(|(_, absent)| !absent)
-        && args.auth != AuthMode::Jwt
+        && args.auth != Some(AuthMode::Jwt)
     {
         return Err((2, format!("{flag} is for --auth jwt")));
     }
     let key_source = KeySource::of(&args)?.map(Arc::new);
-    let buyers = match args.auth {
+    let buyers = match args.auth.unwrap_or(AuthMode::Demo) {
         AuthMode::Demo => auth::Buyers::Demo,
         AuthMode::Header => auth::Buyers::Header(
             axum::http::HeaderName::try_from(args.buyer_header.as_str()).map_err(|_| {
