@@ -1031,6 +1031,11 @@ fn start_up_errors_are_one_line_and_exit_2() {
     }
     let (code, stderr) = serve_fails(&["--in-memory", "--threads", "0"]);
     assert_eq!(code, 2, "{stderr}");
+    let file = dir.join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let (code, stderr) = serve_fails(&["--data", file.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("a-file: not a directory"), "{stderr}");
     // Demo mode (anyone buys as anyone) by default only on a loopback address: refused
     // before it listens anywhere else.
     for addr in ["0.0.0.0:0", "[::]:0"] {

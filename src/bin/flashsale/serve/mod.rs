@@ -870,6 +870,9 @@ async fn refresh_keys(server: Arc<Server>, keys: Arc<KeySource>, every: Duration
 /// their instants count from the epoch they were written under, and a new one would move
 /// every instant the catalog gives as a date.
 fn epoch_of(dir: &std::path::Path) -> Result<SystemTime, Failure> {
+    if dir.exists() && !dir.is_dir() {
+        return Err((2, format!("--data {}: not a directory", dir.display())));
+    }
     std::fs::create_dir_all(dir).map_err(|error| {
         (
             1,
