@@ -232,10 +232,14 @@ impl<T> Writer<T> {
             return Ok(());
         }
         // Release: the slots written before are visible to a reader that acquires the tail.
+        // SeqCst, not only Release: the engine's park protocol follows a publish with a
+        // SeqCst load of the worker's `sleeping` flag and no fence between (see
+        // `ShardShared::wake_if_sleeping`). It costs nothing more where a locked
+        // compare-exchange is already a full barrier (x86-64).
         match self.shared.tail.compare_exchange(
             self.published,
             self.tail,
-            Ordering::Release,
+            Ordering::SeqCst,
             Ordering::Relaxed,
         ) {
             Ok(_) => {

@@ -9,10 +9,13 @@
 //! Park protocol (no lost wake-up), used only with [`WaitStrategy::Park`]: the worker stores
 //! `sleeping = true`, issues a SeqCst fence, then reads every lane's tail, the registry
 //! generation and the shutdown flag; it parks only if all are unchanged. A producer
-//! publishes its intent, issues a SeqCst fence, then loads `sleeping` and unparks the worker
-//! if it is set. The two fences are ordered one way or the other, so either the worker sees
-//! the intent or the producer sees the flag (a store-buffering litmus test; loom checks it
-//! with fences, as it does not model SeqCst loads and stores beyond AcqRel).
+//! publishes its intent with a SeqCst compare-exchange on the ring's tail, then loads
+//! `sleeping` (SeqCst) and unparks the worker if it is set. The worker's fence and the
+//! producer's two SeqCst operations are ordered one way or the other in the single total
+//! order of SeqCst operations and fences, so either the worker sees the intent or the
+//! producer sees the flag (a store-buffering litmus test). loom does not model SeqCst
+//! loads and stores beyond AcqRel, so under loom the producer issues a SeqCst fence
+//! between the two (`sync::atomic::after_seqcst_rmw`), and the models check that form.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
