@@ -11,15 +11,6 @@ pub(crate) use loom::sync::Arc;
 #[cfg(loom)]
 pub(crate) mod atomic {
     pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
-
-    /// Between a SeqCst read-modify-write and a later SeqCst load of another atomic, where
-    /// the pair is one side of a store-buffering protocol. loom models SeqCst accesses as
-    /// AcqRel only, so here it is the SeqCst fence that the model needs to see the order
-    /// the C++20 memory model gives the two SeqCst operations by themselves.
-    #[inline(always)]
-    pub(crate) fn after_seqcst_rmw() {
-        fence(Ordering::SeqCst);
-    }
 }
 #[cfg(loom)]
 pub(crate) mod thread {
@@ -54,20 +45,23 @@ pub(crate) mod thread {
 #[cfg(loom)]
 pub(crate) use loom::cell::UnsafeCell;
 
+/// Between a SeqCst read-modify-write and a later SeqCst load of another atomic, where the
+/// pair is one side of a store-buffering protocol: nothing, as both operations are in the
+/// single total order of SeqCst operations and fences (C++20 \[atomics.order\]), which the
+/// other side joins with a SeqCst fence; a fence here would cost an `mfence` on x86-64 after
+/// a locked instruction that already orders everything. Under loom, which models SeqCst
+/// accesses as AcqRel only, a SeqCst fence, so that the models see the same order.
+#[inline(always)]
+pub(crate) fn after_seqcst_rmw() {
+    #[cfg(loom)]
+    atomic::fence(atomic::Ordering::SeqCst);
+}
+
 #[cfg(not(loom))]
 pub(crate) use std::sync::Arc;
 #[cfg(not(loom))]
 pub(crate) mod atomic {
     pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
-
-    /// Between a SeqCst read-modify-write and a later SeqCst load of another atomic, where
-    /// the pair is one side of a store-buffering protocol: nothing, as both operations are
-    /// in the single total order of SeqCst operations and fences (C++20 \[atomics.order\]),
-    /// which the other side joins with a SeqCst fence. A fence here would cost an `mfence`
-    /// on x86-64 after a locked instruction that already orders everything. Under loom, a
-    /// fence (loom models SeqCst accesses as AcqRel only).
-    #[inline(always)]
-    pub(crate) fn after_seqcst_rmw() {}
 }
 #[cfg(not(loom))]
 pub(crate) mod thread {

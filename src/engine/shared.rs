@@ -203,7 +203,7 @@ impl ShardShared {
     /// shard, 3.5x slower at the vCPUs' slow placement).
     #[inline]
     pub(crate) fn wake_if_sleeping(&self) {
-        crate::sync::atomic::after_seqcst_rmw();
+        crate::sync::after_seqcst_rmw();
         if self.sleeping.load(Ordering::SeqCst) {
             self.unpark();
         }

@@ -15,7 +15,7 @@
 //! order of SeqCst operations and fences, so either the worker sees the intent or the
 //! producer sees the flag (a store-buffering litmus test). loom does not model SeqCst
 //! loads and stores beyond AcqRel, so under loom the producer issues a SeqCst fence
-//! between the two (`sync::atomic::after_seqcst_rmw`), and the models check that form.
+//! between the two (`sync::after_seqcst_rmw`), and the models check that form.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
